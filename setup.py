@@ -1,0 +1,26 @@
+"""cvrl: self-supervised video representation learning in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="cvrl",
+    version="0.1.0",
+    description="Self-supervised video representation learning (CVRL and friends) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["cvrl", "cvrl.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax",
+        "flax",
+        "optax",
+        # The input pipeline runs on host CPUs beside JAX: the CPU build is the right pick.
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "ml-collections",
+        "orbax-checkpoint",
+        "absl-py",
+    ],
+    extras_require={
+        "test": ["pytest"],
+    },
+)

@@ -76,5 +76,5 @@ class Conv3D(nnx.Module):
 
   def __call__(self, x):
     pad = resolve_padding(self.padding, x.shape[1:4], self.kernel_size, self.strides, self.dilation)
-    return conv3d(x.astype(self.dtype), self.kernel.value.astype(self.dtype), self.strides, pad,
+    return conv3d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, pad,
                   self.dilation, self.impl)

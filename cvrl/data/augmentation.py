@@ -10,6 +10,8 @@ as one XLA-fused function (blur as separable shift-and-add with zero padding, th
 reference's 'SAME' depthwise convolution). Parameters match the reference CVRL code:
 brightness multiplicative, contrast around the clip's per-channel mean, saturation and
 hue as tf.image.adjust_*, the four in random order with a clip to [0, 1] after each.
+Grayscale is applied after the blur rather than before: both are linear and act the
+same on every pixel/channel, so the order does not change the result.
 """
 from __future__ import annotations
 

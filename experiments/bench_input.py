@@ -1,6 +1,6 @@
 """Input pipeline throughput vs decoding the same frames alone (one JSON line).
 
-  python -m experiments.bench_input [--seconds 15] [--videos 16]
+  python -m experiments.bench_input [--seconds 10] [--videos 16]
 
 Writes SequenceExample shards of 64-frame videos at 256x340 (natural-looking textures
 sliding across the frame, JPEG quality 90) to a temp dir, then measures per host core:
@@ -90,7 +90,7 @@ def rate(ds, seconds: float, clips_per_batch: int) -> float:
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument('--seconds', type=float, default=15.0)
+  p.add_argument('--seconds', type=float, default=10.0)
   p.add_argument('--videos', type=int, default=16)
   p.add_argument('--batch', type=int, default=8)
   args = p.parse_args()

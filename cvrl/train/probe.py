@@ -116,10 +116,15 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int):
   return schedule
 
 
+def _name(path) -> str | None:
+  """The variable's own name: the last dict key of its path (nnx adds a '.value' attribute)."""
+  keys = [k.key for k in path if hasattr(k, "key")]
+  return keys[-1] if keys else None
+
+
 def decay_mask(params):
   """Weight decay on dense / conv kernels only (not biases, not BN)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: _name(path) == "kernel", params)
 
 
 def sgd(lr_schedule, momentum: float, nesterov: bool, weight_decay: float):

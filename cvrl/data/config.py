@@ -47,6 +47,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   """Pipeline defaults: CVRL pretraining recipe (16 frames, stride 2, 224 crops)."""
   c = ml_collections.ConfigDict()
   c.source = 'synthetic'  # 'synthetic' | 'tfrecord' | 'tfds'
+  # Dataset facts the jobs need: epochs -> steps, classifier width. None = unknown (the
+  # synthetic source knows its own).
+  c.num_train_examples = None
+  c.num_classes = None
 
   # TFRecord shards of tf.train.SequenceExample: a glob, a comma-separated list of globs,
   # or a list of paths. `eval_paths` is read when build_dataset(train=False).

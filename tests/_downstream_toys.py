@@ -81,6 +81,6 @@ def tiny_data(config, directory, num_train=24, num_eval=13):
   return config
 
 
-def max_fusion(probs):
+def max_fusion(*probs):
   """A fusion function as a user would name it in evaluate.fusion ('module:function')."""
   return np.max(np.stack(probs), axis=0)

@@ -90,3 +90,16 @@ def test_dropout_is_active_in_training_only():
     c.random_init = True
     c.finetune.dropout = 1.0
     finetune.validate(c)
+
+
+def test_ucf101_and_hmdb51_recipes():
+  from configs import ucf101_finetune  # pylint: disable=import-outside-toplevel
+  c = ucf101_finetune.get_config("pretrained=/ckpt")
+  assert c.job == "finetune" and c.data.source == "tfds" and c.data.num_classes == 101
+  assert c.data.tfds_name.startswith("ucf101") and c.data.tfds_eval_split == "test"
+  assert c.finetune.dropout == 0.5 and c.optim.head_lr > c.optim.base_lr
+  h = ucf101_finetune.get_config("dataset=hmdb51,random_init=True")
+  assert h.data.num_classes == 51 and h.data.source == "tfrecord" and h.random_init
+  finetune.validate(c)
+  with pytest.raises(ValueError, match="hmdb51"):
+    ucf101_finetune.get_config("dataset=kinetics")

@@ -1,10 +1,7 @@
 """Linear probe: frozen backbone, feature-cache path == end-to-end path, schedule, demo chain."""
-import json
-import math
-import os
-
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -41,12 +38,22 @@ def stream(num_videos=24, batch=8, seed=0):
   return make
 
 
-def test_warmup_cosine_schedule_matches_formula():
-  s = probe.warmup_cosine(2.0, total_steps=100, warmup_steps=10)
-  for step in (0, 5, 10, 40, 99, 100, 150):
-    want = 2.0 * step / 10 if step < 10 else 0.5 * 2.0 * (1 + math.cos(math.pi * min(step - 10, 90) / 90))
-    assert float(s(step)) == pytest.approx(want, abs=1e-6)
-  assert probe.learning_rate(32.0, 256, 1024) == 8.0
+def test_k600_linear_config_is_the_paper_recipe():
+  from configs import cvrl_k600_linear  # pylint: disable=import-outside-toplevel
+  c = cvrl_k600_linear.get_config("pretrained=/ckpt")
+  assert c.pretrained == "/ckpt" and c.job == "probe"
+  assert (c.batch_size, c.total_epochs, c.warmup_epochs) == (1024, 100, 5)
+  assert (c.data.num_frames, c.data.stride, c.data.num_classes) == (32, 2, 600)
+  aug = c.data.augmentation
+  assert aug.area_range == (0.3, 1.0) and aug.aspect_ratio_range == (0.5, 2.0)
+  assert aug.flip_prob == 0.5 and aug.color_jitter_prob == 0.0 and aug.grayscale_prob == 0.0
+  assert (c.evaluate.num_clips, c.evaluate.num_crops, c.data.eval_resize) == (10, 3, 256)
+  assert c.probe.normalize
+  tx, schedule, peak = probe.make_optimizer(c.optim, c.batch_size, total_steps=35_744,
+                                            warmup_steps=1_788)
+  assert peak == 32.0 and c.optim.momentum == 0.9 and c.optim.weight_decay == 0.0
+  assert float(schedule(0)) == 0.0 and float(schedule(1_788)) == pytest.approx(32.0)
+  assert float(schedule(35_744)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_cached_batches_replay_then_permute_every_row_once_per_pass():
@@ -73,7 +80,7 @@ def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic():
     jax.tree.map(np.testing.assert_array_equal, before, after)
     assert np.isfinite(stats["train_loss"])
   # ... and the features it trained on are the inference-mode (running statistics) ones.
-  trainer = probe.HeadTrainer(enc, head, probe.sgd(0.1, 0.9, False, 0.0), mesh)
+  trainer = probe.HeadTrainer(enc, head, optax.sgd(0.1), mesh)
   b = video_batches(8, 8, seed=5)[0][0]
   got = np.asarray(trainer.features(b["video"]))
   np.testing.assert_allclose(got, encoder_numpy(enc, b["video"][:, 0]), rtol=1e-4, atol=1e-6)
@@ -114,8 +121,8 @@ def test_validate_and_after_pretrain_config():
   with pytest.raises(ValueError, match="pretrained"):
     probe.validate(c)
   c.random_init = True
-  c.batch_size = 12
-  with pytest.raises(ValueError, match="multiple"):
+  c.optim.name = "adagrad"
+  with pytest.raises(ValueError, match="sgd"):
     probe.validate(c)
   from cvrl import config_lib
   pre = config_lib.pretrain_config("cvrl")

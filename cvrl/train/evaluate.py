@@ -5,8 +5,9 @@ mode='multiview' (CVRL's test): every test video gives K evenly spaced clips x 3
 top-1 / top-5 and mean class accuracy; writes per_class_accuracy.csv,
 confusion_matrix.npy / .csv and scores.npz (index, label, probabilities per video) into
 the workdir. `evaluate.fuse_with` names other runs' scores.npz to fuse with these
-(3DRotNet's RGB + DIF "Fusion"); `evaluate.fusion` is 'mean' or 'package.module:function'
-taking a list of [videos, classes] probability arrays and returning the fused one.
+(3DRotNet's RGB + DIF "Fusion"); `evaluate.fusion` is 'mean' (the average of the runs'
+per-video softmax scores: 3DRotNet's Fusion) or 'package.module:function', called with
+one [videos, classes] probability array per run (this run first), returning the fused one.
 
 mode='knn' (TCLR's retrieval protocol): backbone features (no head) of every train and
 test video, averaged over its clips and L2-normalised; each test video queries the
@@ -28,6 +29,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from cvrl import parallel
 from cvrl.train import features as F
 from cvrl.train import results as R
 from cvrl.train import retrieval
@@ -77,9 +79,8 @@ def validate_eval_fields(e) -> None:
   for key in ("num_crops", "knn_crops"):
     if e[key] not in (1, 3):
       raise ValueError(f"config.evaluate.{key} must be 1 or 3, got {e[key]}")
-  if int(e.batch_size) % jax.device_count():
-    raise ValueError(f"config.evaluate.batch_size={e.batch_size} must be a multiple of the "
-                     f"{jax.device_count()} devices")
+  if int(e.batch_size) <= 0:
+    raise ValueError(f"config.evaluate.batch_size must be > 0, got {e.batch_size}")
   if e.knn_vote not in retrieval.VOTES:
     raise ValueError(f"config.evaluate.knn_vote must be one of {list(retrieval.VOTES)}, "
                      f"got {e.knn_vote!r}")
@@ -140,23 +141,21 @@ def load_scores(path: str) -> dict:
 
 
 def align_scores(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-  """Sort every run's rows by video index; all runs must score the same videos."""
-  ref = np.sort(runs[0]["index"])
-  aligned = []
-  for r in runs:
-    order = np.argsort(r["index"], kind="stable")
-    if not np.array_equal(r["index"][order], ref):
+  """(index, labels, probabilities per run), every run's rows sorted by video index; all
+  runs must score the same videos."""
+  orders = [np.argsort(r["index"], kind="stable") for r in runs]
+  index = runs[0]["index"][orders[0]]
+  for r, order in zip(runs, orders):
+    if not np.array_equal(r["index"][order], index):
       raise ValueError("runs to fuse score different videos (their scores.npz indices differ)")
-    aligned.append(r)
-  labels = runs[0]["label"][np.argsort(runs[0]["index"], kind="stable")]
-  probs = [r["probs"][np.argsort(r["index"], kind="stable")] for r in aligned]
-  return ref, labels, probs
+  labels = runs[0]["label"][orders[0]]
+  return index, labels, [r["probs"][order] for r, order in zip(runs, orders)]
 
 
 def fusion_function(name: str):
-  """'mean' (average of probabilities) or 'package.module:function'."""
+  """'mean' (average of probabilities) or 'package.module:function', called as f(*probs)."""
   if name == "mean":
-    return lambda probs: np.mean(np.stack(probs), axis=0)
+    return lambda *probs: np.mean(np.stack(probs), axis=0)
   if ":" not in name:
     raise ValueError(f"evaluate.fusion must be 'mean' or 'package.module:function', got {name!r}")
   module, fn = name.split(":", 1)
@@ -166,7 +165,7 @@ def fusion_function(name: str):
 def fuse(runs: list[dict], fusion: str, num_classes: int) -> dict:
   """Metrics of the fused scores of several runs over the same test videos."""
   _, labels, probs = align_scores(runs)
-  fused = np.asarray(fusion_function(fusion)(probs))
+  fused = np.asarray(fusion_function(fusion)(*probs))
   metrics, _ = scores.classification_metrics(fused, labels, num_classes)
   return metrics
 
@@ -209,6 +208,7 @@ def knn_report(encoder, config, mesh) -> dict:
 # ------------------------------------------------------------------------------ the job
 
 def run(config, workdir: str) -> dict:
+  parallel.maybe_initialize_distributed()
   validate(config)
   mesh = F.make_mesh()
   os.makedirs(workdir, exist_ok=True)

@@ -19,36 +19,23 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
+from cvrl import parallel
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
 
-DATA_AXIS = "data"
+DATA_AXIS = parallel.DATA_AXIS
 REDUCTIONS = ("mean", "softmax_mean")
 
 
-# ------------------------------------------------------------------ mesh and global batches
-# Kept local until cvrl/parallel.py lands; the same Mesh(('data',)) the trainer uses.
+# ----------------------------------------------------------------------- global batches
+# The mesh is cvrl.parallel's: Mesh(('data',)) over every device of every host.
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def local_batch_size(global_batch: int, mesh: Mesh) -> int:
-  """Per-host batch of a global batch; it must split evenly over every device."""
-  if global_batch % mesh.size:
-    raise ValueError(f"global batch {global_batch} must be a multiple of the device count "
-                     f"{mesh.size}")
-  return global_batch // jax.process_count()
+make_mesh = parallel.make_mesh
+batch_sharding = parallel.batch_sharding
+replicated = parallel.replicated
+local_batch_size = parallel.local_batch_size
 
 
 def to_global(mesh: Mesh, x: np.ndarray) -> jax.Array:
@@ -96,8 +83,9 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
     return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
   from cvrl.train import checkpoint  # pylint: disable=import-outside-toplevel
   step = config.get("pretrained_step")
-  pre_config, model = checkpoint.load_pretrained(config.pretrained, step)
-  encoder = place(mesh, model.encoder)
+  pre_config, model = checkpoint.load_pretrained(config.pretrained, step,
+                                                 sharding=replicated(mesh))
+  encoder = model.encoder
   return encoder, pre_config.model, {"init": "pretrained", "checkpoint": str(config.pretrained),
                                      "step": None if step is None else int(step)}
 

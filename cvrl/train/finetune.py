@@ -18,9 +18,10 @@ import optax
 from flax import nnx
 from ml_collections import config_dict
 
-from cvrl import config_lib
+from cvrl import config_lib, parallel
 from cvrl.models import default_model_config
 from cvrl.train import features as F
+from cvrl.train import optim
 from cvrl.train import probe
 from cvrl.train import results as R
 
@@ -58,9 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   set_probe_augmentation(c.data)
   c.data.num_classes = config_dict.placeholder(int)
   c.data.num_train_examples = config_dict.placeholder(int)
-  c.optim = ml_collections.ConfigDict(dict(
-      name="sgd", base_lr=0.05, head_lr=0.5, base_batch_size=128, momentum=0.9,
-      nesterov=False, weight_decay=1e-4))
+  c.optim = probe.optim_fields(name="sgd", base_lr=0.05, base_batch_size=128, momentum=0.9,
+                               nesterov=False, weight_decay=1e-4)
+  c.optim.head_lr = 0.5  # the new head's base_lr (same linear scaling)
   c.finetune = finetune_fields()
   c.evaluate = eval_fields()
   c.log = ml_collections.ConfigDict(dict(every_steps=50))
@@ -70,12 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   if not config.get("pretrained") and not config.get("random_init"):
     raise ValueError("finetune: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  if config.optim.name != "sgd":
-    raise ValueError(f"finetune: config.optim.name must be one of ['sgd'], "
-                     f"got {config.optim.name!r}")
-  if int(config.batch_size) % jax.device_count():
-    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the "
-                     f"{jax.device_count()} devices")
+  optim.validate(config.optim)
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
   from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
@@ -88,13 +84,15 @@ def param_groups(params):
       lambda path, _: "backbone" if getattr(path[0], "key", None) == "encoder" else "head", params)
 
 
-def make_optimizer(optim, global_batch: int, total_steps: int, warmup_steps: int):
-  """SGD momentum per group: backbone at base_lr, head at head_lr (both linearly scaled)."""
+def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
+  """cvrl.train.optim's optimizer per group: the backbone at base_lr, the head at head_lr
+  (both linearly scaled by the batch, same warm-up and cosine)."""
   rates, txs = {}, {}
-  for group, base in (("backbone", optim.base_lr), ("head", optim.head_lr)):
-    rates[group] = probe.learning_rate(base, global_batch, optim.base_batch_size)
-    txs[group] = probe.sgd(probe.warmup_cosine(rates[group], total_steps, warmup_steps),
-                           optim.momentum, optim.nesterov, optim.weight_decay)
+  for group, base in (("backbone", optim_config.base_lr), ("head", optim_config.head_lr)):
+    group_config = ml_collections.ConfigDict(optim_config.to_dict())
+    group_config.base_lr = float(base)
+    txs[group], _, rates[group] = probe.make_optimizer(group_config, global_batch, total_steps,
+                                                       warmup_steps)
   return optax.multi_transform(txs, param_groups), rates
 
 
@@ -135,6 +133,7 @@ class FinetuneTrainer:
 
 
 def run(config, workdir: str) -> dict:
+  parallel.maybe_initialize_distributed()
   validate(config)
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
   from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel

@@ -30,9 +30,10 @@ import optax
 from flax import nnx
 from ml_collections import config_dict
 
-from cvrl import config_lib
+from cvrl import config_lib, parallel
 from cvrl.models import default_model_config
 from cvrl.train import features as F
+from cvrl.train import optim
 from cvrl.train import results as R
 
 NEEDS_WORKDIR = True
@@ -75,9 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.stride = 2
   c.data.num_classes = config_dict.placeholder(int)  # None: from the source
   c.data.num_train_examples = config_dict.placeholder(int)  # None: counted
-  c.optim = ml_collections.ConfigDict(dict(
-      name="sgd", base_lr=32.0, base_batch_size=1024, momentum=0.9, nesterov=False,
-      weight_decay=0.0))
+  c.optim = optim_fields(name="sgd", base_lr=32.0, base_batch_size=1024, momentum=0.9,
+                         nesterov=False, weight_decay=0.0)
   c.probe = probe_fields()
   c.evaluate = eval_fields()
   c.log = ml_collections.ConfigDict(dict(every_steps=100))
@@ -87,11 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   if not config.get("pretrained") and not config.get("random_init"):
     raise ValueError("probe: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  if config.optim.name != "sgd":
-    raise ValueError(f"probe: config.optim.name must be one of ['sgd'], got {config.optim.name!r}")
-  if int(config.batch_size) % jax.device_count():
-    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the "
-                     f"{jax.device_count()} devices")
+  optim.validate(config.optim)
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
   from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
@@ -100,40 +96,19 @@ def validate(config) -> None:
 
 # -------------------------------------------------------------------------- optimisation
 
-def learning_rate(base_lr: float, batch_size: int, base_batch_size: int) -> float:
-  """Linear scaling: base_lr is the rate at base_batch_size (CVRL: 32.0 at 1024)."""
-  return float(base_lr) * batch_size / base_batch_size
+def optim_fields(**overrides) -> ml_collections.ConfigDict:
+  """`config.optim`: cvrl.train.optim's fields (pretraining's defaults) with `overrides`."""
+  c = ml_collections.ConfigDict(config_lib.pretrain_config().optim.to_dict())
+  c.update(overrides)
+  return c
 
 
-def warmup_cosine(peak: float, total_steps: int, warmup_steps: int):
-  """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine to 0 at `total_steps`."""
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm = peak * step / max(warmup_steps, 1)
-    frac = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    cos = 0.5 * peak * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
-    return jnp.where(step < warmup_steps, warm, cos)
-  return schedule
-
-
-def _name(path) -> str | None:
-  """The variable's own name: the last dict key of its path (nnx adds a '.value' attribute)."""
-  keys = [k.key for k in path if hasattr(k, "key")]
-  return keys[-1] if keys else None
-
-
-def decay_mask(params):
-  """Weight decay on dense / conv kernels only (not biases, not BN)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: _name(path) == "kernel", params)
-
-
-def sgd(lr_schedule, momentum: float, nesterov: bool, weight_decay: float):
-  """SGD momentum with L2 weight decay on kernels (gradient += wd * w, as TF's l2 loss)."""
-  parts = []
-  if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
-  parts.append(optax.sgd(lr_schedule, momentum=momentum or None, nesterov=nesterov))
-  return optax.chain(*parts)
+def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
+  """(optax transform, peak lr): cvrl.train.optim's optimizer, linear warm-up + cosine."""
+  peak = optim.peak_learning_rate(optim_config, global_batch)
+  schedule = optim.warmup_cosine(peak, warmup_steps, total_steps,
+                                 optim_config.get("schedule", "cosine"))
+  return optim.build(optim_config, schedule), schedule, peak
 
 
 # ----------------------------------------------------------------------------- training
@@ -229,9 +204,7 @@ def train_probe(encoder: nnx.Module, config: ml_collections.ConfigDict, mesh, *,
   """
   global_batch = int(config.batch_size)
   local = F.local_batch_size(global_batch, mesh)
-  lr = learning_rate(config.optim.base_lr, global_batch, config.optim.base_batch_size)
-  schedule = warmup_cosine(lr, total_steps, warmup_steps)
-  tx = sgd(schedule, config.optim.momentum, config.optim.nesterov, config.optim.weight_decay)
+  tx, schedule, lr = make_optimizer(config.optim, global_batch, total_steps, warmup_steps)
   head = F.make_head(encoder.num_features, num_classes, normalize=bool(config.probe.normalize),
                      dropout=0.0, seed=int(config.seed) + 1, mesh=mesh)
   trainer = HeadTrainer(encoder, head, tx, mesh)
@@ -329,6 +302,7 @@ def probe_encoder(config, workdir: str, mesh, *, random_init: bool) -> dict:
 
 
 def run(config, workdir: str) -> dict:
+  parallel.maybe_initialize_distributed()
   validate(config)
   mesh = F.make_mesh()
   os.makedirs(workdir, exist_ok=True)
@@ -391,10 +365,9 @@ def config_after_pretrain(pretrain_config, checkpoint_dir: str) -> ml_collection
   c.total_steps = p.get("total_steps")
   c.warmup_epochs = p.get("warmup_epochs")
   c.warmup_steps = p.get("warmup_steps")
-  c.optim.base_lr = float(p.base_lr)
-  c.optim.base_batch_size = int(p.batch_size)
-  c.optim.momentum = float(p.get("momentum", 0.9))
-  c.optim.weight_decay = float(p.get("weight_decay", 0.0))
+  c.optim.update(base_lr=float(p.base_lr), base_batch_size=int(p.batch_size),
+                 momentum=float(p.get("momentum", 0.9)),
+                 weight_decay=float(p.get("weight_decay", 0.0)))
   for key in ("extract_features", "feature_epochs", "normalize", "random_baseline"):
     if key in p:
       c.probe[key] = p[key]

@@ -83,5 +83,6 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   c.data = default_data_config()
   c.optim = ml_collections.ConfigDict(dict(
       name="sgd", base_lr=0.32, base_batch_size=1024, momentum=0.9, nesterov=False,
-      weight_decay=1e-6, lars_trust=0.001, b1=0.9, b2=0.999, eps=1e-8, grad_clip=None))
+      weight_decay=1e-6, lars_trust=0.001, lars_eps=0.0, b1=0.9, b2=0.999, eps=1e-8,
+      grad_clip=None, schedule="cosine"))
   return c

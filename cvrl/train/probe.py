@@ -1,0 +1,390 @@
+"""Linear probe: a frozen backbone, pooled L2-normalised features, one linear layer (CVRL).
+
+The backbone runs in inference mode (BN on its running statistics) and is never
+updated; only the LinearClassifier is trained, with SGD momentum and a warm-up cosine
+schedule (the paper's K600 recipe: 32 frames, lr 32.0 at batch 1024, 100 epochs, 5
+warm-up epochs, no weight decay, crop + flip without colour augmentation).
+
+Two paths give the same classifier:
+- end-to-end (default): every step decodes and augments fresh clips and runs the
+  frozen backbone on them, as the reference does;
+- `probe.extract_features=True`: the backbone runs once per cached clip. With
+  `probe.feature_epochs = K > 0` the first K epochs of the very stream the end-to-end path
+  reads (same clips, same augmentation, same order) are encoded, trained on in that
+  order, then reshuffled for the remaining epochs: K augmented views per video instead
+  of one per epoch. When K covers the whole run both paths see identical inputs.
+  `feature_epochs = 0` encodes each video once, without augmentation (centre clip,
+  centre crop), and trains on reshuffled epochs of those features.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import config_dict
+
+from cvrl import config_lib, parallel
+from cvrl.models import default_model_config
+from cvrl.train import features as F
+from cvrl.train import optim
+from cvrl.train import results as R
+
+NEEDS_WORKDIR = True
+
+
+# ------------------------------------------------------------------------------ configs
+
+def probe_fields() -> ml_collections.ConfigDict:
+  """`config.probe`: the probe's own options."""
+  return ml_collections.ConfigDict(dict(
+      extract_features=False,  # encode clips once, train on cached features
+      feature_epochs=1,        # epochs of augmented clips cached (0: one un-augmented clip)
+      normalize=True,          # L2-normalise the pooled features (CVRL)
+      random_baseline=False,   # also probe a random-init encoder of the same architecture
+      evaluate=True,           # multi-view test of the trained probe (config.evaluate)
+      save_model=True,         # DIR/model + DIR/model.json for the evaluate job
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the probe job reads, at the CVRL K600 linear-eval values (methods.md §1)."""
+  # pylint: disable=import-outside-toplevel
+  from cvrl.data.config import default_data_config, set_probe_augmentation
+  from cvrl.train.evaluate import eval_fields
+  c = ml_collections.ConfigDict()
+  c.job = "probe"
+  c.seed = 0
+  c.pretrained = ""  # checkpoint to probe (the encoder is rebuilt from its stored config)
+  c.pretrained_step = config_dict.placeholder(int)  # None: the latest
+  c.random_init = False  # probe a random-init `config.model` instead (no checkpoint)
+  c.batch_size = 1024
+  c.total_epochs = 100
+  c.total_steps = None
+  c.warmup_epochs = 5
+  c.warmup_steps = None
+  c.model = default_model_config()  # only read with random_init
+  c.data = default_data_config()
+  set_probe_augmentation(c.data)
+  c.data.num_frames = 32
+  c.data.stride = 2
+  c.data.num_classes = config_dict.placeholder(int)  # None: from the source
+  c.data.num_train_examples = config_dict.placeholder(int)  # None: counted
+  c.optim = optim_fields(name="sgd", base_lr=32.0, base_batch_size=1024, momentum=0.9,
+                         nesterov=False, weight_decay=0.0)
+  c.probe = probe_fields()
+  c.evaluate = eval_fields()
+  c.log = ml_collections.ConfigDict(dict(every_steps=100))
+  return c
+
+
+def validate(config) -> None:
+  if not config.get("pretrained") and not config.get("random_init"):
+    raise ValueError("probe: set config.pretrained=<checkpoint dir> or config.random_init=True")
+  optim.validate(config.optim)
+  if int(config.probe.feature_epochs) < 0:
+    raise ValueError("config.probe.feature_epochs must be >= 0")
+  from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
+  evaluate.validate_eval_fields(config.evaluate)
+
+
+# -------------------------------------------------------------------------- optimisation
+
+def optim_fields(**overrides) -> ml_collections.ConfigDict:
+  """`config.optim`: cvrl.train.optim's fields (pretraining's defaults) with `overrides`."""
+  c = ml_collections.ConfigDict(config_lib.pretrain_config().optim.to_dict())
+  c.update(overrides)
+  return c
+
+
+def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
+  """(optax transform, peak lr): cvrl.train.optim's optimizer, linear warm-up + cosine."""
+  peak = optim.peak_learning_rate(optim_config, global_batch)
+  schedule = optim.warmup_cosine(peak, warmup_steps, total_steps,
+                                 optim_config.get("schedule", "cosine"))
+  return optim.build(optim_config, schedule), schedule, peak
+
+
+# ----------------------------------------------------------------------------- training
+
+class HeadTrainer:
+  """Trains a classifier head on a frozen encoder: from clips or from cached features.
+
+  Both step functions share `_update`; the clip step computes the features with the
+  same `_features` the extraction uses, so the two paths differ only in XLA fusion.
+  """
+
+  def __init__(self, encoder: nnx.Module, head: nnx.Module, tx, mesh):
+    self.mesh = mesh
+    self.tx = tx
+    enc_def, self.encoder_state = nnx.split(F.frozen(encoder))
+    head_def, self.params, self.rest = nnx.split(head, nnx.Param, ...)
+    self.head_def = head_def
+    self.opt_state = jax.jit(tx.init)(self.params)
+    self.step = 0
+
+    def features(encoder_state, video):  # [B, V, T, H, W, 3] -> [B, C], mean over views
+      enc = nnx.merge(enc_def, encoder_state)
+      b, v = video.shape[:2]
+      f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
+      return jax.lax.stop_gradient(jnp.mean(f.astype(jnp.float32), axis=1))
+
+    def update(params, rest, opt_state, feats, labels):
+      def loss_fn(p):
+        logits = nnx.merge(head_def, p, rest)(feats)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+      (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc}
+
+    rows = F.batch_sharding(mesh)
+    self._features = jax.jit(features, out_shardings=rows)
+    self._feature_step = jax.jit(update, donate_argnums=(0, 2))
+    self._clip_step = jax.jit(
+        lambda p, r, o, es, v, lab: update(p, r, o, features(es, v), lab), donate_argnums=(0, 2))
+
+  def features(self, video: np.ndarray) -> jax.Array:
+    return self._features(self.encoder_state, F.to_global(self.mesh, video))
+
+  def step_on_clips(self, video: np.ndarray, labels: np.ndarray) -> dict:
+    self.params, self.opt_state, m = self._clip_step(
+        self.params, self.rest, self.opt_state, self.encoder_state,
+        F.to_global(self.mesh, video), F.to_global(self.mesh, labels.astype(np.int32)))
+    self.step += 1
+    return m
+
+  def step_on_features(self, feats: np.ndarray, labels: np.ndarray) -> dict:
+    self.params, self.opt_state, m = self._feature_step(
+        self.params, self.rest, self.opt_state, F.to_global(self.mesh, feats),
+        F.to_global(self.mesh, labels.astype(np.int32)))
+    self.step += 1
+    return m
+
+  def head(self) -> nnx.Module:
+    return nnx.merge(self.head_def, self.params, self.rest)
+
+
+def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,
+                   seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Host batches from cached features: the first `replay_rows` rows in stored order, then
+  passes over all rows in fresh seeded permutations (one per pass, wrapping across passes)."""
+  for start in range(0, replay_rows - batch + 1, batch):
+    yield feats[start:start + batch], labels[start:start + batch]
+  rng = np.random.default_rng([seed, 0x9B0BE])
+  order = np.empty([0], np.int64)
+  while True:
+    while len(order) < batch:
+      order = np.concatenate([order, rng.permutation(len(labels))])
+    take, order = order[:batch], order[batch:]
+    yield feats[take], labels[take]
+
+
+def _log(step, total, m, lr, t0, clips):
+  if jax.process_index() == 0:
+    rate = clips / max(time.time() - t0, 1e-9)
+    print(f"probe step {step}/{total} loss={float(m['loss']):.4f} "
+          f"accuracy={float(m['accuracy']):.3f} lr={lr:.4g} clips/s={rate:.1f}", flush=True)
+
+
+def train_probe(encoder: nnx.Module, config: ml_collections.ConfigDict, mesh, *,
+                num_classes: int, train_batches, eval_batches=None, total_steps: int,
+                warmup_steps: int, steps_per_epoch: int) -> tuple[nnx.Module, dict]:
+  """Trains the probe head on `encoder`; returns (head, training stats).
+
+  train_batches(): a fresh iterator of host train batches (the augmented stream).
+  eval_batches(): host batches of the train split without augmentation, each video once
+    (masked padding): the features of `probe.feature_epochs = 0`.
+  """
+  global_batch = int(config.batch_size)
+  local = F.local_batch_size(global_batch, mesh)
+  tx, schedule, lr = make_optimizer(config.optim, global_batch, total_steps, warmup_steps)
+  head = F.make_head(encoder.num_features, num_classes, normalize=bool(config.probe.normalize),
+                     dropout=0.0, seed=int(config.seed) + 1, mesh=mesh)
+  trainer = HeadTrainer(encoder, head, tx, mesh)
+  every = max(1, int(config.log.every_steps))
+  stats = {"total_steps": total_steps, "warmup_steps": warmup_steps, "learning_rate": lr,
+           "global_batch": global_batch, "extract_features": bool(config.probe.extract_features)}
+  t0, m = time.time(), None
+
+  if not config.probe.extract_features:
+    it = train_batches()
+    for step in range(total_steps):
+      batch = next(it)
+      m = trainer.step_on_clips(batch["video"], batch["label"])
+      if (step + 1) % every == 0 or step + 1 == total_steps:
+        _log(step + 1, total_steps, m, float(schedule(step)), t0, (step + 1) * global_batch)
+    stats["encoder_passes"] = total_steps * global_batch
+  else:
+    k = int(config.probe.feature_epochs)
+    t_extract = time.time()
+    if k > 0:  # the first K epochs of the augmented stream, in stream order
+      cache_steps = min(total_steps, k * steps_per_epoch)
+      it = train_batches()
+      outs, labels = [], []
+      for _ in range(cache_steps):
+        batch = next(it)
+        outs.append(trainer.features(batch["video"]))
+        labels.append(np.asarray(batch["label"]))
+      feats = np.concatenate([F.to_host_local(mesh, o) for o in outs])
+      labels = np.concatenate(labels)
+      replay = len(labels)
+    else:  # one un-augmented clip per video, this host's videos only
+      split = F.run_split(lambda v: trainer.features(v), mesh, eval_batches(), all_hosts=False)
+      feats, labels, replay = split.values, split.labels, 0
+    stats["extract_seconds"] = time.time() - t_extract
+    stats["cached_features"] = int(len(labels))
+    stats["encoder_passes"] = int(len(labels)) * jax.process_count()
+    it = cached_batches(feats, labels, local, replay, int(config.seed))
+    t0 = time.time()
+    for step in range(total_steps):
+      f, lab = next(it)
+      m = trainer.step_on_features(f, lab)
+      if (step + 1) % every == 0 or step + 1 == total_steps:
+        _log(step + 1, total_steps, m, float(schedule(step)), t0, 0)
+  stats["train_loss"] = float(m["loss"])
+  stats["train_accuracy"] = float(m["accuracy"])
+  stats["seconds"] = time.time() - t0
+  return trainer.head(), stats
+
+
+# ------------------------------------------------------------------------------ the job
+
+def _datasets(config, seed: int, mesh):
+  """Factories of host batch iterators: augmented train stream, un-augmented train split."""
+  from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
+  local = F.local_batch_size(int(config.batch_size), mesh)
+
+  def train_batches():
+    ds = pipeline.build_dataset(config.data, sampler={"name": "single"}, train=True,
+                                batch_size=local, seed=seed)
+    return pipeline.iterate(ds)
+
+  def plain_batches():
+    ds = pipeline.build_dataset(config.data, sampler={"name": "single"}, train=False,
+                                batch_size=local, seed=seed, split="train")
+    return pipeline.iterate(ds)
+  return train_batches, plain_batches
+
+
+def probe_encoder(config, workdir: str, mesh, *, random_init: bool) -> dict:
+  """Loads (or randomly builds) the encoder, trains and tests its probe; results dict."""
+  from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
+  encoder, model_config, source = F.load_encoder(config, mesh, random_init=random_init)
+  classes = F.num_classes(config.data)
+  n_train = F.num_examples(config.data, "train")
+  global_batch = int(config.batch_size)
+  total = config_lib.steps("total", config, num_examples=n_train, batch_size=global_batch)
+  warmup = config_lib.steps("warmup", config, num_examples=n_train, batch_size=global_batch,
+                            default=0)
+  steps_per_epoch = max(1, n_train // global_batch)
+  train_batches, plain_batches = _datasets(config, int(config.seed), mesh)
+  head, stats = train_probe(encoder, config, mesh, num_classes=classes,
+                            train_batches=train_batches, eval_batches=plain_batches,
+                            total_steps=total, warmup_steps=warmup, steps_per_epoch=steps_per_epoch)
+  model = F.VideoClassifier(encoder, head)
+  out = {"source": source, "train": stats, "num_classes": classes, "num_train_examples": n_train,
+         "model": model_config.to_dict()}
+  if config.probe.evaluate:
+    out["test"] = evaluate.evaluate_classifier(model, config, mesh, workdir)
+  if config.probe.save_model:
+    from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+    classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,
+                                  normalize=bool(config.probe.normalize), dropout=0.0,
+                                  source=source)
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  parallel.maybe_initialize_distributed()
+  validate(config)
+  mesh = F.make_mesh()
+  os.makedirs(workdir, exist_ok=True)
+  main = probe_encoder(config, workdir, mesh, random_init=bool(config.random_init))
+  results = {"job": "probe", "metrics": _headline_metrics(main), "probe": main,
+             "checkpoint": main["source"].get("checkpoint"), "config": R.config_dict(config)}
+  if config.probe.random_baseline and not config.random_init:
+    base_dir = os.path.join(workdir, "random_init")
+    base = probe_encoder(_baseline_config(config, main["model"]), base_dir, mesh, random_init=True)
+    results["random_init"] = base
+    results["metrics"].update({f"random_init_{k}": v for k, v in _headline_metrics(base).items()})
+  R.write_results(workdir, results)
+  R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
+  return results
+
+
+def _headline_metrics(out: dict) -> dict:
+  m = {"train_accuracy": out["train"]["train_accuracy"], "train_loss": out["train"]["train_loss"]}
+  if "test" in out:
+    m.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy") if k in out["test"]})
+  return m
+
+
+def _baseline_config(config, model: dict):
+  """The same probe (same seed, clips, schedule) on a random-init encoder of architecture `model`."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.model = ml_collections.ConfigDict(model)
+  c.random_init = True
+  c.probe.save_model = False
+  return c
+
+
+# ----------------------------------------------------------------- the demo chain's probe
+
+def demo_fields() -> ml_collections.ConfigDict:
+  """`pretrain_config.probe` for the demo: a short probe on cached features of the
+  synthetic data, pretrained vs random-init. configs/demo.py sets `c.probe = demo_fields()`."""
+  return ml_collections.ConfigDict(dict(
+      batch_size=32, total_epochs=30, warmup_epochs=2, base_lr=1.0, momentum=0.9,
+      weight_decay=0.0, extract_features=True, feature_epochs=2, normalize=True,
+      random_baseline=True, num_clips=2, num_crops=1, eval_batch_size=16, log_every_steps=50))
+
+
+def config_after_pretrain(pretrain_config, checkpoint_dir: str) -> ml_collections.ConfigDict:
+  """The probe config `run_after_pretrain` runs: the pretraining's data and model, the
+  probe augmentation (crop + flip), and the fields of `pretrain_config.probe`."""
+  from cvrl.data.config import set_probe_augmentation  # pylint: disable=import-outside-toplevel
+  p = pretrain_config.probe
+  c = base_config()
+  c.seed = int(pretrain_config.get("seed", 0))
+  c.pretrained = checkpoint_dir
+  c.model = ml_collections.ConfigDict(pretrain_config.model.to_dict())
+  data = ml_collections.ConfigDict(pretrain_config.data.to_dict())
+  for key in ("num_classes", "num_train_examples"):
+    if key not in data:
+      data[key] = c.data[key]
+  c.data = set_probe_augmentation(data)
+  c.batch_size = int(p.batch_size)
+  c.total_epochs = p.get("total_epochs")
+  c.total_steps = p.get("total_steps")
+  c.warmup_epochs = p.get("warmup_epochs")
+  c.warmup_steps = p.get("warmup_steps")
+  c.optim.update(base_lr=float(p.base_lr), base_batch_size=int(p.batch_size),
+                 momentum=float(p.get("momentum", 0.9)),
+                 weight_decay=float(p.get("weight_decay", 0.0)))
+  for key in ("extract_features", "feature_epochs", "normalize", "random_baseline"):
+    if key in p:
+      c.probe[key] = p[key]
+  c.evaluate.num_clips = int(p.get("num_clips", c.evaluate.num_clips))
+  c.evaluate.num_crops = int(p.get("num_crops", c.evaluate.num_crops))
+  c.evaluate.batch_size = int(p.get("eval_batch_size", c.evaluate.batch_size))
+  c.log.every_steps = int(p.get("log_every_steps", c.log.every_steps))
+  return c
+
+
+def run_after_pretrain(pretrain_config, workdir: str, checkpoint_dir: str) -> dict:
+  """Probe the checkpoint a pretraining just wrote; results in workdir/probe/results.json.
+
+  With `probe.random_baseline` (the demo's default) the same probe on a random-init
+  encoder of the same architecture runs too, so the results show what pretraining bought.
+  """
+  config = config_after_pretrain(pretrain_config, checkpoint_dir)
+  config.lock()
+  return run(config, os.path.join(workdir, "probe"))
+

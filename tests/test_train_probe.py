@@ -1,0 +1,135 @@
+"""Linear probe: frozen backbone, feature-cache path == end-to-end path, schedule, demo chain."""
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from _downstream_toys import encoder_numpy, tiny_encoder, video_batches
+from cvrl.train import features as F
+from cvrl.train import probe
+
+
+def small_config(**probe_overrides):
+  c = probe.base_config()
+  c.random_init = True
+  c.batch_size = 8
+  c.total_steps = 6
+  c.total_epochs = None
+  c.warmup_steps = 2
+  c.warmup_epochs = None
+  c.optim.base_lr = 0.8
+  c.optim.base_batch_size = 8
+  c.optim.weight_decay = 1e-3
+  c.log.every_steps = 1000
+  c.probe.update(probe_overrides)
+  return c
+
+
+def stream(num_videos=24, batch=8, seed=0):
+  """A fresh iterator of the same augmented-clip stream each call, like the pipeline's."""
+  def make():
+    batches, _, _ = video_batches(num_videos, batch, seed=seed)
+    epoch = 0
+    while True:
+      for b in batches:
+        yield {"video": b["video"] + 0.01 * epoch, "label": b["label"]}
+      epoch += 1
+  return make
+
+
+def test_k600_linear_config_is_the_paper_recipe():
+  from configs import cvrl_k600_linear  # pylint: disable=import-outside-toplevel
+  c = cvrl_k600_linear.get_config("pretrained=/ckpt")
+  assert c.pretrained == "/ckpt" and c.job == "probe"
+  assert (c.batch_size, c.total_epochs, c.warmup_epochs) == (1024, 100, 5)
+  assert (c.data.num_frames, c.data.stride, c.data.num_classes) == (32, 2, 600)
+  aug = c.data.augmentation
+  assert aug.area_range == (0.3, 1.0) and aug.aspect_ratio_range == (0.5, 2.0)
+  assert aug.flip_prob == 0.5 and aug.color_jitter_prob == 0.0 and aug.grayscale_prob == 0.0
+  assert (c.evaluate.num_clips, c.evaluate.num_crops, c.data.eval_resize) == (10, 3, 256)
+  assert c.probe.normalize
+  tx, schedule, peak = probe.make_optimizer(c.optim, c.batch_size, total_steps=35_744,
+                                            warmup_steps=1_788)
+  assert peak == 32.0 and c.optim.momentum == 0.9 and c.optim.weight_decay == 0.0
+  assert float(schedule(0)) == 0.0 and float(schedule(1_788)) == pytest.approx(32.0)
+  assert float(schedule(35_744)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cached_batches_replay_then_permute_every_row_once_per_pass():
+  feats = np.arange(12, dtype=np.float32)[:, None]
+  labels = np.arange(12)
+  it = probe.cached_batches(feats, labels, batch=4, replay_rows=8, seed=0)
+  first = [next(it)[1] for _ in range(2)]
+  np.testing.assert_array_equal(np.concatenate(first), np.arange(8))  # stream order
+  passes = np.concatenate([next(it)[1] for _ in range(6)])  # 24 rows = 2 full passes
+  for p in range(2):
+    np.testing.assert_array_equal(np.sort(passes[12 * p:12 * (p + 1)]), np.arange(12))
+  assert not np.array_equal(passes[:12], np.arange(12))
+
+
+def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic():
+  mesh = F.make_mesh()
+  enc = tiny_encoder(seed=1)
+  before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
+  for extract in (False, True):
+    head, stats = probe.train_probe(
+        enc, small_config(extract_features=extract, feature_epochs=1), mesh, num_classes=4,
+        train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3)
+    after = nnx.to_pure_dict(nnx.state(enc))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert np.isfinite(stats["train_loss"])
+  # ... and the features it trained on are the inference-mode (running statistics) ones.
+  trainer = probe.HeadTrainer(enc, head, optax.sgd(0.1), mesh)
+  b = video_batches(8, 8, seed=5)[0][0]
+  got = np.asarray(trainer.features(b["video"]))
+  np.testing.assert_allclose(got, encoder_numpy(enc, b["video"][:, 0]), rtol=1e-4, atol=1e-6)
+  enc.train()  # batch statistics would give other features
+  assert not np.allclose(np.asarray(nnx.merge(*nnx.split(enc))(b["video"][:, 0])), got, atol=1e-3)
+
+
+def test_feature_extraction_path_gives_the_end_to_end_classifier():
+  mesh = F.make_mesh()
+  enc = tiny_encoder(seed=2)
+  heads = {}
+  for extract in (False, True):
+    # feature_epochs=2 x 3 steps per epoch covers all 6 steps: the same clips, same order.
+    head, stats = probe.train_probe(
+        enc, small_config(extract_features=extract, feature_epochs=2), mesh, num_classes=4,
+        train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3)
+    heads[extract] = nnx.to_pure_dict(nnx.state(head, nnx.Param))
+  assert stats["cached_features"] == 48 and stats["encoder_passes"] == 48
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               heads[False], heads[True])
+  init = probe.F.make_head(8, 4, normalize=True, dropout=0.0, seed=1, mesh=mesh)
+  moved = np.abs(np.asarray(heads[True]["dense"]["kernel"]) - np.asarray(init.dense.kernel[...]))
+  assert moved.max() > 1e-3  # the classifier did train
+
+
+def test_unaugmented_features_encode_each_video_once():
+  mesh = F.make_mesh()
+  enc = tiny_encoder(seed=4)
+  plain = lambda: iter(video_batches(13, 8, pad=True)[0])
+  _, stats = probe.train_probe(
+      enc, small_config(extract_features=True, feature_epochs=0), mesh, num_classes=4,
+      train_batches=None, eval_batches=plain, total_steps=5, warmup_steps=0, steps_per_epoch=1)
+  assert stats["cached_features"] == 13
+
+
+def test_validate_and_after_pretrain_config():
+  c = probe.base_config()
+  with pytest.raises(ValueError, match="pretrained"):
+    probe.validate(c)
+  c.random_init = True
+  c.optim.name = "adagrad"
+  with pytest.raises(ValueError, match="sgd"):
+    probe.validate(c)
+  from cvrl import config_lib
+  pre = config_lib.pretrain_config("cvrl")
+  pre.probe = probe.demo_fields()
+  pre.model.width = 0.25
+  c = probe.config_after_pretrain(pre, "/ckpt")
+  assert c.pretrained == "/ckpt" and c.model.width == 0.25
+  assert c.data.augmentation.color_jitter_prob == 0.0 and c.data.augmentation.blur_probs == (0.0,)
+  assert c.probe.random_baseline and c.probe.extract_features
+  assert c.batch_size == pre.probe.batch_size and c.optim.base_lr == pre.probe.base_lr

@@ -68,10 +68,16 @@ def test_imported_r3d50_gives_the_reference_features(reference, tmp_path):
   assert report["backbone_params"] == reference["net"].count_params() - 2 * sum(
       int(v.shape[0]) for v in reference["net"].weights if "moving_mean" in v.name)
 
-  config, model = load_pretrained(str(tmp_path))  # what probe / evaluate do
-  assert (config.model.depth, config.model.width, config.model.preset) == (50, 1.0, "cvrl")
-  encoder = model.encoder
-  encoder.eval()
+  # The probe / evaluate jobs' own loader, on the paper's K600 linear-eval config.
+  from configs import cvrl_k600_linear  # pylint: disable=import-outside-toplevel
+  from cvrl.train import features  # pylint: disable=import-outside-toplevel
+  config = cvrl_k600_linear.get_config(f"pretrained={tmp_path}")
+  encoder, model_config, source = features.load_encoder(config, features.make_mesh())
+  assert (model_config.depth, model_config.width, model_config.preset) == (50, 1.0, "cvrl")
+  assert source["init"] == "pretrained"
+  _, model = load_pretrained(str(tmp_path))
+  assert model.head is not None  # the projection head comes along (fresh, unused here)
+  encoder = features.frozen(encoder)
   from flax import nnx  # pylint: disable=import-outside-toplevel
   got, pooled = nnx.jit(lambda e, x: (e(x, return_map=True), e(x)))(encoder, reference["x"])
   got, pooled = np.asarray(got), np.asarray(pooled)
@@ -121,17 +127,18 @@ def test_misfits_are_refused_by_name(reference):
     imp.find_backbone_prefix({"dense/kernel": (3, 4)})
 
 
-def test_command_line_refuses_a_wrong_depth_before_building_anything(reference, tmp_path,
+def test_command_line_refuses_a_wrong_width_before_building_anything(reference, tmp_path,
                                                                      capsys):
   from absl import flags  # pylint: disable=import-outside-toplevel
   fv = flags.FlagValues()
   imp.define_flags(fv)
   fv(["import_tf_checkpoint", f"--checkpoint={reference['released']}",
-      f"--workdir={tmp_path}", "--depth=152"])
+      f"--workdir={tmp_path}", "--width=2"])
   with pytest.raises(SystemExit) as e:
     imp.run(fv)
   assert e.value.code == 2
   out = capsys.readouterr().out
-  assert "does not fit the cvrl R3D-152" in out
-  assert " missing: backbone/layer_with_weights-" in out
+  assert "does not fit the cvrl R3D-50" in out
+  assert ("265 with the wrong shape: backbone/layer_with_weights-0/kernel (5, 7, 7, 3, 64) "
+          "(cvrl stem.conv.kernel wants (5, 7, 7, 3, 128))") in out
   assert not (tmp_path / "checkpoints").exists()

@@ -217,8 +217,14 @@ def point_summary(config: str, workdir: str, point: Point) -> dict:
   if os.path.isfile(path):
     with open(path) as f:
       return json.loads(f.readline())
+  import ml_collections  # pylint: disable=import-outside-toplevel
   from cvrl import summary  # pylint: disable=import-outside-toplevel
-  return summary.run(load_config(config, workdir, point), d)
+  cfg = ml_collections.ConfigDict(load_config(config, workdir, point).to_dict())
+  if cfg.get("data") is not None and cfg.data.get("num_classes") is None:
+    # Probe configs may leave the class count to the data source; the classifier's size
+    # does not change the backbone numbers the sweep reports.
+    cfg.data.num_classes = 1
+  return summary.run(cfg, d)
 
 
 def collect(config: str, workdir: str, points, results: str | None = None,
@@ -466,7 +472,7 @@ def main(argv):
   if _COLLECT.value:
     rows = collect(_CONFIG.value, workdir, points, _RESULTS.value, _METRIC.value)
     columns = _columns(rows, [f for f, _ in axes])
-    title = f"sweep of {_CONFIG.value}"
+    title = f"sweep of {os.path.basename(_CONFIG.value)}"
     write_csv(os.path.join(workdir, "sweep.csv"), rows, columns)
     write_markdown(os.path.join(workdir, "sweep.md"), rows, columns, title)
     plot(os.path.join(workdir, "sweep.png"), rows, _METRIC.value, title)

@@ -23,7 +23,8 @@ def r3d_params(depth: int, width: float) -> int:
 
   def conv_bn(k, cin, cout):
     return int(np.prod(k)) * cin * cout + 2 * cout
-  blocks = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3))}[depth]
+  blocks = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+            50: ("bottleneck", (3, 4, 6, 3))}[depth]
   kind, counts = blocks
   temporal = (1, 1, 3, 3)
   total = conv_bn((5, 7, 7), 3, ch(64))
@@ -134,3 +135,67 @@ def test_command_line_prints_the_launch_commands(tmp_path):
   grid = json.load(open(tmp_path / "grid.json"))
   assert list(grid["points"]) == ["d18_w0.125_base-lr0.1", "d18_w0.125_base-lr0.2",
                                   "d50_w0.125_base-lr0.1", "d50_w0.125_base-lr0.2"]
+
+
+TINY_PROBE_CONFIG = """
+import os
+from cvrl.train import probe
+
+
+def get_config(arg=None):
+  c = probe.base_config()
+  c.random_init = True
+  c.batch_size = 8
+  c.total_epochs = None
+  c.total_steps = 6
+  c.warmup_epochs = None
+  c.warmup_steps = 1
+  c.optim.update(base_lr=0.5, base_batch_size=8)
+  d = c.data
+  d.source = "synthetic"
+  d.synthetic.dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "synthetic")
+  d.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4, num_frames=8,
+                     size=24, num_shards=1)
+  d.update(num_frames=4, stride=1, crop_size=16, eval_resize=16, eval_crop_size=16,
+           shuffle_buffer=16, jit_photometric=False)
+  c.model.update(depth=18, width=0.125, preset="cvrl")
+  c.probe.update(extract_features=True, feature_epochs=1, save_model=False)
+  c.evaluate.update(num_clips=1, num_crops=1, batch_size=8)
+  return c
+"""
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path):
+  """2 depths x 2 widths of a real job (a linear probe of random-init encoders on
+  synthetic videos) through the command line: runs, results, CSV, table and plot."""
+  config = tmp_path / "tiny_probe.py"
+  config.write_text(TINY_PROBE_CONFIG)
+  workdir = tmp_path / "sweep"
+  argv = [sys.executable, "-m", "experiments.sweep", f"--config={config}", "--depths=18,34",
+          "--widths=0.0625,0.125", f"--workdir={workdir}", "--launch=local", "--collect"]
+  out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  names = ["d18_w0.0625", "d18_w0.125", "d34_w0.0625", "d34_w0.125"]
+  with open(workdir / "sweep.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["point"] for r in table] == names
+  for r in table:
+    with open(workdir / r["point"] / "results.json") as f:
+      res = json.load(f)
+    assert res["job"] == "probe"
+    assert float(r["top1"]) == pytest.approx(res["metrics"]["top1"])
+    assert float(r["train_accuracy"]) == pytest.approx(res["metrics"]["train_accuracy"])
+    assert int(r["backbone_params"]) == r3d_params(int(r["model.depth"]), float(r["model.width"]))
+    assert r["status"] == "done"
+  md = (workdir / "sweep.md").read_text().splitlines()
+  assert [l.split("|")[1].strip() for l in md if l.startswith("| d")] == names
+  img = sweep.decode_png((workdir / "sweep.png").read_bytes())
+  panel = img[60:391, :img.shape[1] // 2]  # accuracy vs params, below the legend
+  for k in range(2):  # one line per depth
+    assert np.all(panel == np.array(sweep._PALETTE[k], np.uint8), axis=-1).sum() > 50
+
+  again = subprocess.run(argv[:-1], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         check=False)  # every point has results.json: all skipped
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert again.stdout.count("results exist, skipped") == 4

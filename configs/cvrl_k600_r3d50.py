@@ -1,0 +1,22 @@
+"""CVRL pretraining on Kinetics-600, the paper's recipe (methods.md section 1).
+
+R3D-50 1x, 16x224 clips at stride 2, global batch 1024 videos, SGD momentum 0.9,
+lr 0.32 cosine with 5 warm-up epochs, weight decay 1e-6, 200 epochs, bfloat16.
+The arg picks the backbone and the run length, e.g.
+  --config=configs/cvrl_k600_r3d50.py:depth=152,width=2,epochs=800
+"""
+from cvrl import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, depth=50, width=1.0, epochs=200)
+  c = config_lib.pretrain_config("cvrl")
+  c.model.depth = arg.depth
+  c.model.width = arg.width
+  c.model.dtype = "bfloat16"
+  c.total_epochs = arg.epochs
+  c.data.source = "tfrecord"
+  c.data.train_paths = "/path/to/k600/train-*.tfrecord"  # --config.data.train_paths=...
+  c.data.num_train_examples = 366_016
+  c.data.num_classes = 600
+  return c

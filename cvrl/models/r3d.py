@@ -1,0 +1,176 @@
+"""The R3D family: 3D ResNets of depth 18 to 200 at any width.
+
+One implementation serves every preset; presets differ only in stem, temporal kernels,
+strides, dilations and padding style. Input (N, T, H, W, 3) in [0, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cvrl.models.conv import Conv3D, resolve_padding
+
+# depth -> (block type, blocks per stage)
+DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+STAGE_WIDTHS = (64, 128, 256, 512)
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class R3DSpec:
+  """Everything that distinguishes one R3D from another, besides depth and width."""
+  stem_kernel: tuple[int, int, int]
+  stem_strides: tuple[int, int, int]
+  stem_pool: tuple[int, int, int] | None  # max-pool window; its strides below
+  stem_pool_strides: tuple[int, int, int]
+  temporal_kernels: tuple[int, int, int, int]  # per stage
+  temporal_strides: tuple[int, int, int, int]  # per stage (first block)
+  temporal_dilations: tuple[int, int, int, int]  # per stage
+  spatial_strides: tuple[int, int, int, int] = (1, 2, 2, 2)
+  padding: str = "same"  # 'same' (TF, reference CVRL) or 'symmetric' (PyTorch)
+
+
+PRESETS = {
+    # CVRL's R3D (methods.md section 1): TF model-garden ResNet3D, TF 'SAME' padding.
+    "cvrl": R3DSpec(stem_kernel=(5, 7, 7), stem_strides=(2, 2, 2), stem_pool=(1, 3, 3),
+                    stem_pool_strides=(1, 2, 2), temporal_kernels=(1, 1, 3, 3),
+                    temporal_strides=(1, 1, 1, 1), temporal_dilations=(1, 1, 1, 1),
+                    padding="same"),
+    # torchvision's r3d_18 / 3DRotNet: every conv 3x3x3, temporal stride 2 from res3 on.
+    "r3d18": R3DSpec(stem_kernel=(3, 7, 7), stem_strides=(1, 2, 2), stem_pool=None,
+                     stem_pool_strides=(1, 1, 1), temporal_kernels=(3, 3, 3, 3),
+                     temporal_strides=(1, 2, 2, 2), temporal_dilations=(1, 1, 1, 1),
+                     padding="symmetric"),
+    # TCLR: r3d18 whose last stage trades temporal stride for dilation 2 (16 frames -> 4 steps).
+    "tclr": R3DSpec(stem_kernel=(3, 7, 7), stem_strides=(1, 2, 2), stem_pool=None,
+                    stem_pool_strides=(1, 1, 1), temporal_kernels=(3, 3, 3, 3),
+                    temporal_strides=(1, 2, 2, 1), temporal_dilations=(1, 1, 1, 2),
+                    padding="symmetric"),
+}
+
+
+def scaled(channels: int, width: float) -> int:
+  return max(1, int(round(channels * width)))
+
+
+class _ConvBN(nnx.Module):
+  """Conv3D -> BatchNorm (-> ReLU by the caller)."""
+
+  def __init__(self, cin, cout, kernel, strides, dilation, *, padding, conv_impl, dtype,
+               bn_momentum, bn_eps, rngs):
+    self.conv = Conv3D(cin, cout, kernel, strides, dilation, padding=padding, impl=conv_impl,
+                       dtype=dtype, rngs=rngs)
+    self.bn = nnx.BatchNorm(cout, momentum=bn_momentum, epsilon=bn_eps, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv(x))
+
+
+class BasicBlock(nnx.Module):
+  """[t,3,3] -> [t,3,3] (3x3x3 twice for r3d18), identity or 1x1x1 projection shortcut."""
+
+  def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs):
+    cout = width
+    self.conv1 = _ConvBN(cin, width, (temporal_kernel, 3, 3), strides, (dilation_t, 1, 1),
+                         rngs=rngs, **common)
+    self.conv2 = _ConvBN(width, cout, (temporal_kernel, 3, 3), (1, 1, 1), (dilation_t, 1, 1),
+                         rngs=rngs, **common)
+    self.shortcut = (_ConvBN(cin, cout, (1, 1, 1), strides, (1, 1, 1), rngs=rngs, **common)
+                     if cin != cout or tuple(strides) != (1, 1, 1) else None)
+
+  def __call__(self, x):
+    y = nnx.relu(self.conv1(x))
+    y = self.conv2(y)
+    s = x if self.shortcut is None else self.shortcut(x)
+    return nnx.relu(y + s)
+
+
+class BottleneckBlock(nnx.Module):
+  """[t,1,1] -> [1,3,3] (spatial stride) -> [1,1,1] x4, as the CVRL R3D-50."""
+
+  def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs):
+    cout = width * EXPANSION["bottleneck"]
+    t_stride, s_h, s_w = strides
+    self.conv1 = _ConvBN(cin, width, (temporal_kernel, 1, 1), (t_stride, 1, 1),
+                         (dilation_t, 1, 1), rngs=rngs, **common)
+    self.conv2 = _ConvBN(width, width, (1, 3, 3), (1, s_h, s_w), (1, 1, 1), rngs=rngs, **common)
+    self.conv3 = _ConvBN(width, cout, (1, 1, 1), (1, 1, 1), (1, 1, 1), rngs=rngs, **common)
+    self.shortcut = (_ConvBN(cin, cout, (1, 1, 1), strides, (1, 1, 1), rngs=rngs, **common)
+                     if cin != cout or tuple(strides) != (1, 1, 1) else None)
+
+  def __call__(self, x):
+    y = nnx.relu(self.conv1(x))
+    y = nnx.relu(self.conv2(y))
+    y = self.conv3(y)
+    s = x if self.shortcut is None else self.shortcut(x)
+    return nnx.relu(y + s)
+
+
+def _max_pool(x, window, strides, padding_mode):
+  pad = resolve_padding(padding_mode, x.shape[1:4], window, strides, (1, 1, 1))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
+                               ((0, 0), *pad, (0, 0)))
+
+
+class R3D(nnx.Module):
+  """3D ResNet encoder. `__call__` returns pooled (N, C) features or the (N,T,H,W,C) map."""
+
+  def __init__(self, depth: int = 50, width: float = 1.0, preset: str | R3DSpec = "cvrl", *,
+               bn_momentum: float = 0.9, bn_eps: float = 1e-5, dtype=jnp.float32,
+               remat: bool = False, conv_impl: str = "auto", rngs: nnx.Rngs):
+    if depth not in DEPTHS:
+      raise ValueError(f"R3D depth must be one of {sorted(DEPTHS)}, got {depth}")
+    if not width > 0:
+      raise ValueError(f"R3D width multiplier must be > 0, got {width}")
+    if isinstance(preset, str) and preset not in PRESETS:
+      raise ValueError(f"R3D preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    block_type, blocks = DEPTHS[depth]
+    block_cls = BasicBlock if block_type == "basic" else BottleneckBlock
+    self.depth, self.width, self.spec, self.remat = depth, width, spec, remat
+    self.dtype = dtype
+    common = dict(padding=spec.padding, conv_impl=conv_impl, dtype=dtype,
+                  bn_momentum=bn_momentum, bn_eps=bn_eps)
+    stem_width = scaled(64, width)
+    self.stem = _ConvBN(3, stem_width, spec.stem_kernel, spec.stem_strides, (1, 1, 1),
+                        rngs=rngs, **common)
+    stages = []
+    cin = stem_width
+    for i, n in enumerate(blocks):
+      w = scaled(STAGE_WIDTHS[i], width)
+      stage = []
+      for j in range(n):
+        strides = ((spec.temporal_strides[i], spec.spatial_strides[i], spec.spatial_strides[i])
+                   if j == 0 else (1, 1, 1))
+        stage.append(block_cls(cin, w, temporal_kernel=spec.temporal_kernels[i],
+                               strides=strides, dilation_t=spec.temporal_dilations[i],
+                               common=common, rngs=rngs))
+        cin = w * EXPANSION[block_type]
+      stages.append(nnx.List(stage))
+    self.stages = nnx.List(stages)
+    self.num_features = cin
+
+  def __call__(self, x, *, return_map: bool = False):
+    if x.ndim != 5 or x.shape[-1] != 3:
+      raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
+    x = nnx.relu(self.stem(x.astype(self.dtype)))
+    if self.spec.stem_pool is not None:
+      x = _max_pool(x, self.spec.stem_pool, self.spec.stem_pool_strides, self.spec.padding)
+    for stage in self.stages:
+      for block in stage:
+        x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
+    x = x.astype(jnp.float32)
+    if return_map:
+      return x
+    return jnp.mean(x, axis=(1, 2, 3))

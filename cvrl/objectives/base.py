@@ -1,0 +1,90 @@
+"""What a pretext method is, to the trainer.
+
+Adding a method is one new module in `cvrl/objectives/` that subclasses `Objective` and
+registers itself, plus a config. The trainer never branches on the method's name.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from flax import nnx
+
+Metrics = dict[str, jax.Array]
+
+# name -> module path; modules register their class on import.
+_MODULES = {
+    "cvrl": "cvrl.objectives.cvrl",
+    "simclr": "cvrl.objectives.simclr",
+    "moco": "cvrl.objectives.moco",
+    "byol": "cvrl.objectives.byol",
+    "swav": "cvrl.objectives.swav",
+    "tclr": "cvrl.objectives.tclr",
+    "rotation": "cvrl.objectives.rotation",
+}
+_REGISTRY: dict[str, type["Objective"]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+  def wrap(cls):
+    cls.name = name
+    _REGISTRY[name] = cls
+    return cls
+  return wrap
+
+
+def names() -> list[str]:
+  return sorted(_MODULES)
+
+
+def get(config: ml_collections.ConfigDict) -> "Objective":
+  """The objective named by `config.objective.name`, bound to the whole config."""
+  name = config.objective.name
+  if name not in _MODULES:
+    raise ValueError(f"config.objective.name must be one of {names()}, got {name!r}")
+  if name not in _REGISTRY:
+    try:
+      importlib.import_module(_MODULES[name])
+    except ModuleNotFoundError as e:
+      if e.name == _MODULES[name]:
+        raise NotImplementedError(f"objective {name!r} is not implemented yet") from None
+      raise
+  return _REGISTRY[name](config)
+
+
+class Objective(abc.ABC):
+  """A pretext task: the clips it needs, the modules it owns, its loss.
+
+  `build` returns one NNX module holding `.encoder` (an R3D) and whatever heads, target
+  networks or buffers the method needs. The trainer optimises the variables selected by
+  `trainable` (nnx.Param by default: exclude e.g. momentum targets), carries every other
+  variable through the step as state, and calls `loss` under jit in train mode.
+  """
+  name: str = ""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  @abc.abstractmethod
+  def sampler(self) -> dict[str, Any]:
+    """The data sampler spec, e.g. {'name': 'cvrl'} (see cvrl.data.pipeline)."""
+
+  @abc.abstractmethod
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    """The whole model: `.encoder` plus heads and any non-trained state."""
+
+  @abc.abstractmethod
+  def loss(self, model: nnx.Module, batch: dict[str, jax.Array], *, step: jax.Array,
+           rng: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Scalar loss and metrics for one global batch. May update non-trained state in place."""
+
+  @property
+  def trainable(self) -> Any:
+    """An nnx filter selecting the variables the optimizer updates."""
+    return nnx.Param
+
+  def after_update(self, model: nnx.Module, *, step: jax.Array) -> None:
+    """Runs after the optimizer step, inside jit: EMA targets, prototype normalisation."""

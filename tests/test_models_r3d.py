@@ -1,0 +1,174 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cvrl.models import create, r3d
+from cvrl.models.r3d import R3D
+
+
+def n_params(module):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def abstract(depth, width, preset):
+  return nnx.eval_shape(lambda: R3D(depth, width, preset, rngs=nnx.Rngs(0)))
+
+
+def out_shape(model, shape, **kw):
+  graphdef, state = nnx.split(model)
+  f = lambda s, x: nnx.merge(graphdef, s)(x, **kw)
+  return jax.eval_shape(f, state, jax.ShapeDtypeStruct(shape, jnp.float32)).shape
+
+
+def bottleneck_r3d_params(blocks, temporal, stem=(5, 7, 7), width=1.0):
+  """Independent count: conv kernels + BN (scale, bias) of a bottleneck R3D."""
+  w = lambda c: int(round(c * width))
+  conv_bn = lambda k, cin, cout: int(np.prod(k)) * cin * cout + 2 * cout
+  total = conv_bn(stem, 3, w(64))
+  cin = w(64)
+  for stage, (n, t) in enumerate(zip(blocks, temporal)):
+    mid = w(64 * 2 ** stage)
+    for j in range(n):
+      total += conv_bn((t, 1, 1), cin, mid) + conv_bn((1, 3, 3), mid, mid)
+      total += conv_bn((1, 1, 1), mid, 4 * mid)
+      if j == 0:
+        total += conv_bn((1, 1, 1), cin, 4 * mid)
+      cin = 4 * mid
+  return total
+
+
+def test_cvrl_r3d50_matches_paper_parameter_count_and_layout():
+  model = abstract(50, 1.0, "cvrl")
+  params = n_params(model)
+  assert abs(params - 31.7e6) / 31.7e6 < 1e-3
+  assert params == bottleneck_r3d_params((3, 4, 6, 3), (1, 1, 3, 3))
+  assert out_shape(model, (1, 16, 224, 224, 3), return_map=True) == (1, 8, 7, 7, 2048)
+
+
+@pytest.mark.parametrize("preset", ["r3d18", "tclr"])
+def test_r3d18_matches_torchvision_parameter_count(preset):
+  # torchvision r3d_18: 33,371,472 parameters, of which its fc (512 x 400 + 400) is 205,200.
+  assert n_params(abstract(18, 1.0, preset)) == 33_371_472 - 205_200
+
+
+@pytest.mark.parametrize("depth", sorted(r3d.DEPTHS))
+def test_output_shapes_for_every_depth(depth):
+  model = abstract(depth, 0.125, "cvrl")
+  block_type, blocks = r3d.DEPTHS[depth]
+  if block_type == "bottleneck":
+    assert n_params(model) == bottleneck_r3d_params(blocks, (1, 1, 3, 3), width=0.125)
+  channels = int(round(512 * 0.125)) * (4 if depth >= 50 else 1)
+  assert model.num_features == channels
+  assert out_shape(model, (2, 16, 64, 64, 3), return_map=True) == (2, 8, 2, 2, channels)
+
+
+def test_r3d18_and_tclr_temporal_resolution():
+  assert out_shape(abstract(18, 0.125, "r3d18"), (1, 16, 112, 112, 3),
+                   return_map=True) == (1, 2, 7, 7, 64)
+  # TCLR: dilation instead of stride in the last stage keeps 16 / 4 timesteps.
+  assert out_shape(abstract(18, 0.125, "tclr"), (1, 16, 112, 112, 3),
+                   return_map=True) == (1, 4, 7, 7, 64)
+
+
+def test_width_multiplier_scales_channels():
+  assert abstract(50, 2.0, "cvrl").num_features == 4096
+  assert abstract(34, 0.5, "r3d18").num_features == 256
+
+
+def test_bad_depth_and_preset_are_rejected():
+  with pytest.raises(ValueError, match="18, 34, 50"):
+    R3D(17, 1.0, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="preset"):
+    R3D(18, 1.0, "nope", rngs=nnx.Rngs(0))
+
+
+def apply(model, x, **kw):
+  return nnx.jit(lambda m, x: m(x, **kw))(model, x)
+
+
+def _video(seed, shape=(2, 8, 32, 32, 3)):
+  return jax.random.uniform(jax.random.key(seed), shape)
+
+
+def test_forward_tiny_width():
+  model = create(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(0)))
+  y = apply(model, _video(0))
+  assert y.shape == (2, 64)
+  np.testing.assert_allclose(y, apply(model, _video(0), return_map=True).mean(axis=(1, 2, 3)),
+                             rtol=1e-6)
+  assert bool(jnp.all(jnp.isfinite(y)))
+  # Global average pooling of a ReLU map: non-negative, and not all zero.
+  assert bool(jnp.all(y >= 0)) and float(jnp.max(y)) > 0
+
+
+def test_bfloat16_compute_matches_float32():
+  x = _video(1)
+  f32 = create(lambda: R3D(18, 0.125, "cvrl", rngs=nnx.Rngs(0)))
+  bf16 = create(lambda: R3D(18, 0.125, "cvrl", dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+  # Parameters stay float32 in both.
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+  a, b = apply(f32, x), apply(bf16, x)
+  assert b.dtype == jnp.float32
+  np.testing.assert_allclose(b, a, rtol=0.1, atol=0.05 * float(jnp.abs(a).max()))
+  assert not np.array_equal(np.asarray(a), np.asarray(b))  # it really ran in bf16
+
+
+def test_remat_gives_same_outputs_and_gradients():
+  x = _video(2)
+  plain = create(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(0)))
+  remat = create(lambda: R3D(18, 0.125, "r3d18", remat=True, rngs=nnx.Rngs(0)))
+
+  def loss(model):
+    return jnp.sum(model(x) ** 2)
+
+  grad_fn = nnx.jit(nnx.value_and_grad(loss))
+  la, ga = grad_fn(plain)
+  lb, gb = grad_fn(remat)
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
+
+
+def test_batchnorm_train_vs_eval():
+  model = create(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(0)))
+  x = _video(3, (4, 8, 32, 32, 3))
+  stats0 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+
+  # Train mode: normalised with batch statistics, so one example's output depends on the
+  # rest of the batch, and the running statistics move.
+  model.train()
+  full = apply(model, x)
+  half = apply(model, x[:2])
+  assert not np.allclose(full[:2], half, atol=1e-5)
+  stem_bn = model.stem.bn
+  conv_out = model.stem.conv(x[:2])
+  mean_before = np.asarray(stem_bn.mean[...])
+  stem_bn(conv_out)
+  batch_mean = np.asarray(jnp.mean(conv_out, axis=(0, 1, 2, 3)))
+  np.testing.assert_allclose(stem_bn.mean[...], 0.9 * mean_before + 0.1 * batch_mean,
+                             rtol=1e-4, atol=1e-6)
+
+  # Eval mode: running statistics, each example independent of the batch, nothing moves.
+  model.eval()
+  stats1 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  full = apply(model, x)
+  np.testing.assert_allclose(full[:2], apply(model, x[:2]), rtol=1e-5, atol=1e-6)
+  stats2 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  for a, b in zip(jax.tree.leaves(stats1), jax.tree.leaves(stats2)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(stats0), jax.tree.leaves(stats1)))
+
+
+def test_tf_same_padding_equals_lax_same():
+  from cvrl.models.conv import conv3d_native, resolve_padding
+  x = _video(4, (1, 9, 17, 16, 3))
+  k = jax.random.normal(jax.random.key(5), (5, 7, 7, 3, 4))
+  for strides in [(1, 1, 1), (2, 2, 2), (1, 2, 2)]:
+    pad = resolve_padding("same", x.shape[1:4], (5, 7, 7), strides, (1, 1, 1))
+    ref = jax.lax.conv_general_dilated(x, k, strides, "SAME",
+                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    np.testing.assert_allclose(conv3d_native(x, k, strides, pad, (1, 1, 1)), ref,
+                               rtol=1e-5, atol=1e-5)

@@ -16,14 +16,15 @@ def get_config(arg=None):
   c.total_steps = arg.steps
   c.warmup_epochs = None
   c.warmup_steps = max(1, arg.steps // 10)
-  # R3D-18 (torchvision layout) at 1/8 width: 8 frames of 32 x 32.
-  c.model.update(depth=18, width=0.125, preset="r3d18", dtype="float32")
+  # R3D-18 with CVRL's stem and temporal kernels, at 1/8 width: 8 frames of 32 x 32.
+  c.model.update(depth=18, width=0.125, preset="cvrl", dtype="float32")
   c.objective.update(head_hidden=64, head_layers=1, head_out=32, temperature=0.1)
   c.data.source = arg.source
   c.data.num_frames = 8
   c.data.stride = 2
   c.data.crop_size = 32
-  c.data.num_train_examples = 64
+  c.data.synthetic.num_train_videos = 256
+  c.data.num_train_examples = 256
   # Adam converges in a few hundred tiny steps where the paper's SGD recipe needs many more.
   c.optim.update(name="adamw", base_lr=2e-3, base_batch_size=arg.batch_size, weight_decay=1e-4)
   c.checkpoint.every_steps = 50

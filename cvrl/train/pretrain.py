@@ -131,6 +131,14 @@ class _Preemption:
 
 # ------------------------------------------------------------------------------- run
 
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache for this process: a restarted (preempted) run or
+  a repeated job loads its compiled programs instead of compiling them again."""
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 class _Interval:
   """Sums per-step metrics between log lines; wall time and data wait since the last."""
 
@@ -158,6 +166,8 @@ def _to_floats(metrics) -> dict[str, float]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
   p = config.parallel
+  if p.get("compilation_cache_dir"):
+    enable_compilation_cache(p.compilation_cache_dir)
   parallel.maybe_initialize_distributed(p.get("coordinator_address"), p.get("num_processes"),
                                         p.get("process_id"))
   mesh = parallel.make_mesh()
@@ -270,7 +280,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   final_loss = last_logged.get("loss", interval.last.get("loss"))
   result = {"job": "pretrain", "step": step, "total_steps": total_steps, "preempted": preempted,
-            "loss": final_loss, "checkpoint_dir": ckpt.directory, "metrics": last_logged}
+            "loss": final_loss, "checkpoint_dir": ckpt.directory, "metrics": last_logged,
+            "state": state}
   if preempted:
     logging.info("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
     return result

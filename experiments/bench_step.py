@@ -2,7 +2,8 @@
 
   python -m experiments.bench_step [--models r3d18,r3d50] [--impls native,fold] [--repeats 2]
 
-Measures, in one process so the ratios share the machine's state:
+Measures, in one process so the ratios share the machine's state (each figure both by
+wall time and by the CPU time the process got, see `best_time`):
   matmul:  float32 GFLOP/s of a jitted (n x n) @ (n x n) dot, best of a few;
   per model and conv lowering: the train step (forward, backward, SGD update; BatchNorm in
   train mode; loss = mean square of the pooled features), best-of-`repeats` seconds,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Callable
 
@@ -32,22 +34,29 @@ from cvrl.models import r3d
 MODELS = {"r3d18": (18, "r3d18"), "r3d50": (50, "cvrl"), "tclr": (18, "tclr")}
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-  """Best wall time of `repeats` calls (the first, compiling call is not timed)."""
+def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+  """Best wall seconds and best CPU seconds / core count of `repeats` calls.
+
+  The first (compiling) call is not timed. On a machine shared with other work, the CPU
+  time this process got, spread over the cores, is the steadier measure of its own
+  speed; on an idle machine the two agree.
+  """
   jax.block_until_ready(fn())
-  best = float("inf")
+  wall = cpu = float("inf")
+  cores = os.cpu_count() or 1
   for _ in range(repeats):
-    start = time.perf_counter()
+    w, c = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best
+    wall = min(wall, time.perf_counter() - w)
+    cpu = min(cpu, (time.process_time() - c) / cores)
+  return wall, cpu
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """float32 GFLOP/s of one jitted n^3 matmul on the default backend."""
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
+  """float32 GFLOP/s (by wall and by CPU time) of a jitted n^3 matmul."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  return 2 * n ** 3 / best_time(lambda: f(a), repeats) / 1e9
+  return tuple(2 * n ** 3 / t / 1e9 for t in best_time(lambda: f(a), repeats))
 
 
 def build_model(name: str, conv_impl: str, width: float = 1.0, seed: int = 0) -> r3d.R3D:
@@ -103,9 +112,10 @@ def bench_model(name: str, impls: list[str], batch: int, frames: int, size: int,
       carry["params"], carry["state"], loss = step(carry["params"], carry["state"], video)
       return loss
 
-    seconds = best_time(run, repeats)
-    result["impls"][impl] = {"step_s": round(seconds, 3),
-                             "gflops": round(flops / seconds / 1e9, 1)}
+    wall, cpu = best_time(run, repeats)
+    result["impls"][impl] = {"step_s": round(wall, 3), "gflops": round(flops / wall / 1e9, 1),
+                             "step_cpu_s": round(cpu, 3),
+                             "gflops_cpu": round(flops / cpu / 1e9, 1)}
   return result
 
 
@@ -127,18 +137,20 @@ def main(argv=None):
   out = {"backend": jax.default_backend(), "devices": jax.device_count(),
          "flops_source": "xla_cost_analysis_of_native_step", "models": {}}
   # The matmul rate is taken before and after the models; the higher counts (the
-  # machine is shared, and a lower figure would flatter the ratios).
+  # machine may be shared, and a lower figure would flatter the ratios).
   mm_before = matmul_gflops(args.matmul_n)
   for name in args.models.split(","):
     family = "r3d18" if name in ("r3d18", "tclr") else "r3d50"
     out["models"][name] = bench_model(
         name, impls, getattr(args, f"{family}_batch"), getattr(args, f"{family}_frames"),
         args.size, args.repeats, args.width)
-  mm = max(mm_before, matmul_gflops(args.matmul_n))
-  out["matmul_gflops"] = round(mm, 1)
+  mm_after = matmul_gflops(args.matmul_n)
+  mm, mm_cpu = max(mm_before[0], mm_after[0]), max(mm_before[1], mm_after[1])
+  out["matmul_gflops"], out["matmul_gflops_cpu"] = round(mm, 1), round(mm_cpu, 1)
   for res in out["models"].values():
     for r in res["impls"].values():
       r["ratio_to_matmul"] = round(r["gflops"] / mm, 3)
+      r["ratio_to_matmul_cpu"] = round(r["gflops_cpu"] / mm_cpu, 3)
   print(json.dumps(out))
 
 

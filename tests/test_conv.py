@@ -32,7 +32,8 @@ def _case_id(case):
   return f"k{fmt(kernel)}-s{fmt(strides)}-d{fmt(dilation)}-{padding}-c{channels}"
 
 
-# 3 input channels take the patch-matrix kernel gradient, 16 (x kt) the per-tap one.
+# 3 input channels take the width-folded kernel gradient, 16 (x kt) the per-tap one; 16
+# input with 5 outputs shifts dy, 3 (x1) input shifts x.
 CASES = list(itertools.product(R3D_CONVS, ["same", "symmetric"], [3, 16]))
 
 
@@ -81,6 +82,44 @@ def test_odd_sizes_and_same_padding_of_stride_two(impl):
   y_ref = conv.conv3d_native(x, k, strides, padding, dilation)
   assert y_ref.shape == (2, 3, 4, 5, 5)
   cotangent = jnp.ones(y_ref.shape, jnp.float32)
+  ref = _value_and_grads("native", x, k, strides, padding, dilation, cotangent)
+  got = _value_and_grads(impl, x, k, strides, padding, dilation, cotangent)
+  for a, e in zip(got, ref):
+    _assert_close(a, e)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("frames,strides,dilation", [
+    (1, (1, 1, 1), (1, 1, 1)),  # R3D-18's last stage at 8 frames: two taps see only padding
+    (2, (2, 2, 2), (1, 1, 1)),
+    (2, (1, 1, 1), (2, 1, 1)),  # TCLR's dilated last stage on a 2-step map
+])
+def test_taps_that_see_only_padding(impl, frames, strides, dilation):
+  kernel = (3, 3, 3)
+  x, k = _inputs(kernel, 12, spatial=(frames, 5, 5))
+  padding = conv.resolve_padding("symmetric", x.shape[1:4], kernel, strides, dilation)
+  y_ref = conv.conv3d_native(x, k, strides, padding, dilation)
+  cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(y_ref.shape), jnp.float32)
+  ref = _value_and_grads("native", x, k, strides, padding, dilation, cotangent)
+  got = _value_and_grads(impl, x, k, strides, padding, dilation, cotangent)
+  for a, e in zip(got, ref):
+    _assert_close(a, e)
+  if frames == 1:  # the outer temporal taps never touch the clip: zero gradient
+    assert np.all(got[2][0] == 0) and np.all(got[2][2] == 0)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("kernel,strides,dilation", [
+    ((3, 3, 3), (2, 2, 2), (1, 1, 1)),
+    ((1, 3, 3), (1, 2, 2), (1, 1, 1)),
+    ((3, 3, 3), (1, 1, 1), (2, 1, 1)),
+])
+def test_more_outputs_than_inputs(impl, kernel, strides, dilation):
+  # Wide outputs make the kernel gradient shift x rather than dy.
+  x, k = _inputs(kernel, 32, spatial=(4, 6, 7), out_channels=100)
+  padding = conv.resolve_padding("same", x.shape[1:4], kernel, strides, dilation)
+  y_ref = conv.conv3d_native(x, k, strides, padding, dilation)
+  cotangent = jnp.asarray(np.random.default_rng(4).standard_normal(y_ref.shape), jnp.float32)
   ref = _value_and_grads("native", x, k, strides, padding, dilation, cotangent)
   got = _value_and_grads(impl, x, k, strides, padding, dilation, cotangent)
   for a, e in zip(got, ref):

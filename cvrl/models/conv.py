@@ -29,10 +29,10 @@ Padding = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 IMPLS = ("auto", "native", "fold")
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _DIMS_2D = ("NHWC", "HWIO", "NHWC")
-# Below this many folded input channels (e.g. the stem's 3 colours x kt taps) the kernel
-# gradient gathers every spatial tap into one patch matrix (one large matmul) instead of
-# one matmul per tap, whose contraction would be too thin to run fast.
-_PATCH_MATRIX_MAX_CHANNELS = 32
+# Below this many (temporally folded) input channels, e.g. the stem's 3 colours x kt taps,
+# the kernel gradient also folds the width taps into channels: per-tap matmuls that thin
+# would run slowly.
+_FOLD_WIDTH_MAX_CHANNELS = 32
 
 
 def same_padding(size: int | None, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -133,32 +133,35 @@ def _conv2d_native(x, kernel, strides, padding, dilation):
       dimension_numbers=_DIMS_2D)
 
 
-def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
-  """dL/dkernel of a 2D convolution (NHWC, HWIO) by matmuls.
+def _shift_rows(a, shift: int):
+  """b[p] = a[p + shift] (zeros past the end; shift < 0 shifts the other way)."""
+  if shift == 0:
+    return a
+  if shift > 0:
+    return _pad_axes(a[shift:], {0: (0, shift)})
+  return _pad_axes(a[:a.shape[0] + shift], {0: (-shift, 0)})
 
-  dk[j, l] = sum_{b,h,w} xpad[b, h*sh + j*dh, w*sw + l*dw, :]^T dy[b, h, w, :].
-  A strided convolution is split into stride phases (xpad[:, a::sh, c::sw]), inside which
-  every tap is a plain shift. Each phase and dy are laid out on a common (Hq, Wq) grid
+
+def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
+  """dL/dkernel (kh, kw, C, O) of a 2D convolution of already padded xp, by matmuls.
+
+  dk[j, l] = sum_{b,h,w} xp[b, h*sh + j*dh, w*sw + l*dw, :]^T dy[b, h, w, :].
+  A strided convolution is split into stride phases (xp[:, a::sh, c::sw]), inside which
+  every tap is a plain shift. Each phase and dy are laid out on a common (hq, wq) grid
   (dy zero-extended) and flattened over (b, h, w); a shift by (oh, ow) is then a shift by
-  oh*Wq + ow of the flat index, so each tap is one matmul of two contiguous row ranges.
-  Rows where the shift runs past a row or an image meet zeros in dy and add nothing.
-  With few input channels every tap is first gathered into one patch matrix instead.
+  oh*wq + ow rows of the flat matrices, so each tap is one long-contraction matmul. Rows
+  where a shift runs past a row or an image meet zeros in dy and add nothing.
+  The wider of the two operands is transposed once (XLA:CPU's matmuls run fastest with
+  the contraction on the left operand's minor axis) and the narrower one is shifted.
   """
-  kh, kw = ksize
   (sh, sw), (dh, dw) = strides, dilation
   b, ho, wo, o = dy.shape
-  c = x.shape[-1]
-  xp = _pad_axes(x, {1: padding[0], 2: padding[1]})
-  if c < _PATCH_MATRIX_MAX_CHANNELS and kh * kw > 1:
-    rows = _taps(xp, 1, kh, sh, dh, ho)
-    cols = [t for r in rows for t in _taps(r, 2, kw, sw, dw, wo)]
-    patches = jnp.concatenate(cols, axis=-1).reshape(b * ho * wo, kh * kw * c)
-    return _matmul_t(patches, dy.reshape(-1, o)).reshape(kh, kw, c, o)
-  # Tap (j, l) reads phase (j*dh % sh, l*dw % sw) at offset (j*dh // sh, l*dw // sw).
+  c = xp.shape[-1]
   hq = ho + (kh - 1) * dh // sh
   wq = wo + (kw - 1) * dw // sw
   dy_flat = _pad_axes(dy, {1: (0, hq - ho), 2: (0, wq - wo)}).reshape(-1, o)
-  n = dy_flat.shape[0]
+  shift_dy = o <= c
+  dy_t = None if shift_dy else jax.lax.optimization_barrier(dy_flat.T)
   phases = {}
   grads = []
   for j in range(kh):
@@ -167,11 +170,30 @@ def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
       pw, ow = (l * dw) % sw, (l * dw) // sw
       if (ph, pw) not in phases:
         p = xp[:, ph::sh, pw::sw]
-        p = _pad_axes(p, {1: (0, hq - p.shape[1]), 2: (0, wq - p.shape[2])})
-        phases[(ph, pw)] = p.reshape(-1, c)
+        p = _pad_axes(p, {1: (0, hq - p.shape[1]), 2: (0, wq - p.shape[2])}).reshape(-1, c)
+        phases[(ph, pw)] = jax.lax.optimization_barrier(p.T) if shift_dy else p
       shift = oh * wq + ow
-      grads.append(_matmul_t(phases[(ph, pw)][shift:], dy_flat[:n - shift]))
+      if shift_dy:  # dk = x^T @ dy[p - shift]
+        grads.append(phases[(ph, pw)] @ _shift_rows(dy_flat, -shift))
+      else:  # dk = (dy^T @ x[p + shift])^T
+        grads.append((dy_t @ _shift_rows(phases[(ph, pw)], shift)).T)
   return jnp.stack(grads).reshape(kh, kw, c, o)
+
+
+def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
+  """dL/dkernel of a 2D convolution (NHWC, HWIO), by matmuls (XLA:CPU's own is slow).
+
+  With few input channels (the stem's colours) the width taps are first gathered into
+  channels, so that each matmul contracts into a useful number of rows.
+  """
+  kh, kw = ksize
+  c = x.shape[-1]
+  xp = _pad_axes(x, {1: padding[0], 2: padding[1]})
+  if c < _FOLD_WIDTH_MAX_CHANNELS and kw > 1:
+    xw = jnp.concatenate(_taps(xp, 2, kw, strides[1], dilation[1], dy.shape[2]), axis=-1)
+    dk = _kernel_grad_by_shifts(xw, dy, kh, 1, (strides[0], 1), (dilation[0], 1))
+    return dk.reshape(kh, kw, c, dy.shape[-1])
+  return _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -200,15 +222,23 @@ def conv3d_fold(x, kernel, strides, padding: Padding, dilation):
   kt, kh, kw, c, o = kernel.shape
   (st, sh, sw), (dt, dh, dw) = strides, dilation
   n = x.shape[0]
+  t_in = x.shape[1]
+  t_out = _out_size(t_in, kt, st, padding[0], dt)
+  # Temporal taps that meet only padding (e.g. a 3-tap kernel on a 1-frame map) add
+  # nothing and are skipped; their kernel slices then get a zero gradient, as in 3D.
+  live = [i for i in range(kt)
+          if any(0 <= t * st + i * dt - padding[0][0] < t_in for t in range(t_out))]
   xt = _pad_axes(x, {1: padding[0]})
-  t_out = _out_size(x.shape[1], kt, st, padding[0], dt)
   taps = _taps(xt, 1, kt, st, dt, t_out)
-  xf = taps[0] if kt == 1 else jnp.concatenate(taps, axis=-1)  # (N, T', H, W, kt*C)
+  taps = [taps[i] for i in live]
+  xf = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)  # (N, T', H, W, live*C)
   xf = xf.reshape(n * t_out, *xf.shape[2:])
-  kf = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c, o)
+  ci = len(live) * c
+  kernel = kernel if len(live) == kt else jnp.stack([kernel[i] for i in live])
+  kf = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, ci, o)
   if kh == kw == 1:
     xs = _pad_axes(xf, {1: padding[1], 2: padding[2]})[:, ::sh, ::sw]
-    y = _matmul(xs.reshape(-1, kt * c), kf.reshape(kt * c, o)).reshape(*xs.shape[:3], o)
+    y = _matmul(xs.reshape(-1, ci), kf.reshape(ci, o)).reshape(*xs.shape[:3], o)
   else:
     y = _conv2d(xf, kf, (sh, sw), tuple(padding[1:]), (dh, dw))
   return y.reshape(n, t_out, *y.shape[1:])

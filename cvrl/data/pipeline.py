@@ -4,8 +4,21 @@ Phases, in order:
 
   files of this host (jax.process_index) -> per-epoch seeded file order -> read records
   -> parse -> SAMPLE clip indices on the encoded JPEG strings (keep only those strings)
-  -> seeded per-epoch shuffle (train) -> decode ONLY the sampled frames (only the crop
-  window, train) -> augment, one stateless draw per clip -> batch -> prefetch.
+  -> seeded per-epoch shuffle (train) -> per frame: decode ONLY the crop window (train),
+  flip, bilinear resize, round to uint8 -> draw the clip's photometric parameters
+  (one stateless draw per clip) -> batch -> prefetch.
+
+Contract (data.photometric = 'device', the default): the host ships `video` as uint8
+[B, V, T, H, W, 3] (4x less host->device traffic than float32) and, for training views
+with any colour/grayscale/blur/solarize op enabled, `photometric` float32 [B, V, P]
+(one vector per clip; [B, V, T, P] with augmentation.consistent=False), laid out as in
+`photometric.py`. Every job's jitted step must start with
+`batch = cvrl.data.device.finish_batch(batch, config.data)`, which applies the
+photometric ops on the accelerator and returns `video` float32 in [0, 1] (eval and probe
+batches: just the scaling; float32 video without parameters passes through unchanged).
+With data.photometric = 'host' the host applies everything itself and ships float32
+video in [0, 1] with no `photometric` entry (the reference behaviour, several times
+slower on the host; same pixels up to the uint8 rounding).
 
 Randomness is stateless: the seed of every draw is derived from (run seed, example id,
 epoch, view), where the example id is global (file index in the sorted file list << 32 |
@@ -174,9 +187,12 @@ def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
 def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, train: bool,
                   batch_size: int, seed: int, start_step: int = 0, process_index=None,
                   process_count=None, split: str | None = None) -> tf.data.Dataset:
-  """Batches for one host: dicts of `video` [B, V, T, H, W, 3] float32 in [0, 1], `label` [B]
+  """Batches for one host: dicts of `video` [B, V, T, H, W, 3] (uint8, or float32 in [0, 1]
+  with data.photometric='host'), `photometric` [B, V, P] / [B, V, T, P] float32 (device
+  mode, training views with photometric ops; see the module docstring), `label` [B]
   int32, `index` [B] int64 (global example id, -1 for padding), `mask` [B] float32 (eval
   only), and `stats` [B, 6] int64 running problem counts (stripped by `iterate`).
+  Pass every batch through `cvrl.data.device.finish_batch` inside the jitted step.
 
   sampler: {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho} (V=rho),
     {'name': 'tclr'} (V=10: views 0-4 = [sparse, dense0, dense1, dense2, dense3] under

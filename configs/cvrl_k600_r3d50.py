@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.model.dtype = "bfloat16"
   c.total_epochs = arg.epochs
   c.data.source = "tfrecord"
-  c.data.path = "/path/to/k600/train-*.tfrecord"  # set with --config.data.path=...
+  c.data.train_paths = "/path/to/k600/train-*.tfrecord"  # --config.data.train_paths=...
   c.data.num_train_examples = 366_016
   c.data.num_classes = 600
   return c

@@ -1,8 +1,133 @@
-"""Placeholder data config until the pipeline lands (replaced by the data package)."""
+"""Every knob of the input pipeline, with the CVRL paper defaults (methods.md section 1).
+
+One `ml_collections.ConfigDict` goes under `config.data`; `build_dataset` reads nothing
+else. Helpers switch the augmentation to the rho-methods recipe (methods.md section 2)
+or to probe-time augmentation (crop + flip only).
+"""
+from __future__ import annotations
+
 import ml_collections
 
 
+def default_augmentation_config() -> ml_collections.ConfigDict:
+  """CVRL pretraining augmentation: one draw per clip, per-view blur/solarize."""
+  aug = ml_collections.ConfigDict()
+  # Random resized crop, as tf.image.sample_distorted_bounding_box.
+  aug.area_range = (0.3, 1.0)
+  aug.aspect_ratio_range = (0.5, 2.0)
+  aug.min_object_covered = 0.1
+  aug.max_attempts = 100
+  aug.flip_prob = 0.5
+  # Colour jitter (SimCLR style): brightness multiplicative U[1-b, 1+b], contrast
+  # U[1-c, 1+c], saturation U[1-s, 1+s], hue shift U[-h, h]; random order; clip after each.
+  aug.color_jitter_prob = 0.8
+  aug.brightness = 0.8
+  aug.contrast = 0.8
+  aug.saturation = 0.8
+  aug.hue = 0.2
+  aug.color_random_order = True
+  aug.grayscale_prob = 0.2
+  # Gaussian blur: sigma ~ U(sigma_range); kernel size crop_size // 10 made odd (23 at 224).
+  # Probabilities per view (view v uses entry min(v, len - 1)): CVRL blurs clip 1 always,
+  # clip 2 with p 0.1.
+  aug.blur_probs = (1.0, 0.1)
+  aug.blur_sigma_range = (0.1, 2.0)
+  # Taps farther than this many sigmas are dropped (their weight < 7e-5 of the total at 4);
+  # 0 keeps every tap of the kernel.
+  aug.blur_truncate_sigmas = 4.0
+  # Solarization (x -> 1 - x where x >= 0.5), per view: CVRL only on clip 2.
+  aug.solarize_probs = (0.0, 0.2)
+  # True: one draw per clip for all its frames (the paper). False: independent draws per
+  # frame (the paper's "not temporally consistent" ablation).
+  aug.consistent = True
+  return aug
+
+
 def default_data_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      source="synthetic", path="", num_frames=16, stride=2, crop_size=224,
-      num_train_examples=None, num_classes=None))
+  """Pipeline defaults: CVRL pretraining recipe (16 frames, stride 2, 224 crops)."""
+  c = ml_collections.ConfigDict()
+  c.source = 'synthetic'  # 'synthetic' | 'tfrecord' | 'tfds'
+  # Dataset facts the jobs need: epochs -> steps, classifier width. None = unknown (the
+  # synthetic source knows its own).
+  c.num_train_examples = None
+  c.num_classes = None
+
+  # TFRecord shards of tf.train.SequenceExample: a glob, a comma-separated list of globs,
+  # or a list of paths. `eval_paths` is read when build_dataset(train=False).
+  c.train_paths = ''
+  c.eval_paths = ''
+  c.frames_key = 'image/encoded'   # feature list: one JPEG string per frame
+  c.label_key = 'clip/label/index'  # context int64
+  c.text_key = 'clip/label/text'    # context bytes, optional, not read into batches
+  c.require_label = True  # False: records without a label get label -1 (pretraining data)
+
+  # TFDS video datasets (e.g. 'ucf101/ucf101_1_256'): builder name and splits.
+  c.tfds_name = ''
+  c.tfds_train_split = 'train'
+  c.tfds_eval_split = 'test'
+  c.tfds_data_dir = ''
+  c.tfds_video_key = 'video'
+  c.tfds_label_key = 'label'
+
+  # Synthetic motion videos, written once as SequenceExample shards into `dir`.
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.dir = ''  # '' -> a folder under the system temp dir
+  c.synthetic.num_train_videos = 256
+  c.synthetic.num_eval_videos = 64
+  c.synthetic.num_classes = 8
+  c.synthetic.num_frames = 64
+  c.synthetic.size = 48
+  c.synthetic.num_shards = 4
+  c.synthetic.seed = 0
+
+  # Temporal sampling (samplers may override num_frames / stride).
+  c.num_frames = 16
+  c.stride = 2
+  # Videos shorter than a clip's footprint: 'wrap' (indices modulo the length, as the
+  # reference), 'repeat_last' (pad with the last frame) or 'skip'. Always counted.
+  c.short_video = 'wrap'
+
+  # Spatial sizes.
+  c.crop_size = 224
+  c.eval_resize = 256     # shorter side at evaluation
+  c.eval_crop_size = 256  # eval crops (the paper: 3 crops of 256 along the long side)
+
+  c.augmentation = default_augmentation_config()
+
+  # Reading and shuffling.
+  c.shuffle_buffer = 256  # examples (sampled JPEG strings, not decoded frames)
+  c.cycle_length = 8      # files read in parallel
+  c.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
+  c.prefetch = 2          # batches
+  c.jit_photometric = True  # XLA-compile the colour/blur stage (fused, several x faster)
+  c.dct_method = ''       # JPEG IDCT: '' (library default) or 'INTEGER_FAST'
+  return c
+
+
+def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Augmentation of the rho-methods study (methods.md section 2), in place."""
+  aug = data_config.augmentation
+  aug.area_range = (0.2, 0.766)
+  aug.aspect_ratio_range = (0.75, 1.333)
+  aug.color_jitter_prob = 0.8
+  aug.brightness = 0.6
+  aug.contrast = 0.6
+  aug.saturation = 0.6
+  aug.hue = 0.15
+  aug.grayscale_prob = 0.2
+  aug.blur_probs = (0.5,)
+  aug.blur_sigma_range = (0.1, 2.0)
+  aug.solarize_probs = (0.0,)
+  return data_config
+
+
+def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Probe / fine-tune training: random resized crop and flip only, no colour, in place."""
+  aug = data_config.augmentation
+  aug.area_range = (0.3, 1.0)
+  aug.aspect_ratio_range = (0.5, 2.0)
+  aug.color_jitter_prob = 0.0
+  aug.grayscale_prob = 0.0
+  aug.blur_probs = (0.0,)
+  aug.solarize_probs = (0.0,)
+  return data_config

@@ -1,0 +1,197 @@
+"""Convert video files to TFRecord shards of SequenceExample (JPEG frames).
+
+  python -m cvrl.data.convert --input_dir videos/ --output_dir shards/ --num_shards 64
+  python -m cvrl.data.convert --csv list.csv --output_dir shards/ --short_side 256 --fps 25
+
+Input is (a) a folder of class sub-folders of video files, or (b) a CSV of `path,label`
+(relative paths are relative to the CSV; an optional header row `path,label`). Videos are
+decoded with PyAV, resized so the shorter side is --short_side (0 keeps the size),
+optionally resampled to --fps, and stored one JPEG per frame with context
+`clip/label/index` and `clip/label/text`. `label_map.json` (name -> index) is written
+beside the shards. Shards are written under a temporary name and renamed when complete,
+so a rerun skips finished shards (resumable). Unreadable videos are skipped and listed
+in `conversion_report.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import sys
+from typing import Sequence
+
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.gif')
+
+
+def list_folder(input_dir: str) -> list[tuple[str, str]]:
+  """(path, class name) for every video under input_dir/<class>/ (sorted)."""
+  classes = sorted(d for d in os.listdir(input_dir) if os.path.isdir(os.path.join(input_dir, d)))
+  if not classes:
+    raise ValueError(f'{input_dir} has no class sub-folders')
+  items = []
+  for c in classes:
+    folder = os.path.join(input_dir, c)
+    for name in sorted(os.listdir(folder)):
+      if name.lower().endswith(VIDEO_EXTENSIONS):
+        items.append((os.path.join(folder, name), c))
+  return items
+
+
+def list_csv(csv_path: str) -> list[tuple[str, str]]:
+  base = os.path.dirname(os.path.abspath(csv_path))
+  items = []
+  with open(csv_path, newline='') as f:
+    for i, row in enumerate(csv.reader(f)):
+      if not row or (i == 0 and [c.strip().lower() for c in row[:2]] == ['path', 'label']):
+        continue
+      if len(row) < 2:
+        raise ValueError(f'{csv_path}:{i + 1}: expected path,label, got {row}')
+      path = row[0].strip()
+      items.append((path if os.path.isabs(path) else os.path.join(base, path), row[1].strip()))
+  if not items:
+    raise ValueError(f'{csv_path} lists no videos')
+  return items
+
+
+def label_map(labels: Sequence[str]) -> dict[str, int]:
+  """Integer labels keep their value; names get indices in sorted order."""
+  names = sorted(set(labels))
+  if all(n.lstrip('-').isdigit() for n in names):
+    return {n: int(n) for n in names}
+  return {n: i for i, n in enumerate(names)}
+
+
+def decode_video(path: str, short_side: int, fps: float):
+  """uint8 RGB frames [T, H, W, 3] resized to `short_side` (PyAV), resampled to `fps` if > 0."""
+  import av  # lazy: only the converter needs PyAV
+  import numpy as np
+  frames = []
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    next_time = 0.0
+    for frame in container.decode(stream):
+      if fps > 0:
+        t = float(frame.time) if frame.time is not None else next_time
+        if t + 1e-6 < next_time:
+          continue
+        next_time += 1.0 / fps
+      w, h = frame.width, frame.height
+      if short_side > 0:
+        if h <= w:
+          h, w = short_side, max(1, round(w * short_side / h))
+        else:
+          h, w = max(1, round(h * short_side / w)), short_side
+      frames.append(frame.reformat(width=w, height=h, format='rgb24').to_ndarray())
+  if not frames:
+    raise ValueError('no decodable frames')
+  return np.stack(frames)
+
+
+def shard_path(output_dir: str, prefix: str, k: int, n: int) -> str:
+  return os.path.join(output_dir, f'{prefix}-{k:05d}-of-{n:05d}.tfrecord')
+
+
+def write_shard(job) -> dict:
+  """Write one shard; returns {'shard', 'written', 'failed': [(path, error)]}."""
+  path, items, labels, short_side, fps, quality = job
+  import tensorflow as tf
+  from cvrl.data import sources
+  failed, written = [], 0
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for video_path, name in items:
+      try:
+        frames = decode_video(video_path, short_side, fps)
+      except Exception as e:  # unreadable: listed, skipped
+        failed.append((video_path, f'{type(e).__name__}: {e}'))
+        continue
+      jpegs = [tf.io.encode_jpeg(f, quality=quality).numpy() for f in frames]
+      ex = sources.make_sequence_example(jpegs, labels[name], text=name)
+      writer.write(ex.SerializeToString())
+      written += 1
+  report = {'shard': os.path.basename(path), 'written': written, 'failed': failed}
+  with open(path + '.report.json', 'w') as f:
+    json.dump(report, f)
+  os.replace(tmp, path)
+  return report
+
+
+def convert(items: Sequence[tuple[str, str]], output_dir: str, num_shards: int = 8,
+            short_side: int = 256, fps: float = 0.0, jpeg_quality: int = 90, workers: int = 0,
+            prefix: str = 'data', progress: bool = True) -> dict:
+  """Convert (path, label name) items into shards; returns the report written to disk."""
+  os.makedirs(output_dir, exist_ok=True)
+  labels = label_map([name for _, name in items])
+  with open(os.path.join(output_dir, 'label_map.json'), 'w') as f:
+    json.dump(labels, f, indent=1, sort_keys=True)
+  num_shards = max(1, min(num_shards, len(items)))
+  jobs = []
+  for k in range(num_shards):
+    path = shard_path(output_dir, prefix, k, num_shards)
+    if os.path.exists(path) and os.path.exists(path + '.report.json'):
+      continue  # finished by an earlier run
+    jobs.append((path, list(items[k::num_shards]), labels, short_side, fps, jpeg_quality))
+  done_videos = len(items) - sum(len(j[1]) for j in jobs)
+  bar = None
+  if progress:
+    try:
+      from tqdm import tqdm
+      bar = tqdm(total=len(items), initial=done_videos, unit='video', file=sys.stderr)
+    except ImportError:
+      bar = None
+  if workers > 0 and len(jobs) > 1:
+    with multiprocessing.get_context('spawn').Pool(workers) as pool:
+      for rep in pool.imap_unordered(write_shard, jobs):
+        _tick(bar, progress, rep, jobs)
+  else:
+    for job in jobs:
+      _tick(bar, progress, write_shard(job), jobs)
+  if bar is not None:
+    bar.close()
+  reports = []
+  for k in range(num_shards):
+    with open(shard_path(output_dir, prefix, k, num_shards) + '.report.json') as f:
+      reports.append(json.load(f))
+  summary = {'videos': len(items), 'written': sum(r['written'] for r in reports),
+             'unreadable': [p for r in reports for p in r['failed']], 'num_shards': num_shards,
+             'num_classes': len(labels)}
+  with open(os.path.join(output_dir, 'conversion_report.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def _tick(bar, progress, rep, jobs):
+  n = rep['written'] + len(rep['failed'])
+  if bar is not None:
+    bar.update(n)
+  elif progress:
+    print(f"{rep['shard']}: {rep['written']} written, {len(rep['failed'])} unreadable",
+          file=sys.stderr)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument('--input_dir', help='folder of class sub-folders of videos')
+  src.add_argument('--csv', help='CSV of path,label')
+  p.add_argument('--output_dir', required=True)
+  p.add_argument('--num_shards', type=int, default=8)
+  p.add_argument('--short_side', type=int, default=256, help='0 keeps the stored size')
+  p.add_argument('--fps', type=float, default=0.0, help='0 keeps every frame')
+  p.add_argument('--jpeg_quality', type=int, default=90)
+  p.add_argument('--workers', type=int, default=os.cpu_count() or 1)
+  p.add_argument('--prefix', default='data')
+  args = p.parse_args(argv)
+  items = list_folder(args.input_dir) if args.input_dir else list_csv(args.csv)
+  report = convert(items, args.output_dir, args.num_shards, args.short_side, args.fps,
+                   args.jpeg_quality, args.workers, args.prefix)
+  print(json.dumps({k: (len(v) if k == 'unreadable' else v) for k, v in report.items()}))
+  for path, err in report['unreadable']:
+    print(f'unreadable: {path}: {err}', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

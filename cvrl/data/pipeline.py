@@ -1,0 +1,337 @@
+"""The host input pipeline every job uses (tf.data on host CPUs).
+
+Phases, in order:
+
+  files of this host (jax.process_index) -> per-epoch seeded file order -> read records
+  -> parse -> SAMPLE clip indices on the encoded JPEG strings (keep only those strings)
+  -> seeded per-epoch shuffle (train) -> decode ONLY the sampled frames (only the crop
+  window, train) -> augment, one stateless draw per clip -> batch -> prefetch.
+
+Randomness is stateless: the seed of every draw is derived from (run seed, example id,
+epoch, view), where the example id is global (file index in the sorted file list << 32 |
+record index), so a video gets the same clips and augmentation whatever the host count.
+File order and shuffle buffers are re-seeded per epoch from (seed, epoch, host), so the
+stream of a host is a pure function of (seed, process_index, process_count) and
+`start_step` can skip to the element a run that never stopped would be at.
+
+Bad records never stop a run and are never silent: a record that does not parse or a
+frame that does not decode (dropped), a record missing the frames or label key, and a
+video shorter than the sampler's footprint (padded per `data.short_video`, or skipped)
+are counted. Batches carry the running counts in a `stats` field; `iterate` strips it
+into a `PipelineStats` the job logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from typing import Iterator, Mapping
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from cvrl.data import augmentation
+from cvrl.data import sampling
+from cvrl.data import sources
+
+_TAG_FILES, _TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 1, 2, 3, 4
+STATS_KEY = 'stats'
+# Columns of the per-example `stats` vector.
+_EPOCH, _PARSE_FAILED, _DECODE_FAILED, _MISSING, _SHORT, _SHORT_SKIPPED = range(6)
+
+
+@dataclasses.dataclass
+class PipelineStats:
+  """Running counts of problem records seen by the pipeline (this host, this run)."""
+  decode_failed: int = 0   # corrupt JPEG (example dropped)
+  missing_key: int = 0     # frames or label key absent (skipped / masked)
+  short_padded: int = 0    # shorter than a clip, padded per data.short_video
+  short_skipped: int = 0   # shorter than a clip, skipped (short_video='skip')
+  batches: int = 0
+  _parse_failed: dict = dataclasses.field(default_factory=dict)  # epoch -> count
+
+  @property
+  def parse_failed(self) -> int:
+    """Records that are not a SequenceExample (dropped)."""
+    return int(sum(self._parse_failed.values()))
+
+  @property
+  def skipped(self) -> int:
+    return self.parse_failed + self.decode_failed + self.missing_key + self.short_skipped
+
+  def update(self, stats: np.ndarray) -> None:
+    stats = np.asarray(stats).reshape(-1, 6)
+    for epoch in np.unique(stats[:, _EPOCH]):
+      rows = stats[stats[:, _EPOCH] == epoch]
+      key = int(epoch)
+      self._parse_failed[key] = max(self._parse_failed.get(key, 0), int(rows[:, _PARSE_FAILED].max()))
+    self.decode_failed = max(self.decode_failed, int(stats[:, _DECODE_FAILED].max()))
+    self.missing_key = max(self.missing_key, int(stats[:, _MISSING].max()))
+    short = int(stats[:, _SHORT].max())
+    self.short_skipped = max(self.short_skipped, int(stats[:, _SHORT_SKIPPED].max()))
+    self.short_padded = max(self.short_padded, short - self.short_skipped)
+    self.batches += 1
+
+  def as_dict(self) -> dict:
+    return {'parse_failed': self.parse_failed, 'decode_failed': self.decode_failed,
+            'missing_key': self.missing_key, 'short_padded': self.short_padded,
+            'short_skipped': self.short_skipped, 'skipped': self.skipped}
+
+  def __str__(self) -> str:
+    return ' '.join(f'{k}={v}' for k, v in self.as_dict().items())
+
+
+def iterate(ds: tf.data.Dataset, stats: PipelineStats | None = None) -> Iterator[dict]:
+  """Numpy batches from `ds`; the `stats` field is moved into `stats` (if given)."""
+  for batch in ds.as_numpy_iterator():
+    counts = batch.pop(STATS_KEY, None)
+    if stats is not None and counts is not None:
+      stats.update(counts)
+    yield batch
+
+
+# ------------------------------------------------------------------------------ sources
+
+@dataclasses.dataclass
+class _Source:
+  """What the pipeline needs from a source, whatever it is."""
+  epoch_records: callable   # (epoch tensor, shuffle: bool) -> Dataset of (example_id, record)
+  parse: callable           # record -> (frames [L] (strings or uint8 frames), label, status)
+  host_counts: list | None  # records per host (None if unknown)
+  process_index: int
+
+
+def _resolve_process(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # the pipeline is used beside JAX; only the host topology is read
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return int(process_index), int(process_count)
+
+
+def _tfrecord_source(cfg, paths, seed: int, process_index: int, process_count: int) -> _Source:
+  files = sources.resolve_paths(paths)
+  sources.check_keys(files[0], cfg.frames_key, cfg.label_key, cfg.require_label)
+  ids, by_record = sources.host_partition(len(files), process_index, process_count)
+  host_files = tf.constant([files[i] for i in ids])
+  host_ids = tf.constant(ids, tf.int64)
+  cycle = max(1, min(int(cfg.cycle_length), len(ids)))
+
+  def read(file_id, path):
+    records = tf.data.TFRecordDataset(path).enumerate()
+    if by_record:
+      records = records.filter(lambda i, r: tf.equal(i % process_count, process_index))
+    return records.map(lambda i, r: (file_id * (2 ** 32) + i, r))
+
+  def epoch_records(epoch, shuffle: bool):
+    order = tf.range(len(ids))
+    if shuffle:
+      order = tf.random.experimental.stateless_shuffle(
+          order, seed=augmentation.fold_seed([seed, process_index], _TAG_FILES, epoch))
+    table = tf.data.Dataset.from_tensor_slices((tf.gather(host_ids, order), tf.gather(host_files, order)))
+    return table.interleave(read, cycle_length=cycle, block_length=1,
+                            num_parallel_calls=cycle, deterministic=True)
+
+  parse = lambda r: sources.parse_sequence_example(r, cfg.frames_key, cfg.label_key, cfg.require_label)
+  counts = None
+  try:
+    counts = sources.host_record_counts(files, process_count)
+  except (OSError, tf.errors.OpError):  # unreadable headers: counted later as parse failures
+    counts = None
+  return _Source(epoch_records, parse, counts, process_index)
+
+
+def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
+                 process_count: int) -> _Source:
+  if cfg.source == 'tfrecord':
+    paths = cfg.train_paths if split == 'train' else cfg.eval_paths
+    return _tfrecord_source(cfg, paths, seed, process_index, process_count)
+  if cfg.source == 'synthetic':
+    from cvrl.data import synthetic
+    paths = synthetic.ensure_synthetic(cfg.synthetic, split)
+    return _tfrecord_source(cfg, paths, seed, process_index, process_count)
+  if cfg.source == 'tfds':
+    from cvrl.data import tfds_source
+    return tfds_source.make_source(cfg, split, seed, process_index, process_count, _Source)
+  raise ValueError(f"data.source must be 'synthetic', 'tfrecord' or 'tfds', got {cfg.source!r}")
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, train: bool,
+                  batch_size: int, seed: int, start_step: int = 0, process_index=None,
+                  process_count=None, split: str | None = None) -> tf.data.Dataset:
+  """Batches for one host: dicts of `video` [B, V, T, H, W, 3] float32 in [0, 1], `label` [B]
+  int32, `index` [B] int64 (global example id, -1 for padding), `mask` [B] float32 (eval
+  only), and `stats` [B, 6] int64 running problem counts (stripped by `iterate`).
+
+  sampler: {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho} (V=rho),
+    {'name': 'tclr'} (V=10: views 0-4 = [sparse, dense0, dense1, dense2, dense3] under
+    augmentation A, views 5-9 the same clips under augmentation B; optional
+    'sparse_stride' 4, 'num_dense' 4, 'dense_stride' 1), {'name': 'single'} (V=1, a random
+    clip; 'extra_frames': k gives T + k frames, e.g. 1 for 3DRotNet's frame differences;
+    with train=False the middle clip, centre crop), {'name': 'multiview', 'num_clips': 10,
+    'num_crops': 3} (eval, V = clips x crops, view = clip * num_crops + crop). Any sampler
+    may override 'num_frames' and 'stride'.
+  train: True -> seeded shuffling, random augmentation, repeat forever, drop remainder.
+    False -> one deterministic pass, final batch padded (mask 0) so every video counts
+    once; with several hosts every host yields the same number of batches.
+  start_step: skip the first start_step * batch_size examples of this host's stream
+    (exact when no record was dropped before that point).
+  split: 'train' or 'eval' (default: 'train' if train else 'eval').
+  """
+  cfg = data_config
+  if cfg.short_video not in sampling.SHORT_POLICIES:
+    raise ValueError(f'data.short_video must be one of {sampling.SHORT_POLICIES}, got {cfg.short_video!r}')
+  split = split or ('train' if train else 'eval')
+  process_index, process_count = _resolve_process(process_index, process_count)
+  smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride, train=train)
+  source = _make_source(cfg, train, split, seed, process_index, process_count)
+  random = train and smp.random
+  base_seed = tf.constant([seed, 0x5EED], tf.int64)
+  auto = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else int(cfg.num_parallel_calls)
+
+  # Phase 1+2: per epoch, read -> parse -> sample on the JPEG strings -> shuffle.
+  def parse_and_sample(pos, example_id, record, epoch):
+    frames, label, status = source.parse(record)
+    length = tf.shape(frames)[0]
+    key = augmentation.fold_seed(base_seed, example_id, epoch)
+    idx = smp.indices(length, augmentation.fold_seed(key, _TAG_SAMPLE))
+    short = tf.logical_and(tf.equal(status, sources.OK), length < smp.footprint)
+    skip_short = cfg.short_video == 'skip'
+    status = tf.where(short, sources.SHORT_SKIPPED if skip_short else sources.SHORT_PADDED, status)
+    policy = 'wrap' if skip_short else cfg.short_video
+    safe = tf.maximum(length, 1)
+    frames = tf.cond(length > 0, lambda: frames,
+                     lambda: tf.zeros(tf.concat([[1], tf.shape(frames)[1:]], 0), frames.dtype))
+    clips = tf.gather(frames, sampling.fit_indices(idx, safe, policy))
+    return {'frames': clips, 'label': label, 'id': example_id, 'epoch': epoch,
+            'status': tf.cast(status, tf.int32), 'pos': pos}
+
+  def count_gaps(column):
+    def step(state, el):
+      last, failed = state
+      failed += el['pos'] - last - 1
+      el = dict(el, **{column: failed})
+      return (el['pos'], failed), el
+    return step
+
+  def epoch_dataset(epoch):
+    records = source.epoch_records(epoch, random)
+    ds = records.enumerate().map(
+        lambda pos, item: parse_and_sample(pos, item[0], item[1], epoch),
+        num_parallel_calls=auto, deterministic=True)
+    ds = ds.ignore_errors()  # unparsable records: counted by the position gaps below
+    ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), count_gaps('parse_failed'))
+    if random and cfg.shuffle_buffer > 1:
+      shuffle_seed = augmentation.fold_seed([seed, process_index], _TAG_SHUFFLE, epoch)
+      ds = ds.shuffle(int(cfg.shuffle_buffer), seed=shuffle_seed[0] % (2 ** 31 - 1),
+                      reshuffle_each_iteration=False)
+    return ds
+
+  start_epoch, offset = 0, 0
+  if train and start_step > 0:
+    per_host = source.host_counts[process_index] if source.host_counts else None
+    if not per_host:
+      raise ValueError('start_step > 0 needs the number of records per host, which this '
+                       'source could not count')
+    start_epoch, offset = divmod(start_step * batch_size, per_host)
+  epochs = tf.data.Dataset.range(start_epoch, 2 ** 62 if train else 1)
+  ds = epochs.flat_map(epoch_dataset)
+  if offset:
+    ds = ds.skip(offset)
+
+  # Phase 3+4: decode only the sampled frames, augment with one draw per clip.
+  spec = augmentation.AugmentSpec.from_config(cfg.augmentation)
+  if train:
+    augmenter = augmentation.ClipAugmenter(spec, int(cfg.crop_size), jit=bool(cfg.jit_photometric),
+                                           dct_method=cfg.dct_method)
+    out_size = int(cfg.crop_size)
+  else:
+    out_size = int(cfg.eval_crop_size)
+  views, frames_per_view = smp.num_views, smp.frames
+  video_shape = [views, frames_per_view, out_size, out_size, 3]
+
+  def make_video(el):
+    clips = el['frames']
+    key = augmentation.fold_seed(base_seed, el['id'], el['epoch'])
+    if train:
+      out = []
+      for v in range(views):
+        view_seed = augmentation.fold_seed(key, _TAG_VIEW, v)
+        out.append(augmenter(clips[v], view_seed, v))
+      return tf.stack(out)
+    per_clip = [augmentation.eval_views(clips[c], int(cfg.eval_resize), out_size, smp.num_crops,
+                                        cfg.dct_method)
+                for c in range(views // smp.num_crops)]
+    return tf.concat(per_clip, axis=0)
+
+  def decode(pos, el):
+    usable = tf.logical_or(tf.equal(el['status'], sources.OK),
+                           tf.equal(el['status'], sources.SHORT_PADDED))
+    video = tf.cond(usable, lambda: make_video(el), lambda: tf.zeros(video_shape, tf.float32))
+    video = tf.ensure_shape(video, video_shape)
+    return dict(el, video=video, pos=pos)
+
+  ds = ds.enumerate().map(decode, num_parallel_calls=auto, deterministic=True)
+  ds = ds.ignore_errors()  # frames that do not decode: counted by the position gaps
+
+  def count(state, el):
+    last, failed, missing, short, short_skipped = state
+    failed += el['pos'] - last - 1
+    st = el['status']
+    missing += tf.cast(tf.equal(st, sources.MISSING_KEY), tf.int64)
+    short += tf.cast(tf.logical_or(tf.equal(st, sources.SHORT_PADDED),
+                                   tf.equal(st, sources.SHORT_SKIPPED)), tf.int64)
+    short_skipped += tf.cast(tf.equal(st, sources.SHORT_SKIPPED), tf.int64)
+    stats = tf.stack([el['epoch'], el['parse_failed'], failed, missing, short, short_skipped])
+    usable = tf.logical_or(tf.equal(st, sources.OK), tf.equal(st, sources.SHORT_PADDED))
+    out = {'video': el['video'], 'label': el['label'], 'index': el['id'], STATS_KEY: stats,
+           'mask': tf.cast(usable, tf.float32)}
+    return (el['pos'], failed, missing, short, short_skipped), out
+
+  zero = tf.constant(0, tf.int64)
+  ds = ds.scan((tf.constant(-1, tf.int64), zero, zero, zero, zero), count)
+  if train:
+    ds = ds.filter(lambda el: el['mask'] > 0)
+    ds = ds.map(lambda el: {k: v for k, v in el.items() if k != 'mask'})
+    ds = ds.batch(batch_size, drop_remainder=True)
+  else:
+    ds = _eval_batches(ds, batch_size, video_shape, source.host_counts)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  ds = ds.with_options(options)
+  return ds.prefetch(int(cfg.prefetch))
+
+
+def _eval_batches(ds, batch_size: int, video_shape, host_counts) -> tf.data.Dataset:
+  """Batch without dropping: pad the last batch with mask 0; equalise batch counts over hosts."""
+  ds = ds.batch(batch_size, drop_remainder=False)
+
+  def pad(batch):
+    n = tf.shape(batch['label'])[0]
+    extra = batch_size - n
+
+    def pad_to(x, value):
+      paddings = tf.concat([[[0, extra]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], 0)
+      return tf.pad(x, paddings, constant_values=value)
+    out = {k: pad_to(v, -1 if k in ('index', 'label') else 0) for k, v in batch.items()}
+    out['video'] = tf.ensure_shape(out['video'], [batch_size] + video_shape)
+    for k in ('label', 'index', 'mask'):
+      out[k] = tf.ensure_shape(out[k], [batch_size])
+    out[STATS_KEY] = tf.ensure_shape(out[STATS_KEY], [batch_size, 6])
+    return out
+
+  ds = ds.map(pad)
+  if host_counts and len(host_counts) > 1:
+    num_batches = math.ceil(max(host_counts) / batch_size)
+    filler = {'video': tf.zeros([batch_size] + video_shape), 'label': -tf.ones([batch_size], tf.int32),
+              'index': -tf.ones([batch_size], tf.int64), 'mask': tf.zeros([batch_size]),
+              STATS_KEY: tf.zeros([batch_size, 6], tf.int64)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat()).take(num_batches)
+  return ds
+
+

@@ -1,0 +1,129 @@
+"""Synthetic motion videos: the demo's data, written as real SequenceExample shards.
+
+Each video shows a textured shape sliding over a textured background. The label is the
+motion: one of `num_classes` (direction, speed) pairs. Everything a single frame shows
+(shape, textures, colours, start position) is drawn independently of the label and the
+shape wraps around the frame edges, so only temporal features can tell classes apart.
+Videos are a pure function of (seed, video index).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from cvrl.data import sources
+
+_EVAL_SEED_OFFSET = 1_000_003
+
+
+def motion_classes(num_classes: int) -> list[tuple[float, float]]:
+  """(angle in radians, speed in pixels per frame at 48 px) of each class."""
+  speeds = (1.0, 2.5) if num_classes >= 4 and num_classes % 2 == 0 else (1.5,)
+  dirs = num_classes // len(speeds)
+  return [(2 * np.pi * (c % dirs) / dirs, speeds[c // dirs]) for c in range(num_classes)]
+
+
+def _texture(rng, h, w, octaves=(2, 4, 8)) -> np.ndarray:
+  """Smooth random colour texture in [0, 1], [h, w, 3] (sum of upsampled noise)."""
+  out = np.zeros((h, w, 3))
+  for o in octaves:
+    coarse = rng.random((o + 1, o + 1, 3))
+    ys = np.linspace(0, o, h)
+    xs = np.linspace(0, o, w)
+    y0, x0 = np.floor(ys).astype(int).clip(0, o - 1), np.floor(xs).astype(int).clip(0, o - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    c = coarse
+    out += (c[y0][:, x0] * (1 - fy) * (1 - fx) + c[y0 + 1][:, x0] * fy * (1 - fx)
+            + c[y0][:, x0 + 1] * (1 - fy) * fx + c[y0 + 1][:, x0 + 1] * fy * fx) / o ** 0.5
+  out -= out.min()
+  return out / max(out.max(), 1e-6)
+
+
+def render_video(seed: int, index: int, label: int, num_classes: int, num_frames: int,
+                 size: int) -> np.ndarray:
+  """uint8 [num_frames, size, size, 3] of one video of class `label`."""
+  rng = np.random.default_rng([seed, index])
+  angle, speed = motion_classes(num_classes)[label]
+  speed *= size / 48.0
+  velocity = speed * np.array([np.sin(angle), np.cos(angle)])
+  background = _texture(rng, size, size) * rng.uniform(0.4, 1.0) + rng.uniform(0, 0.3)
+  radius = rng.uniform(0.15, 0.25) * size
+  patch = _texture(rng, size, size, octaves=(3, 6))
+  tint = rng.uniform(0.3, 1.0, 3)
+  square = rng.random() < 0.5
+  start = rng.uniform(0, size, 2)
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+  frames = np.empty((num_frames, size, size, 3), np.uint8)
+  for t in range(num_frames):
+    cy, cx = start + velocity * t
+    dy = (yy - cy + size / 2) % size - size / 2  # wrap-around distance
+    dx = (xx - cx + size / 2) % size - size / 2
+    inside = (np.maximum(abs(dy), abs(dx)) < radius) if square else (dy ** 2 + dx ** 2 < radius ** 2)
+    tex = patch[(dy.astype(int) % size), (dx.astype(int) % size)] * tint
+    img = np.where(inside[..., None], tex, background)
+    frames[t] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+  return frames
+
+
+def _shard_name(directory: str, split: str, k: int, n: int) -> str:
+  return os.path.join(directory, f'{split}-{k:05d}-of-{n:05d}.tfrecord')
+
+
+def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, num_frames: int,
+                           size: int, num_shards: int, seed: int, split: str = 'train',
+                           jpeg_quality: int = 90) -> list[str]:
+  """Write (or find already written) shards of synthetic videos; returns their paths.
+
+  Idempotent: a marker file records the parameters of a completed split; a call with the
+  same parameters returns at once. Video i (label i % num_classes) goes to shard
+  i % num_shards; shards are written to a temporary name and renamed when complete.
+  """
+  import tensorflow as tf  # TF only needed to encode and write
+  params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
+                size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
+  paths = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
+  marker = os.path.join(directory, f'{split}.complete.json')
+  if os.path.exists(marker) and all(os.path.exists(p) for p in paths):
+    with open(marker) as f:
+      if json.load(f) == params:
+        return paths
+  os.makedirs(directory, exist_ok=True)
+  if os.path.exists(marker):
+    os.remove(marker)
+    for p in paths:  # parameters changed: rewrite every shard
+      if os.path.exists(p):
+        os.remove(p)
+  for k, path in enumerate(paths):
+    if os.path.exists(path):
+      continue
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for i in range(k, num_videos, num_shards):
+        label = i % num_classes
+        video = render_video(seed, i, label, num_classes, num_frames, size)
+        jpegs = [tf.io.encode_jpeg(f, quality=jpeg_quality).numpy() for f in video]
+        ex = sources.make_sequence_example(jpegs, label, text=f'motion_{label}')
+        writer.write(ex.SerializeToString())
+    os.replace(tmp, path)
+  with open(marker, 'w') as f:
+    json.dump(params, f)
+  return paths
+
+
+def ensure_synthetic(syn_config, split: str) -> list[str]:
+  """Shards of the 'train' or 'eval' split described by config.data.synthetic."""
+  if split not in ('train', 'eval'):
+    raise ValueError(f"synthetic data has splits 'train' and 'eval', not {split!r}")
+  directory = syn_config.dir
+  if not directory:
+    import tempfile
+    directory = os.path.join(tempfile.gettempdir(), 'cvrl_synthetic')
+  train = split == 'train'
+  return write_synthetic_shards(
+      directory,
+      num_videos=int(syn_config.num_train_videos if train else syn_config.num_eval_videos),
+      num_classes=int(syn_config.num_classes), num_frames=int(syn_config.num_frames),
+      size=int(syn_config.size), num_shards=int(syn_config.num_shards),
+      seed=int(syn_config.seed) + (0 if train else _EVAL_SEED_OFFSET), split=split)

@@ -1,0 +1,70 @@
+"""TFDS video datasets (e.g. 'ucf101') as a pipeline source.
+
+Frames are read still encoded when the dataset stores JPEG frames (SkipDecoding), so the
+pipeline samples on the strings and decodes only the chosen frames, as for TFRecords;
+otherwise TFDS decodes and the pipeline samples the uint8 frames. Hosts read disjoint
+`tfds.even_splits` of the split. File order is fixed; examples are shuffled by the
+pipeline's seeded per-epoch buffer.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from cvrl.data import sources
+
+
+def _stored_as_jpeg(feature) -> bool:
+  fmt = getattr(feature, '_encoding_format', None) or getattr(
+      getattr(feature, 'feature', None), '_encoding_format', None)
+  return fmt == 'jpeg'
+
+
+def make_source(cfg, split: str, seed: int, process_index: int, process_count: int, source_cls):
+  """Build the pipeline's _Source for config.data.tfds_* (ValueError when unusable)."""
+  del seed  # file order is fixed; shuffling happens in the pipeline
+  import tensorflow_datasets as tfds
+  if not cfg.tfds_name:
+    raise ValueError("data.source is 'tfds' but data.tfds_name is empty")
+  try:
+    builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
+  except Exception as e:  # DatasetNotFoundError and friends
+    raise ValueError(f'TFDS dataset {cfg.tfds_name!r} not found: {str(e).splitlines()[0]}') from e
+  features = builder.info.features
+  for key, field in ((cfg.tfds_video_key, 'tfds_video_key'), (cfg.tfds_label_key, 'tfds_label_key')):
+    if key not in features:
+      raise ValueError(f'TFDS dataset {cfg.tfds_name!r} has no feature {key!r} (data.{field}); '
+                       f'it has {sorted(features.keys())}')
+  split_name = cfg.tfds_train_split if split == 'train' else cfg.tfds_eval_split
+  host_split = tfds.even_splits(split_name, n=process_count)[process_index] if process_count > 1 \
+      else split_name
+  counts = None
+  try:
+    if builder.info.splits:
+      counts = [builder.info.splits[s].num_examples
+                for s in tfds.even_splits(split_name, n=process_count)]
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'TFDS dataset {cfg.tfds_name!r} has no split {split_name!r}: {e}') from e
+  decoders = None
+  if _stored_as_jpeg(features[cfg.tfds_video_key]):
+    decoders = {cfg.tfds_video_key: tfds.decode.SkipDecoding()}
+  video_key, label_key = cfg.tfds_video_key, cfg.tfds_label_key
+
+  def epoch_records(epoch, shuffle: bool):
+    del epoch, shuffle
+    try:
+      ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=decoders,
+                              read_config=tfds.ReadConfig(add_tfds_id=True))
+    except Exception as e:  # not prepared, bad split
+      raise ValueError(f'TFDS dataset {cfg.tfds_name!r} split {host_split!r} cannot be read '
+                       f'(is it prepared in data_dir?): {str(e).splitlines()[0]}') from e
+    return ds.map(lambda ex: (tf.strings.to_hash_bucket_fast(ex['tfds_id'], 2 ** 62),
+                              {'video': ex[video_key], 'label': ex[label_key]}))
+
+  def parse(record):
+    frames = record['video']
+    label = tf.cast(record['label'], tf.int32)
+    status = tf.where(tf.equal(tf.shape(frames)[0], 0), sources.MISSING_KEY, sources.OK)
+    return frames, label, status
+
+  epoch_records(tf.constant(0, tf.int64), False)  # fail at build time, not mid-run
+  return source_cls(epoch_records, parse, counts, process_index)

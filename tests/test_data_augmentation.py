@@ -1,0 +1,173 @@
+"""Clip augmentation: one draw per clip, crop window, colour ops, blur, eval crops."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl.data import augmentation as A
+
+
+def _texture(seed, h=48, w=64):
+  rng = np.random.default_rng(seed)
+  coarse = rng.random((7, 9, 3)).astype(np.float32)
+  img = tf.image.resize(coarse[None], [h, w], 'bicubic')[0].numpy()
+  img = img + 0.15 * rng.random((h, w, 3))
+  return np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
+
+
+def _jpegs(frames):
+  return tf.stack([tf.io.encode_jpeg(f, quality=95) for f in frames])
+
+
+SEED = tf.constant([3, 4], tf.int64)
+NO_COLOUR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_probs=(0.0,), solarize_probs=(0.0,))
+
+
+def test_identical_frames_stay_identical_only_with_consistent_draws():
+  clip = _jpegs([_texture(0)] * 4)
+  spec = A.AugmentSpec(blur_probs=(1.0,), solarize_probs=(1.0,), color_jitter_prob=1.0)
+  aug = A.ClipAugmenter(spec, 32, jit=True)
+  out = aug(clip, SEED, 0).numpy()
+  assert out.shape == (4, 32, 32, 3) and out.min() >= 0 and out.max() <= 1
+  for t in range(1, 4):
+    np.testing.assert_array_equal(out[t], out[0])
+  np.testing.assert_array_equal(aug(clip, SEED, 0).numpy(), out)  # same seed, same clip
+  other_view = aug(clip, A.fold_seed(SEED, 1), 1).numpy()
+  assert np.abs(other_view - out).mean() > 0.02
+  per_frame = A.ClipAugmenter(A.AugmentSpec(consistent=False, color_jitter_prob=1.0), 32, jit=False)
+  pf = per_frame(clip, SEED, 0).numpy()
+  assert pf.shape == out.shape
+  diffs = [np.abs(pf[t] - pf[0]).mean() for t in range(1, 4)]
+  assert min(diffs) > 0.01, diffs
+
+
+def test_crop_window_decode_matches_full_decode_then_crop():
+  frames = [_texture(s) for s in range(3)]
+  clip = _jpegs(frames)
+  spec = A.AugmentSpec(flip_prob=0.0, **NO_COLOUR)
+  out = A.ClipAugmenter(spec, 24, jit=False)(clip, SEED, 0).numpy()
+  y, x, h, w = A.crop_window(A.fold_seed(SEED, 1), tf.constant([48, 64, 3]), spec).numpy()
+  area = h * w / (48 * 64)
+  assert 0.3 - 1e-6 <= area <= 1.0 and 0.5 - 0.05 <= w / h <= 2.0 + 0.05
+  full = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in clip])
+  ref = tf.image.resize(full[:, y:y + h, x:x + w], [24, 24]).numpy() / 255.0
+  assert np.abs(out - ref).max() < 3 / 255  # decode_and_crop vs decode + crop
+  flipped = A.ClipAugmenter(A.AugmentSpec(flip_prob=1.0, **NO_COLOUR), 24, jit=False)(clip, SEED, 0)
+  np.testing.assert_allclose(flipped.numpy(), out[:, :, ::-1], atol=1e-5)
+
+
+def test_crop_area_and_flip_frequencies_over_draws():
+  spec = A.AugmentSpec()
+  areas, ratios = [], []
+  for i in range(200):
+    _, _, h, w = A.crop_window(tf.constant([i, 9], tf.int64), tf.constant([256, 340, 3]), spec).numpy()
+    areas.append(h * w / (256 * 340))
+    ratios.append(w / h)
+  assert min(areas) >= 0.29 and max(areas) <= 1.0 and np.std(areas) > 0.1
+  assert min(ratios) >= 0.45 and max(ratios) <= 2.1
+
+
+def _u(**values):
+  u = np.ones(A.NUM_DRAWS, np.float32)  # 1.0 = "not applied" for every probability
+  for k, v in values.items():
+    u[getattr(A, '_' + k.upper())] = v
+  return u
+
+
+@pytest.mark.parametrize('jit', [True, False])
+def test_colour_ops_match_definitions(jit):
+  rng = np.random.default_rng(0)
+  x = rng.random((2, 16, 16, 3)).astype(np.float32)
+  spec = A.AugmentSpec(color_random_order=False, saturation=0.0, hue=0.0)
+  ph = A.Photometric(spec, 0, jit=jit)  # kernel 0: no blur
+  # brightness then contrast (fixed order), factors from the draw
+  u = _u(jitter=0.0, bright=0.25, contrast=0.75)
+  out = ph(tf.constant(x * 255), tf.constant(u), 0.0, 0.0).numpy()
+  b, c = 0.2 + 1.6 * 0.25, 0.2 + 1.6 * 0.75
+  y = np.clip(x * b, 0, 1)
+  m = y.mean(axis=(0, 1, 2), keepdims=True)  # mean of the whole clip per channel
+  y = np.clip((y - m) * c + m, 0, 1)
+  np.testing.assert_allclose(out, y, atol=1e-5)
+  # saturation and hue: same as TF's own kernels
+  spec = A.AugmentSpec(color_random_order=False, brightness=0.0, contrast=0.0)
+  ph = A.Photometric(spec, 0, jit=jit)
+  out = ph(tf.constant(x * 255), tf.constant(_u(jitter=0.0, sat=0.9, hue=0.1)), 0.0, 0.0).numpy()
+  s, h = 0.2 + 1.6 * 0.9, -0.2 + 0.4 * 0.1
+  ref = tf.clip_by_value(tf.image.adjust_hue(tf.clip_by_value(tf.image.adjust_saturation(x, s), 0, 1), h), 0, 1)
+  np.testing.assert_allclose(out, ref.numpy(), atol=1e-4)
+  # grayscale and solarization
+  ph = A.Photometric(A.AugmentSpec(), 0, jit=jit)
+  out = ph(tf.constant(x * 255), tf.constant(_u(gray=0.0, solar=0.0)), 0.0, 1.0).numpy()
+  g = x @ np.array([0.2989, 0.587, 0.114], np.float32)
+  g = np.repeat(g[..., None], 3, -1)
+  np.testing.assert_allclose(out, np.where(g < 0.5, g, 1 - g), atol=1e-4)
+
+
+def test_random_order_follows_the_draw():
+  x = np.random.default_rng(1).random((1, 8, 8, 3)).astype(np.float32)
+  spec = A.AugmentSpec(saturation=0.0, hue=0.0)
+  ph = A.Photometric(spec, 0, jit=False)
+  b, c = 0.2 + 1.6 * 0.9, 0.2 + 1.6 * 0.1
+  def bright(y): return np.clip(y * b, 0, 1)
+  def contrast(y):
+    m = y.mean(axis=(0, 1, 2), keepdims=True)
+    return np.clip((y - m) * c + m, 0, 1)
+  u = _u(jitter=0.0, bright=0.9, contrast=0.1)
+  u[6:10] = [0.1, 0.0, 0.5, 0.6]  # order: contrast (index 1) first, then brightness
+  out = ph(tf.constant(x * 255), tf.constant(u), 0.0, 0.0).numpy()
+  np.testing.assert_allclose(out, bright(contrast(x)), atol=1e-5)
+  assert np.abs(bright(contrast(x)) - contrast(bright(x))).max() > 1e-2
+
+
+def _reference_blur(x, sigma, kernel_size):
+  radius = kernel_size // 2
+  k = 2 * radius + 1
+  r = np.arange(-radius, radius + 1)
+  w = np.exp(-r ** 2 / (2 * sigma ** 2))
+  w = (w / w.sum()).astype(np.float32)
+  kh = np.tile(w.reshape(1, k, 1, 1), [1, 1, 3, 1])
+  kv = np.tile(w.reshape(k, 1, 1, 1), [1, 1, 3, 1])
+  y = tf.nn.depthwise_conv2d(x, kh, [1, 1, 1, 1], 'SAME')
+  return tf.nn.depthwise_conv2d(y, kv, [1, 1, 1, 1], 'SAME').numpy()
+
+
+@pytest.mark.parametrize('sigma', [0.3, 1.1, 2.0])
+def test_blur_matches_reference_depthwise_convolution(sigma):
+  x = np.random.default_rng(2).random((2, 40, 40, 3)).astype(np.float32)
+  ref = _reference_blur(x, sigma, 22)  # 23 taps, as at 224 px
+  exact = A.gaussian_blur(tf.constant(x), tf.constant(sigma), 22, truncate_sigmas=0.0).numpy()
+  np.testing.assert_allclose(exact, ref, atol=1e-6)
+  for jit in (True, False):
+    spec = A.AugmentSpec(blur_truncate_sigmas=4.0)
+    ph = A.Photometric(spec, 22, jit=jit)
+    u = _u(blur=0.0, sigma=(sigma - 0.1) / 1.9)
+    out = ph(tf.constant(x * 255), tf.constant(u), 1.0, 0.0).numpy()
+    np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-4)
+
+
+def test_eval_views_resize_and_three_crops():
+  frames = np.stack([_texture(s, 40, 60) for s in range(2)])
+  out = A.eval_views(tf.constant(frames), resize=32, crop=32, num_crops=3).numpy()
+  assert out.shape == (3, 2, 32, 32, 3)
+  resized = tf.image.resize(frames, [32, 48]).numpy() / 255.0  # shorter side 40 -> 32
+  for i, x0 in enumerate([0, 8, 16]):  # start, centre, end of the long side
+    np.testing.assert_allclose(out[i], resized[:, :, x0:x0 + 32], atol=1e-5)
+  centre = A.eval_views(tf.constant(frames), resize=40, crop=32, num_crops=1).numpy()
+  np.testing.assert_allclose(centre[0], frames[:, 4:36, 14:46] / 255.0, atol=1e-6)
+  portrait = np.transpose(frames, (0, 2, 1, 3))
+  out = A.eval_views(tf.constant(portrait), resize=40, crop=40, num_crops=3).numpy()
+  np.testing.assert_allclose(out[2], portrait[:, 20:60] / 255.0, atol=1e-6)
+
+
+def test_spec_from_config_and_view_probabilities():
+  from cvrl.data import config
+  cfg = config.default_data_config()
+  spec = A.AugmentSpec.from_config(cfg.augmentation)
+  assert A.view_probabilities(spec, 3) == [(1.0, 0.0), (0.1, 0.2), (0.1, 0.2)]
+  config.set_rho_augmentation(cfg)
+  rho = A.AugmentSpec.from_config(cfg.augmentation)
+  assert rho.area_range == (0.2, 0.766) and rho.hue == 0.15
+  assert A.view_probabilities(rho, 4) == [(0.5, 0.0)] * 4
+  config.set_probe_augmentation(cfg)
+  probe = A.AugmentSpec.from_config(cfg.augmentation)
+  assert probe.color_jitter_prob == 0 and probe.grayscale_prob == 0
+  assert A.view_probabilities(probe, 1) == [(0.0, 0.0)]

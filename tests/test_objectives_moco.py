@@ -1,0 +1,81 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl.objectives.moco import enqueue, moco_loss
+from objective_checks import (l2n, logsumexp, numeric_grad, random_embeddings,
+                              sharded_equals_single)
+
+T = 0.1
+
+
+def numpy_moco(q, k, queue, num_valid, temperature, reduction):
+  """Query clip i of video b against key clip j != i (positive) and the filled queue slots."""
+  b, v, _ = q.shape
+  q, k = l2n(q), l2n(k)
+  negatives = queue[:num_valid]
+  per_query = np.zeros(v)
+  for i in range(v):
+    terms = []
+    for n in range(b):
+      for j in range(v):
+        if j == i:
+          continue
+        logits = np.concatenate([[q[n, i] @ k[n, j]], negatives @ q[n, i]]) / temperature
+        terms.append(logsumexp(logits) - logits[0])
+    per_query[i] = np.mean(terms)
+  return per_query.mean() if reduction == "mean" else per_query.sum()
+
+
+@pytest.mark.parametrize("rho,reduction", [(2, "mean"), (3, "mean"), (3, "sum")])
+def test_loss_and_gradient_match_numpy_with_a_partly_filled_queue(rho, reduction):
+  q = random_embeddings(0, 3, rho, 6)
+  k = random_embeddings(1, 3, rho, 6)
+  queue = l2n(random_embeddings(2, 8, 6))
+  queue[5:] = 7.0  # unfilled slots: whatever they hold must not count
+  f = lambda x: moco_loss(x, k, queue, 5, T, reduction=reduction)[0]
+  np.testing.assert_allclose(jax.jit(f)(q), numpy_moco(q, k, queue, 5, T, reduction), rtol=1e-5)
+  expected = numeric_grad(lambda x: numpy_moco(x, k, queue, 5, T, reduction), q)
+  np.testing.assert_allclose(jax.jit(jax.grad(f))(q), expected, rtol=2e-3, atol=2e-4)
+
+
+def test_empty_queue_gives_zero_loss_and_finite_gradient():
+  q = random_embeddings(3, 2, 2, 4)
+  k = random_embeddings(4, 2, 2, 4)
+  f = lambda x: moco_loss(x, k, jnp.zeros((4, 4)), 0, T)[0]
+  assert abs(float(f(q))) < 1e-6
+  assert np.all(np.isfinite(jax.grad(f)(q)))
+
+
+def test_enqueue_is_a_ring_buffer_that_counts_fill():
+  queue = np.zeros((6, 2), np.float32)
+  ptr, filled = 0, 0
+  expected = np.zeros_like(queue)
+  for step in range(4):
+    keys = np.full((2, 2), step + 1, np.float32)
+    queue, ptr, filled = enqueue(jnp.asarray(queue), ptr, filled, jnp.asarray(keys))
+    start = (2 * step) % 6
+    expected[start:start + 2] = step + 1
+    np.testing.assert_array_equal(queue, expected)
+    assert int(ptr) == (2 * step + 2) % 6
+    assert int(filled) == min(2 * step + 2, 6)
+  with pytest.raises(ValueError, match="multiple"):
+    enqueue(jnp.zeros((6, 2)), 0, 0, jnp.zeros((4, 2)))
+
+
+def test_eight_devices_equal_one_device_loss_gradient_and_queue():
+  q = random_embeddings(5, 16, 2, 8)
+  k = l2n(random_embeddings(6, 16, 2, 8))
+  queue = l2n(random_embeddings(7, 64, 8))
+
+  def step(q, k, queue, filled):
+    loss, grad = jax.value_and_grad(lambda x: moco_loss(x, k, queue, filled, T)[0])(q)
+    keys = jnp.swapaxes(k, 0, 1).reshape(-1, k.shape[-1])
+    return loss, grad, enqueue(queue, jnp.int32(32), filled, keys)
+
+  single = sharded_equals_single(step, q, k, queue, jnp.int32(40), sharded_argnums=(0, 1))
+  new_queue = np.asarray(single[2][0])
+  np.testing.assert_allclose(new_queue[32:64], np.swapaxes(k, 0, 1).reshape(32, 8), rtol=1e-6)
+  np.testing.assert_allclose(new_queue[:32], queue[:32])

@@ -62,3 +62,29 @@ def logsumexp(x):
 
 def to_f64(x):
   return np.asarray(jnp.asarray(x), np.float64)
+
+
+def load_config(name, arg=None):
+  """configs/<name>.py's config, locked as the CLI loads it."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  config.lock()
+  return config
+
+
+def build(config, seed=0):
+  """(objective, model) for a config, the model initialised in one jit."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cvrl.models import create  # pylint: disable=import-outside-toplevel
+  from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
+  objective = base.get(config)
+  return objective, create(lambda: objective.build(nnx.Rngs(seed)))
+
+
+def random_video(seed, *shape):
+  return np.random.RandomState(seed).rand(*shape).astype(np.float32)
+
+
+def paths(state):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  return {tuple(str(k) for k in p) for p, _ in nnx.to_flat_state(state)}

@@ -79,3 +79,54 @@ def test_eight_devices_equal_one_device_loss_gradient_and_queue():
   new_queue = np.asarray(single[2][0])
   np.testing.assert_allclose(new_queue[32:64], np.swapaxes(k, 0, 1).reshape(32, 8), rtol=1e-6)
   np.testing.assert_allclose(new_queue[:32], queue[:32])
+
+
+def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cvrl.models.heads import l2_normalize  # pylint: disable=import-outside-toplevel
+  from objective_checks import build, load_config, paths, random_video  # noqa: E402
+
+  config = load_config("moco_tiny")
+  config.unlock()
+  config.objective.queue_size = 4  # 2 videos x 2 clips: full after one step
+  config.lock()
+  objective, model = build(config)
+  online = paths(nnx.state(model, objective.trainable))
+  target = paths(nnx.state(model, nnx.Param)) - online
+  assert online and all(p[0] != "target" for p in online)
+  assert target and all(p[0] == "target" for p in target)
+
+  @nnx.jit
+  def step(model, video, t):
+    def f(m):
+      return objective.loss(m, {"video": video}, step=t, rng=None)
+    (loss, metrics), grads = nnx.value_and_grad(f, has_aux=True)(model)  # every nnx.Param
+    return loss, metrics, grads
+
+  video = random_video(0, 2, 2, 4, 16, 16, 3)
+  loss, metrics, grads = step(model, video, 0)
+  # An empty queue: no negatives (the loss is 0) and no update until it is full.
+  assert float(loss) == 0.0 and float(metrics["queue_fill"]) == 0.0
+  assert all(np.all(np.asarray(v) == 0) for _, v in nnx.to_flat_state(grads))
+  assert int(model.queue_filled[...]) == 4 and int(model.queue_ptr[...]) == 0
+  np.testing.assert_allclose(np.linalg.norm(model.queue[...], axis=1), 1.0, rtol=1e-5)
+
+  loss, metrics, grads = step(model, random_video(1, 2, 2, 4, 16, 16, 3), 1)
+  assert float(loss) == float(metrics["infonce"]) > 0.0  # full: the loss trains
+  flat = {tuple(str(k) for k in p): np.asarray(v) for p, v in nnx.to_flat_state(grads)}
+  assert all(np.all(flat[p] == 0) for p in target)
+  assert any(np.any(flat[p] != 0) for p in online if p[0] == "encoder")
+
+  # The EMA: perturb the online network, then target <- m t + (1 - m) o, m at step + 1.
+  nnx.update(model, jax.tree.map(lambda x: x + 0.5, nnx.state(model, objective.trainable)))
+  t_before = {"encoder": jax.tree.map(np.array, nnx.state(model.target.encoder, nnx.Param)),
+              "head": jax.tree.map(np.array, nnx.state(model.target.head, nnx.Param))}
+  o_before = {"encoder": jax.tree.map(np.array, nnx.state(model.encoder, nnx.Param)),
+              "head": jax.tree.map(np.array, nnx.state(model.head, nnx.Param))}
+  nnx.jit(lambda m: objective.after_update(m, step=jnp.int32(3)))(model)
+  m = 1 - (1 - 0.994) * (np.cos(np.pi * 4 / 8) + 1) / 2
+  for part in ("encoder", "head"):
+    jax.tree.map(lambda a, t, o: np.testing.assert_allclose(a, m * t + (1 - m) * o, rtol=1e-5,
+                                                            atol=1e-6),
+                 nnx.state(getattr(model.target, part), nnx.Param), t_before[part],
+                 o_before[part])

@@ -61,7 +61,7 @@ def local_local_loss(gdr, temperature: float, *, reduction: str = "sum"):
   """gdr [2, B, 4, D]: dense clips' representations under augmentations A and B."""
   if reduction not in ("sum", "mean"):
     raise ValueError(f"local_local_reduction must be 'sum' or 'mean', got {reduction!r}")
-  per_video = jax.vmap(lambda a, b: nt_xent(a, b, temperature), in_axes=(1, 1))(gdr[0], gdr[1])
+  per_video = jax.vmap(lambda a, b: nt_xent(a, b, temperature))(gdr[0], gdr[1])  # over videos
   return jnp.sum(per_video) if reduction == "sum" else jnp.mean(per_video)
 
 

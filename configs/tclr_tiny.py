@@ -12,5 +12,5 @@ def get_config(arg=None):
   c.objective.update(tclr.objective_config())
   c.objective.update(head_hidden=32, head_out=16)
   recipes.shrink_to_tiny(c, preset="tclr", num_frames=16, batch_size=2)
-  c.optim.update(name="adam", base_lr=1e-3, weight_decay=1e-9)
+  c.optim.update(name="adamw", base_lr=1e-3, weight_decay=1e-9)
   return c

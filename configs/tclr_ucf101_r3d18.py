@@ -4,7 +4,7 @@ Dave et al. (CVIU 2022): per video a sparse clip of 16 frames at stride 4 and th
 clips of 16 consecutive frames that tile it, each under 2 augmentations; the 'tclr'
 R3D-18 (last stage's temporal stride traded for dilation 2: 4 output timesteps) at 112 px;
 MLP 512 -> 512 -> BN -> ReLU -> 128 -> BN; instance, local-local and global-local losses
-at T 0.1, weight 1 each. Optimiser as the reference code: Adam at 1e-3, weight decay 1e-9,
+at T 0.1, weight 1 each. Optimiser as the reference code: Adam at 1e-3, weight decay 1e-9 (decoupled here),
 batch 40, 5 warm-up epochs. The reference then divides the learning rate by 10 whenever
 the loss has not improved for 9 epochs (up to 1000 epochs); cosine over `epochs` (400 by
 default, our choice) stands in for that. Augmentation approximates the reference's: square
@@ -23,7 +23,7 @@ def get_config(arg=None):
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
   c.warmup_epochs = 5
-  c.optim.update(name="adam", base_lr=1e-3, base_batch_size=arg.batch, weight_decay=1e-9)
+  c.optim.update(name="adamw", base_lr=1e-3, base_batch_size=arg.batch, weight_decay=1e-9)
   c.data.update(source="tfrecord", train_paths="/path/to/ucf101/train-*.tfrecord",
                 num_train_examples=9_537, num_classes=101, num_frames=16, stride=4,
                 crop_size=112)

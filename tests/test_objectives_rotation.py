@@ -12,11 +12,11 @@ def test_rotate_clips_rotates_every_frame_and_labels_by_angle():
   clips = random_video(0, 2, 3, 5, 5, 3)
   rotated, labels = rotation.rotate_clips(clips)
   assert rotated.shape == (8, 3, 5, 5, 3)
-  np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2, 3, 3])
+  np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 1, 2, 3])
   for k in range(4):
     for n in range(2):
       for t in range(3):
-        np.testing.assert_array_equal(rotated[2 * k + n, t], np.rot90(clips[n, t], k))
+        np.testing.assert_array_equal(rotated[4 * n + k, t], np.rot90(clips[n, t], k))
   with pytest.raises(ValueError, match="square"):
     rotation.rotate_clips(random_video(0, 1, 2, 4, 6, 3))
 

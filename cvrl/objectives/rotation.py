@@ -47,14 +47,15 @@ def model_input(clips, mode: str):
 def rotate_clips(clips):
   """clips [N, T, H, W, C] (H == W) -> ([4N, T, H, W, C], labels [4N]).
 
-  Rotation-major: rows k * N .. (k + 1) * N - 1 are all clips rotated by k * 90 degrees.
+  Video-major (row 4 n + k is clip n rotated by k * 90 degrees), so each device's rows
+  stay its own videos' clips (what per-device BatchNorm assumes).
   """
   n, _, h, w, _ = clips.shape
   if h != w:
     raise ValueError(f"rotation needs square frames, got {h}x{w}")
-  rotated = jnp.concatenate([jnp.rot90(clips, k, axes=(2, 3)) for k in range(NUM_ROTATIONS)])
-  labels = jnp.repeat(jnp.arange(NUM_ROTATIONS), n)
-  return rotated, labels
+  rotated = jnp.stack([jnp.rot90(clips, k, axes=(2, 3)) for k in range(NUM_ROTATIONS)], axis=1)
+  labels = jnp.tile(jnp.arange(NUM_ROTATIONS), n)
+  return rotated.reshape(n * NUM_ROTATIONS, *clips.shape[1:]), labels
 
 
 def rotation_loss(logits, labels):

@@ -130,3 +130,12 @@ def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
                                                             atol=1e-6),
                  nnx.state(getattr(model.target, part), nnx.Param), t_before[part],
                  o_before[part])
+
+
+def test_validate_rejects_a_queue_the_batch_does_not_divide():
+  from objective_checks import load_config  # noqa: E402
+  from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
+  config = load_config("moco_k400_slowr50", "queue=1000")
+  with pytest.raises(ValueError, match="multiple"):
+    base.get(config).validate()
+  base.get(load_config("moco_k400_slowr50", "rho=4")).validate()

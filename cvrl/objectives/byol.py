@@ -67,7 +67,17 @@ class BYOL(Objective):
   def trainable(self):
     return rho.ONLINE_PARAMS
 
+  def validate(self) -> None:
+    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    cfg = self.config.objective
+    rho.num_clips(self.config)
+    if cfg.reduction not in ("mean", "sum"):
+      raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got {cfg.reduction!r}")
+    momentum_lib.momentum_at(0, base=float(cfg.momentum), total_steps=1,
+                             schedule=cfg.momentum_schedule)
+
   def build(self, rngs):
+    self.validate()
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
     predictor = MLP(int(cfg.head_out), int(cfg.predictor_hidden), int(cfg.head_out), num_hidden=1,

@@ -99,7 +99,23 @@ class MoCo(Objective):
   def trainable(self):
     return rho.ONLINE_PARAMS
 
+  def validate(self) -> None:
+    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    cfg = self.config.objective
+    per_step = int(self.config.batch_size) * (rho.num_clips(self.config)
+                                              if cfg.enqueue == "all" else 1)
+    if cfg.enqueue not in ("all", "first"):
+      raise ValueError(f"config.objective.enqueue must be 'all' or 'first', got {cfg.enqueue!r}")
+    if int(cfg.queue_size) % per_step:
+      raise ValueError(f"config.objective.queue_size ({cfg.queue_size}) must be a multiple of "
+                       f"the keys enqueued per step ({per_step})")
+    if cfg.reduction not in ("mean", "sum"):
+      raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got {cfg.reduction!r}")
+    momentum_lib.momentum_at(0, base=float(cfg.momentum), total_steps=1,
+                             schedule=cfg.momentum_schedule)
+
   def build(self, rngs):
+    self.validate()
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
     return MoCoModel(online, int(cfg.queue_size), int(cfg.head_out))

@@ -85,7 +85,16 @@ class SwAV(Objective):
   def sampler(self):
     return rho.sampler(self.config)
 
+  def validate(self) -> None:
+    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    cfg = self.config.objective
+    if not 1 <= int(cfg.num_assign) <= rho.num_clips(self.config):
+      raise ValueError(f"config.objective.num_assign must be in [1, num_clips], got "
+                       f"{cfg.num_assign}")
+    self.freeze_prototypes_steps()
+
   def build(self, rngs):
+    self.validate()
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
     return SwAVModel(online, Prototypes(int(cfg.head_out), int(cfg.num_prototypes), rngs=rngs))

@@ -133,7 +133,14 @@ class TCLR(Objective):
   def sampler(self):
     return {"name": "tclr"}
 
+  def validate(self) -> None:
+    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    if self.config.objective.local_local_reduction not in ("sum", "mean"):
+      raise ValueError("config.objective.local_local_reduction must be 'sum' or 'mean', got "
+                       f"{self.config.objective.local_local_reduction!r}")
+
   def build(self, rngs):
+    self.validate()
     cfg = self.config.objective
     encoder = build_encoder(self.config.model, rngs)
     head = MLP(encoder.num_features, int(cfg.head_hidden), int(cfg.head_out),

@@ -1,8 +1,13 @@
-"""CVRL (Qian et al., 2021): two temporally distant clips of a video are positives."""
+"""CVRL (Qian et al., 2021): two temporally distant clips of a video are positives.
+
+The two clips of every video go through the encoder and the projection head in ONE call
+(2B clips, video-major: clip 2i and 2i+1 are video i), so BatchNorm normalises both views
+with the same statistics; the InfoNCE then takes its negatives from the global batch.
+`config.objective.loss_impl` picks the loss implementation: 'global' (global-batch math,
+XLA partitions it) or 'shard_map' (explicit all_gather, local x global logits per device).
+"""
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from cvrl.models import build_encoder
@@ -20,6 +25,14 @@ class EncoderWithHead(nnx.Module):
 @register("cvrl")
 class CVRL(Objective):
 
+  def __init__(self, config):
+    super().__init__(config)
+    impl = config.objective.get("loss_impl", "global")
+    if impl not in contrastive.IMPLS:
+      raise ValueError(f"config.objective.loss_impl must be one of {sorted(contrastive.IMPLS)}, "
+                       f"got {impl!r}")
+    self._info_nce = contrastive.IMPLS[impl]
+
   def sampler(self):
     return {"name": "cvrl"}
 
@@ -31,12 +44,15 @@ class CVRL(Objective):
                bn_eps=self.config.model.bn_eps, rngs=rngs)
     return EncoderWithHead(encoder, head)
 
+  def embed(self, model, video):
+    """[B, V, T, H, W, 3] -> projections [B, V, D], all B*V clips in one encoder call."""
+    b, v = video.shape[:2]
+    z = model.head(model.encoder(video.reshape(b * v, *video.shape[2:])))
+    return z.reshape(b, v, -1)
+
   def loss(self, model, batch, *, step, rng):
     video = batch["video"]  # [B, 2, T, H, W, 3]
-    b, v = video.shape[:2]
-    if v != 2:
-      raise ValueError(f"CVRL needs 2 clips per video, got {v}")
-    # Both views through the encoder in one call: BN sees all 2B clips.
-    z = model.head(model.encoder(video.reshape(b * v, *video.shape[2:])))
-    z = z.reshape(b, v, -1)
-    return contrastive.info_nce_pair(z[:, 0], z[:, 1], self.config.objective.temperature)
+    if video.shape[1] != 2:
+      raise ValueError(f"CVRL needs 2 clips per video, got {video.shape[1]}")
+    z = self.embed(model, video)
+    return self._info_nce(z[:, 0], z[:, 1], self.config.objective.temperature)

@@ -1,0 +1,121 @@
+"""Data parallelism the pjit way: one `Mesh` over every device, axis 'data'.
+
+The batch is split along its leading axis over 'data'; parameters and optimizer state are
+replicated. Each host feeds its own slice of the global batch (`global_batch`), and XLA
+inserts the collectives, so BatchNorm statistics and the contrastive loss see the whole
+global batch whatever the device count. Multi-host runs start with
+`maybe_initialize_distributed`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+# ------------------------------------------------------------------------ multi-host
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value not in (None, "") else None
+
+
+def _cluster_asks_for_distributed() -> bool:
+  """True when a launcher started several processes that must join one JAX job."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  for count in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+    if (_env_int(count) or 1) > 1:
+      return True
+  # Multi-host Cloud TPU: the runtime lists every worker of the slice.
+  if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    return True
+  return bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None,
+                                 local_device_ids: Sequence[int] | None = None) -> bool:
+  """Joins a multi-process JAX job when told to; returns whether JAX is distributed.
+
+  Explicit arguments (from `config.parallel` / the command line) win. Otherwise the
+  environment decides: `JAX_COORDINATOR_ADDRESS` (+ `JAX_NUM_PROCESSES`,
+  `JAX_PROCESS_ID`), or a launcher JAX detects (SLURM, Open MPI, multi-host TPU). A
+  single process with no such hint is left alone. Must run before any JAX computation.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  if coordinator_address is None and num_processes is None and process_id is None:
+    if not _cluster_asks_for_distributed():
+      return False
+    coordinator_address = os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = _env_int("JAX_NUM_PROCESSES")
+    process_id = _env_int("JAX_PROCESS_ID")
+  logging.info("jax.distributed.initialize(coordinator=%s, num_processes=%s, process_id=%s)",
+               coordinator_address, num_processes, process_id)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids)
+  return True
+
+
+# ------------------------------------------------------------------------ mesh, shardings
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process), axis 'data'."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Parameters and optimizer state: a full copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Split the leading (batch) axis over 'data'; the other axes stay whole."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def num_data_shards(mesh: Mesh) -> int:
+  return int(mesh.shape[DATA_AXIS])
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> int:
+  """This host's share of the global batch; the batch must split evenly over devices."""
+  devices = num_data_shards(mesh) if mesh is not None else jax.device_count()
+  if global_batch_size % devices:
+    raise ValueError(f"batch_size {global_batch_size} must be a multiple of the device count "
+                     f"{devices}")
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded over 'data'.
+
+  Every process passes its own rows (the same count on each); the global batch is their
+  concatenation in process order. Transfers are asynchronous.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}
+
+
+def to_host(tree):
+  """Fully replicated (or fully addressable) arrays -> numpy, on every process."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.is_fully_replicated:
+        x = multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

@@ -1,0 +1,75 @@
+"""The pretraining state as a plain pytree, created already sharded on the mesh.
+
+The objective's NNX model is split once into a static `graphdef` and two states:
+`params` (the variables `objective.trainable` selects; the optimizer updates them) and
+`rest` (everything else: BatchNorm statistics, EMA targets, queues). Pure functions merge
+them back inside jit; the trainer, optax and orbax only ever see pytrees of arrays.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cvrl import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates done so far
+  params: nnx.State  # trainable variables
+  rest: nnx.State  # every other variable of the model
+  opt_state: Any
+
+
+def split(model: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """(graphdef, trainable state, the rest)."""
+  return nnx.split(model, trainable, ...)
+
+
+def merge(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State) -> nnx.Module:
+  """A fresh module from states; `copy=True` so it can be used (and its BatchNorm
+  statistics updated) inside `jax.value_and_grad` under jit."""
+  return nnx.merge(graphdef, params, rest, copy=True)
+
+
+def full_state(state: TrainState) -> nnx.State:
+  """Every variable of the model in one nnx.State (what checkpoints store)."""
+  return nnx.merge_state(state.params, state.rest)
+
+
+def _initializer(make_model, trainable, tx):
+  def init():
+    _, params, rest = split(make_model(), trainable)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                      opt_state=tx.init(params))
+  return init
+
+
+def abstract(make_model: Callable[[], nnx.Module], trainable, tx, mesh
+             ) -> tuple[nnx.GraphDef, TrainState]:
+  """(graphdef, the state as ShapeDtypeStructs carrying their replicated shardings).
+
+  Nothing is allocated: this is the restore target of a checkpoint and the
+  `out_shardings` of the initialiser.
+  """
+  graphdef, _, _ = split(nnx.eval_shape(make_model), trainable)
+  shapes = jax.eval_shape(_initializer(make_model, trainable, tx))
+  sharding = parallel.replicated(mesh)
+  return graphdef, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def create(make_model: Callable[[], nnx.Module], trainable, tx, mesh
+           ) -> tuple[nnx.GraphDef, TrainState]:
+  """Builds model and optimizer state in one jit, placed replicated on `mesh`.
+
+  `jax.eval_shape` gives the structure without allocating; the jit'd initialiser then
+  writes every array straight into its sharding (no host copy of the full model).
+  """
+  graphdef, target = abstract(make_model, trainable, tx, mesh)
+  shardings = jax.tree.map(lambda x: x.sharding, target)
+  return graphdef, jax.jit(_initializer(make_model, trainable, tx), out_shardings=shardings)()

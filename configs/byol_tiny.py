@@ -1,6 +1,6 @@
 """rho-BYOL, tiny: a few steps on synthetic videos on a CPU (tests, demo).
 
-R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 4, small projector/predictor.
+R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 8, small projector/predictor.
 """
 from cvrl import config_lib
 from cvrl.objectives import byol, recipes

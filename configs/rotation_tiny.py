@@ -1,6 +1,6 @@
 """3DRotNet, tiny: a few steps on synthetic videos on a CPU (tests, demo).
 
-R3D-18 at width 0.125, one 4x16x16 clip per video (5 frames for 'dif'), batch 4.
+R3D-18 at width 0.125, one 4x16x16 clip per video (5 frames for 'dif'), batch 8.
   --config=configs/rotation_tiny.py:input=dif
 """
 from cvrl import config_lib

@@ -88,6 +88,7 @@ def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
 
   config = load_config("moco_tiny")
   config.unlock()
+  config.batch_size = 2
   config.objective.queue_size = 4  # 2 videos x 2 clips: full after one step
   config.lock()
   objective, model = build(config)
@@ -137,5 +138,5 @@ def test_validate_rejects_a_queue_the_batch_does_not_divide():
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
   config = load_config("moco_k400_slowr50", "queue=1000")
   with pytest.raises(ValueError, match="multiple"):
-    base.get(config).validate()
-  base.get(load_config("moco_k400_slowr50", "rho=4")).validate()
+    base.get(config)  # the objective checks its config when it is made
+  base.get(load_config("moco_k400_slowr50", "rho=4"))

@@ -67,8 +67,12 @@ class BYOL(Objective):
   def trainable(self):
     return rho.ONLINE_PARAMS
 
+  def __init__(self, config):
+    super().__init__(config)
+    self.validate()
+
   def validate(self) -> None:
-    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    """Config errors as one-line ValueErrors, raised when the objective is made."""
     cfg = self.config.objective
     rho.num_clips(self.config)
     if cfg.reduction not in ("mean", "sum"):
@@ -77,7 +81,6 @@ class BYOL(Objective):
                              schedule=cfg.momentum_schedule)
 
   def build(self, rngs):
-    self.validate()
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
     predictor = MLP(int(cfg.head_out), int(cfg.predictor_hidden), int(cfg.head_out), num_hidden=1,

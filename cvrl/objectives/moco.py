@@ -99,8 +99,12 @@ class MoCo(Objective):
   def trainable(self):
     return rho.ONLINE_PARAMS
 
+  def __init__(self, config):
+    super().__init__(config)
+    self.validate()
+
   def validate(self) -> None:
-    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    """Config errors as one-line ValueErrors, raised when the objective is made."""
     cfg = self.config.objective
     per_step = int(self.config.batch_size) * (rho.num_clips(self.config)
                                               if cfg.enqueue == "all" else 1)
@@ -115,7 +119,6 @@ class MoCo(Objective):
                              schedule=cfg.momentum_schedule)
 
   def build(self, rngs):
-    self.validate()
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
     return MoCoModel(online, int(cfg.queue_size), int(cfg.head_out))

@@ -24,7 +24,7 @@ def kinetics_rho(config: ml_collections.ConfigDict, *, num_train_examples: int,
 
 
 def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",
-                   num_frames: int = 4, batch_size: int = 4, steps: int = 6) -> None:
+                   num_frames: int = 4, batch_size: int = 8, steps: int = 6) -> None:
   """R3D-18 at width 0.125 on 16x16 synthetic clips, a few steps, float32. In place."""
   config.model.update(depth=18, width=0.125, preset=preset, dtype="float32", remat=False)
   config.batch_size = batch_size
@@ -37,3 +37,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",
               cycle_length=2, prefetch=1)
   data.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4,
                         num_frames=64, size=24, num_shards=2)
+  if "checkpoint" in config:
+    config.checkpoint.update(every_steps=max(1, steps // 2), keep=2)
+  if "log" in config:
+    config.log.update(every_steps=1, tensorboard=False)

@@ -81,20 +81,22 @@ class RotNetModel(nnx.Module):
 @register("rotation")
 class Rotation(Objective):
 
+  def __init__(self, config):
+    super().__init__(config)
+    self.validate()
+
   def validate(self) -> None:
-    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    """Config errors as one-line ValueErrors, raised when the objective is made."""
     mode = self.config.objective.input
     if mode not in INPUTS:
       raise ValueError(f"config.objective.input must be one of {INPUTS}, got {mode!r}")
 
   def sampler(self):
-    self.validate()
     if self.config.objective.input == "dif":
       return {"name": "single", "extra_frames": 1}
     return {"name": "single"}
 
   def build(self, rngs):
-    self.validate()
     encoder = build_encoder(self.config.model, rngs)
     head = RotationClassifier(encoder.num_features, int(self.config.objective.head_hidden),
                               NUM_ROTATIONS, rngs=rngs)

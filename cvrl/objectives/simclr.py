@@ -57,6 +57,10 @@ def multi_positive_nt_xent(z, temperature: float, *, positives_in_denominator: b
 @register("simclr")
 class SimCLR(Objective):
 
+  def __init__(self, config):
+    super().__init__(config)
+    rho.num_clips(config)  # rho >= 2, raised when the objective is made
+
   def sampler(self):
     return rho.sampler(self.config)
 

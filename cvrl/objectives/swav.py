@@ -85,8 +85,12 @@ class SwAV(Objective):
   def sampler(self):
     return rho.sampler(self.config)
 
+  def __init__(self, config):
+    super().__init__(config)
+    self.validate()
+
   def validate(self) -> None:
-    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    """Config errors as one-line ValueErrors, raised when the objective is made."""
     cfg = self.config.objective
     if not 1 <= int(cfg.num_assign) <= rho.num_clips(self.config):
       raise ValueError(f"config.objective.num_assign must be in [1, num_clips], got "
@@ -94,7 +98,6 @@ class SwAV(Objective):
     self.freeze_prototypes_steps()
 
   def build(self, rngs):
-    self.validate()
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
     return SwAVModel(online, Prototypes(int(cfg.head_out), int(cfg.num_prototypes), rngs=rngs))

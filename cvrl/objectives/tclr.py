@@ -133,14 +133,17 @@ class TCLR(Objective):
   def sampler(self):
     return {"name": "tclr"}
 
+  def __init__(self, config):
+    super().__init__(config)
+    self.validate()
+
   def validate(self) -> None:
-    """Config errors as one-line ValueErrors, before anything is traced (build calls it)."""
+    """Config errors as one-line ValueErrors, raised when the objective is made."""
     if self.config.objective.local_local_reduction not in ("sum", "mean"):
       raise ValueError("config.objective.local_local_reduction must be 'sum' or 'mean', got "
                        f"{self.config.objective.local_local_reduction!r}")
 
   def build(self, rngs):
-    self.validate()
     cfg = self.config.objective
     encoder = build_encoder(self.config.model, rngs)
     head = MLP(encoder.num_features, int(cfg.head_hidden), int(cfg.head_out),

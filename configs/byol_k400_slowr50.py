@@ -8,7 +8,8 @@ same bottleneck stages and per-stage temporal kernels; 5x7x7 stem with temporal 
 where Slow's is 1x7x7). 8 frames at stride 8, 224 crops, the study's augmentation; LARS
 (trust 0.001, BN and biases excluded) at 0.6 per 64 videos for rho = 2 (1.2 for rho = 4),
 scaled linearly, weight decay 1e-6, 200 epochs cosine with 35 warm-up epochs; bfloat16.
-`reduction='sum'`: the loss sums over query clips as the reference's sequential mode.
+The loss averages over ordered clip pairs; the reference's sequential mode sums over query
+clips (rho x the gradient), which LARS's trust ratio all but cancels.
   --config=configs/byol_k400_slowr50.py:rho=4
 """
 from cvrl import config_lib
@@ -20,7 +21,7 @@ def get_config(arg=None):
                              num_train_examples=240_000)
   c = config_lib.pretrain_config("byol")
   c.objective.update(byol.objective_config())
-  c.objective.update(num_clips=arg.rho, reduction="sum")
+  c.objective.num_clips = arg.rho
   c.model.update(recipes.SLOW_R50_APPROXIMATION, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs

@@ -8,7 +8,8 @@ parameters are not updated until the queue is full. Backbone: the study's Slow-o
 temporal kernels; 5x7x7 stem with temporal stride 2 where Slow's is 1x7x7). 8 frames at
 stride 8, 224 crops, the study's augmentation; SGD momentum 0.9 at 0.1 per 64 videos,
 scaled linearly, weight decay 1e-4, 200 epochs cosine with 35 warm-up epochs; bfloat16.
-`reduction='sum'`: the loss sums over query clips as the reference's sequential mode.
+`reduction='sum'`: the loss sums over query clips, the gradient of the reference's
+sequential mode (one backward per query clip); with plain SGD that scale matters.
   --config=configs/moco_k400_slowr50.py:rho=4
 """
 from cvrl import config_lib

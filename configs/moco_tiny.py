@@ -8,9 +8,10 @@ from cvrl.objectives import moco, recipes
 
 
 def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, steps=24)
   c = config_lib.pretrain_config("moco")
   c.objective.update(moco.objective_config())
   c.objective.update(head_hidden=32, head_out=16, queue_size=32)
-  recipes.shrink_to_tiny(c, steps=8)
+  recipes.shrink_to_tiny(c, steps=arg.steps)
   c.optim.update(name="sgd", base_lr=0.1, momentum=0.9, weight_decay=1e-4)
   return c

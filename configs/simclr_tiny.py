@@ -7,10 +7,11 @@ from cvrl.objectives import recipes, simclr
 
 
 def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, steps=24)
   c = config_lib.pretrain_config("simclr")
   c.objective.update(simclr.objective_config())
   c.objective.update(head_hidden=32, head_out=16)
-  recipes.shrink_to_tiny(c)
+  recipes.shrink_to_tiny(c, steps=arg.steps)
   # Adam: a loss that falls within a few tiny steps (the recipe uses LARS).
   c.optim.update(name="adamw", base_lr=2e-3, weight_decay=1e-6)
   return c

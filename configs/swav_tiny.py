@@ -8,11 +8,12 @@ from cvrl.objectives import recipes, swav
 
 
 def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, steps=24)
   c = config_lib.pretrain_config("swav")
   c.objective.update(swav.objective_config())
   c.objective.update(head_hidden=32, head_out=16, num_prototypes=8,
                      freeze_prototypes_epochs=None, freeze_prototypes_steps=2)
-  recipes.shrink_to_tiny(c)
+  recipes.shrink_to_tiny(c, steps=arg.steps)
   # Adam: a loss that falls within a few tiny steps (the recipe uses LARS).
   c.optim.update(name="adamw", base_lr=2e-3, weight_decay=1e-6)
   return c

@@ -4,8 +4,8 @@ Dave et al. (CVIU 2022): per video a sparse clip of 16 frames at stride 4 and th
 clips of 16 consecutive frames that tile it, each under 2 augmentations; the 'tclr'
 R3D-18 (last stage's temporal stride traded for dilation 2: 4 output timesteps) at 112 px;
 MLP 512 -> 512 -> BN -> ReLU -> 128 -> BN; instance, local-local and global-local losses
-at T 0.1, weight 1 each. Optimiser as the reference code: Adam at 1e-3, weight decay 1e-9 (decoupled here),
-batch 40, 5 warm-up epochs. The reference then divides the learning rate by 10 whenever
+at T 0.1, weight 1 each. Optimiser as the reference code: Adam at 1e-3, weight decay 1e-9
+(decoupled here), batch 40, 5 warm-up epochs. The reference then divides the learning rate by 10 whenever
 the loss has not improved for 9 epochs (up to 1000 epochs); cosine over `epochs` (400 by
 default, our choice) stands in for that. Augmentation approximates the reference's: square
 crops of 60-100% of the frame height, mild colour jitter (p 0.3), grayscale, flip, no blur.

@@ -43,9 +43,9 @@ def ema_update(pairs: Iterable[tuple[nnx.Module, nnx.Module]], momentum) -> None
   for target, online in pairs:
     t_state = nnx.state(target, nnx.Param)
     o_state = nnx.state(online, nnx.Param)
-    new = jax.tree.map(
-        lambda t, o: (m * t.astype(jnp.float32) + (1.0 - m) * o.astype(jnp.float32)).astype(t.dtype),
-        t_state, o_state)
+    average = lambda t, o: (m * t.astype(jnp.float32)
+                            + (1.0 - m) * o.astype(jnp.float32)).astype(t.dtype)
+    new = jax.tree.map(average, t_state, o_state)
     nnx.update(target, new)
 
 

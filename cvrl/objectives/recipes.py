@@ -24,8 +24,9 @@ def kinetics_rho(config: ml_collections.ConfigDict, *, num_train_examples: int,
 
 
 def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",
-                   num_frames: int = 4, batch_size: int = 8, steps: int = 6) -> None:
-  """R3D-18 at width 0.125 on 16x16 synthetic clips, a few steps, float32. In place."""
+                   num_frames: int = 4, batch_size: int = 8, steps: int = 24,
+                   crop_size: int = 16) -> None:
+  """R3D-18 at width 0.125 on small synthetic clips, a few steps, float32. In place."""
   config.model.update(depth=18, width=0.125, preset=preset, dtype="float32", remat=False)
   config.batch_size = batch_size
   config.total_steps, config.total_epochs = steps, None
@@ -33,8 +34,8 @@ def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",
   config.optim.base_batch_size = batch_size
   data = config.data
   data.update(source="synthetic", num_train_examples=None, num_frames=num_frames, stride=2,
-              crop_size=16, eval_resize=16, eval_crop_size=16, shuffle_buffer=16,
-              cycle_length=2, prefetch=1)
+              crop_size=crop_size, eval_resize=crop_size, eval_crop_size=crop_size,
+              shuffle_buffer=16, cycle_length=2, prefetch=1)
   data.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4,
                         num_frames=64, size=24, num_shards=2)
   if "checkpoint" in config:

@@ -13,5 +13,5 @@ def get_config(arg=None):
   c.objective.update(tclr.objective_config())
   c.objective.update(head_hidden=32, head_out=16)
   recipes.shrink_to_tiny(c, preset="tclr", num_frames=16, crop_size=8, steps=arg.steps)
-  c.optim.update(name="adamw", base_lr=1e-3, weight_decay=1e-9)
+  c.optim.update(name="adamw", base_lr=5e-3, weight_decay=1e-9)
   return c

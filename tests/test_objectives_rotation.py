@@ -55,6 +55,18 @@ def test_fusion_averages_the_two_models_softmax_scores():
   fused = np.asarray(rotation.fuse_scores(rgb, dif))
   np.testing.assert_allclose(fused, (softmax(rgb) + softmax(dif)) / 2, rtol=1e-5)
   np.testing.assert_allclose(fused.sum(axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(rotation.fuse_probabilities(softmax(rgb), softmax(dif)), fused,
+                             rtol=1e-5)
+
+
+def test_encoder_input_for_downstream_jobs():
+  clips = random_video(6, 2, 5, 4, 4, 3)
+  extra, transform = rotation.encoder_input(load_config("rotation_tiny", "input=dif"))
+  assert extra == 1
+  np.testing.assert_allclose(transform(clips), rotation.frame_difference(clips))
+  extra, transform = rotation.encoder_input(load_config("rotation_tiny"))
+  assert extra == 0 and transform(clips) is clips
+  assert rotation.encoder_input(load_config("simclr_tiny"))[0] == 0
 
 
 def test_model_dif_input_on_the_tiny_config():

@@ -65,6 +65,23 @@ def rotation_loss(logits, labels):
   return loss, {"rotation_accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == labels)}
 
 
+def fuse_probabilities(*probabilities):
+  """Fusion of softmax scores already computed ([videos, classes] per model): their mean.
+
+  Fits downstream evaluation's fusion hook ('cvrl.objectives.rotation:fuse_probabilities').
+  """
+  return sum(jnp.asarray(p, jnp.float32) for p in probabilities) / len(probabilities)
+
+
+def encoder_input(config):
+  """(extra frames a clip needs, clips -> encoder input) for an encoder pretrained with
+  `config`: (1, frame differences) for a DIF 3DRotNet, else (0, identity). Downstream jobs
+  apply it to their clips so a DIF model sees differences at evaluation too."""
+  if config.objective.name == "rotation" and config.objective.get("input", "rgb") == "dif":
+    return 1, frame_difference
+  return 0, lambda clips: clips
+
+
 def fuse_scores(rgb_logits, dif_logits):
   """3DRotNet's Fusion: the mean of the RGB and DIF models' softmax scores, [..., classes]."""
   return (jax.nn.softmax(rgb_logits.astype(jnp.float32), axis=-1)

@@ -1,0 +1,75 @@
+"""rho-SimCLR (Feichtenhofer et al., 2021): NT-Xent over all rho clips of the global batch.
+
+Every other clip of the same video is a positive. For each anchor clip a and each of its
+rho - 1 positives p, one cross-entropy over all other clips of the global batch (every
+clip but a itself) with p as the target; the loss is the mean over all (a, p) pairs.
+With rho = 2 this is the reference's two-clip NT-Xent exactly.
+
+`positives_in_denominator=False` gives the variant of the reference's multi-crop masks
+(pySlowFast `_simclr_precompute_pos_neg_mask_multi`): the softmax for (a, p) runs over p
+and the clips of other videos only, leaving a's other positives out.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cvrl.models.heads import l2_normalize
+from cvrl.objectives import rho
+from cvrl.objectives.base import Objective, register
+from cvrl.objectives.views import apply_views
+
+MASKED = -1e9  # finite, so rows with nothing left keep finite gradients
+
+
+
+def objective_config() -> dict:
+  """config.objective fields for rho-SimCLR (methods.md section 2)."""
+  return dict(name="simclr", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
+              head_out=128, head_bn=False, bn_per_view=True, positives_in_denominator=True)
+
+def multi_positive_nt_xent(z, temperature: float, *, positives_in_denominator: bool = True):
+  """z: [B, V, D] embeddings of V clips of B videos (normalised here). Returns (loss, metrics).
+
+  Global-batch math: under jit with z sharded over the batch, the value is the loss of the
+  concatenated global batch.
+  """
+  b, v, d = z.shape
+  n = b * v
+  z = l2_normalize(z.astype(jnp.float32)).reshape(n, d)
+  logits = z @ z.T / temperature
+  video = jnp.arange(n) // v
+  same_video = video[:, None] == video[None, :]
+  is_self = jnp.eye(n, dtype=bool)
+  positive = same_video & ~is_self
+  if positives_in_denominator:
+    lse = jax.nn.logsumexp(jnp.where(is_self, MASKED, logits), axis=1)
+    ce = lse[:, None] - logits
+  else:
+    neg_lse = jax.nn.logsumexp(jnp.where(same_video, MASKED, logits), axis=1)
+    ce = jnp.logaddexp(logits, neg_lse[:, None]) - logits
+  loss = jnp.sum(jnp.where(positive, ce, 0.0)) / (n * (v - 1))
+  nearest = jnp.argmax(jnp.where(is_self, MASKED, logits), axis=1)
+  accuracy = jnp.mean(positive[jnp.arange(n), nearest])
+  return loss, {"contrastive_accuracy": accuracy}
+
+
+@register("simclr")
+class SimCLR(Objective):
+
+  def __init__(self, config):
+    super().__init__(config)
+    rho.num_clips(config)  # rho >= 2, raised when the objective is made
+
+  def sampler(self):
+    return rho.sampler(self.config)
+
+  def build(self, rngs):
+    return rho.build_network(self.config, rngs)
+
+  def loss(self, model, batch, *, step, rng):
+    cfg = self.config.objective
+    video = rho.clips_of(batch, rho.num_clips(self.config))
+    z = apply_views(model, lambda m, x: m.head(m.encoder(x)), video, per_view=bool(cfg.bn_per_view))
+    return multi_positive_nt_xent(z, float(cfg.temperature),
+                                  positives_in_denominator=bool(cfg.positives_in_denominator))

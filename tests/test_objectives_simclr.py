@@ -1,0 +1,80 @@
+import jax
+import numpy as np
+import pytest
+
+import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl.objectives.simclr import multi_positive_nt_xent
+from objective_checks import (l2n, logsumexp, numeric_grad, random_embeddings,
+                              sharded_equals_single)
+
+T = 0.1
+
+
+def numpy_simclr(z, temperature, positives_in_denominator):
+  """For each anchor a and positive p (another clip of a's video): CE with target p over
+  all clips but a (or over p and the other videos' clips); mean over (a, p)."""
+  b, v, d = z.shape
+  flat = l2n(z.reshape(b * v, d))
+  s = flat @ flat.T / temperature
+  terms = []
+  for a in range(b * v):
+    for p in range(b * v):
+      if p == a or p // v != a // v:
+        continue
+      if positives_in_denominator:
+        others = [k for k in range(b * v) if k != a]
+      else:
+        others = [p] + [k for k in range(b * v) if k // v != a // v]
+      terms.append(logsumexp(s[a, others]) - s[a, p])
+  return np.mean(terms)
+
+
+@pytest.mark.parametrize("rho", [2, 4])
+@pytest.mark.parametrize("positives_in_denominator", [True, False])
+def test_loss_and_gradient_match_numpy(rho, positives_in_denominator):
+  z = random_embeddings(0, 3, rho, 5)
+  f = lambda x: multi_positive_nt_xent(x, T, positives_in_denominator=positives_in_denominator)[0]
+  loss = jax.jit(f)(z)
+  np.testing.assert_allclose(loss, numpy_simclr(z, T, positives_in_denominator), rtol=1e-5)
+  grad = jax.jit(jax.grad(f))(z)
+  expected = numeric_grad(lambda x: numpy_simclr(x, T, positives_in_denominator), z)
+  np.testing.assert_allclose(grad, expected, rtol=2e-3, atol=2e-4)
+
+
+def test_two_clips_is_the_symmetric_nt_xent():
+  # rho = 2: both variants are the reference's two-clip NT-Xent (mean over the 2N anchors).
+  z = random_embeddings(1, 4, 2, 6)
+  a = multi_positive_nt_xent(z, T, positives_in_denominator=True)[0]
+  b = multi_positive_nt_xent(z, T, positives_in_denominator=False)[0]
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_accuracy_counts_anchors_whose_nearest_clip_is_a_positive():
+  # Two videos whose clips sit on two orthogonal directions: every anchor is right.
+  z = np.zeros((2, 3, 4), np.float32)
+  z[0, :, 0] = 1.0
+  z[1, :, 1] = 1.0
+  z += random_embeddings(2, 2, 3, 4) * 0.01
+  _, metrics = multi_positive_nt_xent(z, T)
+  assert float(metrics["contrastive_accuracy"]) == 1.0
+
+
+def test_eight_devices_equal_one_device_on_the_concatenated_batch():
+  z = random_embeddings(3, 16, 4, 8)  # 16 videos over 8 devices, 2 per device
+  f = lambda x: jax.value_and_grad(lambda y: multi_positive_nt_xent(y, T)[0])(x)
+  sharded_equals_single(f, z)
+
+
+def test_model_loss_on_the_tiny_config():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from objective_checks import build, load_config, random_video  # noqa: E402
+  objective, model = build(load_config("simclr_tiny"))
+  assert objective.sampler() == {"name": "rho", "num_clips": 2}
+  video = random_video(0, 3, 2, 4, 16, 16, 3)
+  loss, metrics = nnx.jit(lambda m, x: objective.loss(m, {"video": x}, step=0, rng=None))(
+      model, video)
+  # Near chance at initialisation: log of the 2B - 1 = 5 candidates.
+  assert abs(float(loss) - np.log(5)) < 1.0
+  assert 0.0 <= float(metrics["contrastive_accuracy"]) <= 1.0
+  with pytest.raises(ValueError, match="rho"):
+    objective.loss(model, {"video": random_video(0, 3, 3, 4, 16, 16, 3)}, step=0, rng=None)

@@ -141,10 +141,8 @@ def test_validate_and_after_pretrain_config():
 @pytest.mark.slow
 def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path_factory):
   """The demo chain's hook: a pretraining checkpoint in, probe/results.json with both numbers."""
-  from _downstream_toys import tiny_data  # pylint: disable=import-outside-toplevel
-  from cvrl import config_lib, objectives  # pylint: disable=import-outside-toplevel
-  from cvrl.train import checkpoint  # pylint: disable=import-outside-toplevel
-  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   pre = tiny_data(config_lib.pretrain_config("cvrl"), tmp_path_factory.mktemp("synthetic"))
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
@@ -152,15 +150,8 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
   pre.probe = probe.demo_fields()
   pre.probe.update(batch_size=8, total_epochs=2, warmup_epochs=1, feature_epochs=1,
                    num_clips=1, num_crops=3, eval_batch_size=8)
-  objective = objectives.get(pre)
+  saved_state = save_numpy_checkpoint(pre, workdir)
   mesh = F.make_mesh()
-  graphdef, state = state_lib.create(lambda: objective.build(nnx.Rngs(3)), objective.trainable,
-                                     optax.sgd(0.1), mesh)
-  # Non-trivial BN statistics, so "same encoder" below is not "fresh init".
-  state = state.replace(rest=jax.tree.map(lambda x: x + 0.25, state.rest))
-  ckpt = checkpoint.Checkpointer(workdir)
-  ckpt.save(state, pre)
-  ckpt.close()
 
   res = probe.run_after_pretrain(pre, workdir, workdir)
   saved = json.load(open(os.path.join(workdir, "probe", "results.json")))
@@ -172,10 +163,12 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
   assert saved["probe"]["test"]["num_videos"] == 13 and saved["probe"]["test"]["views_per_video"] == 3
   assert saved["probe"]["train"]["total_steps"] == 6  # 2 epochs of 24 videos at batch 8
   assert res["metrics"]["top1"] == saved["metrics"]["top1"]
-  # The probe evaluated the checkpoint's encoder, not a fresh one: the saved classifier's
-  # encoder holds the checkpoint's (shifted) BN statistics.
+  for name in ("confusion_matrix.npy", "per_class_accuracy.csv", "scores.npz", "model.json"):
+    assert os.path.exists(os.path.join(workdir, "probe", name))
+  assert os.path.exists(os.path.join(workdir, "probe", "random_init", "scores.npz"))
+  # The probe trained and tested the checkpoint's encoder: the saved classifier holds it.
   from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
   model, _ = classifier_io.load_classifier(os.path.join(workdir, "probe"), mesh)
-  want = nnx.to_pure_dict(state_lib.full_state(state))["encoder"]
+  want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)

@@ -10,6 +10,7 @@ dropped after the hosts' rows are gathered), so each video counts exactly once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Iterable
 
@@ -130,19 +131,24 @@ class ViewRunner:
       raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     self.mesh = mesh
     graphdef, self.state = nnx.split(frozen(module))
-
-    def apply(state, video):
-      views = jnp.moveaxis(video, 1, 0)  # [V, B, ...]
-      out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
-      out = out.astype(jnp.float32)
-      if reduce == "softmax_mean":
-        out = jax.nn.softmax(out, axis=-1)
-      return jnp.mean(out, axis=0)
-
-    self._apply = jax.jit(apply, out_shardings=batch_sharding(mesh))
+    self._apply = _view_apply(graphdef, reduce, mesh)
 
   def __call__(self, video: np.ndarray) -> jax.Array:
     return self._apply(self.state, to_global(self.mesh, video))
+
+
+@functools.lru_cache(maxsize=None)
+def _view_apply(graphdef, reduce: str, mesh: Mesh):
+  """One jit'd function per (architecture, reduction, mesh): models of the same
+  architecture (a checkpoint and its random baseline) share the compilation."""
+  def apply(state, video):
+    views = jnp.moveaxis(video, 1, 0)  # [V, B, ...]
+    out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
+    out = out.astype(jnp.float32)
+    if reduce == "softmax_mean":
+      out = jax.nn.softmax(out, axis=-1)
+    return jnp.mean(out, axis=0)
+  return jax.jit(apply, out_shardings=batch_sharding(mesh))
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ Two paths give the same classifier:
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Iterator
@@ -116,39 +117,19 @@ def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_ste
 class HeadTrainer:
   """Trains a classifier head on a frozen encoder: from clips or from cached features.
 
-  Both step functions share `_update`; the clip step computes the features with the
-  same `_features` the extraction uses, so the two paths differ only in XLA fusion.
+  Both steps share one `update`; the clip step computes the features with the same
+  `features` function the extraction uses, so the two paths differ only in XLA fusion.
   """
 
   def __init__(self, encoder: nnx.Module, head: nnx.Module, tx, mesh):
     self.mesh = mesh
     self.tx = tx
     enc_def, self.encoder_state = nnx.split(F.frozen(encoder))
-    head_def, self.params, self.rest = nnx.split(head, nnx.Param, ...)
-    self.head_def = head_def
-    self.opt_state = jax.jit(tx.init)(self.params)
+    self.head_def, self.params, self.rest = nnx.split(head, nnx.Param, ...)
+    init, self._features, self._feature_step, self._clip_step = _head_functions(
+        enc_def, self.head_def, tx, mesh)
+    self.opt_state = init(self.params)
     self.step = 0
-
-    def features(encoder_state, video):  # [B, V, T, H, W, 3] -> [B, C], mean over views
-      enc = nnx.merge(enc_def, encoder_state)
-      b, v = video.shape[:2]
-      f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
-      return jax.lax.stop_gradient(jnp.mean(f.astype(jnp.float32), axis=1))
-
-    def update(params, rest, opt_state, feats, labels):
-      def loss_fn(p):
-        logits = nnx.merge(head_def, p, rest)(feats)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
-      (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc}
-
-    rows = F.batch_sharding(mesh)
-    self._features = jax.jit(features, out_shardings=rows)
-    self._feature_step = jax.jit(update, donate_argnums=(0, 2))
-    self._clip_step = jax.jit(
-        lambda p, r, o, es, v, lab: update(p, r, o, features(es, v), lab), donate_argnums=(0, 2))
 
   def features(self, video: np.ndarray) -> jax.Array:
     return self._features(self.encoder_state, F.to_global(self.mesh, video))
@@ -169,6 +150,34 @@ class HeadTrainer:
 
   def head(self) -> nnx.Module:
     return nnx.merge(self.head_def, self.params, self.rest)
+
+
+@functools.lru_cache(maxsize=None)
+def _head_functions(enc_def, head_def, tx, mesh):
+  """jit'd (opt init, features, step on features, step on clips), shared by every trainer
+  of the same architectures and optimizer (a checkpoint and its random baseline)."""
+  rep, rows = F.replicated(mesh), F.batch_sharding(mesh)
+
+  def features(encoder_state, video):  # [B, V, T, H, W, 3] -> [B, C], mean over views
+    enc = nnx.merge(enc_def, encoder_state)
+    b, v = video.shape[:2]
+    f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
+    return jax.lax.stop_gradient(jnp.mean(f.astype(jnp.float32), axis=1))
+
+  def update(params, rest, opt_state, feats, labels):
+    def loss_fn(p):
+      logits = nnx.merge(head_def, p, rest)(feats)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc}
+
+  step_kw = dict(donate_argnums=(0, 2), out_shardings=(rep, rep, rep))
+  return (jax.jit(tx.init, out_shardings=rep),
+          jax.jit(features, out_shardings=rows),
+          jax.jit(update, **step_kw),
+          jax.jit(lambda p, r, o, es, v, lab: update(p, r, o, features(es, v), lab), **step_kw))
 
 
 def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,

@@ -98,6 +98,10 @@ def numpy_filled(make, seed=0):
   def fill(path, x):
     name = [k.key for k in path if hasattr(k, "key")][-1]
     shape = x.shape
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # dropout's RNG stream
+      return jax.random.key(seed)
+    if np.issubdtype(x.dtype, np.integer):  # RNG counts
+      return np.zeros(shape, x.dtype)
     if name == "kernel":
       fan_in = int(np.prod(shape[:-1]))
       v = rng.normal(size=shape) * np.sqrt(2.0 / fan_in)

@@ -172,7 +172,8 @@ def run(config, workdir: str) -> dict:
   metrics = {"train_accuracy": out["train"]["train_accuracy"], "train_loss": out["train"]["train_loss"]}
   if config.finetune.evaluate:
     out["test"] = evaluate.evaluate_classifier(model, config, mesh, workdir)
-    metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")})
+    metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
+                    if k in out["test"]})
   if config.finetune.save_model:
     from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
     classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,

@@ -5,6 +5,7 @@ import ast
 import math
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -85,4 +86,18 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
       name="sgd", base_lr=0.32, base_batch_size=1024, momentum=0.9, nesterov=False,
       weight_decay=1e-6, lars_trust=0.001, lars_eps=0.0, b1=0.9, b2=0.999, eps=1e-8,
       grad_clip=None, schedule="cosine"))
+  # Checkpoints in WORKDIR/checkpoints: every N steps and at the end, newest `keep` kept.
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  # DIR/metrics.jsonl and TensorBoard events every N steps (process 0 only).
+  c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True))
+  # Devices and processes: BatchNorm over the global batch ('sync', the paper) or per
+  # device ('local'); batches assembled on device this many steps ahead; explicit
+  # multi-process set-up (otherwise read from the environment, see cvrl.parallel).
+  c.parallel = ml_collections.ConfigDict(dict(
+      batch_norm="sync", device_prefetch=2,
+      coordinator_address=config_dict.placeholder(str),
+      num_processes=config_dict.placeholder(int),
+      process_id=config_dict.placeholder(int)))
+  # Linear probe on the final checkpoint (None: none), see cvrl.train.probe.
+  c.probe = None
   return c

@@ -1,0 +1,32 @@
+"""The demo: CVRL pretraining of a tiny R3D on synthetic videos, on CPU in minutes.
+
+Then a linear probe of the final checkpoint (pretrained vs random init) when the probe
+job is available. The arg shortens or lengthens it, e.g.
+  --config=configs/demo.py:steps=40
+"""
+from cvrl import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, steps=150, batch_size=16, source="synthetic")
+  c = config_lib.pretrain_config("cvrl")
+  c.seed = 0
+  c.batch_size = arg.batch_size
+  c.total_epochs = None
+  c.total_steps = arg.steps
+  c.warmup_epochs = None
+  c.warmup_steps = max(1, arg.steps // 10)
+  # R3D-18 (torchvision layout) at 1/8 width: 8 frames of 32 x 32.
+  c.model.update(depth=18, width=0.125, preset="r3d18", dtype="float32")
+  c.objective.update(head_hidden=64, head_layers=1, head_out=32, temperature=0.1)
+  c.data.source = arg.source
+  c.data.num_frames = 8
+  c.data.stride = 2
+  c.data.crop_size = 32
+  c.data.num_train_examples = 64
+  # Adam converges in a few hundred tiny steps where the paper's SGD recipe needs many more.
+  c.optim.update(name="adamw", base_lr=2e-3, base_batch_size=arg.batch_size, weight_decay=1e-4)
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 2
+  c.log.every_steps = 10
+  return c

@@ -4,6 +4,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cvrl.data import config as config_lib
+from cvrl.data import photometric
 from cvrl.data import pipeline
 
 
@@ -27,7 +28,7 @@ def test_tfds_train_and_eval_batches():
                                 process_index=0, process_count=1)
     b = next(pipeline.iterate(ds))
     assert b['video'].shape == (2, 2, 4, 16, 16, 3) and b['label'].dtype == np.int32
-    assert 0 <= b['video'].min() and b['video'].max() <= 1
+    assert b['video'].dtype == np.uint8 and b['photometric'].shape == (2, 2, photometric.SIZE)
     again = next(pipeline.iterate(pipeline.build_dataset(
         _cfg(), sampler={'name': 'cvrl'}, train=True, batch_size=2, seed=0, process_index=0,
         process_count=1)))

@@ -84,3 +84,51 @@ def tiny_data(config, directory, num_train=24, num_eval=13):
 def max_fusion(*probs):
   """A fusion function as a user would name it in evaluate.fusion ('module:function')."""
   return np.max(np.stack(probs), axis=0)
+
+
+def numpy_filled(make, seed=0):
+  """The module `make()` builds, with seeded numpy values and no compilation (an R3D's jit'd
+  init takes seconds to compile on CPU): He-scaled kernels, small biases, BN statistics
+  near (0, 1) but not equal to their init."""
+  import jax  # pylint: disable=import-outside-toplevel
+  abstract = nnx.eval_shape(make)
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, x):
+    name = [k.key for k in path if hasattr(k, "key")][-1]
+    shape = x.shape
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # dropout's RNG stream
+      return jax.random.key(seed)
+    if np.issubdtype(x.dtype, np.integer):  # RNG counts
+      return np.zeros(shape, x.dtype)
+    if name == "kernel":
+      fan_in = int(np.prod(shape[:-1]))
+      v = rng.normal(size=shape) * np.sqrt(2.0 / fan_in)
+    elif name in ("scale", "var"):
+      v = rng.uniform(0.8, 1.2, size=shape)
+    else:  # bias, mean
+      v = rng.normal(size=shape) * 0.05
+    return np.asarray(v, x.dtype)
+  state = jax.tree_util.tree_map_with_path(fill, state)
+  return nnx.merge(graphdef, state)
+
+
+def save_numpy_checkpoint(pretrain_config, workdir, seed=3, step=5):
+  """A pretraining checkpoint as the trainer writes it (cvrl.train.checkpoint), of the
+  objective's model filled by `numpy_filled` (values no initialiser gives). Returns the
+  saved full state."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from cvrl import objectives  # pylint: disable=import-outside-toplevel
+  from cvrl.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  objective = objectives.get(pretrain_config)
+  model = numpy_filled(lambda: objective.build(nnx.Rngs(seed)), seed=seed)
+  _, params, rest = state_lib.split(model, objective.trainable)
+  tx = optax.sgd(0.1)
+  state = state_lib.TrainState(step=np.int32(step), params=params, rest=rest,
+                               opt_state=tx.init(params))
+  ckpt = checkpoint.Checkpointer(str(workdir))
+  ckpt.save(state, pretrain_config)
+  ckpt.close()
+  return state_lib.full_state(state)

@@ -9,7 +9,6 @@ import pytest
 from _downstream_toys import tiny_data
 from cvrl.train import evaluate
 from cvrl.train import features as F
-from cvrl.train import probe
 
 
 def test_report_files_agree_with_the_scores(tmp_path):
@@ -64,45 +63,48 @@ def test_validate_names_the_choices(tmp_path):
 
 
 @pytest.mark.slow
-def test_probe_then_multiview_and_knn_evaluation_on_synthetic_data(tmp_path_factory):
+def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   """13 test videos, global batch 8 on 8 devices: every video counted once, end to end."""
-  data_dir = tmp_path_factory.mktemp("synthetic")
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from _downstream_toys import numpy_filled, save_numpy_checkpoint  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.models import build_encoder  # pylint: disable=import-outside-toplevel
+  from cvrl.models.heads import LinearClassifier  # pylint: disable=import-outside-toplevel
+  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
   work = tmp_path_factory.mktemp("runs")
-  c = tiny_data(probe.base_config(), data_dir)
-  c.random_init = True
-  c.batch_size = 8
-  c.total_epochs, c.total_steps = None, 3
-  c.warmup_epochs, c.warmup_steps = None, 1
-  c.optim.update(dict(base_lr=0.5, base_batch_size=8))
-  c.probe.extract_features = True
-  c.evaluate.update(dict(num_clips=2, num_crops=3, batch_size=8, knn_clips=2))
-  probe_dir = str(work / "probe")
-  res = probe.run(c, probe_dir)
-  saved = json.load(open(os.path.join(probe_dir, "results.json")))
-  assert saved["metrics"]["top1"] == pytest.approx(res["metrics"]["top1"])
-  assert saved["probe"]["test"]["num_videos"] == 13
-  assert saved["probe"]["test"]["views_per_video"] == 6
-  assert saved["config"]["job"] == "probe" and saved["probe"]["source"]["init"] == "random"
+  e = tiny_data(evaluate.base_config(), tmp_path_factory.mktemp("synthetic"))
+  e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2)
+  mesh = F.make_mesh()
 
-  e = evaluate.base_config()
-  e.data = c.data
-  e.model = c.model
-  e.evaluate = c.evaluate
-  e.evaluate.run_dir = probe_dir
-  e.evaluate.fuse_with = os.path.join(probe_dir, "scores.npz")
+  # A trained classifier as probe / finetune leave it in their workdir.
+  model = numpy_filled(lambda: F.VideoClassifier(
+      build_encoder(e.model, nnx.Rngs(0)), LinearClassifier(64, 4, rngs=nnx.Rngs(1))), seed=4)
+  run_dir = str(work / "probe")
+  classifier_io.save_classifier(run_dir, model, e.model, num_classes=4, normalize=True,
+                                dropout=0.3, source={"init": "test"})
+  in_process = evaluate.evaluate_classifier(model, e, mesh, str(work / "in_process"))
+  e.evaluate.run_dir = run_dir
+  e.evaluate.fuse_with = str(work / "in_process" / "scores.npz")
   ev = evaluate.run(e, str(work / "eval"))
-  # The saved classifier reproduces the probe's own test, video for video.
-  a = evaluate.load_scores(os.path.join(probe_dir, "scores.npz"))
+  a = evaluate.load_scores(str(work / "in_process" / "scores.npz"))
   b = evaluate.load_scores(str(work / "eval" / "scores.npz"))
-  np.testing.assert_array_equal(np.sort(b["index"]), np.sort(a["index"]))
-  np.testing.assert_allclose(b["probs"], a["probs"], rtol=1e-4, atol=1e-6)
-  assert ev["metrics"]["num_videos"] == 13
+  assert len(b["index"]) == 13 and len(set(b["index"].tolist())) == 13
+  np.testing.assert_array_equal(a["index"], b["index"])
+  np.testing.assert_allclose(b["probs"], a["probs"], rtol=1e-5, atol=1e-7)  # saved == in memory
+  assert ev["metrics"]["num_videos"] == 13 and ev["metrics"]["views_per_video"] == 6
+  assert ev["metrics"]["top1"] == pytest.approx(in_process["top1"])
   assert ev["metrics"]["fused"]["top1"] == pytest.approx(ev["metrics"]["top1"])  # self-fusion
+  saved = json.load(open(work / "eval" / "results.json"))
+  assert saved["checkpoint"]["run_dir"] == run_dir and saved["config"]["job"] == "evaluate"
 
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), e.data.synthetic.dir)
+  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
+  save_numpy_checkpoint(pre, str(work / "pretrain"))
   e.evaluate.mode = "knn"
-  e.random_init = True
+  e.pretrained = str(work / "pretrain")
   knn = evaluate.run(e, str(work / "knn"))["metrics"]
-  assert knn["num_queries"] == 13 and knn["num_keys"] == 24
+  assert knn["num_queries"] == 13 and knn["num_keys"] == 24 and knn["views_per_video"] == 2
   recalls = [knn[f"recall@{k}"] for k in (1, 5, 10, 20)]
   assert recalls == sorted(recalls) and recalls[-1] > 0.9  # 20 of 24 keys: nearly every class
-  assert json.load(open(work / "knn" / "results.json"))["mode"] == "knn"
+  saved = json.load(open(work / "knn" / "results.json"))
+  assert saved["mode"] == "knn" and saved["checkpoint"]["init"] == "pretrained"

@@ -103,3 +103,35 @@ def test_ucf101_and_hmdb51_recipes():
   finetune.validate(c)
   with pytest.raises(ValueError, match="hmdb51"):
     ucf101_finetune.get_config("dataset=kinetics")
+
+
+@pytest.mark.slow
+def test_finetune_job_on_synthetic_data(tmp_path_factory):
+  import json  # pylint: disable=import-outside-toplevel
+  from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path_factory.mktemp("synthetic")
+  work = tmp_path_factory.mktemp("runs")
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)
+  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
+  saved_state = save_numpy_checkpoint(pre, str(work / "pretrain"))
+  c = tiny_data(finetune.base_config(), data_dir)
+  c.pretrained = str(work / "pretrain")
+  c.batch_size = 8
+  c.total_epochs, c.total_steps = None, 2
+  c.warmup_epochs, c.warmup_steps = None, 0
+  c.optim.update(base_lr=0.05, head_lr=0.5, base_batch_size=8)
+  c.evaluate.update(num_clips=1, num_crops=1, batch_size=8)
+  res = finetune.run(c, str(work / "ft"))
+  saved = json.load(open(work / "ft" / "results.json"))
+  assert saved["finetune"]["test"]["num_videos"] == 13
+  assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}
+  assert saved["checkpoint"] == c.pretrained and np.isfinite(res["metrics"]["train_loss"])
+  model, meta = classifier_io.load_classifier(str(work / "ft"), F.make_mesh())
+  assert meta["dropout"] == 0.5
+  want = nnx.to_pure_dict(saved_state)["encoder"]
+  got = nnx.to_pure_dict(nnx.state(model.encoder))
+  # The whole network trained: conv kernels and BN statistics moved away from the checkpoint.
+  assert not np.allclose(got["stem"]["conv"]["kernel"], want["stem"]["conv"]["kernel"])
+  assert not np.allclose(got["stem"]["bn"]["mean"], want["stem"]["bn"]["mean"])

@@ -1,4 +1,7 @@
 """Linear probe: frozen backbone, feature-cache path == end-to-end path, schedule, demo chain."""
+import json
+import os
+
 import jax
 import numpy as np
 import optax
@@ -133,3 +136,39 @@ def test_validate_and_after_pretrain_config():
   assert c.data.augmentation.color_jitter_prob == 0.0 and c.data.augmentation.blur_probs == (0.0,)
   assert c.probe.random_baseline and c.probe.extract_features
   assert c.batch_size == pre.probe.batch_size and c.optim.base_lr == pre.probe.base_lr
+
+
+@pytest.mark.slow
+def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path_factory):
+  """The demo chain's hook: a pretraining checkpoint in, probe/results.json with both numbers."""
+  from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), tmp_path_factory.mktemp("synthetic"))
+  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
+  pre.model.bn_momentum = 0.5
+  pre.probe = probe.demo_fields()
+  pre.probe.update(batch_size=8, total_epochs=2, warmup_epochs=1, feature_epochs=1,
+                   num_clips=1, num_crops=3, eval_batch_size=8)
+  saved_state = save_numpy_checkpoint(pre, workdir)
+  mesh = F.make_mesh()
+
+  res = probe.run_after_pretrain(pre, workdir, workdir)
+  saved = json.load(open(os.path.join(workdir, "probe", "results.json")))
+  for key in ("top1", "random_init_top1", "train_accuracy", "random_init_train_accuracy"):
+    assert 0.0 <= saved["metrics"][key] <= 1.0
+  assert saved["probe"]["source"]["init"] == "pretrained"
+  assert saved["random_init"]["source"]["init"] == "random"
+  assert saved["random_init"]["model"] == saved["probe"]["model"]  # same architecture
+  assert saved["probe"]["test"]["num_videos"] == 13 and saved["probe"]["test"]["views_per_video"] == 3
+  assert saved["probe"]["train"]["total_steps"] == 6  # 2 epochs of 24 videos at batch 8
+  assert res["metrics"]["top1"] == saved["metrics"]["top1"]
+  for name in ("confusion_matrix.npy", "per_class_accuracy.csv", "scores.npz", "model.json"):
+    assert os.path.exists(os.path.join(workdir, "probe", name))
+  assert os.path.exists(os.path.join(workdir, "probe", "random_init", "scores.npz"))
+  # The probe trained and tested the checkpoint's encoder: the saved classifier holds it.
+  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  model, _ = classifier_io.load_classifier(os.path.join(workdir, "probe"), mesh)
+  want = nnx.to_pure_dict(saved_state)["encoder"]
+  got = nnx.to_pure_dict(nnx.state(model.encoder))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)

@@ -10,10 +10,12 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from cvrl import parallel
 from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
 from cvrl.train.features import VideoClassifier, replicated
@@ -28,7 +30,10 @@ def save_classifier(workdir: str, model: VideoClassifier, model_config: ml_colle
                     *, num_classes: int, normalize: bool, dropout: float, source: dict) -> str:
   """Writes DIR/model (every variable of encoder and head) and DIR/model.json."""
   path = os.path.abspath(os.path.join(workdir, MODEL_DIR))
-  state = nnx.to_pure_dict(nnx.state(model, SAVED))
+  # Host copies: replicated parameters are small, and orbax's device-slice transfer
+  # compiles one program per array (minutes for an R3D on CPU).
+  state = jax.tree.map(lambda x: np.asarray(parallel.to_host(x)),
+                       nnx.to_pure_dict(nnx.state(model, SAVED)))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, state, force=True)
   if jax.process_index() == 0:

@@ -170,21 +170,32 @@ def fuse(runs: list[dict], fusion: str, num_classes: int) -> dict:
   return metrics
 
 
-def evaluate_classifier(model, config, mesh, workdir: str | None) -> dict:
-  """Multi-view test of a VideoClassifier on the eval split; files go to workdir."""
+def evaluate_classifiers(models: dict, config, mesh, workdirs: dict) -> dict[str, dict]:
+  """Multi-view test of VideoClassifiers on the eval split, in one pass over it.
+
+  {name: metrics}; each model's files go to workdirs[name].
+  """
   e = config.evaluate
   classes = F.num_classes(config.data)
-  runner = F.ViewRunner(model, mesh, reduce="softmax_mean")
-  out = F.run_split(runner, mesh, split_batches(config, mesh, "eval", int(e.num_clips),
-                                                int(e.num_crops), int(e.batch_size)))
-  metrics, _ = classification_report(out, classes, workdir, bool(e.save_scores))
-  metrics["views_per_video"] = int(e.num_clips) * int(e.num_crops)
-  metrics["seconds"] = out.seconds
-  if e.fuse_with:
-    mine = {"index": out.index, "label": out.labels, "probs": out.values}
-    others = [load_scores(p.strip()) for p in str(e.fuse_with).split(",") if p.strip()]
-    metrics["fused"] = fuse([mine] + others, e.fusion, classes)
-  return metrics
+  runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean") for name, m in models.items()}
+  outs = F.run_splits(runners, mesh, split_batches(config, mesh, "eval", int(e.num_clips),
+                                                   int(e.num_crops), int(e.batch_size)))
+  results = {}
+  for name, out in outs.items():
+    metrics, _ = classification_report(out, classes, workdirs.get(name), bool(e.save_scores))
+    metrics["views_per_video"] = int(e.num_clips) * int(e.num_crops)
+    metrics["seconds"] = out.seconds
+    if e.fuse_with:
+      mine = {"index": out.index, "label": out.labels, "probs": out.values}
+      others = [load_scores(p.strip()) for p in str(e.fuse_with).split(",") if p.strip()]
+      metrics["fused"] = fuse([mine] + others, e.fusion, classes)
+    results[name] = metrics
+  return results
+
+
+def evaluate_classifier(model, config, mesh, workdir: str | None) -> dict:
+  """Multi-view test of one VideoClassifier on the eval split; files go to workdir."""
+  return evaluate_classifiers({"model": model}, config, mesh, {"model": workdir})["model"]
 
 
 # -------------------------------------------------------------------------------- knn

@@ -10,6 +10,7 @@ dropped after the hosts' rows are gathered), so each video counts exactly once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Iterable
 
@@ -130,19 +131,24 @@ class ViewRunner:
       raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     self.mesh = mesh
     graphdef, self.state = nnx.split(frozen(module))
-
-    def apply(state, video):
-      views = jnp.moveaxis(video, 1, 0)  # [V, B, ...]
-      out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
-      out = out.astype(jnp.float32)
-      if reduce == "softmax_mean":
-        out = jax.nn.softmax(out, axis=-1)
-      return jnp.mean(out, axis=0)
-
-    self._apply = jax.jit(apply, out_shardings=batch_sharding(mesh))
+    self._apply = _view_apply(graphdef, reduce, mesh)
 
   def __call__(self, video: np.ndarray) -> jax.Array:
     return self._apply(self.state, to_global(self.mesh, video))
+
+
+@functools.lru_cache(maxsize=None)
+def _view_apply(graphdef, reduce: str, mesh: Mesh):
+  """One jit'd function per (architecture, reduction, mesh): models of the same
+  architecture (a checkpoint and its random baseline) share the compilation."""
+  def apply(state, video):
+    views = jnp.moveaxis(video, 1, 0)  # [V, B, ...]
+    out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
+    out = out.astype(jnp.float32)
+    if reduce == "softmax_mean":
+      out = jax.nn.softmax(out, axis=-1)
+    return jnp.mean(out, axis=0)
+  return jax.jit(apply, out_shardings=batch_sharding(mesh))
 
 
 @dataclasses.dataclass
@@ -157,34 +163,44 @@ class SplitOutputs:
     return len(self.labels)
 
 
-def run_split(runner: Callable[[np.ndarray], jax.Array], mesh: Mesh,
-              batches: Iterable[dict], max_batches: int | None = None,
-              all_hosts: bool = True) -> SplitOutputs:
-  """Runs `runner` over host batches; drops padding (mask 0) after gathering every host
-  (`all_hosts`) or keeps this host's rows only.
+def run_splits(runners: dict[str, Callable[[np.ndarray], jax.Array]], mesh: Mesh,
+               batches: Iterable[dict], max_batches: int | None = None,
+               all_hosts: bool = True) -> dict[str, SplitOutputs]:
+  """Runs every runner on each host batch (one pass of the input pipeline for all).
 
-  Device results are pulled to the host after the loop, so the next batch is prepared
-  while the devices work on this one.
+  Rows with mask 0 (padding) are dropped after gathering every host (`all_hosts`), or
+  from this host's rows only. Device results are pulled to the host after the loop, so
+  the next batch is prepared while the devices work on this one.
   """
   start = time.time()
-  outs, labels, index, masks = [], [], [], []
+  outs = {name: [] for name in runners}
+  labels, index, masks = [], [], []
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
-    outs.append(runner(batch["video"]))
+    for name, runner in runners.items():
+      outs[name].append(runner(batch["video"]))
     n = len(batch["label"])
     labels.append(np.asarray(batch["label"]))
     index.append(np.asarray(batch.get("index", np.full([n], -1, np.int64))))
     masks.append(np.asarray(batch.get("mask", np.ones([n], np.float32))))
-  if not outs:
+  if not labels:
     raise ValueError("the split gave no batch")
-  values = np.concatenate([to_host_local(mesh, o) for o in outs])
+  values = {name: np.concatenate([to_host_local(mesh, o) for o in out]) for name, out in outs.items()}
   labels, index, masks = (np.concatenate(x) for x in (labels, index, masks))
   if all_hosts:
-    values, labels, index, masks = (gather_hosts(x) for x in (values, labels, index, masks))
+    values = {name: gather_hosts(v) for name, v in values.items()}
+    labels, index, masks = (gather_hosts(x) for x in (labels, index, masks))
   keep = masks > 0
-  return SplitOutputs(values[keep], labels[keep].astype(np.int64), index[keep].astype(np.int64),
-                      time.time() - start)
+  seconds = time.time() - start
+  return {name: SplitOutputs(v[keep], labels[keep].astype(np.int64), index[keep].astype(np.int64),
+                             seconds) for name, v in values.items()}
+
+
+def run_split(runner: Callable[[np.ndarray], jax.Array], mesh: Mesh, batches: Iterable[dict],
+              max_batches: int | None = None, all_hosts: bool = True) -> SplitOutputs:
+  """`run_splits` with one runner."""
+  return run_splits({"_": runner}, mesh, batches, max_batches, all_hosts)["_"]
 
 
 # ---------------------------------------------------------------------- the data, sized

@@ -103,7 +103,8 @@ class FinetuneTrainer:
     self.mesh = mesh
     model.train()
     self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-    self.opt_state = jax.jit(tx.init)(self.params)
+    rep = F.replicated(mesh)
+    self.opt_state = jax.jit(tx.init, out_shardings=rep)(self.params)
     graphdef = self.graphdef
 
     def step(params, rest, opt_state, video, labels):
@@ -120,7 +121,7 @@ class FinetuneTrainer:
       return (optax.apply_updates(params, updates), new_rest, opt_state,
               {"loss": loss, "accuracy": acc})
 
-    self._step = jax.jit(step, donate_argnums=(0, 1, 2))
+    self._step = jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=(rep, rep, rep, rep))
 
   def step(self, video, labels) -> dict:
     self.params, self.rest, self.opt_state, m = self._step(
@@ -171,7 +172,8 @@ def run(config, workdir: str) -> dict:
   metrics = {"train_accuracy": out["train"]["train_accuracy"], "train_loss": out["train"]["train_loss"]}
   if config.finetune.evaluate:
     out["test"] = evaluate.evaluate_classifier(model, config, mesh, workdir)
-    metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")})
+    metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
+                    if k in out["test"]})
   if config.finetune.save_model:
     from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
     classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,

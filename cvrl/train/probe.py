@@ -18,6 +18,7 @@ Two paths give the same classifier:
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Iterator
@@ -116,39 +117,19 @@ def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_ste
 class HeadTrainer:
   """Trains a classifier head on a frozen encoder: from clips or from cached features.
 
-  Both step functions share `_update`; the clip step computes the features with the
-  same `_features` the extraction uses, so the two paths differ only in XLA fusion.
+  Both steps share one `update`; the clip step computes the features with the same
+  `features` function the extraction uses, so the two paths differ only in XLA fusion.
   """
 
   def __init__(self, encoder: nnx.Module, head: nnx.Module, tx, mesh):
     self.mesh = mesh
     self.tx = tx
     enc_def, self.encoder_state = nnx.split(F.frozen(encoder))
-    head_def, self.params, self.rest = nnx.split(head, nnx.Param, ...)
-    self.head_def = head_def
-    self.opt_state = jax.jit(tx.init)(self.params)
+    self.head_def, self.params, self.rest = nnx.split(head, nnx.Param, ...)
+    init, self._features, self._feature_step, self._clip_step = _head_functions(
+        enc_def, self.head_def, tx, mesh)
+    self.opt_state = init(self.params)
     self.step = 0
-
-    def features(encoder_state, video):  # [B, V, T, H, W, 3] -> [B, C], mean over views
-      enc = nnx.merge(enc_def, encoder_state)
-      b, v = video.shape[:2]
-      f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
-      return jax.lax.stop_gradient(jnp.mean(f.astype(jnp.float32), axis=1))
-
-    def update(params, rest, opt_state, feats, labels):
-      def loss_fn(p):
-        logits = nnx.merge(head_def, p, rest)(feats)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
-      (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc}
-
-    rows = F.batch_sharding(mesh)
-    self._features = jax.jit(features, out_shardings=rows)
-    self._feature_step = jax.jit(update, donate_argnums=(0, 2))
-    self._clip_step = jax.jit(
-        lambda p, r, o, es, v, lab: update(p, r, o, features(es, v), lab), donate_argnums=(0, 2))
 
   def features(self, video: np.ndarray) -> jax.Array:
     return self._features(self.encoder_state, F.to_global(self.mesh, video))
@@ -171,6 +152,34 @@ class HeadTrainer:
     return nnx.merge(self.head_def, self.params, self.rest)
 
 
+@functools.lru_cache(maxsize=None)
+def _head_functions(enc_def, head_def, tx, mesh):
+  """jit'd (opt init, features, step on features, step on clips), shared by every trainer
+  of the same architectures and optimizer (a checkpoint and its random baseline)."""
+  rep, rows = F.replicated(mesh), F.batch_sharding(mesh)
+
+  def features(encoder_state, video):  # [B, V, T, H, W, 3] -> [B, C], mean over views
+    enc = nnx.merge(enc_def, encoder_state)
+    b, v = video.shape[:2]
+    f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
+    return jax.lax.stop_gradient(jnp.mean(f.astype(jnp.float32), axis=1))
+
+  def update(params, rest, opt_state, feats, labels):
+    def loss_fn(p):
+      logits = nnx.merge(head_def, p, rest)(feats)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc}
+
+  step_kw = dict(donate_argnums=(0, 2), out_shardings=(rep, rep, rep))
+  return (jax.jit(tx.init, out_shardings=rep),
+          jax.jit(features, out_shardings=rows),
+          jax.jit(update, **step_kw),
+          jax.jit(lambda p, r, o, es, v, lab: update(p, r, o, features(es, v), lab), **step_kw))
+
+
 def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,
                    seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Host batches from cached features: the first `replay_rows` rows in stored order, then
@@ -186,18 +195,20 @@ def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_row
     yield feats[take], labels[take]
 
 
-def _log(step, total, m, lr, t0, clips):
+def _log(name, step, total, m, lr, t0, clips):
   if jax.process_index() == 0:
     rate = clips / max(time.time() - t0, 1e-9)
-    print(f"probe step {step}/{total} loss={float(m['loss']):.4f} "
+    print(f"probe[{name}] step {step}/{total} loss={float(m['loss']):.4f} "
           f"accuracy={float(m['accuracy']):.3f} lr={lr:.4g} clips/s={rate:.1f}", flush=True)
 
 
-def train_probe(encoder: nnx.Module, config: ml_collections.ConfigDict, mesh, *,
-                num_classes: int, train_batches, eval_batches=None, total_steps: int,
-                warmup_steps: int, steps_per_epoch: int) -> tuple[nnx.Module, dict]:
-  """Trains the probe head on `encoder`; returns (head, training stats).
+def train_probes(encoders: dict[str, nnx.Module], config: ml_collections.ConfigDict, mesh, *,
+                 num_classes: int, train_batches, eval_batches=None, total_steps: int,
+                 warmup_steps: int, steps_per_epoch: int) -> dict[str, tuple[nnx.Module, dict]]:
+  """Trains one probe head per encoder on the same clips; {name: (head, training stats)}.
 
+  Every encoder sees every batch, so a pretrained encoder and its random-init baseline
+  cost one pass of the input pipeline. Heads start from the same initialisation.
   train_batches(): a fresh iterator of host train batches (the augmented stream).
   eval_batches(): host batches of the train split without augmentation, each video once
     (masked padding): the features of `probe.feature_epochs = 0`.
@@ -205,53 +216,75 @@ def train_probe(encoder: nnx.Module, config: ml_collections.ConfigDict, mesh, *,
   global_batch = int(config.batch_size)
   local = F.local_batch_size(global_batch, mesh)
   tx, schedule, lr = make_optimizer(config.optim, global_batch, total_steps, warmup_steps)
-  head = F.make_head(encoder.num_features, num_classes, normalize=bool(config.probe.normalize),
-                     dropout=0.0, seed=int(config.seed) + 1, mesh=mesh)
-  trainer = HeadTrainer(encoder, head, tx, mesh)
+  trainers = {}
+  for name, encoder in encoders.items():
+    head = F.make_head(encoder.num_features, num_classes, normalize=bool(config.probe.normalize),
+                       dropout=0.0, seed=int(config.seed) + 1, mesh=mesh)
+    trainers[name] = HeadTrainer(encoder, head, tx, mesh)
   every = max(1, int(config.log.every_steps))
-  stats = {"total_steps": total_steps, "warmup_steps": warmup_steps, "learning_rate": lr,
-           "global_batch": global_batch, "extract_features": bool(config.probe.extract_features)}
-  t0, m = time.time(), None
+  stats = {name: {"total_steps": total_steps, "warmup_steps": warmup_steps, "learning_rate": lr,
+                  "global_batch": global_batch,
+                  "extract_features": bool(config.probe.extract_features)}
+           for name in encoders}
+  last = {}
+  t0 = time.time()
 
   if not config.probe.extract_features:
     it = train_batches()
     for step in range(total_steps):
       batch = next(it)
-      m = trainer.step_on_clips(batch["video"], batch["label"])
-      if (step + 1) % every == 0 or step + 1 == total_steps:
-        _log(step + 1, total_steps, m, float(schedule(step)), t0, (step + 1) * global_batch)
-    stats["encoder_passes"] = total_steps * global_batch
+      for name, trainer in trainers.items():
+        last[name] = trainer.step_on_clips(batch["video"], batch["label"])
+        if (step + 1) % every == 0 or step + 1 == total_steps:
+          _log(name, step + 1, total_steps, last[name], float(schedule(step)), t0,
+               (step + 1) * global_batch)
+    for name in encoders:
+      stats[name]["encoder_passes"] = total_steps * global_batch
   else:
     k = int(config.probe.feature_epochs)
     t_extract = time.time()
+    cache = {}
     if k > 0:  # the first K epochs of the augmented stream, in stream order
       cache_steps = min(total_steps, k * steps_per_epoch)
       it = train_batches()
-      outs, labels = [], []
+      outs, labels = {name: [] for name in trainers}, []
       for _ in range(cache_steps):
         batch = next(it)
-        outs.append(trainer.features(batch["video"]))
+        for name, trainer in trainers.items():
+          outs[name].append(trainer.features(batch["video"]))
         labels.append(np.asarray(batch["label"]))
-      feats = np.concatenate([F.to_host_local(mesh, o) for o in outs])
       labels = np.concatenate(labels)
-      replay = len(labels)
+      for name in trainers:
+        cache[name] = (np.concatenate([F.to_host_local(mesh, o) for o in outs[name]]), labels,
+                       len(labels))
     else:  # one un-augmented clip per video, this host's videos only
-      split = F.run_split(lambda v: trainer.features(v), mesh, eval_batches(), all_hosts=False)
-      feats, labels, replay = split.values, split.labels, 0
-    stats["extract_seconds"] = time.time() - t_extract
-    stats["cached_features"] = int(len(labels))
-    stats["encoder_passes"] = int(len(labels)) * jax.process_count()
-    it = cached_batches(feats, labels, local, replay, int(config.seed))
-    t0 = time.time()
-    for step in range(total_steps):
-      f, lab = next(it)
-      m = trainer.step_on_features(f, lab)
-      if (step + 1) % every == 0 or step + 1 == total_steps:
-        _log(step + 1, total_steps, m, float(schedule(step)), t0, 0)
-  stats["train_loss"] = float(m["loss"])
-  stats["train_accuracy"] = float(m["accuracy"])
-  stats["seconds"] = time.time() - t0
-  return trainer.head(), stats
+      runners = {name: t.features for name, t in trainers.items()}
+      splits = F.run_splits(runners, mesh, eval_batches(), all_hosts=False)
+      cache = {name: (sp.values, sp.labels, 0) for name, sp in splits.items()}
+    for name, (feats, labels, replay) in cache.items():
+      stats[name]["extract_seconds"] = time.time() - t_extract
+      stats[name]["cached_features"] = int(len(labels))
+      stats[name]["encoder_passes"] = int(len(labels)) * jax.process_count()
+      it = cached_batches(feats, labels, local, replay, int(config.seed))
+      t0 = time.time()
+      for step in range(total_steps):
+        f, lab = next(it)
+        last[name] = trainers[name].step_on_features(f, lab)
+        if (step + 1) % every == 0 or step + 1 == total_steps:
+          _log(name, step + 1, total_steps, last[name], float(schedule(step)), t0, 0)
+      stats[name]["seconds"] = time.time() - t0
+  out = {}
+  for name, trainer in trainers.items():
+    stats[name]["train_loss"] = float(last[name]["loss"])
+    stats[name]["train_accuracy"] = float(last[name]["accuracy"])
+    stats[name].setdefault("seconds", time.time() - t0)
+    out[name] = (trainer.head(), stats[name])
+  return out
+
+
+def train_probe(encoder: nnx.Module, config, mesh, **kwargs) -> tuple[nnx.Module, dict]:
+  """train_probes for one encoder: (head, training stats)."""
+  return train_probes({"probe": encoder}, config, mesh, **kwargs)["probe"]
 
 
 # ------------------------------------------------------------------------------ the job
@@ -273,47 +306,60 @@ def _datasets(config, seed: int, mesh):
   return train_batches, plain_batches
 
 
-def probe_encoder(config, workdir: str, mesh, *, random_init: bool) -> dict:
-  """Loads (or randomly builds) the encoder, trains and tests its probe; results dict."""
+def _encoders(config, mesh) -> tuple[dict, dict, dict]:
+  """{name: encoder}, {name: model config}, {name: provenance}: the encoder to probe and,
+  with `probe.random_baseline`, a random-init one of the same architecture."""
+  encoder, model_config, source = F.load_encoder(config, mesh)
+  encoders, models, sources = {"probe": encoder}, {"probe": model_config}, {"probe": source}
+  if config.probe.random_baseline and source["init"] != "random":
+    base = ml_collections.ConfigDict(config.to_dict())
+    base.model = ml_collections.ConfigDict(model_config.to_dict())
+    encoders["random_init"], models["random_init"], sources["random_init"] = F.load_encoder(
+        base, mesh, random_init=True)
+  return encoders, models, sources
+
+
+def run(config, workdir: str) -> dict:
+  """Probe `config.pretrained` (or a random-init encoder) and, with probe.random_baseline,
+  a random-init encoder of the same architecture on the same clips. DIR/results.json;
+  the baseline's test files go to DIR/random_init/."""
   from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
-  encoder, model_config, source = F.load_encoder(config, mesh, random_init=random_init)
+  parallel.maybe_initialize_distributed()
+  validate(config)
+  mesh = F.make_mesh()
+  os.makedirs(workdir, exist_ok=True)
+  encoders, models, sources = _encoders(config, mesh)
   classes = F.num_classes(config.data)
   n_train = F.num_examples(config.data, "train")
   global_batch = int(config.batch_size)
   total = config_lib.steps("total", config, num_examples=n_train, batch_size=global_batch)
   warmup = config_lib.steps("warmup", config, num_examples=n_train, batch_size=global_batch,
                             default=0)
-  steps_per_epoch = max(1, n_train // global_batch)
   train_batches, plain_batches = _datasets(config, int(config.seed), mesh)
-  head, stats = train_probe(encoder, config, mesh, num_classes=classes,
-                            train_batches=train_batches, eval_batches=plain_batches,
-                            total_steps=total, warmup_steps=warmup, steps_per_epoch=steps_per_epoch)
-  model = F.VideoClassifier(encoder, head)
-  out = {"source": source, "train": stats, "num_classes": classes, "num_train_examples": n_train,
-         "model": model_config.to_dict()}
-  if config.probe.evaluate:
-    out["test"] = evaluate.evaluate_classifier(model, config, mesh, workdir)
+  trained = train_probes(encoders, config, mesh, num_classes=classes,
+                         train_batches=train_batches, eval_batches=plain_batches,
+                         total_steps=total, warmup_steps=warmup,
+                         steps_per_epoch=max(1, n_train // global_batch))
+  classifiers = {name: F.VideoClassifier(encoders[name], head)
+                 for name, (head, _) in trained.items()}
+  dirs = {name: workdir if name == "probe" else os.path.join(workdir, name) for name in encoders}
+  tests = (evaluate.evaluate_classifiers(classifiers, config, mesh, dirs)
+           if config.probe.evaluate else {})
   if config.probe.save_model:
     from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
-    classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,
-                                  normalize=bool(config.probe.normalize), dropout=0.0,
-                                  source=source)
-  return out
-
-
-def run(config, workdir: str) -> dict:
-  parallel.maybe_initialize_distributed()
-  validate(config)
-  mesh = F.make_mesh()
-  os.makedirs(workdir, exist_ok=True)
-  main = probe_encoder(config, workdir, mesh, random_init=bool(config.random_init))
-  results = {"job": "probe", "metrics": _headline_metrics(main), "probe": main,
-             "checkpoint": main["source"].get("checkpoint"), "config": R.config_dict(config)}
-  if config.probe.random_baseline and not config.random_init:
-    base_dir = os.path.join(workdir, "random_init")
-    base = probe_encoder(_baseline_config(config, main["model"]), base_dir, mesh, random_init=True)
-    results["random_init"] = base
-    results["metrics"].update({f"random_init_{k}": v for k, v in _headline_metrics(base).items()})
+    classifier_io.save_classifier(workdir, classifiers["probe"], models["probe"],
+                                  num_classes=classes, normalize=bool(config.probe.normalize),
+                                  dropout=0.0, source=sources["probe"])
+  results = {"job": "probe", "checkpoint": sources["probe"].get("checkpoint"),
+             "config": R.config_dict(config), "metrics": {}}
+  for name in encoders:
+    part = {"source": sources[name], "train": trained[name][1], "num_classes": classes,
+            "num_train_examples": n_train, "model": models[name].to_dict()}
+    if name in tests:
+      part["test"] = tests[name]
+    results[name] = part
+    prefix = "" if name == "probe" else f"{name}_"
+    results["metrics"].update({prefix + k: v for k, v in _headline_metrics(part).items()})
   R.write_results(workdir, results)
   R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
   return results
@@ -324,15 +370,6 @@ def _headline_metrics(out: dict) -> dict:
   if "test" in out:
     m.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy") if k in out["test"]})
   return m
-
-
-def _baseline_config(config, model: dict):
-  """The same probe (same seed, clips, schedule) on a random-init encoder of architecture `model`."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.model = ml_collections.ConfigDict(model)
-  c.random_init = True
-  c.probe.save_model = False
-  return c
 
 
 # ----------------------------------------------------------------- the demo chain's probe

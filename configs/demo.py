@@ -30,4 +30,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 2
   c.log.every_steps = 10
+  # Then a linear probe of the final checkpoint, beside a random-init encoder's.
+  from cvrl.train import probe  # pylint: disable=import-outside-toplevel
+  c.probe = probe.demo_fields()
   return c

@@ -29,6 +29,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from cvrl import config_lib, objectives, parallel
+from cvrl.data import device as device_aug
 from cvrl.train import checkpoint as checkpoint_lib
 from cvrl.train import input as input_lib
 from cvrl.train import local_bn, optim
@@ -72,13 +73,15 @@ def validate(config) -> None:
 
 # ---------------------------------------------------------------------------- the step
 
-def make_train_step(objective, graphdef, tx, schedule, mesh, seed: int):
+def make_train_step(objective, graphdef, tx, schedule, mesh, seed: int, data_config=None):
   """jit(state, batch) -> (state, metrics), the state donated; batch sharded over 'data'."""
   trainable = objective.trainable
   base_key = jax.random.key(int(seed))
 
   def step_fn(state: state_lib.TrainState, batch):
     rng = jax.random.fold_in(base_key, state.step)
+    # The host ships uint8 clips and per-clip photometric parameters: finish them here.
+    batch = device_aug.finish_batch(batch, data_config)
 
     def loss_fn(params):
       model = state_lib.merge(graphdef, params, state.rest)
@@ -194,7 +197,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     _, state = state_lib.create(make_model, objective.trainable, tx, mesh)
   start_step = int(jax.device_get(state.step))
-  train_step = make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed))
+  train_step = make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
+                               config.data)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0,
                                     tensorboard=bool(config.log.tensorboard))

@@ -34,7 +34,10 @@ def _case_id(case):
 
 # 3 input channels take the width-folded kernel gradient, 16 (x kt) the per-tap one; 16
 # input with 5 outputs shifts dy, 3 (x1) input shifts x.
-CASES = list(itertools.product(R3D_CONVS, ["same", "symmetric"], [3, 16]))
+# At stride 1 an odd kernel pads the same way in both styles, so one style is enough there.
+CASES = [(conv_, mode, channels)
+         for conv_, mode, channels in itertools.product(R3D_CONVS, ["same", "symmetric"], [3, 16])
+         if mode == "same" or conv_[1] != (1, 1, 1)]
 
 
 def _inputs(kernel, channels, spatial=(6, 9, 10), out_channels=5, seed=0):

@@ -2,13 +2,13 @@
 
 Then a linear probe of the final checkpoint (pretrained vs random init) when the probe
 job is available. The arg shortens or lengthens it, e.g.
-  --config=configs/demo.py:steps=40
+  --config=configs/demo.py:steps=40,probe=False
 """
 from cvrl import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, steps=150, batch_size=16, source="synthetic")
+  arg = config_lib.parse_arg(arg, steps=150, batch_size=16, source="synthetic", probe=True)
   c = config_lib.pretrain_config("cvrl")
   c.seed = 0
   c.batch_size = arg.batch_size
@@ -30,7 +30,15 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 2
   c.log.every_steps = 10
-  # Then a linear probe of the final checkpoint, beside a random-init encoder's.
-  from cvrl.train import probe  # pylint: disable=import-outside-toplevel
-  c.probe = probe.demo_fields()
+  c.probe = _probe_fields() if arg.probe else None
   return c
+
+
+def _probe_fields():
+  """The probe the demo runs after pretraining, if this cvrl has the probe job."""
+  try:
+    from cvrl.train import probe  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  fields = getattr(probe, "demo_fields", None)
+  return fields() if fields is not None else None

@@ -109,27 +109,47 @@ def make_train_step(objective, graphdef, tx, schedule, mesh, seed: int, data_con
 # ------------------------------------------------------------------------- preemption
 
 class _Preemption:
-  """Catches SIGTERM (main thread only); every process agrees on when to stop."""
+  """SIGTERM -> save and stop, with every process stopping after the same step.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption
+  service (started by jax.distributed) catches the signal on whichever host gets it, and
+  `reached_preemption_sync_point` agrees on a common step without any device work; if the
+  service is off, the flag is all-gathered every step instead.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    self._jax_service = (jax.process_count() > 1 and _preemption_service_running())
+    if not self._jax_service and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning("SIGTERM: saving a checkpoint and stopping")
     self.requested = True
 
-  def should_stop(self) -> bool:
+  def should_stop(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self.requested
+    if self._jax_service:
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: saving a checkpoint at step %d and stopping", step)
+        return True
+      return False
     flags = multihost_utils.process_allgather(np.int32(self.requested))
     return bool(np.max(flags))
 
   def restore(self):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _preemption_service_running() -> bool:
+  try:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
 
 
 # ------------------------------------------------------------------------------- run
@@ -256,7 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         pending = (step, device_metrics)
         log_now = step % int(config.log.every_steps) == 0 or step == total_steps
         save_now = step % int(config.checkpoint.every_steps) == 0 or step == total_steps
-        preempted = preemption.should_stop()
+        preempted = preemption.should_stop(step)
         if log_now or save_now or preempted:
           check(pending)
           pending = None

@@ -48,3 +48,15 @@ def test_batch_must_split_over_devices():
     F.local_batch_size(12, F.make_mesh())
   with pytest.raises(ValueError, match="reduce"):
     F.ViewRunner(tiny_encoder(), F.make_mesh(), "max")
+
+
+def test_uint8_video_is_finished_on_device():
+  """The pipeline ships uint8 clips; the runner scales them on device (data.device)."""
+  mesh = F.make_mesh()
+  enc = tiny_encoder(seed=5)
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, size=(8, 2, 2, 4, 4, 3), dtype=np.uint8)
+  runner = F.ViewRunner(enc, mesh, "mean")
+  got = np.asarray(runner({"video": video}))
+  want = np.mean([encoder_numpy(enc, video[:, v] / 255.0) for v in range(2)], axis=0)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -60,12 +60,12 @@ def test_step_on_8_devices_equals_single_device_step_with_global_bn():
     if sharded:
       model = F.place(mesh, model)
       t = finetune.FinetuneTrainer(model, tx, mesh)
-      m = t.step(batch["video"], batch["label"])
+      m = t.step(batch)
     else:
       one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
       model = F.place(one, model)
       t = finetune.FinetuneTrainer(model, tx, one)
-      m = t.step(batch["video"], batch["label"])
+      m = t.step(batch)
     return nnx.to_pure_dict(nnx.state(t.model())), float(m["loss"])
 
   (a, la), (b, lb) = trained(True), trained(False)

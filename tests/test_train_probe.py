@@ -85,7 +85,7 @@ def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic():
   # ... and the features it trained on are the inference-mode (running statistics) ones.
   trainer = probe.HeadTrainer(enc, head, optax.sgd(0.1), mesh)
   b = video_batches(8, 8, seed=5)[0][0]
-  got = np.asarray(trainer.features(b["video"]))
+  got = np.asarray(trainer.features(b))
   np.testing.assert_allclose(got, encoder_numpy(enc, b["video"][:, 0]), rtol=1e-4, atol=1e-6)
   enc.train()  # batch statistics would give other features
   assert not np.allclose(np.asarray(nnx.merge(*nnx.split(enc))(b["video"][:, 0])), got, atol=1e-3)

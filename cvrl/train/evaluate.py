@@ -177,7 +177,8 @@ def evaluate_classifiers(models: dict, config, mesh, workdirs: dict) -> dict[str
   """
   e = config.evaluate
   classes = F.num_classes(config.data)
-  runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean") for name, m in models.items()}
+  runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean", data_config=config.data)
+             for name, m in models.items()}
   outs = F.run_splits(runners, mesh, split_batches(config, mesh, "eval", int(e.num_clips),
                                                    int(e.num_crops), int(e.batch_size)))
   results = {}
@@ -203,7 +204,7 @@ def evaluate_classifier(model, config, mesh, workdir: str | None) -> dict:
 def knn_report(encoder, config, mesh) -> dict:
   """Retrieval recall@k and kNN accuracy of `encoder`'s clip-averaged features."""
   e = config.evaluate
-  runner = F.ViewRunner(encoder, mesh, reduce="mean")
+  runner = F.ViewRunner(encoder, mesh, reduce="mean", data_config=config.data)
   args = (int(e.knn_clips), int(e.knn_crops), int(e.batch_size))
   train = F.run_split(runner, mesh, split_batches(config, mesh, "train", *args))
   test = F.run_split(runner, mesh, split_batches(config, mesh, "eval", *args))

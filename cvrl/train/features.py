@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
 
 from cvrl import parallel
+from cvrl.data import device
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
 
@@ -42,6 +43,27 @@ local_batch_size = parallel.local_batch_size
 def to_global(mesh: Mesh, x: np.ndarray) -> jax.Array:
   """A host-local numpy batch -> the global array sharded over 'data'."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(x))
+
+
+# What of a host batch goes to the devices to make the clips: uint8 (or float32) video
+# and, for augmented training views, the photometric parameters (cvrl.data.device).
+CLIP_KEYS = ("video", device.PHOTOMETRIC_KEY)
+
+
+def clip_inputs(mesh: Mesh, batch: dict) -> dict:
+  """The global arrays `clips` needs, from a host batch."""
+  return {k: to_global(mesh, batch[k]) for k in CLIP_KEYS if k in batch}
+
+
+def clips(inputs: dict, data_config) -> jax.Array:
+  """float32 [B, V, T, H, W, 3] in [0, 1] inside a jitted step: uint8 scaled, the
+  photometric ops applied on device (cvrl.data.device.finish_batch)."""
+  return device.finish_batch(dict(inputs), data_config)["video"]
+
+
+def frozen_config(data_config):
+  """A hashable copy of config.data (None stays None), to key cached compilations."""
+  return None if data_config is None else ml_collections.FrozenConfigDict(data_config)
 
 
 def to_host_local(mesh: Mesh, x: jax.Array) -> np.ndarray:
@@ -118,31 +140,33 @@ def frozen(module: nnx.Module) -> nnx.Module:
 # ------------------------------------------------------------------------ running splits
 
 class ViewRunner:
-  """jit'd `module` over [B, V, T, H, W, 3] batches -> [B, D], reduced over the V views.
+  """jit'd `module` over host batches of [B, V, T, H, W, 3] video -> [B, D], reduced over
+  the V views.
 
   The views of a batch go through the model one at a time (lax.map), so 30-view testing
   holds B clips of activations, not 30 B. `reduce`: 'mean' (features) or 'softmax_mean'
   (class scores, CVRL's multi-view testing). The module is used in inference mode and
-  its state is never written back.
+  its state is never written back. `data_config` (config.data) finishes the pipeline's
+  uint8 video on device.
   """
 
-  def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean"):
+  def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean", data_config=None):
     if reduce not in REDUCTIONS:
       raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     self.mesh = mesh
     graphdef, self.state = nnx.split(frozen(module))
-    self._apply = _view_apply(graphdef, reduce, mesh)
+    self._apply = _view_apply(graphdef, reduce, mesh, frozen_config(data_config))
 
-  def __call__(self, video: np.ndarray) -> jax.Array:
-    return self._apply(self.state, to_global(self.mesh, video))
+  def __call__(self, batch: dict) -> jax.Array:
+    return self._apply(self.state, clip_inputs(self.mesh, batch))
 
 
 @functools.lru_cache(maxsize=None)
-def _view_apply(graphdef, reduce: str, mesh: Mesh):
-  """One jit'd function per (architecture, reduction, mesh): models of the same
-  architecture (a checkpoint and its random baseline) share the compilation."""
-  def apply(state, video):
-    views = jnp.moveaxis(video, 1, 0)  # [V, B, ...]
+def _view_apply(graphdef, reduce: str, mesh: Mesh, data_config):
+  """One jit'd function per (architecture, reduction, mesh, data config): models of the
+  same architecture (a checkpoint and its random baseline) share the compilation."""
+  def apply(state, inputs):
+    views = jnp.moveaxis(clips(inputs, data_config), 1, 0)  # [V, B, ...]
     out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
     out = out.astype(jnp.float32)
     if reduce == "softmax_mean":
@@ -163,7 +187,7 @@ class SplitOutputs:
     return len(self.labels)
 
 
-def run_splits(runners: dict[str, Callable[[np.ndarray], jax.Array]], mesh: Mesh,
+def run_splits(runners: dict[str, Callable[[dict], jax.Array]], mesh: Mesh,
                batches: Iterable[dict], max_batches: int | None = None,
                all_hosts: bool = True) -> dict[str, SplitOutputs]:
   """Runs every runner on each host batch (one pass of the input pipeline for all).
@@ -179,7 +203,7 @@ def run_splits(runners: dict[str, Callable[[np.ndarray], jax.Array]], mesh: Mesh
     if max_batches is not None and i >= max_batches:
       break
     for name, runner in runners.items():
-      outs[name].append(runner(batch["video"]))
+      outs[name].append(runner(batch))
     n = len(batch["label"])
     labels.append(np.asarray(batch["label"]))
     index.append(np.asarray(batch.get("index", np.full([n], -1, np.int64))))
@@ -197,7 +221,7 @@ def run_splits(runners: dict[str, Callable[[np.ndarray], jax.Array]], mesh: Mesh
                              seconds) for name, v in values.items()}
 
 
-def run_split(runner: Callable[[np.ndarray], jax.Array], mesh: Mesh, batches: Iterable[dict],
+def run_split(runner: Callable[[dict], jax.Array], mesh: Mesh, batches: Iterable[dict],
               max_batches: int | None = None, all_hosts: bool = True) -> SplitOutputs:
   """`run_splits` with one runner."""
   return run_splits({"_": runner}, mesh, batches, max_batches, all_hosts)["_"]

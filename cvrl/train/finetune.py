@@ -99,7 +99,7 @@ def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_ste
 class FinetuneTrainer:
   """One jit'd step over the whole VideoClassifier: BN statistics and dropout RNG carried."""
 
-  def __init__(self, model: F.VideoClassifier, tx, mesh):
+  def __init__(self, model: F.VideoClassifier, tx, mesh, data_config=None):
     self.mesh = mesh
     model.train()
     self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
@@ -107,7 +107,9 @@ class FinetuneTrainer:
     self.opt_state = jax.jit(tx.init, out_shardings=rep)(self.params)
     graphdef = self.graphdef
 
-    def step(params, rest, opt_state, video, labels):
+    def step(params, rest, opt_state, inputs, labels):
+      video = F.clips(inputs, data_config)  # photometric ops, if any, on device
+
       def loss_fn(p):
         m = nnx.merge(graphdef, p, rest, copy=True)
         b, v = video.shape[:2]
@@ -123,10 +125,10 @@ class FinetuneTrainer:
 
     self._step = jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=(rep, rep, rep, rep))
 
-  def step(self, video, labels) -> dict:
+  def step(self, batch: dict) -> dict:
     self.params, self.rest, self.opt_state, m = self._step(
-        self.params, self.rest, self.opt_state, F.to_global(self.mesh, video),
-        F.to_global(self.mesh, labels.astype("int32")))
+        self.params, self.rest, self.opt_state, F.clip_inputs(self.mesh, batch),
+        F.to_global(self.mesh, batch["label"].astype("int32")))
     return m
 
   def model(self) -> F.VideoClassifier:
@@ -150,7 +152,7 @@ def run(config, workdir: str) -> dict:
   tx, rates = make_optimizer(config.optim, global_batch, total, warmup)
   head = F.make_head(encoder.num_features, classes, normalize=bool(config.finetune.normalize),
                      dropout=float(config.finetune.dropout), seed=int(config.seed) + 1, mesh=mesh)
-  trainer = FinetuneTrainer(F.VideoClassifier(encoder, head), tx, mesh)
+  trainer = FinetuneTrainer(F.VideoClassifier(encoder, head), tx, mesh, config.data)
   ds = pipeline.build_dataset(config.data, sampler={"name": "single"}, train=True,
                               batch_size=F.local_batch_size(global_batch, mesh),
                               seed=int(config.seed))
@@ -159,7 +161,7 @@ def run(config, workdir: str) -> dict:
   t0, m = time.time(), None
   for step in range(total):
     batch = next(it)
-    m = trainer.step(batch["video"], batch["label"])
+    m = trainer.step(batch)
     if ((step + 1) % every == 0 or step + 1 == total) and jax.process_index() == 0:
       rate = (step + 1) * global_batch / max(time.time() - t0, 1e-9)
       print(f"finetune step {step + 1}/{total} loss={float(m['loss']):.4f} "

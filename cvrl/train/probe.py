@@ -121,23 +121,24 @@ class HeadTrainer:
   `features` function the extraction uses, so the two paths differ only in XLA fusion.
   """
 
-  def __init__(self, encoder: nnx.Module, head: nnx.Module, tx, mesh):
+  def __init__(self, encoder: nnx.Module, head: nnx.Module, tx, mesh, data_config=None):
     self.mesh = mesh
     self.tx = tx
     enc_def, self.encoder_state = nnx.split(F.frozen(encoder))
     self.head_def, self.params, self.rest = nnx.split(head, nnx.Param, ...)
     init, self._features, self._feature_step, self._clip_step = _head_functions(
-        enc_def, self.head_def, tx, mesh)
+        enc_def, self.head_def, tx, mesh, F.frozen_config(data_config))
     self.opt_state = init(self.params)
     self.step = 0
 
-  def features(self, video: np.ndarray) -> jax.Array:
-    return self._features(self.encoder_state, F.to_global(self.mesh, video))
+  def features(self, batch: dict) -> jax.Array:
+    """Pooled features [B, C] of a host batch's clips (mean over its views)."""
+    return self._features(self.encoder_state, F.clip_inputs(self.mesh, batch))
 
-  def step_on_clips(self, video: np.ndarray, labels: np.ndarray) -> dict:
+  def step_on_clips(self, batch: dict) -> dict:
     self.params, self.opt_state, m = self._clip_step(
         self.params, self.rest, self.opt_state, self.encoder_state,
-        F.to_global(self.mesh, video), F.to_global(self.mesh, labels.astype(np.int32)))
+        F.clip_inputs(self.mesh, batch), F.to_global(self.mesh, batch["label"].astype(np.int32)))
     self.step += 1
     return m
 
@@ -153,12 +154,13 @@ class HeadTrainer:
 
 
 @functools.lru_cache(maxsize=None)
-def _head_functions(enc_def, head_def, tx, mesh):
+def _head_functions(enc_def, head_def, tx, mesh, data_config):
   """jit'd (opt init, features, step on features, step on clips), shared by every trainer
   of the same architectures and optimizer (a checkpoint and its random baseline)."""
   rep, rows = F.replicated(mesh), F.batch_sharding(mesh)
 
-  def features(encoder_state, video):  # [B, V, T, H, W, 3] -> [B, C], mean over views
+  def features(encoder_state, inputs):  # [B, V, T, H, W, 3] -> [B, C], mean over views
+    video = F.clips(inputs, data_config)
     enc = nnx.merge(enc_def, encoder_state)
     b, v = video.shape[:2]
     f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
@@ -220,7 +222,7 @@ def train_probes(encoders: dict[str, nnx.Module], config: ml_collections.ConfigD
   for name, encoder in encoders.items():
     head = F.make_head(encoder.num_features, num_classes, normalize=bool(config.probe.normalize),
                        dropout=0.0, seed=int(config.seed) + 1, mesh=mesh)
-    trainers[name] = HeadTrainer(encoder, head, tx, mesh)
+    trainers[name] = HeadTrainer(encoder, head, tx, mesh, config.data)
   every = max(1, int(config.log.every_steps))
   stats = {name: {"total_steps": total_steps, "warmup_steps": warmup_steps, "learning_rate": lr,
                   "global_batch": global_batch,
@@ -234,7 +236,7 @@ def train_probes(encoders: dict[str, nnx.Module], config: ml_collections.ConfigD
     for step in range(total_steps):
       batch = next(it)
       for name, trainer in trainers.items():
-        last[name] = trainer.step_on_clips(batch["video"], batch["label"])
+        last[name] = trainer.step_on_clips(batch)
         if (step + 1) % every == 0 or step + 1 == total_steps:
           _log(name, step + 1, total_steps, last[name], float(schedule(step)), t0,
                (step + 1) * global_batch)
@@ -251,7 +253,7 @@ def train_probes(encoders: dict[str, nnx.Module], config: ml_collections.ConfigD
       for _ in range(cache_steps):
         batch = next(it)
         for name, trainer in trainers.items():
-          outs[name].append(trainer.features(batch["video"]))
+          outs[name].append(trainer.features(batch))
         labels.append(np.asarray(batch["label"]))
       labels = np.concatenate(labels)
       for name in trainers:

@@ -34,22 +34,26 @@ from absl import app, flags
 # a downstream job's own results, or those of the probe a pretraining ran after itself.
 RESULT_FILES = ("results.json", "probe/results.json")
 
-_CONFIG = flags.DEFINE_string("config", None, "Base config, as for cvrl.main: FILE[:ARG].")
-_DEPTHS = flags.DEFINE_list("depths", [], "R3D depths (config.model.depth); empty: the config's.")
-_WIDTHS = flags.DEFINE_list("widths", [], "Width multipliers (config.model.width); empty: the "
-                            "config's.")
-_SET = flags.DEFINE_multi_string("set", [], "FIELD=V1,V2,...: one more grid axis over "
-                                 "config.FIELD (repeatable). Values in [] or () may hold commas.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one sub-directory per point.")
-_LAUNCH = flags.DEFINE_enum("launch", None, ["local", "print"], "Run every point here in "
-                            "sequence (local) or write their commands to WORKDIR/launch.sh.")
-_COLLECT = flags.DEFINE_bool("collect", False, "Gather summaries and results into "
-                             "WORKDIR/sweep.{csv,md,png}.")
-_RESULTS = flags.DEFINE_string("results", None, "A point's results file, relative to its "
-                               f"workdir (default: the first of {list(RESULT_FILES)} found).")
-_METRIC = flags.DEFINE_string("metric", "top1", "The metric plotted (a key of the results' "
-                              "'metrics').")
-_PYTHON = flags.DEFINE_string("python", "python", "Interpreter named in printed commands.")
+def define_flags():
+  """The sweep's command line; defined only when it runs as a program, so that importing
+  this module beside cvrl.main (which owns --config) does not clash."""
+  global _CONFIG, _DEPTHS, _WIDTHS, _SET, _WORKDIR, _LAUNCH, _COLLECT, _RESULTS, _METRIC, _PYTHON  # pylint: disable=global-statement
+  _CONFIG = flags.DEFINE_string("config", None, "Base config, as for cvrl.main: FILE[:ARG].")
+  _DEPTHS = flags.DEFINE_list("depths", [], "R3D depths (config.model.depth); empty: the config's.")
+  _WIDTHS = flags.DEFINE_list("widths", [], "Width multipliers (config.model.width); empty: the "
+                              "config's.")
+  _SET = flags.DEFINE_multi_string("set", [], "FIELD=V1,V2,...: one more grid axis over "
+                                   "config.FIELD (repeatable). Values in [] or () may hold commas.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one sub-directory per point.")
+  _LAUNCH = flags.DEFINE_enum("launch", None, ["local", "print"], "Run every point here in "
+                              "sequence (local) or write their commands to WORKDIR/launch.sh.")
+  _COLLECT = flags.DEFINE_bool("collect", False, "Gather summaries and results into "
+                               "WORKDIR/sweep.{csv,md,png}.")
+  _RESULTS = flags.DEFINE_string("results", None, "A point's results file, relative to its "
+                                 f"workdir (default: the first of {list(RESULT_FILES)} found).")
+  _METRIC = flags.DEFINE_string("metric", "top1", "The metric plotted (a key of the results' "
+                                "'metrics').")
+  _PYTHON = flags.DEFINE_string("python", "python", "Interpreter named in printed commands.")
 
 
 # ------------------------------------------------------------------------------- the grid
@@ -484,4 +488,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-av = pytest.importorskip('av')
+import av  # the test extra installs PyAV
 
 from cvrl.data import config as config_lib
 from cvrl.data import convert

@@ -205,3 +205,10 @@ def test_spec_from_config_and_view_probabilities():
   probe = A.AugmentSpec.from_config(cfg.augmentation)
   assert probe.color_jitter_prob == 0 and probe.grayscale_prob == 0
   assert A.view_probabilities(probe, 1) == [(0.0, 0.0)]
+
+
+def test_scalar_seed_depends_on_every_value_folded_in():
+  seeds = [A.scalar_seed(A.fold_seed([3, 0], 2, epoch)).numpy() for epoch in range(4)]
+  assert len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 - 1 for s in seeds)
+  # what it guards against: the first entry of a fold ignores the last value folded in
+  assert len({A.fold_seed([3, 0], 2, epoch).numpy()[0] for epoch in range(4)}) == 1

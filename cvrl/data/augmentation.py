@@ -90,6 +90,15 @@ def fold_seed(seed, *data: int | tf.Tensor) -> tf.Tensor:
   return seed
 
 
+def scalar_seed(seed) -> tf.Tensor:
+  """One int64 in [0, 2^31 - 1) from a stateless seed pair, for ops that take a scalar seed.
+
+  Not seed[0]: stateless_fold_in returns [random(seed), data], so the first entry does not
+  depend on the last value folded in (e.g. the epoch).
+  """
+  return tf.random.stateless_uniform([], seed, minval=0, maxval=2 ** 31 - 1, dtype=tf.int64)
+
+
 # ----------------------------------------------------------------------------- decoding
 
 def frame_shape(frames) -> tf.Tensor:

@@ -254,7 +254,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), count_gaps('parse_failed'))
     if random and cfg.shuffle_buffer > 1:
       shuffle_seed = augmentation.fold_seed([seed, process_index], _TAG_SHUFFLE, epoch)
-      ds = ds.shuffle(int(cfg.shuffle_buffer), seed=shuffle_seed[0] % (2 ** 31 - 1),
+      ds = ds.shuffle(int(cfg.shuffle_buffer), seed=augmentation.scalar_seed(shuffle_seed),
                       reshuffle_each_iteration=False)
     return ds
 

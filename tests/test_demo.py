@@ -15,7 +15,8 @@ from flax import nnx
 from cvrl.train import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 60  # the demo shortened: same model and data, fewer steps
+STEPS = 40  # the demo shortened: same model and data, fewer steps
+BATCH = 16  # configs/demo.py
 
 
 def command(workdir, cache, *extra, probe=True):
@@ -76,9 +77,12 @@ def test_demo_runs_and_its_loss_falls(demo_run):
   workdir, out = demo_run
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert rows[-1]["step"] == STEPS
-  first, last = rows[0]["loss"], rows[-1]["loss"]
-  assert last < 0.8 * first, [r["loss"] for r in rows]
-  assert rows[-1]["contrastive_accuracy"] > rows[0]["contrastive_accuracy"]
+  losses = [r["loss"] for r in rows]
+  # Below the loss of collapsed (all equal) embeddings, 2 ln(2B - 1), not just below the
+  # loss of the random init: the net tells videos apart.
+  chance = 2 * np.log(2 * BATCH - 1)
+  assert losses[-1] < min(0.95 * chance, losses[0]), losses
+  assert rows[-1]["contrastive_accuracy"] > 2 / (2 * BATCH - 1), rows[-1]
   assert "ETA" in out and "clips/s" in out
   assert committed_steps(workdir)[-1] == STEPS
 

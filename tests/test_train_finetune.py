@@ -122,10 +122,10 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory):
   c.total_epochs, c.total_steps = None, 2
   c.warmup_epochs, c.warmup_steps = None, 0
   c.optim.update(base_lr=0.05, head_lr=0.5, base_batch_size=8)
-  c.evaluate.update(num_clips=1, num_crops=1, batch_size=8)
+  c.finetune.evaluate = False  # the multi-view test is evaluate's (tested there)
   res = finetune.run(c, str(work / "ft"))
   saved = json.load(open(work / "ft" / "results.json"))
-  assert saved["finetune"]["test"]["num_videos"] == 13
+  assert "test" not in saved["finetune"] and saved["metrics"]["train_accuracy"] >= 0
   assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}
   assert saved["checkpoint"] == c.pretrained and np.isfinite(res["metrics"]["train_loss"])
   model, meta = classifier_io.load_classifier(str(work / "ft"), F.make_mesh())

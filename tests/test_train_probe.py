@@ -136,6 +136,7 @@ def test_validate_and_after_pretrain_config():
   assert c.data.augmentation.color_jitter_prob == 0.0 and c.data.augmentation.blur_probs == (0.0,)
   assert c.probe.random_baseline and c.probe.extract_features
   assert c.batch_size == pre.probe.batch_size and c.optim.base_lr == pre.probe.base_lr
+  assert c.data.eval_resize == c.data.eval_crop_size == pre.data.crop_size  # no 256 upsampling
 
 
 @pytest.mark.slow

@@ -243,12 +243,13 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
 
 
 def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:
-  """Videos in a split: config.data.num_train_examples (train), else counted from the source."""
-  if split == "train" and data.get("num_train_examples"):
-    return int(data.num_train_examples)
+  """Videos in a split: what the synthetic source writes, else config.data.num_train_examples
+  (train), else counted from the source."""
   if data.source == "synthetic":
     return int(data.synthetic.num_train_videos if split == "train"
                else data.synthetic.num_eval_videos)
+  if split == "train" and data.get("num_train_examples"):
+    return int(data.num_train_examples)
   if data.source == "tfds":
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)

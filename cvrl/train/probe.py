@@ -105,7 +105,8 @@ def optim_fields(**overrides) -> ml_collections.ConfigDict:
 
 
 def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
-  """(optax transform, peak lr): cvrl.train.optim's optimizer, linear warm-up + cosine."""
+  """(optax transform, schedule, peak lr): cvrl.train.optim's optimizer with a linear
+  warm-up to the linearly scaled peak, then cosine to 0."""
   peak = optim.peak_learning_rate(optim_config, global_batch)
   schedule = optim.warmup_cosine(peak, warmup_steps, total_steps,
                                  optim_config.get("schedule", "cosine"))

@@ -208,3 +208,12 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
   want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
+
+
+def test_demo_probe_config_is_the_chain_s_probe():
+  from configs import demo, demo_probe  # pylint: disable=import-outside-toplevel
+  c = demo_probe.get_config("pretrained=/runs/demo")
+  pre = demo.get_config()
+  pre.probe = probe.demo_fields()
+  assert c.to_dict() == probe.config_after_pretrain(pre, "/runs/demo").to_dict()
+  assert c.job == "probe" and c.probe.random_baseline and c.model.depth == pre.model.depth

@@ -108,3 +108,18 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   assert recalls == sorted(recalls) and recalls[-1] > 0.9  # 20 of 24 keys: nearly every class
   saved = json.load(open(work / "knn" / "results.json"))
   assert saved["mode"] == "knn" and saved["checkpoint"]["init"] == "pretrained"
+
+
+def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
+  """`--config=configs/cvrl_k600_linear.py --config.job=evaluate` reads the same fields."""
+  from configs import cvrl_k600_linear, ucf101_finetune  # pylint: disable=import-outside-toplevel
+  from cvrl import main  # pylint: disable=import-outside-toplevel
+  (tmp_path / "model.json").write_text("{}")
+  for c in (cvrl_k600_linear.get_config("pretrained=/ckpt"),
+            ucf101_finetune.get_config("pretrained=/ckpt")):
+    c.job = "evaluate"
+    c.evaluate.run_dir = str(tmp_path)
+    c.lock()
+    assert main.validate(c) is evaluate
+    c.evaluate.mode = "knn"
+    main.validate(c)  # knn reads config.pretrained (set) or random_init

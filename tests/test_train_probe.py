@@ -109,6 +109,40 @@ def test_feature_extraction_path_gives_the_end_to_end_classifier():
   assert moved.max() > 1e-3  # the classifier did train
 
 
+def test_probe_learns_a_linearly_decodable_label_and_generalises():
+  """Class-dependent colour: a frozen (random) colour-sensitive encoder + the probe must
+  classify held-out videos far above chance, on both paths."""
+  mesh = F.make_mesh()
+  enc = tiny_encoder(seed=6, features=16, perturb_bn=False)
+  palette = np.random.default_rng(0).uniform(0.1, 0.9, size=(4, 3)).astype(np.float32)
+
+  def videos(n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n).astype(np.int32)
+    v = palette[y][:, None, None, None, None, :] + 0.15 * rng.normal(size=(n, 1, 2, 4, 4, 3))
+    return np.clip(v, 0, 1).astype(np.float32), y
+
+  def stream():
+    step = 0
+    while True:
+      v, y = videos(16, step)
+      yield {"video": v, "label": y}
+      step += 1
+  test_v, test_y = videos(64, 999)
+  for extract in (False, True):
+    c = small_config(extract_features=extract, feature_epochs=100, normalize=False)
+    c.batch_size = 16
+    c.optim.update(base_lr=2.0, base_batch_size=16, weight_decay=0.0)
+    head, stats = probe.train_probe(enc, c, mesh, num_classes=4, train_batches=stream,
+                                    total_steps=60, warmup_steps=5, steps_per_epoch=1)
+    model = F.VideoClassifier(enc, head)
+    probs = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), mesh,
+                        [{"video": test_v[i:i + 16], "label": test_y[i:i + 16]}
+                         for i in range(0, 64, 16)]).values
+    assert np.mean(probs.argmax(1) == test_y) > 0.9, extract
+    assert stats["train_accuracy"] > 0.9
+
+
 def test_unaugmented_features_encode_each_video_once():
   mesh = F.make_mesh()
   enc = tiny_encoder(seed=4)
@@ -137,6 +171,7 @@ def test_validate_and_after_pretrain_config():
   assert c.probe.random_baseline and c.probe.extract_features
   assert c.batch_size == pre.probe.batch_size and c.optim.base_lr == pre.probe.base_lr
   assert c.data.eval_resize == c.data.eval_crop_size == pre.data.crop_size  # no 256 upsampling
+  assert c.data.augmentation.flip_prob == 0.0  # motion-direction classes
 
 
 @pytest.mark.slow
@@ -173,3 +208,12 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
   want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
+
+
+def test_demo_probe_config_is_the_chain_s_probe():
+  from configs import demo, demo_probe  # pylint: disable=import-outside-toplevel
+  c = demo_probe.get_config("pretrained=/runs/demo")
+  pre = demo.get_config()
+  pre.probe = probe.demo_fields()
+  assert c.to_dict() == probe.config_after_pretrain(pre, "/runs/demo").to_dict()
+  assert c.job == "probe" and c.probe.random_baseline and c.model.depth == pre.model.depth

@@ -105,7 +105,8 @@ def optim_fields(**overrides) -> ml_collections.ConfigDict:
 
 
 def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
-  """(optax transform, peak lr): cvrl.train.optim's optimizer, linear warm-up + cosine."""
+  """(optax transform, schedule, peak lr): cvrl.train.optim's optimizer with a linear
+  warm-up to the linearly scaled peak, then cosine to 0."""
   peak = optim.peak_learning_rate(optim_config, global_batch)
   schedule = optim.warmup_cosine(peak, warmup_steps, total_steps,
                                  optim_config.get("schedule", "cosine"))
@@ -383,7 +384,10 @@ def demo_fields() -> ml_collections.ConfigDict:
       batch_size=32, total_epochs=30, warmup_epochs=2, base_lr=1.0, momentum=0.9,
       weight_decay=0.0, extract_features=True, feature_epochs=2, normalize=True,
       random_baseline=True, num_clips=2, num_crops=1, eval_batch_size=16, log_every_steps=50,
-      eval_resize=None, eval_crop_size=None))  # None: the pretraining's crop_size
+      eval_resize=None, eval_crop_size=None,  # None: the pretraining's crop_size
+      # The synthetic classes are motion directions: a horizontal flip would swap
+      # left and right and keep the label. None: the probe augmentation's 0.5.
+      flip_prob=0.0))
 
 
 def config_after_pretrain(pretrain_config, checkpoint_dir: str) -> ml_collections.ConfigDict:
@@ -400,6 +404,8 @@ def config_after_pretrain(pretrain_config, checkpoint_dir: str) -> ml_collection
     if key not in data:
       data[key] = c.data[key]
   c.data = set_probe_augmentation(data)
+  if p.get("flip_prob") is not None:
+    c.data.augmentation.flip_prob = float(p.flip_prob)
   # Test at the pretraining's resolution unless told otherwise (the data defaults, 256,
   # are the paper's for 224 training crops).
   c.data.eval_resize = int(p.get("eval_resize") or data.crop_size)

@@ -230,8 +230,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   host_iter, pipeline_stats = input_lib.host_batches(
       config, objective.sampler(), batch_size=local_batch, start_step=start_step,
       process_index=process_index, process_count=process_count)
-  prefetch = input_lib.DevicePrefetcher(host_iter, mesh, size=int(p.device_prefetch),
-                                        keys=("video", "label", "index"))
+  # Every array the pipeline yields goes to the step (video, label, index, and with
+  # data.photometric='device' the per-clip photometric parameters finish_batch applies).
+  prefetch = input_lib.DevicePrefetcher(host_iter, mesh, size=int(p.device_prefetch))
   preemption = _Preemption()
   interval = _Interval()
   last_logged: dict[str, float] = {}

@@ -7,14 +7,20 @@ TF-style 'SAME' (the reference CVRL code) and PyTorch-style symmetric padding
 
 Lowerings (`impl`):
   'native'  lax.conv_general_dilated in 3D: what TPU and GPU run, untouched.
-  'fold'    the CPU form. XLA:CPU's 3D convolution is slow (its gradient of a strided 3D
-            convolution falls back to a naive loop), while its 2D convolution and its
-            matmul are fast. So the temporal taps are folded into channels (kt shifted
-            copies of the clip, concatenated on the channel axis) and the rest is a 2D
-            convolution over (batch x time); a 1x1 spatial kernel becomes one matmul. Its
-            kernel gradient, which XLA:CPU also computes slowly as a convolution, is
-            computed by matmuls instead (see `_conv2d_kernel_grad`).
+  'fold'    the CPU form. XLA:CPU's 3D convolution is slow (the input gradient of a
+            strided 3D convolution even falls back to a naive loop), while its 2D
+            convolution and its matmul run near the machine's matmul rate. So the
+            temporal taps are folded into channels (kt shifted copies of the clip,
+            concatenated on the channel axis; taps that would read only padding are
+            dropped) and the rest is a 2D convolution over (batch x time), or one
+            matmul for a 1x1 spatial kernel. The kernel gradient, which XLA:CPU also
+            computes slowly as a convolution, is computed by matmuls instead (see
+            `_kernel_grad_by_shifts`); the input gradient stays a 2D convolution.
   'auto'    'fold' when the default backend is the CPU, else 'native'.
+
+Measured on a 2-core AVX2 CPU (experiments/bench_step.py): the R3D-18 train step went
+from about 15% to about 50% of the float32 matmul rate, the CVRL R3D-50 step from about
+20% to about 50%.
 """
 from __future__ import annotations
 

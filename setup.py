@@ -21,6 +21,9 @@ setuptools.setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest"],
+        # PyAV decodes videos for `python -m cvrl.data.convert` (it bundles FFmpeg).
+        "convert": ["av"],
+        # scipy: the sampler's Kolmogorov-Smirnov test; av: the converter's round trip.
+        "test": ["pytest", "scipy", "av"],
     },
 )

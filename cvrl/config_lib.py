@@ -91,10 +91,12 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   # DIR/metrics.jsonl and TensorBoard events every N steps (process 0 only).
   c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True))
   # Devices and processes: BatchNorm over the global batch ('sync', the paper) or per
-  # device ('local'); batches assembled on device this many steps ahead; explicit
-  # multi-process set-up (otherwise read from the environment, see cvrl.parallel).
+  # device ('local'); batches assembled on device this many steps ahead; a persistent XLA
+  # compilation cache (restarts skip compiling); explicit multi-process set-up (otherwise
+  # read from the environment, see cvrl.parallel).
   c.parallel = ml_collections.ConfigDict(dict(
       batch_norm="sync", device_prefetch=2,
+      compilation_cache_dir=config_dict.placeholder(str),
       coordinator_address=config_dict.placeholder(str),
       num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int)))

@@ -34,8 +34,10 @@ def _abstract_model(config):
   def build():
     rngs = nnx.Rngs(0)
     encoder = build_encoder(config.model, rngs)
-    return _Classifier(encoder, LinearClassifier(encoder.num_features,
-                                                 config.data.num_classes, rngs=rngs))
+    num_classes = config.data.get("num_classes")
+    head = (LinearClassifier(encoder.num_features, num_classes, rngs=rngs)
+            if num_classes else None)  # unknown until the data says: count the backbone only
+    return _Classifier(encoder, head)
   return nnx.eval_shape(build), nnx.Param
 
 
@@ -76,7 +78,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
       "head_params": trainable_total - backbone,
       "feature_shape": list(lowered.out_info.shape[1:]),
       # XLA's count: a multiply-add is 2 FLOPs.
-      "gflops_per_clip": round(float(cost["flops"]) / 1e9, 3),
+      "gflops_per_clip": float(f"{float(cost['flops']) / 1e9:.6g}"),
   }
 
 

@@ -1,29 +1,39 @@
 """Input pipeline throughput vs decoding the same frames alone (one JSON line).
 
-  python -m experiments.bench_input [--seconds 10] [--videos 16]
+  python -m experiments.bench_input [--seconds 6] [--rounds 3] [--videos 16]
 
 Writes SequenceExample shards of 64-frame videos at 256x340 (natural-looking textures
-sliding across the frame, JPEG quality 90) to a temp dir, then measures per host core:
-  pretrain: CVRL views (2 clips x 16 frames x 224 x 224, full augmentation) via
-            build_dataset, vs decode-only: the same read/parse/sample, then full decode
-            of the 32 sampled frames;
-  eval:     10 clips x 3 crops of 32 frames at 256 (shorter side 256), vs decode-only
-            of the same 320 frames.
-`ratio` = pipeline clips/s / decode-only clips/s (target >= 0.70 for pretraining).
+sliding across the frame, JPEG quality 90) to a temp dir, then measures:
+  pretrain: CVRL views (2 clips x 16 frames x 224 x 224) from build_dataset as it ships
+            (data.photometric='device': uint8 video + per-clip parameters), vs
+            decode-only: the same read/parse/sample, then full decode of the 32 sampled
+            frames; also the old host float32 path (data.photometric='host') for reference;
+  eval:     10 clips x 3 crops of 32 frames at 256 (uint8), vs decode-only of the same
+            320 frames;
+  device_finish: cost of `device.finish_batch` (the photometric stage moved off the host)
+            per clip under XLA on this CPU, for information (it runs on the accelerator).
+Each pipeline runs alone in its own window (fresh iterator, 2 warm-up batches), the
+windows interleaved over `--rounds` rounds so a shared machine's load hits all alike.
+`ratio` = pipeline clips/s / decode-only clips/s of the same round (median and range);
+`ratio_cpu` the same from clips per CPU-second of this process (robust to other load).
+Target: pretraining ratio >= 0.70.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 
+import jax  # imported as in every job: the host pipeline runs beside JAX
 import numpy as np
 import tensorflow as tf
 
 from cvrl.data import augmentation
 from cvrl.data import config as config_lib
+from cvrl.data import device
 from cvrl.data import pipeline
 from cvrl.data import sampling
 from cvrl.data import sources
@@ -77,25 +87,77 @@ def decode_only(paths, sampler_spec, num_frames, stride, batch_size) -> tf.data.
   return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
 
 
-def rate(ds, seconds: float, clips_per_batch: int) -> float:
-  it = iter(ds)
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def measure(make_ds, seconds: float, clips_per_batch: int) -> tuple[float, float]:
+  """(clips per wall second, clips per CPU second of this process) of a fresh iterator."""
+  it = iter(make_ds())
   next(it)
   next(it)  # warm-up: tracing, XLA compilation, buffers
-  n, start = 0, time.perf_counter()
+  n, start, cpu = 0, time.perf_counter(), _cpu_seconds()
   while time.perf_counter() - start < seconds:
     next(it)
     n += 1
-  return n * clips_per_batch / (time.perf_counter() - start)
+  wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+  del it
+  return n * clips_per_batch / wall, n * clips_per_batch / max(cpu, 1e-9)
+
+
+def compare(pipelines: dict, seconds: float, rounds: int, clips_per_batch: int) -> dict:
+  """Interleaved windows; {'name': [(wall rate, cpu rate) per round]}."""
+  out = {name: [] for name in pipelines}
+  for _ in range(rounds):
+    for name, make in pipelines.items():
+      out[name].append(measure(make, seconds, clips_per_batch))
+  return out
+
+
+def summarise(rates: dict, name: str, limit: str, cores: int, frames: int) -> dict:
+  wall = np.array([r[0] for r in rates[name]])
+  cpu = np.array([r[1] for r in rates[name]])
+  lim_wall = np.array([r[0] for r in rates[limit]])
+  lim_cpu = np.array([r[1] for r in rates[limit]])
+  ratio, ratio_cpu = wall / lim_wall, cpu / lim_cpu
+  r3 = lambda x: round(float(x), 3)
+  return {'clips_per_s_per_core': round(float(np.median(wall)) / cores, 2),
+          'frames_per_s_per_core': round(float(np.median(wall)) * frames / cores, 1),
+          'clips_per_cpu_s': round(float(np.median(cpu)), 2),
+          'ratio': r3(np.median(ratio)), 'ratio_range': [r3(ratio.min()), r3(ratio.max())],
+          'ratio_cpu': r3(np.median(ratio_cpu)), 'ratio_cpu_range': [r3(ratio_cpu.min()), r3(ratio_cpu.max())],
+          'decode_only': {'clips_per_s_per_core': round(float(np.median(lim_wall)) / cores, 2),
+                          'clips_per_cpu_s': round(float(np.median(lim_cpu)), 2)}}
+
+
+def device_finish_cost(data_config, batch_size: int, seconds: float) -> dict:
+  """ms of one CPU's time per clip for device.finish_batch under XLA on this host."""
+  ds = pipeline.build_dataset(data_config, sampler={'name': 'cvrl'}, train=True,
+                              batch_size=batch_size, seed=0, process_index=0, process_count=1)
+  batch = next(pipeline.iterate(ds))
+  del ds
+  finish = jax.jit(device.make_finish(data_config))
+  jax.block_until_ready(finish(batch))
+  n, start, cpu = 0, time.perf_counter(), _cpu_seconds()
+  while time.perf_counter() - start < seconds:
+    jax.block_until_ready(finish(batch))
+    n += 1
+  clips = n * batch['video'].shape[0] * batch['video'].shape[1]
+  wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+  return {'backend': jax.default_backend(), 'cpu_ms_per_clip': round(1e3 * cpu / clips, 1),
+          'wall_ms_per_clip': round(1e3 * wall / clips, 1)}
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument('--seconds', type=float, default=10.0)
+  p.add_argument('--seconds', type=float, default=6.0)
+  p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--videos', type=int, default=16)
   p.add_argument('--batch', type=int, default=8)
   args = p.parse_args()
   cores = os.cpu_count() or 1
-  result = {'cores': cores, 'frame': [HEIGHT, WIDTH]}
+  result = {'cores': cores, 'frame': [HEIGHT, WIDTH], 'seconds': args.seconds, 'rounds': args.rounds}
   with tempfile.TemporaryDirectory() as d:
     paths, jpeg_bytes = write_shards(d, args.videos)
     result['jpeg_kb'] = round(jpeg_bytes / 1024, 1)
@@ -103,29 +165,32 @@ def main():
     cfg.source, cfg.train_paths, cfg.eval_paths = 'tfrecord', ','.join(paths), ','.join(paths)
     cfg.shuffle_buffer = 16
 
-    def train_ds(**aug):
+    def train_ds(photometric):
       c = cfg.copy_and_resolve_references()
-      for k, v in aug.items():
-        c.augmentation[k] = v
-      return pipeline.build_dataset(c, sampler={'name': 'cvrl'}, train=True, batch_size=args.batch,
-                                    seed=0, process_index=0, process_count=1)
+      c.photometric = photometric
+      return lambda: pipeline.build_dataset(c, sampler={'name': 'cvrl'}, train=True,
+                                            batch_size=args.batch, seed=0, process_index=0,
+                                            process_count=1)
 
-    per_core = lambda clips_s, frames: {'clips_per_s_per_core': round(clips_s / cores, 2),
-                                        'frames_per_s_per_core': round(clips_s * frames / cores, 1)}
-    limit = rate(decode_only(paths, {'name': 'cvrl'}, 16, 2, args.batch), args.seconds, 2 * args.batch)
-    full = rate(train_ds(), args.seconds, 2 * args.batch)
-    no_blur = rate(train_ds(blur_probs=(0.0,)), args.seconds, 2 * args.batch)
-    result['pretrain'] = dict(per_core(full, 16), ratio=round(full / limit, 3),
-                              decode_only=per_core(limit, 16),
-                              ratio_without_blur=round(no_blur / limit, 3))
+    rates = compare({'decode_only': lambda: decode_only(paths, {'name': 'cvrl'}, 16, 2, args.batch),
+                     'device': train_ds('device'), 'host': train_ds('host')},
+                    args.seconds, args.rounds, 2 * args.batch)
+    result['pretrain'] = summarise(rates, 'device', 'decode_only', cores, 16)
+    host = summarise(rates, 'host', 'decode_only', cores, 16)
+    result['pretrain']['host_photometric'] = {k: host[k] for k in ('ratio', 'ratio_range', 'ratio_cpu')}
+
     eval_batch = 2
     mv = {'name': 'multiview', 'num_clips': 10, 'num_crops': 3, 'num_frames': 32}
-    eval_limit = rate(decode_only(paths, mv, 32, 2, eval_batch), args.seconds, 10 * eval_batch)
-    ev = pipeline.build_dataset(cfg, sampler=mv, train=False, batch_size=eval_batch, seed=0,
-                                process_index=0, process_count=1).repeat()
-    ev_rate = rate(ev, args.seconds, 10 * eval_batch)
-    result['eval'] = dict(per_core(ev_rate, 32), ratio=round(ev_rate / eval_limit, 3),
-                          decode_only=per_core(eval_limit, 32), views_per_clip=3)
+    ev = lambda: pipeline.build_dataset(cfg, sampler=mv, train=False, batch_size=eval_batch, seed=0,
+                                        process_index=0, process_count=1).repeat()
+    rates = compare({'decode_only': lambda: decode_only(paths, mv, 32, 2, eval_batch), 'eval': ev},
+                    args.seconds, max(1, args.rounds - 1), 10 * eval_batch)
+    result['eval'] = dict(summarise(rates, 'eval', 'decode_only', cores, 32), views_per_clip=3)
+
+    finish = device_finish_cost(cfg, 1, args.seconds)
+    decode_ms = 1e3 / result['pretrain']['decode_only']['clips_per_cpu_s']
+    finish['vs_decode_only_cpu'] = round(finish['cpu_ms_per_clip'] / decode_ms, 2)
+    result['device_finish'] = finish
   print(json.dumps(result))
 
 

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl.data import augmentation as A
+from cvrl.data import photometric as P
 
 
 def _texture(seed, h=48, w=64):
@@ -25,33 +26,58 @@ NO_COLOUR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_probs=(0.0,), s
 def test_identical_frames_stay_identical_only_with_consistent_draws():
   clip = _jpegs([_texture(0)] * 4)
   spec = A.AugmentSpec(blur_probs=(1.0,), solarize_probs=(1.0,), color_jitter_prob=1.0)
-  aug = A.ClipAugmenter(spec, 32, jit=True)
-  out = aug(clip, SEED, 0).numpy()
-  assert out.shape == (4, 32, 32, 3) and out.min() >= 0 and out.max() <= 1
+  aug = A.ClipAugmenter(spec, 32, jit=True, photometric='host')
+  out, params = aug(clip, SEED, 0)
+  out = out.numpy()
+  assert out.shape == (4, 32, 32, 3) and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+  assert params.shape == (P.SIZE,)
   for t in range(1, 4):
     np.testing.assert_array_equal(out[t], out[0])
-  np.testing.assert_array_equal(aug(clip, SEED, 0).numpy(), out)  # same seed, same clip
-  other_view = aug(clip, A.fold_seed(SEED, 1), 1).numpy()
+  np.testing.assert_array_equal(aug(clip, SEED, 0)[0].numpy(), out)  # same seed, same clip
+  other_view = aug(clip, A.fold_seed(SEED, 1), 1)[0].numpy()
   assert np.abs(other_view - out).mean() > 0.02
-  per_frame = A.ClipAugmenter(A.AugmentSpec(consistent=False, color_jitter_prob=1.0), 32, jit=False)
-  pf = per_frame(clip, SEED, 0).numpy()
-  assert pf.shape == out.shape
+  per_frame = A.ClipAugmenter(A.AugmentSpec(consistent=False, color_jitter_prob=1.0), 32, jit=False,
+                              photometric='host')
+  pf, pf_params = per_frame(clip, SEED, 0)
+  pf = pf.numpy()
+  assert pf.shape == out.shape and pf_params.shape == (4, P.SIZE)
   diffs = [np.abs(pf[t] - pf[0]).mean() for t in range(1, 4)]
   assert min(diffs) > 0.01, diffs
+
+
+def test_device_mode_ships_uint8_spatial_part_and_the_same_parameters():
+  clip = _jpegs([_texture(s) for s in range(3)])
+  spec = A.AugmentSpec(color_jitter_prob=1.0, solarize_probs=(0.5,))
+  host = A.ClipAugmenter(spec, 24, jit=False, photometric='host')
+  device = A.ClipAugmenter(spec, 24, photometric='device')
+  video, params = device(clip, SEED, 1)
+  assert video.dtype == tf.uint8 and video.shape == (3, 24, 24, 3)
+  np.testing.assert_array_equal(params.numpy(), host(clip, SEED, 1)[1].numpy())
+  # the uint8 clip is the host path's resized clip rounded: same crop, flip and resize
+  bare = A.ClipAugmenter(A.AugmentSpec(**NO_COLOUR), 24, jit=False, photometric='host')
+  ref = bare(clip, SEED, 1)[0].numpy() * 255
+  assert np.abs(video.numpy().astype(np.float32) - ref).max() <= 0.5 + 1e-3
+  pf = A.ClipAugmenter(A.AugmentSpec(consistent=False), 24, photometric='device')
+  video, params = pf(clip, SEED, 0)
+  assert video.dtype == tf.uint8 and params.shape == (3, P.SIZE)
+  assert len({tuple(p) for p in params.numpy()}) == 3  # one draw per frame
+  with pytest.raises(ValueError, match='photometric'):
+    A.ClipAugmenter(spec, 24, photometric='gpu')
 
 
 def test_crop_window_decode_matches_full_decode_then_crop():
   frames = [_texture(s) for s in range(3)]
   clip = _jpegs(frames)
   spec = A.AugmentSpec(flip_prob=0.0, **NO_COLOUR)
-  out = A.ClipAugmenter(spec, 24, jit=False)(clip, SEED, 0).numpy()
+  out = A.ClipAugmenter(spec, 24, jit=False, photometric='host')(clip, SEED, 0)[0].numpy()
   y, x, h, w = A.crop_window(A.fold_seed(SEED, 1), tf.constant([48, 64, 3]), spec).numpy()
   area = h * w / (48 * 64)
   assert 0.3 - 1e-6 <= area <= 1.0 and 0.5 - 0.05 <= w / h <= 2.0 + 0.05
   full = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in clip])
   ref = tf.image.resize(full[:, y:y + h, x:x + w], [24, 24]).numpy() / 255.0
   assert np.abs(out - ref).max() < 3 / 255  # decode_and_crop vs decode + crop
-  flipped = A.ClipAugmenter(A.AugmentSpec(flip_prob=1.0, **NO_COLOUR), 24, jit=False)(clip, SEED, 0)
+  flipped = A.ClipAugmenter(A.AugmentSpec(flip_prob=1.0, **NO_COLOUR), 24, jit=False,
+                            photometric='host')(clip, SEED, 0)[0]
   np.testing.assert_allclose(flipped.numpy(), out[:, :, ::-1], atol=1e-5)
 
 
@@ -66,54 +92,60 @@ def test_crop_area_and_flip_frequencies_over_draws():
   assert min(ratios) >= 0.45 and max(ratios) <= 2.1
 
 
-def _u(**values):
-  u = np.ones(A.NUM_DRAWS, np.float32)  # 1.0 = "not applied" for every probability
+def _params(**values):
+  """A parameter vector with every op off and neutral factors, then `values`."""
+  p = np.zeros(P.SIZE, np.float32)
+  p[P.BRIGHTNESS] = p[P.CONTRAST] = p[P.SATURATION] = 1.0
+  p[P.ORDER] = [0, 1, 2, 3]
+  p[P.SIGMA] = 1.0
   for k, v in values.items():
-    u[getattr(A, '_' + k.upper())] = v
-  return u
+    p[getattr(P, k.upper())] = v
+  return p
 
 
 @pytest.mark.parametrize('jit', [True, False])
 def test_colour_ops_match_definitions(jit):
   rng = np.random.default_rng(0)
   x = rng.random((2, 16, 16, 3)).astype(np.float32)
-  spec = A.AugmentSpec(color_random_order=False, saturation=0.0, hue=0.0)
+  spec = A.AugmentSpec(saturation=0.0, hue=0.0)
   ph = A.Photometric(spec, 0, jit=jit)  # kernel 0: no blur
-  # brightness then contrast (fixed order), factors from the draw
-  u = _u(jitter=0.0, bright=0.25, contrast=0.75)
-  out = ph(tf.constant(x * 255), tf.constant(u), 0.0, 0.0).numpy()
-  b, c = 0.2 + 1.6 * 0.25, 0.2 + 1.6 * 0.75
+  # brightness then contrast (fixed order), factors from the parameters
+  b, c = 0.6, 1.4
+  out = ph(tf.constant(x * 255), tf.constant(_params(jitter=1, brightness=b, contrast=c))).numpy()
   y = np.clip(x * b, 0, 1)
   m = y.mean(axis=(0, 1, 2), keepdims=True)  # mean of the whole clip per channel
   y = np.clip((y - m) * c + m, 0, 1)
   np.testing.assert_allclose(out, y, atol=1e-5)
   # saturation and hue: same as TF's own kernels
-  spec = A.AugmentSpec(color_random_order=False, brightness=0.0, contrast=0.0)
+  spec = A.AugmentSpec(brightness=0.0, contrast=0.0)
   ph = A.Photometric(spec, 0, jit=jit)
-  out = ph(tf.constant(x * 255), tf.constant(_u(jitter=0.0, sat=0.9, hue=0.1)), 0.0, 0.0).numpy()
-  s, h = 0.2 + 1.6 * 0.9, -0.2 + 0.4 * 0.1
+  s, h = 1.64, -0.16
+  out = ph(tf.constant(x * 255), tf.constant(_params(jitter=1, saturation=s, hue=h))).numpy()
   ref = tf.clip_by_value(tf.image.adjust_hue(tf.clip_by_value(tf.image.adjust_saturation(x, s), 0, 1), h), 0, 1)
   np.testing.assert_allclose(out, ref.numpy(), atol=1e-4)
+  # the jitter flag off: nothing changes
+  off = ph(tf.constant(x * 255), tf.constant(_params(jitter=0, saturation=s, hue=h))).numpy()
+  np.testing.assert_allclose(off, x, atol=1e-6)
   # grayscale and solarization
   ph = A.Photometric(A.AugmentSpec(), 0, jit=jit)
-  out = ph(tf.constant(x * 255), tf.constant(_u(gray=0.0, solar=0.0)), 0.0, 1.0).numpy()
+  out = ph(tf.constant(x * 255), tf.constant(_params(grayscale=1, solarize=1))).numpy()
   g = x @ np.array([0.2989, 0.587, 0.114], np.float32)
   g = np.repeat(g[..., None], 3, -1)
   np.testing.assert_allclose(out, np.where(g < 0.5, g, 1 - g), atol=1e-4)
 
 
-def test_random_order_follows_the_draw():
+def test_random_order_follows_the_parameters():
   x = np.random.default_rng(1).random((1, 8, 8, 3)).astype(np.float32)
   spec = A.AugmentSpec(saturation=0.0, hue=0.0)
   ph = A.Photometric(spec, 0, jit=False)
-  b, c = 0.2 + 1.6 * 0.9, 0.2 + 1.6 * 0.1
+  b, c = 1.64, 0.36
   def bright(y): return np.clip(y * b, 0, 1)
   def contrast(y):
     m = y.mean(axis=(0, 1, 2), keepdims=True)
     return np.clip((y - m) * c + m, 0, 1)
-  u = _u(jitter=0.0, bright=0.9, contrast=0.1)
-  u[6:10] = [0.1, 0.0, 0.5, 0.6]  # order: contrast (index 1) first, then brightness
-  out = ph(tf.constant(x * 255), tf.constant(u), 0.0, 0.0).numpy()
+  p = _params(jitter=1, brightness=b, contrast=c)
+  p[P.ORDER] = [1, 0, 2, 3]  # contrast first, then brightness
+  out = ph(tf.constant(x * 255), tf.constant(p)).numpy()
   np.testing.assert_allclose(out, bright(contrast(x)), atol=1e-5)
   assert np.abs(bright(contrast(x)) - contrast(bright(x))).max() > 1e-2
 
@@ -139,8 +171,7 @@ def test_blur_matches_reference_depthwise_convolution(sigma):
   for jit in (True, False):
     spec = A.AugmentSpec(blur_truncate_sigmas=4.0)
     ph = A.Photometric(spec, 22, jit=jit)
-    u = _u(blur=0.0, sigma=(sigma - 0.1) / 1.9)
-    out = ph(tf.constant(x * 255), tf.constant(u), 1.0, 0.0).numpy()
+    out = ph(tf.constant(x * 255), tf.constant(_params(blur=1, sigma=sigma))).numpy()
     np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-4)
 
 
@@ -153,6 +184,9 @@ def test_eval_views_resize_and_three_crops():
     np.testing.assert_allclose(out[i], resized[:, :, x0:x0 + 32], atol=1e-5)
   centre = A.eval_views(tf.constant(frames), resize=40, crop=32, num_crops=1).numpy()
   np.testing.assert_allclose(centre[0], frames[:, 4:36, 14:46] / 255.0, atol=1e-6)
+  as_uint8 = A.eval_views(tf.constant(frames), resize=32, crop=32, num_crops=3, dtype=tf.uint8).numpy()
+  assert as_uint8.dtype == np.uint8  # the device path: rounded, scaled on the accelerator
+  assert np.abs(as_uint8 / 255.0 - A.eval_views(tf.constant(frames), 32, 32, 3).numpy()).max() <= 0.5 / 255 + 1e-6
   portrait = np.transpose(frames, (0, 2, 1, 3))
   out = A.eval_views(tf.constant(portrait), resize=40, crop=40, num_crops=3).numpy()
   np.testing.assert_allclose(out[2], portrait[:, 20:60] / 255.0, atol=1e-6)
@@ -171,3 +205,10 @@ def test_spec_from_config_and_view_probabilities():
   probe = A.AugmentSpec.from_config(cfg.augmentation)
   assert probe.color_jitter_prob == 0 and probe.grayscale_prob == 0
   assert A.view_probabilities(probe, 1) == [(0.0, 0.0)]
+
+
+def test_scalar_seed_depends_on_every_value_folded_in():
+  seeds = [A.scalar_seed(A.fold_seed([3, 0], 2, epoch)).numpy() for epoch in range(4)]
+  assert len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 - 1 for s in seeds)
+  # what it guards against: the first entry of a fold ignores the last value folded in
+  assert len({A.fold_seed([3, 0], 2, epoch).numpy()[0] for epoch in range(4)}) == 1

@@ -1,11 +1,14 @@
 """build_dataset end to end on tiny shards the test writes."""
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cvrl.data import config as config_lib
+from cvrl.data import device
+from cvrl.data import photometric
 from cvrl.data import pipeline
 from cvrl.data import sources
 
@@ -75,15 +78,16 @@ def test_train_batches_shapes_determinism_and_resume(tmp_path, shards):
       process_index=0, process_count=1, **kw)
   first = _take(build(), 5)  # 12 videos: batches span epochs
   b = first[0]
-  assert b['video'].shape == (4, 2, 4, 16, 16, 3) and b['video'].dtype == np.float32
+  assert b['video'].shape == (4, 2, 4, 16, 16, 3) and b['video'].dtype == np.uint8
+  assert b['photometric'].shape == (4, 2, photometric.SIZE) and b['photometric'].dtype == np.float32
   assert b['label'].dtype == np.int32 and 'mask' not in b and 'stats' not in b
-  assert 0 <= b['video'].min() and b['video'].max() <= 1
   epoch0 = np.concatenate([x['label'] for x in first[:3]])
   assert sorted(epoch0) == list(range(12))  # one epoch = every video once
   assert not np.array_equal(epoch0, np.arange(12))  # shuffled
   again = _take(build(), 5)
   for x, y in zip(first, again):
     np.testing.assert_array_equal(x['video'], y['video'])
+    np.testing.assert_array_equal(x['photometric'], y['photometric'])
     np.testing.assert_array_equal(x['label'], y['label'])
   other = _take(build(seed=2), 1)[0]
   assert not np.array_equal(other['video'], first[0]['video'])
@@ -91,6 +95,7 @@ def test_train_batches_shapes_determinism_and_resume(tmp_path, shards):
   for x, y in zip(first[2:], resumed):
     np.testing.assert_array_equal(x['label'], y['label'])
     np.testing.assert_array_equal(x['video'], y['video'])
+    np.testing.assert_array_equal(x['photometric'], y['photometric'])
   # epoch 1 differs from epoch 0 in order and augmentation
   assert not np.array_equal(np.concatenate([x['label'] for x in first[3:5]]), epoch0[:8])
 
@@ -132,7 +137,8 @@ def test_eval_multiview_indices_and_padding(tmp_path):
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in out]), [0, 1, 2, 3, 4, -1])
   video = out[0]['video'][0]  # [9, 4, 16, 16, 3]
   assert video.shape == (9, 4, 16, 16, 3)
-  levels = video.mean(axis=(2, 3, 4)) * 255  # [views, T]
+  assert video.dtype == np.uint8 and 'photometric' not in out[0]
+  levels = video.mean(axis=(2, 3, 4))  # [views, T], uint8 levels
   frame_idx = np.round((levels - 2) / 4).astype(int)
   starts = np.floor(np.linspace(0, 40 - 4 * 2, 3)).astype(int)
   expected = np.repeat(starts[:, None] + 2 * np.arange(4), 3, axis=0)  # view = clip * 3 + crop
@@ -144,17 +150,22 @@ def test_training_views_are_consistent_and_tclr_rho_shapes(tmp_path):
   still = _encode([_textured(5)] * 40)
   _write(path, [sources.make_sequence_example(still, label=1) for _ in range(2)])
   cfg = _config(tmp_path, [path])
-  b = _take(pipeline.build_dataset(cfg, sampler={'name': 'cvrl'}, train=True, batch_size=2, seed=0,
-                                   process_index=0, process_count=1), 1)[0]
-  v = b['video']
+  finish = jax.jit(device.make_finish(cfg))
+  build = lambda: pipeline.build_dataset(cfg, sampler={'name': 'cvrl'}, train=True, batch_size=2,
+                                         seed=0, process_index=0, process_count=1)
+  b = _take(build(), 1)[0]
+  assert b['photometric'].shape == (2, 2, photometric.SIZE)
+  v = np.asarray(finish(b)['video'])  # still video: frames of a clip must stay identical
+  assert v.dtype == np.float32 and 0 <= v.min() and v.max() <= 1
   for view in range(2):
     for t in range(1, 4):
       np.testing.assert_array_equal(v[:, view, t], v[:, view, 0])
   assert np.abs(v[:, 0] - v[:, 1]).mean() > 0.01
   cfg.augmentation.consistent = False
-  b = _take(pipeline.build_dataset(cfg, sampler={'name': 'cvrl'}, train=True, batch_size=2, seed=0,
-                                   process_index=0, process_count=1), 1)[0]
-  assert np.abs(b['video'][:, 0, 1] - b['video'][:, 0, 0]).mean() > 0.01
+  b = _take(build(), 1)[0]
+  assert b['photometric'].shape == (2, 2, 4, photometric.SIZE)  # one draw per frame
+  v = np.asarray(jax.jit(device.make_finish(cfg))(b)['video'])
+  assert np.abs(v[:, 0, 1] - v[:, 0, 0]).mean() > 0.01
   cfg.augmentation.consistent = True
   for spec, views in (({'name': 'tclr', 'num_frames': 4}, 10), ({'name': 'rho', 'num_clips': 3}, 3),
                       ({'name': 'single', 'extra_frames': 1}, 1)):
@@ -162,6 +173,14 @@ def test_training_views_are_consistent_and_tclr_rho_shapes(tmp_path):
                                      process_index=0, process_count=1), 1)[0]
     frames = 5 if spec.get('extra_frames') else 4
     assert b['video'].shape == (2, views, frames, 16, 16, 3), spec
+    assert b['photometric'].shape == (2, views, photometric.SIZE), spec
+  config_lib.set_probe_augmentation(cfg)  # crop + flip only: nothing for the device to apply
+  b = _take(pipeline.build_dataset(cfg, sampler={'name': 'single'}, train=True, batch_size=2, seed=0,
+                                   process_index=0, process_count=1), 1)[0]
+  assert b['video'].dtype == np.uint8 and 'photometric' not in b
+  cfg.photometric = 'tpu'
+  with pytest.raises(ValueError, match='data.photometric'):
+    build()
 
 
 def test_bad_records_are_counted_not_fatal(tmp_path):

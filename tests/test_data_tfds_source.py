@@ -4,6 +4,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cvrl.data import config as config_lib
+from cvrl.data import photometric
 from cvrl.data import pipeline
 
 
@@ -27,7 +28,7 @@ def test_tfds_train_and_eval_batches():
                                 process_index=0, process_count=1)
     b = next(pipeline.iterate(ds))
     assert b['video'].shape == (2, 2, 4, 16, 16, 3) and b['label'].dtype == np.int32
-    assert 0 <= b['video'].min() and b['video'].max() <= 1
+    assert b['video'].dtype == np.uint8 and b['photometric'].shape == (2, 2, photometric.SIZE)
     again = next(pipeline.iterate(pipeline.build_dataset(
         _cfg(), sampler={'name': 'cvrl'}, train=True, batch_size=2, seed=0, process_index=0,
         process_count=1)))
@@ -54,3 +55,44 @@ def test_tfds_hosts_and_key_errors():
     with pytest.raises(ValueError, match="'frames'.*video"):
       pipeline.build_dataset(_cfg(tfds_video_key='frames'), sampler={'name': 'cvrl'}, train=True,
                              batch_size=2, seed=0, process_index=0, process_count=1)
+
+
+class CvrlTestTinyVideos(tfds.core.GeneratorBasedBuilder):
+  """12 one-colour JPEG videos, label = video number; written as 4 files."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'video': tfds.features.Video(shape=(None, 12, 16, 3), encoding_format='jpeg'),
+        'label': tfds.features.ClassLabel(num_classes=12)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(12):
+      yield i, {'video': np.full((3, 12, 16, 3), 20 * i, np.uint8), 'label': i}
+
+
+def test_tfds_file_order_is_reshuffled_per_epoch_with_the_seed(tmp_path):
+  builder = CvrlTestTinyVideos(data_dir=str(tmp_path))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=4))
+  assert len(builder.info.splits['train'].file_instructions) == 4
+  cfg = _cfg(tfds_name='cvrl_test_tiny_videos', tfds_data_dir=str(tmp_path), shuffle_buffer=1,
+             crop_size=8, eval_crop_size=8, eval_resize=8)
+  cfg.num_frames, cfg.stride = 2, 1
+
+  def epochs(seed, n=3, **kw):
+    ds = pipeline.build_dataset(cfg, sampler={'name': 'single'}, train=True, batch_size=12,
+                                seed=seed, process_index=0, process_count=1, **kw)
+    return [b['label'].tolist() for _, b in zip(range(n), pipeline.iterate(ds))]
+
+  orders = epochs(0)
+  assert all(sorted(o) == list(range(12)) for o in orders)  # every video once per epoch
+  assert len({tuple(o) for o in orders}) == 3  # a new file order every epoch
+  blocks = {tuple(sorted(o[k:k + 3])) for o in orders for k in range(0, 12, 3)}
+  assert len(blocks) == 4  # files are read whole (no element shuffle): the order is the files'
+  assert epochs(0) == orders  # the same seed, the same orders
+  assert epochs(0, n=2, start_step=1) == orders[1:]  # a resumed run reads the orders it would have
+  assert epochs(1, n=1) != orders[:1]

@@ -5,13 +5,21 @@ All of its random parameters come from one stateless draw: a uniform vector for 
 colour jitter, grayscale, blur and solarization, plus the crop box from
 `stateless_sample_distorted_bounding_box` on the same clip seed. The crop box is drawn
 on the stored frame size and only that window is decoded (`decode_and_crop_jpeg`), then
-bilinearly resized to the output size. The colour/blur stage runs at output resolution
-as one XLA-fused function (blur as separable shift-and-add with zero padding, the
-reference's 'SAME' depthwise convolution). Parameters match the reference CVRL code:
-brightness multiplicative, contrast around the clip's per-channel mean, saturation and
-hue as tf.image.adjust_*, the four in random order with a clip to [0, 1] after each.
-Grayscale is applied after the blur rather than before: both are linear and act the
-same on every pixel/channel, so the order does not change the result.
+bilinearly resized to the output size (the same pixels as decoding the whole frame,
+cropping and resizing, as the reference does), one frame at a time so the resize's
+float32 output never leaves the cache (`crop_resize_frames`).
+
+The photometric choices become a small parameter vector (`draw_photometric`, layout in
+`photometric.py`). By default (data.photometric='device') the host stops here: the clip
+is rounded to uint8 and the accelerator applies the parameters (`device.finish_batch`).
+With 'host' the colour/blur stage runs here in float32 (`Photometric`), as one XLA-fused
+function per op (blur as separable shift-and-add with zero padding, the reference's
+'SAME' depthwise convolution). Both follow the reference CVRL code: brightness
+multiplicative, contrast around the clip's per-channel mean (the reference jitters the
+clip as one tall image), saturation and hue as tf.image.adjust_*, the four in random
+order with a clip to [0, 1] after each. Grayscale is applied after the blur rather than
+before: both are linear and act the same on every pixel/channel, so the order does not
+change the result.
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ import math
 from typing import Sequence
 
 import tensorflow as tf
+
+from cvrl.data import photometric as P
 
 # Positions in the per-clip uniform draw.
 _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE = 0, 1, 2, 3, 4, 5
@@ -65,6 +75,12 @@ class AugmentSpec:
     return (float(self.solarize_probs[min(view, len(self.solarize_probs) - 1)])
             if self.solarize_probs else 0.0)
 
+  def has_photometric(self, num_views: int, blur_radius: int) -> bool:
+    """Whether any colour/grayscale/blur/solarize op can fire on one of the views."""
+    return (self.color_jitter_prob > 0 or self.grayscale_prob > 0 or
+            any(self.solarize_prob(v) > 0 or (blur_radius > 0 and self.blur_prob(v) > 0)
+                for v in range(num_views)))
+
 
 def fold_seed(seed, *data: int | tf.Tensor) -> tf.Tensor:
   """Derive a stateless seed [2] from a seed and integers (example id, view, epoch ...)."""
@@ -72,6 +88,15 @@ def fold_seed(seed, *data: int | tf.Tensor) -> tf.Tensor:
   for d in data:
     seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(d, tf.int64))
   return seed
+
+
+def scalar_seed(seed) -> tf.Tensor:
+  """One int64 in [0, 2^31 - 1) from a stateless seed pair, for ops that take a scalar seed.
+
+  Not seed[0]: stateless_fold_in returns [random(seed), data], so the first entry does not
+  depend on the last value folded in (e.g. the epoch).
+  """
+  return tf.random.stateless_uniform([], seed, minval=0, maxval=2 ** 31 - 1, dtype=tf.int64)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -178,11 +203,39 @@ def solarize(x) -> tf.Tensor:
   return tf.where(x < 0.5, x, 1.0 - x)
 
 
-class Photometric:
-  """Colour jitter, grayscale, blur and solarization of a resized clip, from its draw `u`.
+def draw_photometric(u, spec: AugmentSpec, view: int, radius: int) -> tf.Tensor:
+  """The clip's photometric parameters [photometric.SIZE] from its uniform draw `u`.
 
-  Random choices are graph-level conditionals (free when not taken); each operation is
-  one XLA-fused kernel over the clip (`jit=True`), so a taken branch costs one pass.
+  The single place both paths take their colour/blur/solarize choices from: brightness
+  U[max(0, 1-b), 1+b], contrast U[1-c, 1+c], saturation U[1-s, 1+s], hue U[-h, h], the
+  random order as the argsort of four uniforms, and Bernoulli flags per view.
+  """
+  between = lambda v, lo, hi: lo + (hi - lo) * v
+  flag = lambda v, p: tf.cast(v < p, tf.float32)
+  if spec.color_random_order:
+    order = tf.cast(tf.argsort(u[_ORDER]), tf.float32)
+  else:
+    order = tf.range(4, dtype=tf.float32)
+  lo, hi = spec.blur_sigma_range
+  return tf.concat([
+      tf.stack([flag(u[_JITTER], spec.color_jitter_prob),
+                between(u[_BRIGHT], max(0.0, 1.0 - spec.brightness), 1.0 + spec.brightness),
+                between(u[_CONTRAST], 1.0 - spec.contrast, 1.0 + spec.contrast),
+                between(u[_SAT], 1.0 - spec.saturation, 1.0 + spec.saturation),
+                between(u[_HUE], -spec.hue, spec.hue)]),
+      order,
+      tf.stack([flag(u[_GRAY], spec.grayscale_prob),
+                flag(u[_BLUR], spec.blur_prob(view) if radius > 0 else 0.0),
+                between(u[_SIGMA], lo, hi),
+                flag(u[_SOLAR], spec.solarize_prob(view))])], axis=0)
+
+
+class Photometric:
+  """Host path: colour jitter, blur, grayscale and solarization of a resized clip.
+
+  Applies the clip's parameter vector (`draw_photometric`). Random choices are graph-level
+  conditionals (free when not taken); each operation is one XLA-fused kernel over the
+  clip (`jit=True`), so a taken branch costs one float32 pass.
   """
 
   def __init__(self, spec: AugmentSpec, kernel_size: int, jit: bool = True):
@@ -208,34 +261,25 @@ class Photometric:
         lambda y, gray, sol: tf.clip_by_value(
             solarize_where(tf.where(gray, to_grayscale(y), y), sol), 0.0, 1.0))
 
-  def __call__(self, x, u, blur_prob: float, solarize_prob: float) -> tf.Tensor:
-    """x: [T, S, S, 3] float32 in [0, 255] -> [0, 1]."""
+  def __call__(self, x, params) -> tf.Tensor:
+    """x: [T, S, S, 3] float32 in [0, 255], params [photometric.SIZE] -> [0, 1]."""
     spec = self.spec
+    on = lambda i: params[i] > 0.5
     x = self._scale(x)
     if spec.color_jitter_prob > 0:
-      x = tf.cond(u[_JITTER] < spec.color_jitter_prob, lambda: self._jitter(x, u), lambda: x)
-    if blur_prob > 0 and self.radius > 0:
-      lo, hi = spec.blur_sigma_range
-      sigma = lo + (hi - lo) * u[_SIGMA]
-      x = tf.cond(u[_BLUR] < blur_prob, lambda: self._blur(x, sigma), lambda: x)
-    return self._finish(x, u[_GRAY] < spec.grayscale_prob, u[_SOLAR] < solarize_prob)
+      x = tf.cond(on(P.JITTER), lambda: self._jitter(x, params), lambda: x)
+    if max(spec.blur_probs or (0.0,)) > 0 and self.radius > 0:
+      x = tf.cond(on(P.BLUR), lambda: self._blur(x, params[P.SIGMA]), lambda: x)
+    return self._finish(x, on(P.GRAYSCALE), on(P.SOLARIZE))
 
-  def _jitter(self, x, u):
+  def _jitter(self, x, params):
     spec = self.spec
-    between = lambda v, lo, hi: lo + (hi - lo) * v
-    params = [between(u[_BRIGHT], max(0.0, 1.0 - spec.brightness), 1.0 + spec.brightness),
-              between(u[_CONTRAST], 1.0 - spec.contrast, 1.0 + spec.contrast),
-              between(u[_SAT], 1.0 - spec.saturation, 1.0 + spec.saturation),
-              between(u[_HUE], -spec.hue, spec.hue)]
+    factors = [params[P.BRIGHTNESS], params[P.CONTRAST], params[P.SATURATION], params[P.HUE]]
     strengths = [spec.brightness, spec.contrast, spec.saturation, spec.hue]
-    branches = [(lambda op=op, p=p: (lambda y: op(y, p))) if strength else
-                (lambda: (lambda y: y)) for op, p, strength in zip(self._ops, params, strengths)]
+    branches = [(lambda op=op, f=f: (lambda y: op(y, f))) if strength else
+                (lambda: (lambda y: y)) for op, f, strength in zip(self._ops, factors, strengths)]
     branches = [make() for make in branches]
-    if not spec.color_random_order:
-      for fn in branches:
-        x = fn(x)
-      return x
-    order = tf.argsort(u[_ORDER])
+    order = tf.cast(params[P.ORDER], tf.int32)
     for i in range(4):
       x = tf.switch_case(order[i], [lambda fn=fn, y=x: fn(y) for fn in branches])
     return x
@@ -257,45 +301,98 @@ def solarize_where(x, apply) -> tf.Tensor:
   return tf.where(tf.logical_and(apply, x >= 0.5), 1.0 - x, x)
 
 
-class ClipAugmenter:
-  """Train-time augmentation of one clip (or each frame, for the ablation)."""
+def to_uint8(x) -> tf.Tensor:
+  """Round float pixels in [0, 255] to uint8 (half up; inputs are never negative)."""
+  return tf.cast(x + 0.5, tf.uint8)
 
-  def __init__(self, spec: AugmentSpec, out_size: int, jit: bool = True, dct_method: str = ''):
+
+class ClipAugmenter:
+  """Train-time augmentation of one clip (or each frame, for the ablation).
+
+  photometric='device': the host does the spatial part only and returns the clip as
+  uint8 plus its photometric parameters; `device.finish_batch` applies them on the
+  accelerator. 'host': the clip comes back float32 in [0, 1] with everything applied.
+  """
+
+  def __init__(self, spec: AugmentSpec, out_size: int, jit: bool = True, dct_method: str = '',
+               photometric: str = 'device'):
+    if photometric not in ('device', 'host'):
+      raise ValueError(f"data.photometric must be 'device' or 'host', got {photometric!r}")
     self.spec = spec
     self.out_size = out_size
     self.dct_method = dct_method
-    self.photometric = Photometric(spec, out_size // 10, jit)
+    self.on_device = photometric == 'device'
+    self.radius = P.blur_radius(out_size)
+    self.photometric = None if self.on_device else Photometric(spec, out_size // 10, jit)
 
-  def __call__(self, frames, seed, view: int) -> tf.Tensor:
-    """float32 [T, S, S, 3] in [0, 1] from frames [T] (JPEG) or [T, H, W, 3] uint8."""
+  @property
+  def dtype(self):
+    return tf.uint8 if self.on_device else tf.float32
+
+  def __call__(self, frames, seed, view: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(clip [T, S, S, 3], params) from frames [T] (JPEG) or [T, H, W, 3] uint8.
+
+    The clip is uint8 (device) or float32 in [0, 1] (host); params are
+    [photometric.SIZE] for a consistent clip, [T, photometric.SIZE] per frame.
+    """
     if self.spec.consistent:
       return self._clip(frames, seed, view)
     num = tf.shape(frames)[0]
-    per_frame = lambda t: self._clip(frames[t:t + 1], fold_seed(seed, t), view)[0]
-    return tf.map_fn(per_frame, tf.range(num), fn_output_signature=tf.TensorSpec(
-        [self.out_size, self.out_size, 3], tf.float32))
 
-  def _clip(self, frames, seed, view: int) -> tf.Tensor:
+    def per_frame(t):
+      clip, params = self._clip(frames[t:t + 1], fold_seed(seed, t), view)
+      return clip[0], params
+    return tf.map_fn(per_frame, tf.range(num), fn_output_signature=(
+        tf.TensorSpec([self.out_size, self.out_size, 3], self.dtype),
+        tf.TensorSpec([P.SIZE], tf.float32)))
+
+  def _clip(self, frames, seed, view: int):
     u = tf.random.stateless_uniform([NUM_DRAWS], seed)
     window = crop_window(fold_seed(seed, 1), frame_shape(frames), self.spec)
-    crop = decode_frames(frames, window, self.dct_method)
-    if self.spec.flip_prob > 0:  # on the small uint8 crop: bilinear resize commutes with it
-      crop = tf.cond(u[_FLIP] < self.spec.flip_prob, lambda: tf.reverse(crop, axis=[2]),
-                     lambda: crop)
-    x = tf.image.resize(crop, [self.out_size, self.out_size], method='bilinear')
-    x = tf.ensure_shape(x, [None, self.out_size, self.out_size, 3])
-    return self.photometric(x, u, self.spec.blur_prob(view), self.spec.solarize_prob(view))
+    flip = u[_FLIP] < self.spec.flip_prob if self.spec.flip_prob > 0 else None
+    params = draw_photometric(u, self.spec, view, self.radius)
+    x = crop_resize_frames(frames, window, self.out_size, flip, self.dtype, self.dct_method)
+    if self.on_device:
+      return x, params
+    return self.photometric(x, params), params
 
 
-def resize_shorter_side(frames, size: int) -> tf.Tensor:
-  """Resize so min(H, W) == size (no-op when it already is), as the reference eval."""
+def crop_resize_frames(frames, window, size: int, flip=None, dtype=tf.uint8,
+                       dct_method: str = '') -> tf.Tensor:
+  """[T, size, size, 3]: each frame's crop `window` decoded, flipped, resized (bilinear).
+
+  One frame at a time, from its JPEG to its output pixels, so the float32 resize output
+  (0.6 MB at 224) stays in cache instead of streaming a whole clip's 9.6 MB through memory
+  for every pass. uint8 output is the bilinear result rounded; float32 stays in [0, 255].
+  Flipping the small uint8 crop before the resize equals flipping the resized frame.
+  """
+  def one(frame):
+    if frame.dtype == tf.string:
+      crop = tf.io.decode_and_crop_jpeg(frame, window, channels=3, dct_method=dct_method)
+    else:
+      crop = frame[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+    if flip is not None:
+      crop = tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+    x = tf.image.resize(crop, [size, size], method='bilinear')
+    return to_uint8(x) if dtype == tf.uint8 else x
+  return tf.map_fn(one, frames, fn_output_signature=tf.TensorSpec([size, size, 3], dtype))
+
+
+def resize_shorter_side(frames, size: int, dtype=tf.float32) -> tf.Tensor:
+  """Resize so min(H, W) == size (no-op when it already is), as the reference eval.
+
+  float32 output stays in [0, 255]; uint8 output is the bilinear result rounded.
+  """
   shape = tf.shape(frames)
   h, w = shape[1], shape[2]
   out_h = tf.maximum(size, (h * size) // w)
   out_w = tf.maximum(size, (w * size) // h)
   same = tf.logical_and(tf.equal(h, out_h), tf.equal(w, out_w))
-  return tf.cond(same, lambda: tf.cast(frames, tf.float32),
-                 lambda: tf.image.resize(frames, tf.stack([out_h, out_w]), method='bilinear'))
+
+  def resize():
+    x = tf.image.resize(frames, tf.stack([out_h, out_w]), method='bilinear')
+    return to_uint8(x) if dtype == tf.uint8 else x
+  return tf.cond(same, lambda: tf.cast(frames, dtype), resize)
 
 
 def eval_crops(frames, crop: int, num_crops: int) -> tf.Tensor:
@@ -314,11 +411,16 @@ def eval_crops(frames, crop: int, num_crops: int) -> tf.Tensor:
   return tf.stack([frames[:, y:y + crop, x:x + crop] for y, x in offsets])
 
 
-def eval_views(frames, resize: int, crop: int, num_crops: int, dct_method: str = '') -> tf.Tensor:
-  """Deterministic eval preprocessing of one clip: float32 [num_crops, T, crop, crop, 3] in [0, 1]."""
-  x = resize_shorter_side(decode_frames(frames, None, dct_method), resize)
+def eval_views(frames, resize: int, crop: int, num_crops: int, dct_method: str = '',
+               dtype=tf.float32) -> tf.Tensor:
+  """Deterministic eval preprocessing of one clip: [num_crops, T, crop, crop, 3].
+
+  float32 in [0, 1], or uint8 (the device path: `device.finish_batch` scales it).
+  """
+  x = resize_shorter_side(decode_frames(frames, None, dct_method), resize, dtype)
   x = eval_crops(x, crop, num_crops)
-  return tf.ensure_shape(x, [num_crops, None, crop, crop, 3]) * (1.0 / 255.0)
+  x = tf.ensure_shape(x, [num_crops, None, crop, crop, 3])
+  return x if dtype == tf.uint8 else x * (1.0 / 255.0)
 
 
 def view_probabilities(spec: AugmentSpec, num_views: int) -> Sequence[tuple]:

@@ -4,8 +4,21 @@ Phases, in order:
 
   files of this host (jax.process_index) -> per-epoch seeded file order -> read records
   -> parse -> SAMPLE clip indices on the encoded JPEG strings (keep only those strings)
-  -> seeded per-epoch shuffle (train) -> decode ONLY the sampled frames (only the crop
-  window, train) -> augment, one stateless draw per clip -> batch -> prefetch.
+  -> seeded per-epoch shuffle (train) -> per frame: decode ONLY the crop window (train),
+  flip, bilinear resize, round to uint8 -> draw the clip's photometric parameters
+  (one stateless draw per clip) -> batch -> prefetch.
+
+Contract (data.photometric = 'device', the default): the host ships `video` as uint8
+[B, V, T, H, W, 3] (4x less host->device traffic than float32) and, for training views
+with any colour/grayscale/blur/solarize op enabled, `photometric` float32 [B, V, P]
+(one vector per clip; [B, V, T, P] with augmentation.consistent=False), laid out as in
+`photometric.py`. Every job's jitted step must start with
+`batch = cvrl.data.device.finish_batch(batch, config.data)`, which applies the
+photometric ops on the accelerator and returns `video` float32 in [0, 1] (eval and probe
+batches: just the scaling; float32 video without parameters passes through unchanged).
+With data.photometric = 'host' the host applies everything itself and ships float32
+video in [0, 1] with no `photometric` entry (the reference behaviour, several times
+slower on the host; same pixels up to the uint8 rounding).
 
 Randomness is stateless: the seed of every draw is derived from (run seed, example id,
 epoch, view), where the example id is global (file index in the sorted file list << 32 |
@@ -33,11 +46,14 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl.data import augmentation
+from cvrl.data import photometric
 from cvrl.data import sampling
 from cvrl.data import sources
 
 _TAG_FILES, _TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 1, 2, 3, 4
 STATS_KEY = 'stats'
+PHOTOMETRIC_KEY = 'photometric'
+PHOTOMETRIC_MODES = ('device', 'host')
 # Columns of the per-example `stats` vector.
 _EPOCH, _PARSE_FAILED, _DECODE_FAILED, _MISSING, _SHORT, _SHORT_SKIPPED = range(6)
 
@@ -90,6 +106,14 @@ def iterate(ds: tf.data.Dataset, stats: PipelineStats | None = None) -> Iterator
     if stats is not None and counts is not None:
       stats.update(counts)
     yield batch
+
+
+def photometric_mode(data_config) -> str:
+  """'device' (default: uint8 video + parameters) or 'host' (float32 video, all applied)."""
+  mode = data_config.get('photometric', 'device')
+  if mode not in PHOTOMETRIC_MODES:
+    raise ValueError(f'data.photometric must be one of {PHOTOMETRIC_MODES}, got {mode!r}')
+  return mode
 
 
 # ------------------------------------------------------------------------------ sources
@@ -163,9 +187,12 @@ def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
 def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, train: bool,
                   batch_size: int, seed: int, start_step: int = 0, process_index=None,
                   process_count=None, split: str | None = None) -> tf.data.Dataset:
-  """Batches for one host: dicts of `video` [B, V, T, H, W, 3] float32 in [0, 1], `label` [B]
+  """Batches for one host: dicts of `video` [B, V, T, H, W, 3] (uint8, or float32 in [0, 1]
+  with data.photometric='host'), `photometric` [B, V, P] / [B, V, T, P] float32 (device
+  mode, training views with photometric ops; see the module docstring), `label` [B]
   int32, `index` [B] int64 (global example id, -1 for padding), `mask` [B] float32 (eval
   only), and `stats` [B, 6] int64 running problem counts (stripped by `iterate`).
+  Pass every batch through `cvrl.data.device.finish_batch` inside the jitted step.
 
   sampler: {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho} (V=rho),
     {'name': 'tclr'} (V=10: views 0-4 = [sparse, dense0, dense1, dense2, dense3] under
@@ -227,7 +254,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), count_gaps('parse_failed'))
     if random and cfg.shuffle_buffer > 1:
       shuffle_seed = augmentation.fold_seed([seed, process_index], _TAG_SHUFFLE, epoch)
-      ds = ds.shuffle(int(cfg.shuffle_buffer), seed=shuffle_seed[0] % (2 ** 31 - 1),
+      ds = ds.shuffle(int(cfg.shuffle_buffer), seed=augmentation.scalar_seed(shuffle_seed),
                       reshuffle_each_iteration=False)
     return ds
 
@@ -245,35 +272,43 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
 
   # Phase 3+4: decode only the sampled frames, augment with one draw per clip.
   spec = augmentation.AugmentSpec.from_config(cfg.augmentation)
+  mode = photometric_mode(cfg)
+  dtype = tf.uint8 if mode == 'device' else tf.float32
+  views, frames_per_view = smp.num_views, smp.frames
   if train:
     augmenter = augmentation.ClipAugmenter(spec, int(cfg.crop_size), jit=bool(cfg.jit_photometric),
-                                           dct_method=cfg.dct_method)
+                                           dct_method=cfg.dct_method, photometric=mode)
     out_size = int(cfg.crop_size)
   else:
     out_size = int(cfg.eval_crop_size)
-  views, frames_per_view = smp.num_views, smp.frames
   video_shape = [views, frames_per_view, out_size, out_size, 3]
+  # Device mode ships the photometric parameters when some op can fire (not for probes).
+  emit_params = (train and mode == 'device' and
+                 spec.has_photometric(views, photometric.blur_radius(out_size)))
+  params_shape = [views, photometric.SIZE] if spec.consistent else \
+      [views, frames_per_view, photometric.SIZE]
 
   def make_video(el):
     clips = el['frames']
     key = augmentation.fold_seed(base_seed, el['id'], el['epoch'])
     if train:
-      out = []
-      for v in range(views):
-        view_seed = augmentation.fold_seed(key, _TAG_VIEW, v)
-        out.append(augmenter(clips[v], view_seed, v))
-      return tf.stack(out)
+      out = [augmenter(clips[v], augmentation.fold_seed(key, _TAG_VIEW, v), v) for v in range(views)]
+      return tf.stack([o[0] for o in out]), tf.stack([o[1] for o in out])
     per_clip = [augmentation.eval_views(clips[c], int(cfg.eval_resize), out_size, smp.num_crops,
-                                        cfg.dct_method)
+                                        cfg.dct_method, dtype)
                 for c in range(views // smp.num_crops)]
-    return tf.concat(per_clip, axis=0)
+    return tf.concat(per_clip, axis=0), tf.zeros(params_shape)
 
   def decode(pos, el):
     usable = tf.logical_or(tf.equal(el['status'], sources.OK),
                            tf.equal(el['status'], sources.SHORT_PADDED))
-    video = tf.cond(usable, lambda: make_video(el), lambda: tf.zeros(video_shape, tf.float32))
+    video, params = tf.cond(usable, lambda: make_video(el),
+                            lambda: (tf.zeros(video_shape, dtype), tf.zeros(params_shape)))
     video = tf.ensure_shape(video, video_shape)
-    return dict(el, video=video, pos=pos)
+    out = dict(el, video=video, pos=pos)
+    if emit_params:
+      out[PHOTOMETRIC_KEY] = tf.ensure_shape(params, params_shape)
+    return out
 
   ds = ds.enumerate().map(decode, num_parallel_calls=auto, deterministic=True)
   ds = ds.ignore_errors()  # frames that do not decode: counted by the position gaps
@@ -290,6 +325,8 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     usable = tf.logical_or(tf.equal(st, sources.OK), tf.equal(st, sources.SHORT_PADDED))
     out = {'video': el['video'], 'label': el['label'], 'index': el['id'], STATS_KEY: stats,
            'mask': tf.cast(usable, tf.float32)}
+    if emit_params:
+      out[PHOTOMETRIC_KEY] = el[PHOTOMETRIC_KEY]
     return (el['pos'], failed, missing, short, short_skipped), out
 
   zero = tf.constant(0, tf.int64)
@@ -299,7 +336,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     ds = ds.map(lambda el: {k: v for k, v in el.items() if k != 'mask'})
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
-    ds = _eval_batches(ds, batch_size, video_shape, source.host_counts)
+    ds = _eval_batches(ds, batch_size, video_shape, dtype, source.host_counts)
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
@@ -307,7 +344,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   return ds.prefetch(int(cfg.prefetch))
 
 
-def _eval_batches(ds, batch_size: int, video_shape, host_counts) -> tf.data.Dataset:
+def _eval_batches(ds, batch_size: int, video_shape, dtype, host_counts) -> tf.data.Dataset:
   """Batch without dropping: pad the last batch with mask 0; equalise batch counts over hosts."""
   ds = ds.batch(batch_size, drop_remainder=False)
 
@@ -328,7 +365,7 @@ def _eval_batches(ds, batch_size: int, video_shape, host_counts) -> tf.data.Data
   ds = ds.map(pad)
   if host_counts and len(host_counts) > 1:
     num_batches = math.ceil(max(host_counts) / batch_size)
-    filler = {'video': tf.zeros([batch_size] + video_shape), 'label': -tf.ones([batch_size], tf.int32),
+    filler = {'video': tf.zeros([batch_size] + video_shape, dtype), 'label': -tf.ones([batch_size], tf.int32),
               'index': -tf.ones([batch_size], tf.int64), 'mask': tf.zeros([batch_size]),
               STATS_KEY: tf.zeros([batch_size, 6], tf.int64)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat()).take(num_batches)

@@ -3,14 +3,19 @@
 Frames are read still encoded when the dataset stores JPEG frames (SkipDecoding), so the
 pipeline samples on the strings and decodes only the chosen frames, as for TFRecords;
 otherwise TFDS decodes and the pipeline samples the uint8 frames. Hosts read disjoint
-`tfds.even_splits` of the split. File order is fixed; examples are shuffled by the
-pipeline's seeded per-epoch buffer.
+`tfds.even_splits` of the split. For training the file order is shuffled per epoch with a
+stateless seed of (run seed, host, epoch), handed to TFDS as a tensor (ReadConfig.shuffle_seed
+feeds tf.data's shuffle), so epochs differ and a resumed run reads the same order; examples
+are then shuffled by the pipeline's seeded per-epoch buffer.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
+from cvrl.data import augmentation
 from cvrl.data import sources
+
+_TAG_FILES = 1  # the pipeline's file-order tag
 
 
 def _stored_as_jpeg(feature) -> bool:
@@ -21,7 +26,6 @@ def _stored_as_jpeg(feature) -> bool:
 
 def make_source(cfg, split: str, seed: int, process_index: int, process_count: int, source_cls):
   """Build the pipeline's _Source for config.data.tfds_* (ValueError when unusable)."""
-  del seed  # file order is fixed; shuffling happens in the pipeline
   import tensorflow_datasets as tfds
   if not cfg.tfds_name:
     raise ValueError("data.source is 'tfds' but data.tfds_name is empty")
@@ -50,10 +54,15 @@ def make_source(cfg, split: str, seed: int, process_index: int, process_count: i
   video_key, label_key = cfg.tfds_video_key, cfg.tfds_label_key
 
   def epoch_records(epoch, shuffle: bool):
-    del epoch, shuffle
+    read_config = tfds.ReadConfig(add_tfds_id=True)
+    if shuffle:
+      file_seed = augmentation.scalar_seed(
+          augmentation.fold_seed([seed, process_index], _TAG_FILES, epoch))
+      read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=file_seed,
+                                    shuffle_reshuffle_each_iteration=False)
     try:
-      ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=decoders,
-                              read_config=tfds.ReadConfig(add_tfds_id=True))
+      ds = builder.as_dataset(split=host_split, shuffle_files=shuffle, decoders=decoders,
+                              read_config=read_config)
     except Exception as e:  # not prepared, bad split
       raise ValueError(f'TFDS dataset {cfg.tfds_name!r} split {host_split!r} cannot be read '
                        f'(is it prepared in data_dir?): {str(e).splitlines()[0]}') from e

@@ -4,9 +4,21 @@ Parameters are always one kernel of shape (kt, kh, kw, in, out): whichever lower
 checkpoints and numbers are the same. Padding is explicit (lo, hi) per axis so that
 TF-style 'SAME' (the reference CVRL code) and PyTorch-style symmetric padding
 (torchvision's R3D-18) are both exact.
+
+Lowerings (`impl`):
+  'native'  lax.conv_general_dilated in 3D: what TPU and GPU run, untouched.
+  'fold'    the CPU form. XLA:CPU's 3D convolution is slow (its gradient of a strided 3D
+            convolution falls back to a naive loop), while its 2D convolution and its
+            matmul are fast. So the temporal taps are folded into channels (kt shifted
+            copies of the clip, concatenated on the channel axis) and the rest is a 2D
+            convolution over (batch x time); a 1x1 spatial kernel becomes one matmul. Its
+            kernel gradient, which XLA:CPU also computes slowly as a convolution, is
+            computed by matmuls instead (see `_conv2d_kernel_grad`).
+  'auto'    'fold' when the default backend is the CPU, else 'native'.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -14,8 +26,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 Padding = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-IMPLS = ("auto", "native")
+IMPLS = ("auto", "native", "fold")
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
+_DIMS_2D = ("NHWC", "HWIO", "NHWC")
+# Below this many (temporally folded) input channels, e.g. the stem's 3 colours x kt taps,
+# the kernel gradient also folds the width taps into channels: per-tap matmuls that thin
+# would run slowly.
+_FOLD_WIDTH_MAX_CHANNELS = 32
 
 
 def same_padding(size: int | None, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -44,17 +61,197 @@ def resolve_padding(mode: str, spatial: Sequence[int], kernel: Sequence[int],
   raise ValueError(f"padding must be 'same' or 'symmetric', got {mode!r}")
 
 
+def resolve_impl(impl: str) -> str:
+  """Maps 'auto' to the lowering for the default backend."""
+  if impl not in IMPLS:
+    raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "auto":
+    return "fold" if jax.default_backend() == "cpu" else "native"
+  return impl
+
+
+def _out_size(size: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int) -> int:
+  return (size + pad[0] + pad[1] - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def _pad_axes(x, pads: dict[int, tuple[int, int]]):
+  """Zero padding on some axes; negative amounts crop (lax.pad semantics)."""
+  if not any(lo or hi for lo, hi in pads.values()):
+    return x
+  cfg = [(*pads.get(a, (0, 0)), 0) for a in range(x.ndim)]
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def _taps(x, axis: int, kernel: int, stride: int, dilation: int, out: int):
+  """The kernel's shifted (and strided) views of x along one axis, tap by tap."""
+  return [jax.lax.slice_in_dim(x, i * dilation, i * dilation + (out - 1) * stride + 1, stride, axis)
+          for i in range(kernel)]
+
+
 def conv3d_native(x, kernel, strides, padding: Padding, dilation):
   return jax.lax.conv_general_dilated(
       x, kernel, window_strides=tuple(strides), padding=tuple(padding),
       rhs_dilation=tuple(dilation), dimension_numbers=_DIMS)
 
 
+# ---------------------------------------------------------------------------------------
+# 'fold': temporal taps folded into channels, then a 2D convolution or a matmul.
+
+
+def _matmul_t(a, b):
+  """a^T b for a (M, P), b (M, Q) -> (P, Q), contracting the long axis M.
+
+  Computed as (b^T a)^T when that puts the wider operand on the right, which XLA:CPU
+  runs without transposing the wide operand.
+  """
+  if a.shape[1] <= b.shape[1]:
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+  return jax.lax.dot_general(b, a, (((0,), (0,)), ((), ()))).T
+
+
+@jax.custom_vjp
+def _matmul(x, w):
+  """(M, C) @ (C, O) with a kernel gradient computed as one well-shaped matmul."""
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(res, dy):
+  x, w = res
+  return dy @ w.T, _matmul_t(x, dy)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _conv2d_native(x, kernel, strides, padding, dilation):
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=strides, padding=padding, rhs_dilation=dilation,
+      dimension_numbers=_DIMS_2D)
+
+
+def _shift_rows(a, shift: int):
+  """b[p] = a[p + shift] (zeros past the end; shift < 0 shifts the other way)."""
+  if shift == 0:
+    return a
+  if shift > 0:
+    return _pad_axes(a[shift:], {0: (0, shift)})
+  return _pad_axes(a[:a.shape[0] + shift], {0: (-shift, 0)})
+
+
+def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
+  """dL/dkernel (kh, kw, C, O) of a 2D convolution of already padded xp, by matmuls.
+
+  dk[j, l] = sum_{b,h,w} xp[b, h*sh + j*dh, w*sw + l*dw, :]^T dy[b, h, w, :].
+  A strided convolution is split into stride phases (xp[:, a::sh, c::sw]), inside which
+  every tap is a plain shift. Each phase and dy are laid out on a common (hq, wq) grid
+  (dy zero-extended) and flattened over (b, h, w); a shift by (oh, ow) is then a shift by
+  oh*wq + ow rows of the flat matrices, so each tap is one long-contraction matmul. Rows
+  where a shift runs past a row or an image meet zeros in dy and add nothing.
+  The wider of the two operands is transposed once (XLA:CPU's matmuls run fastest with
+  the contraction on the left operand's minor axis) and the narrower one is shifted.
+  """
+  (sh, sw), (dh, dw) = strides, dilation
+  b, ho, wo, o = dy.shape
+  c = xp.shape[-1]
+  hq = ho + (kh - 1) * dh // sh
+  wq = wo + (kw - 1) * dw // sw
+  dy_flat = _pad_axes(dy, {1: (0, hq - ho), 2: (0, wq - wo)}).reshape(-1, o)
+  shift_dy = o <= c
+  dy_t = None if shift_dy else jax.lax.optimization_barrier(dy_flat.T)
+  phases = {}
+  grads = []
+  for j in range(kh):
+    for l in range(kw):
+      ph, oh = (j * dh) % sh, (j * dh) // sh
+      pw, ow = (l * dw) % sw, (l * dw) // sw
+      if (ph, pw) not in phases:
+        p = xp[:, ph::sh, pw::sw]
+        p = _pad_axes(p, {1: (0, hq - p.shape[1]), 2: (0, wq - p.shape[2])}).reshape(-1, c)
+        phases[(ph, pw)] = jax.lax.optimization_barrier(p.T) if shift_dy else p
+      shift = oh * wq + ow
+      if shift_dy:  # dk = x^T @ dy[p - shift]
+        grads.append(phases[(ph, pw)] @ _shift_rows(dy_flat, -shift))
+      else:  # dk = (dy^T @ x[p + shift])^T
+        grads.append((dy_t @ _shift_rows(phases[(ph, pw)], shift)).T)
+  return jnp.stack(grads).reshape(kh, kw, c, o)
+
+
+def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
+  """dL/dkernel of a 2D convolution (NHWC, HWIO), by matmuls (XLA:CPU's own is slow).
+
+  With few input channels (the stem's colours) the width taps are first gathered into
+  channels, so that each matmul contracts into a useful number of rows.
+  """
+  kh, kw = ksize
+  c = x.shape[-1]
+  xp = _pad_axes(x, {1: padding[0], 2: padding[1]})
+  if c < _FOLD_WIDTH_MAX_CHANNELS and kw > 1:
+    xw = jnp.concatenate(_taps(xp, 2, kw, strides[1], dilation[1], dy.shape[2]), axis=-1)
+    dk = _kernel_grad_by_shifts(xw, dy, kh, 1, (strides[0], 1), (dilation[0], 1))
+    return dk.reshape(kh, kw, c, dy.shape[-1])
+  return _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d(x, kernel, strides, padding, dilation):
+  return _conv2d_native(x, kernel, strides, padding, dilation)
+
+
+def _conv2d_fwd(x, kernel, strides, padding, dilation):
+  return _conv2d_native(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, dilation, res, dy):
+  x, kernel = res
+  # The input gradient stays a 2D convolution, which XLA:CPU runs fast (strided too).
+  _, input_vjp = jax.vjp(lambda x_: _conv2d_native(x_, kernel, strides, padding, dilation), x)
+  (dx,) = input_vjp(dy)
+  dk = _conv2d_kernel_grad(x, dy, kernel.shape[:2], strides, padding, dilation)
+  return dx, dk
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv3d_fold(x, kernel, strides, padding: Padding, dilation):
+  """The 3D convolution as a 2D convolution (or matmul) with temporal taps in channels."""
+  kt, kh, kw, c, o = kernel.shape
+  (st, sh, sw), (dt, dh, dw) = strides, dilation
+  n = x.shape[0]
+  t_in = x.shape[1]
+  t_out = _out_size(t_in, kt, st, padding[0], dt)
+  # Temporal taps that meet only padding (e.g. a 3-tap kernel on a 1-frame map) add
+  # nothing and are skipped; their kernel slices then get a zero gradient, as in 3D.
+  live = [i for i in range(kt)
+          if any(0 <= t * st + i * dt - padding[0][0] < t_in for t in range(t_out))]
+  xt = _pad_axes(x, {1: padding[0]})
+  taps = _taps(xt, 1, kt, st, dt, t_out)
+  taps = [taps[i] for i in live]
+  xf = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)  # (N, T', H, W, live*C)
+  xf = xf.reshape(n * t_out, *xf.shape[2:])
+  ci = len(live) * c
+  kernel = kernel if len(live) == kt else jnp.stack([kernel[i] for i in live])
+  kf = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, ci, o)
+  if kh == kw == 1:
+    xs = _pad_axes(xf, {1: padding[1], 2: padding[2]})[:, ::sh, ::sw]
+    y = _matmul(xs.reshape(-1, ci), kf.reshape(ci, o)).reshape(*xs.shape[:3], o)
+  else:
+    y = _conv2d(xf, kf, (sh, sw), tuple(padding[1:]), (dh, dw))
+  return y.reshape(n, t_out, *y.shape[1:])
+
+
 def conv3d(x, kernel, strides=(1, 1, 1), padding: Padding = ((0, 0),) * 3,
            dilation=(1, 1, 1), impl: str = "auto"):
   """x: (N, T, H, W, C); kernel: (kt, kh, kw, C, O). Returns (N, T', H', W', O)."""
-  if impl not in IMPLS:
-    raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
+  impl = resolve_impl(impl)
+  strides, dilation = tuple(strides), tuple(dilation)
+  padding = tuple(tuple(p) for p in padding)
+  if impl == "fold":
+    return conv3d_fold(x, kernel, strides, padding, dilation)
   return conv3d_native(x, kernel, strides, padding, dilation)
 
 
@@ -64,6 +261,8 @@ class Conv3D(nnx.Module):
   def __init__(self, in_features: int, out_features: int, kernel_size: Sequence[int],
                strides: Sequence[int] = (1, 1, 1), dilation: Sequence[int] = (1, 1, 1),
                padding: str = "same", impl: str = "auto", dtype=jnp.float32, *, rngs: nnx.Rngs):
+    if impl not in IMPLS:
+      raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
     self.kernel_size = tuple(kernel_size)
     self.strides = tuple(strides)
     self.dilation = tuple(dilation)

@@ -124,7 +124,10 @@ def _max_pool(x, window, strides, padding_mode):
 
 
 class R3D(nnx.Module):
-  """3D ResNet encoder. `__call__` returns pooled (N, C) features or the (N,T,H,W,C) map."""
+  """3D ResNet encoder. `__call__` returns pooled (N, C) features or the (N,T,H,W,C) map.
+
+  Input: float in [0, 1] or uint8 in [0, 255] (scaled on device).
+  """
 
   def __init__(self, depth: int = 50, width: float = 1.0, preset: str | R3DSpec = "cvrl", *,
                bn_momentum: float = 0.9, bn_eps: float = 1e-5, dtype=jnp.float32,
@@ -164,6 +167,8 @@ class R3D(nnx.Module):
   def __call__(self, x, *, return_map: bool = False):
     if x.ndim != 5 or x.shape[-1] != 3:
       raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
+    if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
+      x = x.astype(jnp.float32) * (1.0 / 255.0)
     x = nnx.relu(self.stem(x.astype(self.dtype)))
     if self.spec.stem_pool is not None:
       x = _max_pool(x, self.spec.stem_pool, self.spec.stem_pool_strides, self.spec.padding)

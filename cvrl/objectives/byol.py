@@ -20,7 +20,7 @@ from cvrl import config_lib
 from cvrl.models.heads import MLP, l2_normalize
 from cvrl.objectives import momentum as momentum_lib
 from cvrl.objectives import rho
-from cvrl.objectives.base import Objective, register
+from cvrl.objectives.base import register
 from cvrl.objectives.views import apply_views
 
 
@@ -58,18 +58,11 @@ class BYOLModel(nnx.Module):
 
 
 @register("byol")
-class BYOL(Objective):
-
-  def sampler(self):
-    return rho.sampler(self.config)
+class BYOL(rho.RhoObjective):
 
   @property
   def trainable(self):
     return rho.ONLINE_PARAMS
-
-  def __init__(self, config):
-    super().__init__(config)
-    self.validate()
 
   def validate(self) -> None:
     """Config errors as one-line ValueErrors, raised when the objective is made."""

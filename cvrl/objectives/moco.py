@@ -31,7 +31,7 @@ from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import momentum as momentum_lib
 from cvrl.objectives import rho
-from cvrl.objectives.base import Objective, register
+from cvrl.objectives.base import register
 from cvrl.objectives.views import apply_views
 
 MASKED = -1e9
@@ -90,18 +90,11 @@ class MoCoModel(nnx.Module):
 
 
 @register("moco")
-class MoCo(Objective):
-
-  def sampler(self):
-    return rho.sampler(self.config)
+class MoCo(rho.RhoObjective):
 
   @property
   def trainable(self):
     return rho.ONLINE_PARAMS
-
-  def __init__(self, config):
-    super().__init__(config)
-    self.validate()
 
   def validate(self) -> None:
     """Config errors as one-line ValueErrors, raised when the objective is made."""

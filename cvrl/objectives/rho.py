@@ -13,6 +13,7 @@ from flax import nnx
 
 from cvrl.models import build_encoder
 from cvrl.models.heads import MLP, l2_normalize
+from cvrl.objectives.base import Objective
 
 
 class Buffer(nnx.Variable):
@@ -46,6 +47,21 @@ def num_clips(config: ml_collections.ConfigDict) -> int:
 
 def sampler(config: ml_collections.ConfigDict) -> dict:
   return {"name": "rho", "num_clips": num_clips(config)}
+
+
+class RhoObjective(Objective):
+  """What the rho-methods share: rho clips per video, config checked when made."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    num_clips(config)  # rho >= 2
+    self.validate()
+
+  def sampler(self):
+    return sampler(self.config)
+
+  def validate(self) -> None:
+    """The method's own config checks: one-line ValueErrors, raised when it is made."""
 
 
 def projection_head(config: ml_collections.ConfigDict, in_features: int, rngs: nnx.Rngs) -> MLP:

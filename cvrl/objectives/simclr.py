@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
-from cvrl.objectives.base import Objective, register
+from cvrl.objectives.base import register
 from cvrl.objectives.views import apply_views
 
 MASKED = -1e9  # finite, so rows with nothing left keep finite gradients
@@ -55,14 +55,7 @@ def multi_positive_nt_xent(z, temperature: float, *, positives_in_denominator: b
 
 
 @register("simclr")
-class SimCLR(Objective):
-
-  def __init__(self, config):
-    super().__init__(config)
-    rho.num_clips(config)  # rho >= 2, raised when the objective is made
-
-  def sampler(self):
-    return rho.sampler(self.config)
+class SimCLR(rho.RhoObjective):
 
   def build(self, rngs):
     return rho.build_network(self.config, rngs)

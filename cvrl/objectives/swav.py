@@ -21,7 +21,7 @@ from flax import nnx
 from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
-from cvrl.objectives.base import Objective, register
+from cvrl.objectives.base import register
 from cvrl.objectives.sinkhorn import sinkhorn
 from cvrl.objectives.views import apply_views
 
@@ -80,14 +80,7 @@ class SwAVModel(nnx.Module):
 
 
 @register("swav")
-class SwAV(Objective):
-
-  def sampler(self):
-    return rho.sampler(self.config)
-
-  def __init__(self, config):
-    super().__init__(config)
-    self.validate()
+class SwAV(rho.RhoObjective):
 
   def validate(self) -> None:
     """Config errors as one-line ValueErrors, raised when the objective is made."""

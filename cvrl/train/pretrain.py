@@ -29,6 +29,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from cvrl import config_lib, objectives, parallel
+from cvrl.data import device as device_aug
 from cvrl.train import checkpoint as checkpoint_lib
 from cvrl.train import input as input_lib
 from cvrl.train import local_bn, optim
@@ -72,13 +73,15 @@ def validate(config) -> None:
 
 # ---------------------------------------------------------------------------- the step
 
-def make_train_step(objective, graphdef, tx, schedule, mesh, seed: int):
+def make_train_step(objective, graphdef, tx, schedule, mesh, seed: int, data_config=None):
   """jit(state, batch) -> (state, metrics), the state donated; batch sharded over 'data'."""
   trainable = objective.trainable
   base_key = jax.random.key(int(seed))
 
   def step_fn(state: state_lib.TrainState, batch):
     rng = jax.random.fold_in(base_key, state.step)
+    # The host ships uint8 clips and per-clip photometric parameters: finish them here.
+    batch = device_aug.finish_batch(batch, data_config)
 
     def loss_fn(params):
       model = state_lib.merge(graphdef, params, state.rest)
@@ -106,21 +109,33 @@ def make_train_step(objective, graphdef, tx, schedule, mesh, seed: int):
 # ------------------------------------------------------------------------- preemption
 
 class _Preemption:
-  """Catches SIGTERM (main thread only); every process agrees on when to stop."""
+  """SIGTERM -> save and stop, with every process stopping after the same step.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption
+  service (started by jax.distributed) catches the signal on whichever host gets it, and
+  `reached_preemption_sync_point` agrees on a common step without any device work; if the
+  service is off, the flag is all-gathered every step instead.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    self._jax_service = (jax.process_count() > 1 and _preemption_service_running())
+    if not self._jax_service and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning("SIGTERM: saving a checkpoint and stopping")
     self.requested = True
 
-  def should_stop(self) -> bool:
+  def should_stop(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self.requested
+    if self._jax_service:
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: saving a checkpoint at step %d and stopping", step)
+        return True
+      return False
     flags = multihost_utils.process_allgather(np.int32(self.requested))
     return bool(np.max(flags))
 
@@ -129,7 +144,23 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _preemption_service_running() -> bool:
+  try:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
+
+
 # ------------------------------------------------------------------------------- run
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache for this process: a restarted (preempted) run or
+  a repeated job loads its compiled programs instead of compiling them again."""
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
 
 class _Interval:
   """Sums per-step metrics between log lines; wall time and data wait since the last."""
@@ -158,6 +189,8 @@ def _to_floats(metrics) -> dict[str, float]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
   p = config.parallel
+  if p.get("compilation_cache_dir"):
+    enable_compilation_cache(p.compilation_cache_dir)
   parallel.maybe_initialize_distributed(p.get("coordinator_address"), p.get("num_processes"),
                                         p.get("process_id"))
   mesh = parallel.make_mesh()
@@ -184,7 +217,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     _, state = state_lib.create(make_model, objective.trainable, tx, mesh)
   start_step = int(jax.device_get(state.step))
-  train_step = make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed))
+  train_step = make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
+                               config.data)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0,
                                     tensorboard=bool(config.log.tensorboard))
@@ -242,7 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         pending = (step, device_metrics)
         log_now = step % int(config.log.every_steps) == 0 or step == total_steps
         save_now = step % int(config.checkpoint.every_steps) == 0 or step == total_steps
-        preempted = preemption.should_stop()
+        preempted = preemption.should_stop(step)
         if log_now or save_now or preempted:
           check(pending)
           pending = None
@@ -270,7 +304,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   final_loss = last_logged.get("loss", interval.last.get("loss"))
   result = {"job": "pretrain", "step": step, "total_steps": total_steps, "preempted": preempted,
-            "loss": final_loss, "checkpoint_dir": ckpt.directory, "metrics": last_logged}
+            "loss": final_loss, "checkpoint_dir": ckpt.directory, "metrics": last_logged,
+            "state": state}
   if preempted:
     logging.info("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
     return result

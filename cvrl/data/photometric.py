@@ -1,0 +1,33 @@
+"""Layout of the photometric parameter vector: drawn on the host, applied on either side.
+
+Each training clip (each frame, in the inconsistent ablation mode) gets ONE float32
+vector of `SIZE` numbers, drawn by `augmentation.draw_photometric` from the clip's
+stateless seed. The host path (`augmentation.Photometric`, TF) and the device path
+(`device.finish_batch`, JAX) both apply the clip's colour jitter, grayscale, blur and
+solarization from this vector only, so the two give the same pixels for the same seed.
+No TensorFlow or JAX here: both sides import it.
+"""
+
+# Flags are 0.0 / 1.0.
+JITTER = 0        # apply the colour jitter (probability color_jitter_prob)
+BRIGHTNESS = 1    # multiplicative factor
+CONTRAST = 2      # factor around the per-channel mean of the clip (of the frame, per-frame mode)
+SATURATION = 3    # factor on HSV saturation (tf.image.adjust_saturation)
+HUE = 4           # shift of HSV hue in turns (tf.image.adjust_hue)
+ORDER = slice(5, 9)  # ORDER[i] = the jitter op of step i (a permutation of OP_*)
+GRAYSCALE = 9     # flag
+BLUR = 10         # flag
+SIGMA = 11        # Gaussian blur sigma (pixels)
+SOLARIZE = 12     # flag
+SIZE = 13
+
+# Jitter ops, as numbered in ORDER.
+OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3
+
+# tf.image.rgb_to_grayscale weights.
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+def blur_radius(crop_size: int) -> int:
+  """Reference kernel: crop_size // 10 taps made odd, i.e. radius (crop_size // 10) // 2."""
+  return (int(crop_size) // 10) // 2

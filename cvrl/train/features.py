@@ -1,0 +1,260 @@
+"""What the downstream jobs share: the encoder they start from, and running it over a split.
+
+`load_encoder` gives the backbone of a pretraining checkpoint (rebuilt from the config
+stored in it) or a random one of the configured architecture (the baseline).
+`ViewRunner` runs a model over multi-view batches sharded over every device of every
+host and reduces the views of each video on device; `run_split` drives it over an
+iterable of host batches and returns one row per real video (padding rows, mask 0, are
+dropped after the hosts' rows are gathered), so each video counts exactly once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, PartitionSpec as P
+
+from cvrl import parallel
+from cvrl.data import device
+from cvrl.models import build_encoder, create
+from cvrl.models.heads import LinearClassifier
+
+DATA_AXIS = parallel.DATA_AXIS
+REDUCTIONS = ("mean", "softmax_mean")
+
+
+# ----------------------------------------------------------------------- global batches
+# The mesh is cvrl.parallel's: Mesh(('data',)) over every device of every host.
+
+make_mesh = parallel.make_mesh
+batch_sharding = parallel.batch_sharding
+replicated = parallel.replicated
+local_batch_size = parallel.local_batch_size
+
+
+def to_global(mesh: Mesh, x: np.ndarray) -> jax.Array:
+  """A host-local numpy batch -> the global array sharded over 'data'."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(x))
+
+
+# What of a host batch goes to the devices to make the clips: uint8 (or float32) video
+# and, for augmented training views, the photometric parameters (cvrl.data.device).
+CLIP_KEYS = ("video", device.PHOTOMETRIC_KEY)
+
+
+def clip_inputs(mesh: Mesh, batch: dict) -> dict:
+  """The global arrays `clips` needs, from a host batch."""
+  return {k: to_global(mesh, batch[k]) for k in CLIP_KEYS if k in batch}
+
+
+def clips(inputs: dict, data_config) -> jax.Array:
+  """float32 [B, V, T, H, W, 3] in [0, 1] inside a jitted step: uint8 scaled, the
+  photometric ops applied on device (cvrl.data.device.finish_batch)."""
+  return device.finish_batch(dict(inputs), data_config)["video"]
+
+
+def frozen_config(data_config):
+  """A hashable copy of config.data (None stays None), to key cached compilations."""
+  return None if data_config is None else ml_collections.FrozenConfigDict(data_config)
+
+
+def to_host_local(mesh: Mesh, x: jax.Array) -> np.ndarray:
+  """This host's rows of a batch-sharded global array."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(DATA_AXIS)))
+
+
+def gather_hosts(x: np.ndarray) -> np.ndarray:
+  """Every host's rows, concatenated in process order (identity on one host)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def place(mesh: Mesh, module: nnx.Module) -> nnx.Module:
+  """Replicate a module's variables over the mesh (jit refuses mixed placements)."""
+  graphdef, state = nnx.split(module)
+  return nnx.merge(graphdef, jax.device_put(state, replicated(mesh)))
+
+
+# --------------------------------------------------------------------------- the encoder
+
+def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: bool | None = None
+                 ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
+  """(encoder, its model config, provenance) for a downstream job.
+
+  `config.pretrained` (a checkpoint path) unless `random_init`: the architecture then
+  comes from the config stored in the checkpoint. Random init builds `config.model`
+  with `config.seed`, the baseline a pretrained encoder has to beat.
+  """
+  random_init = bool(config.get("random_init", False)) if random_init is None else random_init
+  if random_init or not config.get("pretrained"):
+    if not random_init:
+      raise ValueError("set config.pretrained=<checkpoint dir> or config.random_init=True")
+    model_config = config.model
+    encoder = create(lambda: build_encoder(model_config, nnx.Rngs(int(config.seed))),
+                     out_shardings=replicated(mesh))
+    return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
+  from cvrl.train import checkpoint  # pylint: disable=import-outside-toplevel
+  step = config.get("pretrained_step")
+  pre_config, model = checkpoint.load_pretrained(config.pretrained, step,
+                                                 sharding=replicated(mesh))
+  encoder = model.encoder
+  return encoder, pre_config.model, {"init": "pretrained", "checkpoint": str(config.pretrained),
+                                     "step": None if step is None else int(step)}
+
+
+class VideoClassifier(nnx.Module):
+  """Encoder -> LinearClassifier: the model probe and fine-tune train and evaluate tests."""
+
+  def __init__(self, encoder: nnx.Module, head: LinearClassifier):
+    self.encoder = encoder
+    self.head = head
+
+  def __call__(self, clips):
+    return self.head(self.encoder(clips))
+
+
+def make_head(num_features: int, num_classes: int, *, normalize: bool, dropout: float, seed: int,
+              mesh: Mesh) -> LinearClassifier:
+  return create(lambda: LinearClassifier(num_features, num_classes, normalize=normalize,
+                                         dropout=dropout, rngs=nnx.Rngs(seed)),
+                out_shardings=replicated(mesh))
+
+
+def frozen(module: nnx.Module) -> nnx.Module:
+  """The module in inference mode (BN on running statistics, no dropout)."""
+  module.eval()
+  return module
+
+
+# ------------------------------------------------------------------------ running splits
+
+class ViewRunner:
+  """jit'd `module` over host batches of [B, V, T, H, W, 3] video -> [B, D], reduced over
+  the V views.
+
+  The views of a batch go through the model one at a time (lax.map), so 30-view testing
+  holds B clips of activations, not 30 B. `reduce`: 'mean' (features) or 'softmax_mean'
+  (class scores, CVRL's multi-view testing). The module is used in inference mode and
+  its state is never written back. `data_config` (config.data) finishes the pipeline's
+  uint8 video on device.
+  """
+
+  def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean", data_config=None):
+    if reduce not in REDUCTIONS:
+      raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    self.mesh = mesh
+    graphdef, self.state = nnx.split(frozen(module))
+    self._apply = _view_apply(graphdef, reduce, mesh, frozen_config(data_config))
+
+  def __call__(self, batch: dict) -> jax.Array:
+    return self._apply(self.state, clip_inputs(self.mesh, batch))
+
+
+@functools.lru_cache(maxsize=None)
+def _view_apply(graphdef, reduce: str, mesh: Mesh, data_config):
+  """One jit'd function per (architecture, reduction, mesh, data config): models of the
+  same architecture (a checkpoint and its random baseline) share the compilation."""
+  def apply(state, inputs):
+    views = jnp.moveaxis(clips(inputs, data_config), 1, 0)  # [V, B, ...]
+    out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
+    out = out.astype(jnp.float32)
+    if reduce == "softmax_mean":
+      out = jax.nn.softmax(out, axis=-1)
+    return jnp.mean(out, axis=0)
+  return jax.jit(apply, out_shardings=batch_sharding(mesh))
+
+
+@dataclasses.dataclass
+class SplitOutputs:
+  """One row per real video of a split, in the order the hosts read them."""
+  values: np.ndarray  # [N, D]
+  labels: np.ndarray  # [N]
+  index: np.ndarray   # [N] global example id (-1 if the pipeline gave none)
+  seconds: float = 0.0
+
+  def __len__(self):
+    return len(self.labels)
+
+
+def run_splits(runners: dict[str, Callable[[dict], jax.Array]], mesh: Mesh,
+               batches: Iterable[dict], max_batches: int | None = None,
+               all_hosts: bool = True) -> dict[str, SplitOutputs]:
+  """Runs every runner on each host batch (one pass of the input pipeline for all).
+
+  Rows with mask 0 (padding) are dropped after gathering every host (`all_hosts`), or
+  from this host's rows only. Device results are pulled to the host after the loop, so
+  the next batch is prepared while the devices work on this one.
+  """
+  start = time.time()
+  outs = {name: [] for name in runners}
+  labels, index, masks = [], [], []
+  for i, batch in enumerate(batches):
+    if max_batches is not None and i >= max_batches:
+      break
+    for name, runner in runners.items():
+      outs[name].append(runner(batch))
+    n = len(batch["label"])
+    labels.append(np.asarray(batch["label"]))
+    index.append(np.asarray(batch.get("index", np.full([n], -1, np.int64))))
+    masks.append(np.asarray(batch.get("mask", np.ones([n], np.float32))))
+  if not labels:
+    raise ValueError("the split gave no batch")
+  values = {name: np.concatenate([to_host_local(mesh, o) for o in out]) for name, out in outs.items()}
+  labels, index, masks = (np.concatenate(x) for x in (labels, index, masks))
+  if all_hosts:
+    values = {name: gather_hosts(v) for name, v in values.items()}
+    labels, index, masks = (gather_hosts(x) for x in (labels, index, masks))
+  keep = masks > 0
+  seconds = time.time() - start
+  return {name: SplitOutputs(v[keep], labels[keep].astype(np.int64), index[keep].astype(np.int64),
+                             seconds) for name, v in values.items()}
+
+
+def run_split(runner: Callable[[dict], jax.Array], mesh: Mesh, batches: Iterable[dict],
+              max_batches: int | None = None, all_hosts: bool = True) -> SplitOutputs:
+  """`run_splits` with one runner."""
+  return run_splits({"_": runner}, mesh, batches, max_batches, all_hosts)["_"]
+
+
+# ---------------------------------------------------------------------- the data, sized
+
+def num_classes(data: ml_collections.ConfigDict) -> int:
+  """Classes of the labelled dataset: config.data.num_classes, or what the source says."""
+  if data.get("num_classes"):
+    return int(data.num_classes)
+  if data.source == "synthetic":
+    return int(data.synthetic.num_classes)
+  if data.source == "tfds":
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)
+    return int(builder.info.features[data.tfds_label_key].num_classes)
+  raise ValueError("set config.data.num_classes for a TFRecord dataset")
+
+
+def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:
+  """Videos in a split: what the synthetic source writes, else config.data.num_train_examples
+  (train), else counted from the source."""
+  if data.source == "synthetic":
+    return int(data.synthetic.num_train_videos if split == "train"
+               else data.synthetic.num_eval_videos)
+  if split == "train" and data.get("num_train_examples"):
+    return int(data.num_train_examples)
+  if data.source == "tfds":
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)
+    name = data.tfds_train_split if split == "train" else data.tfds_eval_split
+    return int(builder.info.splits[name].num_examples)
+  from cvrl.data import sources  # pylint: disable=import-outside-toplevel
+  paths = data.train_paths if split == "train" else data.eval_paths
+  return int(sum(sources.count_records(f) for f in sources.resolve_paths(paths)))

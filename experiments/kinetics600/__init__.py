@@ -1,0 +1,1 @@
+"""Kinetics-600 reproduction helpers (see README.md here)."""

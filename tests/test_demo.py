@@ -1,0 +1,118 @@
+"""The demo from the README, end to end in subprocesses: its loss falls; SIGKILL + restart
+ends with the parameters of an uninterrupted run; SIGTERM saves a checkpoint, exits 0."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cvrl.train import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 40  # the demo shortened: same model and data, fewer steps
+BATCH = 16  # configs/demo.py
+
+
+def command(workdir, cache, *extra, probe=True):
+  return [sys.executable, "-m", "cvrl.main",
+          f"--config=configs/demo.py:steps={STEPS},probe={probe}", f"--workdir={workdir}",
+          f"--config.parallel.compilation_cache_dir={cache}", "--config.checkpoint.every_steps=20",
+          *extra]
+
+
+def start(cmd):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)  # one CPU device, as the README's command runs
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=1200):
+  out = proc.communicate(timeout=timeout)[0]
+  return proc.returncode, out
+
+
+def wait_for(predicate, proc, timeout=900):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.2)
+  return False
+
+
+def committed_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def model_arrays(workdir, step):
+  _, model = checkpoint.load_pretrained(workdir, step)
+  return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, cache):
+  workdir = str(tmp_path_factory.mktemp("demo"))
+  rc, out = finish(start(command(workdir, cache)))
+  assert rc == 0, out[-5000:]
+  return workdir, out
+
+
+@pytest.mark.slow
+def test_demo_runs_and_its_loss_falls(demo_run):
+  workdir, out = demo_run
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert rows[-1]["step"] == STEPS
+  losses = [r["loss"] for r in rows]
+  # Below the loss of collapsed (all equal) embeddings, 2 ln(2B - 1), not just below the
+  # loss of the random init: the net tells videos apart.
+  chance = 2 * np.log(2 * BATCH - 1)
+  assert losses[-1] < min(0.95 * chance, losses[0]), losses
+  assert rows[-1]["contrastive_accuracy"] > 2 / (2 * BATCH - 1), rows[-1]
+  assert "ETA" in out and "clips/s" in out
+  assert committed_steps(workdir)[-1] == STEPS
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_ends_with_the_uninterrupted_parameters(demo_run, cache, tmp_path):
+  reference, _ = demo_run
+  workdir = str(tmp_path)
+  proc = start(command(workdir, cache, probe=False))
+  assert wait_for(lambda: 20 in committed_steps(workdir), proc), finish(proc)[1][-5000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert STEPS not in committed_steps(workdir)  # killed mid-training
+  rc, out = finish(start(command(workdir, cache, probe=False)))
+  assert rc == 0, out[-5000:]
+  assert "resumed from" in out
+  for a, b in zip(model_arrays(reference, STEPS), model_arrays(workdir, STEPS), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_0(cache, tmp_path):
+  workdir = str(tmp_path)
+  proc = start(command(workdir, cache, "--config.checkpoint.every_steps=1000", probe=False))
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  assert wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, proc), \
+      finish(proc)[1][-5000:]
+  proc.send_signal(signal.SIGTERM)
+  rc, out = finish(proc)
+  assert rc == 0, out[-5000:]
+  steps = committed_steps(workdir)
+  assert len(steps) == 1 and 0 < steps[0] < STEPS, steps
+  assert len(model_arrays(workdir, steps[0])) > 10

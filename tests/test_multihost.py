@@ -1,0 +1,109 @@
+"""Two processes on 127.0.0.1 (gloo CPU collectives, 2 devices each) pretrain together:
+a SIGTERM to one of them stops both after the same step with a checkpoint, exit 0, and
+identical parameters; their global batches are those of one process driving 4 devices."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORKER = textwrap.dedent("""
+    import hashlib, json, os, sys
+    import jax
+    process_id, num_processes, devices, port, workdir = sys.argv[1:6]
+    jax.config.update("jax_num_cpu_devices", int(devices))
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import numpy as np
+    sys.path.insert(0, os.path.join({root!r}, "tests"))
+    from test_train_pretrain import tiny_config
+    from cvrl.train import pretrain, state as state_lib
+    c = tiny_config(total_steps=1000, warmup_steps=1)  # runs until SIGTERM
+    c.optim.base_lr = 1e-4
+    c.checkpoint.every_steps = 1000
+    c.log.every_steps = 1
+    c.log.tensorboard = False
+    if int(num_processes) > 1:
+      c.parallel.coordinator_address = "127.0.0.1:" + port
+      c.parallel.num_processes = int(num_processes)
+      c.parallel.process_id = int(process_id)
+    c.lock()
+    out = pretrain.run(c, workdir)
+    assert jax.process_count() == int(num_processes), jax.process_count()
+    leaves = [np.asarray(x.addressable_data(0))
+              for x in jax.tree.leaves(state_lib.full_state(out["state"]))]
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in leaves)).hexdigest()
+    with open(os.path.join(workdir, "result_%s_of_%s.json" % (process_id, num_processes)), "w") as f:
+      json.dump({{"digest": digest, "step": out["step"], "preempted": out["preempted"],
+                 "devices": jax.device_count(), "local_devices": jax.local_device_count()}}, f)
+""").format(root=ROOT)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def spawn(process_id, num_processes, devices, port, workdir):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, "-c", WORKER, str(process_id), str(num_processes),
+                           str(devices), str(port), workdir], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def metrics(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.endswith("\n")]
+
+
+def run_until_preempted(procs, workdir, signal_to, min_logged=2, timeout=900):
+  """Waits for `min_logged` metric lines, SIGTERMs procs[signal_to], returns outputs."""
+  deadline = time.time() + timeout
+  while len(metrics(workdir)) < min_logged:
+    assert time.time() < deadline and all(p.poll() is None for p in procs), \
+        [p.communicate()[0][-3000:] for p in procs if p.poll() is not None]
+    time.sleep(0.2)
+  procs[signal_to].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  return outputs
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_with_identical_parameters(tmp_path):
+  workdir = str(tmp_path / "two")
+  port = free_port()
+  procs = [spawn(i, 2, 2, port, workdir) for i in range(2)]
+  run_until_preempted(procs, workdir, signal_to=1)  # the notice reaches a non-zero process
+  results = [json.load(open(os.path.join(workdir, f"result_{i}_of_2.json"))) for i in range(2)]
+  assert results[0]["devices"] == 4 and results[0]["local_devices"] == 2
+  assert results[0]["preempted"] and results[1]["preempted"]
+  assert results[0]["step"] == results[1]["step"] >= 2
+  assert results[0]["digest"] == results[1]["digest"]
+  # Both processes wrote the one checkpoint of the stop step; only process 0 wrote metrics
+  # (one line per step, not two).
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(results[0]["step"])]
+  rows = metrics(workdir)
+  assert [r["step"] for r in rows] == list(range(2, results[0]["step"] + 1))
+
+  # One process driving 4 devices sees the same global batches. The loss of step 2 is
+  # that of the initial parameters (the warm-up's first update has lr 0) on global batch
+  # 2: equal up to float rounding only if each process fed its own rows of it.
+  single = str(tmp_path / "one")
+  run_until_preempted([spawn(0, 1, 4, 0, single)], single, signal_to=0)
+  one = metrics(single)
+  assert rows[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+  assert rows[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-3)

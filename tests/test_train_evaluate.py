@@ -1,0 +1,125 @@
+"""The evaluate job: report files, score fusion, and the jobs end to end on synthetic data."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from _downstream_toys import tiny_data
+from cvrl.train import evaluate
+from cvrl.train import features as F
+
+
+def test_report_files_agree_with_the_scores(tmp_path):
+  rng = np.random.default_rng(0)
+  probs = rng.dirichlet(np.ones(3), size=11)
+  labels = rng.integers(0, 3, 11)
+  out = F.SplitOutputs(probs, labels, np.arange(100, 111))
+  metrics, cm = evaluate.classification_report(out, 3, str(tmp_path))
+  np.testing.assert_array_equal(np.load(tmp_path / "confusion_matrix.npy"), cm)
+  np.testing.assert_array_equal(np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",",
+                                           dtype=int).reshape(3, 3), cm)
+  rows = list(csv.DictReader(open(tmp_path / "per_class_accuracy.csv")))
+  for c, row in enumerate(rows):
+    assert int(row["videos"]) == np.sum(labels == c)
+    assert int(row["correct"]) == np.sum((labels == c) & (probs.argmax(1) == c))
+  saved = evaluate.load_scores(str(tmp_path / "scores.npz"))
+  np.testing.assert_array_equal(saved["index"], np.arange(100, 111))
+  assert metrics["top1"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+
+
+def test_fusion_aligns_videos_by_index():
+  rng = np.random.default_rng(1)
+  idx = np.arange(20)
+  labels = rng.integers(0, 4, 20)
+  a, b = rng.dirichlet(np.ones(4), 20), rng.dirichlet(np.ones(4), 20)
+  perm = rng.permutation(20)
+  runs = [{"index": idx, "label": labels, "probs": a},
+          {"index": idx[perm], "label": labels[perm], "probs": b[perm]}]
+  got = evaluate.fuse(runs, "mean", 4)
+  assert got["top1"] == pytest.approx(np.mean(((a + b) / 2).argmax(1) == labels))
+  got = evaluate.fuse(runs, "_downstream_toys:max_fusion", 4)  # a user's fusion function
+  assert got["top1"] == pytest.approx(np.mean(np.maximum(a, b).argmax(1) == labels))
+  with pytest.raises(ValueError, match="different videos"):
+    evaluate.fuse([runs[0], {"index": idx + 1, "label": labels, "probs": b}], "mean", 4)
+  with pytest.raises(ValueError, match="module:function"):
+    evaluate.fusion_function("max")
+
+
+def test_validate_names_the_choices(tmp_path):
+  c = evaluate.base_config()
+  with pytest.raises(ValueError, match="run_dir"):
+    evaluate.validate(c)
+  c.evaluate.run_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="model.json"):
+    evaluate.validate(c)
+  c.evaluate.mode = "knn"
+  with pytest.raises(ValueError, match="pretrained"):
+    evaluate.validate(c)
+  c.evaluate.mode = "linear"
+  with pytest.raises(ValueError, match="multiview"):
+    evaluate.validate(c)
+
+
+@pytest.mark.slow
+def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
+  """13 test videos, global batch 8 on 8 devices: every video counted once, end to end."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from _downstream_toys import numpy_filled, save_numpy_checkpoint  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.models import build_encoder  # pylint: disable=import-outside-toplevel
+  from cvrl.models.heads import LinearClassifier  # pylint: disable=import-outside-toplevel
+  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  work = tmp_path_factory.mktemp("runs")
+  e = tiny_data(evaluate.base_config(), tmp_path_factory.mktemp("synthetic"))
+  e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2)
+  mesh = F.make_mesh()
+
+  # A trained classifier as probe / finetune leave it in their workdir.
+  model = numpy_filled(lambda: F.VideoClassifier(
+      build_encoder(e.model, nnx.Rngs(0)), LinearClassifier(64, 4, rngs=nnx.Rngs(1))), seed=4)
+  run_dir = str(work / "probe")
+  classifier_io.save_classifier(run_dir, model, e.model, num_classes=4, normalize=True,
+                                dropout=0.3, source={"init": "test"})
+  in_process = evaluate.evaluate_classifier(model, e, mesh, str(work / "in_process"))
+  e.evaluate.run_dir = run_dir
+  e.evaluate.fuse_with = str(work / "in_process" / "scores.npz")
+  ev = evaluate.run(e, str(work / "eval"))
+  a = evaluate.load_scores(str(work / "in_process" / "scores.npz"))
+  b = evaluate.load_scores(str(work / "eval" / "scores.npz"))
+  assert len(b["index"]) == 13 and len(set(b["index"].tolist())) == 13
+  np.testing.assert_array_equal(a["index"], b["index"])
+  np.testing.assert_allclose(b["probs"], a["probs"], rtol=1e-5, atol=1e-7)  # saved == in memory
+  assert ev["metrics"]["num_videos"] == 13 and ev["metrics"]["views_per_video"] == 6
+  assert ev["metrics"]["top1"] == pytest.approx(in_process["top1"])
+  assert ev["metrics"]["fused"]["top1"] == pytest.approx(ev["metrics"]["top1"])  # self-fusion
+  saved = json.load(open(work / "eval" / "results.json"))
+  assert saved["checkpoint"]["run_dir"] == run_dir and saved["config"]["job"] == "evaluate"
+
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), e.data.synthetic.dir)
+  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
+  save_numpy_checkpoint(pre, str(work / "pretrain"))
+  e.evaluate.mode = "knn"
+  e.pretrained = str(work / "pretrain")
+  knn = evaluate.run(e, str(work / "knn"))["metrics"]
+  assert knn["num_queries"] == 13 and knn["num_keys"] == 24 and knn["views_per_video"] == 2
+  recalls = [knn[f"recall@{k}"] for k in (1, 5, 10, 20)]
+  assert recalls == sorted(recalls) and recalls[-1] > 0.9  # 20 of 24 keys: nearly every class
+  saved = json.load(open(work / "knn" / "results.json"))
+  assert saved["mode"] == "knn" and saved["checkpoint"]["init"] == "pretrained"
+
+
+def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
+  """`--config=configs/cvrl_k600_linear.py --config.job=evaluate` reads the same fields."""
+  from configs import cvrl_k600_linear, ucf101_finetune  # pylint: disable=import-outside-toplevel
+  from cvrl import main  # pylint: disable=import-outside-toplevel
+  (tmp_path / "model.json").write_text("{}")
+  for c in (cvrl_k600_linear.get_config("pretrained=/ckpt"),
+            ucf101_finetune.get_config("pretrained=/ckpt")):
+    c.job = "evaluate"
+    c.evaluate.run_dir = str(tmp_path)
+    c.lock()
+    assert main.validate(c) is evaluate
+    c.evaluate.mode = "knn"
+    main.validate(c)  # knn reads config.pretrained (set) or random_init

@@ -1,0 +1,137 @@
+"""Fine-tuning: two learning rates, BN in train mode synchronised over devices, dropout."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from _downstream_toys import tiny_encoder, video_batches
+from cvrl.models.heads import LinearClassifier
+from cvrl.train import features as F
+from cvrl.train import finetune
+
+
+def optim(**kw):
+  c = finetune.base_config().optim
+  c.update(dict(base_lr=0.1, head_lr=2.0, base_batch_size=8, weight_decay=0.0, momentum=0.9))
+  c.update(kw)
+  return c
+
+
+def test_backbone_and_head_get_their_own_learning_rates():
+  model = F.VideoClassifier(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  labels = finetune.param_groups(params)
+  assert set(jax.tree.leaves(labels["encoder"])) == {"backbone"}
+  assert set(jax.tree.leaves(labels["head"])) == {"head"}
+  tx, rates = finetune.make_optimizer(optim(), 16, total_steps=10, warmup_steps=0)
+  assert rates == {"backbone": 0.2, "head": 4.0}  # linear scaling, batch 16 / 8
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for group, tree in (("backbone", updates["encoder"]), ("head", updates["head"])):
+    for u in jax.tree.leaves(tree):
+      np.testing.assert_allclose(np.asarray(u), -rates[group], rtol=1e-6)
+
+
+def test_weight_decay_only_on_kernels():
+  model = F.VideoClassifier(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  tx, rates = finetune.make_optimizer(optim(weight_decay=0.5), 8, 10, 0)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  k = updates["head"]["dense"]["kernel"][...]
+  np.testing.assert_allclose(np.asarray(k), -rates["head"] * 0.5 *
+                             np.asarray(params["head"]["dense"]["kernel"][...]), rtol=1e-5)
+  assert not np.any(np.asarray(updates["head"]["dense"]["bias"][...]))
+  assert not np.any(np.asarray(updates["encoder"]["bn"]["scale"][...]))
+
+
+def test_step_on_8_devices_equals_single_device_step_with_global_bn():
+  """BN statistics over the global batch (synchronised BN) and the same update as on one device."""
+  mesh = F.make_mesh()
+  batch = video_batches(16, 16, shape=(2, 4, 4))[0][0]
+  tx, _ = finetune.make_optimizer(optim(), 16, 10, 0)
+
+  def trained(sharded):
+    enc = tiny_encoder(seed=7)
+    head = LinearClassifier(8, 4, normalize=False, rngs=nnx.Rngs(1))
+    model = F.VideoClassifier(enc, head)
+    if sharded:
+      model = F.place(mesh, model)
+      t = finetune.FinetuneTrainer(model, tx, mesh)
+      m = t.step(batch)
+    else:
+      one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+      model = F.place(one, model)
+      t = finetune.FinetuneTrainer(model, tx, one)
+      m = t.step(batch)
+    return nnx.to_pure_dict(nnx.state(t.model())), float(m["loss"])
+
+  (a, la), (b, lb) = trained(True), trained(False)
+  assert la == pytest.approx(lb, rel=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+  before = tiny_encoder(seed=7)
+  assert not np.allclose(a["encoder"]["bn"]["mean"], np.asarray(before.bn.mean[...]))  # BN trained
+  assert not np.allclose(a["encoder"]["dense"]["kernel"], np.asarray(before.dense.kernel[...]))
+
+
+def test_dropout_is_active_in_training_only():
+  mesh = F.make_mesh()
+  head = F.make_head(8, 4, normalize=False, dropout=0.5, seed=0, mesh=mesh)
+  x = jnp.ones((16, 8))
+  head.train()
+  a, b = head(x), head(x)
+  assert not np.allclose(a, b)  # fresh masks per call
+  head.eval()
+  np.testing.assert_allclose(head(x), head(x))
+  with pytest.raises(ValueError, match="dropout"):
+    c = finetune.base_config()
+    c.random_init = True
+    c.finetune.dropout = 1.0
+    finetune.validate(c)
+
+
+def test_ucf101_and_hmdb51_recipes():
+  from configs import ucf101_finetune  # pylint: disable=import-outside-toplevel
+  c = ucf101_finetune.get_config("pretrained=/ckpt")
+  assert c.job == "finetune" and c.data.source == "tfds" and c.data.num_classes == 101
+  assert c.data.tfds_name.startswith("ucf101") and c.data.tfds_eval_split == "test"
+  assert c.finetune.dropout == 0.5 and c.optim.head_lr > c.optim.base_lr
+  h = ucf101_finetune.get_config("dataset=hmdb51,random_init=True")
+  assert h.data.num_classes == 51 and h.data.source == "tfrecord" and h.random_init
+  finetune.validate(c)
+  with pytest.raises(ValueError, match="hmdb51"):
+    ucf101_finetune.get_config("dataset=kinetics")
+
+
+@pytest.mark.slow
+def test_finetune_job_on_synthetic_data(tmp_path_factory):
+  import json  # pylint: disable=import-outside-toplevel
+  from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path_factory.mktemp("synthetic")
+  work = tmp_path_factory.mktemp("runs")
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)
+  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
+  saved_state = save_numpy_checkpoint(pre, str(work / "pretrain"))
+  c = tiny_data(finetune.base_config(), data_dir)
+  c.pretrained = str(work / "pretrain")
+  c.batch_size = 8
+  c.total_epochs, c.total_steps = None, 2
+  c.warmup_epochs, c.warmup_steps = None, 0
+  c.optim.update(base_lr=0.05, head_lr=0.5, base_batch_size=8)
+  c.finetune.evaluate = False  # the multi-view test is evaluate's (tested there)
+  res = finetune.run(c, str(work / "ft"))
+  saved = json.load(open(work / "ft" / "results.json"))
+  assert "test" not in saved["finetune"] and saved["metrics"]["train_accuracy"] >= 0
+  assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}
+  assert saved["checkpoint"] == c.pretrained and np.isfinite(res["metrics"]["train_loss"])
+  model, meta = classifier_io.load_classifier(str(work / "ft"), F.make_mesh())
+  assert meta["dropout"] == 0.5
+  want = nnx.to_pure_dict(saved_state)["encoder"]
+  got = nnx.to_pure_dict(nnx.state(model.encoder))
+  # The whole network trained: conv kernels and BN statistics moved away from the checkpoint.
+  assert not np.allclose(got["stem"]["conv"]["kernel"], want["stem"]["conv"]["kernel"])
+  assert not np.allclose(got["stem"]["bn"]["mean"], want["stem"]["bn"]["mean"])

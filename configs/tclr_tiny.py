@@ -1,7 +1,7 @@
 """TCLR, tiny: a few steps on synthetic videos on a CPU (tests, demo).
 
 The 'tclr' R3D-18 at width 0.125 (16 frames -> 4 timesteps, as the losses need), 10 clips
-of 16x16x16 per video, batch 8 (the 8 synthetic videos), a small MLP.
+of 16x8x8 per video, batch 8 (the 8 synthetic videos), a small MLP.
 """
 from cvrl import config_lib
 from cvrl.data.config import set_probe_augmentation
@@ -13,7 +13,7 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("tclr")
   c.objective.update(tclr.objective_config())
   c.objective.update(head_hidden=32, head_out=16)
-  recipes.shrink_to_tiny(c, preset="tclr", num_frames=16, steps=arg.steps)
+  recipes.shrink_to_tiny(c, preset="tclr", num_frames=16, crop_size=8, steps=arg.steps)
   # One batch worth of videos, crop and flip only: a task a tiny net can learn in a few steps.
   c.data.synthetic.num_train_videos = c.batch_size
   set_probe_augmentation(c.data)

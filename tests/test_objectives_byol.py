@@ -70,7 +70,7 @@ def test_model_target_gets_no_gradient_and_follows_the_ema():
                    jax.tree.map(np.array, nnx.state(getattr(model, part), nnx.Param)))
             for part in ("encoder", "head")}
   nnx.jit(lambda m: objective.after_update(m, step=jnp.int32(1)))(model)
-  m = 1 - (1 - 0.996) * (np.cos(np.pi * 2 / 6) + 1) / 2  # tiny config: 6 steps
+  m = 1 - (1 - 0.996) * (np.cos(np.pi * 2 / config.total_steps) + 1) / 2
   for part, (t, o) in before.items():
     jax.tree.map(lambda a, t, o: np.testing.assert_allclose(a, m * t + (1 - m) * o, rtol=1e-5,
                                                             atol=1e-6),

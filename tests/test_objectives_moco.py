@@ -83,7 +83,6 @@ def test_eight_devices_equal_one_device_loss_gradient_and_queue():
 
 def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cvrl.models.heads import l2_normalize  # pylint: disable=import-outside-toplevel
   from objective_checks import build, load_config, paths, random_video  # noqa: E402
 
   config = load_config("moco_tiny")
@@ -125,7 +124,7 @@ def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
   o_before = {"encoder": jax.tree.map(np.array, nnx.state(model.encoder, nnx.Param)),
               "head": jax.tree.map(np.array, nnx.state(model.head, nnx.Param))}
   nnx.jit(lambda m: objective.after_update(m, step=jnp.int32(3)))(model)
-  m = 1 - (1 - 0.994) * (np.cos(np.pi * 4 / 8) + 1) / 2
+  m = 1 - (1 - 0.994) * (np.cos(np.pi * 4 / config.total_steps) + 1) / 2
   for part in ("encoder", "head"):
     jax.tree.map(lambda a, t, o: np.testing.assert_allclose(a, m * t + (1 - m) * o, rtol=1e-5,
                                                             atol=1e-6),

@@ -58,9 +58,12 @@ def test_paper_recipe_numbers():
   assert (rot.optim.weight_decay, rot.batch_size) == (1e-3, 32)
 
 
+E2E_ARGS = {"rotation_tiny": "input=dif,steps=16"}  # DIF: T + 1 frames through the pipeline
+
+
 def pretrain(name, workdir, **overrides):
   from cvrl.train import pretrain as pretrain_job  # pylint: disable=import-outside-toplevel
-  config = load_config(name)
+  config = load_config(name, E2E_ARGS.get(name, "steps=16"))
   config.unlock()
   if name in RHO:
     config.data.source = "memory"  # no TensorFlow pipeline: the rho sampler's clips in memory
@@ -84,7 +87,7 @@ def checkpoint_steps(directory):
 def check_run(name, result, losses):
   """Ran every step, finite losses falling (mean of the last third below the first third's:
   single tiny batches are noisy), a checkpoint at the end."""
-  steps = load_config(name).total_steps
+  steps = load_config(name, E2E_ARGS.get(name, "steps=16")).total_steps
   assert result["step"] == steps
   assert all(np.isfinite(v) for v in losses.values())
   trained = [losses[s] for s in sorted(losses) if losses[s] > 0]  # MoCo: 0 while filling

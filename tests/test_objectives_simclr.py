@@ -65,16 +65,10 @@ def test_eight_devices_equal_one_device_on_the_concatenated_batch():
   sharded_equals_single(f, z)
 
 
-def test_model_loss_on_the_tiny_config():
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from objective_checks import build, load_config, random_video  # noqa: E402
-  objective, model = build(load_config("simclr_tiny"))
-  assert objective.sampler() == {"name": "rho", "num_clips": 2}
-  video = random_video(0, 3, 2, 4, 16, 16, 3)
-  loss, metrics = nnx.jit(lambda m, x: objective.loss(m, {"video": x}, step=0, rng=None))(
-      model, video)
-  # Near chance at initialisation: log of the 2B - 1 = 5 candidates.
-  assert abs(float(loss) - np.log(5)) < 1.0
-  assert 0.0 <= float(metrics["contrastive_accuracy"]) <= 1.0
-  with pytest.raises(ValueError, match="rho"):
-    objective.loss(model, {"video": random_video(0, 3, 3, 4, 16, 16, 3)}, step=0, rng=None)
+
+def test_clips_must_match_the_configured_rho():
+  from cvrl.objectives import rho  # pylint: disable=import-outside-toplevel
+  video = np.zeros((2, 3, 4, 8, 8, 3), np.float32)
+  assert rho.clips_of({"video": video}, 3) is video
+  with pytest.raises(ValueError, match="rho = 2"):
+    rho.clips_of({"video": video}, 2)

@@ -6,8 +6,8 @@ from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
 from cvrl.objectives.swav import swav_loss
-from objective_checks import (build, load_config, numeric_grad, random_embeddings,
-                              random_video, sharded_equals_single)
+from objective_checks import (build, load_config, numeric_grad, random_video,
+                              sharded_equals_single)
 from test_objectives_sinkhorn import cosine_scores, numpy_sinkhorn
 
 T, EPS = 0.1, 0.05

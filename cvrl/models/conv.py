@@ -18,9 +18,9 @@ Lowerings (`impl`):
             `_kernel_grad_by_shifts`); the input gradient stays a 2D convolution.
   'auto'    'fold' when the default backend is the CPU, else 'native'.
 
-Measured on a 2-core AVX2 CPU (experiments/bench_step.py): the R3D-18 train step went
-from about 15% to about 50% of the float32 matmul rate, the CVRL R3D-50 step from about
-20% to about 50%.
+Measured on a shared 2-core AVX2 CPU (experiments/bench_step.py, by CPU time, two runs):
+the R3D-18 train step went from 13-15% to 40-53% of the float32 matmul rate (about 3x
+faster), the CVRL R3D-50 step from 18-21% to 39-49% (about 2.2x).
 """
 from __future__ import annotations
 

@@ -25,7 +25,10 @@ runs), on all devices of the current backend:
   python -m experiments.bench_step --config=configs/cvrl_k600_r3d50.py --memory_only
       [--memory_batches 8,16,32]
     -> XLA's memory analysis of the COMPILED (never run) step per device, for each
-       per-device batch, without and with remat: works for paper-scale models on a laptop.
+       per-device batch, without and with remat: works for paper-scale models on a laptop;
+       plus the activation bytes the backward keeps (traced, backend-independent), which
+       is what remat reduces. Memory figures are those of the current backend's compiler
+       (XLA:CPU here; TPU's buffer assignment and fusion differ).
 """
 from __future__ import annotations
 
@@ -156,8 +159,9 @@ def load_config(spec: str, overrides: list[str] = ()):
   return config
 
 
-def _step_parts(config, per_device_batch: int | None):
-  """(mesh, objective, graphdef, abstract state, train step, abstract batch, clips/step)."""
+def _step_parts(config, per_device_batch: int | None) -> dict:
+  """Mesh, objective, model maker, optimizer, jitted train step, graphdef, the abstract
+  (sharded) state and batch, and clips per step."""
   # pylint: disable=import-outside-toplevel
   from cvrl import objectives, parallel
   from cvrl.data import photometric, sampling
@@ -189,7 +193,8 @@ def _step_parts(config, per_device_batch: int | None):
   if device_photometric:
     spec["photometric"] = jax.ShapeDtypeStruct((batch, smp.num_views, photometric.SIZE),
                                                jnp.float32, sharding=sharding)
-  return mesh, objective, make, tx, step, state, spec, batch * smp.num_views
+  return dict(mesh=mesh, objective=objective, make=make, tx=tx, step=step, graphdef=graphdef,
+              state=state, spec=spec, clips=batch * smp.num_views)
 
 
 def _concrete_batch(spec: dict, seed: int = 0) -> dict:
@@ -238,11 +243,11 @@ def _flops(compiled) -> float:
 def config_throughput(config, per_device_batch: int | None = None, steps: int = 3) -> dict:
   """Clips/s and achieved FLOP/s of the config's full pretraining step (run for real)."""
   from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  mesh, objective, make, tx, step, abstract_state, spec, clips = _step_parts(
-      config, per_device_batch)
+  parts = _step_parts(config, per_device_batch)
+  mesh, spec, clips = parts["mesh"], parts["spec"], parts["clips"]
   with jax.set_mesh(mesh):
-    compiled = step.lower(abstract_state, spec).compile()
-    _, state = state_lib.create(make, objective.trainable, tx, mesh)
+    compiled = parts["step"].lower(parts["state"], spec).compile()
+    _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"], mesh)
     batch = _concrete_batch(spec)
     carry = {"state": state}
 
@@ -260,20 +265,52 @@ def config_throughput(config, per_device_batch: int | None = None, steps: int = 
           "memory": _memory(compiled)}
 
 
+def saved_residual_bytes(config, parts: dict) -> int | None:
+  """Bytes the backward pass keeps from the forward (all devices), by tracing only.
+
+  What remat trades FLOPs for, independent of how a backend schedules buffers. Uses
+  jax's (private) `saved_residuals`; None if this jax lacks it.
+  """
+  # pylint: disable=import-outside-toplevel
+  try:
+    from jax._src.ad_checkpoint import saved_residuals
+  except ImportError:
+    return None
+  from cvrl.data import device as device_aug
+  from cvrl.train import state as state_lib
+  objective, graphdef, state = parts["objective"], parts["graphdef"], parts["state"]
+
+  def loss(params, rest, batch):
+    batch = device_aug.finish_batch(batch, config.data)
+    model = state_lib.merge(graphdef, params, rest)
+    return objective.loss(model, batch, step=0, rng=jax.random.key(0))[0]
+
+  with jax.set_mesh(parts["mesh"]):
+    residuals = saved_residuals(loss, state.params, state.rest, parts["spec"])
+  return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a, _ in residuals))
+
+
 def config_memory(config, per_device_batch: int, remat: bool) -> dict:
-  """XLA's memory analysis (bytes per device) of the compiled, never-run step."""
+  """XLA's memory analysis (bytes per device) of the compiled, never-run step, and the
+  activation bytes the backward pass keeps (per device)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.remat = bool(remat)
-  mesh, _, _, _, step, abstract_state, spec, clips = _step_parts(config, per_device_batch)
+  parts = _step_parts(config, per_device_batch)
+  mesh, clips = parts["mesh"], parts["clips"]
   start = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = step.lower(abstract_state, spec).compile()
+    compiled = parts["step"].lower(parts["state"], parts["spec"]).compile()
+  devices = mesh.devices.size
   out = {"per_device_batch": per_device_batch, "remat": bool(remat),
-         "clips_per_device": clips // mesh.devices.size,
+         "clips_per_device": clips // devices,
          "gflop_per_step": round(_flops(compiled) / 1e9, 1),
          "compile_s": round(time.perf_counter() - start, 1)}
   out.update(_memory(compiled))
+  residual = saved_residual_bytes(config, parts)
+  if residual is not None:
+    out["saved_residual_bytes"] = residual // devices
+    out["saved_residual_gib"] = round(residual / devices / 2 ** 30, 3)
   return out
 
 

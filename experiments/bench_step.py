@@ -14,6 +14,21 @@ setting); r3d50 = CVRL's R3D-50 at a CPU-sized input (batch 2 x 8x112x112 by def
 FLOPs are XLA's cost analysis of the step compiled with the 'native' lowering (the same
 work whichever lowering runs, so every lowering is credited the same numerator). XLA
 counts only multiply-adds that touch real input, not padding.
+
+Config mode: the full pretraining step of any config (objective, heads, optimizer,
+synchronised BN, the on-device photometric stage; exactly what `cvrl.train.pretrain`
+runs), on all devices of the current backend:
+
+  python -m experiments.bench_step --config=configs/demo.py [--per_device_batch 8]
+      [--set model.width=0.25 ...] [--steps 3]
+    -> clips/s, step seconds, XLA FLOPs per step and the achieved GFLOP/s;
+  python -m experiments.bench_step --config=configs/cvrl_k600_r3d50.py --memory_only
+      [--memory_batches 8,16,32]
+    -> XLA's memory analysis of the COMPILED (never run) step per device, for each
+       per-device batch, without and with remat: works for paper-scale models on a laptop;
+       plus the activation bytes the backward keeps (traced, backend-independent), which
+       is what remat reduces. Memory figures are those of the current backend's compiler
+       (XLA:CPU here; TPU's buffer assignment and fusion differ).
 """
 from __future__ import annotations
 
@@ -119,8 +134,214 @@ def bench_model(name: str, impls: list[str], batch: int, frames: int, size: int,
   return result
 
 
+# ----------------------------------------------------------------------- config mode
+
+def load_config(spec: str, overrides: list[str] = ()):
+  """`path/to/config.py[:arg]` -> its get_config(arg), then `key.sub=value` overrides."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for item in overrides:
+    key, _, value = item.partition("=")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _step_parts(config, per_device_batch: int | None) -> dict:
+  """Mesh, objective, model maker, optimizer, jitted train step, graphdef, the abstract
+  (sharded) state and batch, and clips per step."""
+  # pylint: disable=import-outside-toplevel
+  from cvrl import objectives, parallel
+  from cvrl.data import photometric, sampling
+  from cvrl.train import optim, pretrain
+  from cvrl.train import state as state_lib
+  mesh = parallel.make_mesh()
+  devices = parallel.num_data_shards(mesh)
+  batch = per_device_batch * devices if per_device_batch else int(config.batch_size)
+  objective = objectives.get(config)
+  total, warmup = pretrain.durations(config)
+  schedule = optim.warmup_cosine(optim.peak_learning_rate(config.optim, batch), warmup, total,
+                                 config.optim.get("schedule", "cosine"))
+  tx = optim.build(config.optim, schedule)
+  make = lambda: objective.build(nnx.Rngs(int(config.seed)))
+  graphdef, state = state_lib.abstract(make, objective.trainable, tx, mesh)
+  step = pretrain.make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
+                                  config.data)
+  data = config.data
+  smp = sampling.make_sampler(objective.sampler(), num_frames=data.num_frames,
+                              stride=data.stride, train=True)
+  shape = (batch, smp.num_views, smp.frames, data.crop_size, data.crop_size, 3)
+  sharding = parallel.batch_sharding(mesh)
+  device_photometric = data.get("photometric", "host") == "device"
+  spec = {"video": jax.ShapeDtypeStruct(shape, jnp.uint8 if device_photometric else jnp.float32,
+                                        sharding=sharding),
+          "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding),
+          "index": jax.ShapeDtypeStruct((batch,), jnp.int64 if jax.config.jax_enable_x64
+                                        else jnp.int32, sharding=sharding)}
+  if device_photometric:
+    spec["photometric"] = jax.ShapeDtypeStruct((batch, smp.num_views, photometric.SIZE),
+                                               jnp.float32, sharding=sharding)
+  return dict(mesh=mesh, objective=objective, make=make, tx=tx, step=step, graphdef=graphdef,
+              state=state, spec=spec, clips=batch * smp.num_views)
+
+
+def _concrete_batch(spec: dict, seed: int = 0) -> dict:
+  """Random arrays for an abstract batch; photometric vectors that switch every op on."""
+  # pylint: disable=import-outside-toplevel
+  from cvrl.data import photometric as P
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, s in spec.items():
+    if k == "photometric":
+      v = np.zeros(s.shape, np.float32)
+      v[..., [P.JITTER, P.BRIGHTNESS, P.CONTRAST, P.SATURATION, P.GRAYSCALE, P.BLUR,
+              P.SOLARIZE]] = 1.0
+      v[..., P.HUE] = 0.05
+      v[..., P.ORDER] = np.arange(4)
+      v[..., P.SIGMA] = 1.0
+    elif s.dtype == jnp.uint8:
+      v = rng.integers(0, 256, s.shape, dtype=np.uint8)
+    elif jnp.issubdtype(s.dtype, jnp.floating):
+      v = rng.random(s.shape, np.float32)
+    else:
+      v = np.arange(np.prod(s.shape)).reshape(s.shape).astype(s.dtype)
+    out[k] = jax.device_put(v, s.sharding)
+  return out
+
+
+def _memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(m, f, 0) or 0) for f in fields}
+  # Live at the peak: inputs + outputs not aliased to (donated) inputs + XLA's temporaries.
+  out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+                       + out["temp_bytes"])
+  out["peak_gib"] = round(out["peak_bytes"] / 2 ** 30, 3)
+  return out
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def config_throughput(config, per_device_batch: int | None = None, steps: int = 3) -> dict:
+  """Clips/s and achieved FLOP/s of the config's full pretraining step (run for real)."""
+  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  parts = _step_parts(config, per_device_batch)
+  mesh, spec, clips = parts["mesh"], parts["spec"], parts["clips"]
+  with jax.set_mesh(mesh):
+    compiled = parts["step"].lower(parts["state"], spec).compile()
+    _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"], mesh)
+    batch = _concrete_batch(spec)
+    carry = {"state": state}
+
+    def run():
+      carry["state"], metrics = compiled(carry["state"], batch)
+      return metrics["loss"]
+
+    wall, cpu = best_time(run, steps)
+  flops = _flops(compiled)
+  return {"global_batch": spec["label"].shape[0], "clips_per_step": clips,
+          "devices": mesh.devices.size, "step_s": round(wall, 4),
+          "clips_per_sec": round(clips / wall, 2), "step_cpu_s": round(cpu, 4),
+          "clips_per_sec_cpu": round(clips / cpu, 2),
+          "gflop_per_step": round(flops / 1e9, 3), "gflops": round(flops / wall / 1e9, 2),
+          "memory": _memory(compiled)}
+
+
+def saved_residual_bytes(config, parts: dict) -> int | None:
+  """Bytes the backward pass keeps from the forward (all devices), by tracing only.
+
+  What remat trades FLOPs for, independent of how a backend schedules buffers. Uses
+  jax's (private) `saved_residuals`; None if this jax lacks it.
+  """
+  # pylint: disable=import-outside-toplevel
+  try:
+    from jax._src.ad_checkpoint import saved_residuals
+  except ImportError:
+    return None
+  from cvrl.data import device as device_aug
+  from cvrl.train import state as state_lib
+  objective, graphdef, state = parts["objective"], parts["graphdef"], parts["state"]
+
+  def loss(params, rest, batch):
+    batch = device_aug.finish_batch(batch, config.data)
+    model = state_lib.merge(graphdef, params, rest)
+    return objective.loss(model, batch, step=0, rng=jax.random.key(0))[0]
+
+  with jax.set_mesh(parts["mesh"]):
+    residuals = saved_residuals(loss, state.params, state.rest, parts["spec"])
+  return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a, _ in residuals))
+
+
+def config_memory(config, per_device_batch: int, remat: bool) -> dict:
+  """XLA's memory analysis (bytes per device) of the compiled, never-run step, and the
+  activation bytes the backward pass keeps (per device)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.remat = bool(remat)
+  parts = _step_parts(config, per_device_batch)
+  mesh, clips = parts["mesh"], parts["clips"]
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = parts["step"].lower(parts["state"], parts["spec"]).compile()
+  devices = mesh.devices.size
+  out = {"per_device_batch": per_device_batch, "remat": bool(remat),
+         "clips_per_device": clips // devices,
+         "gflop_per_step": round(_flops(compiled) / 1e9, 1),
+         "compile_s": round(time.perf_counter() - start, 1)}
+  out.update(_memory(compiled))
+  residual = saved_residual_bytes(config, parts)
+  if residual is not None:
+    out["saved_residual_bytes"] = residual // devices
+    out["saved_residual_gib"] = round(residual / devices / 2 ** 30, 3)
+  return out
+
+
+def config_main(args) -> dict:
+  config = load_config(args.config, args.set)
+  out = {"backend": jax.default_backend(), "devices": jax.device_count(),
+         "config": args.config, "overrides": list(args.set),
+         "model": f"r3d{config.model.depth}_{config.model.preset}_{config.model.width:g}x",
+         "dtype": config.model.dtype,
+         "clip": [int(config.data.num_frames), int(config.data.crop_size)]}
+  if not args.memory_only:
+    out["train_step"] = config_throughput(config, args.per_device_batch, args.steps)
+  if args.memory_only or args.memory_batches:
+    batches = [int(b) for b in (args.memory_batches or "8,16,32").split(",")]
+    out["memory"] = [config_memory(config, b, remat) for b in batches for remat in (False, True)]
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default=None,
+                      help="config mode: path/to/config.py[:arg], the full pretraining step")
+  parser.add_argument("--set", action="append", default=[],
+                      help="config override key.sub=value (repeatable)")
+  parser.add_argument("--per_device_batch", type=int, default=None,
+                      help="videos per device (default: the config's batch_size over devices)")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps (config mode)")
+  parser.add_argument("--memory_only", action="store_true",
+                      help="config mode: only compile (never run) and report memory analysis")
+  parser.add_argument("--memory_batches", default=None,
+                      help="per-device batches for the memory analysis, e.g. 8,16,32")
   parser.add_argument("--models", default="r3d18,r3d50")
   parser.add_argument("--impls", default="native,fold")
   parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement")
@@ -132,6 +353,9 @@ def main(argv=None):
   parser.add_argument("--r3d50_frames", type=int, default=8)
   parser.add_argument("--matmul_n", type=int, default=2048)
   args = parser.parse_args(argv)
+  if args.config:
+    print(json.dumps(config_main(args)))
+    return
 
   impls = args.impls.split(",")
   out = {"backend": jax.default_backend(), "devices": jax.device_count(),

@@ -180,6 +180,7 @@ def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
   import orbax.checkpoint as ocp
   from flax import nnx
   from cvrl.train import checkpoint
+  checkpoint.configure_array_saving()
   directory = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINT_DIR)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(directory, options=options, item_names=checkpoint.ITEMS) as mgr:

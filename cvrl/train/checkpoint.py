@@ -36,10 +36,32 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(data)
 
 
+def configure_array_saving() -> None:
+  """With one process, save each array from one replica instead of splitting it.
+
+  Orbax's replica-parallel saving splits a replicated array across its replicas so that
+  several hosts share the writing; it slices every array on every device, a small
+  compiled program per shape and device. With one process there is no one to share
+  with, and those compiles cost seconds per save (a tiny model on 8 CPU devices: 4 s
+  against 0.3 s). Multi-host runs keep orbax's default.
+  """
+  if jax.process_count() > 1:
+    return
+  current = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(current, "_cvrl_single_process", False):
+    return
+  handler = ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False,
+      array_metadata_store=getattr(current, "_array_metadata_store", None))
+  handler._cvrl_single_process = True  # pylint: disable=protected-access
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
   """Saves and restores `TrainState`s of one run under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int | None = 3, async_save: bool = True):
+    configure_array_saving()
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)

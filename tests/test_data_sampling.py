@@ -128,6 +128,12 @@ def test_make_sampler_views_and_errors():
   mv = mk({'name': 'multiview', 'num_clips': 10, 'num_crops': 3}, train=False)
   assert mv.num_views == 30 and not mv.random
   assert mv.indices(tf.constant(100), None).shape == (10, 16)
+  # A DIF encoder's T + 1 frames per view, placed by the same linspace law over T + 1.
+  mv1 = mk({'name': 'multiview', 'num_clips': 4, 'num_crops': 3, 'extra_frames': 1}, train=False)
+  assert (mv1.num_views, mv1.frames, mv1.footprint) == (12, 17, 34)
+  idx = mv1.indices(tf.constant(100), None).numpy()
+  starts = np.floor(np.linspace(0, 100 - 17 * 2, 4)).astype(int)
+  np.testing.assert_array_equal(idx, starts[:, None] + 2 * np.arange(17))
   assert mk({'name': 'rho', 'num_clips': 2, 'num_frames': 8, 'stride': 8}).footprint == 57
   with pytest.raises(ValueError, match='unknown sampler'):
     mk({'name': 'nope'})

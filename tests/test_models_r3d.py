@@ -172,3 +172,37 @@ def test_tf_same_padding_equals_lax_same():
                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
     np.testing.assert_allclose(conv3d_native(x, k, strides, pad, (1, 1, 1)), ref,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
+  """input_mode='dif' on T + 1 frames == the same parameters in 'rgb' mode on the T
+  differences x[t + 1] - x[t] (computed here in numpy); uint8 frames are scaled first."""
+  from _downstream_toys import numpy_filled
+  from cvrl.models import build_encoder, default_model_config, extra_frames
+  cfg = default_model_config()
+  cfg.update(depth=18, width=0.125, preset="r3d18", input="dif")
+  dif = numpy_filled(lambda: build_encoder(cfg, nnx.Rngs(0)))
+  assert dif.input_mode == "dif" and extra_frames(cfg) == 1
+  rgb = nnx.eval_shape(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(1)))
+  nnx.update(rgb, nnx.state(dif))  # no parameter of its own: the same state fits both
+  dif.eval()
+  rgb.eval()
+  frames = np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3)).astype(np.uint8)
+  x = frames.astype(np.float32) / 255.0
+  differences = x[:, 1:] - x[:, :-1]
+  # One compilation for every forward pass (the machine is slow at compiling R3Ds).
+  got_float, got_uint8, want, rgb_frames = nnx.jit(
+      lambda d, r: (d(x), d(frames), r(differences), r(x[:, 1:])))(dif, rgb)
+  assert want.shape == (2, 64)
+  np.testing.assert_allclose(got_float, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got_uint8, want, rtol=1e-4, atol=1e-6)  # no uint8 wrap-around
+  assert not np.allclose(rgb_frames, want, atol=1e-4)  # frames themselves give other features
+  with pytest.raises(ValueError, match="T \\+ 1 >= 2"):
+    dif(x[:, :1])
+  cfg.input = "flow"
+  with pytest.raises(ValueError, match=r"config.model.input must be one of \['rgb', 'dif'\]"):
+    build_encoder(cfg, nnx.Rngs(0))
+  old = default_model_config()
+  del old["input"]  # configs saved before the field: RGB
+  assert extra_frames(old) == 0 and nnx.eval_shape(
+      lambda: build_encoder(old, nnx.Rngs(0))).input_mode == "rgb"

@@ -96,16 +96,116 @@ def check_run(name, result, losses):
   assert checkpoint_steps(result["checkpoint_dir"])[-1] == steps
 
 
+def check_downstream_encoder(name, workdir):
+  """What every downstream job starts from: `load_encoder` on the checkpoint gives its
+  `model.encoder` parameters, the model config the objective built it with, and
+  features [B, num_features] on clips of the frames that config asks for."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from flax import nnx
+  from cvrl import models
+  from cvrl.train import checkpoint
+  from cvrl.train import features as F
+  from cvrl.train import probe
+  config = probe.base_config()
+  config.pretrained = str(workdir)
+  mesh = F.make_mesh()
+  encoder, model_config, source = F.load_encoder(config, mesh)
+  assert source["init"] == "pretrained"
+  pre_config, model = checkpoint.load_pretrained(str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
+               nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param)))
+  assert model_config.to_dict() == base.get(pre_config).encoder_config().to_dict()
+  assert model_config.input == ("dif" if "input=dif" in E2E_ARGS.get(name, "") else "rgb")
+  d = pre_config.data
+  frames = d.num_frames + models.extra_frames(model_config)
+  clips = np.random.default_rng(0).random((2, frames, d.crop_size, d.crop_size, 3), np.float32)
+  feats = np.asarray(nnx.jit(lambda e, x: e(x))(F.frozen(encoder), clips))
+  assert feats.shape == (2, encoder.num_features) == (2, round(512 * model_config.width))
+  assert np.all(np.isfinite(feats))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """name -> (workdir, result, losses) of its tiny pretraining, run once per module."""
+  runs = {}
+
+  def get(name):
+    if name not in runs:
+      workdir = tmp_path_factory.mktemp(name)
+      runs[name] = (workdir, *pretrain(name, workdir))
+    return runs[name]
+  return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in TINY if n != "moco_tiny"])  # MoCo: below
-def test_tiny_config_pretrains_with_a_falling_loss_and_checkpoints(name, tmp_path):
-  check_run(name, *pretrain(name, tmp_path))
+def test_tiny_config_pretrains_with_a_falling_loss_and_checkpoints(name, pretrained):
+  workdir, result, losses = pretrained(name)
+  check_run(name, result, losses)
+  check_downstream_encoder(name, workdir)
+
+
+@pytest.mark.slow
+def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretrained):
+  """The probe job on a DIF 3DRotNet checkpoint: T + 1 frames per clip, features of their
+  differences, input='dif' in results.json and model.json (so the evaluate job's
+  multi-view test feeds the saved classifier T + 1 frames per view too)."""
+  # pylint: disable=import-outside-toplevel
+  import ml_collections
+  import optax
+  from flax import nnx
+  from cvrl import models
+  from cvrl.data import device
+  from cvrl.train import classifier_io, evaluate
+  from cvrl.train import features as F
+  from cvrl.train import probe
+  workdir, result, _ = pretrained("rotation_tiny")
+  pre = load_config("rotation_tiny", E2E_ARGS["rotation_tiny"])
+  pre.unlock()
+  pre.probe = probe.demo_fields()
+  pre.probe.update(batch_size=8, total_epochs=None, warmup_epochs=None, num_clips=2,
+                   num_crops=1, eval_batch_size=8)
+  pre.probe.total_steps, pre.probe.warmup_steps = 2, 1
+  probe.run_after_pretrain(pre, str(workdir), result["checkpoint_dir"])
+  with open(os.path.join(str(workdir), "probe", "results.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved["probe"]["model"]["input"] == saved["random_init"]["model"]["input"] == "dif"
+  assert saved["probe"]["train"]["total_steps"] == 2
+  assert 0.0 <= saved["metrics"]["top1"] <= 1.0 and saved["probe"]["test"]["num_videos"] == 8
+
+  config = probe.config_after_pretrain(pre, result["checkpoint_dir"])
+  mesh = F.make_mesh()
+  encoder, model_config, _ = F.load_encoder(config, mesh)
+  train_batches, _ = probe._datasets(config, int(config.seed), mesh, model_config)  # pylint: disable=protected-access
+  batch = next(train_batches())
+  t = pre.data.num_frames
+  assert batch["video"].shape[1:3] == (1, t + 1)
+  head = F.make_head(encoder.num_features, 4, normalize=True, dropout=0.0, seed=0, mesh=mesh)
+  got = np.asarray(probe.HeadTrainer(encoder, head, optax.sgd(0.1), mesh,
+                                     config.data).features(batch))
+  # Independently: the same parameters as an RGB network, on numpy frame differences.
+  x = np.asarray(device.finish_batch(dict(batch), config.data)["video"])[:, 0]
+  rgb = ml_collections.ConfigDict(model_config.to_dict())
+  rgb.input = "rgb"
+  twin = nnx.eval_shape(lambda: models.build_encoder(rgb, nnx.Rngs(0)))
+  nnx.update(twin, nnx.state(encoder))
+  twin.eval()
+  want = np.asarray(nnx.jit(lambda e, v: e(v))(twin, x[:, 1:] - x[:, :-1]))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+  model, meta = classifier_io.load_classifier(os.path.join(str(workdir), "probe"), mesh)
+  assert meta["model"]["input"] == "dif" and model.encoder.input_mode == "dif"
+  views = next(iter(evaluate.split_batches(config, mesh, "eval", 2, 1, 8,
+                                           ml_collections.ConfigDict(meta["model"]))))
+  assert views["video"].shape[1:3] == (2, t + 1)
 
 
 @pytest.mark.slow
 def test_moco_tiny_pretrains_and_resumes_queue_and_key_encoder_exactly(tmp_path):
   full, full_losses = pretrain("moco_tiny", tmp_path / "full")
   check_run("moco_tiny", full, full_losses)
+  check_downstream_encoder("moco_tiny", tmp_path / "full")
   last = full["step"]
   # As if stopped right after the mid-run checkpoint: drop the final one, resume.
   shutil.copytree(tmp_path / "full", tmp_path / "part")

@@ -1,9 +1,11 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
-from cvrl.objectives import rotation
+
+from cvrl.objectives import base, rotation
 from objective_checks import load_config, numeric_grad, random_embeddings, random_video
 
 
@@ -38,16 +40,6 @@ def test_loss_and_gradient_match_numpy():
   assert float(acc) == np.mean(np.argmax(logits, 1) == labels)
 
 
-def test_frame_difference_and_input_modes():
-  clips = random_video(2, 2, 5, 4, 4, 3)
-  dif = rotation.model_input(clips, "dif")
-  assert dif.shape == (2, 4, 4, 4, 3)
-  np.testing.assert_allclose(dif[:, 2], clips[:, 3] - clips[:, 2], rtol=1e-6)
-  np.testing.assert_array_equal(rotation.model_input(clips, "rgb"), clips)
-  with pytest.raises(ValueError, match="rgb"):
-    rotation.model_input(clips, "flow")
-
-
 def test_fusion_averages_the_two_models_softmax_scores():
   rgb, dif = random_embeddings(3, 5, 7), random_embeddings(4, 5, 7)
   softmax = lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
@@ -58,17 +50,45 @@ def test_fusion_averages_the_two_models_softmax_scores():
                              rtol=1e-5)
 
 
-def test_encoder_input_for_downstream_jobs():
-  clips = random_video(6, 2, 5, 4, 4, 3)
-  extra, transform = rotation.encoder_input(load_config("rotation_tiny", "input=dif"))
-  assert extra == 1
-  np.testing.assert_allclose(transform(clips), rotation.frame_difference(clips))
-  extra, transform = rotation.encoder_input(load_config("rotation_tiny"))
-  assert extra == 0 and transform(clips) is clips
-  assert rotation.encoder_input(load_config("simclr_tiny"))[0] == 0
-  from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
-  assert base.get(load_config("rotation_tiny", "input=dif")).sampler() == {
-      "name": "single", "extra_frames": 1}
-  assert base.get(load_config("rotation_tiny")).sampler() == {"name": "single"}
+def test_dif_objective_builds_its_encoder_from_a_dif_model_config():
+  config = load_config("rotation_tiny", "input=dif")
+  objective = base.get(config)
+  assert objective.encoder_config().input == "dif" and config.model.input == "rgb"
+  assert objective.sampler() == {"name": "single", "extra_frames": 1}
+  model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
+  assert model.encoder.input_mode == "dif"
+  rgb = base.get(load_config("rotation_tiny"))
+  assert rgb.encoder_config().input == "rgb" and rgb.sampler() == {"name": "single"}
+  simclr = load_config("simclr_tiny")
+  assert base.get(simclr).encoder_config() is simclr.model  # the default: config.model
   with pytest.raises(ValueError, match="rgb"):
     base.get(load_config("rotation_tiny", "input=flow"))
+  contradicting = load_config("rotation_tiny")
+  with contradicting.unlocked():
+    contradicting.model.input = "dif"
+  with pytest.raises(ValueError, match="contradicts"):
+    base.get(contradicting)
+  with simclr.unlocked():  # its sampler gives no T + 1 frames
+    simclr.model.input = "dif"
+  with pytest.raises(ValueError, match="T \\+ 1 frames"):
+    base.get(simclr)
+
+
+def test_dif_loss_is_the_rgb_network_on_numpy_rotated_frame_differences():
+  """The DIF objective's loss on T + 1 frames == cross-entropy (numpy) of the same
+  parameters in RGB mode on the numpy frame differences, rotated in numpy."""
+  from _downstream_toys import numpy_filled  # pylint: disable=import-outside-toplevel
+  objective = base.get(load_config("rotation_tiny", "input=dif"))
+  model = numpy_filled(lambda: objective.build(nnx.Rngs(0)), seed=4)
+  twin = nnx.eval_shape(lambda: base.get(load_config("rotation_tiny")).build(nnx.Rngs(1)))
+  nnx.update(twin, nnx.state(model))  # the same parameters, an RGB encoder
+  video = random_video(7, 2, 1, 5, 16, 16, 3)
+  dif = video[:, 0, 1:] - video[:, 0, :-1]
+  rotated = np.stack([np.stack([np.rot90(dif[n], k, axes=(1, 2)) for k in range(4)])
+                      for n in range(2)]).reshape(8, 4, 16, 16, 3)
+  labels = np.tile(np.arange(4), 2)
+  loss, logits = nnx.jit(lambda m, t: (
+      objective.loss(m, {"video": video}, step=0, rng=jax.random.key(0))[0],
+      t.head(t.encoder(rotated))))(model, twin)
+  np.testing.assert_allclose(loss, numpy_ce(np.asarray(logits, np.float64), labels), rtol=1e-5)
+  assert abs(float(loss) - np.log(4)) > 1e-4  # not a degenerate uniform prediction

@@ -15,7 +15,7 @@ from cvrl.train import features as F
 
 def test_round_trip_keeps_every_parameter_and_bn_statistic(tmp_path):
   cfg = default_model_config()
-  cfg.update(depth=18, width=0.125, preset="r3d18")
+  cfg.update(depth=18, width=0.125, preset="r3d18", input="dif")  # a DIF 3DRotNet's
   model = numpy_filled(lambda: F.VideoClassifier(
       build_encoder(cfg, nnx.Rngs(0)),
       LinearClassifier(64, 7, normalize=False, dropout=0.5, rngs=nnx.Rngs(1))), seed=9)
@@ -31,6 +31,15 @@ def test_round_trip_keeps_every_parameter_and_bn_statistic(tmp_path):
     assert x.sharding.is_fully_replicated and len(x.sharding.device_set) == jax.device_count()
   assert loaded.head.dropout is None  # identity at test time, rebuilt without RNG state
   assert json.load(open(tmp_path / "model.json"))["normalize"] is False
+  # The encoder's input travels with it: the evaluate job rebuilds a DIF encoder.
+  assert meta["model"]["input"] == "dif" and loaded.encoder.input_mode == "dif"
+  # model.json written before the field: an RGB encoder.
+  meta_json = json.load(open(tmp_path / "model.json"))
+  del meta_json["model"]["input"]
+  with open(tmp_path / "model.json", "w") as f:
+    json.dump(meta_json, f)
+  old, _ = classifier_io.load_classifier(str(tmp_path), F.make_mesh())
+  assert old.encoder.input_mode == "rgb"
 
 
 def test_missing_run_dir_says_what_it_needs(tmp_path):

@@ -200,8 +200,8 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     'sparse_stride' 4, 'num_dense' 4, 'dense_stride' 1), {'name': 'single'} (V=1, a random
     clip; 'extra_frames': k gives T + k frames, e.g. 1 for 3DRotNet's frame differences;
     with train=False the middle clip, centre crop), {'name': 'multiview', 'num_clips': 10,
-    'num_crops': 3} (eval, V = clips x crops, view = clip * num_crops + crop). Any sampler
-    may override 'num_frames' and 'stride'.
+    'num_crops': 3} (eval, V = clips x crops, view = clip * num_crops + crop; also takes
+    'extra_frames'). Any sampler may override 'num_frames' and 'stride'.
   train: True -> seeded shuffling, random augmentation, repeat forever, drop remainder.
     False -> one deterministic pass, final batch padded (mask 0) so every video counts
     once; with several hosts every host yields the same number of batches.

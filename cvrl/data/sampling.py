@@ -177,9 +177,10 @@ def make_sampler(spec: Mapping, *, num_frames: int, stride: int, train: bool) ->
   if name == 'multiview':
     clips = int(spec.pop('num_clips', 10))
     crops = int(spec.pop('num_crops', 3))
+    total = t + int(spec.pop('extra_frames', 0))  # as 'single': T + 1 for a DIF encoder
     if crops not in (1, 3):
       raise ValueError(f'multiview: num_crops must be 1 or 3, got {crops}')
-    return done(Sampler('multiview', clips * crops, t, t * s,
-                        lambda length, seed: linspace_indices(length, clips, t, s), False,
+    return done(Sampler('multiview', clips * crops, total, total * s,
+                        lambda length, seed: linspace_indices(length, clips, total, s), False,
                         num_crops=crops))
   raise ValueError(f'unknown sampler {name!r}; expected cvrl, rho, tclr, single or multiview')

@@ -7,7 +7,8 @@ import ml_collections
 from flax import nnx
 
 from cvrl.models.conv import IMPLS as CONV_IMPLS
-from cvrl.models.r3d import DEPTHS, PRESETS, R3D
+from cvrl.models.r3d import DEPTHS, INPUTS, PRESETS, R3D
+from cvrl.models.r3d import frame_difference  # noqa: F401  (cvrl.models.frame_difference)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -16,7 +17,22 @@ def default_model_config() -> ml_collections.ConfigDict:
   """The encoder fields every config carries (CVRL R3D-50, 1x by default)."""
   return ml_collections.ConfigDict(dict(
       name="r3d", depth=50, width=1.0, preset="cvrl", bn_momentum=0.9, bn_eps=1e-5,
-      dtype="float32", remat=False, conv_impl="auto"))
+      dtype="float32", remat=False, conv_impl="auto",
+      input="rgb"))  # 'dif': the encoder sees frame differences of T + 1 frames
+
+
+def input_mode(cfg) -> str:
+  """The encoder's input: configs (and checkpoints) older than the field mean 'rgb'."""
+  return cfg.get("input", "rgb")
+
+
+def extra_frames(cfg) -> int:
+  """Frames a clip needs beyond config.data.num_frames for this encoder: 1 for 'dif'.
+
+  Every job that samples clips for an encoder asks this, so a DIF model is fed T + 1
+  frames downstream exactly as in pretraining.
+  """
+  return 1 if input_mode(cfg) == "dif" else 0
 
 
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
@@ -34,13 +50,15 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.conv_impl not in CONV_IMPLS:
     raise ValueError(f"config.model.conv_impl must be one of {list(CONV_IMPLS)}, "
                      f"got {cfg.conv_impl!r}")
+  if input_mode(cfg) not in INPUTS:
+    raise ValueError(f"config.model.input must be one of {list(INPUTS)}, got {input_mode(cfg)!r}")
 
 
 def build_encoder(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> R3D:
   validate_model_config(cfg)
   return R3D(int(cfg.depth), float(cfg.width), cfg.preset, bn_momentum=cfg.bn_momentum,
              bn_eps=cfg.bn_eps, dtype=DTYPES[cfg.dtype], remat=bool(cfg.remat),
-             conv_impl=cfg.conv_impl, rngs=rngs)
+             conv_impl=cfg.conv_impl, input_mode=input_mode(cfg), rngs=rngs)
 
 
 def create(make, out_shardings=None):

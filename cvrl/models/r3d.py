@@ -1,7 +1,10 @@
 """The R3D family: 3D ResNets of depth 18 to 200 at any width.
 
 One implementation serves every preset; presets differ only in stem, temporal kernels,
-strides, dilations and padding style. Input (N, T, H, W, 3) in [0, 1].
+strides, dilations and padding style. Input (N, T, H, W, 3) in [0, 1], or with
+input_mode='dif' (3DRotNet's DIF models) (N, T + 1, H, W, 3) frames whose T differences
+x[t + 1] - x[t] the network sees: the difference is part of the model, so every job that
+feeds it clips gets it right without knowing how it was pretrained.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
+INPUTS = ("rgb", "dif")
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
@@ -117,6 +121,11 @@ class BottleneckBlock(nnx.Module):
     return nnx.relu(y + s)
 
 
+def frame_difference(clips):
+  """clips [..., T + 1, H, W, C] -> [..., T, H, W, C]: x[t + 1] - x[t]."""
+  return clips[..., 1:, :, :, :] - clips[..., :-1, :, :, :]
+
+
 def _max_pool(x, window, strides, padding_mode):
   pad = resolve_padding(padding_mode, x.shape[1:4], window, strides, (1, 1, 1))
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
@@ -126,23 +135,28 @@ def _max_pool(x, window, strides, padding_mode):
 class R3D(nnx.Module):
   """3D ResNet encoder. `__call__` returns pooled (N, C) features or the (N,T,H,W,C) map.
 
-  Input: float in [0, 1] or uint8 in [0, 255] (scaled on device).
+  Input: float in [0, 1] or uint8 in [0, 255] (scaled on device). `input_mode='dif'`
+  takes T + 1 frames and runs on their T differences (no parameters: same checkpoint
+  layout as 'rgb').
   """
 
   def __init__(self, depth: int = 50, width: float = 1.0, preset: str | R3DSpec = "cvrl", *,
                bn_momentum: float = 0.9, bn_eps: float = 1e-5, dtype=jnp.float32,
-               remat: bool = False, conv_impl: str = "auto", rngs: nnx.Rngs):
+               remat: bool = False, conv_impl: str = "auto", input_mode: str = "rgb",
+               rngs: nnx.Rngs):
     if depth not in DEPTHS:
       raise ValueError(f"R3D depth must be one of {sorted(DEPTHS)}, got {depth}")
     if not width > 0:
       raise ValueError(f"R3D width multiplier must be > 0, got {width}")
     if isinstance(preset, str) and preset not in PRESETS:
       raise ValueError(f"R3D preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if input_mode not in INPUTS:
+      raise ValueError(f"R3D input_mode must be one of {list(INPUTS)}, got {input_mode!r}")
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     block_type, blocks = DEPTHS[depth]
     block_cls = BasicBlock if block_type == "basic" else BottleneckBlock
     self.depth, self.width, self.spec, self.remat = depth, width, spec, remat
-    self.dtype = dtype
+    self.dtype, self.input_mode = dtype, input_mode
     common = dict(padding=spec.padding, conv_impl=conv_impl, dtype=dtype,
                   bn_momentum=bn_momentum, bn_eps=bn_eps)
     stem_width = scaled(64, width)
@@ -169,6 +183,10 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
     if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
       x = x.astype(jnp.float32) * (1.0 / 255.0)
+    if self.input_mode == "dif":  # after scaling: uint8 differences would wrap around
+      if x.shape[1] < 2:
+        raise ValueError(f"a 'dif' R3D needs T + 1 >= 2 frames, got shape {x.shape}")
+      x = frame_difference(x.astype(jnp.float32))
     x = nnx.relu(self.stem(x.astype(self.dtype)))
     if self.spec.stem_pool is not None:
       x = _max_pool(x, self.spec.stem_pool, self.spec.stem_pool_strides, self.spec.padding)

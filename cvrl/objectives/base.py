@@ -13,6 +13,8 @@ import jax
 import ml_collections
 from flax import nnx
 
+from cvrl import models
+
 Metrics = dict[str, jax.Array]
 
 # name -> module path; modules register their class on import.
@@ -52,7 +54,12 @@ def get(config: ml_collections.ConfigDict) -> "Objective":
       if e.name == _MODULES[name]:
         raise NotImplementedError(f"objective {name!r} is not implemented yet") from None
       raise
-  return _REGISTRY[name](config)
+  objective = _REGISTRY[name](config)
+  if models.extra_frames(objective.encoder_config()) and not objective.sampler().get(
+      "extra_frames"):
+    raise ValueError(f"config.model.input='dif' needs clips of T + 1 frames, which objective "
+                     f"{name!r} does not sample (3DRotNet's objective.input='dif' does)")
+  return objective
 
 
 class Objective(abc.ABC):
@@ -80,6 +87,13 @@ class Objective(abc.ABC):
   def loss(self, model: nnx.Module, batch: dict[str, jax.Array], *, step: jax.Array,
            rng: jax.Array) -> tuple[jax.Array, Metrics]:
     """Scalar loss and metrics for one global batch. May update non-trained state in place."""
+
+  def encoder_config(self) -> ml_collections.ConfigDict:
+    """The model config `.encoder` is built with (config.model unless the method sets
+    fields of its own, e.g. 3DRotNet's input='dif'). Downstream jobs take it as the
+    checkpoint encoder's config (clips they sample, model.json they save), so it is the
+    one record of what the encoder expects."""
+    return self.config.model
 
   @property
   def trainable(self) -> Any:

@@ -7,17 +7,21 @@ with softmax cross-entropy averaged over the 4B clips.
 
 Input (`config.objective.input`): 'rgb' frames, or 'dif' frame differences
 x[t+1] - x[t] of T + 1 frames (sampler {'name': 'single', 'extra_frames': 1}), values in
-[-1, 1]. The paper's "Fusion" averages an RGB and a DIF model's softmax scores:
-`fuse_scores`. A downstream job feeding a DIF model uses `model_input` on its clips too.
+[-1, 1]. The difference is the encoder's own first op: `encoder_config()` is config.model
+with `input` set, the checkpoint stores that config, and every downstream job rebuilds
+the encoder from it and samples T + `cvrl.models.extra_frames` frames, so a DIF model
+sees differences at evaluation too. The paper's "Fusion" averages an RGB and a DIF
+model's softmax scores: `fuse_scores` (or evaluate.fuse_with at test time).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
-from cvrl.models import build_encoder
+from cvrl.models import build_encoder, extra_frames, input_mode
 from cvrl.models.heads import RotationClassifier
 from cvrl.objectives.base import Objective, register
 
@@ -25,23 +29,9 @@ NUM_ROTATIONS = 4
 INPUTS = ("rgb", "dif")
 
 
-
 def objective_config() -> dict:
   """config.objective fields for 3DRotNet (methods.md section 4)."""
   return dict(name="rotation", input="rgb", head_hidden=64)
-
-def frame_difference(clips):
-  """clips [..., T + 1, H, W, C] -> [..., T, H, W, C]: x[t + 1] - x[t]."""
-  return clips[..., 1:, :, :, :] - clips[..., :-1, :, :, :]
-
-
-def model_input(clips, mode: str):
-  """What a 3DRotNet encoder of input `mode` sees: the clips themselves or their differences."""
-  if mode == "rgb":
-    return clips
-  if mode == "dif":
-    return frame_difference(clips)
-  raise ValueError(f"config.objective.input must be one of {INPUTS}, got {mode!r}")
 
 
 def rotate_clips(clips):
@@ -73,15 +63,6 @@ def fuse_probabilities(*probabilities):
   return sum(jnp.asarray(p, jnp.float32) for p in probabilities) / len(probabilities)
 
 
-def encoder_input(config):
-  """(extra frames a clip needs, clips -> encoder input) for an encoder pretrained with
-  `config`: (1, frame differences) for a DIF 3DRotNet, else (0, identity). Downstream jobs
-  apply it to their clips so a DIF model sees differences at evaluation too."""
-  if config.objective.name == "rotation" and config.objective.get("input", "rgb") == "dif":
-    return 1, frame_difference
-  return 0, lambda clips: clips
-
-
 def fuse_scores(rgb_logits, dif_logits):
   """3DRotNet's Fusion: the mean of the RGB and DIF models' softmax scores, [..., classes]."""
   return (jax.nn.softmax(rgb_logits.astype(jnp.float32), axis=-1)
@@ -107,14 +88,22 @@ class Rotation(Objective):
     mode = self.config.objective.input
     if mode not in INPUTS:
       raise ValueError(f"config.objective.input must be one of {INPUTS}, got {mode!r}")
+    if input_mode(self.config.model) not in ("rgb", mode):
+      raise ValueError(f"config.model.input {input_mode(self.config.model)!r} contradicts "
+                       f"config.objective.input {mode!r}: set only the objective's")
+
+  def encoder_config(self):
+    """config.model with `input` = objective.input: the encoder differences its frames."""
+    model = ml_collections.ConfigDict(self.config.model.to_dict())
+    model.input = self.config.objective.input
+    return model
 
   def sampler(self):
-    if self.config.objective.input == "dif":
-      return {"name": "single", "extra_frames": 1}
-    return {"name": "single"}
+    extra = extra_frames(self.encoder_config())
+    return {"name": "single", "extra_frames": extra} if extra else {"name": "single"}
 
   def build(self, rngs):
-    encoder = build_encoder(self.config.model, rngs)
+    encoder = build_encoder(self.encoder_config(), rngs)
     head = RotationClassifier(encoder.num_features, int(self.config.objective.head_hidden),
                               NUM_ROTATIONS, rngs=rngs)
     return RotNetModel(encoder, head)
@@ -123,6 +112,5 @@ class Rotation(Objective):
     video = batch["video"]  # [B, 1, T (+1), H, W, 3]
     if video.ndim != 6 or video.shape[1] != 1:
       raise ValueError(f"3DRotNet expects one clip per video, got video shape {video.shape}")
-    clips = model_input(video[:, 0], self.config.objective.input)
-    rotated, labels = rotate_clips(clips)
+    rotated, labels = rotate_clips(video[:, 0])  # a DIF encoder differences them itself
     return rotation_loss(model.head(model.encoder(rotated)), labels)

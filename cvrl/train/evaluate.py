@@ -5,9 +5,11 @@ mode='multiview' (CVRL's test): every test video gives K evenly spaced clips x 3
 top-1 / top-5 and mean class accuracy; writes per_class_accuracy.csv,
 confusion_matrix.npy / .csv and scores.npz (index, label, probabilities per video) into
 the workdir. `evaluate.fuse_with` names other runs' scores.npz to fuse with these
-(3DRotNet's RGB + DIF "Fusion"); `evaluate.fusion` is 'mean' (the average of the runs'
-per-video softmax scores: 3DRotNet's Fusion) or 'package.module:function', called with
-one [videos, classes] probability array per run (this run first), returning the fused one.
+(3DRotNet's RGB + DIF "Fusion": each run tests its own encoder on the clips it takes, T + 1
+frames for a DIF model, per `cvrl.models.extra_frames` of the saved model config);
+`evaluate.fusion` is 'mean' (the average of the runs' per-video softmax scores:
+3DRotNet's Fusion) or 'package.module:function', called with one [videos, classes]
+probability array per run (this run first), returning the fused one.
 
 mode='knn' (TCLR's retrieval protocol): backbone features (no head) of every train and
 test video, averaged over its clips and L2-normalised; each test video queries the
@@ -102,11 +104,16 @@ def validate(config) -> None:
 
 # ---------------------------------------------------------------------------- batches
 
-def split_batches(config, mesh, split: str, num_clips: int, num_crops: int, batch_size: int):
-  """Host batches of a whole split, multi-view, deterministic, padded with mask 0."""
+def split_batches(config, mesh, split: str, num_clips: int, num_crops: int, batch_size: int,
+                  model_config=None):
+  """Host batches of a whole split, multi-view, deterministic, padded with mask 0: clips
+  of the frames the encoder of `model_config` takes (None: config.model; T + 1 for DIF)."""
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
+  from cvrl.models import extra_frames  # pylint: disable=import-outside-toplevel
+  model_config = config.model if model_config is None else model_config
   ds = pipeline.build_dataset(
-      config.data, sampler={"name": "multiview", "num_clips": num_clips, "num_crops": num_crops},
+      config.data, sampler={"name": "multiview", "num_clips": num_clips, "num_crops": num_crops,
+                            "extra_frames": extra_frames(model_config)},
       train=False, batch_size=F.local_batch_size(batch_size, mesh), seed=int(config.seed),
       split=split)
   return pipeline.iterate(ds)
@@ -170,17 +177,20 @@ def fuse(runs: list[dict], fusion: str, num_classes: int) -> dict:
   return metrics
 
 
-def evaluate_classifiers(models: dict, config, mesh, workdirs: dict) -> dict[str, dict]:
+def evaluate_classifiers(models: dict, config, mesh, workdirs: dict,
+                         model_config=None) -> dict[str, dict]:
   """Multi-view test of VideoClassifiers on the eval split, in one pass over it.
 
-  {name: metrics}; each model's files go to workdirs[name].
+  {name: metrics}; each model's files go to workdirs[name]. `model_config`: their
+  encoders' (one pass of clips: they share it; None: config.model).
   """
   e = config.evaluate
   classes = F.num_classes(config.data)
   runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean", data_config=config.data)
              for name, m in models.items()}
   outs = F.run_splits(runners, mesh, split_batches(config, mesh, "eval", int(e.num_clips),
-                                                   int(e.num_crops), int(e.batch_size)))
+                                                   int(e.num_crops), int(e.batch_size),
+                                                   model_config))
   results = {}
   for name, out in outs.items():
     metrics, _ = classification_report(out, classes, workdirs.get(name), bool(e.save_scores))
@@ -194,18 +204,20 @@ def evaluate_classifiers(models: dict, config, mesh, workdirs: dict) -> dict[str
   return results
 
 
-def evaluate_classifier(model, config, mesh, workdir: str | None) -> dict:
+def evaluate_classifier(model, config, mesh, workdir: str | None, model_config=None) -> dict:
   """Multi-view test of one VideoClassifier on the eval split; files go to workdir."""
-  return evaluate_classifiers({"model": model}, config, mesh, {"model": workdir})["model"]
+  return evaluate_classifiers({"model": model}, config, mesh, {"model": workdir},
+                              model_config)["model"]
 
 
 # -------------------------------------------------------------------------------- knn
 
-def knn_report(encoder, config, mesh) -> dict:
-  """Retrieval recall@k and kNN accuracy of `encoder`'s clip-averaged features."""
+def knn_report(encoder, config, mesh, model_config=None) -> dict:
+  """Retrieval recall@k and kNN accuracy of `encoder`'s clip-averaged features
+  (`model_config`: the encoder's, None: config.model)."""
   e = config.evaluate
   runner = F.ViewRunner(encoder, mesh, reduce="mean", data_config=config.data)
-  args = (int(e.knn_clips), int(e.knn_crops), int(e.batch_size))
+  args = (int(e.knn_clips), int(e.knn_crops), int(e.batch_size), model_config)
   train = F.run_split(runner, mesh, split_batches(config, mesh, "train", *args))
   test = F.run_split(runner, mesh, split_batches(config, mesh, "eval", *args))
   metrics = retrieval.knn_evaluate(
@@ -228,12 +240,13 @@ def run(config, workdir: str) -> dict:
   if e.mode == "multiview":
     from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
     model, meta = classifier_io.load_classifier(e.run_dir, mesh)
-    metrics = evaluate_classifier(model, config, mesh, workdir)
+    model_config = ml_collections.ConfigDict(meta["model"])  # the saved encoder's input
+    metrics = evaluate_classifier(model, config, mesh, workdir, model_config)
     checkpoint = {"run_dir": str(e.run_dir), "source": meta.get("source")}
     keys = ["top1", "top5", "mean_class_accuracy", "num_videos"]
   else:
-    encoder, _, source = F.load_encoder(config, mesh)
-    metrics = knn_report(encoder, config, mesh)
+    encoder, model_config, source = F.load_encoder(config, mesh)
+    metrics = knn_report(encoder, config, mesh, model_config)
     checkpoint = source
     keys = [f"recall@{k}" for k in e.recall_ks] + ["knn_accuracy", "num_queries"]
   results = {"job": "evaluate", "mode": e.mode, "metrics": metrics, "checkpoint": checkpoint,

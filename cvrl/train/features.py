@@ -93,8 +93,10 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
   """(encoder, its model config, provenance) for a downstream job.
 
   `config.pretrained` (a checkpoint path) unless `random_init`: the architecture then
-  comes from the config stored in the checkpoint. Random init builds `config.model`
-  with `config.seed`, the baseline a pretrained encoder has to beat.
+  comes from the config stored in the checkpoint, as its objective built the encoder
+  (`Objective.encoder_config`: e.g. input='dif' for a DIF 3DRotNet). Random init builds
+  `config.model` with `config.seed`, the baseline a pretrained encoder has to beat. Jobs
+  sample clips of T + `cvrl.models.extra_frames(model config)` frames for it.
   """
   random_init = bool(config.get("random_init", False)) if random_init is None else random_init
   if random_init or not config.get("pretrained"):
@@ -104,13 +106,16 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
     encoder = create(lambda: build_encoder(model_config, nnx.Rngs(int(config.seed))),
                      out_shardings=replicated(mesh))
     return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
-  from cvrl.train import checkpoint  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from cvrl import objectives
+  from cvrl.train import checkpoint
   step = config.get("pretrained_step")
   pre_config, model = checkpoint.load_pretrained(config.pretrained, step,
                                                  sharding=replicated(mesh))
   encoder = model.encoder
-  return encoder, pre_config.model, {"init": "pretrained", "checkpoint": str(config.pretrained),
-                                     "step": None if step is None else int(step)}
+  model_config = objectives.get(pre_config).encoder_config()
+  return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
+                                 "step": None if step is None else int(step)}
 
 
 class VideoClassifier(nnx.Module):

@@ -19,7 +19,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from cvrl import config_lib, parallel
-from cvrl.models import default_model_config
+from cvrl.models import default_model_config, extra_frames
 from cvrl.train import features as F
 from cvrl.train import optim
 from cvrl.train import probe
@@ -153,7 +153,8 @@ def run(config, workdir: str) -> dict:
   head = F.make_head(encoder.num_features, classes, normalize=bool(config.finetune.normalize),
                      dropout=float(config.finetune.dropout), seed=int(config.seed) + 1, mesh=mesh)
   trainer = FinetuneTrainer(F.VideoClassifier(encoder, head), tx, mesh, config.data)
-  ds = pipeline.build_dataset(config.data, sampler={"name": "single"}, train=True,
+  sampler = {"name": "single", "extra_frames": extra_frames(model_config)}  # T + 1 for DIF
+  ds = pipeline.build_dataset(config.data, sampler=sampler, train=True,
                               batch_size=F.local_batch_size(global_batch, mesh),
                               seed=int(config.seed))
   it = pipeline.iterate(ds)
@@ -173,7 +174,7 @@ def run(config, workdir: str) -> dict:
                    "seconds": time.time() - t0}}
   metrics = {"train_accuracy": out["train"]["train_accuracy"], "train_loss": out["train"]["train_loss"]}
   if config.finetune.evaluate:
-    out["test"] = evaluate.evaluate_classifier(model, config, mesh, workdir)
+    out["test"] = evaluate.evaluate_classifier(model, config, mesh, workdir, model_config)
     metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
                     if k in out["test"]})
   if config.finetune.save_model:

@@ -32,7 +32,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from cvrl import config_lib, parallel
-from cvrl.models import default_model_config
+from cvrl.models import default_model_config, extra_frames
 from cvrl.train import features as F
 from cvrl.train import optim
 from cvrl.train import results as R
@@ -292,18 +292,20 @@ def train_probe(encoder: nnx.Module, config, mesh, **kwargs) -> tuple[nnx.Module
 
 # ------------------------------------------------------------------------------ the job
 
-def _datasets(config, seed: int, mesh):
-  """Factories of host batch iterators: augmented train stream, un-augmented train split."""
+def _datasets(config, seed: int, mesh, model_config):
+  """Factories of host batch iterators: augmented train stream, un-augmented train split,
+  clips of the frames the encoder of `model_config` takes (T + 1 for a DIF encoder)."""
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
   local = F.local_batch_size(int(config.batch_size), mesh)
+  sampler = {"name": "single", "extra_frames": extra_frames(model_config)}
 
   def train_batches():
-    ds = pipeline.build_dataset(config.data, sampler={"name": "single"}, train=True,
+    ds = pipeline.build_dataset(config.data, sampler=sampler, train=True,
                                 batch_size=local, seed=seed)
     return pipeline.iterate(ds)
 
   def plain_batches():
-    ds = pipeline.build_dataset(config.data, sampler={"name": "single"}, train=False,
+    ds = pipeline.build_dataset(config.data, sampler=sampler, train=False,
                                 batch_size=local, seed=seed, split="train")
     return pipeline.iterate(ds)
   return train_batches, plain_batches
@@ -338,7 +340,8 @@ def run(config, workdir: str) -> dict:
   total = config_lib.steps("total", config, num_examples=n_train, batch_size=global_batch)
   warmup = config_lib.steps("warmup", config, num_examples=n_train, batch_size=global_batch,
                             default=0)
-  train_batches, plain_batches = _datasets(config, int(config.seed), mesh)
+  # The baseline shares the pretrained encoder's model config, hence its input and frames.
+  train_batches, plain_batches = _datasets(config, int(config.seed), mesh, models["probe"])
   trained = train_probes(encoders, config, mesh, num_classes=classes,
                          train_batches=train_batches, eval_batches=plain_batches,
                          total_steps=total, warmup_steps=warmup,
@@ -346,7 +349,7 @@ def run(config, workdir: str) -> dict:
   classifiers = {name: F.VideoClassifier(encoders[name], head)
                  for name, (head, _) in trained.items()}
   dirs = {name: workdir if name == "probe" else os.path.join(workdir, name) for name in encoders}
-  tests = (evaluate.evaluate_classifiers(classifiers, config, mesh, dirs)
+  tests = (evaluate.evaluate_classifiers(classifiers, config, mesh, dirs, models["probe"])
            if config.probe.evaluate else {})
   if config.probe.save_model:
     from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel

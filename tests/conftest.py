@@ -1,7 +1,19 @@
 """Test-wide set-up: 8 fake CPU devices, so sharded code is tested as on a TPU slice."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One XLA compilation cache for the session, shared with the subprocesses the tests start
+# (they inherit the environment): a resumed or restarted run, or the second process of a
+# multi-host test, loads the step its twin compiled instead of compiling it again.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="cvrl-tests-xla-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

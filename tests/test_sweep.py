@@ -167,16 +167,17 @@ def get_config(arg=None):
 
 @pytest.mark.slow
 def test_tiny_grid_end_to_end(tmp_path):
-  """2 depths x 2 widths of a real job (a linear probe of random-init encoders on
-  synthetic videos) through the command line: runs, results, CSV, table and plot."""
+  """2 depths of a real job (a linear probe of random-init encoders on synthetic videos)
+  through the command line: runs, results, CSV, table and plot (lines between points
+  are checked on collected results above; each run here costs a process and a compile)."""
   config = tmp_path / "tiny_probe.py"
   config.write_text(TINY_PROBE_CONFIG)
   workdir = tmp_path / "sweep"
   argv = [sys.executable, "-m", "experiments.sweep", f"--config={config}", "--depths=18,34",
-          "--widths=0.0625,0.125", f"--workdir={workdir}", "--launch=local", "--collect"]
+          "--widths=0.0625", f"--workdir={workdir}", "--launch=local", "--collect"]
   out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  names = ["d18_w0.0625", "d18_w0.125", "d34_w0.0625", "d34_w0.125"]
+  names = ["d18_w0.0625", "d34_w0.0625"]
   with open(workdir / "sweep.csv") as f:
     table = list(csv.DictReader(f))
   assert [r["point"] for r in table] == names
@@ -192,10 +193,10 @@ def test_tiny_grid_end_to_end(tmp_path):
   assert [l.split("|")[1].strip() for l in md if l.startswith("| d")] == names
   img = sweep.decode_png((workdir / "sweep.png").read_bytes())
   panel = img[60:391, :img.shape[1] // 2]  # accuracy vs params, below the legend
-  for k in range(2):  # one line per depth
+  for k in range(2):  # one marker per depth
     assert np.all(panel == np.array(sweep._PALETTE[k], np.uint8), axis=-1).sum() > 50
 
   again = subprocess.run(argv[:-1], capture_output=True, text=True, cwd=ROOT, timeout=300,
                          check=False)  # every point has results.json: all skipped
   assert again.returncode == 0, again.stderr[-2000:]
-  assert again.stdout.count("results exist, skipped") == 4
+  assert again.stdout.count("results exist, skipped") == len(names)

@@ -18,9 +18,14 @@ Lowerings (`impl`):
             `_kernel_grad_by_shifts`); the input gradient stays a 2D convolution.
   'auto'    'fold' when the default backend is the CPU, else 'native'.
 
-Measured on a shared 2-core AVX2 CPU (experiments/bench_step.py, by CPU time, two runs):
-the R3D-18 train step went from 13-15% to 40-53% of the float32 matmul rate (about 3x
-faster), the CVRL R3D-50 step from 18-21% to 39-49% (about 2.2x).
+Measured on a quiet 2-core AVX2 CPU (experiments/bench_step.py, two runs): the R3D-18
+train step 2.3-2.5x faster than 'native' (27-33 s -> 11-14 s), 39-47% of the float32
+matmul rate by wall time (47-57% by CPU time); the CVRL R3D-50 step 1.8-2.1x faster,
+37-40% (40-42%). The matmul rate itself moved from 122 to 175 GFLOP/s between the runs.
+What is left: XLA:CPU's (Eigen) 2D convolution runs on one core when it has 64 output
+channels (R3D-18's first stage, most of its FLOPs), and the elementwise and BatchNorm
+passes are single-threaded too; wide matmul or shifted-matmul forms of those
+convolutions measured slower.
 """
 from __future__ import annotations
 

@@ -6,9 +6,11 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# One XLA compilation cache for the session, shared with the subprocesses the tests start
-# (they inherit the environment): a resumed or restarted run, or the second process of a
-# multi-host test, loads the step its twin compiled instead of compiling it again.
+# One XLA compilation cache for the single-device subprocesses the tests start (the demo,
+# killed and restarted runs, sweep points inherit the environment): a restarted run loads
+# the step its twin compiled instead of compiling it again. Not in this process: an
+# executable loaded from the cache deadlocked in an all-gather across the 8 fake devices
+# here (XLA:CPU's in-process collectives), so multi-device processes compile afresh.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="cvrl-tests-xla-")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
@@ -19,6 +21,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_enable_compilation_cache", False)
 
 
 def pytest_configure(config):

@@ -55,6 +55,7 @@ def spawn(process_id, num_processes, devices, port, workdir):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # several devices per process: see conftest
   return subprocess.Popen([sys.executable, "-c", WORKER, str(process_id), str(num_processes),
                            str(devices), str(port), workdir], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

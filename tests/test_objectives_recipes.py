@@ -138,12 +138,19 @@ def pretrained(tmp_path_factory):
   return get
 
 
+# Objectives with state beyond parameters, BatchNorm and optimizer (which the CVRL, demo
+# and SIGKILL tests resume): BYOL's target network, SwAV's prototypes, MoCo's queue (below).
+RESUMED = ("byol_tiny", "swav_tiny")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in TINY if n != "moco_tiny"])  # MoCo: below
-def test_tiny_config_pretrains_with_a_falling_loss_and_checkpoints(name, pretrained):
+def test_tiny_config_pretrains_resumes_and_feeds_downstream(name, pretrained, tmp_path):
   workdir, result, losses = pretrained(name)
   check_run(name, result, losses)
   check_downstream_encoder(name, workdir)
+  if name in RESUMED:
+    check_resume(name, workdir, result, losses, tmp_path)
 
 
 @pytest.mark.slow
@@ -201,17 +208,25 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   assert views["video"].shape[1:3] == (2, t + 1)
 
 
+def check_resume(name, workdir, result, losses, tmp_path):
+  """As if stopped right after the mid-run checkpoint: drop the final one, restart. The
+  restarted run does only the remaining steps and ends on the same loss (same data,
+  parameters, optimizer and objective state: targets, queues, prototypes)."""
+  last = result["step"]
+  part = tmp_path / "part"
+  shutil.copytree(workdir, part, ignore=shutil.ignore_patterns("probe"))
+  assert checkpoint_steps(part / "checkpoints") == [last // 2, last]
+  shutil.rmtree(part / "checkpoints" / str(last))
+  os.remove(part / "metrics.jsonl")  # only the restarted run's lines from here on
+  resumed, resumed_losses = pretrain(name, part)
+  assert resumed["step"] == last
+  assert min(resumed_losses) > last // 2, sorted(resumed_losses)
+  np.testing.assert_allclose(resumed_losses[last], losses[last], rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_moco_tiny_pretrains_and_resumes_queue_and_key_encoder_exactly(tmp_path):
   full, full_losses = pretrain("moco_tiny", tmp_path / "full")
   check_run("moco_tiny", full, full_losses)
   check_downstream_encoder("moco_tiny", tmp_path / "full")
-  last = full["step"]
-  # As if stopped right after the mid-run checkpoint: drop the final one, resume.
-  shutil.copytree(tmp_path / "full", tmp_path / "part")
-  assert checkpoint_steps(tmp_path / "part" / "checkpoints") == [last // 2, last]
-  shutil.rmtree(tmp_path / "part" / "checkpoints" / str(last))
-  resumed, resumed_losses = pretrain("moco_tiny", tmp_path / "part")
-  assert resumed["step"] == last
-  # Same data, parameters, key encoder and queue from the checkpoint: the same last loss.
-  np.testing.assert_allclose(resumed_losses[last], full_losses[last], rtol=1e-4)
+  check_resume("moco_tiny", tmp_path / "full", full, full_losses, tmp_path)

@@ -103,3 +103,18 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   # Linear probe on the final checkpoint (None: none), see cvrl.train.probe.
   c.probe = None
   return c
+
+
+def config_from_command_line(argv: list[str]):
+  """The locked config `python -m cvrl.main ARGV` would run: `--config=FILE[:arg]` and any
+  `--config.key=value` overrides, parsed by the same flags (for tools that launch or
+  inspect jobs without running them)."""
+  argv = ["cvrl.main", *argv]
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  fv(argv)
+  return fv.config

@@ -137,26 +137,10 @@ def bench_model(name: str, impls: list[str], batch: int, frames: int, size: int,
 # ----------------------------------------------------------------------- config mode
 
 def load_config(spec: str, overrides: list[str] = ()):
-  """`path/to/config.py[:arg]` -> its get_config(arg), then `key.sub=value` overrides."""
-  import ast  # pylint: disable=import-outside-toplevel
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for item in overrides:
-    key, _, value = item.partition("=")
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  """`path/to/config.py[:arg]` and `key.sub=value` overrides, parsed as cvrl.main does."""
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.config_from_command_line(
+      [f"--config={spec}", *(f"--config.{item}" for item in overrides)])
 
 
 def _step_parts(config, per_device_batch: int | None) -> dict:

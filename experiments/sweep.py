@@ -30,6 +30,8 @@ import zlib
 import numpy as np
 from absl import app, flags
 
+from cvrl import config_lib
+
 # Where a point's results live, relative to its workdir, in the order they are looked for:
 # a downstream job's own results, or those of the probe a pretraining ran after itself.
 RESULT_FILES = ("results.json", "probe/results.json")
@@ -204,14 +206,7 @@ def run_local(config: str, workdir: str, points, results: str | None = None) -> 
 
 def load_config(config: str, workdir: str, point: Point):
   """The point's config exactly as `cvrl.main` parses it from the point's flags."""
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  argv = ["sweep", *point_args(config, workdir, point)]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=fv)
-  fv(argv)
-  return fv.config
+  return config_lib.config_from_command_line(point_args(config, workdir, point))
 
 
 def point_summary(config: str, workdir: str, point: Point) -> dict:

@@ -12,9 +12,8 @@ import shlex
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
-from cvrl import summary
+from cvrl import config_lib, summary
 from experiments.kinetics600 import make_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,13 +62,7 @@ def fake_k600(tmp_path):
 
 
 def parse_cvrl_main(argv: list[str]):
-  argv = ["cvrl.main", *argv[3:], "--config.job=summary"]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=fv)
-  fv(argv)
-  return fv.config
+  return config_lib.config_from_command_line([*argv[3:], "--config.job=summary"])
 
 
 def test_every_readme_command_is_real(fake_k600, monkeypatch):

@@ -21,7 +21,6 @@ from ml_collections import config_dict
 from cvrl import config_lib, parallel
 from cvrl.models import default_model_config, extra_frames
 from cvrl.train import features as F
-from cvrl.train import optim
 from cvrl.train import probe
 from cvrl.train import results as R
 
@@ -69,13 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(config) -> None:
-  if not config.get("pretrained") and not config.get("random_init"):
-    raise ValueError("finetune: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  optim.validate(config.optim)
+  F.validate_downstream(config, "finetune")
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
-  from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
-  evaluate.validate_eval_fields(config.evaluate)
 
 
 def param_groups(params):

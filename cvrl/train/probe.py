@@ -86,13 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(config) -> None:
-  if not config.get("pretrained") and not config.get("random_init"):
-    raise ValueError("probe: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  optim.validate(config.optim)
+  F.validate_downstream(config, "probe")
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
-  from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
-  evaluate.validate_eval_fields(config.evaluate)
 
 
 # -------------------------------------------------------------------------- optimisation

@@ -40,6 +40,29 @@ CASES = [(conv_, mode, channels)
          if mode == "same" or conv_[1] != (1, 1, 1)]
 
 
+@pytest.fixture(params=["side_by_side", "batched"])
+def arrangement(request, monkeypatch):
+  """Runs a test with the frames side by side (long contractions split) or batched.
+
+  Returns the list of side-by-side calls, so a test can check which way it ran.
+  """
+  calls = []
+  original = conv._conv3d_fold_side_by_side
+
+  def spy(*args, **kwargs):
+    calls.append(args[0].shape)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(conv, "_conv3d_fold_side_by_side", spy)
+  if request.param == "side_by_side":
+    monkeypatch.setattr(conv, "_SIDE_BY_SIDE_MAX_OUT", 10 ** 6)
+    monkeypatch.setattr(conv, "_SPLIT_ROWS_MIN_RATIO", 0)  # tiny contractions split too
+  else:
+    monkeypatch.setattr(conv, "_SIDE_BY_SIDE_MAX_OUT", 0)
+    monkeypatch.setattr(conv, "_SPLIT_ROWS_MIN_RATIO", 10 ** 6)
+  return request.param, calls
+
+
 def _inputs(kernel, channels, spatial=(6, 9, 10), out_channels=5, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((2, *spatial, channels)).astype(np.float32)
@@ -62,7 +85,7 @@ def _assert_close(actual, expected):
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_lowering_matches_native_value_and_gradient(impl, case):
+def test_lowering_matches_native_value_and_gradient(impl, case, arrangement):
   (kernel, strides, dilation), mode, channels = case
   x, k = _inputs(kernel, channels)
   padding = conv.resolve_padding(mode, x.shape[1:4], kernel, strides, dilation)
@@ -73,6 +96,9 @@ def test_lowering_matches_native_value_and_gradient(impl, case):
   assert got[0].shape == ref[0].shape
   for a, e in zip(got, ref):
     _assert_close(a, e)
+  name, calls = arrangement
+  side_by_side = kernel[1] * kernel[2] > 1 and any(padding[1])
+  assert bool(calls) == (name == "side_by_side" and side_by_side)
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
@@ -117,7 +143,7 @@ def test_taps_that_see_only_padding(impl, frames, strides, dilation):
     ((1, 3, 3), (1, 2, 2), (1, 1, 1)),
     ((3, 3, 3), (1, 1, 1), (2, 1, 1)),
 ])
-def test_more_outputs_than_inputs(impl, kernel, strides, dilation):
+def test_more_outputs_than_inputs(impl, kernel, strides, dilation, arrangement):
   # Wide outputs make the kernel gradient shift x rather than dy.
   x, k = _inputs(kernel, 32, spatial=(4, 6, 7), out_channels=100)
   padding = conv.resolve_padding("same", x.shape[1:4], kernel, strides, dilation)
@@ -127,6 +153,38 @@ def test_more_outputs_than_inputs(impl, kernel, strides, dilation):
   got = _value_and_grads(impl, x, k, strides, padding, dilation, cotangent)
   for a, e in zip(got, ref):
     _assert_close(a, e)
+
+
+@pytest.mark.parametrize("rows,p,q,ratio", [
+    (64, 6, 3, 0),  # split in two halves
+    (64, 6, 3, 10 ** 6),  # one contraction
+    (63, 6, 3, 0),  # odd: one contraction
+    (40, 2, 9, 0),  # the wider operand first
+])
+def test_contract_rows_is_a_transposed_product(monkeypatch, rows, p, q, ratio):
+  monkeypatch.setattr(conv, "_SPLIT_ROWS_MIN_RATIO", ratio)
+  rng = np.random.default_rng(5)
+  a, b = rng.standard_normal((rows, p)), rng.standard_normal((rows, q))
+  got = np.asarray(conv._contract_rows(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+  assert got.shape == (p, q)
+  np.testing.assert_allclose(got, a.T @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hpad,dilation,channels,out_channels", [
+    ((1, 1), (1, 1), 6, 4),  # shifts dy
+    ((2, 0), (2, 1), 3, 7),  # shifts x; asymmetric padding, dilated rows
+    ((0, 2), (1, 2), 5, 5),
+])
+def test_kernel_grad_of_one_unpadded_wide_image(hpad, dilation, channels, out_channels):
+  # The side-by-side row's kernel gradient takes its height padding by shifts.
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.standard_normal((1, 5, 13, channels)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, channels, out_channels)), jnp.float32)
+  padding = (hpad, (0, 0))
+  y, vjp = jax.vjp(lambda k_: conv._conv2d_native(x, k_, (1, 1), padding, dilation), k)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  got = conv._kernel_grad_row(x, dy, (3, 3), hpad, dilation)
+  _assert_close(np.asarray(got), np.asarray(vjp(dy)[0]))
 
 
 def test_native_matches_direct_numpy_convolution():

@@ -13,19 +13,20 @@ Lowerings (`impl`):
             temporal taps are folded into channels (kt shifted copies of the clip,
             concatenated on the channel axis; taps that would read only padding are
             dropped) and the rest is a 2D convolution over (batch x time), or one
-            matmul for a 1x1 spatial kernel. The kernel gradient, which XLA:CPU also
-            computes slowly as a convolution, is computed by matmuls instead (see
-            `_kernel_grad_by_shifts`); the input gradient stays a 2D convolution.
+            matmul for a 1x1 spatial kernel. With fewer than 128 output channels the
+            frames are laid side by side in one wide image first, which XLA:CPU spreads
+            over all cores (`_conv3d_fold_side_by_side`). The kernel gradient, which
+            XLA:CPU computes slowly as a convolution, is computed by matmuls over shifted
+            rows instead (`_kernel_grad_by_shifts`, `_kernel_grad_row`); the input
+            gradient stays a 2D convolution.
   'auto'    'fold' when the default backend is the CPU, else 'native'.
 
-Measured on a quiet 2-core AVX2 CPU (experiments/bench_step.py, two runs): the R3D-18
-train step 2.3-2.5x faster than 'native' (27-33 s -> 11-14 s), 39-47% of the float32
-matmul rate by wall time (47-57% by CPU time); the CVRL R3D-50 step 1.8-2.1x faster,
-37-40% (40-42%). The matmul rate itself moved from 122 to 175 GFLOP/s between the runs.
-What is left: XLA:CPU's (Eigen) 2D convolution runs on one core when it has 64 output
-channels (R3D-18's first stage, most of its FLOPs), and the elementwise and BatchNorm
-passes are single-threaded too; wide matmul or shifted-matmul forms of those
-convolutions measured slower.
+Measured on a quiet 2-core CPU, one run of experiments/bench_step.py (float32 matmul
+183.5 GFLOP/s): the R3D-18 train step (batch 8, 8x112x112) 25.3 s native -> 8.12 s
+fold, 16.8% -> 52.5% of the matmul rate; the CVRL R3D-50 step (batch 2) 1.63 -> 0.79 s,
+20.8% -> 42.9%. What is left is mostly memory traffic: the tap concatenation, the
+transposes into and out of the side-by-side row and the shifted copies of the kernel
+gradient run at a few GB/s, as do the BatchNorm and elementwise passes.
 """
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ _DIMS_2D = ("NHWC", "HWIO", "NHWC")
 # the kernel gradient also folds the width taps into channels: per-tap matmuls that thin
 # would run slowly.
 _FOLD_WIDTH_MAX_CHANNELS = 32
+# Below this many output channels, the 2D convolution runs on the frames laid side by side
+# (see `_conv3d_fold_side_by_side`).
+_SIDE_BY_SIDE_MAX_OUT = 128
+# `_contract_rows` splits a contraction over M rows in two when M >= this * (P + Q).
+_SPLIT_ROWS_MIN_RATIO = 8
 
 
 def same_padding(size: int | None, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -109,15 +115,23 @@ def conv3d_native(x, kernel, strides, padding: Padding, dilation):
 # 'fold': temporal taps folded into channels, then a 2D convolution or a matmul.
 
 
-def _matmul_t(a, b):
-  """a^T b for a (M, P), b (M, Q) -> (P, Q), contracting the long axis M.
+def _contract_rows(a, b):
+  """a^T b for a (M, P), b (M, Q) -> (P, Q): a contraction over the long axis M.
 
-  Computed as (b^T a)^T when that puts the wider operand on the right, which XLA:CPU
-  runs without transposing the wide operand.
+  Neither operand is transposed (a transposing copy of the wide operand cost as much as
+  the product). The narrower operand goes on the left and M is split in two halves
+  contracted as a batch and summed: XLA:CPU then runs near its matmul rate on this
+  shape (R3D-18 stage 1, 215296 x 192 by 64: 57 -> 38 ms on 2 cores). Short contractions
+  are not split: there the halves' products cost more than the sum saves.
   """
-  if a.shape[1] <= b.shape[1]:
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
-  return jax.lax.dot_general(b, a, (((0,), (0,)), ((), ()))).T
+  m = a.shape[0]
+  narrow, wide = (b, a) if b.shape[1] <= a.shape[1] else (a, b)
+  if m % 2 == 0 and m >= _SPLIT_ROWS_MIN_RATIO * (a.shape[1] + b.shape[1]):
+    out = jax.lax.dot_general(narrow.reshape(2, m // 2, -1), wide.reshape(2, m // 2, -1),
+                              (((1,), (1,)), ((0,), (0,)))).sum(0)
+  else:
+    out = jax.lax.dot_general(narrow, wide, (((0,), (0,)), ((), ())))
+  return out.T if narrow is b else out
 
 
 @jax.custom_vjp
@@ -132,7 +146,7 @@ def _matmul_fwd(x, w):
 
 def _matmul_bwd(res, dy):
   x, w = res
-  return dy @ w.T, _matmul_t(x, dy)
+  return dy @ w.T, _contract_rows(x, dy)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -160,10 +174,9 @@ def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
   A strided convolution is split into stride phases (xp[:, a::sh, c::sw]), inside which
   every tap is a plain shift. Each phase and dy are laid out on a common (hq, wq) grid
   (dy zero-extended) and flattened over (b, h, w); a shift by (oh, ow) is then a shift by
-  oh*wq + ow rows of the flat matrices, so each tap is one long-contraction matmul. Rows
-  where a shift runs past a row or an image meet zeros in dy and add nothing.
-  The wider of the two operands is transposed once (XLA:CPU's matmuls run fastest with
-  the contraction on the left operand's minor axis) and the narrower one is shifted.
+  oh*wq + ow rows of the flat matrices, so each tap is one long contraction
+  (`_contract_rows`). Rows where a shift runs past a row or an image meet zeros in dy and
+  add nothing. The narrower of the two operands is the one shifted (copied) per tap.
   """
   (sh, sw), (dh, dw) = strides, dilation
   b, ho, wo, o = dy.shape
@@ -172,7 +185,6 @@ def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
   wq = wo + (kw - 1) * dw // sw
   dy_flat = _pad_axes(dy, {1: (0, hq - ho), 2: (0, wq - wo)}).reshape(-1, o)
   shift_dy = o <= c
-  dy_t = None if shift_dy else jax.lax.optimization_barrier(dy_flat.T)
   phases = {}
   grads = []
   for j in range(kh):
@@ -181,13 +193,39 @@ def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
       pw, ow = (l * dw) % sw, (l * dw) // sw
       if (ph, pw) not in phases:
         p = xp[:, ph::sh, pw::sw]
-        p = _pad_axes(p, {1: (0, hq - p.shape[1]), 2: (0, wq - p.shape[2])}).reshape(-1, c)
-        phases[(ph, pw)] = jax.lax.optimization_barrier(p.T) if shift_dy else p
+        phases[(ph, pw)] = _pad_axes(p, {1: (0, hq - p.shape[1]),
+                                         2: (0, wq - p.shape[2])}).reshape(-1, c)
       shift = oh * wq + ow
       if shift_dy:  # dk = x^T @ dy[p - shift]
-        grads.append(phases[(ph, pw)] @ _shift_rows(dy_flat, -shift))
-      else:  # dk = (dy^T @ x[p + shift])^T
-        grads.append((dy_t @ _shift_rows(phases[(ph, pw)], shift)).T)
+        grads.append(_contract_rows(phases[(ph, pw)], _shift_rows(dy_flat, -shift)))
+      else:  # dk = x[p + shift]^T @ dy
+        grads.append(_contract_rows(_shift_rows(phases[(ph, pw)], shift), dy_flat))
+  return jnp.stack(grads).reshape(kh, kw, c, o)
+
+
+def _kernel_grad_row(x, dy, ksize, hpad, dilation):
+  """dL/dkernel of a stride-1 2D convolution of ONE image that needs no width padding.
+
+  The side-by-side row of frames (`_conv3d_fold_side_by_side`) is such an image; its
+  height padding is taken by the shifts, so x (the size of the whole clip, several
+  channels deep) is never copied. On x's flat (h*w) grid, tap (j, l) pairs x[p] with
+  dy[p - shift], shift = (j*dh - pad_top)*w + l*dw, dy zero-extended to width w. A shift
+  that leaves a row to the left lands in dy's zero columns (w - wo >= (kw-1)*dw as the
+  width is unpadded), one that leaves the image meets the zero fill: padding adds nothing.
+  """
+  _, h, w, c = x.shape
+  _, ho, wo, o = dy.shape
+  (kh, kw), (dh, dw) = ksize, dilation
+  x_flat = x.reshape(h * w, c)
+  dy_grid = _pad_axes(dy[0], {1: (0, w - wo)}).reshape(ho * w, o)
+  grads = []
+  for j in range(kh):
+    for l in range(kw):
+      shift = (j * dh - hpad[0]) * w + l * dw
+      if o <= c:  # shift dy: D[p] = dy_grid[p - shift], p < h*w
+        grads.append(_contract_rows(x_flat, _pad_axes(dy_grid, {0: (shift, (h - ho) * w - shift)})))
+      else:  # shift x: X[q] = x_flat[q + shift], q < ho*w
+        grads.append(_contract_rows(_pad_axes(x_flat, {0: (-shift, (ho - h) * w + shift)}), dy_grid))
   return jnp.stack(grads).reshape(kh, kw, c, o)
 
 
@@ -199,6 +237,8 @@ def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
   """
   kh, kw = ksize
   c = x.shape[-1]
+  if x.shape[0] == 1 and tuple(strides) == (1, 1) and tuple(padding[1]) == (0, 0):
+    return _kernel_grad_row(x, dy, ksize, padding[0], dilation)
   xp = _pad_axes(x, {1: padding[0], 2: padding[1]})
   if c < _FOLD_WIDTH_MAX_CHANNELS and kw > 1:
     xw = jnp.concatenate(_taps(xp, 2, kw, strides[1], dilation[1], dy.shape[2]), axis=-1)
@@ -228,6 +268,38 @@ def _conv2d_bwd(strides, padding, dilation, res, dy):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _conv3d_fold_side_by_side(x, kf, kt, live, t_out, strides, padding: Padding, dilation):
+  """conv3d_fold's 2D convolution run on one wide image: the frames side by side.
+
+  XLA:CPU's convolution library runs a batch of small images with few output channels
+  on one core, but splits a wide image over all cores (R3D-18's first stage: 650 ->
+  290 ms on 2 cores). The clip is transposed to (H, N, T, W, C) once, at its own
+  channel count; padding in time and width and the temporal taps then write the row of
+  frames (1, H, N*T'*Wp, taps*C) directly. Each frame is padded in width to a multiple
+  Wp of the stride, so one convolution without width padding computes every frame's
+  outputs at stride-aligned positions; columns whose window straddles two frames are cut.
+  """
+  n, t_in, h, w, _ = x.shape
+  kh, kw, ci, o = kf.shape
+  (st, sh, sw), (dt, dh, dw) = strides, dilation
+  (pl, pr) = padding[2]
+  wo = _out_size(w, kw, sw, (pl, pr), dw)
+  wp = w + pl + pr
+  wp += (-wp) % sw
+  xt = _pad_axes(jnp.transpose(x, (2, 0, 1, 3, 4)), {2: padding[0], 3: (pl, wp - w - pl)})
+  taps = _taps(xt, 2, kt, st, dt, t_out)
+  taps = [taps[i] for i in live]
+  row = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  row = row.reshape(1, h, n * t_out * wp, ci)
+  # Height padding stays with the convolution: XLA:CPU runs a convolution with no padding
+  # at all 4x slower (and the kernel gradient of a row takes it by shifts, `_kernel_grad_row`).
+  y = _conv2d(row, kf, (sh, sw), (padding[1], (0, 0)), (dh, dw))
+  ho, wt = y.shape[1], y.shape[2]
+  y = _pad_axes(y, {2: (0, n * t_out * wp // sw - wt)})
+  y = y.reshape(ho, n, t_out, wp // sw, o)[:, :, :, :wo]
+  return jnp.transpose(y, (1, 2, 0, 3, 4))
+
+
 def conv3d_fold(x, kernel, strides, padding: Padding, dilation):
   """The 3D convolution as a 2D convolution (or matmul) with temporal taps in channels."""
   kt, kh, kw, c, o = kernel.shape
@@ -247,6 +319,9 @@ def conv3d_fold(x, kernel, strides, padding: Padding, dilation):
   ci = len(live) * c
   kernel = kernel if len(live) == kt else jnp.stack([kernel[i] for i in live])
   kf = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, ci, o)
+  if (kh * kw > 1 and o < _SIDE_BY_SIDE_MAX_OUT and n * t_out > 1
+      and any(padding[1])):  # see the height padding note in the side-by-side form
+    return _conv3d_fold_side_by_side(x, kf, kt, live, t_out, strides, padding, dilation)
   if kh == kw == 1:
     xs = _pad_axes(xf, {1: padding[1], 2: padding[2]})[:, ::sh, ::sw]
     y = _matmul(xs.reshape(-1, ci), kf.reshape(ci, o)).reshape(*xs.shape[:3], o)

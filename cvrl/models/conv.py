@@ -105,6 +105,18 @@ def _taps(x, axis: int, kernel: int, stride: int, dilation: int, out: int):
           for i in range(kernel)]
 
 
+def _concat_channels(arrays):
+  """Concatenation on the channel (last) axis, as a stack and a reshape.
+
+  XLA:CPU writes each operand of a concatenate out before copying it in; a stack fuses
+  the operands' producers (the taps' slices, padding, transposes) into one pass: 133 ->
+  96 ms for R3D-18's first-stage row of frames.
+  """
+  if len(arrays) == 1:
+    return arrays[0]
+  return jnp.stack(arrays, axis=-2).reshape(*arrays[0].shape[:-1], -1)
+
+
 def conv3d_native(x, kernel, strides, padding: Padding, dilation):
   return jax.lax.conv_general_dilated(
       x, kernel, window_strides=tuple(strides), padding=tuple(padding),
@@ -241,7 +253,7 @@ def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
     return _kernel_grad_row(x, dy, ksize, padding[0], dilation)
   xp = _pad_axes(x, {1: padding[0], 2: padding[1]})
   if c < _FOLD_WIDTH_MAX_CHANNELS and kw > 1:
-    xw = jnp.concatenate(_taps(xp, 2, kw, strides[1], dilation[1], dy.shape[2]), axis=-1)
+    xw = _concat_channels(_taps(xp, 2, kw, strides[1], dilation[1], dy.shape[2]))
     dk = _kernel_grad_by_shifts(xw, dy, kh, 1, (strides[0], 1), (dilation[0], 1))
     return dk.reshape(kh, kw, c, dy.shape[-1])
   return _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation)
@@ -289,7 +301,7 @@ def _conv3d_fold_side_by_side(x, kf, kt, live, t_out, strides, padding: Padding,
   xt = _pad_axes(jnp.transpose(x, (2, 0, 1, 3, 4)), {2: padding[0], 3: (pl, wp - w - pl)})
   taps = _taps(xt, 2, kt, st, dt, t_out)
   taps = [taps[i] for i in live]
-  row = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  row = _concat_channels(taps)
   row = row.reshape(1, h, n * t_out * wp, ci)
   # Height padding stays with the convolution: XLA:CPU runs a convolution with no padding
   # at all 4x slower (and the kernel gradient of a row takes it by shifts, `_kernel_grad_row`).
@@ -314,7 +326,7 @@ def conv3d_fold(x, kernel, strides, padding: Padding, dilation):
   xt = _pad_axes(x, {1: padding[0]})
   taps = _taps(xt, 1, kt, st, dt, t_out)
   taps = [taps[i] for i in live]
-  xf = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)  # (N, T', H, W, live*C)
+  xf = _concat_channels(taps)  # (N, T', H, W, live*C)
   xf = xf.reshape(n * t_out, *xf.shape[2:])
   ci = len(live) * c
   kernel = kernel if len(live) == kt else jnp.stack([kernel[i] for i in live])

@@ -21,12 +21,12 @@ Lowerings (`impl`):
             gradient stays a 2D convolution.
   'auto'    'fold' when the default backend is the CPU, else 'native'.
 
-Measured on a quiet 2-core CPU, one run of experiments/bench_step.py (float32 matmul
-183.5 GFLOP/s): the R3D-18 train step (batch 8, 8x112x112) 25.3 s native -> 8.12 s
-fold, 16.8% -> 52.5% of the matmul rate; the CVRL R3D-50 step (batch 2) 1.63 -> 0.79 s,
-20.8% -> 42.9%. What is left is mostly memory traffic: the tap concatenation, the
-transposes into and out of the side-by-side row and the shifted copies of the kernel
-gradient run at a few GB/s, as do the BatchNorm and elementwise passes.
+Measured on a quiet 2-core CPU with experiments/bench_step.py (each run one process;
+float32 matmul 178 / 189 GFLOP/s in two runs): the R3D-18 train step (batch 8,
+8x112x112) 24.7-24.8 s native -> 8.05-8.31 s fold, 17% -> 51-53% of the matmul rate;
+the CVRL R3D-50 step (batch 2) 1.61-1.68 -> 0.77-0.84 s, 21% -> 41-43%. What is left is
+mostly memory traffic at a few GB/s: the shifted copies of the kernel gradient, the
+transposes into and out of the side-by-side row, the BatchNorm and elementwise passes.
 """
 from __future__ import annotations
 

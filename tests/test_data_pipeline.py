@@ -1,5 +1,4 @@
 """build_dataset end to end on tiny shards the test writes."""
-import os
 
 import jax
 import numpy as np

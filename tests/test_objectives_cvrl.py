@@ -1,7 +1,6 @@
 """CVRL InfoNCE: an independent numpy computation, and sharded == single-device (value and
 gradients) for 1, 2, 4 and 8 devices, for both implementations."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -1,7 +1,6 @@
 """The evaluate job: report files, score fusion, and the jobs end to end on synthetic data."""
 import csv
 import json
-import os
 
 import numpy as np
 import pytest

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from typing import Iterator, Mapping
 
 import ml_collections

@@ -9,7 +9,6 @@ feeds it clips gets it right without knowing how it was pretrained.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -183,7 +183,7 @@ def test_kernel_grad_of_one_unpadded_wide_image(hpad, dilation, channels, out_ch
   padding = (hpad, (0, 0))
   y, vjp = jax.vjp(lambda k_: conv._conv2d_native(x, k_, (1, 1), padding, dilation), k)
   dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  got = conv._kernel_grad_row(x, dy, (3, 3), hpad, dilation)
+  got = conv._conv2d_kernel_grad(x, dy, (3, 3), (1, 1), padding, dilation)
   _assert_close(np.asarray(got), np.asarray(vjp(dy)[0]))
 
 

@@ -17,7 +17,7 @@ Lowerings (`impl`):
             frames are laid side by side in one wide image first, which XLA:CPU spreads
             over all cores (`_conv3d_fold_side_by_side`). The kernel gradient, which
             XLA:CPU computes slowly as a convolution, is computed by matmuls over shifted
-            rows instead (`_kernel_grad_by_shifts`, `_kernel_grad_row`); the input
+            rows instead (`_kernel_grad_by_shifts`); the input
             gradient stays a 2D convolution.
   'auto'    'fold' when the default backend is the CPU, else 'native'.
 
@@ -170,33 +170,39 @@ def _conv2d_native(x, kernel, strides, padding, dilation):
       dimension_numbers=_DIMS_2D)
 
 
-def _shift_rows(a, shift: int):
-  """b[p] = a[p + shift] (zeros past the end; shift < 0 shifts the other way)."""
-  if shift == 0:
-    return a
-  if shift > 0:
-    return _pad_axes(a[shift:], {0: (0, shift)})
-  return _pad_axes(a[:a.shape[0] + shift], {0: (-shift, 0)})
+def _shifted_rows(a, shift: int, rows: int):
+  """b[p] = a[p + shift] for p < rows, zeros where that is outside a."""
+  return _pad_axes(a, {0: (-shift, rows - a.shape[0] + shift)})
 
 
-def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
+def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation, top: int = 0):
   """dL/dkernel (kh, kw, C, O) of a 2D convolution of already padded xp, by matmuls.
 
-  dk[j, l] = sum_{b,h,w} xp[b, h*sh + j*dh, w*sw + l*dw, :]^T dy[b, h, w, :].
+  dk[j, l] = sum_{b,h,w} xp[b, h*sh + j*dh - top, w*sw + l*dw, :]^T dy[b, h, w, :].
   A strided convolution is split into stride phases (xp[:, a::sh, c::sw]), inside which
   every tap is a plain shift. Each phase and dy are laid out on a common (hq, wq) grid
   (dy zero-extended) and flattened over (b, h, w); a shift by (oh, ow) is then a shift by
   oh*wq + ow rows of the flat matrices, so each tap is one long contraction
   (`_contract_rows`). Rows where a shift runs past a row or an image meet zeros in dy and
   add nothing. The narrower of the two operands is the one shifted (copied) per tap.
+  One image (b = 1) needs no common row count, as a shift past its last row meets the
+  zero fill; its `top` padding rows (stride-1 rows only) may then be left out of xp and
+  taken by the shifts, so that a large image (the side-by-side row of frames) is used
+  as it is, never padded or copied.
   """
   (sh, sw), (dh, dw) = strides, dilation
   b, ho, wo, o = dy.shape
   c = xp.shape[-1]
+  if top and (b != 1 or sh != 1):
+    raise ValueError("top padding by shifts needs one image and stride-1 rows")
   hq = ho + (kh - 1) * dh // sh
   wq = wo + (kw - 1) * dw // sw
-  dy_flat = _pad_axes(dy, {1: (0, hq - ho), 2: (0, wq - wo)}).reshape(-1, o)
-  shift_dy = o <= c
+
+  def grid(a):
+    rows = hq - a.shape[1] if b > 1 else 0
+    return _pad_axes(a, {1: (0, rows), 2: (0, wq - a.shape[2])}).reshape(-1, a.shape[-1])
+
+  dy_flat = grid(dy)
   phases = {}
   grads = []
   for j in range(kh):
@@ -204,40 +210,13 @@ def _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation):
       ph, oh = (j * dh) % sh, (j * dh) // sh
       pw, ow = (l * dw) % sw, (l * dw) // sw
       if (ph, pw) not in phases:
-        p = xp[:, ph::sh, pw::sw]
-        phases[(ph, pw)] = _pad_axes(p, {1: (0, hq - p.shape[1]),
-                                         2: (0, wq - p.shape[2])}).reshape(-1, c)
-      shift = oh * wq + ow
-      if shift_dy:  # dk = x^T @ dy[p - shift]
-        grads.append(_contract_rows(phases[(ph, pw)], _shift_rows(dy_flat, -shift)))
+        phases[(ph, pw)] = grid(xp[:, ph::sh, pw::sw])
+      x_flat = phases[(ph, pw)]
+      shift = (oh - top) * wq + ow
+      if o <= c:  # dk = x^T @ dy[p - shift]
+        grads.append(_contract_rows(x_flat, _shifted_rows(dy_flat, -shift, x_flat.shape[0])))
       else:  # dk = x[p + shift]^T @ dy
-        grads.append(_contract_rows(_shift_rows(phases[(ph, pw)], shift), dy_flat))
-  return jnp.stack(grads).reshape(kh, kw, c, o)
-
-
-def _kernel_grad_row(x, dy, ksize, hpad, dilation):
-  """dL/dkernel of a stride-1 2D convolution of ONE image that needs no width padding.
-
-  The side-by-side row of frames (`_conv3d_fold_side_by_side`) is such an image; its
-  height padding is taken by the shifts, so x (the size of the whole clip, several
-  channels deep) is never copied. On x's flat (h*w) grid, tap (j, l) pairs x[p] with
-  dy[p - shift], shift = (j*dh - pad_top)*w + l*dw, dy zero-extended to width w. A shift
-  that leaves a row to the left lands in dy's zero columns (w - wo >= (kw-1)*dw as the
-  width is unpadded), one that leaves the image meets the zero fill: padding adds nothing.
-  """
-  _, h, w, c = x.shape
-  _, ho, wo, o = dy.shape
-  (kh, kw), (dh, dw) = ksize, dilation
-  x_flat = x.reshape(h * w, c)
-  dy_grid = _pad_axes(dy[0], {1: (0, w - wo)}).reshape(ho * w, o)
-  grads = []
-  for j in range(kh):
-    for l in range(kw):
-      shift = (j * dh - hpad[0]) * w + l * dw
-      if o <= c:  # shift dy: D[p] = dy_grid[p - shift], p < h*w
-        grads.append(_contract_rows(x_flat, _pad_axes(dy_grid, {0: (shift, (h - ho) * w - shift)})))
-      else:  # shift x: X[q] = x_flat[q + shift], q < ho*w
-        grads.append(_contract_rows(_pad_axes(x_flat, {0: (-shift, (ho - h) * w + shift)}), dy_grid))
+        grads.append(_contract_rows(_shifted_rows(x_flat, shift, dy_flat.shape[0]), dy_flat))
   return jnp.stack(grads).reshape(kh, kw, c, o)
 
 
@@ -249,14 +228,15 @@ def _conv2d_kernel_grad(x, dy, ksize, strides, padding, dilation):
   """
   kh, kw = ksize
   c = x.shape[-1]
-  if x.shape[0] == 1 and tuple(strides) == (1, 1) and tuple(padding[1]) == (0, 0):
-    return _kernel_grad_row(x, dy, ksize, padding[0], dilation)
-  xp = _pad_axes(x, {1: padding[0], 2: padding[1]})
+  top, hpad = 0, padding[0]
+  if x.shape[0] == 1 and strides[0] == 1:  # one image: its height padding by shifts
+    top, hpad = padding[0][0], (0, 0)
+  xp = _pad_axes(x, {1: hpad, 2: padding[1]})
   if c < _FOLD_WIDTH_MAX_CHANNELS and kw > 1:
     xw = _concat_channels(_taps(xp, 2, kw, strides[1], dilation[1], dy.shape[2]))
-    dk = _kernel_grad_by_shifts(xw, dy, kh, 1, (strides[0], 1), (dilation[0], 1))
+    dk = _kernel_grad_by_shifts(xw, dy, kh, 1, (strides[0], 1), (dilation[0], 1), top)
     return dk.reshape(kh, kw, c, dy.shape[-1])
-  return _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation)
+  return _kernel_grad_by_shifts(xp, dy, kh, kw, strides, dilation, top)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -280,31 +260,35 @@ def _conv2d_bwd(strides, padding, dilation, res, dy):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _conv3d_fold_side_by_side(x, kf, kt, live, t_out, strides, padding: Padding, dilation):
+def _fold_time(xt, axis: int, kernel: int, stride: int, dilation: int, out: int, live):
+  """The live temporal taps of xt (time on `axis`, padded), gathered into channels."""
+  taps = _taps(xt, axis, kernel, stride, dilation, out)
+  return _concat_channels([taps[i] for i in live])
+
+
+def _conv3d_fold_side_by_side(x, kf, fold, t_out, strides, padding: Padding, dilation):
   """conv3d_fold's 2D convolution run on one wide image: the frames side by side.
 
   XLA:CPU's convolution library runs a batch of small images with few output channels
   on one core, but splits a wide image over all cores (R3D-18's first stage: 650 ->
   290 ms on 2 cores). The clip is transposed to (H, N, T, W, C) once, at its own
-  channel count; padding in time and width and the temporal taps then write the row of
-  frames (1, H, N*T'*Wp, taps*C) directly. Each frame is padded in width to a multiple
+  channel count; padding in time and width and the temporal taps (`fold`, time on axis 2)
+  then write the row of frames (1, H, N*T'*Wp, taps*C) directly. Each frame is padded in width to a multiple
   Wp of the stride, so one convolution without width padding computes every frame's
   outputs at stride-aligned positions; columns whose window straddles two frames are cut.
   """
   n, t_in, h, w, _ = x.shape
   kh, kw, ci, o = kf.shape
-  (st, sh, sw), (dt, dh, dw) = strides, dilation
+  (sh, sw), (dh, dw) = strides[1:], dilation[1:]
   (pl, pr) = padding[2]
   wo = _out_size(w, kw, sw, (pl, pr), dw)
   wp = w + pl + pr
   wp += (-wp) % sw
   xt = _pad_axes(jnp.transpose(x, (2, 0, 1, 3, 4)), {2: padding[0], 3: (pl, wp - w - pl)})
-  taps = _taps(xt, 2, kt, st, dt, t_out)
-  taps = [taps[i] for i in live]
-  row = _concat_channels(taps)
-  row = row.reshape(1, h, n * t_out * wp, ci)
+  row = fold(xt, 2).reshape(1, h, n * t_out * wp, ci)
   # Height padding stays with the convolution: XLA:CPU runs a convolution with no padding
-  # at all 4x slower (and the kernel gradient of a row takes it by shifts, `_kernel_grad_row`).
+  # at all 4x slower (and the row's kernel gradient takes it by shifts, see
+  # `_kernel_grad_by_shifts`).
   y = _conv2d(row, kf, (sh, sw), (padding[1], (0, 0)), (dh, dw))
   ho, wt = y.shape[1], y.shape[2]
   y = _pad_axes(y, {2: (0, n * t_out * wp // sw - wt)})
@@ -323,17 +307,15 @@ def conv3d_fold(x, kernel, strides, padding: Padding, dilation):
   # nothing and are skipped; their kernel slices then get a zero gradient, as in 3D.
   live = [i for i in range(kt)
           if any(0 <= t * st + i * dt - padding[0][0] < t_in for t in range(t_out))]
-  xt = _pad_axes(x, {1: padding[0]})
-  taps = _taps(xt, 1, kt, st, dt, t_out)
-  taps = [taps[i] for i in live]
-  xf = _concat_channels(taps)  # (N, T', H, W, live*C)
-  xf = xf.reshape(n * t_out, *xf.shape[2:])
+  fold = functools.partial(_fold_time, kernel=kt, stride=st, dilation=dt, out=t_out, live=live)
   ci = len(live) * c
   kernel = kernel if len(live) == kt else jnp.stack([kernel[i] for i in live])
   kf = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, ci, o)
   if (kh * kw > 1 and o < _SIDE_BY_SIDE_MAX_OUT and n * t_out > 1
       and any(padding[1])):  # see the height padding note in the side-by-side form
-    return _conv3d_fold_side_by_side(x, kf, kt, live, t_out, strides, padding, dilation)
+    return _conv3d_fold_side_by_side(x, kf, fold, t_out, strides, padding, dilation)
+  xf = fold(_pad_axes(x, {1: padding[0]}), 1)  # (N, T', H, W, live*C)
+  xf = xf.reshape(n * t_out, *xf.shape[2:])
   if kh == kw == 1:
     xs = _pad_axes(xf, {1: padding[1], 2: padding[2]})[:, ::sh, ::sw]
     y = _matmul(xs.reshape(-1, ci), kf.reshape(ci, o)).reshape(*xs.shape[:3], o)

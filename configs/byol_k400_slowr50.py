@@ -1,15 +1,14 @@
-"""rho-BYOL pretraining on Kinetics-400, the study's recipe (methods.md section 2).
+"""rho-BYOL pretraining on Kinetics-400, the study's recipe (Feichtenhofer et al., CVPR 2021).
 
 Feichtenhofer et al. (CVPR 2021): 2 - 2 cos between each clip's online prediction and
 every other clip's target projection; projector 2 layers (4096 hidden, 256 out, BN),
 predictor 256 -> 4096 -> BN -> ReLU -> 256; target momentum 0.996 cosine-annealed to 1.
-Backbone: the study's Slow-only R50 8x8 approximated by cvrl's R3D-50 ('cvrl' preset:
-same bottleneck stages and per-stage temporal kernels; 5x7x7 stem with temporal stride 2
-where Slow's is 1x7x7). 8 frames at stride 8, 224 crops, the study's augmentation; LARS
+Backbone: Slow-only R50 8x8 ('slow' preset,
+SlowFast's SLOW_8x8_R50: 8 frames -> 8x7x7x2048). 8 frames at stride 8, 224 crops, the study's augmentation; LARS
 (trust 0.001, BN and biases excluded) at 0.6 per 64 videos for rho = 2 (1.2 for rho = 4),
-scaled linearly, weight decay 1e-6, 200 epochs cosine with 35 warm-up epochs; bfloat16.
-The loss averages over ordered clip pairs; the reference's sequential mode sums over query
-clips (rho x the gradient), which LARS's trust ratio all but cancels.
+scaled linearly, weight decay 1e-6, 200 epochs of
+SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentum 0.9; bfloat16.
+The loss sums over query clips, as the reference's sequential mode (one backward each).
   --config=configs/byol_k400_slowr50.py:rho=4
 """
 from cvrl import config_lib
@@ -22,12 +21,11 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("byol")
   c.objective.update(byol.objective_config())
   c.objective.num_clips = arg.rho
-  c.model.update(recipes.SLOW_R50_APPROXIMATION, width=arg.width, dtype="bfloat16")
+  c.model.update(recipes.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
-  c.warmup_epochs = 35
-  c.optim.update(name="lars", base_lr=0.6 if arg.rho <= 2 else 1.2, base_batch_size=64,
-                 momentum=0.9, weight_decay=1e-6, lars_trust=0.001)
+  recipes.slowfast_solver(c, name="lars", base_lr=0.6 if arg.rho <= 2 else 1.2,
+                          weight_decay=1e-6)
   # Set num_train_examples to the size of your copy of Kinetics-400's train split.
   recipes.kinetics_rho(c, num_train_examples=arg.num_train_examples)
   return c

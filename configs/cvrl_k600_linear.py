@@ -1,4 +1,4 @@
-"""CVRL linear evaluation on Kinetics-600, the paper's recipe (methods.md section 1).
+"""CVRL linear evaluation on Kinetics-600, the paper's recipe (Qian et al., CVPR 2021).
 
 Frozen backbone (BN in inference mode; its architecture comes from the config stored in
 the checkpoint), global average pool -> L2-normalise -> Dense(600). 32 frames at stride
@@ -13,12 +13,12 @@ The arg: pretrained=DIR, epochs=100, extract=False (True: encode the clips of th
 (also probe a random-init encoder of the same architecture).
 """
 from cvrl import config_lib
-from cvrl.train import probe
+from cvrl.train import downstream
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, pretrained="", epochs=100, extract=False, baseline=False)
-  c = probe.base_config()
+  c = downstream.probe_config()
   c.pretrained = arg.pretrained
   c.total_epochs = arg.epochs
   c.warmup_epochs = 5

@@ -1,4 +1,4 @@
-"""CVRL pretraining on Kinetics-600, the paper's recipe (methods.md section 1).
+"""CVRL pretraining on Kinetics-600, the paper's recipe (Qian et al., CVPR 2021).
 
 R3D-50 1x, 16x224 clips at stride 2, global batch 1024 videos, SGD momentum 0.9,
 lr 0.32 cosine with 5 warm-up epochs, weight decay 1e-6 on kernels, 200 epochs, bfloat16

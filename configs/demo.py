@@ -1,10 +1,14 @@
 """The demo: CVRL pretraining of a tiny R3D on synthetic videos, on CPU in minutes.
 
-Then a linear probe of the final checkpoint (pretrained vs random init) when the probe
-job is available. The arg shortens or lengthens it, e.g.
-  --config=configs/demo.py:steps=40,probe=False
+Evaluators watch the encoder while it trains: a kNN classifier on the labelled synthetic
+videos at step 0, half-way and at the end, and at the end the same kNN
+on a random-init encoder of the same architecture (what pretraining bought); rows in
+DIR/metrics.jsonl under eval/<name>/, final values in DIR/results.json. The arg shortens
+or lengthens it, e.g.
+  --config=configs/demo.py:steps=40,probe=False   (probe=False: no evaluators)
 """
 from cvrl import config_lib
+from cvrl.train import evaluators
 
 
 def get_config(arg=None):
@@ -40,15 +44,15 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 2
   c.log.every_steps = 10
-  c.probe = _probe_fields() if arg.probe else None
+  if arg.probe:
+    c.evals = _evals(arg.steps)
   return c
 
 
-def _probe_fields():
-  """The probe the demo runs after pretraining, if this cvrl has the probe job."""
-  try:
-    from cvrl.train import probe  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  fields = getattr(probe, "demo_fields", None)
-  return fields() if fields is not None else None
+def _evals(steps):
+  """kNN top-1 on the synthetic labels (motion directions), trained and random-init
+  encoders; 2 clips per video, features averaged, tested at the training crop size."""
+  knn = dict(kind="knn", every_steps=max(1, steps // 2), num_clips=2, num_crops=1,
+             batch_size=16, knn_k=10, recall_ks=(1, 5))
+  return {"knn": evaluators.evaluator_fields(**knn),
+          "knn_random_init": evaluators.evaluator_fields(**dict(knn, init="random"))}

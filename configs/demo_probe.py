@@ -1,17 +1,15 @@
-"""The demo's linear probe on its own: probe a demo pretraining workdir (and a random-init
-encoder of the same architecture) exactly as the demo does after pretraining.
+"""The linear probe job on a demo pretraining workdir (and a random-init encoder of the
+same architecture), on cached features of the synthetic data:
   python -m cvrl.main --config=configs/demo_probe.py:pretrained=/tmp/cvrl_demo --workdir=DIR
-Data, model and probe settings come from configs/demo.py (`probe.demo_fields()` unless
-the demo config sets its own `probe`).
+Data and model come from configs/demo.py; the probe's fields from
+`cvrl.train.downstream.demo_probe_fields`.
 """
 from configs import demo
 from cvrl import config_lib
-from cvrl.train import probe
+from cvrl.train import downstream
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, pretrained="", steps=150)
   pre = demo.get_config(f"steps={arg.steps}")
-  if not pre.get("probe"):
-    pre.probe = probe.demo_fields()
-  return probe.config_after_pretrain(pre, arg.pretrained)
+  return downstream.probe_config_for(pre, arg.pretrained, downstream.demo_probe_fields())

@@ -1,7 +1,8 @@
 """rho-MoCo, tiny: a few steps on synthetic videos on a CPU (tests, demo).
 
-R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 8; the 32-key queue fills
-after 2 steps (16 keys per step), so updates start at step 2.
+R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 8; one global 32-key queue
+(full after 2 steps of 16 keys, whatever the device count, so the loss of a few steps is
+comparable); as the reference, no update for the first queue / batch = 4 steps.
 """
 from cvrl import config_lib
 from cvrl.objectives import moco, recipes
@@ -11,7 +12,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, steps=24)
   c = config_lib.pretrain_config("moco")
   c.objective.update(moco.objective_config())
-  c.objective.update(head_hidden=32, head_out=16, queue_size=32)
+  c.objective.update(head_hidden=32, head_out=16, queue_size=32, queue="global")
   recipes.shrink_to_tiny(c, steps=arg.steps)
   c.optim.update(name="sgd", base_lr=0.1, momentum=0.9, weight_decay=1e-4)
   return c

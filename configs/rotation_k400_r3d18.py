@@ -1,4 +1,4 @@
-"""3DRotNet pretraining on Kinetics-400 (Jing & Tian, 2018; methods.md section 4).
+"""3DRotNet pretraining on Kinetics-400 (Jing & Tian, 2018).
 
 Every frame of a clip rotated by 0, 90, 180 or 270 degrees, all 4 of each clip in the
 batch, a 4-way classifier (pool -> fc 64 -> ReLU -> 4) on a 3D ResNet-18 ('r3d18'
@@ -6,7 +6,7 @@ preset); 16 frames taken every 2nd of 32, 112x112 crops, random crop and flip. I
 or 'dif' (frame differences of 17 frames); the paper's Fusion averages an RGB and a DIF
 model's scores (cvrl.objectives.rotation.fuse_scores). SGD momentum 0.9, weight decay 1e-3,
 batch 32 videos (x 4 rotations). The learning rate (0.1) and length (`epochs`, 100) are not
-given in methods.md: our choice.
+given in the paper: our choice.
   --config=configs/rotation_k400_r3d18.py:input=dif
 """
 from cvrl import config_lib

@@ -1,12 +1,12 @@
-"""rho-SimCLR pretraining on Kinetics-400, the study's recipe (methods.md section 2).
+"""rho-SimCLR pretraining on Kinetics-400, the study's recipe (Feichtenhofer et al., CVPR 2021).
 
 Feichtenhofer et al. (CVPR 2021): rho clips per video (uniform, independent starts), NT-Xent
 over all clips of the global batch at T 0.1, 3-layer MLP head (2048 hidden, 128 out).
-Backbone: the study's Slow-only R50 8x8 is approximated by cvrl's R3D-50 ('cvrl' preset:
-the same bottleneck stages and per-stage temporal kernels 1, 1, 3, 3; its stem is 5x7x7
-with temporal stride 2 where Slow's is 1x7x7 without). 8 frames at stride 8, 224 crops,
+Backbone: Slow-only R50 8x8 ('slow' preset,
+SlowFast's SLOW_8x8_R50: 8 frames -> 8x7x7x2048). 8 frames at stride 8, 224 crops,
 the study's augmentation; LARS (trust 0.001, BN and biases excluded) at 1.2 per 64 videos,
-scaled linearly, weight decay 1e-6, 200 epochs cosine with 35 warm-up epochs; bfloat16.
+scaled linearly, weight decay 1e-6, 200 epochs of
+SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentum 0.9; bfloat16.
   --config=configs/simclr_k400_slowr50.py:rho=4,batch=512
 """
 from cvrl import config_lib
@@ -19,12 +19,10 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("simclr")
   c.objective.update(simclr.objective_config())
   c.objective.num_clips = arg.rho
-  c.model.update(recipes.SLOW_R50_APPROXIMATION, width=arg.width, dtype="bfloat16")
+  c.model.update(recipes.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
-  c.warmup_epochs = 35
-  c.optim.update(name="lars", base_lr=1.2, base_batch_size=64, momentum=0.9,
-                 weight_decay=1e-6, lars_trust=0.001)
+  recipes.slowfast_solver(c, name="lars", base_lr=1.2, weight_decay=1e-6)
   # Set num_train_examples to the size of your copy of Kinetics-400's train split.
   recipes.kinetics_rho(c, num_train_examples=arg.num_train_examples)
   return c

@@ -1,13 +1,13 @@
-"""rho-SwAV pretraining on Kinetics-400, the study's recipe (methods.md section 2).
+"""rho-SwAV pretraining on Kinetics-400, the study's recipe (Feichtenhofer et al., CVPR 2021).
 
 Feichtenhofer et al. (CVPR 2021): 1000 prototypes (normalised every step), Sinkhorn-Knopp
 over the global batch (eps 0.05, 3 iterations), swapped prediction between clips at T 0.1,
 prototypes frozen during the first epoch; 3-layer MLP head with BN (2048 hidden, 128 out).
-Backbone: the study's Slow-only R50 8x8 approximated by cvrl's R3D-50 ('cvrl' preset:
-same bottleneck stages and per-stage temporal kernels; 5x7x7 stem with temporal stride 2
-where Slow's is 1x7x7). 8 frames at stride 8, 224 crops, the study's augmentation; LARS
-(trust 0.001, BN and biases excluded) at 0.6 per 64 videos (methods.md: 0.6-1.2),
-scaled linearly, weight decay 1e-6, 200 epochs cosine with 35 warm-up epochs; bfloat16.
+Backbone: Slow-only R50 8x8 ('slow' preset,
+SlowFast's SLOW_8x8_R50: 8 frames -> 8x7x7x2048). 8 frames at stride 8, 224 crops, the study's augmentation; LARS
+(trust 0.001, BN and biases excluded) at 0.6 per 64 videos (the study: 0.6-1.2),
+scaled linearly, weight decay 1e-6, 200 epochs of
+SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentum 0.9; bfloat16.
   --config=configs/swav_k400_slowr50.py:rho=4
 """
 from cvrl import config_lib
@@ -20,12 +20,10 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("swav")
   c.objective.update(swav.objective_config())
   c.objective.num_clips = arg.rho
-  c.model.update(recipes.SLOW_R50_APPROXIMATION, width=arg.width, dtype="bfloat16")
+  c.model.update(recipes.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
-  c.warmup_epochs = 35
-  c.optim.update(name="lars", base_lr=0.6, base_batch_size=64, momentum=0.9,
-                 weight_decay=1e-6, lars_trust=0.001)
+  recipes.slowfast_solver(c, name="lars", base_lr=0.6, weight_decay=1e-6)
   # Set num_train_examples to the size of your copy of Kinetics-400's train split.
   recipes.kinetics_rho(c, num_train_examples=arg.num_train_examples)
   return c

@@ -1,4 +1,4 @@
-"""TCLR pretraining on UCF101 (split 1 train), the paper's setting (methods.md section 3).
+"""TCLR pretraining on UCF101 (split 1 train), the paper's setting (Dave et al., CVIU 2022).
 
 Dave et al. (CVIU 2022): per video a sparse clip of 16 frames at stride 4 and the 4 dense
 clips of 16 consecutive frames that tile it, each under 2 augmentations; the 'tclr'

@@ -5,7 +5,7 @@ mode, synchronised over the global batch; the backbone at lr 0.05 and the new he
 lr 0.5 per 64 videos (SGD momentum 0.9, weight decay 1e-4 on kernels, 2 warm-up epochs
 then cosine, 50 epochs). Clips of 32 frames at stride 2, random resized crop to 224 and
 flip, no colour. Test: 10 clips x 3 crops of 256 at shorter side 256, softmax averaged.
-methods.md gives no fine-tuning hyper-parameters: these values are our choice, in the
+The papers give no common fine-tuning hyper-parameters: these values are our choice, in the
 range the cited papers use. `random_init=True` trains the same network from scratch.
   python -m cvrl.main --config=configs/ucf101_finetune.py:pretrained=PRETRAIN_WORKDIR --workdir=DIR
   python -m cvrl.main --config=configs/ucf101_finetune.py:dataset=hmdb51 \
@@ -14,7 +14,7 @@ UCF101 comes from TFDS ('ucf101/ucf101_1_256', prepared in `data.tfds_data_dir`)
 HMDB51 is not in TFDS: convert it to SequenceExample shards with `python -m cvrl.data.convert`.
 """
 from cvrl import config_lib
-from cvrl.train import finetune
+from cvrl.train import downstream
 
 DATASETS = {
     # name: (num_classes, train videos of split 1)
@@ -29,7 +29,7 @@ def get_config(arg=None):
   if arg.dataset not in DATASETS:
     raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {arg.dataset!r}")
   classes, train_videos = DATASETS[arg.dataset]
-  c = finetune.base_config()
+  c = downstream.finetune_config()
   c.pretrained = arg.pretrained
   c.random_init = arg.random_init
   c.batch_size = arg.batch

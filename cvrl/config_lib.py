@@ -65,7 +65,7 @@ def steps(name: str, config: ml_collections.ConfigDict, *, num_examples: int | N
 
 
 def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
-  """Every field a pretraining job reads, at the CVRL paper's values (methods.md section 1)."""
+  """Every field a pretraining job reads, at the CVRL paper's values (Qian et al., CVPR 2021)."""
   # pylint: disable=import-outside-toplevel
   from cvrl.data.config import default_data_config
   from cvrl.models import default_model_config
@@ -73,10 +73,10 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   c.job = "pretrain"
   c.seed = 0
   c.batch_size = 1024  # global, in videos (2048 clips for CVRL)
-  c.total_epochs = 200
-  c.total_steps = None
-  c.warmup_epochs = 5
-  c.warmup_steps = None
+  c.total_epochs = config_dict.FieldReference(200, field_type=int)  # typed: recipes set None
+  c.total_steps = config_dict.placeholder(int)
+  c.warmup_epochs = config_dict.FieldReference(5, field_type=int)
+  c.warmup_steps = config_dict.placeholder(int)
   c.model = default_model_config()
   c.objective = ml_collections.ConfigDict(dict(
       name=objective, temperature=0.1, head_hidden=2048, head_layers=3, head_out=128,
@@ -85,7 +85,7 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       name="sgd", base_lr=0.32, base_batch_size=1024, momentum=0.9, nesterov=False,
       weight_decay=1e-6, lars_trust=0.001, lars_eps=0.0, b1=0.9, b2=0.999, eps=1e-8,
-      grad_clip=None, schedule="cosine"))
+      grad_clip=config_dict.placeholder(float), schedule="cosine"))
   # Checkpoints in WORKDIR/checkpoints: every N steps and at the end, newest `keep` kept.
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   # DIR/metrics.jsonl and TensorBoard events every N steps (process 0 only).
@@ -100,8 +100,9 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
       coordinator_address=config_dict.placeholder(str),
       num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int)))
-  # Linear probe on the final checkpoint (None: none), see cvrl.train.probe.
-  c.probe = None
+  # Evaluators watching the encoder during pretraining: name -> an entry of
+  # cvrl.train.evaluators.evaluator_fields (kind knn / linear / multiview, every_steps, ...).
+  c.evals = ml_collections.ConfigDict()
   return c
 
 

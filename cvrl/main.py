@@ -1,14 +1,15 @@
 """The one entry point: `python -m cvrl.main --config=configs/<recipe>.py[:arg] --workdir=DIR`.
 
 `config.job` picks what runs. Every check that can fail on a bad config runs before JAX
-compiles anything, and fails with one line naming the valid choices.
+compiles anything, and fails with one line naming the valid choices. The log shows cvrl's
+own lines and warnings; absl / orbax INFO lines only with `--verbosity=0` (or `-v 0`).
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 # job -> module with run(config, workdir) -> dict
@@ -26,19 +27,20 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
 
 
-class ConfigError(ValueError):
-  """A config that cannot run; its message is one line for the user."""
+from cvrl.errors import ConfigError  # noqa: E402  (defined apart so the data pipeline can raise it)
 
 
 def job_module(name: str):
   if name not in JOBS:
     raise ConfigError(f"config.job must be one of {sorted(JOBS)}, got {name!r}")
-  try:
-    return importlib.import_module(JOBS[name])
-  except ModuleNotFoundError as e:
-    if e.name == JOBS[name]:
-      raise ConfigError(f"job {name!r} is not implemented yet in this version of cvrl") from None
-    raise
+  return importlib.import_module(JOBS[name])
+
+
+def quiet_libraries() -> None:
+  """Warnings and errors only from absl and the libraries logging through it (orbax's
+  INFO lines are most of a run's log otherwise), unless --verbosity was given."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def validate(config) -> object:
@@ -67,6 +69,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+  quiet_libraries()
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:

@@ -212,3 +212,48 @@ def test_scalar_seed_depends_on_every_value_folded_in():
   assert len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 - 1 for s in seeds)
   # what it guards against: the first entry of a fold ignores the last value folded in
   assert len({A.fold_seed([3, 0], 2, epoch).numpy()[0] for epoch in range(4)}) == 1
+
+
+@pytest.mark.parametrize("b,c,s,h", [(0.6, 0.6, 0.6, 0.15), (0.25, 0.4, 0.1, 0.05)])
+def test_every_colour_jitter_range_has_its_full_spread(b, c, s, h):
+  """brightness U[max(0, 1-b), 1+b], contrast U[1-c, 1+c], saturation U[1-s, 1+s], hue
+  U[-h, h]: each factor's draws fill its whole range, uniformly (a range of 1 +- c/2, or
+  one factor drawn from another's range, fails)."""
+  spec = A.AugmentSpec(brightness=b, contrast=c, saturation=s, hue=h)
+  u = np.random.default_rng(0).random((4000, A.NUM_DRAWS)).astype(np.float32)
+  params = np.stack([A.draw_photometric(tf.constant(x), spec, 0, 0).numpy() for x in u[:2000]])
+  for index, lo, hi in [(P.BRIGHTNESS, max(0.0, 1 - b), 1 + b), (P.CONTRAST, 1 - c, 1 + c),
+                        (P.SATURATION, 1 - s, 1 + s), (P.HUE, -h, h)]:
+    v = params[:, index]
+    width = hi - lo
+    assert lo - 1e-6 <= v.min() < lo + 0.01 * width, index
+    assert hi - 0.01 * width < v.max() <= hi + 1e-6, index
+    np.testing.assert_allclose(np.std(v), width / np.sqrt(12), rtol=0.06)
+    np.testing.assert_allclose(np.mean(v), (lo + hi) / 2, atol=0.03 * width)
+
+
+def test_crop_and_flip_are_the_same_for_every_frame_on_pixels():
+  """Frame t = frame 0 + 10 t (no clipping): one crop window and one flip for the clip
+  keep every output frame equal to frame 0's output + 10 t / 255, pixel for pixel
+  (bilinear resizing is linear); a per-frame draw (the ablation) does not."""
+  base = np.minimum(_texture(5), 200).astype(np.uint8)
+  frames = tf.constant(np.stack([base + np.uint8(10 * t) for t in range(4)]))
+  flips = set()
+  for s in range(6):
+    seed = tf.constant([s, 11], tf.int64)
+    spec = A.AugmentSpec(area_range=(0.2, 0.6), flip_prob=0.5, **NO_COLOUR)
+    out = A.ClipAugmenter(spec, 24, jit=False, photometric='host')(frames, seed, 0)[0].numpy()
+    for t in range(1, 4):
+      np.testing.assert_allclose(out[t] - out[0], 10 * t / 255, atol=1e-5)
+    # which way frame 0 went: its crop, unflipped or flipped, from the full-res frame
+    window = A.crop_window(A.fold_seed(seed, 1), A.frame_shape(frames), spec).numpy()
+    crop = base[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+    plain = tf.image.resize(crop, [24, 24], 'bilinear').numpy() / 255
+    mirrored = tf.image.resize(crop[:, ::-1], [24, 24], 'bilinear').numpy() / 255
+    errs = (np.abs(out[0] - plain).max(), np.abs(out[0] - mirrored).max())
+    assert min(errs) < 1e-5, errs
+    flips.add(int(np.argmin(errs)))
+  assert flips == {0, 1}  # both ways drawn: the flip is checked on pixels too
+  per_frame = A.ClipAugmenter(A.AugmentSpec(consistent=False, area_range=(0.2, 0.6), **NO_COLOUR),
+                              24, jit=False, photometric='host')(frames, SEED, 0)[0].numpy()
+  assert np.abs(per_frame[1] - per_frame[0] - 10 / 255).max() > 0.05

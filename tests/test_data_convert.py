@@ -122,3 +122,43 @@ def test_csv_cli_with_workers_and_fps(videos, tmp_path):
   records = _read_shards(sorted(os.path.join(out, p) for p in os.listdir(out) if p.endswith('.tfrecord')))
   assert sorted(r[0] for r in records) == [3, 3, 4, 4]
   assert all(r[2].shape == (T // 2, H, W, 3) for r in records)  # 10 fps -> 5 fps
+
+
+def test_record_streamed_in_wire_format_equals_the_proto(videos):
+  """The one-buffer record is byte for byte what make_sequence_example serializes."""
+  root, truth = videos
+  path = sorted(truth)[0]
+  record, n = convert.encode_video_record(path, 3, 'jump', short_side=24, fps=0, quality=90)
+  jpegs = [tf.io.encode_jpeg(f, quality=90).numpy() for f in convert.decode_video(path, 24, 0)]
+  from cvrl.data import sources
+  assert n == T == len(jpegs)
+  assert bytes(record) == sources.make_sequence_example(jpegs, 3, text='jump').SerializeToString()
+  # max_frames keeps the first frames only
+  capped, n = convert.encode_video_record(path, 3, 'jump', 24, 0, 90, max_frames=3)
+  ex = tf.train.SequenceExample.FromString(bytes(capped))
+  assert n == 3 and len(ex.feature_lists.feature_list['image/encoded'].feature) == 3
+  assert ex.feature_lists.feature_list['image/encoded'].feature[2].bytes_list.value[0] == jpegs[2]
+
+
+def test_label_map_reused_across_splits(videos, tmp_path):
+  """A split missing a class keeps the other split's indices; an unknown label is an error."""
+  root, truth = videos
+  train_map = tmp_path / 'label_map.json'
+  train_map.write_text(json.dumps({'jump': 0, 'run': 1, 'swim': 2}))
+  run_only = [(p, 'run') for p in sorted(truth) if '/run/' in p]
+  out = str(tmp_path / 'val')
+  rep = convert.convert(run_only, out, num_shards=1, short_side=16, workers=0, progress=False,
+                        label_map_file=str(train_map), max_frames=2)
+  assert rep['written'] == 2
+  records = _read_shards([os.path.join(out, 'data-00000-of-00001.tfrecord')])
+  assert [(lab, text, f.shape[0]) for lab, text, f in records] == [(1, 'run', 2)] * 2
+  with open(os.path.join(out, 'label_map.json')) as f:
+    assert json.load(f) == {'jump': 0, 'run': 1, 'swim': 2}
+  with pytest.raises(ValueError, match=r"1 label\(s\) not in --label_map .*: dance"):
+    convert.convert(run_only + [(run_only[0][0], 'dance')], str(tmp_path / 'x'),
+                    label_map_file=str(train_map), workers=0, progress=False)
+  assert not os.path.exists(tmp_path / 'x')  # checked before anything is written
+  csv_path = tmp_path / 'l.csv'
+  csv_path.write_text(f'{run_only[0][0]},dance\n')
+  assert convert.main(['--csv', str(csv_path), '--output_dir', str(tmp_path / 'y'),
+                       '--label_map', str(train_map), '--workers', '0']) == 2

@@ -1,4 +1,4 @@
-"""Temporal samplers against their definitions (methods.md sections 1-4)."""
+"""Temporal samplers against their definitions (the papers the README cites)."""
 import numpy as np
 import pytest
 import tensorflow as tf

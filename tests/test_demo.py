@@ -1,5 +1,7 @@
-"""The demo from the README, end to end in subprocesses: its loss falls; SIGKILL + restart
-ends with the parameters of an uninterrupted run; SIGTERM saves a checkpoint, exits 0."""
+"""The demo from the README, end to end in subprocesses: its loss falls, its kNN evaluators
+report during pretraining and beside a random-init encoder, its log is short; SIGKILL +
+restart ends with the parameters of an uninterrupted run; SIGTERM saves a checkpoint,
+exits 0; the retrieval config runs on its checkpoint."""
 import json
 import os
 import signal
@@ -76,6 +78,7 @@ def demo_run(tmp_path_factory, cache):
 def test_demo_runs_and_its_loss_falls(demo_run):
   workdir, out = demo_run
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = [r for r in rows if "loss" in r]  # training rows (evaluators have their own)
   assert rows[-1]["step"] == STEPS
   losses = [r["loss"] for r in rows]
   # Below the loss of collapsed (all equal) embeddings, 2 ln(2B - 1), not just below the
@@ -85,6 +88,39 @@ def test_demo_runs_and_its_loss_falls(demo_run):
   assert rows[-1]["contrastive_accuracy"] > 2 / (2 * BATCH - 1), rows[-1]
   assert "ETA" in out and "clips/s" in out
   assert committed_steps(workdir)[-1] == STEPS
+  assert len(out.splitlines()) <= 100, out  # cvrl's lines; orbax/absl INFO only with -v
+
+
+@pytest.mark.slow
+def test_demo_knn_evaluators_watch_pretraining_and_the_random_init(demo_run):
+  workdir, out = demo_run
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  knn = [r for r in rows if "eval/knn/knn_accuracy" in r]
+  assert [r["step"] for r in knn] == [0, STEPS // 2, STEPS]
+  for r in knn:
+    assert 0.0 <= r["eval/knn/knn_accuracy"] <= r["eval/knn/recall@5"] <= 1.0
+    assert r["eval/knn/seconds"] > 0 and "loss" not in r  # apart from the training rows
+  random = [r for r in rows if "eval/knn_random_init/knn_accuracy" in r]
+  assert [r["step"] for r in random] == [STEPS]
+  # The random-init encoder is the pretraining's own initialisation (same seed).
+  assert random[0]["eval/knn_random_init/knn_accuracy"] == knn[0]["eval/knn/knn_accuracy"]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["evals"]["knn"]["knn_accuracy"] == knn[-1]["eval/knn/knn_accuracy"]
+  assert results["evals"]["knn_random_init"]["num_queries"] == knn[-1]["eval/knn/num_queries"]
+  assert "eval/knn step 40:" in out
+
+
+@pytest.mark.slow
+def test_retrieval_config_runs_on_the_demo_checkpoint(demo_run, tmp_path):
+  workdir, _ = demo_run
+  proc = start([sys.executable, "-m", "cvrl.main",
+                "--config=configs/tclr_ucf101_retrieval.py:source=synthetic,frames=8,stride=2,"
+                f"size=32,clips=2,pretrained={workdir}", f"--workdir={tmp_path}"])
+  rc, out = finish(proc)
+  assert rc == 0, out[-3000:]
+  res = json.load(open(os.path.join(tmp_path, "results.json")))["metrics"]
+  assert 0 <= res["recall@1"] <= res["recall@5"] <= res["recall@10"] <= res["recall@20"] <= 1
+  assert 0 <= res["knn_accuracy"] <= 1 and res["num_queries"] > 0
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def test_every_readme_command_is_real(fake_k600, monkeypatch):
   from cvrl.data import convert  # pylint: disable=import-outside-toplevel
   from cvrl.tools import import_tf_checkpoint  # pylint: disable=import-outside-toplevel
   converted = []
-  monkeypatch.setattr(convert, "convert", lambda items, *a: converted.append(items) or {
+  monkeypatch.setattr(convert, "convert", lambda items, *a, **kw: converted.append(items) or {
       "videos": len(items), "written": len(items), "unreadable": [], "num_shards": a[1],
       "num_classes": len({l for _, l in items})})
   seen, summaries = set(), {}

@@ -81,3 +81,21 @@ def test_summary_cli_prints_one_json_line_for_a_big_model(tmp_path):
   assert out["feature_shape"] == [8, 7, 7, 6144]
   assert out["backbone_params"] > 700e6
   assert json.loads(open(tmp_path / "summary.json").read()) == out
+
+
+def test_bad_evaluator_fails_with_one_line_naming_the_kinds():
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  c = demo.get_config()
+  c.evals.knn.kind = "svm"
+  with pytest.raises(main.ConfigError, match=r"\['knn', 'linear', 'multiview'\]"):
+    main.validate(c)
+  c = demo.get_config()
+  c.evals.knn.init = "imagenet"
+  with pytest.raises(main.ConfigError, match="trained"):
+    main.validate(c)
+
+
+def test_every_job_module_exists():
+  import importlib  # pylint: disable=import-outside-toplevel
+  for name in main.JOBS:
+    assert hasattr(importlib.import_module(main.JOBS[name]), "run"), name

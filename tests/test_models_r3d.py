@@ -207,3 +207,15 @@ def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
   del old["input"]  # configs saved before the field: RGB
   assert extra_frames(old) == 0 and nnx.eval_shape(
       lambda: build_encoder(old, nnx.Rngs(0))).input_mode == "rgb"
+
+
+def test_slow_r50_matches_slowfast_model_zoo():
+  # SlowFast's SLOW_8x8_R50 (Slow-only R50, 8x8): 32.45M parameters with its 400-class fc
+  # (2048 x 400 + 400); 8 frames of 224 keep all 8 timesteps: 8x7x7x2048.
+  model = abstract(50, 1.0, "slow")
+  params = n_params(model)
+  assert params == bottleneck_r3d_params((3, 4, 6, 3), (1, 1, 3, 3), stem=(1, 7, 7))
+  assert round((params + 2048 * 400 + 400) / 1e6, 2) == 32.45
+  assert out_shape(model, (1, 8, 224, 224, 3), return_map=True) == (1, 8, 7, 7, 2048)
+  # No temporal stride anywhere (the 'cvrl' R3D-50 halves 16 frames to 8).
+  assert out_shape(abstract(50, 0.125, "slow"), (1, 4, 64, 64, 3), return_map=True)[1] == 4

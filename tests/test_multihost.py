@@ -1,6 +1,7 @@
 """Two processes on 127.0.0.1 (gloo CPU collectives, 2 devices each) pretrain together:
 a SIGTERM to one of them stops both after the same step with a checkpoint, exit 0, and
-identical parameters; their global batches are those of one process driving 4 devices."""
+identical parameters; their global batches are those of one process driving 4 devices.
+A SIGKILL to one of them stops the other within two minutes with one cvrl line."""
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ WORKER = textwrap.dedent("""
     from cvrl.train import pretrain, state as state_lib
     c = tiny_config(total_steps=1000, warmup_steps=1)  # runs until SIGTERM
     c.optim.base_lr = 1e-4
-    c.checkpoint.every_steps = 1000
+    c.checkpoint.every_steps = int(os.environ.get("CVRL_TEST_CKPT_EVERY", "1000"))
     c.log.every_steps = 1
     c.log.tensorboard = False
     if int(num_processes) > 1:
@@ -51,8 +52,8 @@ def free_port():
     return s.getsockname()[1]
 
 
-def spawn(process_id, num_processes, devices, port, workdir):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+def spawn(process_id, num_processes, devices, port, workdir, **extra_env):
+  env = dict(os.environ, **extra_env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
   env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # several devices per process: see conftest
@@ -108,3 +109,36 @@ def test_two_processes_stop_together_with_identical_parameters(tmp_path):
   one = metrics(single)
   assert rows[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
   assert rows[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_lost_peer_stops_the_survivor_with_one_line(tmp_path):
+  """SIGKILL process 1 after a checkpoint: process 0 exits (code 3) well within two
+  minutes, its last line names the lost process, the step and the latest checkpoint, and
+  that checkpoint is still readable."""
+  from cvrl import runtime
+  from cvrl.train import checkpoint as checkpoint_lib
+  workdir = str(tmp_path / "lost")
+  port = free_port()
+  procs = [spawn(i, 2, 2, port, workdir, CVRL_TEST_CKPT_EVERY="2") for i in range(2)]
+  deadline = time.time() + 900
+  ckpts = os.path.join(workdir, "checkpoints")
+  while len(metrics(workdir)) < 3 or not runtime.latest_checkpoint(ckpts):  # one finished
+    assert time.time() < deadline and all(p.poll() is None for p in procs), \
+        [p.communicate()[0][-3000:] for p in procs if p.poll() is not None]
+    time.sleep(0.2)
+  procs[1].kill()
+  killed = time.time()
+  out = procs[0].communicate(timeout=300)[0]
+  took = time.time() - killed
+  procs[1].communicate()
+  assert procs[0].returncode == runtime.LOST_PEER_EXIT, out[-4000:]
+  assert took < 120, took
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("cvrl: error: lost process 1 of 2 during step "), last
+  assert "restart every process with the same command" in last, last
+  latest = runtime.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  assert latest is not None and latest >= 2
+  assert f"the latest checkpoint is step {latest} in " in last, last
+  config, model = checkpoint_lib.load_pretrained(workdir)
+  assert config.job == "pretrain" and model is not None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cvrl  # noqa: F401  (rbg PRNG)
-from cvrl.objectives.moco import enqueue, moco_loss
+from cvrl.objectives.moco import enqueue, moco_loss, moco_loss_grouped
 from objective_checks import (l2n, logsumexp, numeric_grad, random_embeddings,
                               sharded_equals_single)
 
@@ -89,6 +89,7 @@ def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
   config.unlock()
   config.batch_size = 2
   config.objective.queue_size = 4  # 2 videos x 2 clips: full after one step
+  config.objective.queue = "global"
   config.lock()
   objective, model = build(config)
   online = paths(nnx.state(model, objective.trainable))
@@ -109,9 +110,12 @@ def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
   assert float(loss) == 0.0 and float(metrics["queue_fill"]) == 0.0
   assert all(np.all(np.asarray(v) == 0) for _, v in nnx.to_flat_state(grads))
   assert int(model.queue_filled[...]) == 4 and int(model.queue_ptr[...]) == 0
-  np.testing.assert_allclose(np.linalg.norm(model.queue[...], axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(model.queue[...], axis=-1), 1.0, rtol=1e-5)
+  # The reference's no-update period is queue_size / batch_size = 2 steps, full or not.
+  assert not bool(objective.apply_update(model, step=jnp.int32(1)))
+  assert bool(objective.apply_update(model, step=jnp.int32(2)))
 
-  loss, metrics, grads = step(model, random_video(1, 2, 2, 4, 16, 16, 3), 1)
+  loss, metrics, grads = step(model, random_video(1, 2, 2, 4, 16, 16, 3), 2)
   assert float(loss) == float(metrics["infonce"]) > 0.0  # full: the loss trains
   flat = {tuple(str(k) for k in p): np.asarray(v) for p, v in nnx.to_flat_state(grads)}
   assert all(np.all(flat[p] == 0) for p in target)
@@ -139,3 +143,103 @@ def test_validate_rejects_a_queue_the_batch_does_not_divide():
   with pytest.raises(ValueError, match="multiple"):
     base.get(config)  # the objective checks its config when it is made
   base.get(load_config("moco_k400_slowr50", "rho=4"))
+
+
+def test_per_device_queues_score_each_group_against_its_own_queue():
+  q = random_embeddings(8, 8, 2, 6)  # 8 videos on 4 devices: 2 each
+  k = random_embeddings(9, 8, 2, 6)
+  queues = l2n(random_embeddings(10, 4, 5, 6))
+  got = float(moco_loss_grouped(q, k, queues, 5, T, reduction="sum")[0])
+  want = np.mean([numpy_moco(q[2 * d:2 * d + 2], k[2 * d:2 * d + 2], queues[d], 5, T, "sum")
+                  for d in range(4)])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Not the global queue's loss (every query against all 20 keys).
+  assert abs(got - numpy_moco(q, k, queues.reshape(20, 6), 20, T, "sum")) > 1e-3
+
+
+def moco_model(queue, queue_size, batch, devices=None):
+  from objective_checks import build, load_config  # noqa: E402
+  config = load_config("moco_tiny")
+  config.unlock()
+  config.batch_size = batch
+  config.objective.update(queue=queue, queue_size=queue_size, queue_devices=devices)
+  config.lock()
+  return build(config)
+
+
+def numpy_view_outputs(fn, model, video):
+  """fn(model, clips) run clip by clip on a copy of the model (BN in train mode over the
+  B clips of one view, as apply_views does), normalised: [B, V, D]."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  copy = nnx.clone(model)
+  out = [np.asarray(nnx.jit(fn)(copy, jnp.asarray(video[:, j]))) for j in range(video.shape[1])]
+  return l2n(np.stack(out, axis=1))
+
+
+def test_per_device_queue_holds_each_devices_key_encoder_outputs_on_8_devices():
+  """8 devices, 1 video of 2 clips each, queues of 6 (3 steps of 2 keys: not 1 step, so a
+  stuck or skipping pointer shows): each device's queue receives that device's keys from
+  the key encoder (not its queries), clip-major, at a pointer advancing 2 per step."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from objective_checks import batch_sharding, random_video  # noqa: E402
+  objective, model = moco_model("per_device", 6, 8, devices=8)
+  assert model.queue[...].shape == (8, 6, 16)
+  # Online and key networks start equal: move the online one so queries differ from keys.
+  nnx.update(model, jax.tree.map(lambda x: x + 0.3, nnx.state(model, objective.trainable)))
+  split, _ = batch_sharding(8)
+
+  @nnx.jit
+  def loss_step(model, video):
+    return objective.loss(model, {"video": video}, step=jnp.int32(0), rng=None)[0]
+
+  expected = np.zeros((8, 6, 16), np.float32)
+  for t in range(4):
+    video = random_video(20 + t, 8, 2, 4, 16, 16, 3)
+    keys = numpy_view_outputs(lambda m, x: m.target.project(x), model, video)
+    queries = numpy_view_outputs(lambda m, x: m.head(m.encoder(x)), model, video)
+    loss_step(model, jax.device_put(video, split))
+    start = (2 * t) % 6
+    expected[:, start:start + 2] = keys  # device d: clip 0 then clip 1 of its video
+    np.testing.assert_allclose(np.asarray(model.queue[...]), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(keys, queries, atol=1e-2)
+    assert int(model.queue_ptr[...]) == (2 * t + 2) % 6
+    assert int(model.queue_filled[...]) == min(2 * t + 2, 6)
+
+
+def test_global_queue_takes_the_global_batch_keys_clip_major():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from objective_checks import random_video  # noqa: E402
+  objective, model = moco_model("global", 16, 4)
+  assert model.queue[...].shape == (1, 16, 16)
+  video = random_video(30, 4, 2, 4, 16, 16, 3)
+  keys = numpy_view_outputs(lambda m, x: m.target.project(x), model, video)
+  nnx.jit(lambda m, v: objective.loss(m, {"video": v}, step=jnp.int32(0), rng=None)[0])(
+      model, video)
+  np.testing.assert_allclose(np.asarray(model.queue[...])[0, :8],
+                             np.swapaxes(keys, 0, 1).reshape(8, 16), rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(model.queue[...])[0, 8:], 0.0)
+  assert int(model.queue_ptr[...]) == 8
+
+
+def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
+  """While the queue fills the reference never calls optimizer.step(): with weight decay
+  and momentum on, the train step must leave every parameter as it was."""
+  from cvrl.train import optim, pretrain  # pylint: disable=import-outside-toplevel
+  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from objective_checks import random_video  # noqa: E402
+  objective, model = moco_model("global", 8, 2)
+  assert objective.no_update_steps() == 4
+  tx = optim.build(objective.config.optim, lambda t: 0.1)
+  graphdef, params, rest = state_lib.split(model, objective.trainable)
+  state = state_lib.TrainState(step=jnp.int32(0), params=params, rest=rest,
+                               opt_state=tx.init(params))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  step = pretrain.make_train_step(objective, graphdef, tx, lambda t: 0.1, mesh, 0)
+  before = jax.tree.map(np.array, state.params)
+  for t in range(4):
+    state, _ = step(state, {"video": random_video(40 + t, 2, 2, 4, 16, 16, 3)})
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+  state, _ = step(state, {"video": random_video(50, 2, 2, 4, 16, 16, 3)})
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)),
+                                         state.params, before))
+  assert any(changed)

@@ -160,7 +160,6 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   multi-view test feeds the saved classifier T + 1 frames per view too)."""
   # pylint: disable=import-outside-toplevel
   import ml_collections
-  import optax
   from flax import nnx
   from cvrl import models
   from cvrl.data import device
@@ -188,9 +187,7 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   batch = next(train_batches())
   t = pre.data.num_frames
   assert batch["video"].shape[1:3] == (1, t + 1)
-  head = F.make_head(encoder.num_features, 4, normalize=True, dropout=0.0, seed=0, mesh=mesh)
-  got = np.asarray(probe.HeadTrainer(encoder, head, optax.sgd(0.1), mesh,
-                                     config.data).features(batch))
+  got = np.asarray(probe.FrozenEncoder(encoder, mesh, config.data).features(batch))
   # Independently: the same parameters as an RGB network, on numpy frame differences.
   x = np.asarray(device.finish_batch(dict(batch), config.data)["video"])[:, 0]
   rgb = ml_collections.ConfigDict(model_config.to_dict())
@@ -230,3 +227,19 @@ def test_moco_tiny_pretrains_and_resumes_queue_and_key_encoder_exactly(tmp_path)
   check_run("moco_tiny", full, full_losses)
   check_downstream_encoder("moco_tiny", tmp_path / "full")
   check_resume("moco_tiny", tmp_path / "full", full, full_losses, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["simclr_k400_slowr50", "moco_k400_slowr50",
+                                  "byol_k400_slowr50", "swav_k400_slowr50"])
+def test_rho_recipes_run_slowfast_solver_on_slow_r50_and_summarise(name):
+  from cvrl import summary  # pylint: disable=import-outside-toplevel
+  config = load_config(name)
+  assert (config.model.depth, config.model.preset) == (50, "slow")
+  assert (config.optim.schedule, config.optim.warmup_start_lr, config.optim.nesterov,
+          config.optim.momentum) == ("half_cosine", 0.001, True, 0.9)
+  assert config.optim.name == ("sgd" if name.startswith("moco") else "lars")
+  result = summary.summarize(config)
+  # SlowFast's SLOW_8x8_R50 without its 400-class fc: 32.45M - 0.82M.
+  assert result["backbone_params"] == 31_634_496
+  assert result["feature_shape"] == [8, 7, 7, 2048] and result["input_shape"] == [8, 224, 224, 3]
+  assert 50 < result["gflops_per_clip"] < 120

@@ -72,3 +72,38 @@ def test_clips_must_match_the_configured_rho():
   assert rho.clips_of({"video": video}, 3) is video
   with pytest.raises(ValueError, match="rho = 2"):
     rho.clips_of({"video": video}, 2)
+
+
+def reference_pair_loss(a, b, temperature):
+  """pySlowFast's two-clip SimCLR loss, written out: rows [a; b], each row's positive the
+  other clip of its video, its softmax over all other rows; mean over the 2B rows."""
+  out = l2n(np.concatenate([a, b]))
+  n = len(a)
+  sim = out @ out.T / temperature
+  terms = []
+  for r in range(2 * n):
+    others = np.delete(sim[r], r)
+    terms.append(logsumexp(others) - sim[r, (r + n) % (2 * n)])
+  return np.mean(terms)
+
+
+def test_rho_4_pairs_consecutive_clips_as_the_reference():
+  from cvrl.objectives.simclr import consecutive_pairs  # pylint: disable=import-outside-toplevel
+  z = random_embeddings(11, 5, 4, 6)
+  got = consecutive_pairs(lambda x: multi_positive_nt_xent(x, 0.1), z)[0]
+  want = sum(reference_pair_loss(z[:, k], z[:, k + 1], 0.1) for k in range(3))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  # 'all' pairs is a different loss.
+  assert abs(float(multi_positive_nt_xent(z, 0.1)[0]) - want) > 1e-2
+
+
+def test_paper_config_pairs_consecutive_clips_and_rejects_unknown_pairing():
+  from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
+  from objective_checks import load_config  # pylint: disable=import-outside-toplevel
+  for name in ("simclr", "swav"):
+    config = load_config(f"{name}_k400_slowr50", "rho=4")
+    assert config.objective.pairing == "consecutive"
+    config.unlock()
+    config.objective.pairing = "random"
+    with pytest.raises(ValueError, match="pairing"):
+      base.get(config)

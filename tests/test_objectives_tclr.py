@@ -131,3 +131,20 @@ def test_encode_routes_views_and_timesteps():
       np.testing.assert_allclose(lsr[aug, :, t], expected(sparse, 4 * t, 4), rtol=1e-5)
       np.testing.assert_allclose(gdr[aug, :, t], expected(sparse + 1 + t, 0, 16), rtol=1e-5)
 
+
+
+def test_total_loss_on_a_fixed_batch_is_the_references_sum():
+  """The reference's total: instance + local-local + global-local + dense instance, weight
+  1 each, from the paper config's defaults."""
+  from objective_checks import load_config  # pylint: disable=import-outside-toplevel
+  cfg = load_config("tclr_ucf101_r3d18").objective
+  assert cfg.dense_instance_weight == 1.0
+  gsr = random_embeddings(10, 2, 3, 4)
+  lsr = random_embeddings(11, 2, 3, 4, 4)
+  gdr = random_embeddings(12, 2, 3, 4, 4)
+  loss, metrics = tclr.total_loss(gsr, lsr, gdr, cfg)
+  want = (numpy_nt_xent(gsr[0], gsr[1], T) + numpy_local_local(gdr, T, "sum")
+          + numpy_global_local(lsr, gdr, T) + numpy_dense_instance(gdr, T))
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert set(metrics) == {"loss_instance", "loss_local_local", "loss_global_local",
+                          "loss_dense_instance"}

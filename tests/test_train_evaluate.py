@@ -122,3 +122,25 @@ def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
     assert main.validate(c) is evaluate
     c.evaluate.mode = "knn"
     main.validate(c)  # knn reads config.pretrained (set) or random_init
+
+
+def test_linear_evaluator_head_fits_separable_features():
+  """The 'linear' evaluator's classifier on cached features: held-out clusters classified,
+  its forward pass Dense(f / ||f||) in numpy."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cvrl.train import evaluators  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 16)) * 3
+
+  def split(n):
+    y = rng.integers(0, 4, n)
+    x = (centres[y] + rng.normal(size=(n, 16))).astype(np.float32)
+    return F.SplitOutputs(x, y.astype(np.int64), np.arange(n))
+  train, test = split(128), split(64)
+  spec = evaluators.evaluator_fields("linear", linear_steps=100, linear_batch=32, linear_lr=1.0)
+  head = evaluators.train_linear(train, 4, spec, seed=0)
+  logits = np.asarray(nnx.jit(lambda h, x: h(x))(head, test.values))
+  assert np.mean(logits.argmax(1) == test.labels) > 0.9
+  f = test.values / np.linalg.norm(test.values, axis=1, keepdims=True)
+  want = f @ np.asarray(head.dense.kernel[...]) + np.asarray(head.dense.bias[...])
+  np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)

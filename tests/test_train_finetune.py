@@ -1,11 +1,12 @@
-"""Fine-tuning: two learning rates, BN in train mode synchronised over devices, dropout."""
+"""Fine-tuning: two learning rates, dropout, the recipes, the job (synchronised BN over
+devices and resume are tested on the engine, tests/test_train_engine.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from _downstream_toys import tiny_encoder, video_batches
+from _downstream_toys import tiny_encoder
 from cvrl.models.heads import LinearClassifier
 from cvrl.train import features as F
 from cvrl.train import finetune
@@ -46,35 +47,6 @@ def test_weight_decay_only_on_kernels():
   assert not np.any(np.asarray(updates["encoder"]["bn"]["scale"][...]))
 
 
-def test_step_on_8_devices_equals_single_device_step_with_global_bn():
-  """BN statistics over the global batch (synchronised BN) and the same update as on one device."""
-  mesh = F.make_mesh()
-  batch = video_batches(16, 16, shape=(2, 4, 4))[0][0]
-  tx, _ = finetune.make_optimizer(optim(), 16, 10, 0)
-
-  def trained(sharded):
-    enc = tiny_encoder(seed=7)
-    head = LinearClassifier(8, 4, normalize=False, rngs=nnx.Rngs(1))
-    model = F.VideoClassifier(enc, head)
-    if sharded:
-      model = F.place(mesh, model)
-      t = finetune.FinetuneTrainer(model, tx, mesh)
-      m = t.step(batch)
-    else:
-      one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-      model = F.place(one, model)
-      t = finetune.FinetuneTrainer(model, tx, one)
-      m = t.step(batch)
-    return nnx.to_pure_dict(nnx.state(t.model())), float(m["loss"])
-
-  (a, la), (b, lb) = trained(True), trained(False)
-  assert la == pytest.approx(lb, rel=1e-5)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
-  before = tiny_encoder(seed=7)
-  assert not np.allclose(a["encoder"]["bn"]["mean"], np.asarray(before.bn.mean[...]))  # BN trained
-  assert not np.allclose(a["encoder"]["dense"]["kernel"], np.asarray(before.dense.kernel[...]))
-
-
 def test_dropout_is_active_in_training_only():
   mesh = F.make_mesh()
   head = F.make_head(8, 4, normalize=False, dropout=0.5, seed=0, mesh=mesh)
@@ -107,6 +79,7 @@ def test_ucf101_and_hmdb51_recipes():
 @pytest.mark.slow
 def test_finetune_job_on_synthetic_data(tmp_path_factory):
   import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
   from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
   from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
@@ -122,7 +95,9 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory):
   c.warmup_epochs, c.warmup_steps = None, 0
   c.optim.update(base_lr=0.05, head_lr=0.5, base_batch_size=8)
   c.finetune.evaluate = False  # the multi-view test is evaluate's (tested there)
+  c.checkpoint.every_steps = 1
   res = finetune.run(c, str(work / "ft"))
+  assert sorted(os.listdir(work / "ft" / "checkpoints")) == ["1", "2"]  # the engine's layout
   saved = json.load(open(work / "ft" / "results.json"))
   assert "test" not in saved["finetune"] and saved["metrics"]["train_accuracy"] >= 0
   assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}

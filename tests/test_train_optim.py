@@ -135,3 +135,30 @@ def test_grad_clip_and_bad_name():
   assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
   with pytest.raises(ValueError, match="sgd"):
     optim.build(optim_config(name="adam"), lambda t: 1.0)
+
+
+def slowfast_lr(cur_epoch, base_lr, max_epoch, warmup_epochs, warmup_start_lr):
+  """SlowFast's lr_policy.get_lr_at_epoch with LR_POLICY 'cosine' (COSINE_END_LR 0,
+  COSINE_AFTER_WARMUP False), written out from its definition."""
+  cosine = lambda e: base_lr * (math.cos(math.pi * e / max_epoch) + 1.0) * 0.5
+  if cur_epoch < warmup_epochs:
+    alpha = (cosine(warmup_epochs) - warmup_start_lr) / warmup_epochs
+    return cur_epoch * alpha + warmup_start_lr
+  return cosine(cur_epoch)
+
+
+def test_half_cosine_is_slowfast_lr_policy():
+  # 200 epochs of 10 steps, 35 warm-up epochs: the rho study's schedule.
+  c = optim_config(base_lr=0.6, base_batch_size=64, schedule="half_cosine",
+                   warmup_start_lr=0.001)
+  s = optim.schedule_from_config(c, 128, 350, 2000)
+  peak = 1.2
+  for t in [0, 1, 100, 349, 350, 351, 1000, 1500, 1999, 2000]:
+    want = slowfast_lr(t / 10, peak, 200, 35, 0.001)
+    assert float(s(t)) == pytest.approx(want, rel=1e-5, abs=1e-6), t
+  # Not restarted: just after warm-up the rate is already below the peak, by the cosine
+  # of 35 / 200 of the run (CVRL's 'cosine' restarts at the peak there).
+  assert float(s(350)) == pytest.approx(peak * (1 + math.cos(math.pi * 35 / 200)) / 2, rel=1e-5)
+  assert float(optim.warmup_cosine(peak, 350, 2000, "cosine")(350)) == pytest.approx(peak)
+  # Warm-up is a straight line from the start value to the cosine's value at 35 epochs.
+  assert float(s(175)) == pytest.approx((0.001 + float(s(350))) / 2, rel=1e-5)

@@ -1,14 +1,15 @@
-"""Linear probe: frozen backbone, feature-cache path == end-to-end path, schedule, demo chain."""
+"""Linear probe: frozen backbone, feature-cache path == end-to-end path, schedule, the probe
+of a pretraining checkpoint (both paths run on the training engine)."""
 import json
 import os
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
-from _downstream_toys import encoder_numpy, tiny_encoder, video_batches
+from _downstream_toys import TinyEncoder, encoder_numpy, tiny_encoder, video_batches
+from cvrl.train import engine
 from cvrl.train import features as F
 from cvrl.train import probe
 
@@ -24,20 +25,34 @@ def small_config(**probe_overrides):
   c.optim.base_lr = 0.8
   c.optim.base_batch_size = 8
   c.optim.weight_decay = 1e-3
-  c.log.every_steps = 1000
+  c.log.update(every_steps=1000, tensorboard=False)
+  c.checkpoint.async_save = False
   c.probe.update(probe_overrides)
   return c
 
 
+def tiny_arch(features=8):
+  return lambda: TinyEncoder(features, rngs=nnx.Rngs(0))
+
+
+def train(enc, config, workdir, **kw):
+  """probe.train_probe on the toy encoder: (head, stats)."""
+  kw.setdefault("make_encoder", tiny_arch(enc.num_features))
+  head, stats, _ = probe.train_probe(enc, config, F.make_mesh(), workdir=str(workdir), **kw)
+  return head, stats
+
+
 def stream(num_videos=24, batch=8, seed=0):
   """A fresh iterator of the same augmented-clip stream each call, like the pipeline's."""
-  def make():
-    batches, _, _ = video_batches(num_videos, batch, seed=seed)
-    epoch = 0
-    while True:
-      for b in batches:
-        yield {"video": b["video"] + 0.01 * epoch, "label": b["label"]}
-      epoch += 1
+  def make(start_step=0):
+    def gen():
+      batches, _, _ = video_batches(num_videos, batch, seed=seed)
+      epoch = 0
+      while True:
+        for b in batches:
+          yield {"video": b["video"] + 0.01 * epoch, "label": b["label"]}
+        epoch += 1
+    return engine.skip(gen(), start_step)
   return make
 
 
@@ -63,43 +78,46 @@ def test_cached_batches_replay_then_permute_every_row_once_per_pass():
   feats = np.arange(12, dtype=np.float32)[:, None]
   labels = np.arange(12)
   it = probe.cached_batches(feats, labels, batch=4, replay_rows=8, seed=0)
-  first = [next(it)[1] for _ in range(2)]
+  first = [next(it)["label"] for _ in range(2)]
   np.testing.assert_array_equal(np.concatenate(first), np.arange(8))  # stream order
-  passes = np.concatenate([next(it)[1] for _ in range(6)])  # 24 rows = 2 full passes
+  passes = np.concatenate([next(it)["label"] for _ in range(6)])  # 24 rows = 2 full passes
   for p in range(2):
     np.testing.assert_array_equal(np.sort(passes[12 * p:12 * (p + 1)]), np.arange(12))
   assert not np.array_equal(passes[:12], np.arange(12))
 
 
-def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic():
+def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path):
   mesh = F.make_mesh()
   enc = tiny_encoder(seed=1)
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
   for extract in (False, True):
-    head, stats = probe.train_probe(
+    _, stats, out = probe.train_probe(
         enc, small_config(extract_features=extract, feature_epochs=1), mesh, num_classes=4,
-        train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3)
+        train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3,
+        workdir=str(tmp_path / str(extract)), make_encoder=tiny_arch())
     after = nnx.to_pure_dict(nnx.state(enc))
     jax.tree.map(np.testing.assert_array_equal, before, after)
     assert np.isfinite(stats["train_loss"])
-  # ... and the features it trained on are the inference-mode (running statistics) ones.
-  trainer = probe.HeadTrainer(enc, head, optax.sgd(0.1), mesh)
+    if not extract:  # the trained model's encoder is the frozen one, untouched
+      jax.tree.map(np.testing.assert_array_equal, before,
+                   nnx.to_pure_dict(nnx.state(out["model"].encoder)))
+  # ... and the features it trains on are the inference-mode (running statistics) ones.
   b = video_batches(8, 8, seed=5)[0][0]
-  got = np.asarray(trainer.features(b))
+  got = np.asarray(probe.FrozenEncoder(enc, mesh).features(b))
   np.testing.assert_allclose(got, encoder_numpy(enc, b["video"][:, 0]), rtol=1e-4, atol=1e-6)
   enc.train()  # batch statistics would give other features
   assert not np.allclose(np.asarray(nnx.merge(*nnx.split(enc))(b["video"][:, 0])), got, atol=1e-3)
 
 
-def test_feature_extraction_path_gives_the_end_to_end_classifier():
+def test_feature_extraction_path_gives_the_end_to_end_classifier(tmp_path):
   mesh = F.make_mesh()
   enc = tiny_encoder(seed=2)
   heads = {}
   for extract in (False, True):
     # feature_epochs=2 x 3 steps per epoch covers all 6 steps: the same clips, same order.
-    head, stats = probe.train_probe(
-        enc, small_config(extract_features=extract, feature_epochs=2), mesh, num_classes=4,
-        train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3)
+    head, stats = train(
+        enc, small_config(extract_features=extract, feature_epochs=2), tmp_path / str(extract),
+        num_classes=4, train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3)
     heads[extract] = nnx.to_pure_dict(nnx.state(head, nnx.Param))
   assert stats["cached_features"] == 48 and stats["encoder_passes"] == 48
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -109,7 +127,7 @@ def test_feature_extraction_path_gives_the_end_to_end_classifier():
   assert moved.max() > 1e-3  # the classifier did train
 
 
-def test_probe_learns_a_linearly_decodable_label_and_generalises():
+def test_probe_learns_a_linearly_decodable_label_and_generalises(tmp_path):
   """Class-dependent colour: a frozen (random) colour-sensitive encoder + the probe must
   classify held-out videos far above chance, on both paths."""
   mesh = F.make_mesh()
@@ -122,8 +140,8 @@ def test_probe_learns_a_linearly_decodable_label_and_generalises():
     v = palette[y][:, None, None, None, None, :] + 0.15 * rng.normal(size=(n, 1, 2, 4, 4, 3))
     return np.clip(v, 0, 1).astype(np.float32), y
 
-  def stream():
-    step = 0
+  def stream(start_step=0):
+    step = start_step
     while True:
       v, y = videos(16, step)
       yield {"video": v, "label": y}
@@ -133,8 +151,9 @@ def test_probe_learns_a_linearly_decodable_label_and_generalises():
     c = small_config(extract_features=extract, feature_epochs=100, normalize=False)
     c.batch_size = 16
     c.optim.update(base_lr=2.0, base_batch_size=16, weight_decay=0.0)
-    head, stats = probe.train_probe(enc, c, mesh, num_classes=4, train_batches=stream,
-                                    total_steps=60, warmup_steps=5, steps_per_epoch=1)
+    head, stats = train(enc, c, tmp_path / str(extract), num_classes=4, train_batches=stream,
+                        total_steps=60, warmup_steps=5, steps_per_epoch=1,
+                        make_encoder=tiny_arch(16))
     model = F.VideoClassifier(enc, head)
     probs = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), mesh,
                         [{"video": test_v[i:i + 16], "label": test_y[i:i + 16]}
@@ -143,12 +162,11 @@ def test_probe_learns_a_linearly_decodable_label_and_generalises():
     assert stats["train_accuracy"] > 0.9
 
 
-def test_unaugmented_features_encode_each_video_once():
-  mesh = F.make_mesh()
+def test_unaugmented_features_encode_each_video_once(tmp_path):
   enc = tiny_encoder(seed=4)
   plain = lambda: iter(video_batches(13, 8, pad=True)[0])
-  _, stats = probe.train_probe(
-      enc, small_config(extract_features=True, feature_epochs=0), mesh, num_classes=4,
+  _, stats = train(
+      enc, small_config(extract_features=True, feature_epochs=0), tmp_path, num_classes=4,
       train_batches=None, eval_batches=plain, total_steps=5, warmup_steps=0, steps_per_epoch=1)
   assert stats["cached_features"] == 13
 

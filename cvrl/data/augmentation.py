@@ -1,4 +1,4 @@
-"""Spatial augmentation of clips with ONE random draw per clip (methods.md section 1).
+"""Spatial augmentation of clips with ONE random draw per clip (Qian et al., CVPR 2021).
 
 A clip arrives as its sampled JPEG strings [T] (or decoded uint8 frames [T, H, W, 3]).
 All of its random parameters come from one stateless draw: a uniform vector for flip,

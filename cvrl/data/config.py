@@ -1,12 +1,13 @@
-"""Every knob of the input pipeline, with the CVRL paper defaults (methods.md section 1).
+"""Every knob of the input pipeline, with the CVRL paper defaults (Qian et al., CVPR 2021).
 
 One `ml_collections.ConfigDict` goes under `config.data`; `build_dataset` reads nothing
-else. Helpers switch the augmentation to the rho-methods recipe (methods.md section 2)
+else. Helpers switch the augmentation to the rho-methods recipe (Feichtenhofer et al., CVPR 2021)
 or to probe-time augmentation (crop + flip only).
 """
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def default_augmentation_config() -> ml_collections.ConfigDict:
@@ -49,8 +50,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.source = 'synthetic'  # 'synthetic' | 'tfrecord' | 'tfds'
   # Dataset facts the jobs need: epochs -> steps, classifier width. None = unknown (the
   # synthetic source knows its own).
-  c.num_train_examples = None
-  c.num_classes = None
+  c.num_train_examples = config_dict.placeholder(int)
+  c.num_classes = config_dict.placeholder(int)
 
   # TFRecord shards of tf.train.SequenceExample: a glob, a comma-separated list of globs,
   # or a list of paths. `eval_paths` is read when build_dataset(train=False).
@@ -60,6 +61,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.label_key = 'clip/label/index'  # context int64
   c.text_key = 'clip/label/text'    # context bytes, optional, not read into batches
   c.require_label = True  # False: records without a label get label -1 (pretraining data)
+  # A label outside [0, num_classes) or missing (require_label): 'error' stops the job
+  # naming the record; 'skip' counts (stats bad_label) and skips it.
+  c.bad_label = 'error'
 
   # TFDS video datasets (e.g. 'ucf101/ucf101_1_256'): builder name and splits.
   c.tfds_name = ''
@@ -69,8 +73,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tfds_video_key = 'video'
   c.tfds_label_key = 'label'
 
-  # Synthetic motion videos, written once as SequenceExample shards into `dir`.
+  # Synthetic videos, written once as SequenceExample shards into `dir`. kind 'motion':
+  # labelled by motion direction alone (cvrl.data.synthetic); 'objects': labelled by what
+  # the object is and how it moves, appearance nuisances random (cvrl.data.procedural).
   c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.kind = 'motion'
   c.synthetic.dir = ''  # '' -> a folder under the system temp dir
   c.synthetic.num_train_videos = 256
   c.synthetic.num_eval_videos = 64
@@ -110,7 +117,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Augmentation of the rho-methods study (methods.md section 2), in place."""
+  """Augmentation of the rho-methods study (Feichtenhofer et al., CVPR 2021), in place."""
   aug = data_config.augmentation
   aug.area_range = (0.2, 0.766)
   aug.aspect_ratio_range = (0.75, 1.333)

@@ -2,13 +2,17 @@
 
   python -m cvrl.data.convert --input_dir videos/ --output_dir shards/ --num_shards 64
   python -m cvrl.data.convert --csv list.csv --output_dir shards/ --short_side 256 --fps 25
+  python -m cvrl.data.convert --csv val.csv --output_dir val/ --label_map train/label_map.json
 
 Input is (a) a folder of class sub-folders of video files, or (b) a CSV of `path,label`
 (relative paths are relative to the CSV; an optional header row `path,label`). Videos are
 decoded with PyAV, resized so the shorter side is --short_side (0 keeps the size),
 optionally resampled to --fps, and stored one JPEG per frame with context
 `clip/label/index` and `clip/label/text`. `label_map.json` (name -> index) is written
-beside the shards. Shards are written under a temporary name and renamed when complete,
+beside the shards; `--label_map FILE` reuses another split's (so a split missing a class
+keeps every index; a label missing from FILE is an error). Frames are decoded one at a
+time and encoded to JPEG at once, so memory follows the JPEG bytes of one video, never its
+decoded frames; `--max_frames N` keeps the first N frames of each video (after --fps). Shards are written under a temporary name and renamed when complete,
 so a rerun skips finished shards (resumable). Unreadable videos are skipped and listed
 in `conversion_report.json`.
 """
@@ -63,15 +67,30 @@ def label_map(labels: Sequence[str]) -> dict[str, int]:
   return {n: i for i, n in enumerate(names)}
 
 
-def decode_video(path: str, short_side: int, fps: float):
-  """uint8 RGB frames [T, H, W, 3] resized to `short_side` (PyAV), resampled to `fps` if > 0."""
+def read_label_map(path: str, labels: Sequence[str]) -> dict[str, int]:
+  """The name -> index map in `path` (a label_map.json); every label must be in it."""
+  with open(path) as f:
+    mapping = json.load(f)
+  if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
+    raise ValueError(f'{path}: expected a JSON object of label name -> integer index')
+  missing = sorted(set(labels) - set(mapping))
+  if missing:
+    raise ValueError(f'{len(missing)} label(s) not in --label_map {path}: '
+                     f'{", ".join(missing[:10])}{" ..." if len(missing) > 10 else ""}')
+  return {str(k): int(v) for k, v in mapping.items()}
+
+
+def iter_frames(path: str, short_side: int, fps: float, max_frames: int = 0):
+  """uint8 RGB frames [H, W, 3] one at a time (PyAV), shorter side resized to `short_side`,
+  resampled to `fps` if > 0, the first `max_frames` if > 0."""
   import av  # lazy: only the converter needs PyAV
-  import numpy as np
-  frames = []
+  count = 0
   with av.open(path) as container:
     stream = container.streams.video[0]
     next_time = 0.0
     for frame in container.decode(stream):
+      if max_frames > 0 and count >= max_frames:
+        break
       if fps > 0:
         t = float(frame.time) if frame.time is not None else next_time
         if t + 1e-6 < next_time:
@@ -83,10 +102,63 @@ def decode_video(path: str, short_side: int, fps: float):
           h, w = short_side, max(1, round(w * short_side / h))
         else:
           h, w = max(1, round(h * short_side / w)), short_side
-      frames.append(frame.reformat(width=w, height=h, format='rgb24').to_ndarray())
+      count += 1
+      yield frame.reformat(width=w, height=h, format='rgb24').to_ndarray()
+
+
+def decode_video(path: str, short_side: int, fps: float, max_frames: int = 0):
+  """All frames [T, H, W, 3] at once (for tools and tests; the converter streams)."""
+  import numpy as np
+  frames = list(iter_frames(path, short_side, fps, max_frames))
   if not frames:
     raise ValueError('no decodable frames')
   return np.stack(frames)
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    byte, n = n & 0x7F, n >> 7
+    out.append(byte | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _field(number: int, payload_len: int) -> bytes:
+  """Protobuf wire-format header of a length-delimited field."""
+  return _varint(number << 3 | 2) + _varint(payload_len)
+
+
+def encode_video_record(path: str, label: int, text: str, short_side: int, fps: float,
+                        quality: int, max_frames: int = 0, frames_key: str = 'image/encoded'):
+  """The serialized SequenceExample of one video (as `sources.make_sequence_example`
+  writes it), built in one buffer: each frame is JPEG-encoded as soon as it is decoded and
+  appended in protobuf wire format, so the record's bytes are held once, never the
+  decoded frames nor a list and a proto copy of the JPEGs. Returns (bytearray, frames)."""
+  import tensorflow as tf
+  from cvrl.data import sources
+  frames = bytearray()  # FeatureList body: repeated Feature{bytes_list{value: jpeg}}
+  count = 0
+  for frame in iter_frames(path, short_side, fps, max_frames):
+    jpeg = tf.io.encode_jpeg(frame, quality=quality).numpy()
+    bytes_list = _field(1, len(jpeg))
+    feature = _field(1, len(bytes_list) + len(jpeg))
+    frames += _field(1, len(feature) + len(bytes_list) + len(jpeg)) + feature + bytes_list
+    frames += jpeg
+    count += 1
+  if not count:
+    raise ValueError('no decodable frames')
+  # Context (label, text) through the proto; then feature_lists{feature_list{key, value}}.
+  context = sources.make_sequence_example([], label, text=text)
+  context.ClearField('feature_lists')
+  head = context.SerializeToString()
+  key = frames_key.encode()
+  entry_len = len(_field(1, len(key))) + len(key) + len(_field(2, len(frames))) + len(frames)
+  lists_len = len(_field(1, entry_len)) + entry_len
+  prefix = (head + _field(2, lists_len) + _field(1, entry_len) + _field(1, len(key)) + key +
+            _field(2, len(frames)))
+  frames[0:0] = prefix  # in place: no second copy of the frames
+  return frames, count
 
 
 def shard_path(output_dir: str, prefix: str, k: int, n: int) -> str:
@@ -95,21 +167,20 @@ def shard_path(output_dir: str, prefix: str, k: int, n: int) -> str:
 
 def write_shard(job) -> dict:
   """Write one shard; returns {'shard', 'written', 'failed': [(path, error)]}."""
-  path, items, labels, short_side, fps, quality = job
+  path, items, labels, short_side, fps, quality, max_frames = job
   import tensorflow as tf
-  from cvrl.data import sources
   failed, written = [], 0
   tmp = f'{path}.tmp-{os.getpid()}'
   with tf.io.TFRecordWriter(tmp) as writer:
     for video_path, name in items:
       try:
-        frames = decode_video(video_path, short_side, fps)
+        record, _ = encode_video_record(video_path, labels[name], name, short_side, fps,
+                                        quality, max_frames)
       except Exception as e:  # unreadable: listed, skipped
         failed.append((video_path, f'{type(e).__name__}: {e}'))
         continue
-      jpegs = [tf.io.encode_jpeg(f, quality=quality).numpy() for f in frames]
-      ex = sources.make_sequence_example(jpegs, labels[name], text=name)
-      writer.write(ex.SerializeToString())
+      writer.write(record)
+      del record
       written += 1
   report = {'shard': os.path.basename(path), 'written': written, 'failed': failed}
   with open(path + '.report.json', 'w') as f:
@@ -120,10 +191,17 @@ def write_shard(job) -> dict:
 
 def convert(items: Sequence[tuple[str, str]], output_dir: str, num_shards: int = 8,
             short_side: int = 256, fps: float = 0.0, jpeg_quality: int = 90, workers: int = 0,
-            prefix: str = 'data', progress: bool = True) -> dict:
-  """Convert (path, label name) items into shards; returns the report written to disk."""
+            prefix: str = 'data', progress: bool = True, label_map_file: str | None = None,
+            max_frames: int = 0) -> dict:
+  """Convert (path, label name) items into shards; returns the report written to disk.
+
+  label_map_file: reuse this name -> index map (another split's label_map.json) instead
+  of deriving one from `items`; ValueError if a label is missing from it.
+  max_frames: keep at most this many frames per video (0: all).
+  """
+  names = [name for _, name in items]
+  labels = read_label_map(label_map_file, names) if label_map_file else label_map(names)
   os.makedirs(output_dir, exist_ok=True)
-  labels = label_map([name for _, name in items])
   with open(os.path.join(output_dir, 'label_map.json'), 'w') as f:
     json.dump(labels, f, indent=1, sort_keys=True)
   num_shards = max(1, min(num_shards, len(items)))
@@ -132,7 +210,8 @@ def convert(items: Sequence[tuple[str, str]], output_dir: str, num_shards: int =
     path = shard_path(output_dir, prefix, k, num_shards)
     if os.path.exists(path) and os.path.exists(path + '.report.json'):
       continue  # finished by an earlier run
-    jobs.append((path, list(items[k::num_shards]), labels, short_side, fps, jpeg_quality))
+    jobs.append((path, list(items[k::num_shards]), labels, short_side, fps, jpeg_quality,
+                 max_frames))
   done_videos = len(items) - sum(len(j[1]) for j in jobs)
   bar = None
   if progress:
@@ -183,10 +262,21 @@ def main(argv=None) -> int:
   p.add_argument('--jpeg_quality', type=int, default=90)
   p.add_argument('--workers', type=int, default=os.cpu_count() or 1)
   p.add_argument('--prefix', default='data')
+  p.add_argument('--label_map', default=None,
+                 help="reuse another split's label_map.json (a label missing from it is an error)")
+  p.add_argument('--max_frames', type=int, default=0,
+                 help='keep at most this many frames per video, after --fps (0: all)')
   args = p.parse_args(argv)
-  items = list_folder(args.input_dir) if args.input_dir else list_csv(args.csv)
-  report = convert(items, args.output_dir, args.num_shards, args.short_side, args.fps,
-                   args.jpeg_quality, args.workers, args.prefix)
+  if args.max_frames < 0:
+    p.error(f'--max_frames must be >= 0, got {args.max_frames}')
+  try:
+    items = list_folder(args.input_dir) if args.input_dir else list_csv(args.csv)
+    report = convert(items, args.output_dir, args.num_shards, args.short_side, args.fps,
+                     args.jpeg_quality, args.workers, args.prefix,
+                     label_map_file=args.label_map, max_frames=args.max_frames)
+  except (ValueError, OSError) as e:
+    print(f'cvrl: error: {e}', file=sys.stderr)
+    return 2
   print(json.dumps({k: (len(v) if k == 'unreadable' else v) for k, v in report.items()}))
   for path, err in report['unreadable']:
     print(f'unreadable: {path}: {err}', file=sys.stderr)

@@ -27,7 +27,14 @@ File order and shuffle buffers are re-seeded per epoch from (seed, epoch, host),
 stream of a host is a pure function of (seed, process_index, process_count) and
 `start_step` can skip to the element a run that never stopped would be at.
 
-Bad records never stop a run and are never silent: a record that does not parse or a
+Labels are checked where they enter (every source): a label outside [0, num_classes), or
+missing in a labelled job (data.require_label), stops the job at the first batch after it
+with one line naming the file, the record and the label (BadLabelError, a ConfigError:
+`cvrl: error: ...`, exit 2), or with data.bad_label='skip' is counted (`bad_label`) and
+skipped. num_classes is data.num_classes, else what the source knows (synthetic, TFDS);
+unknown, only negative labels are caught.
+
+Other bad records never stop a run and are never silent: a record that does not parse or a
 frame that does not decode (dropped), a record missing the frames or label key, and a
 video shorter than the sampler's footprint (padded per `data.short_video`, or skipped)
 are counted. Batches carry the running counts in a `stats` field; `iterate` strips it
@@ -47,13 +54,20 @@ from cvrl.data import augmentation
 from cvrl.data import photometric
 from cvrl.data import sampling
 from cvrl.data import sources
+from cvrl.errors import ConfigError
 
 _TAG_FILES, _TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 1, 2, 3, 4
 STATS_KEY = 'stats'
 PHOTOMETRIC_KEY = 'photometric'
 PHOTOMETRIC_MODES = ('device', 'host')
 # Columns of the per-example `stats` vector.
-_EPOCH, _PARSE_FAILED, _DECODE_FAILED, _MISSING, _SHORT, _SHORT_SKIPPED = range(6)
+_EPOCH, _PARSE_FAILED, _DECODE_FAILED, _MISSING, _SHORT, _SHORT_SKIPPED, _BAD_LABEL = range(7)
+NUM_STATS = 7
+_NOTE_KEY = 'bad_label_note'  # the first bad label's description ('' if none); see iterate
+
+
+class BadLabelError(ConfigError):
+  """A record's label is outside [0, num_classes) or missing (data.bad_label='error')."""
 
 
 @dataclasses.dataclass
@@ -63,6 +77,7 @@ class PipelineStats:
   missing_key: int = 0     # frames or label key absent (skipped / masked)
   short_padded: int = 0    # shorter than a clip, padded per data.short_video
   short_skipped: int = 0   # shorter than a clip, skipped (short_video='skip')
+  bad_label: int = 0       # label outside [0, num_classes) or missing (bad_label='skip')
   batches: int = 0
   _parse_failed: dict = dataclasses.field(default_factory=dict)  # epoch -> count
 
@@ -73,16 +88,18 @@ class PipelineStats:
 
   @property
   def skipped(self) -> int:
-    return self.parse_failed + self.decode_failed + self.missing_key + self.short_skipped
+    return (self.parse_failed + self.decode_failed + self.missing_key + self.short_skipped +
+            self.bad_label)
 
   def update(self, stats: np.ndarray) -> None:
-    stats = np.asarray(stats).reshape(-1, 6)
+    stats = np.asarray(stats).reshape(-1, NUM_STATS)
     for epoch in np.unique(stats[:, _EPOCH]):
       rows = stats[stats[:, _EPOCH] == epoch]
       key = int(epoch)
       self._parse_failed[key] = max(self._parse_failed.get(key, 0), int(rows[:, _PARSE_FAILED].max()))
     self.decode_failed = max(self.decode_failed, int(stats[:, _DECODE_FAILED].max()))
     self.missing_key = max(self.missing_key, int(stats[:, _MISSING].max()))
+    self.bad_label = max(self.bad_label, int(stats[:, _BAD_LABEL].max()))
     short = int(stats[:, _SHORT].max())
     self.short_skipped = max(self.short_skipped, int(stats[:, _SHORT_SKIPPED].max()))
     self.short_padded = max(self.short_padded, short - self.short_skipped)
@@ -91,19 +108,31 @@ class PipelineStats:
   def as_dict(self) -> dict:
     return {'parse_failed': self.parse_failed, 'decode_failed': self.decode_failed,
             'missing_key': self.missing_key, 'short_padded': self.short_padded,
-            'short_skipped': self.short_skipped, 'skipped': self.skipped}
+            'short_skipped': self.short_skipped, 'bad_label': self.bad_label,
+            'skipped': self.skipped}
 
   def __str__(self) -> str:
     return ' '.join(f'{k}={v}' for k, v in self.as_dict().items())
 
 
 def iterate(ds: tf.data.Dataset, stats: PipelineStats | None = None) -> Iterator[dict]:
-  """Numpy batches from `ds`; the `stats` field is moved into `stats` (if given)."""
+  """Numpy batches from `ds`; the `stats` field is moved into `stats` (if given). A bad
+  label under data.bad_label='error' raises BadLabelError (one line)."""
   for batch in ds.as_numpy_iterator():
+    notes = batch.pop(_NOTE_KEY, None)
+    if notes is not None and np.any(notes != b''):
+      raise BadLabelError(notes[notes != b''][0].decode('utf-8', 'replace'))
     counts = batch.pop(STATS_KEY, None)
     if stats is not None and counts is not None:
       stats.update(counts)
     yield batch
+
+
+def bad_label_policy(data_config) -> str:
+  policy = data_config.get('bad_label', 'error')
+  if policy not in sources.BAD_LABEL_POLICIES:
+    raise ValueError(f'data.bad_label must be one of {sources.BAD_LABEL_POLICIES}, got {policy!r}')
+  return policy
 
 
 def photometric_mode(data_config) -> str:
@@ -123,6 +152,8 @@ class _Source:
   parse: callable           # record -> (frames [L] (strings or uint8 frames), label, status)
   host_counts: list | None  # records per host (None if unknown)
   process_index: int
+  describe: callable = None  # example id tensor -> string tensor naming the record
+  num_classes: int | None = None  # what the source knows (labels are checked against it)
 
 
 def _resolve_process(process_index, process_count):
@@ -162,7 +193,12 @@ def _tfrecord_source(cfg, paths, seed: int, process_index: int, process_count: i
     counts = sources.host_record_counts(files, process_count)
   except (OSError, tf.errors.OpError):  # unreadable headers: counted later as parse failures
     counts = None
-  return _Source(epoch_records, parse, counts, process_index)
+  all_files = tf.constant(files)
+
+  def describe(example_id):
+    return tf.strings.join([tf.gather(all_files, example_id // (2 ** 32)), ', record ',
+                            tf.strings.as_string(example_id % (2 ** 32))])
+  return _Source(epoch_records, parse, counts, process_index, describe)
 
 
 def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
@@ -173,7 +209,9 @@ def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
   if cfg.source == 'synthetic':
     from cvrl.data import synthetic
     paths = synthetic.ensure_synthetic(cfg.synthetic, split)
-    return _tfrecord_source(cfg, paths, seed, process_index, process_count)
+    source = _tfrecord_source(cfg, paths, seed, process_index, process_count)
+    source.num_classes = int(cfg.synthetic.num_classes)
+    return source
   if cfg.source == 'tfds':
     from cvrl.data import tfds_source
     return tfds_source.make_source(cfg, split, seed, process_index, process_count, _Source)
@@ -189,7 +227,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   with data.photometric='host'), `photometric` [B, V, P] / [B, V, T, P] float32 (device
   mode, training views with photometric ops; see the module docstring), `label` [B]
   int32, `index` [B] int64 (global example id, -1 for padding), `mask` [B] float32 (eval
-  only), and `stats` [B, 6] int64 running problem counts (stripped by `iterate`).
+  only), and `stats` [B, NUM_STATS] int64 running problem counts (stripped by `iterate`).
   Pass every batch through `cvrl.data.device.finish_batch` inside the jitted step.
 
   sampler: {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho} (V=rho),
@@ -213,7 +251,10 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   split = split or ('train' if train else 'eval')
   process_index, process_count = _resolve_process(process_index, process_count)
   smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride, train=train)
+  label_policy = bad_label_policy(cfg)
   source = _make_source(cfg, train, split, seed, process_index, process_count)
+  num_classes = cfg.get('num_classes') or source.num_classes
+  describe = source.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
   random = train and smp.random
   base_seed = tf.constant([seed, 0x5EED], tf.int64)
   auto = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else int(cfg.num_parallel_calls)
@@ -221,6 +262,8 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   # Phase 1+2: per epoch, read -> parse -> sample on the JPEG strings -> shuffle.
   def parse_and_sample(pos, example_id, record, epoch):
     frames, label, status = source.parse(record)
+    if cfg.require_label:  # a labelled job: labels checked where they enter
+      status = sources.check_label(label, status, num_classes)
     length = tf.shape(frames)[0]
     key = augmentation.fold_seed(base_seed, example_id, epoch)
     idx = smp.indices(length, augmentation.fold_seed(key, _TAG_SAMPLE))
@@ -312,23 +355,37 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   ds = ds.ignore_errors()  # frames that do not decode: counted by the position gaps
 
   def count(state, el):
-    last, failed, missing, short, short_skipped = state
+    last, failed, missing, short, short_skipped, bad_label, note = state
     failed += el['pos'] - last - 1
     st = el['status']
+    is_bad = tf.equal(st, sources.BAD_LABEL)
+    if label_policy == 'error':  # the first bad record's description rides on every later
+      # element (a skipped one is filtered out of training), `iterate` raises on it
+      no_label = tf.equal(el['label'], sources.MISSING_LABEL)
+      what = tf.where(no_label, f'has no label ({cfg.label_key}) in a labelled job',
+                      tf.strings.join(['has label ', tf.strings.as_string(el['label']),
+                                       f', outside [0, {num_classes or "num_classes"})']))
+      this = tf.strings.join([describe(el['id']), ' ', what,
+                              " (check data.num_classes; data.bad_label='skip' counts and "
+                              'skips such records)'])
+      note = tf.where(tf.logical_and(is_bad, tf.equal(note, '')), this, note)
+    bad_label += tf.cast(is_bad, tf.int64)
     missing += tf.cast(tf.equal(st, sources.MISSING_KEY), tf.int64)
     short += tf.cast(tf.logical_or(tf.equal(st, sources.SHORT_PADDED),
                                    tf.equal(st, sources.SHORT_SKIPPED)), tf.int64)
     short_skipped += tf.cast(tf.equal(st, sources.SHORT_SKIPPED), tf.int64)
-    stats = tf.stack([el['epoch'], el['parse_failed'], failed, missing, short, short_skipped])
+    stats = tf.stack([el['epoch'], el['parse_failed'], failed, missing, short, short_skipped,
+                      bad_label])
     usable = tf.logical_or(tf.equal(st, sources.OK), tf.equal(st, sources.SHORT_PADDED))
-    out = {'video': el['video'], 'label': el['label'], 'index': el['id'], STATS_KEY: stats,
-           'mask': tf.cast(usable, tf.float32)}
+    label = tf.where(is_bad, -1, el['label'])  # as padding: never indexes a class
+    out = {'video': el['video'], 'label': label, 'index': el['id'], STATS_KEY: stats,
+           'mask': tf.cast(usable, tf.float32), _NOTE_KEY: note}
     if emit_params:
       out[PHOTOMETRIC_KEY] = el[PHOTOMETRIC_KEY]
-    return (el['pos'], failed, missing, short, short_skipped), out
+    return (el['pos'], failed, missing, short, short_skipped, bad_label, note), out
 
   zero = tf.constant(0, tf.int64)
-  ds = ds.scan((tf.constant(-1, tf.int64), zero, zero, zero, zero), count)
+  ds = ds.scan((tf.constant(-1, tf.int64), zero, zero, zero, zero, zero, tf.constant('')), count)
   if train:
     ds = ds.filter(lambda el: el['mask'] > 0)
     ds = ds.map(lambda el: {k: v for k, v in el.items() if k != 'mask'})
@@ -353,11 +410,12 @@ def _eval_batches(ds, batch_size: int, video_shape, dtype, host_counts) -> tf.da
     def pad_to(x, value):
       paddings = tf.concat([[[0, extra]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], 0)
       return tf.pad(x, paddings, constant_values=value)
-    out = {k: pad_to(v, -1 if k in ('index', 'label') else 0) for k, v in batch.items()}
+    out = {k: pad_to(v, '' if v.dtype == tf.string else -1 if k in ('index', 'label') else 0)
+           for k, v in batch.items()}
     out['video'] = tf.ensure_shape(out['video'], [batch_size] + video_shape)
     for k in ('label', 'index', 'mask'):
       out[k] = tf.ensure_shape(out[k], [batch_size])
-    out[STATS_KEY] = tf.ensure_shape(out[STATS_KEY], [batch_size, 6])
+    out[STATS_KEY] = tf.ensure_shape(out[STATS_KEY], [batch_size, NUM_STATS])
     return out
 
   ds = ds.map(pad)
@@ -365,7 +423,8 @@ def _eval_batches(ds, batch_size: int, video_shape, dtype, host_counts) -> tf.da
     num_batches = math.ceil(max(host_counts) / batch_size)
     filler = {'video': tf.zeros([batch_size] + video_shape, dtype), 'label': -tf.ones([batch_size], tf.int32),
               'index': -tf.ones([batch_size], tf.int64), 'mask': tf.zeros([batch_size]),
-              STATS_KEY: tf.zeros([batch_size, 6], tf.int64)}
+              STATS_KEY: tf.zeros([batch_size, NUM_STATS], tf.int64),
+              _NOTE_KEY: tf.fill([batch_size], '')}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat()).take(num_batches)
   return ds
 

@@ -1,4 +1,4 @@
-"""Temporal sampling: which stored frames each clip takes (methods.md sections 1-4).
+"""Temporal sampling: which stored frames each clip takes (the papers the README cites).
 
 Every function maps a video length L (and a stateless seed) to frame indices, so clips
 are chosen on the encoded JPEG strings and only the chosen frames are decoded. Indices

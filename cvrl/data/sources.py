@@ -15,7 +15,11 @@ from typing import Sequence
 import tensorflow as tf
 
 # Status of a parsed example, carried through the pipeline and counted.
-OK, MISSING_KEY, SHORT_PADDED, SHORT_SKIPPED = 0, 1, 2, 3
+OK, MISSING_KEY, SHORT_PADDED, SHORT_SKIPPED, BAD_LABEL = 0, 1, 2, 3, 4
+# Label policy (data.bad_label) for a label outside [0, num_classes) or missing in a
+# labelled job: 'error' stops the job naming the record, 'skip' counts and skips it.
+BAD_LABEL_POLICIES = ('error', 'skip')
+MISSING_LABEL = -2 ** 31  # the label of a record without one in a labelled job
 
 
 def resolve_paths(paths) -> list[str]:
@@ -107,11 +111,21 @@ def parse_sequence_example(record, frames_key: str, label_key: str, require_labe
   labels = context[label_key].values
   has_label = tf.size(labels) > 0
   label = tf.cond(has_label, lambda: tf.cast(labels[0], tf.int32), lambda: tf.constant(-1))
-  missing = tf.equal(tf.size(frames), 0)
-  if require_label:
-    missing = tf.logical_or(missing, tf.logical_not(has_label))
-  status = tf.where(missing, MISSING_KEY, OK)
+  status = tf.where(tf.equal(tf.size(frames), 0), MISSING_KEY, OK)
+  if require_label:  # a missing label is a bad label (the pipeline applies data.bad_label)
+    status = tf.where(tf.logical_and(tf.equal(status, OK), tf.logical_not(has_label)),
+                      BAD_LABEL, status)
+    label = tf.where(has_label, label, MISSING_LABEL)
   return frames, label, status
+
+
+def check_label(label, status, num_classes: int | None):
+  """`status` with BAD_LABEL where a usable record's label is negative or >= num_classes
+  (None: only negative labels are bad)."""
+  bad = label < 0
+  if num_classes:
+    bad = tf.logical_or(bad, label >= int(num_classes))
+  return tf.where(tf.logical_and(tf.equal(status, OK), bad), BAD_LABEL, status)
 
 
 def make_sequence_example(frames: Sequence[bytes], label: int | None, text: str | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -73,16 +74,23 @@ def _shard_name(directory: str, split: str, k: int, n: int) -> str:
 
 def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, num_frames: int,
                            size: int, num_shards: int, seed: int, split: str = 'train',
-                           jpeg_quality: int = 90) -> list[str]:
+                           jpeg_quality: int = 90, kind: str = 'motion') -> list[str]:
   """Write (or find already written) shards of synthetic videos; returns their paths.
+
+  kind: 'motion' (this module's videos, labelled by motion alone) or 'objects'
+  (`cvrl.data.procedural`: labelled by what the object is and how it moves).
 
   Idempotent: a marker file records the parameters of a completed split; a call with the
   same parameters returns at once. Video i (label i % num_classes) goes to shard
   i % num_shards; shards are written to a temporary name and renamed when complete.
   """
   import tensorflow as tf  # TF only needed to encode and write
+  render, name = _renderer(kind, num_classes)
   params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
                 size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
+  if kind != 'motion':  # the motion data's markers stay as they were
+    params['kind'] = kind
+    params['version'] = getattr(sys.modules[render.__module__], 'VERSION', 1)
   paths = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
   marker = os.path.join(directory, f'{split}.complete.json')
   if os.path.exists(marker) and all(os.path.exists(p) for p in paths):
@@ -102,9 +110,9 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
     with tf.io.TFRecordWriter(tmp) as writer:
       for i in range(k, num_videos, num_shards):
         label = i % num_classes
-        video = render_video(seed, i, label, num_classes, num_frames, size)
+        video = render(seed, i, label, num_classes, num_frames, size)
         jpegs = [tf.io.encode_jpeg(f, quality=jpeg_quality).numpy() for f in video]
-        ex = sources.make_sequence_example(jpegs, label, text=f'motion_{label}')
+        ex = sources.make_sequence_example(jpegs, label, text=name(label))
         writer.write(ex.SerializeToString())
     os.replace(tmp, path)
   with open(marker, 'w') as f:
@@ -112,18 +120,34 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
   return paths
 
 
+KINDS = ('motion', 'objects')
+
+
+def _renderer(kind: str, num_classes: int):
+  """(render_video, label -> text) of a kind of synthetic data."""
+  if kind == 'motion':
+    return render_video, lambda label: f'motion_{label}'
+  if kind == 'objects':
+    from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
+    procedural.class_factors(num_classes)  # fail early on a bad class count
+    return procedural.render_video, lambda label: procedural.class_name(label, num_classes)
+  raise ValueError(f'data.synthetic.kind must be one of {list(KINDS)}, got {kind!r}')
+
+
 def ensure_synthetic(syn_config, split: str) -> list[str]:
   """Shards of the 'train' or 'eval' split described by config.data.synthetic."""
   if split not in ('train', 'eval'):
     raise ValueError(f"synthetic data has splits 'train' and 'eval', not {split!r}")
+  kind = str(syn_config.get('kind', 'motion'))
   directory = syn_config.dir
   if not directory:
     import tempfile
-    directory = os.path.join(tempfile.gettempdir(), 'cvrl_synthetic')
+    directory = os.path.join(tempfile.gettempdir(),
+                             'cvrl_synthetic' if kind == 'motion' else f'cvrl_synthetic_{kind}')
   train = split == 'train'
   return write_synthetic_shards(
       directory,
       num_videos=int(syn_config.num_train_videos if train else syn_config.num_eval_videos),
       num_classes=int(syn_config.num_classes), num_frames=int(syn_config.num_frames),
       size=int(syn_config.size), num_shards=int(syn_config.num_shards),
-      seed=int(syn_config.seed) + (0 if train else _EVAL_SEED_OFFSET), split=split)
+      seed=int(syn_config.seed) + (0 if train else _EVAL_SEED_OFFSET), split=split, kind=kind)

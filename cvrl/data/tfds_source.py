@@ -76,4 +76,10 @@ def make_source(cfg, split: str, seed: int, process_index: int, process_count: i
     return frames, label, status
 
   epoch_records(tf.constant(0, tf.int64), False)  # fail at build time, not mid-run
-  return source_cls(epoch_records, parse, counts, process_index)
+
+  def describe(example_id):
+    return tf.strings.join([f'TFDS {cfg.tfds_name} split {host_split!r}, example hash ',
+                            tf.strings.as_string(example_id)])
+  # The ClassLabel's class count: labels are checked against it unless data.num_classes is set.
+  num_classes = getattr(features[cfg.tfds_label_key], 'num_classes', None)
+  return source_cls(epoch_records, parse, counts, process_index, describe, num_classes)

@@ -45,11 +45,18 @@ class R3DSpec:
 
 
 PRESETS = {
-    # CVRL's R3D (methods.md section 1): TF model-garden ResNet3D, TF 'SAME' padding.
+    # CVRL's R3D (Qian et al., CVPR 2021): TF model-garden ResNet3D, TF 'SAME' padding.
     "cvrl": R3DSpec(stem_kernel=(5, 7, 7), stem_strides=(2, 2, 2), stem_pool=(1, 3, 3),
                     stem_pool_strides=(1, 2, 2), temporal_kernels=(1, 1, 3, 3),
                     temporal_strides=(1, 1, 1, 1), temporal_dilations=(1, 1, 1, 1),
                     padding="same"),
+    # Slow-only R50 8x8 (SlowFast's SLOW_8x8_R50, the rho study's backbone): 1x7x7 stem
+    # without temporal stride, 1x3x3 max-pool stride (1, 2, 2), temporal kernels 1 in res2
+    # and res3 and 3 in res4 and res5, no temporal downsampling (8 frames -> 8x7x7x2048).
+    "slow": R3DSpec(stem_kernel=(1, 7, 7), stem_strides=(1, 2, 2), stem_pool=(1, 3, 3),
+                    stem_pool_strides=(1, 2, 2), temporal_kernels=(1, 1, 3, 3),
+                    temporal_strides=(1, 1, 1, 1), temporal_dilations=(1, 1, 1, 1),
+                    padding="symmetric"),
     # torchvision's r3d_18 / 3DRotNet: every conv 3x3x3, temporal stride 2 from res3 on.
     "r3d18": R3DSpec(stem_kernel=(3, 7, 7), stem_strides=(1, 2, 2), stem_pool=None,
                      stem_pool_strides=(1, 1, 1), temporal_kernels=(3, 3, 3, 3),

@@ -100,5 +100,12 @@ class Objective(abc.ABC):
     """An nnx filter selecting the variables the optimizer updates."""
     return nnx.Param
 
+  def apply_update(self, model: nnx.Module, *, step: jax.Array) -> jax.Array | None:
+    """Whether this step's optimizer update is applied, judged on the model before the step
+    (inside jit). None (the default): always. A False step leaves parameters and optimizer
+    state untouched (no weight decay, no momentum), as the reference skipping
+    `optimizer.step()`; the objective's own state (queues, BN statistics) still advances."""
+    return None
+
   def after_update(self, model: nnx.Module, *, step: jax.Array) -> None:
     """Runs after the optimizer step, inside jit: EMA targets, prototype normalisation."""

@@ -6,9 +6,10 @@ and projector, momentum 0.996 cosine-annealed to 1; it gets no gradient (exclude
 `trainable`, and its outputs are stop-gradient'ed).
 
 Loss: 2 - 2 cos(p_i, z_j) between the online prediction of clip i and the target
-projection of every other clip j of the same video. `reduction='mean'` averages over all
-ordered pairs (i, j), i != j, and videos; 'sum' sums over query clips i the mean over
-(j, videos), the gradient of the reference's sequential mode.
+projection of every other clip j of the same video. `reduction='sum'` (the default, as the
+reference's sequential mode: one backward per query clip, each the mean over the other
+clips' keys and the videos) sums over query clips i the mean over (j, videos); 'mean'
+averages over all ordered pairs (i, j), i != j, and videos.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ from cvrl.objectives.views import apply_views
 
 
 def objective_config() -> dict:
-  """config.objective fields for rho-BYOL (methods.md section 2)."""
+  """config.objective fields for rho-BYOL (Feichtenhofer et al., CVPR 2021)."""
   return dict(name="byol", num_clips=2, head_hidden=4096, head_layers=1, head_out=256,
               head_bn=True, predictor_hidden=4096, bn_per_view=True, momentum=0.996,
-              momentum_schedule="cosine", reduction="mean")
+              momentum_schedule="cosine", reduction="sum")
 
 def byol_loss(p, z, *, reduction: str = "mean"):
   """p: [B, V, D] online predictions, z: [B, V, D] target projections (both normalised

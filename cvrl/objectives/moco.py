@@ -8,24 +8,29 @@
   CE over [q_bi . k_bj, q_bi . queue] / T with the positive first. `reduction='mean'`
   averages over all (b, i, j); 'sum' sums over query clips i the mean over (b, j), which
   is the gradient of the reference's sequential mode (one backward per query clip).
-- The queue (`queue_size` keys, 65,536 by default) is a replicated global array in
-  `model.queue`; after the loss it receives the keys of the global batch (all rho clips,
-  clip-major as the reference's multi-view queue, or only the first clip's), written at
-  `queue_ptr`, oldest first out.
-- "No update until the queue is full": the reference skips the optimizer for the first
-  queue_size / batch steps while its (randomly initialised) queue fills. Here the queue
-  starts empty and the loss masks unfilled slots, so its value is well defined from step 0;
-  while the queue is not yet full the returned loss is multiplied by 0 (no gradient reaches
-  any parameter) unless `update_before_queue_full`. The trainer still applies weight decay
-  on those steps; `infonce` in the metrics is the unmasked value.
-- No shuffle-BN: under jit BatchNorm statistics are global (synchronised), the setting in
-  which the reference turns shuffling off.
+- The queue: as the reference (pySlowFast's ContrastiveModel) by default, one queue of
+  `queue_size` keys per device (`queue='per_device'`): each device scores its own queries
+  against its own queue and enqueues its own keys (all rho clips, clip-major, as the
+  reference's multi-view queue; or only the first clip's), no gather. `queue='global'`:
+  one queue shared by all devices, fed with the keys of the global batch. `model.queue`
+  is [G, queue_size, D], G = devices (1 for 'global'), replicated: G x the memory of one.
+- No update while the queue fills: the reference skips the optimizer step for its first
+  queue_size / batch_size iterations (its queue starts as random vectors). Here the queue
+  starts empty, the loss masks unfilled slots (well defined from step 0) and
+  `apply_update` skips those same steps whole: no gradient, no weight decay, no momentum
+  (the loss is also multiplied by 0 there). `update_before_queue_full=True` trains at once.
+- Shuffle-BN (`shuffle_bn`): the key clips go through the key encoder in a random order
+  of the global batch and are put back after, so with per-device BatchNorm
+  (parallel.batch_norm='local') a key's BN statistics come from other videos' clips, as
+  the reference's shuffle. With synchronised BN (the default) it changes nothing, which
+  is why the reference turns it off there.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import config_dict
 
 from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
@@ -39,11 +44,14 @@ MASKED = -1e9
 
 
 def objective_config() -> dict:
-  """config.objective fields for rho-MoCo (methods.md section 2)."""
+  """config.objective fields for rho-MoCo (Feichtenhofer et al., CVPR 2021)."""
   return dict(name="moco", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
               head_out=128, head_bn=False, bn_per_view=True, momentum=0.994,
-              momentum_schedule="cosine", queue_size=65_536, enqueue="all",
-              update_before_queue_full=False, reduction="mean")
+              momentum_schedule="cosine", queue_size=65_536, enqueue="all", queue="per_device",
+              queue_devices=config_dict.placeholder(int), shuffle_bn=False, update_before_queue_full=False,
+              reduction="sum")
+
+QUEUES = ("per_device", "global")
 
 def moco_loss(q, k, queue, num_valid, temperature: float, *, reduction: str = "mean"):
   """q, k: [B, V, D] queries and keys (normalised here); queue [K, D] of normalised keys,
@@ -67,6 +75,21 @@ def moco_loss(q, k, queue, num_valid, temperature: float, *, reduction: str = "m
   return loss, {"contrastive_accuracy": accuracy}
 
 
+def moco_loss_grouped(q, k, queues, num_valid, temperature: float, *, reduction: str = "mean"):
+  """Per-device queues: queues [G, K, D]; the B videos split into G contiguous groups (the
+  batch's device shards), group g's queries scored against queues[g] only. The mean over
+  groups of `moco_loss` on each, which is the loss over the whole batch."""
+  g = queues.shape[0]
+  if q.shape[0] % g:
+    raise ValueError(f"MoCo per-device queues: batch {q.shape[0]} must split evenly over {g} "
+                     f"devices")
+  split = lambda x: x.reshape(g, x.shape[0] // g, *x.shape[1:])
+  losses, metrics = jax.vmap(
+      lambda a, b, c: moco_loss(a, b, c, num_valid, temperature, reduction=reduction))(
+          split(q), split(k), queues)
+  return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+
 def enqueue(queue, ptr, filled, keys):
   """Writes keys [n, D] at ptr (n must divide K). Returns (queue, ptr, filled)."""
   size, n = queue.shape[0], keys.shape[0]
@@ -80,11 +103,11 @@ def enqueue(queue, ptr, filled, keys):
 class MoCoModel(nnx.Module):
   """Online encoder + head, the key network `target`, and the key queue."""
 
-  def __init__(self, online: rho.Network, queue_size: int, dim: int):
+  def __init__(self, online: rho.Network, queue_size: int, dim: int, groups: int = 1):
     self.encoder = online.encoder
     self.head = online.head
     self.target = nnx.clone(online)
-    self.queue = rho.Buffer(jnp.zeros((queue_size, dim), jnp.float32))
+    self.queue = rho.Buffer(jnp.zeros((groups, queue_size, dim), jnp.float32))
     self.queue_ptr = rho.Buffer(jnp.zeros((), jnp.int32))
     self.queue_filled = rho.Buffer(jnp.zeros((), jnp.int32))
 
@@ -99,8 +122,11 @@ class MoCo(rho.RhoObjective):
   def validate(self) -> None:
     """Config errors as one-line ValueErrors, raised when the objective is made."""
     cfg = self.config.objective
-    per_step = int(self.config.batch_size) * (rho.num_clips(self.config)
-                                              if cfg.enqueue == "all" else 1)
+    # Keys a queue receives per step: the global batch's, or one device's when their number
+    # is set (unknown here otherwise: the backend may not be up yet, so the global batch).
+    groups = int(cfg.get("queue_devices") or 1) if self.queue_kind() == "per_device" else 1
+    per_step = int(self.config.batch_size) // groups * (rho.num_clips(self.config)
+                                                        if cfg.enqueue == "all" else 1)
     if cfg.enqueue not in ("all", "first"):
       raise ValueError(f"config.objective.enqueue must be 'all' or 'first', got {cfg.enqueue!r}")
     if int(cfg.queue_size) % per_step:
@@ -108,13 +134,39 @@ class MoCo(rho.RhoObjective):
                        f"the keys enqueued per step ({per_step})")
     if cfg.reduction not in ("mean", "sum"):
       raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got {cfg.reduction!r}")
+    if self.queue_kind() not in QUEUES:
+      raise ValueError(f"config.objective.queue must be one of {list(QUEUES)}, got "
+                       f"{self.queue_kind()!r}")
     momentum_lib.momentum_at(0, base=float(cfg.momentum), total_steps=1,
                              schedule=cfg.momentum_schedule)
+
+  def queue_kind(self) -> str:
+    return self.config.objective.get("queue", "global")  # configs older than the field
+
+  def queue_groups(self) -> int:
+    """Queues kept: one per device ('per_device', `queue_devices` or every device) or 1."""
+    if self.queue_kind() != "per_device":
+      return 1
+    n = self.config.objective.get("queue_devices")
+    return int(n) if n else jax.device_count()
+
+  def no_update_steps(self) -> int:
+    """The reference's iters_noupdate: queue_size / batch_size steps without an update."""
+    if self.config.objective.update_before_queue_full:
+      return 0
+    return int(self.config.objective.queue_size) // int(self.config.batch_size)
 
   def build(self, rngs):
     cfg = self.config.objective
     online = rho.build_network(self.config, rngs)
-    return MoCoModel(online, int(cfg.queue_size), int(cfg.head_out))
+    groups = self.queue_groups()
+    if int(self.config.batch_size) % groups:
+      raise ValueError(f"config.objective.queue='per_device': batch_size {self.config.batch_size} "
+                       f"must split evenly over {groups} devices")
+    return MoCoModel(online, int(cfg.queue_size), int(cfg.head_out), groups)
+
+  def apply_update(self, model, *, step):
+    return jnp.asarray(step) >= self.no_update_steps()
 
   def momentum(self, step):
     cfg = self.config.objective
@@ -127,26 +179,36 @@ class MoCo(rho.RhoObjective):
     video = rho.clips_of(batch, rho.num_clips(self.config))
     per_view = bool(cfg.bn_per_view)
     q = apply_views(model, lambda m, x: m.head(m.encoder(x)), video, per_view=per_view)
-    k = apply_views(model, lambda m, x: m.target.project(x), video, per_view=per_view)
-    k = jax.lax.stop_gradient(k)
-    size = int(cfg.queue_size)
+    if cfg.get("shuffle_bn"):
+      order = jax.random.permutation(jax.random.fold_in(rng, 1), video.shape[0])
+      k = apply_views(model, lambda m, x: m.target.project(x), video[order], per_view=per_view)
+      k = k[jnp.argsort(order)]
+    else:
+      k = apply_views(model, lambda m, x: m.target.project(x), video, per_view=per_view)
+    k = jax.lax.stop_gradient(l2_normalize(k))
+    queues = model.queue[...]
+    groups, size = queues.shape[0], queues.shape[1]
     filled = model.queue_filled[...]
-    loss, metrics = moco_loss(q, k, model.queue[...], filled, float(cfg.temperature),
-                              reduction=cfg.reduction)
+    loss, metrics = moco_loss_grouped(q, k, queues, filled, float(cfg.temperature),
+                                      reduction=cfg.reduction)
     if cfg.enqueue == "all":
-      keys = jnp.swapaxes(k, 0, 1).reshape(-1, k.shape[-1])
+      keys = jnp.swapaxes(k, 0, 1)  # [V, B, D]
     elif cfg.enqueue == "first":
-      keys = k[:, 0]
+      keys = k[None, :, 0]
     else:
       raise ValueError(f"config.objective.enqueue must be 'all' or 'first', got {cfg.enqueue!r}")
-    queue, ptr, new_filled = enqueue(model.queue[...], model.queue_ptr[...], filled, keys)
-    model.queue[...] = queue
-    model.queue_ptr[...] = ptr
-    model.queue_filled[...] = new_filled
+    # Each group (device) writes its own videos' keys, clip-major, at the shared pointer.
+    keys = keys.reshape(keys.shape[0], groups, -1, keys.shape[-1])
+    keys = jnp.swapaxes(keys, 0, 1).reshape(groups, -1, keys.shape[-1])  # [G, n, D]
+    ptr = model.queue_ptr[...]
+    new = jax.vmap(lambda qu, ke: enqueue(qu, ptr, filled, ke))(queues, keys)
+    model.queue[...] = new[0]
+    model.queue_ptr[...] = new[1][0]
+    model.queue_filled[...] = new[2][0]
     metrics["infonce"] = loss
     metrics["queue_fill"] = filled.astype(jnp.float32) / size
     if not cfg.update_before_queue_full:
-      loss = loss * (filled >= size).astype(loss.dtype)
+      loss = loss * self.apply_update(model, step=step).astype(loss.dtype)
     return loss, metrics
 
   def after_update(self, model, *, step):

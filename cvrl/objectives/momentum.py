@@ -1,6 +1,6 @@
 """Momentum (EMA) target networks: the cosine-annealed momentum and the EMA update.
 
-Used by rho-MoCo's key encoder and rho-BYOL's target (methods.md section 2). As in the
+Used by rho-MoCo's key encoder and rho-BYOL's target (Feichtenhofer et al., CVPR 2021). As in the
 reference, only the parameters are averaged; a target's BatchNorm statistics come from
 its own forward passes.
 """

@@ -9,18 +9,30 @@ import ml_collections
 
 from cvrl.data.config import set_rho_augmentation
 
-# Slow-only R50 8x8 is approximated by R3D-50 with the 'cvrl' preset (see the configs).
-SLOW_R50_APPROXIMATION = dict(depth=50, preset="cvrl")
+# The rho study's backbone: Slow-only R50 8x8 (SlowFast's SLOW_8x8_R50), cvrl.models' 'slow'.
+SLOW_R50 = dict(depth=50, preset="slow")
 
 
 def kinetics_rho(config: ml_collections.ConfigDict, *, num_train_examples: int,
                  train_paths: str = "/path/to/k400/train-*.tfrecord") -> None:
   """Kinetics-400 clips as the rho-methods use them: 8 frames at stride 8, 224 crops,
-  the study's augmentation (methods.md section 2). In place."""
+  the study's augmentation (Feichtenhofer et al., CVPR 2021). In place."""
   config.data.update(source="tfrecord", train_paths=train_paths,
                      num_train_examples=num_train_examples, num_classes=400, num_frames=8,
                      stride=8, crop_size=224)
   set_rho_augmentation(config.data)
+
+
+def slowfast_solver(config: ml_collections.ConfigDict, *, name: str, base_lr: float,
+                    weight_decay: float) -> None:
+  """The rho study's solver as SlowFast's contrastive_ssl configs run it (SOLVER defaults
+  included): 200 epochs, one half-cosine over the whole run that the 35-epoch linear
+  warm-up from 0.001 joins, momentum 0.9 with Nesterov, base_lr per 64 videos scaled
+  linearly; 'lars' (trust 0.001, BN parameters and biases excluded) or plain 'sgd'. In place."""
+  config.warmup_epochs = 35
+  config.optim.update(name=name, base_lr=base_lr, base_batch_size=64, momentum=0.9,
+                      nesterov=True, weight_decay=weight_decay, lars_trust=0.001,
+                      schedule="half_cosine", warmup_start_lr=0.001)
 
 
 def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",

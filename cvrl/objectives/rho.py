@@ -1,4 +1,4 @@
-"""Pieces the rho-methods share (Feichtenhofer et al., CVPR 2021; methods.md section 2).
+"""Pieces the rho-methods share (Feichtenhofer et al., CVPR 2021).
 
 rho clips per video, started independently and uniformly (the data pipeline's 'rho'
 sampler), each through the same network; every other clip of the same video is a

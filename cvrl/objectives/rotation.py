@@ -30,7 +30,7 @@ INPUTS = ("rgb", "dif")
 
 
 def objective_config() -> dict:
-  """config.objective fields for 3DRotNet (methods.md section 4)."""
+  """config.objective fields for 3DRotNet (Jing & Tian, 2018)."""
   return dict(name="rotation", input="rgb", head_hidden=64)
 
 

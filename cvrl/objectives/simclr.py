@@ -5,6 +5,10 @@ rho - 1 positives p, one cross-entropy over all other clips of the global batch 
 clip but a itself) with p as the target; the loss is the mean over all (a, p) pairs.
 With rho = 2 this is the reference's two-clip NT-Xent exactly.
 
+`pairing` (rho > 2): 'consecutive' (the default) as the reference's sequential mode, which
+runs the two-clip loss on clips (k, k + 1) for k = 0 .. rho - 2 and sums them (one backward
+each); 'all' the multi-positive loss above over all rho clips at once.
+
 `positives_in_denominator=False` gives the variant of the reference's multi-crop masks
 (pySlowFast `_simclr_precompute_pos_neg_mask_multi`): the softmax for (a, p) runs over p
 and the clips of other videos only, leaving a's other positives out.
@@ -24,9 +28,22 @@ MASKED = -1e9  # finite, so rows with nothing left keep finite gradients
 
 
 def objective_config() -> dict:
-  """config.objective fields for rho-SimCLR (methods.md section 2)."""
+  """config.objective fields for rho-SimCLR (Feichtenhofer et al., CVPR 2021)."""
   return dict(name="simclr", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
-              head_out=128, head_bn=False, bn_per_view=True, positives_in_denominator=True)
+              head_out=128, head_bn=False, bn_per_view=True, positives_in_denominator=True,
+              pairing="consecutive")
+
+PAIRINGS = ("consecutive", "all")
+
+
+def consecutive_pairs(loss_fn, x):
+  """Sum over k of loss_fn(x[:, [k, k + 1]]) for x [B, V, ...]: the reference's sequential
+  pairing of clips for SimCLR and SwAV. Returns (loss, metrics averaged over pairs)."""
+  v = x.shape[1]
+  results = [loss_fn(x[:, k:k + 2]) for k in range(v - 1)]
+  loss = sum(r[0] for r in results)
+  metrics = jax.tree.map(lambda *m: sum(m) / len(m), *[r[1] for r in results])
+  return loss, metrics
 
 def multi_positive_nt_xent(z, temperature: float, *, positives_in_denominator: bool = True):
   """z: [B, V, D] embeddings of V clips of B videos (normalised here). Returns (loss, metrics).
@@ -64,5 +81,13 @@ class SimCLR(rho.RhoObjective):
     cfg = self.config.objective
     video = rho.clips_of(batch, rho.num_clips(self.config))
     z = apply_views(model, lambda m, x: m.head(m.encoder(x)), video, per_view=bool(cfg.bn_per_view))
-    return multi_positive_nt_xent(z, float(cfg.temperature),
-                                  positives_in_denominator=bool(cfg.positives_in_denominator))
+    fn = lambda x: multi_positive_nt_xent(
+        x, float(cfg.temperature), positives_in_denominator=bool(cfg.positives_in_denominator))
+    if cfg.get("pairing", "all") == "consecutive":
+      return consecutive_pairs(fn, z)
+    return fn(z)
+
+  def validate(self) -> None:
+    if self.config.objective.get("pairing", "all") not in PAIRINGS:
+      raise ValueError(f"config.objective.pairing must be one of {list(PAIRINGS)}, got "
+                       f"{self.config.objective.pairing!r}")

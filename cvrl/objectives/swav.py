@@ -7,6 +7,10 @@ Sinkhorn-Knopp over the global batch (eps 0.05, 3 iterations, no gradient); ever
 clip j predicts them: -sum_k q_ik log softmax(scores_j / T)_k, T = 0.1, averaged over the
 batch. Loss = mean over assigned clips i of the mean over j != i.
 
+`pairing` (rho > 2): 'consecutive' (the default) as the reference's sequential mode: the
+two-clip loss on clips (k, k + 1), k = 0 .. rho - 2, summed; 'all' the loss above over all
+rho clips at once (`num_assign` clips assigned).
+
 Prototypes are re-normalised after every optimizer step (and at initialisation), which
 is what the reference's normalisation at the start of each forward amounts to. For the
 first `freeze_prototypes_{steps,epochs}` they get no gradient (the reference cancels
@@ -17,22 +21,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import config_dict
 
 from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
 from cvrl.objectives.base import register
+from cvrl.objectives.simclr import PAIRINGS, consecutive_pairs
 from cvrl.objectives.sinkhorn import sinkhorn
 from cvrl.objectives.views import apply_views
 
 
 
 def objective_config() -> dict:
-  """config.objective fields for rho-SwAV (methods.md section 2)."""
+  """config.objective fields for rho-SwAV (Feichtenhofer et al., CVPR 2021)."""
   return dict(name="swav", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
               head_out=128, head_bn=True, bn_per_view=True, num_prototypes=1000,
               sinkhorn_epsilon=0.05, sinkhorn_iterations=3, num_assign=2,
-              freeze_prototypes_epochs=1, freeze_prototypes_steps=None)
+              freeze_prototypes_epochs=config_dict.FieldReference(1, field_type=int),
+              freeze_prototypes_steps=config_dict.placeholder(int), pairing="consecutive")
 
 def swav_loss(scores, temperature: float, *, epsilon: float = 0.05, iterations: int = 3,
               num_assign: int = 2):
@@ -60,15 +67,19 @@ def swav_loss(scores, temperature: float, *, epsilon: float = 0.05, iterations: 
 
 
 class Prototypes(nnx.Module):
-  """K unit-norm prototype vectors, the rows of `weight` [K, D]."""
+  """K unit-norm prototype vectors, the rows of `kernel` [K, D].
+
+  Named `kernel` as any dense kernel, so the optimizer treats the prototypes as the
+  reference's LARS does (a 2-D weight: weight decay and the trust ratio apply).
+  """
 
   def __init__(self, dim: int, num: int, *, rngs: nnx.Rngs):
     bound = 1.0 / dim ** 0.5  # as torch.nn.Linear's default, then normalised
     w = jax.random.uniform(rngs.params(), (num, dim), jnp.float32, -bound, bound)
-    self.weight = nnx.Param(l2_normalize(w))
+    self.kernel = nnx.Param(l2_normalize(w))
 
   def normalize(self):
-    self.weight[...] = l2_normalize(self.weight[...])
+    self.kernel[...] = l2_normalize(self.kernel[...])
 
 
 class SwAVModel(nnx.Module):
@@ -85,6 +96,9 @@ class SwAV(rho.RhoObjective):
   def validate(self) -> None:
     """Config errors as one-line ValueErrors, raised when the objective is made."""
     cfg = self.config.objective
+    if cfg.get("pairing", "all") not in PAIRINGS:
+      raise ValueError(f"config.objective.pairing must be one of {list(PAIRINGS)}, got "
+                       f"{cfg.pairing!r}")
     if not 1 <= int(cfg.num_assign) <= rho.num_clips(self.config):
       raise ValueError(f"config.objective.num_assign must be in [1, num_clips], got "
                        f"{cfg.num_assign}")
@@ -106,11 +120,14 @@ class SwAV(rho.RhoObjective):
     video = rho.clips_of(batch, rho.num_clips(self.config))
     z = apply_views(model, lambda m, x: l2_normalize(m.head(m.encoder(x))), video,
                     per_view=bool(cfg.bn_per_view))
-    w = model.prototypes.weight[...]
+    w = model.prototypes.kernel[...]
     w = jnp.where(jnp.asarray(step) < self.freeze_prototypes_steps(), jax.lax.stop_gradient(w), w)
     scores = jnp.einsum("bvd,kd->bvk", z, w)
-    return swav_loss(scores, float(cfg.temperature), epsilon=float(cfg.sinkhorn_epsilon),
-                     iterations=int(cfg.sinkhorn_iterations), num_assign=int(cfg.num_assign))
+    fn = lambda s, n: swav_loss(s, float(cfg.temperature), epsilon=float(cfg.sinkhorn_epsilon),
+                                iterations=int(cfg.sinkhorn_iterations), num_assign=n)
+    if cfg.get("pairing", "all") == "consecutive":
+      return consecutive_pairs(lambda s: fn(s, 2), scores)
+    return fn(scores, int(cfg.num_assign))
 
   def after_update(self, model, *, step):
     model.prototypes.normalize()

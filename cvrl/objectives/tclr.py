@@ -12,7 +12,7 @@ Model: the 'tclr' R3D-18 (16 frames -> 4 timesteps), spatial pooling only; one M
 As the reference, the encoder runs once per clip and the MLP once per representation
 group, so each BatchNorm sees one group of B (set `bn_per_view=False` to batch them).
 
-Losses (temperature 0.1, weights from the config; methods.md section 3):
+Losses (temperature 0.1, weights from the config):
 - instance: NT-Xent between the two augmentations' gsr over the batch (mean over the 2B
   anchors; each anchor's other 2B - 1 clips in the softmax);
 - local-local: per video, NT-Xent between dense clips under A and under B (positive: the
@@ -23,9 +23,9 @@ Losses (temperature 0.1, weights from the config; methods.md section 3):
   similarity between lsr timesteps and gdr clips, cross-entropy both ways with timestep i
   matching dense clip i: the sum over the 8 rows, averaged over videos and the 2
   directions, summed over the 4 augmentation pairs;
-- dense instance (optional, weight 0 by default): the reference code also adds NT-Xent
-  over the batch between every pair of distinct dense representations (56 pairs) / 4;
-  methods.md's total leaves it out.
+- dense instance (weight 1 by default, as the reference code): NT-Xent over the batch
+  between every ordered pair of distinct dense representations (56 pairs), / 4; the
+  paper's total leaves it out (`dense_instance_weight=0` for that).
 """
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ MASKED = -1e9
 
 
 def objective_config() -> dict:
-  """config.objective fields for TCLR (methods.md section 3)."""
+  """config.objective fields for TCLR (Dave et al., CVIU 2022)."""
   return dict(name="tclr", temperature=0.1, head_hidden=512, head_layers=1, head_out=128,
               bn_per_view=True, instance_weight=1.0, local_local_weight=1.0,
-              global_local_weight=1.0, dense_instance_weight=0.0, local_local_reduction="sum")
+              global_local_weight=1.0, dense_instance_weight=1.0, local_local_reduction="sum")
 
 def nt_xent(z_a, z_b, temperature: float):
   """SimCLR NT-Xent between two views of N items: mean over the 2N anchors."""
@@ -154,18 +154,23 @@ class TCLR(Objective):
 
   def loss(self, model, batch, *, step, rng):
     cfg = self.config.objective
-    t = float(cfg.temperature)
     gsr, lsr, gdr = encode(model, batch["video"], per_view=bool(cfg.bn_per_view))
-    terms = {
-        "instance": nt_xent(gsr[0], gsr[1], t),
-        "local_local": local_local_loss(gdr, t, reduction=cfg.local_local_reduction),
-        "global_local": global_local_loss(lsr, gdr, t),
-    }
-    weights = {"instance": float(cfg.instance_weight),
-               "local_local": float(cfg.local_local_weight),
-               "global_local": float(cfg.global_local_weight)}
-    if float(cfg.dense_instance_weight):
-      terms["dense_instance"] = dense_instance_loss(gdr, t)
-      weights["dense_instance"] = float(cfg.dense_instance_weight)
-    loss = sum(weights[k] * terms[k] for k in terms)
-    return loss, {f"loss_{k}": v for k, v in terms.items()}
+    return total_loss(gsr, lsr, gdr, cfg)
+
+
+def total_loss(gsr, lsr, gdr, cfg):
+  """The weighted sum of the terms from the representations (see the module docstring)."""
+  t = float(cfg.temperature)
+  terms = {
+      "instance": nt_xent(gsr[0], gsr[1], t),
+      "local_local": local_local_loss(gdr, t, reduction=cfg.local_local_reduction),
+      "global_local": global_local_loss(lsr, gdr, t),
+  }
+  weights = {"instance": float(cfg.instance_weight),
+             "local_local": float(cfg.local_local_weight),
+             "global_local": float(cfg.global_local_weight)}
+  if float(cfg.dense_instance_weight):
+    terms["dense_instance"] = dense_instance_loss(gdr, t)
+    weights["dense_instance"] = float(cfg.dense_instance_weight)
+  loss = sum(weights[k] * terms[k] for k in terms)
+  return loss, {f"loss_{k}": v for k, v in terms.items()}

@@ -88,17 +88,6 @@ def place(mesh: Mesh, module: nnx.Module) -> nnx.Module:
 
 # --------------------------------------------------------------------------- the encoder
 
-def validate_downstream(config: ml_collections.ConfigDict, job: str) -> None:
-  """The checks a probe or fine-tune config shares: an encoder to start from, the
-  optimizer's fields and the evaluation's."""
-  # pylint: disable=import-outside-toplevel
-  from cvrl.train import evaluate, optim
-  if not config.get("pretrained") and not config.get("random_init"):
-    raise ValueError(f"{job}: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  optim.validate(config.optim)
-  evaluate.validate_eval_fields(config.evaluate)
-
-
 def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: bool | None = None
                  ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
   """(encoder, its model config, provenance) for a downstream job.

@@ -77,7 +77,7 @@ def memory_batches(data_config: Mapping, *, num_views: int, batch_size: int, see
 
 # ---------------------------------------------------------------------- host batches
 
-class _NoStats:
+class NoStats:
   def as_dict(self) -> dict:
     return {}
 
@@ -94,7 +94,7 @@ def host_batches(config, sampler: Mapping, *, batch_size: int, start_step: int,
     num_views = int(sampler.get("num_clips", 2)) if sampler.get("name") != "cvrl" else 2
     return memory_batches(data, num_views=num_views, batch_size=batch_size,
                           seed=int(config.seed), start_step=start_step,
-                          process_index=process_index, process_count=process_count), _NoStats()
+                          process_index=process_index, process_count=process_count), NoStats()
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
   ds = pipeline.build_dataset(data, sampler=sampler, train=True, batch_size=batch_size,
                               seed=int(config.seed), start_step=start_step,

@@ -1,7 +1,8 @@
 """What a training run reports: DIR/metrics.jsonl, TensorBoard events, a progress line.
 
 Only process 0 writes (`enabled`); the others keep the same calls as no-ops, so the loop
-does not branch on the process.
+does not branch on the process. cvrl's own lines go to stdout through `say` (process 0),
+so they show at the default verbosity, where absl/orbax INFO chatter does not.
 """
 from __future__ import annotations
 
@@ -10,9 +11,37 @@ import math
 import os
 from typing import Mapping
 
-from absl import logging
+import jax
 
 METRICS_FILE = "metrics.jsonl"
+# Besides the loss, the progress line shows the objective's headline metrics: any whose
+# name ends in one of these (contrastive_accuracy, accuracy, ...), when finite.
+HEADLINE_SUFFIXES = ("accuracy",)
+
+
+def say(line: str) -> None:
+  """One line of cvrl's log on stdout, from process 0 only."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+def format_scalars(scalars: Mapping, keys=()) -> str:
+  """'k=v ...' of `keys` (default: every float) in `scalars`, NaN left out."""
+  keys = keys or [k for k, v in scalars.items() if isinstance(v, float)]
+  parts = []
+  for k in keys:
+    v = scalars.get(k)
+    if isinstance(v, float) and math.isfinite(v):
+      parts.append(f"{k}={v:.4f}")
+    elif isinstance(v, int) and not isinstance(v, bool):
+      parts.append(f"{k}={v}")
+  return " ".join(parts)
+
+
+def headline_keys(scalars: Mapping) -> list[str]:
+  """The metrics the progress line shows besides the loss (finite values only)."""
+  return [k for k, v in scalars.items()
+          if k.endswith(HEADLINE_SUFFIXES) and isinstance(v, float) and math.isfinite(v)]
 
 
 def format_duration(seconds: float) -> str:
@@ -66,12 +95,12 @@ class MetricWriter:
                    eta_seconds: float) -> None:
     if not self.enabled:
       return
-    logging.info(
-        "step %d/%d (%.1f%%) loss %.4f acc %.3f lr %.4g | %.1f clips/s, data wait %.0f%% | ETA %s",
-        step, total, 100.0 * step / max(total, 1), scalars.get("loss", float("nan")),
-        scalars.get("contrastive_accuracy", float("nan")),
-        scalars.get("learning_rate", float("nan")), scalars.get("clips_per_sec", 0.0),
-        100.0 * scalars.get("data_wait_fraction", 0.0), format_duration(eta_seconds))
+    extra = "".join(f" {k} {scalars[k]:.3f}" for k in headline_keys(scalars))
+    say(f"step {step}/{total} ({100.0 * step / max(total, 1):.1f}%) "
+        f"loss {scalars.get('loss', float('nan')):.4f}{extra} "
+        f"lr {scalars.get('learning_rate', float('nan')):.4g} | "
+        f"{scalars.get('clips_per_sec', 0.0):.1f} clips/s, data wait "
+        f"{100.0 * scalars.get('data_wait_fraction', 0.0):.0f}% | ETA {format_duration(eta_seconds)}")
 
   def close(self) -> None:
     if self._jsonl is not None:

@@ -3,7 +3,7 @@
 Pure numpy on host arrays: the features of a whole split are small (videos x channels)
 next to the videos, and exact top-k needs no accelerator. Test videos query the
 training videos by cosine similarity; retrieval top-k counts a hit when ANY of the k
-nearest training videos has the query's class (methods.md, TCLR "Retrieval protocol").
+nearest training videos has the query's class (TCLR, Dave et al., CVIU 2022).
 """
 from __future__ import annotations
 

@@ -1,0 +1,165 @@
+"""Procedural "object + action" videos: classes that hold through a whole video.
+
+Why: in real action data (Kinetics, UCF101) the label is a property of the whole video:
+what is there and what it does. Two clips of one video share it, which is what
+instance discrimination across clips (CVRL, rho-methods) can learn. The older motion
+source (`cvrl.data.synthetic`, kind 'motion') draws each video's appearance at random and
+labels only the motion direction, so a CVRL encoder solves its task by appearance and
+learns nothing about the label; this source is the benchmark data for "does
+self-supervised pretraining learn?" (experiments/bench_quality.py, the demo).
+
+Each video shows one textured object over a textured background. Class `c` is the pair
+  object = c % num_objects   what the object is: a shape with its own surface pattern
+                             (disc/stripes, square/checks, triangle/dots, cross/rings)
+  action = c // num_objects  how it moves: translate (straight, wrapping round the edges),
+                             spin (rotate about its centre), oscillate (back and forth
+                             along a line), orbit (circle a point)
+with num_objects = min(4, num_classes) and ceil(num_classes / num_objects) actions (at
+most 16 classes). Every class is unchanged by a horizontal flip, so the usual flip
+augmentation keeps labels.
+
+Nuisance factors, drawn per video independently of the label (what the paper's
+augmentations are meant to make the encoder ignore, or what varies between videos of
+one class in real data): the object's two pattern colours and the background's colours
+(colour jitter / grayscale), its position and the direction of its motion (crops,
+flips), its scale (random resized crop), the background texture (a smooth random field),
+the pattern's orientation and frequency, the speed (and sign) of the action, the
+phase at which the video starts.
+
+Videos are a pure function of (seed, video index); they are written as SequenceExample
+shards by `cvrl.data.synthetic.write_synthetic_shards` (config `data.synthetic.kind =
+'objects'`), so they take the same pipeline as users' data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+OBJECTS = ("disc", "square", "triangle", "cross")
+ACTIONS = ("translate", "spin", "oscillate", "orbit")
+MAX_CLASSES = len(OBJECTS) * len(ACTIONS)
+# Bumped when the videos change: written shards of an older version are rewritten.
+VERSION = 2
+
+
+def class_factors(num_classes: int) -> list[tuple[str, str]]:
+  """(object, action) of each class."""
+  if not 1 <= num_classes <= MAX_CLASSES:
+    raise ValueError(f"the 'objects' synthetic data has 1 to {MAX_CLASSES} classes, "
+                     f"got num_classes={num_classes}")
+  n_obj = min(len(OBJECTS), num_classes)
+  return [(OBJECTS[c % n_obj], ACTIONS[c // n_obj]) for c in range(num_classes)]
+
+
+def class_name(label: int, num_classes: int) -> str:
+  obj, action = class_factors(num_classes)[label]
+  return f"{obj}_{action}"
+
+
+def _smooth_field(rng, h, w, octaves=(2, 4, 8)) -> np.ndarray:
+  """Smooth random field in [0, 1], [h, w] (sum of bilinearly upsampled noise)."""
+  out = np.zeros((h, w))
+  for o in octaves:
+    coarse = rng.random((o + 1, o + 1))
+    ys, xs = np.linspace(0, o, h), np.linspace(0, o, w)
+    y0 = np.floor(ys).astype(int).clip(0, o - 1)
+    x0 = np.floor(xs).astype(int).clip(0, o - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    c = coarse
+    out += (c[y0][:, x0] * (1 - fy) * (1 - fx) + c[y0 + 1][:, x0] * fy * (1 - fx)
+            + c[y0][:, x0 + 1] * (1 - fy) * fx + c[y0 + 1][:, x0 + 1] * fy * fx) / o ** 0.5
+  out -= out.min()
+  return out / max(out.max(), 1e-6)
+
+
+def _random_colour(rng) -> np.ndarray:
+  """An RGB colour of random hue, saturation and brightness."""
+  hue = rng.random()
+  sat, val = rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0)
+  rgb = np.clip(np.abs(((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6) - 3) - 1, 0, 1)
+  return val * (1 - sat + sat * rgb)
+
+
+def shape_mask(obj: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Inside test in the object's frame (u, v in units of its radius)."""
+  if obj == "disc":
+    return u ** 2 + v ** 2 < 1.0
+  if obj == "square":
+    return np.maximum(abs(u), abs(v)) < 0.8
+  if obj == "triangle":  # equilateral, circumradius 1, apex up
+    return (v > -0.5) & (np.sqrt(3) * abs(u) < 1.0 - v)
+  if obj == "cross":
+    return (((abs(u) < 0.33) & (abs(v) < 1.0)) | ((abs(v) < 0.33) & (abs(u) < 1.0)))
+  raise ValueError(f"unknown object {obj!r}")
+
+
+def pattern(obj: str, u: np.ndarray, v: np.ndarray, freq: float) -> np.ndarray:
+  """The object's surface pattern in {0, 1}, in its frame (so it turns with it)."""
+  k = np.pi * freq
+  if obj == "disc":  # stripes
+    return (np.sin(k * u) > 0).astype(np.float64)
+  if obj == "square":  # checks
+    return (np.sin(k * u) * np.sin(k * v) > 0).astype(np.float64)
+  if obj == "triangle":  # dots
+    return ((np.cos(k * u) + np.cos(k * v)) > 1.0).astype(np.float64)
+  if obj == "cross":  # concentric rings
+    return (np.sin(k * np.sqrt(u ** 2 + v ** 2)) > 0).astype(np.float64)
+  raise ValueError(f"unknown object {obj!r}")
+
+
+def trajectory(action: str, rng, num_frames: int, size: int):
+  """Centre [T, 2] (y, x in pixels, may leave the frame: positions wrap) and rotation
+  angle [T] of the object over the video, for one random draw of the nuisances."""
+  t = np.arange(num_frames, dtype=np.float64)
+  speed = rng.uniform(0.6, 1.4)  # a per-video tempo, shared by every action
+  centre = rng.uniform(0.25, 0.75, 2) * size
+  theta0 = rng.uniform(0, 2 * np.pi)
+  direction = rng.uniform(0, 2 * np.pi)
+  axis = np.array([np.sin(direction), np.cos(direction)])
+  angle = np.full(num_frames, theta0)
+  if action == "translate":
+    pos = rng.uniform(0, size, 2) + np.outer(t, axis) * 1.2 * speed * size / 48.0
+  elif action == "spin":
+    omega = rng.choice((-1.0, 1.0)) * 0.22 * speed
+    pos = np.repeat(centre[None], num_frames, 0)
+    angle = theta0 + omega * t
+  elif action == "oscillate":
+    amp = rng.uniform(0.12, 0.2) * size
+    omega = 2 * np.pi / 16.0 * speed
+    pos = centre + np.outer(amp * np.sin(omega * t + rng.uniform(0, 2 * np.pi)), axis)
+  elif action == "orbit":
+    rad = rng.uniform(0.12, 0.2) * size
+    omega = rng.choice((-1.0, 1.0)) * 2 * np.pi / 20.0 * speed
+    phase = omega * t + rng.uniform(0, 2 * np.pi)
+    pos = centre + rad * np.stack([np.sin(phase), np.cos(phase)], 1)
+  else:
+    raise ValueError(f"unknown action {action!r}")
+  return pos, angle
+
+
+def render_video(seed: int, index: int, label: int, num_classes: int, num_frames: int,
+                 size: int) -> np.ndarray:
+  """uint8 [num_frames, size, size, 3] of one video of class `label`."""
+  obj, action = class_factors(num_classes)[label]
+  rng = np.random.default_rng([seed, index, 7])
+  # Background: a smooth field between a random colour and a nearby one (a scene that
+  # varies, less salient than the object, as an actor against a room).
+  field = _smooth_field(rng, size, size)[..., None]
+  base = _random_colour(rng)
+  other = np.clip(base + rng.normal(0, 0.15, 3), 0, 1)
+  background = field * base + (1 - field) * other
+  colours = np.stack([_random_colour(rng), _random_colour(rng)])
+  radius = rng.uniform(0.2, 0.3) * size
+  freq = rng.uniform(2.0, 3.0)
+  pos, angle = trajectory(action, rng, num_frames, size)
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+  frames = np.empty((num_frames, size, size, 3), np.uint8)
+  for t in range(num_frames):
+    dy = (yy - pos[t, 0] + size / 2) % size - size / 2  # wrap-around distance
+    dx = (xx - pos[t, 1] + size / 2) % size - size / 2
+    c, s = np.cos(angle[t]), np.sin(angle[t])
+    u, v = (c * dx + s * dy) / radius, (-s * dx + c * dy) / radius
+    inside = shape_mask(obj, u, v)
+    tex = colours[pattern(obj, u, v, freq).astype(int)]
+    img = np.where(inside[..., None], tex, background)
+    frames[t] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+  return frames

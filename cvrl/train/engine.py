@@ -1,0 +1,428 @@
+"""The training engine every job runs on: pretraining, the linear probe, fine-tuning.
+
+A job hands the engine a `Task` (what differs: the model, which variables train, the
+loss, the data, the optimizer's parameter groups); the engine owns everything else:
+- a Mesh of all devices; the state created already sharded and donated to one jit step;
+  the host-local batches form one global batch, so BatchNorm statistics and the loss span
+  it (synchronised BN; per-device BN with `parallel.batch_norm='local'`);
+- device prefetch, the log cadence (`log.every_steps`): DIR/metrics.jsonl, TensorBoard
+  and one progress line with ETA;
+- orbax checkpoints in `WORKDIR/checkpoints/<step>/` carrying the config, every
+  `checkpoint.every_steps` and at the end; a restart resumes from the latest one with the
+  data stream at the same step, so it ends with the parameters of a run that never stopped;
+- SIGTERM: save and return cleanly; a NaN/inf loss stops the run with an error and keeps
+  the last good checkpoint;
+- evaluators (cvrl.train.evaluators) every `every_steps`, their rows under
+  `eval/<name>/...`, their time reported apart from the training clips/s.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from cvrl import parallel, runtime
+from cvrl.data import device as device_aug
+from cvrl.train import checkpoint as checkpoint_lib
+from cvrl.train import input as input_lib
+from cvrl.train import local_bn
+from cvrl.train import metrics as metrics_lib
+from cvrl.train import state as state_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or gradient norm) became NaN or inf; the run stops without saving it."""
+
+
+# ------------------------------------------------------------------------------ the task
+
+class Task:
+  """What a job declares; the engine calls nothing else.
+
+  make_model() builds the model (called under eval_shape and jit: no concrete arrays);
+  initialize(model) may then overwrite variables in place once, on a fresh (not resumed)
+  run, e.g. with a pretrained encoder; `trainable` selects what the optimizer updates;
+  loss(model, batch, step=, rng=) -> (scalar, metrics) runs under jit in the model's
+  mode; batches(...) -> (iterator of host batches from `start_step`, stats with
+  as_dict()); optimizer(total, warmup) -> (optax transform, schedule, peak lr(s));
+  encoder(model) is what evaluators look at.
+  """
+  name = "task"
+  trainable: Any = nnx.Param
+
+  def make_model(self) -> nnx.Module:
+    raise NotImplementedError
+
+  def initialize(self, model: nnx.Module) -> None:
+    del model
+
+  def loss(self, model, batch, *, step, rng):
+    raise NotImplementedError
+
+  def after_update(self, model, *, step) -> None:
+    del model, step
+
+  def apply_update(self, model, *, step):
+    """None (always apply), or a traced bool: False keeps this step's state as it was."""
+    del model, step
+    return None
+
+  def batches(self, *, batch_size: int, start_step: int, process_index: int,
+              process_count: int) -> tuple[Iterator[dict], Any]:
+    raise NotImplementedError
+
+  def optimizer(self, total_steps: int, warmup_steps: int):
+    raise NotImplementedError
+
+  def encoder(self, model: nnx.Module) -> nnx.Module:
+    return model.encoder
+
+
+def skip(batches: Iterator[dict], start_step: int) -> Iterator[dict]:
+  """A deterministic stream resumed at `start_step` by reading past the first batches
+  (for in-memory or cached streams; the pipeline seeks instead)."""
+  for _ in range(int(start_step)):
+    next(batches)
+  return batches
+
+
+# ---------------------------------------------------------------------------- checks
+
+def validate(config) -> None:
+  """The engine's own fields (checkpoint, log, parallel, batch)."""
+  p = config.get("parallel") or {}
+  if p.get("batch_norm", "sync") not in local_bn.BATCH_NORM_MODES:
+    raise ValueError(f"config.parallel.batch_norm must be one of "
+                     f"{list(local_bn.BATCH_NORM_MODES)}, got {p.get('batch_norm')!r}")
+  if int(config.batch_size) <= 0:
+    raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
+  for section, key in (("checkpoint", "every_steps"), ("checkpoint", "keep"),
+                       ("log", "every_steps")):
+    if int(config[section][key]) < 1:
+      raise ValueError(f"config.{section}.{key} must be >= 1, got {config[section][key]}")
+
+
+# ---------------------------------------------------------------------------- the step
+
+def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=None):
+  """jit(state, batch) -> (state, metrics), the state donated; batch sharded over 'data'.
+  `task` needs `trainable`, `loss` and `after_update` (an Objective has them)."""
+  trainable = task.trainable
+  base_key = jax.random.key(int(seed))
+
+  def step_fn(state: state_lib.TrainState, batch):
+    rng = jax.random.fold_in(base_key, state.step)
+    # The host ships uint8 clips and per-clip photometric parameters: finish them here
+    # (a batch of cached features has no clips).
+    if "video" in batch:
+      batch = device_aug.finish_batch(batch, data_config)
+
+    def loss_fn(params):
+      model = state_lib.merge(graphdef, params, state.rest)
+      loss, metrics = task.loss(model, batch, step=state.step, rng=rng)
+      _, _, rest = state_lib.split(model, trainable)
+      return loss, (metrics, rest)
+
+    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A step the task skips leaves parameters and optimizer state as they were (no weight
+    # decay, no momentum): e.g. MoCo while its queue fills.
+    apply = task.apply_update(state_lib.merge(graphdef, state.params, state.rest), step=state.step)
+    if apply is not None:
+      params, opt_state = jax.tree.map(lambda new, old: jax.numpy.where(apply, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+    model = state_lib.merge(graphdef, params, rest)
+    task.after_update(model, step=state.step)
+    _, params, rest = state_lib.split(model, trainable)
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
+                   grad_norm=optax.tree.norm(grads))
+    new_state = state_lib.TrainState(step=state.step + 1, params=params, rest=rest,
+                                     opt_state=opt_state)
+    return new_state, metrics
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------- preemption
+
+class _Preemption:
+  """SIGTERM -> save and stop, with every process stopping after the same step.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption
+  service (started by jax.distributed) catches the signal on whichever host gets it, and
+  `reached_preemption_sync_point` agrees on a common step without any device work; if the
+  service is off, the flag is all-gathered every step instead.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    self._jax_service = (jax.process_count() > 1 and _preemption_service_running())
+    if not self._jax_service and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if self._jax_service:
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: saving a checkpoint at step %d and stopping", step)
+        return True
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.max(flags))
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _preemption_service_running() -> bool:
+  try:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
+
+
+# ------------------------------------------------------------------------------- run
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache for this process: a restarted (preempted) run or
+  a repeated job loads its compiled programs instead of compiling them again."""
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def setup(config) -> jax.sharding.Mesh:
+  """Compilation cache, jax.distributed (multi-host), and the Mesh of every device."""
+  p = config.get("parallel") or {}
+  if p.get("compilation_cache_dir"):
+    enable_compilation_cache(p["compilation_cache_dir"])
+  parallel.maybe_initialize_distributed(p.get("coordinator_address"), p.get("num_processes"),
+                                        p.get("process_id"))
+  return parallel.make_mesh()
+
+
+class _Interval:
+  """Sums per-step metrics between log lines; wall time and data wait since the last."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.sums: dict[str, float] = {}
+    self.last: dict[str, float] = {}
+    self.steps = 0
+    self.wait = 0.0
+    self.start = time.perf_counter()
+
+  def add(self, scalars: dict[str, float]):
+    for k, v in scalars.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.last = scalars
+    self.steps += 1
+
+
+def _to_floats(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def current_model(graphdef, state: state_lib.TrainState) -> nnx.Module:
+  """The model of a train state (a copy: evaluating it never writes into the state)."""
+  return state_lib.merge(graphdef, state.params, state.rest)
+
+
+def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_steps: int,
+        warmup_steps: int = 0, mesh=None, evaluators: Sequence[Any] = (),
+        describe: str = "") -> dict[str, Any]:
+  """Trains `task` to `total_steps` (resuming from workdir's latest checkpoint).
+
+  Returns {step, total_steps, preempted, resumed, loss, metrics (the last log line's),
+  last_step_metrics, state, graphdef, model (the final model, None if preempted), evals
+  ({name: last metrics}), checkpoint_dir}.
+  `evaluators`: objects with `name`, `due(step, total)` and `__call__(encoder, step)`.
+  """
+  validate(config)
+  mesh = setup(config) if mesh is None else mesh
+  p = config.get("parallel") or {}
+  process_index, process_count = jax.process_index(), jax.process_count()
+  batch_size = int(config.batch_size)
+  local_batch = parallel.local_batch_size(batch_size, mesh)
+  total_steps, warmup_steps = int(total_steps), int(warmup_steps)
+  tx, schedule, peak = task.optimizer(total_steps, warmup_steps)
+  groups = parallel.num_data_shards(mesh) if p.get("batch_norm", "sync") == "local" else 1
+
+  def make_model():
+    model = task.make_model()
+    return local_bn.use_local_batch_norm(model, groups) if groups > 1 else model
+
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.checkpoint.keep),
+                                     async_save=bool(config.checkpoint.get("async_save", True)))
+  graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh)
+  resumed = ckpt.latest_step() is not None
+  if resumed:
+    state = ckpt.restore(target, graphdef, task.trainable)
+    metrics_lib.say(f"resumed from {ckpt.directory} at step {int(state.step)}")
+  else:
+    _, state = state_lib.create(make_model, task.trainable, tx, mesh)
+    state = _initialized(task, graphdef, state, tx, mesh)
+  start_step = int(jax.device_get(state.step))
+  train_step = make_train_step(task, graphdef, tx, schedule, mesh, int(config.seed),
+                               config.data)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0,
+                                    tensorboard=bool(config.log.get("tensorboard", True)))
+  peak_text = (", ".join(f"{k} {v:.4g}" for k, v in peak.items()) if isinstance(peak, dict)
+               else f"{peak:.4g}")
+  metrics_lib.say(f"{describe or task.name}: {total_steps} steps, global batch {batch_size} "
+                  f"on {jax.device_count()} devices ({process_count} processes), warm-up "
+                  f"{warmup_steps}, peak lr {peak_text}")
+  host_iter, pipeline_stats = task.batches(
+      batch_size=local_batch, start_step=start_step, process_index=process_index,
+      process_count=process_count)
+  prefetch = input_lib.DevicePrefetcher(host_iter, mesh, size=int(p.get("device_prefetch", 2)))
+  preemption = _Preemption()
+  interval = _Interval()
+  last_logged: dict[str, float] = {}
+  latest: dict[str, float] = {}  # the metrics of the last step checked
+  evals: dict[str, dict] = {}
+  pending = None  # (step, device metrics) of the last dispatched step, checked one step late
+  clips_per_step = None
+  saved_step = None
+  step = start_step
+  preempted = False
+
+  def check(step_and_metrics):
+    done_step, device_metrics = step_and_metrics
+    scalars = _to_floats(device_metrics)
+    latest.clear()
+    latest.update(scalars)
+    for key in ("loss", "grad_norm"):
+      if not math.isfinite(scalars[key]):
+        raise NonFiniteLossError(
+            f"{key} is {scalars[key]} at step {done_step}: stopping. The last good checkpoint "
+            f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}; lower the learning "
+            "rate or check the data.")
+    if interval.steps == 0 and done_step == start_step + 1:
+      interval.reset()  # the first step includes compilation: time from its end
+      interval.last = scalars
+      return
+    interval.add(scalars)
+
+  def save():
+    nonlocal saved_step
+    if saved_step != step:
+      ckpt.save(state, config)
+      saved_step = step
+
+  def evaluate(now: int):
+    encoder = task.encoder(current_model(graphdef, state))
+    for ev in evaluators:
+      if not ev.due(now, total_steps):
+        continue
+      start = time.perf_counter()
+      out = ev(encoder, now)
+      seconds = time.perf_counter() - start
+      out = dict(out, seconds=seconds)
+      evals[ev.name] = out
+      writer.write(now, {f"eval/{ev.name}/{k}": v for k, v in out.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+      metrics_lib.say(f"eval/{ev.name} step {now}: " + metrics_lib.format_scalars(
+          out, getattr(ev, "headline", ())) + f" ({seconds:.1f}s)")
+
+  try:
+    with jax.set_mesh(mesh):
+      if evaluators and start_step == 0:
+        evaluate(0)
+      while step < total_steps:
+        runtime.progress(step, ckpt.directory)  # a lost peer -> one line (cvrl.runtime)
+        batch, waited = prefetch.next()
+        interval.wait += waited
+        if clips_per_step is None:
+          clips_per_step = int(np.prod(batch["video"].shape[:2])) if "video" in batch \
+              else batch_size
+        state, device_metrics = train_step(state, batch)
+        step += 1
+        if pending is not None:
+          check(pending)
+        pending = (step, device_metrics)
+        log_now = step % int(config.log.every_steps) == 0 or step == total_steps
+        save_now = step % int(config.checkpoint.every_steps) == 0 or step == total_steps
+        preempted = preemption.should_stop(step)
+        eval_now = any(ev.due(step, total_steps) for ev in evaluators) and not preempted
+        if log_now or save_now or preempted or eval_now:
+          check(pending)
+          pending = None
+        if log_now and interval.steps:
+          elapsed = time.perf_counter() - interval.start
+          scalars = {k: v / interval.steps for k, v in interval.sums.items()}
+          scalars["learning_rate"] = interval.last["learning_rate"]
+          scalars["clips_per_sec"] = interval.steps * clips_per_step / max(elapsed, 1e-9)
+          scalars["data_wait_fraction"] = min(1.0, interval.wait / max(elapsed, 1e-9))
+          scalars.update({f"data_{k}": v for k, v in pipeline_stats.as_dict().items()})
+          writer.write(step, scalars)
+          writer.log_progress(step, total_steps, scalars,
+                              (total_steps - step) * elapsed / interval.steps)
+          last_logged = scalars
+          interval.reset()
+        if save_now or preempted:
+          save()
+        if preempted:
+          break
+        if eval_now:
+          evaluate(step)
+          interval.reset()  # evaluator time is not training time
+  finally:
+    prefetch.close()
+    preemption.restore()
+    writer.close()
+    ckpt.close()  # waits for the async saves already started (never the bad state)
+
+  final_loss = last_logged.get("loss", interval.last.get("loss"))
+  if preempted:
+    metrics_lib.say(f"preempted at step {step}: checkpoint saved in {ckpt.directory}")
+  return {"step": step, "total_steps": total_steps, "preempted": preempted,
+          "loss": final_loss, "checkpoint_dir": ckpt.directory, "metrics": last_logged,
+          "last_step_metrics": dict(latest), "evals": evals, "state": state, "graphdef": graphdef, "resumed": resumed,
+          "model": None if preempted else current_model(graphdef, state)}
+
+
+def _initialized(task, graphdef, state, tx, mesh) -> state_lib.TrainState:
+  """The fresh state after `task.initialize` (a no-op keeps the state as created)."""
+  if type(task).initialize is Task.initialize:
+    return state
+  model = current_model(graphdef, state)
+  task.initialize(model)
+  _, params, rest = state_lib.split(model, task.trainable)
+  rep = parallel.replicated(mesh)
+  # Copies: the step donates its state, and these may be the caller's own arrays.
+  params, rest = jax.jit(lambda t: jax.tree.map(_copy, t), out_shardings=rep)((params, rest))
+  opt_state = jax.jit(tx.init, out_shardings=rep)(params)
+  return state_lib.TrainState(step=state.step, params=params, rest=rest, opt_state=opt_state)
+
+
+def _copy(x):
+  """A fresh buffer of `x` inside jit (an output that is an input would be forwarded)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(jax.random.key_data(x) + 0, impl=jax.random.key_impl(x))
+  return x + jax.numpy.zeros((), x.dtype)

@@ -1,0 +1,209 @@
+"""The tasks the training engine runs: pretraining, the classifier (fine-tune or end-to-end
+linear probe) and the linear probe on cached features.
+
+A task declares the model, what trains, the loss, the data and the optimizer's parameter
+groups (cvrl.train.engine.Task); nothing here loops, saves or logs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from cvrl.models.heads import LinearClassifier
+from cvrl.train import engine, optim
+from cvrl.train import input as input_lib
+from cvrl.train.features import VideoClassifier
+
+
+class PretrainTask(engine.Task):
+  """A pretext objective (cvrl.objectives): its model, trainable filter, loss and sampler."""
+
+  def __init__(self, config: ml_collections.ConfigDict, objective):
+    self.config = config
+    self.objective = objective
+    self.name = f"pretraining {objective.name}"
+    self.trainable = objective.trainable
+
+  def make_model(self):
+    return self.objective.build(nnx.Rngs(int(self.config.seed)))
+
+  def loss(self, model, batch, *, step, rng):
+    return self.objective.loss(model, batch, step=step, rng=rng)
+
+  def after_update(self, model, *, step):
+    self.objective.after_update(model, step=step)
+
+  def apply_update(self, model, *, step):
+    return self.objective.apply_update(model, step=step)
+
+  def batches(self, *, batch_size, start_step, process_index, process_count):
+    return input_lib.host_batches(self.config, self.objective.sampler(), batch_size=batch_size,
+                                  start_step=start_step, process_index=process_index,
+                                  process_count=process_count)
+
+  def optimizer(self, total_steps, warmup_steps):
+    return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps)
+
+
+def classification_loss(logits, labels):
+  """(mean softmax cross-entropy, {'accuracy': top-1 of the logits})."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def param_groups(params):
+  """'backbone' for the encoder's parameters, 'head' for everything else."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "backbone" if getattr(path[0], "key", None) == "encoder" else "head", params)
+
+
+# Fine-tuning: the backbone at optim.base_lr, the new head at optim.head_lr.
+FINETUNE_GROUPS = (param_groups, {"backbone": "base_lr", "head": "head_lr"})
+HEAD_ONLY = nnx.All(nnx.Param, nnx.PathContains("head"))
+
+
+class ClassifierTask(engine.Task):
+  """Encoder -> LinearClassifier on clips: fine-tuning (`train_encoder`: every parameter,
+  BN in train mode over the global batch) or the end-to-end linear probe (only the head's
+  parameters; the encoder in inference mode, BN on its running statistics).
+
+  make_encoder(): the architecture (built under jit); encoder_init: a concrete encoder
+  whose variables the fresh model takes (None: random init); batches(start_step): host
+  batches of the augmented training stream from that step.
+  """
+
+  def __init__(self, config, *, make_encoder: Callable[[], nnx.Module], num_classes: int,
+               normalize: bool, dropout: float, train_encoder: bool,
+               batches: Callable[[int], Iterator[dict]], encoder_init: nnx.Module | None = None,
+               groups=None, name: str = ""):
+    self.config = config
+    self.make_encoder = make_encoder
+    self.num_classes = int(num_classes)
+    self.normalize, self.dropout = bool(normalize), float(dropout)
+    self.train_encoder = bool(train_encoder)
+    self._batches = batches
+    self.encoder_init = encoder_init
+    self.groups = groups
+    self.trainable = nnx.Param if train_encoder else HEAD_ONLY
+    self.name = name or ("fine-tuning" if train_encoder else "linear probe")
+
+  def make_model(self):
+    encoder = self.make_encoder()
+    head = LinearClassifier(encoder.num_features, self.num_classes, normalize=self.normalize,
+                            dropout=self.dropout, rngs=nnx.Rngs(int(self.config.seed) + 1))
+    model = VideoClassifier(encoder, head)
+    model.train()
+    if not self.train_encoder:
+      model.encoder.eval()
+    return model
+
+  def initialize(self, model):
+    if self.encoder_init is not None:
+      nnx.update(model.encoder, nnx.state(self.encoder_init))
+
+  def loss(self, model, batch, *, step, rng):
+    video = batch["video"]
+    b, v = video.shape[:2]
+    logits = model(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1).mean(axis=1)
+    return classification_loss(logits, batch["label"])
+
+  def batches(self, *, batch_size, start_step, process_index, process_count):
+    return self._batches(start_step), getattr(self._batches, "stats", input_lib.NoStats())
+
+  def optimizer(self, total_steps, warmup_steps):
+    return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps,
+                      self.groups)
+
+
+class FeatureHeadTask(engine.Task):
+  """The linear probe on cached features: the model is the LinearClassifier alone, each
+  batch {'features', 'label'} from `batches(start_step)` (cvrl.train.probe caches them)."""
+
+  def __init__(self, config, *, num_features: int, num_classes: int, normalize: bool,
+               batches: Callable[[int], Iterator[dict]], name: str = "linear probe (cached)"):
+    self.config = config
+    self.num_features, self.num_classes = int(num_features), int(num_classes)
+    self.normalize = bool(normalize)
+    self._batches = batches
+    self.name = name
+
+  def make_model(self):
+    return LinearClassifier(self.num_features, self.num_classes, normalize=self.normalize,
+                            dropout=0.0, rngs=nnx.Rngs(int(self.config.seed) + 1))
+
+  def loss(self, model, batch, *, step, rng):
+    return classification_loss(model(batch["features"]), batch["label"])
+
+  def batches(self, *, batch_size, start_step, process_index, process_count):
+    return self._batches(start_step), input_lib.NoStats()
+
+  def optimizer(self, total_steps, warmup_steps):
+    return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps)
+
+  def encoder(self, model):
+    raise ValueError("a probe on cached features has no encoder to evaluate")
+
+
+def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,
+                   seed: int) -> Iterator[dict]:
+  """Host batches from cached features: the first `replay_rows` rows in stored order, then
+  passes over all rows in fresh seeded permutations (one per pass, wrapping across passes)."""
+  for start in range(0, replay_rows - batch + 1, batch):
+    yield {"features": feats[start:start + batch], "label": labels[start:start + batch]}
+  rng = np.random.default_rng([seed, 0x9B0BE])
+  order = np.empty([0], np.int64)
+  while True:
+    while len(order) < batch:
+      order = np.concatenate([order, rng.permutation(len(labels))])
+    take, order = order[:batch], order[batch:]
+    yield {"features": feats[take], "label": labels[take]}
+
+
+
+# ------------------------------------------------------------------ downstream inputs
+
+def encoder_source(config, mesh):
+  """(make_encoder, encoder_init, model config, provenance) of a downstream job's encoder.
+
+  `config.pretrained`: the checkpoint's encoder (architecture from its stored config)
+  becomes `encoder_init`; `random_init`: `config.model` built with `config.seed`
+  (encoder_init None: the engine's fresh init is that encoder).
+  """
+  # pylint: disable=import-outside-toplevel
+  from cvrl.models import build_encoder
+  from cvrl.train import features as F
+  seed = int(config.seed)
+  if config.get("random_init"):
+    model_config = config.model
+    return (lambda: build_encoder(model_config, nnx.Rngs(seed)), None, model_config,
+            {"init": "random", "checkpoint": None, "seed": seed})
+  encoder, model_config, source = F.load_encoder(config, mesh)
+  return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, source
+
+
+def train_stream(config, mesh, model_config) -> Callable[..., Iterator[dict]]:
+  """start_step -> this host's augmented training batches of the downstream data from that
+  step (clips of the frames the encoder of `model_config` takes: T + 1 for DIF)."""
+  # pylint: disable=import-outside-toplevel
+  from cvrl import parallel
+  from cvrl.data import pipeline
+  from cvrl.models import extra_frames
+  local = parallel.local_batch_size(int(config.batch_size), mesh)
+  sampler = {"name": "single", "extra_frames": extra_frames(model_config)}
+
+  def batches(start_step: int = 0):
+    ds = pipeline.build_dataset(config.data, sampler=sampler, train=True, batch_size=local,
+                                seed=int(config.seed), start_step=int(start_step),
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    return pipeline.iterate(ds, batches.stats)
+  # The stream's skipped-record counts (bad labels under data.bad_label='skip', ...): the
+  # engine logs them as data_* like pretraining's.
+  batches.stats = pipeline.PipelineStats()
+  return batches

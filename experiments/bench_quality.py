@@ -1,0 +1,322 @@
+"""Does self-supervised pretraining learn? Pretrained vs random init vs supervised, on CPU.
+
+  python -m experiments.bench_quality [--methods=cvrl|all|cvrl,simclr] [--seeds=3] \
+      [--steps=N] [--workdir=/tmp/cvrl_bench_quality] [--out=DIR]
+
+For each method and seed: pretrain with the method's recipe scaled to a CPU (R3D-18 at
+1/8 width, 8 x 32 x 32 clips) on the procedural object + action videos
+(`data.synthetic.kind='objects'`, cvrl.data.procedural), then measure, on held-out videos:
+- linear probe top-1 (the probe job: frozen encoder, L2-normalised features, one linear
+  layer, multi-view test) and kNN top-1 (the evaluate job's retrieval mode);
+- the same numbers for the same architecture at random init (the probe job's
+  random baseline), and for the encoder trained supervised from scratch on the labels
+  for the same number of steps (the finetune job with random init): the upper bound.
+gain = pretrained - random (linear top-1); gap_closed = gain / (supervised - random).
+The kNN top-1 of the checkpoints saved during pretraining gives a curve over steps.
+
+Writes OUT/quality.json (also printed as the last line of stdout: one JSON object,
+{"methods": {name: {"gain", "gap_closed", "pretrained", "random", "supervised", ...}}, ...}),
+OUT/quality.md (the table in the README) and OUT/quality_knn.png (kNN top-1 over
+pretraining steps, one line per method; grey dashes at chance, grid every 0.25).
+
+The jobs are called through the small wrappers below (`_pretrain`, `_linear_probe`,
+`_knn`, `_supervised`) so that where the library moves its evaluators only they change.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+METHODS = ("cvrl", "simclr", "moco", "byol", "swav", "tclr", "rotation")
+# Plot colours (RGB) per method.
+COLOURS = {"cvrl": (214, 39, 40), "simclr": (31, 119, 180), "moco": (44, 160, 44),
+           "byol": (148, 103, 189), "swav": (255, 127, 14), "tclr": (140, 86, 75),
+           "rotation": (127, 127, 127)}
+
+
+def define_flags():
+  global _METHODS, _SEEDS, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG  # pylint: disable=global-statement
+  _METHODS = flags.DEFINE_string("methods", "cvrl", f"'all' or a comma-separated subset of "
+                                 f"{list(METHODS)}.")
+  _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method (>= 1; the std needs >= 2).")
+  _STEPS = flags.DEFINE_integer("steps", 0, "Pretraining (and supervised) steps; 0: each "
+                                "method's bench recipe.")
+  _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cvrl_bench_quality", "Runs go here.")
+  _OUT = flags.DEFINE_string("out", "", "quality.{json,md,png} go here ('' : the workdir).")
+  _CURVE_POINTS = flags.DEFINE_integer("curve_points", 4, "Checkpoints per run on the kNN curve.")
+  _AUG = flags.DEFINE_enum("augmentation", "recipe", ["recipe", "paper"], "CVRL's augmentation: "
+                           "the demo recipe's, or the paper's full strength (for the comparison "
+                           "in the README).")
+  _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
+                            "after each seed, results kept).")
+
+
+# ---------------------------------------------------------------------------- recipes
+
+def bench_data(data: ml_collections.ConfigDict) -> None:
+  """The benchmark's data, in place: 256 training and 128 test videos of the 8 object +
+  action classes, 64 frames of 48 x 48; clips of 8 frames at stride 2, 32 x 32 crops."""
+  data.source = "synthetic"
+  data.synthetic.update(kind="objects", num_train_videos=256, num_eval_videos=128,
+                        num_classes=8, num_frames=64, size=48, num_shards=4, seed=0, dir="")
+  data.num_train_examples = 256
+  data.num_classes = 8
+  data.update(crop_size=32, eval_resize=32, eval_crop_size=32)
+
+
+def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe"
+           ) -> ml_collections.ConfigDict:
+  """The pretraining config of `method` on the bench data (steps 0: the recipe's own);
+  augmentation 'paper': CVRL's full-strength augmentation instead of the demo's."""
+  # pylint: disable=import-outside-toplevel
+  import importlib
+  if method == "cvrl":
+    from configs import demo
+    from cvrl.data.config import default_augmentation_config
+    c = demo.get_config(f"steps={steps or 400},probe=False,source=synthetic")
+    if augmentation == "paper":
+      c.data.augmentation = default_augmentation_config()
+  else:
+    mod = importlib.import_module(f"configs.{method}_tiny")
+    c = mod.get_config(f"steps={steps or 400}")
+    # The demo's scale: 8 frames at stride 2 (16 for TCLR's 4 timesteps), batch 16.
+    frames = 16 if method == "tclr" else 8
+    c.batch_size = 16
+    c.optim.base_batch_size = 16
+    c.data.update(num_frames=frames, stride=2, shuffle_buffer=256, cycle_length=4, prefetch=2)
+    c.warmup_steps = max(1, int(c.total_steps) // 10)
+  bench_data(c.data)
+  c.seed = int(seed)
+  c.log.update(every_steps=50, tensorboard=False)
+  return c
+
+
+def _as_dict(c):
+  return ml_collections.ConfigDict(c.to_dict())
+
+
+# --------------------------------------------------------- wrappers around the library
+
+def _pretrain(config, workdir: str, checkpoint_every: int) -> None:
+  from cvrl.train import pretrain  # pylint: disable=import-outside-toplevel
+  config = _as_dict(config)
+  config.checkpoint.update(every_steps=max(1, checkpoint_every), keep=1000)  # all
+  pretrain.run(config, workdir)
+
+
+def _probe_fields():
+  """The bench's linear probe: cached features of 2 augmented epochs, 30 epochs of SGD,
+  2 clips x 1 crop at test (the demo's probe, with flips: these classes keep them)."""
+  from cvrl.train import probe  # pylint: disable=import-outside-toplevel
+  p = probe.demo_fields()
+  p.flip_prob = None
+  p.random_baseline = True
+  return p
+
+
+def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
+  """{'pretrained': top1, 'random': top1} of the linear probe (same clips, same head init)."""
+  from cvrl.train import probe  # pylint: disable=import-outside-toplevel
+  pre = _as_dict(pre_config)
+  pre.probe = _probe_fields()
+  config = probe.config_after_pretrain(pre, checkpoint_dir)
+  config.probe.save_model = False
+  res = probe.run(config, workdir)
+  return {"pretrained": float(res["metrics"]["top1"]),
+          "random": float(res["metrics"]["random_init_top1"])}
+
+
+def _knn(pre_config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> float:
+  """kNN top-1 (the evaluate job's retrieval mode) of a checkpoint, or of a random-init
+  encoder of the pretraining's architecture when `checkpoint_dir` is ''."""
+  from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
+  c = evaluate.base_config()
+  c.seed = int(pre_config.seed)
+  c.model = _as_dict(pre_config.model)
+  c.data = _as_dict(pre_config.data)
+  c.evaluate.update(mode="knn", knn_clips=2, knn_crops=1, batch_size=32, knn_k=20,
+                    recall_ks=(1, 5))
+  if checkpoint_dir:
+    c.pretrained, c.pretrained_step = checkpoint_dir, step
+  else:
+    c.random_init = True
+  return float(evaluate.run(c, workdir)["metrics"]["knn_accuracy"])
+
+
+def _supervised(pre_config, workdir: str) -> dict:
+  """The upper bound: the same encoder trained from scratch on the labels, the
+  pretraining's steps, batch and optimizer; its classifier's top-1 (same test views)."""
+  from cvrl.data.config import set_probe_augmentation  # pylint: disable=import-outside-toplevel
+  from cvrl.train import finetune  # pylint: disable=import-outside-toplevel
+  c = finetune.base_config()
+  c.seed = int(pre_config.seed)
+  c.random_init = True
+  c.model = _as_dict(pre_config.model)
+  c.data = set_probe_augmentation(_as_dict(pre_config.data))
+  c.batch_size = int(pre_config.batch_size)
+  c.total_steps, c.total_epochs = int(pre_config.total_steps), None
+  c.warmup_steps, c.warmup_epochs = max(1, int(pre_config.total_steps) // 10), None
+  o = pre_config.optim
+  c.optim.update(name=str(o.name), base_lr=float(o.base_lr), head_lr=float(o.base_lr),
+                 base_batch_size=int(o.base_batch_size), weight_decay=float(o.weight_decay))
+  c.finetune.update(dropout=0.0, save_model=False)
+  c.evaluate.update(num_clips=2, num_crops=1, batch_size=32)
+  c.log.every_steps = 100
+  res = finetune.run(c, workdir)
+  return {"top1": float(res["metrics"]["top1"])}
+
+
+# ------------------------------------------------------------------------------ running
+
+def _stats(values) -> dict:
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "values": [round(float(x), 4) for x in v]}
+
+
+def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: int,
+               keep: bool, augmentation: str = "recipe") -> dict:
+  """Every seed of one method; the method's entry of quality.json."""
+  t0 = time.time()
+  rows, curves = [], []
+  for seed in range(seeds):
+    config = recipe(method, steps, seed, augmentation)
+    total = int(config.total_steps)
+    every = max(1, total // max(1, curve_points))
+    run_dir = os.path.join(workdir, method, f"seed{seed}")
+    if os.path.exists(run_dir):
+      shutil.rmtree(run_dir)
+    t = time.time()
+    _pretrain(config, os.path.join(run_dir, "pretrain"), every)
+    ckpt = os.path.join(run_dir, "pretrain")
+    t_pre = time.time() - t
+    lin = _linear_probe(config, ckpt, os.path.join(run_dir, "probe"))
+    knn_rand = _knn(config, os.path.join(run_dir, "knn_random"))
+    steps_on_curve = sorted({min(total, every * k) for k in range(1, curve_points + 1)} | {total})
+    curve = [(0, knn_rand)]
+    for s in steps_on_curve:
+      curve.append((s, _knn(config, os.path.join(run_dir, f"knn_{s}"), ckpt, s)))
+    sup = _supervised(config, os.path.join(run_dir, "supervised"))
+    rows.append({"seed": seed, "pretrained_linear": lin["pretrained"],
+                 "random_linear": lin["random"], "supervised_linear": sup["top1"],
+                 "pretrained_knn": curve[-1][1], "random_knn": knn_rand,
+                 "pretrain_seconds": round(t_pre, 1), "seconds": round(time.time() - t, 1)})
+    curves.append(curve)
+    print(f"bench_quality[{method}] seed {seed}: {json.dumps(rows[-1])}", flush=True)
+    if not keep:
+      shutil.rmtree(run_dir, ignore_errors=True)
+  col = lambda k: [r[k] for r in rows]
+  pre, rnd, sup = (_stats(col(f"{k}_linear")) for k in ("pretrained", "random", "supervised"))
+  gain = pre["mean"] - rnd["mean"]
+  gains = np.subtract(col("pretrained_linear"), col("random_linear"))
+  ceiling = sup["mean"] - rnd["mean"]
+  return {
+      "gain": gain,
+      "gain_std": float(gains.std(ddof=1)) if len(gains) > 1 else 0.0,
+      "gap_closed": gain / ceiling if ceiling > 0 else None,
+      "pretrained": {"linear_top1": pre, "knn_top1": _stats(col("pretrained_knn"))},
+      "random": {"linear_top1": rnd, "knn_top1": _stats(col("random_knn"))},
+      "supervised": {"linear_top1": sup},
+      "knn_curve": [[s, float(np.mean([c[i][1] for c in curves]))]
+                    for i, (s, _) in enumerate(curves[0])],
+      "steps": int(recipe(method, steps, 0).total_steps),
+      "seeds": seeds,
+      "seconds": round(time.time() - t0, 1),
+      "per_seed": rows,
+  }
+
+
+# ------------------------------------------------------------------------------ reports
+
+def markdown(results: dict) -> str:
+  """The README's table: mean +- std over seeds."""
+  f = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
+  lines = ["| method | steps | pretrained linear | random linear | supervised | gain | "
+           "gap closed | pretrained kNN | random kNN | minutes |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for m, r in results["methods"].items():
+    gap = "-" if r["gap_closed"] is None else f"{r['gap_closed']:.2f}"
+    lines.append(
+        f"| {m} | {r['steps']} | {f(r['pretrained']['linear_top1'])} | "
+        f"{f(r['random']['linear_top1'])} | {f(r['supervised']['linear_top1'])} | "
+        f"{r['gain']:+.3f} ± {r['gain_std']:.3f} | {gap} | {f(r['pretrained']['knn_top1'])} | "
+        f"{f(r['random']['knn_top1'])} | {r['seconds'] / 60:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _line(img, p0, p1, colour, width=1):
+  """Draw a straight segment into img [H, W, 3] (uint8), in place."""
+  n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
+  ys = np.linspace(p0[0], p1[0], n).round().astype(int)
+  xs = np.linspace(p0[1], p1[1], n).round().astype(int)
+  for dy in range(-(width // 2), width - width // 2):
+    for dx in range(-(width // 2), width - width // 2):
+      y, x = np.clip(ys + dy, 0, img.shape[0] - 1), np.clip(xs + dx, 0, img.shape[1] - 1)
+      img[y, x] = colour
+
+
+def knn_plot(results: dict, chance: float, height: int = 240, width: int = 360) -> np.ndarray:
+  """uint8 [H, W, 3]: kNN top-1 (0..1, y) over pretraining steps (x, 0..max steps), one
+  line per method (COLOURS), grid lines at 0.25/0.5/0.75, chance dashed grey."""
+  img = np.full((height, width, 3), 255, np.uint8)
+  pad = 20
+  x_max = max(max(s for s, _ in r["knn_curve"]) for r in results["methods"].values()) or 1
+  to_px = lambda s, a: (height - pad - a * (height - 2 * pad), pad + s / x_max * (width - 2 * pad))
+  for level in (0.25, 0.5, 0.75, 1.0):
+    _line(img, to_px(0, level), to_px(x_max, level), (225, 225, 225))
+  for s0 in np.arange(0, x_max, x_max / 40)[::2]:  # chance, dashed
+    _line(img, to_px(s0, chance), to_px(min(x_max, s0 + x_max / 40), chance), (150, 150, 150))
+  _line(img, to_px(0, 0), to_px(x_max, 0), (0, 0, 0))
+  _line(img, to_px(0, 0), to_px(0, 1), (0, 0, 0))
+  for m, r in results["methods"].items():
+    pts = [to_px(s, a) for s, a in r["knn_curve"]]
+    for a, b in zip(pts[:-1], pts[1:]):
+      _line(img, a, b, COLOURS.get(m, (0, 0, 0)), width=2)
+    for p in pts:
+      _line(img, (p[0] - 2, p[1]), (p[0] + 2, p[1]), COLOURS.get(m, (0, 0, 0)), width=5)
+  return img
+
+
+def write_png(path: str, img: np.ndarray) -> None:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.io.write_file(path, tf.io.encode_png(img))
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  names = METHODS if _METHODS.value == "all" else tuple(
+      m.strip() for m in _METHODS.value.split(",") if m.strip())
+  bad = [m for m in names if m not in METHODS]
+  if bad or not names:
+    raise app.UsageError(f"--methods: unknown {bad}; choose 'all' or from {list(METHODS)}")
+  if _SEEDS.value < 1:
+    raise app.UsageError("--seeds must be >= 1")
+  out_dir = _OUT.value or _WORKDIR.value
+  os.makedirs(out_dir, exist_ok=True)
+  # Seeds after the first (and every job after pretraining) load their compiled steps.
+  from cvrl.train import pretrain  # pylint: disable=import-outside-toplevel
+  pretrain.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
+  results = {"methods": {}, "data": recipe("cvrl", 0, 0).data.synthetic.to_dict(),
+             "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
+  for m in names:
+    results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,
+                                       _CURVE_POINTS.value, _KEEP.value, _AUG.value)
+    with open(os.path.join(out_dir, "quality.json"), "w") as f:  # after every method
+      json.dump(results, f, indent=1)
+  with open(os.path.join(out_dir, "quality.md"), "w") as f:
+    f.write(markdown(results))
+  write_png(os.path.join(out_dir, "quality_knn.png"), knn_plot(results, results["chance"]))
+  print(markdown(results), flush=True)
+  print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,48 @@
+"""experiments/bench_quality's reporting: stats, gain / gap arithmetic, table, plot (no training)."""
+import numpy as np
+import pytest
+
+from experiments import bench_quality as B
+
+
+def _entry(pre, rnd, sup, curve):
+  s = lambda v: B._stats(v)
+  gain = np.mean(pre) - np.mean(rnd)
+  return {"gain": gain, "gain_std": 0.0, "gap_closed": gain / (np.mean(sup) - np.mean(rnd)),
+          "pretrained": {"linear_top1": s(pre), "knn_top1": s(pre)},
+          "random": {"linear_top1": s(rnd), "knn_top1": s(rnd)},
+          "supervised": {"linear_top1": s(sup)}, "knn_curve": curve, "steps": 40, "seconds": 90}
+
+
+def test_stats_use_the_sample_std():
+  out = B._stats([0.5, 0.7, 0.9])
+  assert out["mean"] == pytest.approx(0.7)
+  assert out["std"] == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+  assert B._stats([0.3])["std"] == 0.0
+
+
+def test_markdown_row_and_plot_draw_the_curve():
+  res = {"methods": {"cvrl": _entry([0.6, 0.7], [0.2, 0.3], [0.8, 0.9], [[0, 0.2], [20, 0.5], [40, 0.75]])}}
+  md = B.markdown(res)
+  row = md.splitlines()[2]
+  assert row.startswith("| cvrl | 40 | 0.650 ± 0.071 | 0.250 ± 0.071 | 0.850 ± 0.071 | +0.400")
+  assert "| 0.67 |" in row and row.endswith("| 1.5 |")
+  img = B.knn_plot(res, chance=0.125, height=120, width=200)
+  assert img.shape == (120, 200, 3) and img.dtype == np.uint8
+  red = np.all(img == B.COLOURS["cvrl"], axis=-1)
+  ys, xs = np.nonzero(red)
+  # the last point (40 steps, 0.75) is at the right edge, 3/4 up the plot area
+  pad = 20
+  assert xs.max() >= 200 - pad - 1 and xs.min() <= pad + 1
+  y_last = ys[xs >= 200 - pad - 1].mean()
+  assert abs(y_last - (120 - pad - 0.75 * (120 - 2 * pad))) < 3
+
+
+def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request():
+  c = B.recipe("cvrl", 10, 2)
+  assert c.data.synthetic.kind == "objects" and c.seed == 2 and c.total_steps == 10
+  assert c.data.augmentation.brightness == 0.3  # the demo's
+  p = B.recipe("cvrl", 10, 0, "paper")
+  assert p.data.augmentation.brightness == 0.8 and p.data.augmentation.blur_probs == (1.0, 0.1)
+  s = B.recipe("simclr", 10, 0)
+  assert s.objective.name == "simclr" and s.batch_size == 16 and s.data.crop_size == 32

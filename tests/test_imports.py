@@ -1,0 +1,115 @@
+"""Import hygiene: every cvrl module imports on its own; no import cycle between cvrl's
+modules (imports inside functions included); no job module imports another."""
+import ast
+import os
+import subprocess
+import sys
+
+from cvrl import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def modules() -> dict[str, str]:
+  """{dotted name: path} of every module of the cvrl package."""
+  out = {}
+  for directory, _, files in os.walk(os.path.join(ROOT, "cvrl")):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(directory, f), ROOT)[:-3].split(os.sep)
+        if rel[-1] == "__init__":
+          rel = rel[:-1]
+        out[".".join(rel)] = os.path.join(directory, f)
+  return out
+
+
+def import_graph() -> dict[str, set[str]]:
+  """module -> the cvrl modules it imports anywhere in its source."""
+  mods = modules()
+  graph = {}
+  for name, path in mods.items():
+    edges = set()
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        edges.update(a.name for a in node.names if a.name in mods)
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if node.module not in mods:
+          continue
+        subs = [f"{node.module}.{a.name}" for a in node.names]
+        hits = [s for s in subs if s in mods]
+        edges.update(hits)
+        if len(hits) < len(subs):
+          edges.add(node.module)
+    edges.discard(name)
+    graph[name] = edges
+  return graph
+
+
+def find_cycle(graph):
+  """One cycle as a list of modules, or None."""
+  state, stack = {}, []
+
+  def visit(n):
+    state[n] = 1
+    stack.append(n)
+    for m in sorted(graph.get(n, ())):
+      if state.get(m) == 1:
+        return stack[stack.index(m):] + [m]
+      if m not in state:
+        found = visit(m)
+        if found:
+          return found
+    state[n] = 2
+    stack.pop()
+    return None
+
+  for n in sorted(graph):
+    if n not in state:
+      found = visit(n)
+      if found:
+        return found
+  return None
+
+
+def is_ancestor_edge(a, b):
+  """A package and its own submodules import each other by design (the package's
+  __init__ re-exports them)."""
+  return b.startswith(a + ".") or a.startswith(b + ".")
+
+
+def test_no_import_cycle_between_cvrl_modules():
+  graph = {n: {m for m in e if not is_ancestor_edge(n, m)} for n, e in import_graph().items()}
+  assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_job_module_imports_another():
+  graph = import_graph()
+  jobs = set(main.JOBS.values())
+  for job in jobs:
+    assert not graph[job] & (jobs - {job}), (job, graph[job] & jobs)
+
+
+def test_every_cvrl_module_imports_on_its_own():
+  """Each module imported into an interpreter holding no cvrl module (one process, cvrl
+  unloaded between imports): no module relies on another having been imported first."""
+  script = (
+      "import importlib, sys\n"
+      "names = sys.argv[1:]\n"
+      "for name in names:\n"
+      "  for m in [m for m in sys.modules if m == 'cvrl' or m.startswith('cvrl.')]:\n"
+      "    del sys.modules[m]\n"
+      "  importlib.import_module(name)\n"
+      "print('imported', len(names))\n")
+  names = sorted(modules())
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", script, *names], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"imported {len(names)}" in out.stdout

@@ -53,13 +53,24 @@ def _distributed() -> bool:
     return False
 
 
-def is_peer_failure(exc: BaseException) -> bool:
-  """A JAX runtime error that says a collective or the coordination service lost a peer."""
-  if not isinstance(exc, RuntimeError) or type(exc).__name__ not in (
-      "JaxRuntimeError", "XlaRuntimeError"):
-    return False
-  text = str(exc).lower()
-  return any(m in text for m in _PEER_FAILURE_MARKERS)
+def is_peer_failure(exc: BaseException | None) -> bool:
+  """A JAX runtime error that says a collective or the coordination service lost a peer,
+  or an error raised because of one (orbax's barrier timeout, caused by such an error)."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, RuntimeError) and type(exc).__name__ in ("JaxRuntimeError",
+                                                               "XlaRuntimeError"):
+      text = str(exc).lower()
+      if any(m in text for m in _PEER_FAILURE_MARKERS):
+        return True
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+def peer_lost(exc: BaseException | None) -> bool:
+  """`exc` ended a multi-process job because a peer went away."""
+  return exc is not None and _distributed() and is_peer_failure(exc)
 
 
 def latest_checkpoint(directory: str | None) -> int | None:
@@ -194,7 +205,7 @@ def job(run):
       with jax.default_prng_impl(PRNG_IMPL):
         result = run(*args, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      if _distributed() and is_peer_failure(e):
+      if peer_lost(e):
         beat = _state["heartbeat"]
         lost = beat.guess_lost(3 * _HEARTBEAT_S) if beat is not None else None
         _stop(lost, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")

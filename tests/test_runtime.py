@@ -46,6 +46,24 @@ def test_peer_failures_recognised():
   assert not runtime.is_peer_failure(JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory"))
   assert not runtime.is_peer_failure(RuntimeError("gloo connection reset"))  # not from JAX
   assert not runtime.is_peer_failure(ValueError("peer"))
+  assert not runtime.is_peer_failure(None)
+  # orbax's barrier timeout raised from a lost peer's error (as `raise ... from e`), and
+  # an error raised while handling one: both are the lost peer.
+  try:
+    try:
+      raise JaxRuntimeError("INTERNAL: Barrier failed: UNAVAILABLE: Task 1 heartbeat timeout")
+    except JaxRuntimeError as e:
+      raise TimeoutError("Timed out while waiting for async_write_complete barrier.") from e
+  except TimeoutError as e:
+    assert runtime.is_peer_failure(e)
+  try:
+    try:
+      raise JaxRuntimeError("UNKNOWN: Gloo AllReduce failed: Connection reset by peer")
+    except JaxRuntimeError:
+      raise KeyError("cleanup")
+  except KeyError as e:
+    assert runtime.is_peer_failure(e)
+  assert not runtime.is_peer_failure(TimeoutError("slow disk"))
 
 
 def test_lost_peer_message_and_latest_checkpoint(tmp_path):

@@ -350,6 +350,7 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
       metrics_lib.say(f"eval/{ev.name} step {now}: " + metrics_lib.format_scalars(
           out, getattr(ev, "headline", ())) + f" ({seconds:.1f}s)")
 
+  failure = None
   try:
     with jax.set_mesh(mesh):
       if evaluators and start_step == 0:
@@ -392,11 +393,17 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
         if eval_now:
           evaluate(step)
           interval.reset()  # evaluator time is not training time
+  except BaseException as e:
+    failure = e
+    raise
   finally:
     prefetch.close()
     preemption.restore()
     writer.close()
-    ckpt.close()  # waits for the async saves already started (never the bad state)
+    # Waits for the async saves already started (never the bad state); not after a lost
+    # peer, whose saves can never finish (their barrier would hang until JAX aborts).
+    if not runtime.peer_lost(failure):
+      ckpt.close()
 
   final_loss = last_logged.get("loss", interval.last.get("loss"))
   if preempted:

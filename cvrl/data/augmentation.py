@@ -121,7 +121,8 @@ class AugmentSpec:
   def has_photometric(self, num_views: int, blur_radius: int) -> bool:
     """Whether any colour/grayscale/blur/solarize/erase op can fire on one of the views."""
     return (self.color_jitter_prob > 0 or self.grayscale_prob > 0 or self.has_tclr_colour or
-            self.erase_prob > 0 or any(self.solarize_prob(v) > 0 or (blur_radius > 0 and self.blur_prob(v) > 0)
+            self.erase_prob > 0 or
+            any(self.solarize_prob(v) > 0 or (blur_radius > 0 and self.blur_prob(v) > 0)
                 for v in range(num_views)))
 
 

@@ -121,7 +121,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.cycle_length = 8      # files read in parallel
   c.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
   c.prefetch = 2          # batches
-  # Where the colour jitter / grayscale / blur / solarization run. 'device': the host
+  # Where the colour jitter / grayscale / blur / solarization / erasing run. 'device': the host
   # ships uint8 video plus per-clip parameters and every job's jitted step calls
   # cvrl.data.device.finish_batch (4x less host->device traffic, no float32 passes on
   # the host). 'host': the host does everything and ships float32 video in [0, 1].

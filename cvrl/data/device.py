@@ -7,8 +7,8 @@ clip) or [B, V, T, P] (per frame, the inconsistent ablation), laid out as in
 expects, applying the colour jitter (brightness, contrast, saturation, hue in the drawn
 order, clip to [0, 1] after each), TCLR's gray-gamma / colour-channel drop, the Gaussian
 blur, grayscale, solarization and TCLR's random erasing with the same math as the host
-path (`augmentation.Photometric`, i.e. the reference CVRL and TCLR ops). It is pure per-example math, so it runs inside a jitted step on a batch sharded
-over any mesh. Random choices are selects, not branches: every op is computed for every
+path (`augmentation.Photometric`, i.e. the reference CVRL and TCLR ops). It is pure
+per-example math, so it runs inside a jitted step on a batch sharded over any mesh. Random choices are selects, not branches: every op is computed for every
 clip and kept where its flag is set (cheap next to the encoder on an accelerator).
 
 Call it first in every job's step. It is safe on any batch: eval batches (uint8, no

@@ -1,7 +1,9 @@
 """TCLR, tiny: a few steps on synthetic videos on a CPU (tests, demo).
 
 The 'tclr' R3D-18 at width 0.125 (16 frames -> 4 timesteps, as the losses need), 10 clips
-of 16x8x8 per video, batch 8 (the 8 synthetic videos), a small MLP.
+of 16x8x8 per video, batch 8 (the 8 synthetic videos), a small MLP. Crop and flip only:
+none of the paper's colour jitter, gray-gamma, channel drop or erasing (the UCF101 config
+has them; at 8 px the 19 / 112 erase box would be empty anyway).
 """
 from cvrl import config_lib
 from cvrl.data.config import set_probe_augmentation

@@ -257,3 +257,56 @@ def test_crop_and_flip_are_the_same_for_every_frame_on_pixels():
   per_frame = A.ClipAugmenter(A.AugmentSpec(consistent=False, area_range=(0.2, 0.6), **NO_COLOUR),
                               24, jit=False, photometric='host')(frames, SEED, 0)[0].numpy()
   assert np.abs(per_frame[1] - per_frame[0] - 10 / 255).max() > 0.05
+
+
+def _np_gray(x):
+  return np.repeat((x @ np.array([0.2989, 0.587, 0.114], np.float32))[..., None], 3, -1)
+
+
+def _np_erase(x, top, left, h, w):
+  """The reference's torchvision erase: the slice (clipped at the edge) set to 0."""
+  y = np.array(x, copy=True)
+  y[..., top:top + h, left:left + w, :] = 0
+  return y
+
+
+@pytest.mark.parametrize('jit', [True, False])
+def test_tclr_extras_match_the_reference_formulas(jit):
+  """TCLR's gray + gamma (after the jitter), channel drop and erasing on fixed parameters,
+  against numpy: x ** gamma of the grayscale, the dropped channel exactly 0 and the others
+  untouched, the erased rectangle exactly 0 (also one running past the edge), the rest
+  untouched, erasing after every other op (blur, contrast, grayscale, solarize)."""
+  x = np.random.default_rng(3).random((2, 16, 16, 3)).astype(np.float32)
+  spec = A.AugmentSpec(saturation=0.0, hue=0.0, gray_gamma_prob=0.5, channel_drop_prob=0.5,
+                       erase_prob=0.5, blur_probs=(0.5,), solarize_probs=(0.5,))
+  ph = A.Photometric(spec, 0, jit=jit)  # kernel 0: no blur
+  run = lambda **kw: ph(tf.constant(x * 255), tf.constant(_params(**kw))).numpy()
+  base = run()  # nothing on: x (scaled by 1/255)
+  np.testing.assert_allclose(base, x, atol=1e-6)
+  # grayscale then gamma, after the (brightness) jitter
+  b = 0.7
+  for gamma in (0.75, 1.2):
+    out = run(jitter=1, brightness=b, gray_gamma=1, gamma=1, gamma_exp=gamma)
+    np.testing.assert_allclose(out, _np_gray(np.clip(x * b, 0, 1)) ** gamma, atol=1e-5)
+  np.testing.assert_allclose(run(gray_gamma=1, gamma=0, gamma_exp=0.8), _np_gray(x), atol=1e-6)
+  assert np.abs(_np_gray(x) ** 0.8 - _np_gray(x)).max() > 0.05
+  # one channel to zero, the others exactly as they were
+  for c in range(3):
+    out = run(channel_drop=1, channel=c)
+    assert np.all(out[..., c] == 0)
+    keep = [k for k in range(3) if k != c]
+    np.testing.assert_array_equal(out[..., keep], base[..., keep])
+  # erasing: inside the frame, and past its bottom-right edge (clipped)
+  for box in ((2, 3, 9, 11), (10, 12, 9, 7), (0, 0, 18, 18)):
+    out = run(erase=1, erase_box=box)
+    np.testing.assert_array_equal(out, _np_erase(base, *box))
+  assert (run(erase=1, erase_box=(10, 12, 9, 7)) == 0).all(-1).sum() == 2 * 6 * 4
+  np.testing.assert_array_equal(run(erase=0, erase_box=(2, 3, 9, 11)), base)  # flag off
+  # erasing comes last: after blur, contrast around the mean, grayscale and solarization
+  blurred = A.Photometric(spec, 4, jit=jit)  # radius 2
+  everything = dict(jitter=1, contrast=1.5, blur=1, sigma=1.5, grayscale=1, solarize=1,
+                    channel_drop=1, channel=1)
+  full = lambda **kw: blurred(tf.constant(x * 255), tf.constant(_params(**everything, **kw))).numpy()
+  kept = full()
+  assert kept[:, 4:10, 5:12].min() > 0.02  # something to erase
+  np.testing.assert_array_equal(full(erase=1, erase_box=(4, 5, 6, 7)), _np_erase(kept, 4, 5, 6, 7))

@@ -15,6 +15,9 @@ from cvrl.data import sources
 
 STRONG = A.AugmentSpec(color_jitter_prob=0.9, grayscale_prob=0.3, blur_probs=(0.6,),
                        solarize_probs=(0.4,))
+TCLR_EXTRAS = dict(gray_gamma_prob=0.4, channel_drop_prob=0.35, erase_prob=0.6, erase_size=0.4)
+STRONG_TCLR = A.AugmentSpec(color_jitter_prob=0.9, grayscale_prob=0.3, blur_probs=(0.6,),
+                            solarize_probs=(0.4,), **TCLR_EXTRAS)
 
 
 def _smooth(rng, shape):
@@ -25,10 +28,10 @@ def _smooth(rng, shape):
   return np.clip(img + 0.05 * rng.standard_normal(shape), 0, 1).astype(np.float32)
 
 
-def _draw(spec, n, view=0, radius=3, seed=0):
+def _draw(spec, n, view=0, radius=3, seed=0, out_size=40):
   keys = [tf.constant([seed, i], tf.int64) for i in range(n)]
   return np.stack([A.draw_photometric(tf.random.stateless_uniform([A.NUM_DRAWS], k), spec, view,
-                                      radius).numpy() for k in keys])
+                                      radius, out_size).numpy() for k in keys])
 
 
 def _close(a, b, atol, frac=1e-4):
@@ -37,19 +40,23 @@ def _close(a, b, atol, frac=1e-4):
   assert bad.mean() <= frac, (bad.mean(), np.abs(np.asarray(a) - np.asarray(b)).max())
 
 
-def test_device_ops_equal_host_ops_for_drawn_parameters():
+@pytest.mark.parametrize('spec', [STRONG, STRONG_TCLR], ids=['cvrl', 'tclr_extras'])
+def test_device_ops_equal_host_ops_for_drawn_parameters(spec):
   rng = np.random.default_rng(0)
   n, size = 8, 40  # radius 2: 5-tap blur
   x = _smooth(rng, (n, 1, 2, size, size, 3))
-  params = _draw(STRONG, n, radius=2)
+  params = _draw(spec, n, radius=2)
   assert params[:, P.JITTER].sum() >= 6 and params[:, P.BLUR].sum() >= 3
-  host = A.Photometric(STRONG, size // 10, jit=False)
+  if spec is STRONG_TCLR:  # every extra drawn on some clip, off on others
+    for i in (P.GRAY_GAMMA, P.GAMMA, P.CHANNEL_DROP, P.ERASE):
+      assert 0 < params[:, i].sum() < n, i
+  host = A.Photometric(spec, size // 10, jit=False)
   ref = np.stack([host(tf.constant(x[i, 0] * 255), tf.constant(params[i])).numpy() for i in range(n)])
   out = jax.jit(device.apply_photometric)(x, params[:, None])
   assert out.shape == x.shape and out.dtype == jnp.float32
   _close(out[:, 0], ref, 2e-5)
   # per frame (the inconsistent ablation): each frame its own vector, contrast on its own mean
-  frames = _draw(STRONG, n * 2, radius=2, seed=1).reshape(n, 1, 2, P.SIZE)
+  frames = _draw(spec, n * 2, radius=2, seed=1).reshape(n, 1, 2, P.SIZE)
   ref = np.stack([np.concatenate([host(tf.constant(x[i, 0, t:t + 1] * 255), tf.constant(frames[i, 0, t])).numpy()
                                   for t in range(2)]) for i in range(n)])
   _close(jax.jit(device.apply_photometric)(x, frames)[:, 0], ref, 2e-5)
@@ -160,8 +167,10 @@ def _texture_video(seed, frames=12, h=28, w=36):
   return [tf.io.encode_jpeg(f.astype(np.uint8), quality=95).numpy() for f in video]
 
 
-def test_device_path_equals_host_path_for_the_same_seed(tmp_path):
-  """The key check: data.photometric='device' + finish_batch gives the host path's clips."""
+@pytest.mark.parametrize('extras', [False, True], ids=['cvrl', 'tclr_extras'])
+def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
+  """The key check: data.photometric='device' + finish_batch gives the host path's clips
+  (also with TCLR's gray-gamma / channel drop / erasing on)."""
   path = str(tmp_path / 'v.tfrecord')
   with tf.io.TFRecordWriter(path) as w:
     for i in range(4):
@@ -172,6 +181,8 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path):
   cfg.shuffle_buffer, cfg.num_parallel_calls = 4, 2
   cfg.jit_photometric = False  # no XLA compiles in a test
   cfg.augmentation.solarize_probs = (0.5, 0.5)
+  if extras:
+    cfg.augmentation.update(TCLR_EXTRAS)
 
   def batch(mode):
     c = cfg.copy_and_resolve_references()
@@ -187,8 +198,20 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path):
   p = dev['photometric']
   assert len({tuple(row) for row in p.reshape(-1, P.SIZE)}) == 8  # a draw per clip
   _same_up_to_uint8_rounding(jax.jit(device.make_finish(cfg))(dev)['video'], host['video'])
+  if extras:  # the extras did fire; the drawn boxes are 0 on both paths, nothing else is
+    for i in (P.GRAY_GAMMA, P.CHANNEL_DROP, P.ERASE):
+      assert p[..., i].any(), i
+    box = np.zeros(host['video'].shape[:-1], bool)  # [B, V, T, H, W]
+    for b, v in zip(*np.nonzero(p[..., P.ERASE])):
+      top, left, h, w = p[b, v, P.ERASE_BOX].astype(int)
+      box[b, v, :, top:top + h, left:left + w] = True
+    host_zero = (host['video'] == 0).all(-1)
+    dev_zero = (np.asarray(jax.jit(device.make_finish(cfg))(dev)['video']) == 0).all(-1)
+    assert box.any() and host_zero[box].all() and dev_zero[box].all()
+    # outside the boxes: black where the other ops made it black, on both paths alike
+    assert (host_zero != dev_zero).mean() < 1e-3, (host_zero != dev_zero).mean()
   # per frame (the ablation): the same through ClipAugmenter
-  spec = A.AugmentSpec(consistent=False, solarize_probs=(0.5,))
+  spec = A.AugmentSpec(consistent=False, solarize_probs=(0.5,), **(TCLR_EXTRAS if extras else {}))
   frames = tf.constant(_texture_video(9)[:4])
   seed = tf.constant([7, 1], tf.int64)
   video, params = A.ClipAugmenter(spec, 24, photometric='device')(frames, seed, 0)
@@ -198,6 +221,8 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path):
   out = jax.jit(device.finish_batch)({'video': video.numpy()[None, None],
                                       'photometric': params.numpy()[None, None]})
   _same_up_to_uint8_rounding(out['video'][0, 0], ref.numpy())
+  if extras:
+    assert params.numpy()[:, P.ERASE].any() and len(set(params.numpy()[:, P.ERASE_BOX.start])) > 1
 
 
 def _same_up_to_uint8_rounding(device_video, host_video):
@@ -206,3 +231,54 @@ def _same_up_to_uint8_rounding(device_video, host_video):
   assert diff.mean() < 1.5e-3, diff.mean()
   assert np.quantile(diff, 0.999) < 0.03, np.quantile(diff, 0.999)
   assert (diff > 0.05).mean() < 2e-3  # only pixels pushed across the solarize threshold
+
+
+def test_device_tclr_extras_match_their_definitions():
+  """Gray + gamma after the jitter, channel drop (exactly 0, the rest untouched), erasing
+  (exactly 0 in the box, clipped at the edge; last of all), per clip and per frame."""
+  rng = np.random.default_rng(5)
+  x = _smooth(rng, (1, 1, 2, 16, 16, 3))
+  clip = x[0, 0]
+  apply = jax.jit(device.apply_photometric)
+  run = lambda **kw: np.asarray(apply(x, _neutral(**kw)[None, None]))[0, 0]
+  gray = lambda y: np.repeat((y @ np.array([0.2989, 0.587, 0.114], np.float32))[..., None], 3, -1)
+  np.testing.assert_allclose(run(jitter=1, brightness=0.7, gray_gamma=1, gamma=1, gamma_exp=1.2),
+                             gray(np.clip(clip * 0.7, 0, 1)) ** 1.2, atol=1e-5)
+  np.testing.assert_allclose(run(gray_gamma=1, gamma=1, gamma_exp=0.75), gray(clip) ** 0.75, atol=1e-5)
+  np.testing.assert_allclose(run(gray_gamma=1, gamma=0, gamma_exp=0.75), gray(clip), atol=1e-6)
+  for c in range(3):
+    out = run(channel_drop=1, channel=c)
+    keep = [k for k in range(3) if k != c]
+    assert np.all(out[..., c] == 0)
+    np.testing.assert_array_equal(out[..., keep], clip[..., keep])
+
+  def erased(y, top, left, h, w):
+    y = np.array(y, copy=True)
+    y[..., top:top + h, left:left + w, :] = 0
+    return y
+  for box in ((2, 3, 9, 11), (10, 12, 9, 7)):
+    np.testing.assert_array_equal(run(erase=1, erase_box=box), erased(clip, *box))
+  np.testing.assert_array_equal(run(erase=0, erase_box=(2, 3, 9, 11)), clip)
+  # last of all: after contrast and blur (40 px: a 5-tap kernel), past the edge too
+  big = _smooth(rng, (1, 1, 2, 40, 40, 3))
+  heavy = lambda **kw: np.asarray(apply(big, _neutral(jitter=1, contrast=1.5, blur=1, sigma=1.5,
+                                                      grayscale=1, solarize=1, **kw)[None, None]))[0, 0]
+  kept = heavy()
+  assert kept[:, 4:10, 5:12].min() > 0.02  # something to erase
+  for box in ((4, 5, 6, 7), (33, 30, 9, 18)):
+    np.testing.assert_array_equal(heavy(erase=1, erase_box=box), erased(kept, *box))
+  # per frame: each frame its own box
+  frames = np.stack([_neutral(erase=1, erase_box=(1, 2, 3, 4)), _neutral(erase=1, erase_box=(9, 0, 9, 5))])
+  out = np.asarray(apply(x, frames[None, None]))[0, 0]
+  np.testing.assert_array_equal(out[0], erased(clip[0], 1, 2, 3, 4))
+  np.testing.assert_array_equal(out[1], erased(clip[1], 9, 0, 9, 5))
+  # extras left out of the step when the config cannot draw them (the flags then unread)
+  cfg = config_lib.default_data_config()
+  assert device.extra_ops(cfg) == (False, False) and device.extra_ops(None) == (True, True)
+  cfg.augmentation.erase_prob = 0.5
+  assert device.extra_ops(cfg) == (False, True)
+  cfg.augmentation.channel_drop_prob = 0.1
+  assert device.extra_ops(cfg) == (True, True)
+  batch = {'video': (x * 255).astype(np.uint8), 'photometric': frames[None, None]}
+  np.testing.assert_array_equal(np.asarray(device.finish_batch(batch, cfg)['video'])[0, 0, 1],
+                                erased(batch['video'][0, 0, 1].astype(np.float32) * np.float32(1 / 255), 9, 0, 9, 5))

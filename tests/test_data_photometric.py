@@ -1,5 +1,6 @@
 """The photometric parameter vector: layout, ranges and frequencies of the host draw."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cvrl.data import augmentation as A
@@ -57,3 +58,85 @@ def test_has_photometric_follows_the_probabilities():
   only_blur = A.AugmentSpec(color_jitter_prob=0.0, grayscale_prob=0.0, solarize_probs=(0.0,),
                             blur_probs=(0.5,))
   assert only_blur.has_photometric(1, 11) and not only_blur.has_photometric(1, 0)
+
+
+TCLR = A.AugmentSpec(gray_gamma_prob=0.175, gamma_prob=0.75, gamma_range=(0.75, 1.25),
+                     channel_drop_prob=0.125, erase_prob=0.5, erase_size=19 / 112)
+
+
+def _many(spec, n, out_size=112):
+  """n parameter vectors (seeds [i, 8]) in one graph."""
+  draw = tf.function(lambda seeds: tf.map_fn(
+      lambda s: A.draw_photometric(tf.random.stateless_uniform([A.NUM_DRAWS], s), spec, 0, 11,
+                                   out_size), seeds, fn_output_signature=tf.float32))
+  seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(8, tf.int64))], axis=1)
+  return draw(seeds).numpy()
+
+
+def _binomial(hits, p, sigmas=4.5):
+  n = len(hits)
+  assert abs(np.mean(hits) - p) <= sigmas * np.sqrt(p * (1 - p) / n), (np.mean(hits), p)
+
+
+def test_tclr_extras_frequencies_ranges_and_exclusive_arms():
+  """TCLR's reference: of one uniform r, gray (then gamma w.p. 0.75) on 0.175 of the clips,
+  channel drop on 0.125, never both; erasing on 0.5; gamma U(0.75, 1.25); erase box corner
+  uniform over the 112 x 112 crop, sides uniform over the integers [9, 19)."""
+  n = 4000
+  d = _many(TCLR, n)
+  assert d.shape == (n, P.SIZE)
+  gray, gamma, drop, erase = (d[:, i] for i in (P.GRAY_GAMMA, P.GAMMA, P.CHANNEL_DROP, P.ERASE))
+  for flags in (gray, gamma, drop, erase):
+    assert set(np.unique(flags)) == {0.0, 1.0}
+  _binomial(gray, 0.175)
+  _binomial(gamma, 0.175 * 0.75)
+  _binomial(drop, 0.125)
+  _binomial(erase, 0.5)
+  assert not np.any(gamma > gray)  # gamma only on the grayscale arm
+  assert not np.any((gray > 0) & (drop > 0))  # the two arms of one draw
+  _binomial(gamma[gray > 0], 0.75)
+  # gamma exponent: U(0.75, 1.25), filling the range
+  g = d[gamma > 0, P.GAMMA_EXP]
+  assert 0.75 <= g.min() < 0.76 and 1.24 < g.max() <= 1.25
+  np.testing.assert_allclose(np.std(g), 0.5 / np.sqrt(12), rtol=0.1)
+  # channel: uniform over {0, 1, 2}
+  channel = d[:, P.CHANNEL]
+  assert set(np.unique(channel)) == {0.0, 1.0, 2.0}
+  for c in range(3):
+    _binomial(channel == c, 1 / 3)
+  _binomial(channel[drop > 0] == 0, 1 / 3)
+  # erase box: integers; corner anywhere in [0, 112), sides every integer in [9, 19)
+  box = d[:, P.ERASE_BOX]
+  np.testing.assert_array_equal(box, np.round(box))
+  assert set(np.unique(box[:, 0])) == set(range(112)) == set(np.unique(box[:, 1]))
+  assert set(np.unique(box[:, 2])) == set(range(9, 19)) == set(np.unique(box[:, 3]))
+  for side in (2, 3):
+    for v in (9, 18):
+      _binomial(box[:, side] == v, 1 / 10)
+  assert P.erase_extent(19 / 112, 112) == 19 and P.erase_extent(19 / 112, 224) == 38
+
+
+def test_tclr_extras_leave_the_other_draws_alone():
+  """Off by default; on, they change no earlier entry (new draws come after the old 14)."""
+  seeds = [tf.constant([i, 3], tf.int64) for i in range(20)]
+  for s in seeds:  # a longer stateless draw starts with the shorter one's numbers
+    np.testing.assert_array_equal(tf.random.stateless_uniform([A.NUM_DRAWS], s).numpy()[:14],
+                                  tf.random.stateless_uniform([14], s).numpy())
+  default, tclr = _many(A.AugmentSpec(), 200), _many(TCLR, 200)
+  np.testing.assert_array_equal(tclr[:, :P.GRAY_GAMMA], default[:, :P.GRAY_GAMMA])
+  for i in (P.GRAY_GAMMA, P.GAMMA, P.CHANNEL_DROP, P.ERASE):
+    assert default[:, i].max() == 0.0
+  # drawn from their own uniforms: independent of grayscale_prob's and of each other
+  both = _many(A.AugmentSpec(grayscale_prob=0.5, gray_gamma_prob=0.5, erase_prob=0.5,
+                             solarize_probs=(0.5,)), 3000)
+  for i, j in ((P.GRAYSCALE, P.GRAY_GAMMA), (P.GRAY_GAMMA, P.ERASE), (P.SOLARIZE, P.ERASE)):
+    _binomial((both[:, i] > 0) & (both[:, j] > 0), 0.25)
+  assert not A.AugmentSpec(color_jitter_prob=0.0, grayscale_prob=0.0, solarize_probs=(0.0,),
+                           blur_probs=(0.0,)).has_photometric(2, 11)
+  for extra in ({'gray_gamma_prob': 0.1}, {'channel_drop_prob': 0.1}, {'erase_prob': 0.1}):
+    assert A.AugmentSpec(color_jitter_prob=0.0, grayscale_prob=0.0, solarize_probs=(0.0,),
+                         blur_probs=(0.0,), **extra).has_photometric(1, 0), extra
+  with pytest.raises(ValueError, match='output size'):
+    A.draw_photometric(tf.zeros([A.NUM_DRAWS]), TCLR, 0, 11)
+  with pytest.raises(ValueError, match='at most 1'):
+    A.AugmentSpec(gray_gamma_prob=0.6, channel_drop_prob=0.5)

@@ -182,6 +182,31 @@ def test_training_views_are_consistent_and_tclr_rho_shapes(tmp_path):
     build()
 
 
+def test_erasing_alone_ships_parameters_and_erases_per_clip_on_tclr_views(tmp_path):
+  """Crop + flip + TCLR's erasing only (no colour op): the parameters still travel, and
+  finish_batch zeroes each clip's drawn box in every frame of that clip (all 10 TCLR views)."""
+  path = str(tmp_path / 'still.tfrecord')
+  _write(path, [sources.make_sequence_example(_encode([_textured(7)] * 40), label=1)
+                for _ in range(2)])
+  cfg = _config(tmp_path, [path])
+  config_lib.set_probe_augmentation(cfg)
+  cfg.augmentation.update(erase_prob=1.0, erase_size=0.5)  # extent 8 at 16 px: sides 4 .. 7
+  b = _take(pipeline.build_dataset(cfg, sampler={'name': 'tclr', 'num_frames': 4}, train=True,
+                                   batch_size=2, seed=0, process_index=0, process_count=1), 1)[0]
+  p = b['photometric']
+  assert p.shape == (2, 10, photometric.SIZE) and (p[..., photometric.ERASE] == 1).all()
+  boxes = p[..., photometric.ERASE_BOX]
+  assert boxes[..., 2:].min() >= 4 and boxes[..., 2:].max() <= 7 and len({tuple(r) for r in boxes.reshape(-1, 4)}) > 10
+  v = np.asarray(jax.jit(device.make_finish(cfg))(b)['video'])
+  for i in range(2):
+    for view in range(10):
+      top, left, h, w = boxes[i, view].astype(int)
+      inside = np.zeros((16, 16), bool)
+      inside[top:top + h, left:left + w] = True
+      zero = (v[i, view] == 0).all(-1)  # [T, 16, 16]
+      assert zero[:, inside].all() and not zero[:, ~inside].any()
+
+
 def test_bad_records_are_counted_not_fatal(tmp_path):
   good = lambda i: sources.make_sequence_example(_index_video(12), label=i)
   corrupt_jpeg = _index_video(12)

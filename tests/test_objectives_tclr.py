@@ -148,3 +148,23 @@ def test_total_loss_on_a_fixed_batch_is_the_references_sum():
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
   assert set(metrics) == {"loss_instance", "loss_local_local", "loss_global_local",
                           "loss_dense_instance"}
+
+
+def test_paper_config_has_the_references_extra_augmentations():
+  """configs/tclr_ucf101_r3d18.py: gray (p 0.175) then gamma U(0.75, 1.25) on 0.75 of those,
+  else a channel to 0 (p 0.125), erasing p 0.5 of a 19 px bound at 112; no other grayscale.
+  The tiny config stays crop + flip."""
+  from objective_checks import load_config  # pylint: disable=import-outside-toplevel
+  from cvrl.data import augmentation as A  # pylint: disable=import-outside-toplevel
+  from cvrl.data import photometric as P  # pylint: disable=import-outside-toplevel
+  cfg = load_config("tclr_ucf101_r3d18").data
+  aug = cfg.augmentation
+  assert (aug.gray_gamma_prob, aug.gamma_prob, tuple(aug.gamma_range)) == (0.175, 0.75, (0.75, 1.25))
+  assert (aug.channel_drop_prob, aug.erase_prob) == (0.125, 0.5)
+  assert aug.grayscale_prob == 0.0 and aug.color_jitter_prob == 0.3
+  assert cfg.crop_size == 112 and P.erase_extent(aug.erase_size, cfg.crop_size) == 19
+  spec = A.AugmentSpec.from_config(aug)
+  assert (spec.gray_gamma_prob, spec.channel_drop_prob, spec.erase_prob) == (0.175, 0.125, 0.5)
+  assert spec.gamma_range == (0.75, 1.25) and spec.erase_size == 19 / 112
+  tiny = A.AugmentSpec.from_config(load_config("tclr_tiny").data.augmentation)
+  assert not tiny.has_photometric(10, 0)

@@ -2,7 +2,7 @@
 
 A clip arrives as its sampled JPEG strings [T] (or decoded uint8 frames [T, H, W, 3]).
 All of its random parameters come from one stateless draw: a uniform vector for flip,
-colour jitter, grayscale, blur and solarization, plus the crop box from
+colour jitter, grayscale, blur, solarization and TCLR's extras, plus the crop box from
 `stateless_sample_distorted_bounding_box` on the same clip seed. The crop box is drawn
 on the stored frame size and only that window is decoded (`decode_and_crop_jpeg`), then
 bilinearly resized to the output size (the same pixels as decoding the whole frame,
@@ -20,6 +20,21 @@ clip as one tall image), saturation and hue as tf.image.adjust_*, the four in ra
 order with a clip to [0, 1] after each. Grayscale is applied after the blur rather than
 before: both are linear and act the same on every pixel/channel, so the order does not
 change the result.
+
+TCLR's extra augmentations (Dave et al., CVIU 2022; `augmentation` in the reference's
+tclr_pretraining/dl_tclr.py), all off by default and per clip like everything else:
+- one draw r picks at most one of two arms, right after the colour jitter as in the
+  reference: r < gray_gamma_prob: grayscale (3 channels), then with probability
+  gamma_prob x -> x ** gamma, gamma ~ U(gamma_range) (gain 1); gray_gamma_prob <= r <
+  gray_gamma_prob + channel_drop_prob: one colour channel, uniform over {0, 1, 2}, set to
+  0. The reference's values: 0.175 (of which 0.75 with gamma in U(0.75, 1.25)) and 0.125.
+  Not to be confused with grayscale_prob, the independent grayscale after the blur.
+- random erasing with probability erase_prob, the very last op (after blur, grayscale and
+  solarization), as the reference erases the [0, 1] tensor: a rectangle set to 0, top
+  row uniform in [0, S), left column uniform in [0, S) (clipped where it runs past the
+  edge), height and width each uniform over the integers [m // 2, m) with m =
+  round(erase_size * S) for output side S. The reference's m = 19 at 112 px is
+  erase_size = 19 / 112 (so the box scales with the crop).
 """
 from __future__ import annotations
 
@@ -35,7 +50,16 @@ from cvrl.data import photometric as P
 _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE = 0, 1, 2, 3, 4, 5
 _ORDER = slice(6, 10)
 _GRAY, _BLUR, _SIGMA, _SOLAR = 10, 11, 12, 13
-NUM_DRAWS = 14
+# TCLR's extras, appended so that the draws above keep their places and values (a longer
+# stateless_uniform vector starts with the shorter one's numbers).
+_GRAY_OR_DROP, _GAMMA_ON, _GAMMA = 14, 15, 16
+_CHANNEL = 17
+_ERASE = 18
+_ERASE_BOX = slice(19, 23)  # top, left, height, width
+NUM_DRAWS = 23
+
+# Random erasing's default size: TCLR's 19 pixels at 112.
+TCLR_ERASE_SIZE = 19 / 112
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +81,21 @@ class AugmentSpec:
   blur_sigma_range: tuple = (0.1, 2.0)
   blur_truncate_sigmas: float = 4.0
   solarize_probs: tuple = (0.0, 0.2)
+  # TCLR's extras (module docstring): gray_gamma_prob and channel_drop_prob are the two
+  # arms of one draw (their sum at most 1).
+  gray_gamma_prob: float = 0.0
+  gamma_prob: float = 0.75
+  gamma_range: tuple = (0.75, 1.25)
+  channel_drop_prob: float = 0.0
+  erase_prob: float = 0.0
+  erase_size: float = TCLR_ERASE_SIZE
   consistent: bool = True
+
+  def __post_init__(self):
+    if self.gray_gamma_prob + self.channel_drop_prob > 1.0 + 1e-9:
+      raise ValueError('augmentation.gray_gamma_prob + channel_drop_prob must be at most 1 '
+                       f'(two arms of one draw), got {self.gray_gamma_prob} + '
+                       f'{self.channel_drop_prob}')
 
   @classmethod
   def from_config(cls, aug) -> 'AugmentSpec':
@@ -75,9 +113,15 @@ class AugmentSpec:
     return (float(self.solarize_probs[min(view, len(self.solarize_probs) - 1)])
             if self.solarize_probs else 0.0)
 
+  @property
+  def has_tclr_colour(self) -> bool:
+    """Whether the gray-gamma / channel-drop draw can fire."""
+    return self.gray_gamma_prob > 0 or self.channel_drop_prob > 0
+
   def has_photometric(self, num_views: int, blur_radius: int) -> bool:
-    """Whether any colour/grayscale/blur/solarize op can fire on one of the views."""
-    return (self.color_jitter_prob > 0 or self.grayscale_prob > 0 or
+    """Whether any colour/grayscale/blur/solarize/erase op can fire on one of the views."""
+    return (self.color_jitter_prob > 0 or self.grayscale_prob > 0 or self.has_tclr_colour or
+            self.erase_prob > 0 or
             any(self.solarize_prob(v) > 0 or (blur_radius > 0 and self.blur_prob(v) > 0)
                 for v in range(num_views)))
 
@@ -203,15 +247,20 @@ def solarize(x) -> tf.Tensor:
   return tf.where(x < 0.5, x, 1.0 - x)
 
 
-def draw_photometric(u, spec: AugmentSpec, view: int, radius: int) -> tf.Tensor:
+def draw_photometric(u, spec: AugmentSpec, view: int, radius: int,
+                     out_size: int = 0) -> tf.Tensor:
   """The clip's photometric parameters [photometric.SIZE] from its uniform draw `u`.
 
   The single place both paths take their colour/blur/solarize choices from: brightness
   U[max(0, 1-b), 1+b], contrast U[1-c, 1+c], saturation U[1-s, 1+s], hue U[-h, h], the
-  random order as the argsort of four uniforms, and Bernoulli flags per view.
+  random order as the argsort of four uniforms, and Bernoulli flags per view; then TCLR's
+  extras (module docstring). out_size: the output side S, which the erase box needs (in
+  pixels, integers, so both paths erase the same pixels); required when erase_prob > 0.
   """
   between = lambda v, lo, hi: lo + (hi - lo) * v
   flag = lambda v, p: tf.cast(v < p, tf.float32)
+  # Uniform integer in [0, n) (the min guards float32 rounding of u * n up to n).
+  integer = lambda v, n: tf.minimum(tf.floor(v * n), n - 1.0)
   if spec.color_random_order:
     order = tf.cast(tf.argsort(u[_ORDER]), tf.float32)
   else:
@@ -227,11 +276,37 @@ def draw_photometric(u, spec: AugmentSpec, view: int, radius: int) -> tf.Tensor:
       tf.stack([flag(u[_GRAY], spec.grayscale_prob),
                 flag(u[_BLUR], spec.blur_prob(view) if radius > 0 else 0.0),
                 between(u[_SIGMA], lo, hi),
-                flag(u[_SOLAR], spec.solarize_prob(view))])], axis=0)
+                flag(u[_SOLAR], spec.solarize_prob(view))]),
+      _draw_tclr(u, spec, out_size, between, flag, integer)], axis=0)
+
+
+def _draw_tclr(u, spec: AugmentSpec, out_size: int, between, flag, integer) -> tf.Tensor:
+  """Entries GRAY_GAMMA .. ERASE_BOX: the gray-gamma / channel-drop arms and the erase box."""
+  r = u[_GRAY_OR_DROP]
+  gray = flag(r, spec.gray_gamma_prob)
+  drop = (1.0 - gray) * flag(r, spec.gray_gamma_prob + spec.channel_drop_prob)
+  lo, hi = spec.gamma_range
+  erase = flag(u[_ERASE], spec.erase_prob)
+  if spec.erase_prob > 0:
+    if out_size <= 0:
+      raise ValueError('random erasing (augmentation.erase_prob > 0) needs the output size')
+    extent = P.erase_extent(spec.erase_size, out_size)
+    box = u[_ERASE_BOX]
+    low = float(extent // 2)
+    span = float(max(extent - extent // 2, 1))
+    box = tf.stack([integer(box[0], float(out_size)), integer(box[1], float(out_size)),
+                    low + integer(box[2], span), low + integer(box[3], span)])
+  else:
+    box = tf.zeros([4], tf.float32)
+  return tf.concat([
+      tf.stack([gray, gray * flag(u[_GAMMA_ON], spec.gamma_prob),
+                between(u[_GAMMA], lo, hi), drop, integer(u[_CHANNEL], 3.0), erase]),
+      box], axis=0)
 
 
 class Photometric:
-  """Host path: colour jitter, blur, grayscale and solarization of a resized clip.
+  """Host path: colour jitter, TCLR's gray-gamma / channel drop, blur, grayscale,
+  solarization and TCLR's random erasing of a resized clip, in that order.
 
   Applies the clip's parameter vector (`draw_photometric`). Random choices are graph-level
   conditionals (free when not taken); each operation is one XLA-fused kernel over the
@@ -260,6 +335,9 @@ class Photometric:
     self._finish = compile_(
         lambda y, gray, sol: tf.clip_by_value(
             solarize_where(tf.where(gray, to_grayscale(y), y), sol), 0.0, 1.0))
+    self._gray_gamma = compile_(gray_gamma)
+    self._drop_channel = compile_(drop_channel)
+    self._erase = compile_(erase_box)
 
   def __call__(self, x, params) -> tf.Tensor:
     """x: [T, S, S, 3] float32 in [0, 255], params [photometric.SIZE] -> [0, 1]."""
@@ -268,9 +346,18 @@ class Photometric:
     x = self._scale(x)
     if spec.color_jitter_prob > 0:
       x = tf.cond(on(P.JITTER), lambda: self._jitter(x, params), lambda: x)
+    if spec.gray_gamma_prob > 0:
+      x = tf.cond(on(P.GRAY_GAMMA),
+                  lambda: self._gray_gamma(x, on(P.GAMMA), params[P.GAMMA_EXP]), lambda: x)
+    if spec.channel_drop_prob > 0:
+      x = tf.cond(on(P.CHANNEL_DROP), lambda: self._drop_channel(x, params[P.CHANNEL]),
+                  lambda: x)
     if max(spec.blur_probs or (0.0,)) > 0 and self.radius > 0:
       x = tf.cond(on(P.BLUR), lambda: self._blur(x, params[P.SIGMA]), lambda: x)
-    return self._finish(x, on(P.GRAYSCALE), on(P.SOLARIZE))
+    x = self._finish(x, on(P.GRAYSCALE), on(P.SOLARIZE))
+    if spec.erase_prob > 0:
+      x = tf.cond(on(P.ERASE), lambda: self._erase(x, params[P.ERASE_BOX]), lambda: x)
+    return x
 
   def _jitter(self, x, params):
     spec = self.spec
@@ -299,6 +386,32 @@ def _blur_taps(x, sigma, radius: int, used: int) -> tf.Tensor:
 
 def solarize_where(x, apply) -> tf.Tensor:
   return tf.where(tf.logical_and(apply, x >= 0.5), 1.0 - x, x)
+
+
+def gray_gamma(x, gamma_on, gamma) -> tf.Tensor:
+  """TCLR's first arm: grayscale (3 channels), then x ** gamma where `gamma_on`."""
+  g = to_grayscale(x)
+  return tf.where(gamma_on, tf.pow(g, gamma), g)
+
+
+def drop_channel(x, channel) -> tf.Tensor:
+  """TCLR's second arm: colour channel `channel` (0, 1 or 2, as a float) set to 0."""
+  keep = tf.not_equal(tf.range(3, dtype=tf.float32), channel)
+  return tf.where(keep, x, 0.0)
+
+
+def erase_box(x, box) -> tf.Tensor:
+  """Pixels of the rectangle box = (top, left, height, width) of x [..., H, W, C] set to 0.
+
+  Rows top .. top + height - 1 and columns left .. left + width - 1, clipped at the
+  frame's edge (as slicing clips them in the reference's torchvision erase).
+  """
+  shape = tf.shape(x)
+  rows = tf.range(shape[-3], dtype=tf.float32)[:, None]
+  cols = tf.range(shape[-2], dtype=tf.float32)[None, :]
+  top, left, height, width = box[0], box[1], box[2], box[3]
+  inside = ((rows >= top) & (rows < top + height)) & ((cols >= left) & (cols < left + width))
+  return tf.where(inside[..., None], 0.0, x)
 
 
 def to_uint8(x) -> tf.Tensor:
@@ -350,7 +463,7 @@ class ClipAugmenter:
     u = tf.random.stateless_uniform([NUM_DRAWS], seed)
     window = crop_window(fold_seed(seed, 1), frame_shape(frames), self.spec)
     flip = u[_FLIP] < self.spec.flip_prob if self.spec.flip_prob > 0 else None
-    params = draw_photometric(u, self.spec, view, self.radius)
+    params = draw_photometric(u, self.spec, view, self.radius, self.out_size)
     x = crop_resize_frames(frames, window, self.out_size, flip, self.dtype, self.dct_method)
     if self.on_device:
       return x, params

@@ -38,6 +38,21 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   aug.blur_truncate_sigmas = 4.0
   # Solarization (x -> 1 - x where x >= 0.5), per view: CVRL only on clip 2.
   aug.solarize_probs = (0.0, 0.2)
+  # TCLR's extras (Dave et al., CVIU 2022), off here; configs/tclr_ucf101_r3d18.py has the
+  # reference's values. One draw picks at most one of two arms right after the colour
+  # jitter: grayscale then, with probability gamma_prob, x -> x ** gamma with gamma ~
+  # U(gamma_range) (probability gray_gamma_prob), or one colour channel, uniform over
+  # {0, 1, 2}, set to 0 (probability channel_drop_prob). Independent of grayscale_prob.
+  aug.gray_gamma_prob = 0.0
+  aug.gamma_prob = 0.75
+  aug.gamma_range = (0.75, 1.25)
+  aug.channel_drop_prob = 0.0
+  # Random erasing, last of all (after blur, grayscale, solarization): a rectangle set to
+  # 0, corner uniform over the crop (clipped where it runs past the edge), height and
+  # width each uniform over the integers [m // 2, m), m = round(erase_size * crop_size):
+  # TCLR's 19 px at 112 is erase_size 19 / 112.
+  aug.erase_prob = 0.0
+  aug.erase_size = 19 / 112
   # True: one draw per clip for all its frames (the paper). False: independent draws per
   # frame (the paper's "not temporally consistent" ablation).
   aug.consistent = True
@@ -106,7 +121,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.cycle_length = 8      # files read in parallel
   c.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
   c.prefetch = 2          # batches
-  # Where the colour jitter / grayscale / blur / solarization run. 'device': the host
+  # Where the colour jitter / grayscale / blur / solarization / erasing run. 'device': the host
   # ships uint8 video plus per-clip parameters and every job's jitted step calls
   # cvrl.data.device.finish_batch (4x less host->device traffic, no float32 passes on
   # the host). 'host': the host does everything and ships float32 video in [0, 1].
@@ -130,11 +145,13 @@ def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collectio
   aug.blur_probs = (0.5,)
   aug.blur_sigma_range = (0.1, 2.0)
   aug.solarize_probs = (0.0,)
+  aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
   return data_config
 
 
 def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Probe / fine-tune training: random resized crop and flip only, no colour, in place."""
+  """Probe / fine-tune training: random resized crop and flip only, no colour or erasing,
+  in place."""
   aug = data_config.augmentation
   aug.area_range = (0.3, 1.0)
   aug.aspect_ratio_range = (0.5, 2.0)
@@ -142,4 +159,5 @@ def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collect
   aug.grayscale_prob = 0.0
   aug.blur_probs = (0.0,)
   aug.solarize_probs = (0.0,)
+  aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
   return data_config

@@ -5,10 +5,10 @@ The host pipeline (data.photometric='device', the default) ships `video` as uint
 clip) or [B, V, T, P] (per frame, the inconsistent ablation), laid out as in
 `photometric.py`. `finish_batch` turns that into the float32 [0, 1] video every model
 expects, applying the colour jitter (brightness, contrast, saturation, hue in the drawn
-order, clip to [0, 1] after each), the Gaussian blur, grayscale and solarization with
-the same math as the host path (`augmentation.Photometric`, i.e. the reference CVRL
-ops). It is pure per-example math, so it runs inside a jitted step on a batch sharded
-over any mesh. Random choices are selects, not branches: every op is computed for every
+order, clip to [0, 1] after each), TCLR's gray-gamma / colour-channel drop, the Gaussian
+blur, grayscale, solarization and TCLR's random erasing with the same math as the host
+path (`augmentation.Photometric`, i.e. the reference CVRL and TCLR ops). It is pure
+per-example math, so it runs inside a jitted step on a batch sharded over any mesh. Random choices are selects, not branches: every op is computed for every
 clip and kept where its flag is set (cheap next to the encoder on an accelerator).
 
 Call it first in every job's step. It is safe on any batch: eval batches (uint8, no
@@ -31,8 +31,9 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   """The batch with `video` float32 in [0, 1] and its photometric parameters applied.
 
   data_config: `config.data` (optional); its augmentation.blur_truncate_sigmas and
-  blur_sigma_range bound the blur taps as on the host. Without it the full kernel is used.
-  The `photometric` entry is consumed (absent from the result).
+  blur_sigma_range bound the blur taps as on the host, and TCLR's extras are computed only
+  where their probabilities are > 0. Without it the full kernel is used and every op is
+  computed. The `photometric` entry is consumed (absent from the result).
   """
   params = batch.get(PHOTOMETRIC_KEY)
   video = batch['video']
@@ -41,7 +42,8 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   out = {k: v for k, v in batch.items() if k != PHOTOMETRIC_KEY}
   x = to_unit(video)
   if params is not None:
-    x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]))
+    x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
+                          extra_ops(data_config))
   out['video'] = x
   return out
 
@@ -70,8 +72,23 @@ def blur_taps(data_config, crop_size: int) -> int:
   return min(radius, int(math.ceil(truncate * float(aug.blur_sigma_range[1]))))
 
 
-def apply_photometric(x, params, taps: int | None = None) -> jnp.ndarray:
-  """Photometric ops on x [B, V, T, H, W, 3] in [0, 1] from params [B, V, P] or [B, V, T, P]."""
+def extra_ops(data_config) -> tuple[bool, bool]:
+  """(gray-gamma / channel drop, erasing): whether TCLR's extras can fire under the config
+  (both when there is none). Off, their selects are left out of the step (same pixels)."""
+  if data_config is None:
+    return True, True
+  aug = data_config.augmentation
+  colour = (float(aug.get('gray_gamma_prob', 0.0)) > 0 or
+            float(aug.get('channel_drop_prob', 0.0)) > 0)
+  return colour, float(aug.get('erase_prob', 0.0)) > 0
+
+
+def apply_photometric(x, params, taps: int | None = None,
+                      extras: tuple[bool, bool] = (True, True)) -> jnp.ndarray:
+  """Photometric ops on x [B, V, T, H, W, 3] in [0, 1] from params [B, V, P] or [B, V, T, P].
+
+  extras: (gray-gamma / channel drop, erasing) computed or left out (see `extra_ops`).
+  """
   per_frame = params.ndim == x.ndim - 2
   if not per_frame and params.ndim != x.ndim - 3:
     raise ValueError(f'photometric params {params.shape} do not match video {x.shape}')
@@ -91,12 +108,34 @@ def apply_photometric(x, params, taps: int | None = None) -> jnp.ndarray:
   for step in range(4):
     jittered = _jitter_step(jittered, get(P.ORDER.start + step), get, mean_axes)
   x = jnp.where(on(P.JITTER), jittered, x)
+  colour_extras, erase = extras
+  if colour_extras:
+    # TCLR's two arms of one draw (at most one flag set): grayscale then gamma, or one
+    # colour channel to 0.
+    gray = grayscale(x)
+    gray = jnp.where(on(P.GAMMA), jnp.power(gray, get(P.GAMMA_EXP)), gray)
+    x = jnp.where(on(P.GRAY_GAMMA), gray, x)
+    dropped = jnp.arange(3, dtype=jnp.float32) == get(P.CHANNEL)
+    x = jnp.where(jnp.logical_and(on(P.CHANNEL_DROP), dropped), 0.0, x)
   if radius > 0 and taps > 0:
     x = gaussian_blur(x, get(P.SIGMA), on(P.BLUR), radius, taps)
   gray = grayscale(x)
   x = jnp.where(on(P.GRAYSCALE), gray, x)
   x = jnp.where(jnp.logical_and(on(P.SOLARIZE), x >= 0.5), 1.0 - x, x)
-  return jnp.clip(x, 0.0, 1.0)
+  x = jnp.clip(x, 0.0, 1.0)
+  if erase:
+    x = jnp.where(jnp.logical_and(on(P.ERASE), erase_mask(get, x.shape[-3], x.shape[-2])), 0.0, x)
+  return x
+
+
+def erase_mask(get, height: int, width: int):
+  """True inside each clip's (frame's) erase box, rows [top, top + h), columns [left, left + w)
+  (clipped at the edge), broadcasting against the video; `get(i)` reads parameter i."""
+  box = P.ERASE_BOX.start
+  top, left, h, w = (get(box + i) for i in range(4))
+  rows = jnp.arange(height, dtype=jnp.float32)[:, None, None]
+  cols = jnp.arange(width, dtype=jnp.float32)[:, None]
+  return ((rows >= top) & (rows < top + h)) & ((cols >= left) & (cols < left + w))
 
 
 def _jitter_step(x, op, get, mean_axes):

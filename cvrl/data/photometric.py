@@ -3,8 +3,9 @@
 Each training clip (each frame, in the inconsistent ablation mode) gets ONE float32
 vector of `SIZE` numbers, drawn by `augmentation.draw_photometric` from the clip's
 stateless seed. The host path (`augmentation.Photometric`, TF) and the device path
-(`device.finish_batch`, JAX) both apply the clip's colour jitter, grayscale, blur and
-solarization from this vector only, so the two give the same pixels for the same seed.
+(`device.finish_batch`, JAX) both apply the clip's colour jitter, grayscale, blur,
+solarization and TCLR's extras (grayscale + gamma or colour-channel drop, random erasing)
+from this vector only, so the two give the same pixels for the same seed.
 No TensorFlow or JAX here: both sides import it.
 """
 
@@ -19,13 +20,31 @@ GRAYSCALE = 9     # flag
 BLUR = 10         # flag
 SIGMA = 11        # Gaussian blur sigma (pixels)
 SOLARIZE = 12     # flag
-SIZE = 13
+# TCLR's extras (Dave et al., CVIU 2022), appended so the entries above keep their places.
+# The gray-gamma branch and the channel drop are the two arms of one draw (never both).
+GRAY_GAMMA = 13   # flag: grayscale of the TCLR branch (right after the jitter)
+GAMMA = 14        # flag: then x -> x ** GAMMA_EXP (only with GRAY_GAMMA)
+GAMMA_EXP = 15    # the gamma exponent
+CHANNEL_DROP = 16  # flag: set colour channel CHANNEL to 0 (right after the jitter)
+CHANNEL = 17      # 0, 1 or 2
+ERASE = 18        # flag: random erasing, the very last op (after solarization)
+ERASE_BOX = slice(19, 23)  # top row, left column, height, width in output pixels (integers)
+SIZE = 23
 
 # Jitter ops, as numbered in ORDER.
 OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3
 
 # tf.image.rgb_to_grayscale weights.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+def erase_extent(size_fraction: float, crop_size: int) -> int:
+  """The erase box's exclusive size bound in pixels: round(size_fraction * crop_size).
+
+  Height and width are drawn from the integers [extent // 2, extent); TCLR's 19 at 112 px
+  is size_fraction 19 / 112.
+  """
+  return int(round(float(size_fraction) * int(crop_size)))
 
 
 def blur_radius(crop_size: int) -> int:

@@ -10,7 +10,7 @@ Phases, in order:
 
 Contract (data.photometric = 'device', the default): the host ships `video` as uint8
 [B, V, T, H, W, 3] (4x less host->device traffic than float32) and, for training views
-with any colour/grayscale/blur/solarize op enabled, `photometric` float32 [B, V, P]
+with any colour/grayscale/blur/solarize/erase op enabled, `photometric` float32 [B, V, P]
 (one vector per clip; [B, V, T, P] with augmentation.consistent=False), laid out as in
 `photometric.py`. Every job's jitted step must start with
 `batch = cvrl.data.device.finish_batch(batch, config.data)`, which applies the

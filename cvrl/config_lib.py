@@ -85,7 +85,9 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       name="sgd", base_lr=0.32, base_batch_size=1024, momentum=0.9, nesterov=False,
       weight_decay=1e-6, lars_trust=0.001, lars_eps=0.0, b1=0.9, b2=0.999, eps=1e-8,
-      grad_clip=config_dict.placeholder(float), schedule="cosine"))
+      grad_clip=config_dict.placeholder(float), schedule="cosine",
+      # The learning rate the linear warm-up starts from (SlowFast: WARMUP_START_LR).
+      warmup_start_lr=0.0))
   # Checkpoints in WORKDIR/checkpoints: every N steps and at the end, newest `keep` kept.
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   # DIR/metrics.jsonl and TensorBoard events every N steps (process 0 only).

@@ -132,3 +132,24 @@ def save_numpy_checkpoint(pretrain_config, workdir, seed=3, step=5):
   ckpt.save(state, pretrain_config)
   ckpt.close()
   return state_lib.full_state(state)
+
+
+def clip_stream(num_videos, batch, seed=0, shape=(2, 4, 4), drift_per="epoch"):
+  """make(start_step) -> a fresh iterator of the same endless stream of toy batches, as the
+  pipeline's (engine.skip'ed to `start_step`): each pass over the videos shifted by 0.01
+  per epoch, or per step (`drift_per='step'`), so no two epochs (or steps) repeat."""
+  from cvrl.train import engine  # pylint: disable=import-outside-toplevel
+  batches, _, _ = video_batches(num_videos, batch, seed=seed, shape=shape)
+
+  def make(start_step=0):
+    def gen():
+      step = epoch = 0
+      while True:
+        for b in batches:
+          yield {"video": b["video"] + 0.01 * (step if drift_per == "step" else epoch),
+                 "label": b["label"]}
+          step += 1
+        epoch += 1
+    return engine.skip(gen(), start_step)
+  return make
+

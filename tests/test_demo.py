@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from flax import nnx
 
 from cvrl.train import checkpoint
+from _processes import committed_steps, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40  # the demo shortened: same model and data, fewer steps
@@ -38,22 +38,6 @@ def start(cmd):
 def finish(proc, timeout=1200):
   out = proc.communicate(timeout=timeout)[0]
   return proc.returncode, out
-
-
-def wait_for(predicate, proc, timeout=900):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(0.2)
-  return False
-
-
-def committed_steps(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
 def model_arrays(workdir, step):

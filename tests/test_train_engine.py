@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -15,11 +14,12 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import TinyEncoder, encoder_numpy, save_numpy_checkpoint, tiny_data, \
-    tiny_encoder, video_batches
+    tiny_encoder, video_batches, clip_stream
 from cvrl import config_lib
 from cvrl.train import downstream, engine, finetune, probe, tasks
 from cvrl.train import features as F
 from cvrl.train import state as state_lib
+from _processes import committed_steps, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,17 +35,7 @@ def small(config, steps=4, every=2, batch=8):
 
 
 def toy_stream(num_videos=32, batch=16, seed=0):
-  batches, _, _ = video_batches(num_videos, batch, seed=seed, shape=(2, 4, 4))
-
-  def make(start_step=0):
-    def gen():
-      step = 0
-      while True:
-        for b in batches:
-          yield {"video": b["video"] + 0.01 * step, "label": b["label"]}
-          step += 1
-    return engine.skip(gen(), start_step)
-  return make
+  return clip_stream(num_videos, batch, seed=seed, drift_per="step")
 
 
 def plain(x):
@@ -185,22 +175,6 @@ def start(cmd):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def committed(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
-
-
-def wait_for(predicate, proc, timeout=900):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(0.2)
-  return False
-
-
 def saved_model(workdir, step):
   with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("model",),
                              options=ocp.CheckpointManagerOptions(read_only=True)) as m:
@@ -215,17 +189,17 @@ def test_finetune_cli_sigkill_restart_and_sigterm(tmp_path_factory):
   ref = str(tmp_path_factory.mktemp("reference"))
   proc = start(finetune_command(ref, data_dir, cache))
   out = proc.communicate(timeout=1200)[0]
-  assert proc.returncode == 0 and committed(ref)[-1] == STEPS, out[-3000:]
+  assert proc.returncode == 0 and committed_steps(ref)[-1] == STEPS, out[-3000:]
   assert json.load(open(os.path.join(ref, "results.json")))["finetune"]["train"]["total_steps"] \
       == STEPS
   assert "ETA" in out and len(out.splitlines()) < 30, out  # cvrl's lines, no orbax INFO
 
   killed = str(tmp_path_factory.mktemp("killed"))
   proc = start(finetune_command(killed, data_dir, cache))
-  assert wait_for(lambda: EVERY in committed(killed), proc), proc.communicate()[0][-3000:]
+  assert wait_for(lambda: EVERY in committed_steps(killed), proc), proc.communicate()[0][-3000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert STEPS not in committed(killed)
+  assert STEPS not in committed_steps(killed)
   proc = start(finetune_command(killed, data_dir, cache))
   out = proc.communicate(timeout=1200)[0]
   assert proc.returncode == 0 and "resumed from" in out, out[-3000:]
@@ -239,5 +213,5 @@ def test_finetune_cli_sigkill_restart_and_sigterm(tmp_path_factory):
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=600)[0]
   assert proc.returncode == 0, out[-3000:]
-  steps = committed(termed)
+  steps = committed_steps(termed)
   assert len(steps) == 1 and 0 < steps[0] < STEPS, (steps, out[-2000:])

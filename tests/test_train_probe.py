@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from _downstream_toys import TinyEncoder, encoder_numpy, tiny_encoder, video_batches
-from cvrl.train import engine
+from _downstream_toys import TinyEncoder, clip_stream, encoder_numpy, tiny_encoder, video_batches
 from cvrl.train import features as F
 from cvrl.train import probe
 
@@ -44,16 +43,7 @@ def train(enc, config, workdir, **kw):
 
 def stream(num_videos=24, batch=8, seed=0):
   """A fresh iterator of the same augmented-clip stream each call, like the pipeline's."""
-  def make(start_step=0):
-    def gen():
-      batches, _, _ = video_batches(num_videos, batch, seed=seed)
-      epoch = 0
-      while True:
-        for b in batches:
-          yield {"video": b["video"] + 0.01 * epoch, "label": b["label"]}
-        epoch += 1
-    return engine.skip(gen(), start_step)
-  return make
+  return clip_stream(num_videos, batch, seed=seed)
 
 
 def test_k600_linear_config_is_the_paper_recipe():

@@ -23,7 +23,8 @@ setuptools.setup(
     extras_require={
         # PyAV decodes videos for `python -m cvrl.data.convert` (it bundles FFmpeg).
         "convert": ["av"],
-        # scipy: the sampler's Kolmogorov-Smirnov test; av: the converter's round trip.
-        "test": ["pytest", "scipy", "av"],
+        # scipy: the sampler's Kolmogorov-Smirnov test; av: the converter's round trip;
+        # pytest-xdist: the suite on two workers (XLA compiles on one core).
+        "test": ["pytest", "pytest-xdist", "scipy", "av"],
     },
 )

@@ -48,12 +48,7 @@ def get(config: ml_collections.ConfigDict) -> "Objective":
   if name not in _MODULES:
     raise ValueError(f"config.objective.name must be one of {names()}, got {name!r}")
   if name not in _REGISTRY:
-    try:
-      importlib.import_module(_MODULES[name])
-    except ModuleNotFoundError as e:
-      if e.name == _MODULES[name]:
-        raise NotImplementedError(f"objective {name!r} is not implemented yet") from None
-      raise
+    importlib.import_module(_MODULES[name])
   objective = _REGISTRY[name](config)
   if models.extra_frames(objective.encoder_config()) and not objective.sampler().get(
       "extra_frames"):

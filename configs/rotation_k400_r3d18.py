@@ -1,8 +1,9 @@
 """3DRotNet pretraining on Kinetics-400 (Jing & Tian, 2018).
 
 Every frame of a clip rotated by 0, 90, 180 or 270 degrees, all 4 of each clip in the
-batch, a 4-way classifier (pool -> fc 64 -> ReLU -> 4) on a 3D ResNet-18 ('r3d18'
-preset); 16 frames taken every 2nd of 32, 112x112 crops, random crop and flip. Input 'rgb'
+batch, a 4-way classifier (pool -> fc 64 -> ReLU -> 4) on Hara et al.'s 3D-ResNet-18
+('hara' preset: 7x7x7 stem, 3x3x3 max-pool, zero-padded shortcuts, as the authors' code
+builds it); 16 frames taken every 2nd of 32, 112x112 crops, random crop and flip. Input 'rgb'
 or 'dif' (frame differences of 17 frames); the paper's Fusion averages an RGB and a DIF
 model's scores (cvrl.objectives.rotation.fuse_scores). SGD momentum 0.9, weight decay 1e-3,
 batch 32 videos (x 4 rotations). The learning rate (0.1) and length (`epochs`, 100) are not
@@ -20,7 +21,7 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("rotation")
   c.objective.update(rotation.objective_config())
   c.objective.input = arg.input
-  c.model.update(depth=18, width=arg.width, preset="r3d18", dtype="float32")
+  c.model.update(depth=18, width=arg.width, preset="hara", dtype="float32")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
   c.warmup_epochs = 0

@@ -301,8 +301,8 @@ def main(argv):
   out_dir = _OUT.value or _WORKDIR.value
   os.makedirs(out_dir, exist_ok=True)
   # Seeds after the first (and every job after pretraining) load their compiled steps.
-  from cvrl.train import pretrain  # pylint: disable=import-outside-toplevel
-  pretrain.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
+  from cvrl.train import engine  # pylint: disable=import-outside-toplevel
+  engine.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
   results = {"methods": {}, "data": recipe("cvrl", 0, 0).data.synthetic.to_dict(),
              "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
   for m in names:

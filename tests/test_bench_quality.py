@@ -46,3 +46,44 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   assert p.data.augmentation.brightness == 0.8 and p.data.augmentation.blur_probs == (1.0, 0.1)
   s = B.recipe("simclr", 10, 0)
   assert s.objective.name == "simclr" and s.batch_size == 16 and s.data.crop_size == 32
+
+
+@pytest.mark.slow
+def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, monkeypatch):
+  """`python -m experiments.bench_quality` end to end (one seed, 4 steps) on a shrunk copy
+  of its data: pretraining, linear probe with its random baseline, kNN over checkpoints,
+  the supervised bound, then quality.json / .md / .png."""
+  import json  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  full = B.bench_data
+
+  def small(data):
+    full(data)
+    data.synthetic.update(num_train_videos=32, num_eval_videos=16, num_frames=24,
+                          dir=str(tmp_path / "data"))
+    data.num_train_examples = 32
+
+  monkeypatch.setattr(B, "bench_data", small)
+  if "curve_points" not in flags.FLAGS:
+    B.define_flags()
+  flags.FLAGS(["bench_quality", "--steps=4", "--seeds=1", "--curve_points=2",
+               f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"])
+  from cvrl.train import engine  # pylint: disable=import-outside-toplevel
+  caches = []  # main() turns on JAX's cache in the workdir: not in this test process
+  monkeypatch.setattr(engine, "enable_compilation_cache", caches.append)
+  try:
+    B.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert caches == [str(tmp_path / "runs" / "xla_cache")]
+  out = json.loads((tmp_path / "out" / "quality.json").read_text())
+  r = out["methods"]["cvrl"]
+  row = r["per_seed"][0]
+  assert r["steps"] == 4 and [s for s, _ in r["knn_curve"]] == [0, 2, 4]
+  assert r["gain"] == pytest.approx(row["pretrained_linear"] - row["random_linear"])
+  assert r["knn_curve"][-1][1] == row["pretrained_knn"] and r["knn_curve"][0][1] == row["random_knn"]
+  for k in ("pretrained_linear", "random_linear", "supervised_linear", "pretrained_knn"):
+    assert 0.0 <= row[k] <= 1.0 and (row[k] * 16) == pytest.approx(round(row[k] * 16))
+  assert (tmp_path / "out" / "quality.md").read_text().splitlines()[2].startswith("| cvrl | 4 |")
+  assert (tmp_path / "out" / "quality_knn.png").stat().st_size > 0
+  assert not (tmp_path / "runs" / "cvrl" / "seed0").exists()  # removed unless --keep

@@ -219,3 +219,37 @@ def test_slow_r50_matches_slowfast_model_zoo():
   assert out_shape(model, (1, 8, 224, 224, 3), return_map=True) == (1, 8, 7, 7, 2048)
   # No temporal stride anywhere (the 'cvrl' R3D-50 halves 16 frames to 8).
   assert out_shape(abstract(50, 0.125, "slow"), (1, 4, 64, 64, 3), return_map=True)[1] == 4
+
+
+def basic_r3d_params_zero_shortcuts(blocks=(2, 2, 2, 2), stem=(7, 7, 7), width=1.0):
+  """Independent count of a basic-block R3D whose shortcuts have no parameters (option A)."""
+  w = lambda c: int(round(c * width))
+  conv_bn = lambda k, cin, cout: int(np.prod(k)) * cin * cout + 2 * cout
+  total, cin = conv_bn(stem, 3, w(64)), w(64)
+  for stage, n in enumerate(blocks):
+    c = w(64 * 2 ** stage)
+    for _ in range(n):
+      total += conv_bn((3, 3, 3), cin, c) + conv_bn((3, 3, 3), c, c)
+      cin = c
+  return total
+
+
+def test_hara_resnet18_is_3drotnets_backbone():
+  # 3DRotNet's code (LongLong-Jing/3DRotNet resnet.py, from Hara et al.'s 3D-ResNets):
+  # resnet18(shortcut_type='A', sample_size=112, sample_duration=16), i.e. 7x7x7 stem,
+  # 3x3x3 max-pool stride 2, no shortcut parameters; its last pool is (1, 4, 4).
+  model = abstract(18, 1.0, "hara")
+  assert n_params(model) == basic_r3d_params_zero_shortcuts() == 33_030_080
+  assert out_shape(model, (1, 16, 112, 112, 3), return_map=True) == (1, 1, 4, 4, 512)
+  # Hara's option B (projection shortcuts, 1x1x1 conv + BN) would add these parameters.
+  assert basic_r3d_params_zero_shortcuts() < n_params(abstract(18, 1.0, "r3d18"))
+
+
+def test_zero_padded_shortcut_is_the_strided_input_with_zero_channels():
+  x = np.random.default_rng(0).normal(size=(2, 5, 7, 6, 3)).astype(np.float32)
+  out = np.asarray(r3d.ZeroPadShortcut(3, 8, (2, 2, 2))(jnp.asarray(x)))
+  # PyTorch's avg_pool3d(kernel_size=1, stride=2): positions 0, 2, 4 (ceil(n / 2) of them).
+  np.testing.assert_array_equal(out[..., :3], x[:, 0::2, 0::2, 0::2])
+  assert out.shape == (2, 3, 4, 3, 8) and not out[..., 3:].any()
+  with pytest.raises(ValueError, match="cannot drop channels"):
+    r3d.ZeroPadShortcut(8, 3, (1, 1, 1))

@@ -56,6 +56,9 @@ def test_paper_recipe_numbers():
   rot = load_config("rotation_k400_r3d18", "input=dif")
   assert base.get(rot).sampler() == {"name": "single", "extra_frames": 1}
   assert (rot.optim.weight_decay, rot.batch_size) == (1e-3, 32)
+  # 3DRotNet's backbone as its authors' code builds it: Hara et al.'s resnet18, option A.
+  assert (rot.model.preset, rot.model.depth, rot.data.num_frames, rot.data.crop_size) == (
+      "hara", 18, 16, 112)
 
 
 E2E_ARGS = {"rotation_tiny": "input=dif,steps=16"}  # DIF: T + 1 frames through the pipeline

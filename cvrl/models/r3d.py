@@ -42,6 +42,12 @@ class R3DSpec:
   temporal_dilations: tuple[int, int, int, int]  # per stage
   spatial_strides: tuple[int, int, int, int] = (1, 2, 2, 2)
   padding: str = "same"  # 'same' (TF, reference CVRL) or 'symmetric' (PyTorch)
+  # Where a block changes shape: 'projection' (1x1x1 conv + BN, He et al.'s option B) or
+  # 'zeros' (option A, no parameters: the strided input, its new channels zero).
+  shortcut: str = "projection"
+
+
+SHORTCUTS = ("projection", "zeros")
 
 
 PRESETS = {
@@ -57,7 +63,15 @@ PRESETS = {
                     stem_pool_strides=(1, 2, 2), temporal_kernels=(1, 1, 3, 3),
                     temporal_strides=(1, 1, 1, 1), temporal_dilations=(1, 1, 1, 1),
                     padding="symmetric"),
-    # torchvision's r3d_18 / 3DRotNet: every conv 3x3x3, temporal stride 2 from res3 on.
+    # Hara et al.'s 3D-ResNet (CVPR 2018, 3D-ResNets-PyTorch), as 3DRotNet's code builds
+    # it (resnet18, shortcut_type 'A'): 7x7x7 stem stride (1, 2, 2), 3x3x3 max-pool stride
+    # 2 (time too), 3x3x3 convs, stride 2 in T, H, W from res3 on, zero-padded shortcuts.
+    "hara": R3DSpec(stem_kernel=(7, 7, 7), stem_strides=(1, 2, 2), stem_pool=(3, 3, 3),
+                    stem_pool_strides=(2, 2, 2), temporal_kernels=(3, 3, 3, 3),
+                    temporal_strides=(1, 2, 2, 2), temporal_dilations=(1, 1, 1, 1),
+                    padding="symmetric", shortcut="zeros"),
+    # torchvision's r3d_18 (Tran et al., CVPR 2018): every conv 3x3x3, temporal stride 2
+    # from res3 on, no max-pool, projection shortcuts.
     "r3d18": R3DSpec(stem_kernel=(3, 7, 7), stem_strides=(1, 2, 2), stem_pool=None,
                      stem_pool_strides=(1, 1, 1), temporal_kernels=(3, 3, 3, 3),
                      temporal_strides=(1, 2, 2, 2), temporal_dilations=(1, 1, 1, 1),
@@ -87,44 +101,69 @@ class _ConvBN(nnx.Module):
     return self.bn(self.conv(x))
 
 
+class ZeroPadShortcut(nnx.Module):
+  """Option A: every stride-th position of the input, channels zero-padded to cout."""
+
+  def __init__(self, cin: int, cout: int, strides):
+    if cout < cin:
+      raise ValueError(f"a zero-padded shortcut cannot drop channels ({cin} -> {cout})")
+    self.extra, self.strides = cout - cin, tuple(strides)
+
+  def __call__(self, x):
+    st, sh, sw = self.strides
+    x = x[:, ::st, ::sh, ::sw, :]
+    return jnp.pad(x, ((0, 0),) * 4 + ((0, self.extra),)) if self.extra else x
+
+
+def _identity(x):
+  return x
+
+
+def _shortcut(cin, cout, strides, kind, common, rngs):
+  """The block's shortcut: identity where the shape is kept, else `kind`'s."""
+  if cin == cout and tuple(strides) == (1, 1, 1):
+    return _identity
+  if kind == "zeros":
+    return ZeroPadShortcut(cin, cout, strides)
+  return _ConvBN(cin, cout, (1, 1, 1), strides, (1, 1, 1), rngs=rngs, **common)
+
+
 class BasicBlock(nnx.Module):
   """[t,3,3] -> [t,3,3] (3x3x3 twice for r3d18), identity or 1x1x1 projection shortcut."""
 
-  def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs):
+  def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs,
+               kind="projection"):
     cout = width
     self.conv1 = _ConvBN(cin, width, (temporal_kernel, 3, 3), strides, (dilation_t, 1, 1),
                          rngs=rngs, **common)
     self.conv2 = _ConvBN(width, cout, (temporal_kernel, 3, 3), (1, 1, 1), (dilation_t, 1, 1),
                          rngs=rngs, **common)
-    self.shortcut = (_ConvBN(cin, cout, (1, 1, 1), strides, (1, 1, 1), rngs=rngs, **common)
-                     if cin != cout or tuple(strides) != (1, 1, 1) else None)
+    self.shortcut = _shortcut(cin, cout, strides, kind, common, rngs)
 
   def __call__(self, x):
     y = nnx.relu(self.conv1(x))
     y = self.conv2(y)
-    s = x if self.shortcut is None else self.shortcut(x)
-    return nnx.relu(y + s)
+    return nnx.relu(y + self.shortcut(x))
 
 
 class BottleneckBlock(nnx.Module):
   """[t,1,1] -> [1,3,3] (spatial stride) -> [1,1,1] x4, as the CVRL R3D-50."""
 
-  def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs):
+  def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs,
+               kind="projection"):
     cout = width * EXPANSION["bottleneck"]
     t_stride, s_h, s_w = strides
     self.conv1 = _ConvBN(cin, width, (temporal_kernel, 1, 1), (t_stride, 1, 1),
                          (dilation_t, 1, 1), rngs=rngs, **common)
     self.conv2 = _ConvBN(width, width, (1, 3, 3), (1, s_h, s_w), (1, 1, 1), rngs=rngs, **common)
     self.conv3 = _ConvBN(width, cout, (1, 1, 1), (1, 1, 1), (1, 1, 1), rngs=rngs, **common)
-    self.shortcut = (_ConvBN(cin, cout, (1, 1, 1), strides, (1, 1, 1), rngs=rngs, **common)
-                     if cin != cout or tuple(strides) != (1, 1, 1) else None)
+    self.shortcut = _shortcut(cin, cout, strides, kind, common, rngs)
 
   def __call__(self, x):
     y = nnx.relu(self.conv1(x))
     y = nnx.relu(self.conv2(y))
     y = self.conv3(y)
-    s = x if self.shortcut is None else self.shortcut(x)
-    return nnx.relu(y + s)
+    return nnx.relu(y + self.shortcut(x))
 
 
 def frame_difference(clips):
@@ -156,6 +195,8 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D width multiplier must be > 0, got {width}")
     if isinstance(preset, str) and preset not in PRESETS:
       raise ValueError(f"R3D preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if not isinstance(preset, str) and preset.shortcut not in SHORTCUTS:
+      raise ValueError(f"R3D shortcut must be one of {list(SHORTCUTS)}, got {preset.shortcut!r}")
     if input_mode not in INPUTS:
       raise ValueError(f"R3D input_mode must be one of {list(INPUTS)}, got {input_mode!r}")
     spec = PRESETS[preset] if isinstance(preset, str) else preset
@@ -178,7 +219,7 @@ class R3D(nnx.Module):
                    if j == 0 else (1, 1, 1))
         stage.append(block_cls(cin, w, temporal_kernel=spec.temporal_kernels[i],
                                strides=strides, dilation_t=spec.temporal_dilations[i],
-                               common=common, rngs=rngs))
+                               common=common, rngs=rngs, kind=spec.shortcut))
         cin = w * EXPANSION[block_type]
       stages.append(nnx.List(stage))
     self.stages = nnx.List(stages)

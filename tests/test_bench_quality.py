@@ -1,4 +1,6 @@
 """experiments/bench_quality's reporting: stats, gain / gap arithmetic, table, plot (no training)."""
+import types
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,6 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   of its data: pretraining, linear probe with its random baseline, kNN over checkpoints,
   the supervised bound, then quality.json / .md / .png."""
   import json  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
   full = B.bench_data
 
   def small(data):
@@ -64,17 +65,16 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
     data.num_train_examples = 32
 
   monkeypatch.setattr(B, "bench_data", small)
-  if "curve_points" not in flags.FLAGS:
-    B.define_flags()
-  flags.FLAGS(["bench_quality", "--steps=4", "--seeds=1", "--curve_points=2",
-               f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"])
+  # main() reads its flags' values only: set them here (absl's global flags may already
+  # hold another module's --workdir in this process).
+  values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
+                _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe")
+  for name, value in values.items():
+    monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.train import engine  # pylint: disable=import-outside-toplevel
   caches = []  # main() turns on JAX's cache in the workdir: not in this test process
   monkeypatch.setattr(engine, "enable_compilation_cache", caches.append)
-  try:
-    B.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  B.main([])
   assert caches == [str(tmp_path / "runs" / "xla_cache")]
   out = json.loads((tmp_path / "out" / "quality.json").read_text())
   r = out["methods"]["cvrl"]

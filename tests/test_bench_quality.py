@@ -1,4 +1,5 @@
-"""experiments/bench_quality's reporting: stats, gain / gap arithmetic, table, plot (no training)."""
+"""experiments/bench_quality: stats, gain / gap arithmetic, table, plot; the command end to end
+(slow, tiny)."""
 import types
 
 import numpy as np

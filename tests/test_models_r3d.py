@@ -22,10 +22,14 @@ def out_shape(model, shape, **kw):
   return jax.eval_shape(f, state, jax.ShapeDtypeStruct(shape, jnp.float32)).shape
 
 
+def conv_bn(kernel, cin, cout):
+  """Parameters of a bias-free conv and its BN (scale, bias)."""
+  return int(np.prod(kernel)) * cin * cout + 2 * cout
+
+
 def bottleneck_r3d_params(blocks, temporal, stem=(5, 7, 7), width=1.0):
   """Independent count: conv kernels + BN (scale, bias) of a bottleneck R3D."""
   w = lambda c: int(round(c * width))
-  conv_bn = lambda k, cin, cout: int(np.prod(k)) * cin * cout + 2 * cout
   total = conv_bn(stem, 3, w(64))
   cin = w(64)
   for stage, (n, t) in enumerate(zip(blocks, temporal)):
@@ -224,7 +228,6 @@ def test_slow_r50_matches_slowfast_model_zoo():
 def basic_r3d_params_zero_shortcuts(blocks=(2, 2, 2, 2), stem=(7, 7, 7), width=1.0):
   """Independent count of a basic-block R3D whose shortcuts have no parameters (option A)."""
   w = lambda c: int(round(c * width))
-  conv_bn = lambda k, cin, cout: int(np.prod(k)) * cin * cout + 2 * cout
   total, cin = conv_bn(stem, 3, w(64)), w(64)
   for stage, n in enumerate(blocks):
     c = w(64 * 2 ** stage)

@@ -129,7 +129,7 @@ def _shortcut(cin, cout, strides, kind, common, rngs):
 
 
 class BasicBlock(nnx.Module):
-  """[t,3,3] -> [t,3,3] (3x3x3 twice for r3d18), identity or 1x1x1 projection shortcut."""
+  """[t,3,3] -> [t,3,3] (3x3x3 twice for r3d18); shortcut of `kind` where the shape changes."""
 
   def __init__(self, cin, width, *, temporal_kernel, strides, dilation_t, common, rngs,
                kind="projection"):
@@ -195,11 +195,11 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D width multiplier must be > 0, got {width}")
     if isinstance(preset, str) and preset not in PRESETS:
       raise ValueError(f"R3D preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if not isinstance(preset, str) and preset.shortcut not in SHORTCUTS:
-      raise ValueError(f"R3D shortcut must be one of {list(SHORTCUTS)}, got {preset.shortcut!r}")
     if input_mode not in INPUTS:
       raise ValueError(f"R3D input_mode must be one of {list(INPUTS)}, got {input_mode!r}")
     spec = PRESETS[preset] if isinstance(preset, str) else preset
+    if spec.shortcut not in SHORTCUTS:
+      raise ValueError(f"R3D shortcut must be one of {list(SHORTCUTS)}, got {spec.shortcut!r}")
     block_type, blocks = DEPTHS[depth]
     block_cls = BasicBlock if block_type == "basic" else BottleneckBlock
     self.depth, self.width, self.spec, self.remat = depth, width, spec, remat

@@ -55,23 +55,53 @@ def define_flags():
                            "in the README).")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
+  global _VIDEOS, _DIFFICULTY  # pylint: disable=global-statement
+  _VIDEOS = flags.DEFINE_integer("videos", VIDEOS, "Training videos (rendered once, cached).")
+  _DIFFICULTY = flags.DEFINE_string(
+      "difficulty", "", "The data's difficulty over the calibrated default, e.g. "
+      "'colour=1,texture=0.5,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY).")
+
+
+def parse_difficulty(text: str) -> dict:
+  """'colour=1,scale=0.15:0.4' -> {'colour': 1.0, 'scale': (0.15, 0.4)} (checked)."""
+  from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
+  out = {}
+  for item in filter(None, (t.strip() for t in text.split(","))):
+    key, _, value = item.partition("=")
+    if key not in procedural.DIFFICULTY or not value:
+      raise app.UsageError(f"--difficulty: {item!r} is not one of "
+                           f"{sorted(procedural.DIFFICULTY)} = value")
+    out[key] = tuple(float(v) for v in value.split(":")) if key == "scale" else float(value)
+  try:
+    procedural.check_difficulty(out)
+  except ValueError as e:
+    raise app.UsageError(f"--difficulty: {e}") from None
+  return out
 
 
 # ---------------------------------------------------------------------------- recipes
 
-def bench_data(data: ml_collections.ConfigDict) -> None:
-  """The benchmark's data, in place: 256 training and 128 test videos of the 8 object +
-  action classes, 64 frames of 48 x 48; clips of 8 frames at stride 2, 32 x 32 crops."""
+VIDEOS = 2048  # training videos of the bench data
+STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
+
+
+def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
+               difficulty: dict | None = None) -> None:
+  """The benchmark's data, in place: `videos` training and 256 test videos of the 8
+  object + action classes at the calibrated difficulty (the data config's default,
+  overridden by `difficulty`), 64 frames of 48 x 48; clips of 8 frames at stride 2,
+  32 x 32 crops."""
   data.source = "synthetic"
-  data.synthetic.update(kind="objects", num_train_videos=256, num_eval_videos=128,
-                        num_classes=8, num_frames=64, size=48, num_shards=4, seed=0, dir="")
-  data.num_train_examples = 256
+  data.synthetic.update(kind="objects", num_train_videos=videos, num_eval_videos=256,
+                        num_classes=8, num_frames=64, size=48, num_shards=8, seed=0, dir="")
+  data.synthetic.difficulty.update(difficulty or {})
+  data.num_train_examples = videos
   data.num_classes = 8
   data.update(crop_size=32, eval_resize=32, eval_crop_size=32)
 
 
-def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe"
-           ) -> ml_collections.ConfigDict:
+def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
+           videos: int = VIDEOS, difficulty: dict | None = None) -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the recipe's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's."""
   # pylint: disable=import-outside-toplevel
@@ -79,19 +109,19 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe"
   if method == "cvrl":
     from configs import demo
     from cvrl.data.config import default_augmentation_config
-    c = demo.get_config(f"steps={steps or 400},probe=False,source=synthetic")
+    c = demo.get_config(f"steps={steps or STEPS},probe=False,source=synthetic")
     if augmentation == "paper":
       c.data.augmentation = default_augmentation_config()
   else:
     mod = importlib.import_module(f"configs.{method}_tiny")
-    c = mod.get_config(f"steps={steps or 400}")
+    c = mod.get_config(f"steps={steps or STEPS}")
     # The demo's scale: 8 frames at stride 2 (16 for TCLR's 4 timesteps), batch 16.
     frames = 16 if method == "tclr" else 8
     c.batch_size = 16
     c.optim.base_batch_size = 16
     c.data.update(num_frames=frames, stride=2, shuffle_buffer=256, cycle_length=4, prefetch=2)
     c.warmup_steps = max(1, int(c.total_steps) // 10)
-  bench_data(c.data)
+  bench_data(c.data, videos, difficulty)
   c.seed = int(seed)
   c.log.update(every_steps=50, tensorboard=False)
   return c
@@ -181,12 +211,12 @@ def _stats(values) -> dict:
 
 
 def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: int,
-               keep: bool, augmentation: str = "recipe") -> dict:
+               keep: bool, augmentation: str = "recipe", data: dict | None = None) -> dict:
   """Every seed of one method; the method's entry of quality.json."""
   t0 = time.time()
   rows, curves = [], []
   for seed in range(seeds):
-    config = recipe(method, steps, seed, augmentation)
+    config = recipe(method, steps, seed, augmentation, **(data or {}))
     total = int(config.total_steps)
     every = max(1, total // max(1, curve_points))
     run_dir = os.path.join(workdir, method, f"seed{seed}")
@@ -225,7 +255,7 @@ def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: 
       "supervised": {"linear_top1": sup},
       "knn_curve": [[s, float(np.mean([c[i][1] for c in curves]))]
                     for i, (s, _) in enumerate(curves[0])],
-      "steps": int(recipe(method, steps, 0).total_steps),
+      "steps": int(recipe(method, steps, 0, **(data or {})).total_steps),
       "seeds": seeds,
       "seconds": round(time.time() - t0, 1),
       "per_seed": rows,
@@ -303,11 +333,12 @@ def main(argv):
   # Seeds after the first (and every job after pretraining) load their compiled steps.
   from cvrl.train import engine  # pylint: disable=import-outside-toplevel
   engine.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
-  results = {"methods": {}, "data": recipe("cvrl", 0, 0).data.synthetic.to_dict(),
+  data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value)}
+  results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
              "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
   for m in names:
     results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,
-                                       _CURVE_POINTS.value, _KEEP.value, _AUG.value)
+                                       _CURVE_POINTS.value, _KEEP.value, _AUG.value, data)
     with open(os.path.join(out_dir, "quality.json"), "w") as f:  # after every method
       json.dump(results, f, indent=1)
   with open(os.path.join(out_dir, "quality.md"), "w") as f:

@@ -59,8 +59,8 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   import json  # pylint: disable=import-outside-toplevel
   full = B.bench_data
 
-  def small(data):
-    full(data)
+  def small(data, videos, difficulty):
+    full(data, videos, difficulty)
     data.synthetic.update(num_train_videos=32, num_eval_videos=16, num_frames=24,
                           dir=str(tmp_path / "data"))
     data.num_train_examples = 32
@@ -69,7 +69,8 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   # main() reads its flags' values only: set them here (absl's global flags may already
   # hold another module's --workdir in this process).
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
-                _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe")
+                _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
+                _VIDEOS=B.VIDEOS, _DIFFICULTY="")
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.train import engine  # pylint: disable=import-outside-toplevel

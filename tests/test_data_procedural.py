@@ -70,17 +70,18 @@ def test_actions_move_as_named():
 
 def test_nuisances_vary_within_a_class_and_the_action_shows_in_the_pixels():
   T, size = 16, 48
-  videos = [P.render_video(0, i, 4, 8, T, size) for i in range(4)]  # disc, spin
-  # colour / background: first frames of one class differ a lot
+  hard = dict(colour=1.0, texture=1.0)
+  videos = [P.render_video(0, i, 4, 8, T, size, hard) for i in range(4)]  # disc, spin
+  # colour / background at full difficulty: first frames of one class differ a lot
   assert min(np.abs(videos[0][0].astype(float) - v[0]).mean() for v in videos[1:]) > 10
   # spin: the disc stays in place, so only pixels inside a disc-sized region change
   for v in videos:
     changed = _object_mask(v)
     ys, xs = np.nonzero(changed)
-    assert changed.sum() < np.pi * (0.31 * size) ** 2  # radius <= 0.3 size
-    assert np.ptp(ys) < 0.62 * size and np.ptp(xs) < 0.62 * size
+    assert changed.sum() < np.pi * (0.41 * size) ** 2  # radius <= 0.4 size
+    assert np.ptp(ys) < 0.82 * size and np.ptp(xs) < 0.82 * size
   # translate: the changed pixels spread far wider than one object
-  moving = P.render_video(0, 0, 0, 8, T, size)
+  moving = P.render_video(0, 0, 0, 8, 40, size, hard)
   assert _object_mask(moving).sum() > 1.5 * max(_object_mask(v).sum() for v in videos)
 
 
@@ -110,3 +111,68 @@ def test_objects_kind_writes_labelled_shards_through_the_synthetic_writer(tmp_pa
   assert ex.context.feature["clip/label/text"].bytes_list.value[0].decode() == "motion_0"
   with pytest.raises(ValueError, match="kind must be one of"):
     synthetic.write_synthetic_shards(d, 4, 4, 6, 24, 2, 0, kind="shapes")
+
+
+def test_the_calibrated_default_is_a_white_object_with_a_black_pattern_on_plain_grey():
+  v = P.render_video(0, 3, 4, 8, 16, 48)  # disc, spin
+  obj = _object_mask(v)
+  assert obj.any() and (~obj).any()
+  np.testing.assert_array_equal(v[:, ~obj], 128)  # plain mid-grey background
+  inside = v[:, obj].reshape(-1, 3)
+  assert np.all(inside[:, 0] == inside[:, 1]) and np.all(inside[:, 1] == inside[:, 2])  # grey
+  levels = set(np.unique(inside[:, 0]).tolist())
+  assert {0, 255} <= levels <= {0, 128, 255}  # white, black (and background where it turned)
+
+
+def _grey_levels(video, mask):
+  grey = video.astype(float).mean(-1)[mask]
+  return np.percentile(grey, 5), np.percentile(grey, 95)
+
+
+@pytest.mark.parametrize("contrast", [1.0, 0.5, 0.2])
+def test_contrast_sets_the_pattern_dark_shade_even_with_random_colours(contrast):
+  # The pattern is the light colour against (1 - contrast) of it, whatever the colour:
+  # a luminance pattern that colour jitter and grayscale keep.
+  for i in range(3):
+    inside = (P.render_video(0, i, 4, 8, 16, 48) != 128).any(-1)  # the same geometry
+    video = P.render_video(0, i, 4, 8, 16, 48, dict(colour=1.0, contrast=contrast))
+    lo, hi = _grey_levels(video, inside)
+    np.testing.assert_allclose(lo, (1 - contrast) * hi, atol=2.0)
+
+
+def test_each_setting_changes_only_its_own_nuisance():
+  base = P.render_video(0, 2, 5, 8, 12, 40)
+  obj = np.broadcast_to((base != 128).any(-1)[..., None], base.shape)  # object pixels
+  textured = P.render_video(0, 2, 5, 8, 12, 40, dict(texture=1.0))
+  np.testing.assert_array_equal(textured[obj], base[obj])  # the object is untouched
+  assert np.abs(textured[~obj].astype(float) - 128).mean() > 5  # the background is not
+  coloured = P.render_video(0, 2, 5, 8, 12, 40, dict(colour=1.0))
+  # same geometry: the object covers the same pixels, in another colour
+  np.testing.assert_array_equal((coloured != coloured[0, 0, 0]).any(-1), obj[..., 0])
+  big = P.render_video(0, 2, 5, 8, 12, 40, dict(scale=(0.45, 0.45)))
+  small = P.render_video(0, 2, 5, 8, 12, 40, dict(scale=(0.15, 0.15)))
+  area = lambda v: (v != 128).any(-1).mean()
+  assert area(big) > 4 * area(small)
+
+
+def test_bad_difficulty_settings_name_the_field():
+  for bad, field in [(dict(colour=1.5), "colour"), (dict(contrast=0.0), "contrast"),
+                     (dict(texture=-0.1), "texture"), (dict(scale=(0.4, 0.3)), "scale"),
+                     (dict(blur=1.0), "unknown")]:
+    with pytest.raises(ValueError, match=field):
+      P.check_difficulty(bad)
+  assert P.check_difficulty(None) == {**P.DIFFICULTY, "scale": (0.3, 0.4)}
+
+
+def test_settings_are_part_of_the_written_data(tmp_path):
+  cfg = lambda **d: __import__("ml_collections").ConfigDict(dict(
+      kind="objects", dir=str(tmp_path / "d"), num_train_videos=2, num_eval_videos=2,
+      num_classes=2, num_frames=4, size=16, num_shards=1, seed=0, difficulty=d))
+  first = lambda paths: next(iter(tf.data.TFRecordDataset(paths[0]))).numpy()
+  plain = first(synthetic.ensure_synthetic(cfg(), "train"))
+  textured = first(synthetic.ensure_synthetic(cfg(texture=1.0), "train"))
+  assert plain != textured  # same folder, other settings: rewritten
+  assert first(synthetic.ensure_synthetic(cfg(), "train")) == plain
+  with pytest.raises(ValueError, match="kind 'objects' only"):
+    synthetic.write_synthetic_shards(str(tmp_path / "m"), 2, 2, 4, 16, 1, 0,
+                                     difficulty=dict(colour=1.0))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from cvrl.data import procedural
+
 
 def default_augmentation_config() -> ml_collections.ConfigDict:
   """CVRL pretraining augmentation: one draw per clip, per-view blur/solarize."""
@@ -101,6 +103,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.synthetic.size = 48
   c.synthetic.num_shards = 4
   c.synthetic.seed = 0
+  # The 'objects' kind's difficulty (cvrl.data.procedural.DIFFICULTY says what each does;
+  # README "Quality benchmark" gives the ladder): these defaults are the calibrated data.
+  c.synthetic.difficulty = ml_collections.ConfigDict(dict(procedural.DIFFICULTY))
 
   # Temporal sampling (samplers may override num_frames / stride).
   c.num_frames = 16

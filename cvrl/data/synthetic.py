@@ -8,6 +8,8 @@ Videos are a pure function of (seed, video index).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -74,23 +76,26 @@ def _shard_name(directory: str, split: str, k: int, n: int) -> str:
 
 def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, num_frames: int,
                            size: int, num_shards: int, seed: int, split: str = 'train',
-                           jpeg_quality: int = 90, kind: str = 'motion') -> list[str]:
+                           jpeg_quality: int = 90, kind: str = 'motion',
+                           difficulty: dict | None = None) -> list[str]:
   """Write (or find already written) shards of synthetic videos; returns their paths.
 
   kind: 'motion' (this module's videos, labelled by motion alone) or 'objects'
-  (`cvrl.data.procedural`: labelled by what the object is and how it moves).
+  (`cvrl.data.procedural`: labelled by what the object is and how it moves);
+  difficulty: the 'objects' kind's settings (procedural.DIFFICULTY).
 
   Idempotent: a marker file records the parameters of a completed split; a call with the
   same parameters returns at once. Video i (label i % num_classes) goes to shard
   i % num_shards; shards are written to a temporary name and renamed when complete.
   """
   import tensorflow as tf  # TF only needed to encode and write
-  render, name = _renderer(kind, num_classes)
+  render, name = _renderer(kind, num_classes, difficulty)
   params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
                 size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
   if kind != 'motion':  # the motion data's markers stay as they were
     params['kind'] = kind
-    params['version'] = getattr(sys.modules[render.__module__], 'VERSION', 1)
+    params['version'] = getattr(sys.modules[render.func.__module__], 'VERSION', 1)
+    params['difficulty'] = render.keywords['difficulty']
   paths = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
   marker = os.path.join(directory, f'{split}.complete.json')
   if os.path.exists(marker) and all(os.path.exists(p) for p in paths):
@@ -123,14 +128,19 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
 KINDS = ('motion', 'objects')
 
 
-def _renderer(kind: str, num_classes: int):
+def _renderer(kind: str, num_classes: int, difficulty: dict | None = None):
   """(render_video, label -> text) of a kind of synthetic data."""
   if kind == 'motion':
+    if difficulty:
+      raise ValueError("data.synthetic.difficulty applies to kind 'objects' only")
     return render_video, lambda label: f'motion_{label}'
   if kind == 'objects':
     from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
     procedural.class_factors(num_classes)  # fail early on a bad class count
-    return procedural.render_video, lambda label: procedural.class_name(label, num_classes)
+    d = procedural.check_difficulty(difficulty)
+    d['scale'] = list(d['scale'])  # as the JSON marker reads it back
+    render = functools.partial(procedural.render_video, difficulty=d)
+    return render, lambda label: procedural.class_name(label, num_classes)
   raise ValueError(f'data.synthetic.kind must be one of {list(KINDS)}, got {kind!r}')
 
 
@@ -139,15 +149,24 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
   if split not in ('train', 'eval'):
     raise ValueError(f"synthetic data has splits 'train' and 'eval', not {split!r}")
   kind = str(syn_config.get('kind', 'motion'))
+  difficulty = syn_config.get('difficulty')
+  difficulty = difficulty.to_dict() if hasattr(difficulty, 'to_dict') else difficulty
+  if kind == 'motion':
+    difficulty = None  # the motion data has no settings
   directory = syn_config.dir
   if not directory:
     import tempfile
-    directory = os.path.join(tempfile.gettempdir(),
-                             'cvrl_synthetic' if kind == 'motion' else f'cvrl_synthetic_{kind}')
+    name = 'cvrl_synthetic'
+    if kind != 'motion':  # one folder per setting: runs of different settings side by side
+      from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
+      key = json.dumps(procedural.check_difficulty(difficulty), sort_keys=True)
+      name = f'cvrl_synthetic_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:8]}'
+    directory = os.path.join(tempfile.gettempdir(), name)
   train = split == 'train'
   return write_synthetic_shards(
       directory,
       num_videos=int(syn_config.num_train_videos if train else syn_config.num_eval_videos),
       num_classes=int(syn_config.num_classes), num_frames=int(syn_config.num_frames),
       size=int(syn_config.size), num_shards=int(syn_config.num_shards),
-      seed=int(syn_config.seed) + (0 if train else _EVAL_SEED_OFFSET), split=split, kind=kind)
+      seed=int(syn_config.seed) + (0 if train else _EVAL_SEED_OFFSET), split=split, kind=kind,
+      difficulty=difficulty)

@@ -18,6 +18,7 @@ from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
 
 NEEDS_WORKDIR = False
+READS_INPUTS = False  # no data, no checkpoint: cvrl.main checks neither
 
 
 def _count(state) -> int:
@@ -51,25 +52,47 @@ def clip_shape(config) -> tuple[int, int, int, int]:
   return (int(config.data.num_frames), int(config.data.crop_size), int(config.data.crop_size), 3)
 
 
-def summarize(config: ml_collections.ConfigDict) -> dict:
-  # Count FLOPs with the native convolution: the standard count, whatever runs on CPU.
+def _native(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy on the native convolution: the standard count, whatever lowering runs."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.conv_impl = "native"
-  model, trainable = _abstract_model(config)
-  backbone = _count(nnx.state(model.encoder, nnx.Param))
-  trainable_total = _count(nnx.state(model, trainable))
-  encoder = model.encoder
+  return config
+
+
+def _lower_forward(encoder, clip: tuple[int, ...]):
+  """The encoder's eval-mode forward of one clip, lowered (never compiled)."""
   encoder.eval()
   graphdef, state = nnx.split(encoder)
-  x = jax.ShapeDtypeStruct((1, *clip_shape(config)), jnp.float32)
+  x = jax.ShapeDtypeStruct((1, *clip), jnp.float32)
 
   def forward(state, x):
     return nnx.merge(graphdef, state)(x, return_map=True)
 
-  lowered = jax.jit(forward).lower(state, x)
+  return jax.jit(forward).lower(state, x)
+
+
+def _flops(lowered) -> float:
+  """XLA's count of the lowered (pre-fusion) HLO: a multiply-add is 2 FLOPs."""
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
+  return float(cost["flops"])
+
+
+def forward_flops(config: ml_collections.ConfigDict,
+                  clip: tuple[int, ...] | None = None) -> float:
+  """Forward FLOPs of the config's encoder on one clip (T, H, W, 3), default the config's
+  clip: the count `summarize` reports as gflops_per_clip (heads not included)."""
+  model, _ = _abstract_model(_native(config))
+  return _flops(_lower_forward(model.encoder, tuple(clip or clip_shape(config))))
+
+
+def summarize(config: ml_collections.ConfigDict) -> dict:
+  config = _native(config)
+  model, trainable = _abstract_model(config)
+  backbone = _count(nnx.state(model.encoder, nnx.Param))
+  trainable_total = _count(nnx.state(model, trainable))
+  lowered = _lower_forward(model.encoder, clip_shape(config))
   return {
       "job": config.job,
       "model": f"r3d{config.model.depth}_{config.model.preset}_{config.model.width:g}x",
@@ -78,7 +101,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
       "head_params": trainable_total - backbone,
       "feature_shape": list(lowered.out_info.shape[1:]),
       # XLA's count: a multiply-add is 2 FLOPs.
-      "gflops_per_clip": float(f"{float(cost['flops']) / 1e9:.6g}"),
+      "gflops_per_clip": float(f"{_flops(lowered) / 1e9:.6g}"),
   }
 
 

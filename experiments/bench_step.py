@@ -21,7 +21,14 @@ runs), on all devices of the current backend:
 
   python -m experiments.bench_step --config=configs/demo.py [--per_device_batch 8]
       [--set model.width=0.25 ...] [--steps 3]
-    -> clips/s, step seconds, XLA FLOPs per step and the achieved GFLOP/s;
+    -> clips/s, step seconds, the loss; model FLOPs (the summary job's encoder forward
+       FLOPs per clip, a train step = 3 x forward x clips) and MFU against the device's
+       bf16 dense peak (PEAK_BF16_TFLOPS by device_kind; null, with `peak_unknown`, for
+       other kinds such as CPU) and against a matmul measured in the same run (n = 8192
+       bf16 on accelerators, 2048 float32 on CPU; --matmul_n); peak memory by the device
+       allocator (memory_stats' peak_bytes_in_use, null on CPU) beside XLA's memory
+       analysis; XLA's cost analysis of the step, kept and labelled (on GPU it misses
+       the cuDNN convolutions). Needs no TensorFlow;
   python -m experiments.bench_step --config=configs/cvrl_k600_r3d50.py --memory_only
       [--memory_batches 8,16,32]
     -> XLA's memory analysis of the COMPILED (never run) step per device, for each
@@ -32,9 +39,9 @@ runs), on all devices of the current backend:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import time
 from typing import Callable
 
@@ -67,9 +74,9 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
   return wall, cpu
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
-  """float32 GFLOP/s (by wall and by CPU time) of a jitted n^3 matmul."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> tuple[float, float]:
+  """GFLOP/s (by wall and by CPU time) of a jitted n^3 matmul in `dtype` (float32 default)."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
   f = jax.jit(lambda x: x @ x)
   return tuple(2 * n ** 3 / t / 1e9 for t in best_time(lambda: f(a), repeats))
 
@@ -178,7 +185,8 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
     spec["photometric"] = jax.ShapeDtypeStruct((batch, smp.num_views, photometric.SIZE),
                                                jnp.float32, sharding=sharding)
   return dict(mesh=mesh, objective=objective, make=make, tx=tx, step=step, graphdef=graphdef,
-              state=state, spec=spec, clips=batch * smp.num_views)
+              state=state, spec=spec, clips=batch * smp.num_views,
+              clip=(smp.frames, data.crop_size, data.crop_size, 3))
 
 
 def _concrete_batch(spec: dict, seed: int = 0) -> dict:
@@ -224,11 +232,71 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def config_throughput(config, per_device_batch: int | None = None, steps: int = 3) -> dict:
-  """Clips/s and achieved FLOP/s of the config's full pretraining step (run for real)."""
+# Model FLOPs and utilisation. A train step counts as 3 forwards (the backward pass is
+# 2x the forward: gradients for the inputs and for the weights), the usual MFU convention;
+# remat's recomputed forward is not credited.
+TRAIN_STEP_FORWARDS = 3
+
+# (regex on the lower-cased jax device_kind, chip, bf16 dense peak TFLOP/s per device);
+# the first match wins. TPU kinds as jax names them: v5e is 'TPU v5 lite', v5p 'TPU v5'.
+PEAK_BF16_TFLOPS = (
+    (r"\bh100\b.*\bpcie\b", "H100 PCIe", 756.0),
+    (r"\bh100\b.*\bnvl\b", "H100 NVL", 835.0),
+    (r"\bh100\b", "H100 SXM", 989.0),
+    (r"\bh200\b", "H200", 989.0),
+    (r"\ba100\b", "A100", 312.0),
+    (r"^tpu v4$", "TPU v4", 275.0),
+    (r"^tpu v5( lite|e)$", "TPU v5e", 197.0),
+    (r"^tpu v5p?$", "TPU v5p", 459.0),
+    (r"^tpu v6( lite|e)$", "TPU v6e", 918.0),
+)
+
+
+def bf16_peak(device_kind: str) -> tuple[str, float] | None:
+  """(chip, bf16 dense peak FLOP/s per device) for a jax device_kind; None if unknown."""
+  kind = device_kind.strip().lower()
+  for pattern, chip, tflops in PEAK_BF16_TFLOPS:
+    if re.search(pattern, kind):
+      return chip, tflops * 1e12
+  return None
+
+
+def train_step_flops(forward_flops_per_clip: float, clips: int) -> float:
+  """Model FLOPs of one train step: 3 forwards of every clip."""
+  return TRAIN_STEP_FORWARDS * forward_flops_per_clip * clips
+
+
+def utilisation(flops_per_step: float, step_s: float, peak_flops_per_device: float | None,
+                devices: int = 1) -> float | None:
+  """Achieved FLOP/s over the peak FLOP/s of all devices; None where the peak is unknown."""
+  if not peak_flops_per_device:
+    return None
+  return flops_per_step / step_s / (peak_flops_per_device * devices)
+
+
+def allocator_peak_bytes(devices) -> int | None:
+  """The largest `peak_bytes_in_use` of the devices' allocators (since the process
+  started); None where the backend keeps no such statistic (CPU)."""
+  peaks = []
+  for d in devices:
+    try:
+      stats = d.memory_stats()
+    except (NotImplementedError, RuntimeError):
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def _sig(x: float, digits: int = 4) -> float:
+  return float(f"{x:.{digits}g}")
+
+
+def _run_steps(parts: dict, steps: int) -> tuple[object, float, float, float]:
+  """Compile and run the config's step: the compiled step, best wall and CPU seconds,
+  and the last loss."""
   from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  parts = _step_parts(config, per_device_batch)
-  mesh, spec, clips = parts["mesh"], parts["spec"], parts["clips"]
+  mesh, spec = parts["mesh"], parts["spec"]
   with jax.set_mesh(mesh):
     compiled = parts["step"].lower(parts["state"], spec).compile()
     _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"], mesh)
@@ -237,16 +305,63 @@ def config_throughput(config, per_device_batch: int | None = None, steps: int = 
 
     def run():
       carry["state"], metrics = compiled(carry["state"], batch)
+      carry["loss"] = metrics["loss"]
       return metrics["loss"]
 
     wall, cpu = best_time(run, steps)
-  flops = _flops(compiled)
-  return {"global_batch": spec["label"].shape[0], "clips_per_step": clips,
-          "devices": mesh.devices.size, "step_s": round(wall, 4),
-          "clips_per_sec": round(clips / wall, 2), "step_cpu_s": round(cpu, 4),
-          "clips_per_sec_cpu": round(clips / cpu, 2),
-          "gflop_per_step": round(flops / 1e9, 3), "gflops": round(flops / wall / 1e9, 2),
-          "memory": _memory(compiled)}
+  return compiled, wall, cpu, float(carry["loss"])
+
+
+def _utilisation_fields(flops: float, wall: float, devices: int, matmul_n: int | None) -> dict:
+  """MFU against the device's bf16 peak (table) and against a matmul measured now."""
+  kind = jax.devices()[0].device_kind
+  peak = bf16_peak(kind)
+  out = {"device_kind": kind, "peak_chip": peak and peak[0],
+         "peak_tflops_per_device": peak and peak[1] / 1e12,
+         "mfu_peak": None if peak is None else _sig(utilisation(flops, wall, peak[1], devices))}
+  if peak is None:
+    out["peak_unknown"] = f"no bf16 dense peak known for device kind {kind!r}"
+  # bf16 on accelerators (what the peaks are quoted for); float32 on the CPU, as the
+  # model mode measures it there.
+  accelerator = jax.default_backend() != "cpu"
+  dtype = jnp.bfloat16 if accelerator else jnp.float32
+  n = matmul_n or (8192 if accelerator else 2048)
+  rate = matmul_gflops(n, dtype=dtype)[0] * 1e9
+  out.update(matmul_dtype=jnp.dtype(dtype).name, matmul_n=n,
+             matmul_gflops_per_device=_sig(rate / 1e9),
+             mfu_matmul=_sig(utilisation(flops, wall, rate, devices)))
+  return out
+
+
+def config_throughput(config, per_device_batch: int | None = None, steps: int = 3,
+                      matmul_n: int | None = None) -> dict:
+  """Clips/s, model FLOP/s and MFU of the config's full pretraining step (run for real),
+  XLA's cost analysis of it, and its peak memory by the allocator and by XLA."""
+  from cvrl import summary  # pylint: disable=import-outside-toplevel
+  parts = _step_parts(config, per_device_batch)
+  clips, devices = parts["clips"], parts["mesh"].devices.size
+  compiled, wall, cpu, loss = _run_steps(parts, steps)
+  allocator = allocator_peak_bytes(parts["mesh"].devices.flat)  # before the matmul runs
+  forward = summary.forward_flops(config, parts["clip"])
+  flops = train_step_flops(forward, clips)
+  xla = _flops(compiled)
+  out = {"global_batch": parts["spec"]["label"].shape[0], "clips_per_step": clips,
+         "devices": devices, "step_s": round(wall, 4), "clips_per_sec": round(clips / wall, 2),
+         "step_cpu_s": round(cpu, 4), "clips_per_sec_cpu": round(clips / cpu, 2),
+         "loss": loss,
+         "flops_source": "summary job's encoder forward FLOPs per clip (heads excluded); "
+                         f"train step = {TRAIN_STEP_FORWARDS} x forward x clips",
+         "forward_gflop_per_clip": _sig(forward / 1e9, 6),
+         "model_gflop_per_step": _sig(flops / 1e9), "model_gflops": _sig(flops / wall / 1e9)}
+  out.update(_utilisation_fields(flops, wall, devices, matmul_n))
+  out["xla_cost_analysis"] = {
+      "gflop_per_step": round(xla / 1e9, 3), "gflops": round(xla / wall / 1e9, 2),
+      "note": "XLA's cost analysis of the compiled step; on GPU it does not count the "
+              "cuDNN convolutions"}
+  out["memory"] = {"allocator_peak_bytes": allocator,
+                   "allocator_peak_gib": allocator and round(allocator / 2 ** 30, 3),
+                   "xla_memory_analysis": _memory(compiled)}
+  return out
 
 
 def saved_residual_bytes(config, parts: dict) -> int | None:
@@ -306,7 +421,8 @@ def config_main(args) -> dict:
          "dtype": config.model.dtype,
          "clip": [int(config.data.num_frames), int(config.data.crop_size)]}
   if not args.memory_only:
-    out["train_step"] = config_throughput(config, args.per_device_batch, args.steps)
+    out["train_step"] = config_throughput(config, args.per_device_batch, args.steps,
+                                          args.matmul_n)
   if args.memory_only or args.memory_batches:
     batches = [int(b) for b in (args.memory_batches or "8,16,32").split(",")]
     out["memory"] = [config_memory(config, b, remat) for b in batches for remat in (False, True)]
@@ -314,7 +430,8 @@ def config_main(args) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  from cvrl import cli  # pylint: disable=import-outside-toplevel
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=None,
                       help="config mode: path/to/config.py[:arg], the full pretraining step")
   parser.add_argument("--set", action="append", default=[],
@@ -335,7 +452,8 @@ def main(argv=None):
   parser.add_argument("--r3d18_frames", type=int, default=8)
   parser.add_argument("--r3d50_batch", type=int, default=2)
   parser.add_argument("--r3d50_frames", type=int, default=8)
-  parser.add_argument("--matmul_n", type=int, default=2048)
+  parser.add_argument("--matmul_n", type=int, default=None,
+                      help="matmul side (default 2048; config mode: 8192 on accelerators)")
   args = parser.parse_args(argv)
   if args.config:
     print(json.dumps(config_main(args)))
@@ -346,6 +464,7 @@ def main(argv=None):
          "flops_source": "xla_cost_analysis_of_native_step", "models": {}}
   # The matmul rate is taken before and after the models; the higher counts (the
   # machine may be shared, and a lower figure would flatter the ratios).
+  args.matmul_n = args.matmul_n or 2048
   mm_before = matmul_gflops(args.matmul_n)
   for name in args.models.split(","):
     family = "r3d18" if name in ("r3d18", "tclr") else "r3d50"
@@ -363,4 +482,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from cvrl import cli  # one-line user errors, quiet log
+  cli.run_plain(main)

@@ -10,7 +10,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping
 
-import tensorflow as tf
+
+class _LazyTensorFlow:
+  """`tf`, imported on first use. What a sampler is (views, frames, footprint) is read
+  where TensorFlow may be absent (the train step, experiments.bench_step); its index
+  functions run inside tf.data pipelines, which load TensorFlow anyway."""
+
+  def __getattr__(self, name):
+    import tensorflow  # pylint: disable=import-outside-toplevel
+    globals()['tf'] = tensorflow  # later look-ups go straight to the module
+    return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 SHORT_POLICIES = ('wrap', 'repeat_last', 'skip')
 

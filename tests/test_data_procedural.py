@@ -176,3 +176,23 @@ def test_settings_are_part_of_the_written_data(tmp_path):
   with pytest.raises(ValueError, match="kind 'objects' only"):
     synthetic.write_synthetic_shards(str(tmp_path / "m"), 2, 2, 4, 16, 1, 0,
                                      difficulty=dict(colour=1.0))
+
+
+def test_the_default_folder_is_named_by_every_parameter(monkeypatch, tmp_path):
+  # Two runs of different sizes side by side must not rewrite each other's shards.
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from cvrl.data import config as data_config  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+  base = data_config.default_data_config().synthetic
+  base.update(kind="objects", num_train_videos=4, num_eval_videos=2, num_frames=4, size=16,
+              num_shards=1)
+  paths = lambda c: synthetic.ensure_synthetic(c, "train")
+  first = paths(base)
+  assert os.path.dirname(first[0]).startswith(str(tmp_path / "cvrl_synthetic_objects_"))
+  assert paths(base.copy_and_resolve_references()) == first
+  for change in (dict(num_train_videos=6), dict(size=20), dict(seed=1),
+                 dict(difficulty=dict(texture=1.0))):
+    other = base.copy_and_resolve_references()
+    other.update(change)
+    assert os.path.dirname(paths(other)[0]) != os.path.dirname(first[0]), change
+  assert len(list(tf.data.TFRecordDataset(first))) == 4  # untouched by the others

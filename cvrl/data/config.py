@@ -81,6 +81,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   # A label outside [0, num_classes) or missing (require_label): 'error' stops the job
   # naming the record; 'skip' counts (stats bad_label) and skips it.
   c.bad_label = 'error'
+  # Semi-supervised fine-tuning / probing (CVRL sec. 4: 1% and 10% of the labels): a value
+  # in (0, 1] keeps, of the labelled TRAIN split, a fixed class-balanced subset (per class
+  # max(1, round(fraction * n_c)) videos, chosen by the job's seed: the same subset in every
+  # job of that seed, on any host count); epochs count the subset. Pretraining ignores it;
+  # evaluation splits are never subset. 1.0 = all labels (cvrl.data.subset).
+  c.label_fraction = 1.0
 
   # TFDS video datasets (e.g. 'ucf101/ucf101_1_256'): builder name and splits.
   c.tfds_name = ''

@@ -7,6 +7,9 @@ Phases, in order:
   -> seeded per-epoch shuffle (train) -> per frame: decode ONLY the crop window (train),
   flip, bilinear resize, round to uint8 -> draw the clip's photometric parameters
   (one stateless draw per clip) -> batch -> prefetch.
+With data.label_fraction < 1 the train split of a labelled job reads only a fixed
+class-balanced subset: records are filtered by example id before they are parsed
+(cvrl.data.subset).
 
 Contract (data.photometric = 'device', the default): the host ships `video` as uint8
 [B, V, T, H, W, 3] (4x less host->device traffic than float32) and, for training views
@@ -54,6 +57,7 @@ from cvrl.data import augmentation
 from cvrl.data import photometric
 from cvrl.data import sampling
 from cvrl.data import sources
+from cvrl.data import subset
 from cvrl.errors import ConfigError
 
 _TAG_FILES, _TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 1, 2, 3, 4
@@ -154,6 +158,9 @@ class _Source:
   process_index: int
   describe: callable = None  # example id tensor -> string tensor naming the record
   num_classes: int | None = None  # what the source knows (labels are checked against it)
+  # process_count -> (ids, labels, hosts) int64 of EVERY host's records (a label pass, for
+  # data.label_fraction; None if the source cannot list them).
+  labels: callable = None
 
 
 def _resolve_process(process_index, process_count):
@@ -198,7 +205,11 @@ def _tfrecord_source(cfg, paths, seed: int, process_index: int, process_count: i
   def describe(example_id):
     return tf.strings.join([tf.gather(all_files, example_id // (2 ** 32)), ', record ',
                             tf.strings.as_string(example_id % (2 ** 32))])
-  return _Source(epoch_records, parse, counts, process_index, describe)
+
+  def labels(count: int):  # all files, whatever this host reads: every host sees the same
+    example_ids, values = sources.read_labels(tuple(files), cfg.label_key, int(cfg.cycle_length))
+    return example_ids, values, sources.record_hosts(example_ids, len(files), count)
+  return _Source(epoch_records, parse, counts, process_index, describe, labels=labels)
 
 
 def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
@@ -218,11 +229,27 @@ def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
   raise ValueError(f"data.source must be 'synthetic', 'tfrecord' or 'tfds', got {cfg.source!r}")
 
 
+def labelled_subset_size(data_config, process_count: int = 1) -> int | None:
+  """Training examples a labelled job reads under data.label_fraction < 1 (the per-class
+  quotas' sum, from a label pass shared with the pipeline); None when it reads them all."""
+  fraction = subset.label_fraction(data_config)
+  if not subset.applies(data_config, 'train', fraction):
+    return None
+  source = _make_source(data_config, True, 'train', 0, 0, int(process_count))
+  if source.labels is None:
+    raise ValueError(f'{subset.FIELD} < 1 needs the labels of the training examples, which '
+                     'this source cannot list')
+  _, labels, _ = source.labels(int(process_count))
+  num_classes = data_config.get('num_classes') or source.num_classes
+  return subset.subset_size(labels, fraction, num_classes)[0]
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, train: bool,
                   batch_size: int, seed: int, start_step: int = 0, process_index=None,
-                  process_count=None, split: str | None = None) -> tf.data.Dataset:
+                  process_count=None, split: str | None = None,
+                  label_fraction: float | None = None) -> tf.data.Dataset:
   """Batches for one host: dicts of `video` [B, V, T, H, W, 3] (uint8, or float32 in [0, 1]
   with data.photometric='host'), `photometric` [B, V, P] / [B, V, T, P] float32 (device
   mode, training views with photometric ops; see the module docstring), `label` [B]
@@ -244,6 +271,9 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   start_step: skip the first start_step * batch_size examples of this host's stream
     (exact when no record was dropped before that point).
   split: 'train' or 'eval' (default: 'train' if train else 'eval').
+  label_fraction: None = data.label_fraction. Below 1, the 'train' split of a labelled
+    pipeline (data.require_label) reads only a fixed class-balanced subset of its examples,
+    chosen by `seed` (cvrl.data.subset); pretraining passes 1.0 (every video).
   """
   cfg = data_config
   if cfg.short_video not in sampling.SHORT_POLICIES:
@@ -252,8 +282,11 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   process_index, process_count = _resolve_process(process_index, process_count)
   smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride, train=train)
   label_policy = bad_label_policy(cfg)
+  fraction = subset.label_fraction(cfg, label_fraction)
   source = _make_source(cfg, train, split, seed, process_index, process_count)
   num_classes = cfg.get('num_classes') or source.num_classes
+  if subset.applies(cfg, split, fraction):
+    source = subset.restrict(source, fraction, seed, num_classes, process_count, train)
   describe = source.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
   random = train and smp.random
   base_seed = tf.constant([seed, 0x5EED], tf.int64)

@@ -12,6 +12,7 @@ import functools
 import struct
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # Status of a parsed example, carried through the pipeline and counted.
@@ -81,6 +82,41 @@ def host_record_counts(files: Sequence[str], process_count: int) -> list[int]:
     else:
       out.append(sum(counts[i] for i in ids))
   return out
+
+
+@functools.lru_cache(maxsize=8)
+def read_labels(files: tuple, label_key: str, cycle_length: int = 8):
+  """(ids, labels) int64 of every record of `files`: the pipeline's global ids (file index
+  << 32 | record index) and the context label (MISSING_LABEL when absent). Only the label
+  is parsed; records that do not parse are left out. Cached: several pipelines of one job
+  share one pass."""
+  def read(file_id, path):
+    return tf.data.TFRecordDataset(path).enumerate().map(lambda i, r: (file_id * (2 ** 32) + i, r))
+
+  def label(example_id, record):
+    context, _ = tf.io.parse_single_sequence_example(
+        record, context_features={label_key: tf.io.VarLenFeature(tf.int64)})
+    values = context[label_key].values
+    first = tf.cond(tf.size(values) > 0, lambda: values[0],
+                    lambda: tf.constant(MISSING_LABEL, tf.int64))
+    return example_id, first
+
+  cycle = max(1, min(int(cycle_length), len(files)))
+  ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), list(files)))
+  ds = ds.interleave(read, cycle_length=cycle, num_parallel_calls=cycle, deterministic=False)
+  ds = ds.map(label, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+  parts = list(ds.batch(65536).as_numpy_iterator())
+  ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros([0], np.int64)
+  labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros([0], np.int64)
+  return ids.astype(np.int64), labels.astype(np.int64)
+
+
+def record_hosts(ids, num_files: int, process_count: int):
+  """The host (under `host_partition`) that reads each global record id."""
+  ids = np.asarray(ids, np.int64)
+  if num_files >= process_count:
+    return (ids // (2 ** 32)) % process_count
+  return (ids % (2 ** 32)) % process_count
 
 
 def check_keys(path: str, frames_key: str, label_key: str, require_label: bool) -> None:

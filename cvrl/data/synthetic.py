@@ -144,6 +144,20 @@ def _renderer(kind: str, num_classes: int, difficulty: dict | None = None):
   raise ValueError(f'data.synthetic.kind must be one of {list(KINDS)}, got {kind!r}')
 
 
+def _default_dir(syn_config, kind: str, difficulty) -> str:
+  """A folder under the system temp dir named by every parameter of the data: runs of
+  different sizes or settings side by side never rewrite each other's shards."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  params = {k: syn_config[k] for k in ('num_train_videos', 'num_eval_videos', 'num_classes',
+                                       'num_frames', 'size', 'num_shards', 'seed')}
+  if kind != 'motion':
+    from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
+    params['difficulty'] = procedural.check_difficulty(difficulty)
+  key = json.dumps(params, sort_keys=True, default=str)
+  return os.path.join(tempfile.gettempdir(),
+                      f'cvrl_synthetic_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:10]}')
+
+
 def ensure_synthetic(syn_config, split: str) -> list[str]:
   """Shards of the 'train' or 'eval' split described by config.data.synthetic."""
   if split not in ('train', 'eval'):
@@ -153,15 +167,7 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
   difficulty = difficulty.to_dict() if hasattr(difficulty, 'to_dict') else difficulty
   if kind == 'motion':
     difficulty = None  # the motion data has no settings
-  directory = syn_config.dir
-  if not directory:
-    import tempfile
-    name = 'cvrl_synthetic'
-    if kind != 'motion':  # one folder per setting: runs of different settings side by side
-      from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
-      key = json.dumps(procedural.check_difficulty(difficulty), sort_keys=True)
-      name = f'cvrl_synthetic_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:8]}'
-    directory = os.path.join(tempfile.gettempdir(), name)
+  directory = syn_config.dir or _default_dir(syn_config, kind, difficulty)
   train = split == 'train'
   return write_synthetic_shards(
       directory,

@@ -10,6 +10,9 @@ are then shuffled by the pipeline's seeded per-epoch buffer.
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import tensorflow as tf
 
 from cvrl.data import augmentation
@@ -82,4 +85,31 @@ def make_source(cfg, split: str, seed: int, process_index: int, process_count: i
                             tf.strings.as_string(example_id)])
   # The ClassLabel's class count: labels are checked against it unless data.num_classes is set.
   num_classes = getattr(features[cfg.tfds_label_key], 'num_classes', None)
-  return source_cls(epoch_records, parse, counts, process_index, describe, num_classes)
+
+  def labels(count: int):  # every host's part: all hosts compute the same label subset
+    return _read_labels(cfg.tfds_name, cfg.tfds_data_dir or None, split_name, label_key, count)
+  return source_cls(epoch_records, parse, counts, process_index, describe, num_classes,
+                    labels=labels)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_labels(name: str, data_dir, split_name: str, label_key: str, process_count: int):
+  """(ids, labels, hosts) int64 of every example of the split (ids as the pipeline's: a
+  hash of the tfds_id; hosts: whose even split holds it). Only the label is decoded."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=data_dir)
+  parts = tfds.even_splits(split_name, n=process_count) if process_count > 1 else [split_name]
+  ids, labels, hosts = [], [], []
+  for host, part in enumerate(parts):
+    ds = builder.as_dataset(split=part, shuffle_files=False,
+                            read_config=tfds.ReadConfig(add_tfds_id=True),
+                            decoders=tfds.decode.PartialDecoding({label_key: True}))
+    ds = ds.map(lambda ex: (tf.strings.to_hash_bucket_fast(ex['tfds_id'], 2 ** 62),
+                            tf.cast(ex[label_key], tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    for i, y in ds.batch(65536).as_numpy_iterator():
+      ids.append(i)
+      labels.append(y)
+      hosts.append(np.full(len(i), host, np.int64))
+  cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros([0], np.int64)
+  return cat(ids), cat(labels), cat(hosts)

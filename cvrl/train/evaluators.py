@@ -52,7 +52,10 @@ def split_batches(config, mesh, split: str, num_clips: int, num_crops: int, batc
       config.data, sampler={"name": "multiview", "num_clips": num_clips, "num_crops": num_crops,
                             "extra_frames": extra_frames(model_config)},
       train=False, batch_size=F.local_batch_size(batch_size, mesh), seed=int(config.seed),
-      split=split)
+      split=split,
+      # Pretraining's evaluators use every train video (pretraining ignores label_fraction);
+      # elsewhere a labelled train split is the data.label_fraction subset.
+      label_fraction=1.0 if config.get("job") == "pretrain" else None)
   return pipeline.iterate(ds)
 
 

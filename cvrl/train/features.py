@@ -109,13 +109,14 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
   # pylint: disable=import-outside-toplevel
   from cvrl import objectives
   from cvrl.train import checkpoint
-  step = config.get("pretrained_step")
+  # The step itself (None: the latest), so that results name the checkpoint they used.
+  _, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
   pre_config, model = checkpoint.load_pretrained(config.pretrained, step,
                                                  sharding=replicated(mesh))
   encoder = model.encoder
   model_config = objectives.get(pre_config).encoder_config()
   return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
-                                 "step": None if step is None else int(step)}
+                                 "step": int(step)}
 
 
 class VideoClassifier(nnx.Module):
@@ -249,7 +250,12 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
 
 def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:
   """Videos in a split: what the synthetic source writes, else config.data.num_train_examples
-  (train), else counted from the source."""
+  (train), else counted from the source. With data.label_fraction < 1 the train split of
+  a labelled job is its class-balanced subset, counted by a label pass (the pipeline's)."""
+  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
+  if split == "train" and subset.applies(data, split, subset.label_fraction(data)):
+    from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
+    return int(pipeline.labelled_subset_size(data, jax.process_count()))
   if data.source == "synthetic":
     return int(data.synthetic.num_train_videos if split == "train"
                else data.synthetic.num_eval_videos)

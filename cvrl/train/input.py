@@ -96,9 +96,11 @@ def host_batches(config, sampler: Mapping, *, batch_size: int, start_step: int,
                           seed=int(config.seed), start_step=start_step,
                           process_index=process_index, process_count=process_count), NoStats()
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
+  # Pretraining is self-supervised: every video, whatever data.label_fraction says.
   ds = pipeline.build_dataset(data, sampler=sampler, train=True, batch_size=batch_size,
                               seed=int(config.seed), start_step=start_step,
-                              process_index=process_index, process_count=process_count)
+                              process_index=process_index, process_count=process_count,
+                              label_fraction=1.0)
   stats = pipeline.PipelineStats()
   return pipeline.iterate(ds, stats), stats
 

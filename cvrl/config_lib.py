@@ -11,7 +11,8 @@ from ml_collections import config_dict
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses 'depth=152,width=2' into a ConfigDict over `defaults`; unknown keys are errors.
 
-  Values are cast to the type of their default, so `--config=f.py:width=2` gives 2.0.
+  Values are cast to the type of their default, so `--config=f.py:width=2` gives 2.0; a
+  default of None ("unset") takes a Python literal (2, 0.5, True) or else the string.
   """
   out = ml_collections.ConfigDict(defaults)
   if not arg:
@@ -31,6 +32,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       out[key] = value.lower() in ("true", "1")
     elif isinstance(default, (int, float)):
       out[key] = type(default)(ast.literal_eval(value))
+    elif default is None:
+      try:
+        out[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        out[key] = value
     else:
       out[key] = value
   return out
@@ -115,9 +121,20 @@ def config_from_command_line(argv: list[str]):
   argv = ["cvrl.main", *argv]
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from cvrl import cli  # pylint: disable=import-outside-toplevel
+  from cvrl.errors import ConfigError  # pylint: disable=import-outside-toplevel
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
                                   sys_argv=argv)
   flags.DEFINE_string("workdir", None, "", flag_values=fv)
-  fv(argv)
+  try:  # a user's mistake (cvrl.cli.explain): ConfigError, one line
+    fv(argv)
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    message = cli.explain(argv, e, fv)
+    if message is None:
+      raise
+    raise ConfigError(message) from None
+  message = cli.missing_config_file(argv, fv)
+  if message:
+    raise ConfigError(message)
   return fv.config

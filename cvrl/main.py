@@ -1,16 +1,23 @@
 """The one entry point: `python -m cvrl.main --config=configs/<recipe>.py[:arg] --workdir=DIR`.
 
-`config.job` picks what runs. Every check that can fail on a bad config runs before JAX
-compiles anything, and fails with one line naming the valid choices. The log shows cvrl's
-own lines and warnings; absl / orbax INFO lines only with `--verbosity=0` (or `-v 0`).
+`config.job` picks what runs. Every check that can fail on a bad config (a misspelt key,
+data paths that match no file, a checkpoint directory without a checkpoint) runs before
+JAX compiles anything or the workdir is written, and fails with one line naming the fix
+(`cvrl: error: ...`, exit 2; cvrl.cli). The log shows cvrl's own lines and warnings;
+TensorFlow / absl / orbax lines only with `--verbosity=0` (or `-v 0`).
 """
 from __future__ import annotations
 
-import importlib
-import sys
+from cvrl import cli
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+cli.quiet_native_logs()  # before anything imports TensorFlow
+
+# pylint: disable=wrong-import-position
+import importlib  # noqa: E402
+import os  # noqa: E402
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 # job -> module with run(config, workdir) -> dict
 JOBS = {
@@ -36,13 +43,6 @@ def job_module(name: str):
   return importlib.import_module(JOBS[name])
 
 
-def quiet_libraries() -> None:
-  """Warnings and errors only from absl and the libraries logging through it (orbax's
-  INFO lines are most of a run's log otherwise), unless --verbosity was given."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-
-
 def validate(config) -> object:
   """Checks shared by every job, then the job's own `validate` if it has one."""
   from cvrl.models import validate_model_config  # pylint: disable=import-outside-toplevel
@@ -57,26 +57,49 @@ def validate(config) -> object:
   return module
 
 
+def check_inputs(config) -> None:
+  """What the job will read is there, before the workdir is touched: every TFRecord glob
+  of config.data matches a file, config.pretrained holds a checkpoint."""
+  # pylint: disable=import-outside-toplevel
+  data = config.get("data")
+  if data is not None and data.get("source") == "tfrecord":
+    from cvrl.data import sources
+    keys = ["eval_paths"] if config.get("job") == "evaluate" else ["train_paths"]
+    keys += [k for k in ("train_paths", "eval_paths") if k not in keys and data.get(k)]
+    for key in keys:
+      try:
+        sources.resolve_paths(data.get(key))
+      except ValueError as e:
+        raise ConfigError(f"config.data.{key}: {e}; set --config.data.{key}=GLOB[,GLOB...] "
+                          "to the TFRecord shards") from None
+  if config.get("pretrained") and not config.get("random_init"):
+    from cvrl.train import checkpoint
+    try:
+      checkpoint.find(config.pretrained, config.get("pretrained_step"))
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"config.pretrained: {e}; give a pretraining workdir, its "
+                        "checkpoints/ directory or one step's directory") from None
+
+
 def run(config, workdir: str | None):
+  """Checks the config and what it reads (ConfigError, nothing written), then runs it."""
   module = validate(config)
   if workdir is None and getattr(module, "NEEDS_WORKDIR", True):
     raise ConfigError(f"job {config.job!r} needs --workdir")
+  if getattr(module, "READS_INPUTS", True):
+    check_inputs(config)
   return module.run(config, workdir)
 
 
 def main(argv):
+  """Config and data mistakes are the user's to fix: one line, no traceback (cli.run)."""
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ConfigError(f"unexpected arguments {argv[1:]}: flags are --config=FILE[:ARG], "
+                      "--config.KEY=VALUE and --workdir=DIR")
   if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
-  quiet_libraries()
-  try:
-    run(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
-    # Config and data mistakes are the user's to fix: one line, no traceback.
-    print(f"cvrl: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError("--config is required, e.g. --config=configs/demo.py")
+  run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

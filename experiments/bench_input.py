@@ -20,7 +20,6 @@ Target: pretraining ratio >= 0.70.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -150,7 +149,8 @@ def device_finish_cost(data_config, batch_size: int, seconds: float) -> dict:
 
 
 def main():
-  p = argparse.ArgumentParser()
+  from cvrl import cli  # pylint: disable=import-outside-toplevel
+  p = cli.ArgumentParser()
   p.add_argument('--seconds', type=float, default=6.0)
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--videos', type=int, default=16)
@@ -195,4 +195,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  from cvrl import cli  # one-line user errors, quiet log
+  cli.run_plain(main)

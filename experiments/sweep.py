@@ -1,6 +1,6 @@
 """Width x depth (x any config field) sweeps: run, or print the launch commands, then collect.
 
-  python -m experiments.sweep --config=configs/demo.py --depths=18,50 --widths=0.125,0.25 \
+  python -m experiments.sweep --config=configs/demo.py --depths=18,50 --widths=0.125,0.25 \\
       [--set=objective.temperature=0.1,0.2 ...] --workdir=DIR [--launch=local|print] [--collect]
 
 Every grid point is one `python -m cvrl.main` run in its own DIR/<point>/, with the grid
@@ -453,6 +453,8 @@ def main(argv):
   try:
     axes = parse_axes(_DEPTHS.value, _WIDTHS.value, _SET.value)
     points = expand(axes)
+    for p in points:  # every point's flags parse (a misspelt field: one line, before any run)
+      load_config(_CONFIG.value, _WORKDIR.value, p)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   workdir = os.path.abspath(_WORKDIR.value)
@@ -483,5 +485,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from cvrl import cli  # one-line user errors, quiet log, --help exits 0
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -31,6 +31,7 @@ def _build(cfg, train):
 
 @pytest.mark.parametrize('bad,text', [(999, 'has label 999, outside [0, 4)'),
                                       (-3, 'has label -3, outside [0, 4)'),
+                                      (-1, 'has label -1, outside [0, 4)'),  # padding's value
                                       (None, 'has no label (clip/label/index)')])
 def test_bad_label_stops_naming_file_record_and_label(tmp_path, bad, text):
   path = _shard(str(tmp_path / 'bad.tfrecord'), 3, bad)
@@ -69,6 +70,27 @@ def test_skip_counts_and_never_yields_bad_labels(tmp_path):
   train_labels = np.concatenate([next(it)['label'] for _ in range(4)])
   assert set(train_labels.tolist()) <= {0, 1, 2, 3}
   assert stats.bad_label >= 4
+
+
+def test_label_minus_one_is_bad_input_while_padding_and_unlabelled_data_keep_it(tmp_path):
+  """-1 is what padding rows and the records of unlabelled data carry: a record labelled
+  -1 in a labelled job is bad like -3 (skipped and counted here, without a class count
+  too); padding still reads -1 with mask 0, unlabelled pretraining records -1 with mask 1."""
+  path = _shard(str(tmp_path / 'bad.tfrecord'), 3, -1)
+  cfg = _config(tmp_path, [path], bad_label='skip')  # no num_classes: only negatives are bad
+  stats = pipeline.PipelineStats()
+  out = list(pipeline.iterate(_build(cfg, train=False), stats))
+  labels = np.concatenate([b['label'] for b in out])
+  mask = np.concatenate([b['mask'] for b in out])
+  assert stats.bad_label == 1 and sorted(labels[mask > 0].tolist()) == sorted(GOOD)
+  assert set(labels[mask == 0].tolist()) == {-1}  # the bad record and the padding
+  unlabelled = str(tmp_path / 'unlabelled.tfrecord')
+  _write(unlabelled, [sources.make_sequence_example(_index_video(12), label=None)] * 3)
+  cfg = _config(tmp_path, [unlabelled], require_label=False)
+  out = list(pipeline.iterate(_build(cfg, train=False)))
+  labels = np.concatenate([b['label'] for b in out])
+  mask = np.concatenate([b['mask'] for b in out])
+  assert labels.tolist() == [-1] * 4 and mask.tolist() == [1, 1, 1, 0]
 
 
 def test_unlabelled_job_and_unknown_class_count(tmp_path):

@@ -286,6 +286,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=ungrouped-imports
+  from cvrl import cli  # pylint: disable=ungrouped-imports
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -126,6 +126,13 @@ def _resolve(path: str, step: int | None) -> tuple[str, int]:
   return path, step
 
 
+def find(path: str, step: int | None = None) -> tuple[str, int]:
+  """(checkpoint manager directory, step) of `path`: a pretraining workdir, its
+  `checkpoints/` dir or one step's dir; `step` None: the latest. FileNotFoundError or
+  ValueError naming what is missing (nothing is read but directory listings)."""
+  return _resolve(path, step)
+
+
 def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict:
   """The config a pretraining checkpoint was made with."""
   directory, step = _resolve(path, step)

@@ -10,7 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from cvrl import config_lib
-from cvrl.train import optim, retrieval
+from cvrl.train import clip_shape, optim, retrieval
 
 EVAL_MODES = ("multiview", "knn")
 
@@ -69,6 +69,8 @@ def _encoder_source(c: ml_collections.ConfigDict) -> None:
   c.random_init = False  # a random-init `config.model` instead (no checkpoint)
   c.model = default_model_config()  # only read with random_init
   c.data = default_data_config()
+  # None: frames, stride, crop and test sizes as the checkpoint's (cvrl.train.clip_shape)
+  clip_shape.from_checkpoint(c.data)
   c.data.num_classes = config_dict.placeholder(int)  # None: from the source
   c.data.num_train_examples = config_dict.placeholder(int)  # None: counted
 
@@ -94,9 +96,7 @@ def probe_config() -> ml_collections.ConfigDict:
   c.total_steps = config_dict.placeholder(int)
   c.warmup_epochs = 5
   c.warmup_steps = config_dict.placeholder(int)
-  set_probe_augmentation(c.data)
-  c.data.num_frames = 32
-  c.data.stride = 2
+  set_probe_augmentation(c.data)  # the clip shape: the checkpoint's (CVRL's 32 frames: the recipe)
   c.optim = optim_fields(name="sgd", base_lr=32.0, base_batch_size=1024, momentum=0.9,
                          nesterov=False, weight_decay=0.0)
   c.probe = probe_fields()
@@ -158,6 +158,8 @@ def validate_downstream(config: ml_collections.ConfigDict, job: str) -> None:
     raise ValueError(f"{job}: set config.pretrained=<checkpoint dir> or config.random_init=True")
   optim.validate(config.optim)
   validate_eval_fields(config.evaluate)
+  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
+  subset.label_fraction(config.data)  # a bad data.label_fraction: ValueError, before compiling
 
 
 # ------------------------------------------------------------- probing a pretraining
@@ -166,11 +168,13 @@ def demo_probe_fields() -> ml_collections.ConfigDict:
   """A short probe on cached features of the synthetic data (the demo's encoder)."""
   return ml_collections.ConfigDict(dict(
       batch_size=32, total_epochs=30, warmup_epochs=2, base_lr=1.0, momentum=0.9,
-      weight_decay=0.0, extract_features=True, feature_epochs=2, normalize=True,
+      # Features of one un-augmented clip per video (feature_epochs=0): at 32 x 32 the
+      # probe's resized crops often cut the object out (README, "Quality benchmark").
+      weight_decay=0.0, extract_features=True, feature_epochs=0, normalize=True,
       random_baseline=True, num_clips=2, num_crops=1, eval_batch_size=16, log_every_steps=50,
       eval_resize=config_dict.placeholder(int), eval_crop_size=config_dict.placeholder(int),  # None: the pretraining's crop_size
-      # The synthetic classes are motion directions: a horizontal flip would swap
-      # left and right and keep the label. None: the probe augmentation's 0.5.
+      # The demo's motion-direction data ('motion' kind) would change class under a
+      # horizontal flip; its object + action classes do not. None: the probe's 0.5.
       flip_prob=0.0))
 
 
@@ -185,8 +189,8 @@ def probe_config_for(pretrain_config, checkpoint_dir: str, p=None) -> ml_collect
   c.pretrained = checkpoint_dir
   c.model = ml_collections.ConfigDict(pretrain_config.model.to_dict(preserve_field_references=True))
   data = ml_collections.ConfigDict(pretrain_config.data.to_dict(preserve_field_references=True))
-  for key in ("num_classes", "num_train_examples"):
-    if key not in data:
+  for key in ("num_classes", "num_train_examples", "label_fraction"):
+    if key not in data:  # a pretraining config from before the field: the probe's default
       data[key] = c.data[key]
   c.data = set_probe_augmentation(data)
   if p.get("flip_prob") is not None:

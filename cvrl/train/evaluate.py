@@ -33,7 +33,7 @@ from flax import nnx
 
 from cvrl import parallel, runtime
 from cvrl.models import build_encoder
-from cvrl.train import classifier_io, downstream, evaluators
+from cvrl.train import classifier_io, clip_shape, downstream, evaluators
 from cvrl.train import features as F
 from cvrl.train import results as R
 from cvrl.train.evaluators import (align_scores, classification_report,  # noqa: F401
@@ -69,6 +69,7 @@ def validate(config) -> None:
 def run(config, workdir: str) -> dict:
   parallel.maybe_initialize_distributed()
   validate(config)
+  shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   mesh = F.make_mesh()
   os.makedirs(workdir, exist_ok=True)
   e = config.evaluate
@@ -83,7 +84,8 @@ def run(config, workdir: str) -> dict:
       metrics.update({f"{ev.name}/{k}": v for k, v in evals[ev.name].items()})
       R.headline(f"evaluate[{ev.name}]", evals[ev.name], ev.headline)
     results = {"job": "evaluate", "mode": "evals", "evals": evals, "metrics": metrics,
-               "checkpoint": source, "config": R.config_dict(config)}
+               "checkpoint": source, "step": source.get("step"), "clip_shape": shape,
+               "config": R.config_dict(config)}
     R.write_results(workdir, results)
     return results
   if e.mode == "multiview":
@@ -97,8 +99,9 @@ def run(config, workdir: str) -> dict:
     metrics = knn_report(encoder, config, mesh, model_config)
     checkpoint = source
     keys = [f"recall@{k}" for k in e.recall_ks] + ["knn_accuracy", "num_queries"]
+  step = ((checkpoint.get("source") or {}) if e.mode == "multiview" else source).get("step")
   results = {"job": "evaluate", "mode": e.mode, "metrics": metrics, "checkpoint": checkpoint,
-             "config": R.config_dict(config)}
+             "step": step, "clip_shape": shape, "config": R.config_dict(config)}
   R.write_results(workdir, results)
   R.headline(f"evaluate[{e.mode}]", metrics, keys)
   return results

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from cvrl import config_lib, runtime
-from cvrl.train import classifier_io, downstream, engine, evaluators, optim
+from cvrl.train import classifier_io, clip_shape, downstream, engine, evaluators, optim
 from cvrl.train import features as F
 from cvrl.train import results as R
 from cvrl.train import tasks
@@ -52,6 +52,7 @@ def make_task(config, mesh, num_classes: int):
 def run(config, workdir: str) -> dict:
   validate(config)
   mesh = engine.setup(config)
+  shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   classes = F.num_classes(config.data)
   n_train = F.num_examples(config.data, "train")
   global_batch = int(config.batch_size)
@@ -81,7 +82,8 @@ def run(config, workdir: str) -> dict:
                                   normalize=bool(config.finetune.normalize),
                                   dropout=float(config.finetune.dropout), source=source)
   results = {"job": "finetune", "metrics": metrics, "finetune": out,
-             "checkpoint": source.get("checkpoint"), "config": R.config_dict(config)}
+             "checkpoint": source.get("checkpoint"), "step": source.get("step"),
+             "clip_shape": shape, "config": R.config_dict(config)}
   R.write_results(workdir, results)
   R.headline("finetune", metrics, ["top1", "top5", "train_accuracy"])
   return results

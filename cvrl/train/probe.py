@@ -33,7 +33,7 @@ from flax import nnx
 
 from cvrl import config_lib, runtime
 from cvrl.models import create, extra_frames
-from cvrl.train import classifier_io, downstream, engine, evaluators
+from cvrl.train import classifier_io, clip_shape, downstream, engine, evaluators
 from cvrl.train import features as F
 from cvrl.train import optim
 from cvrl.train import results as R
@@ -181,6 +181,7 @@ def run(config, workdir: str) -> dict:
   the baseline's checkpoints and test files go to DIR/random_init/."""
   validate(config)
   mesh = engine.setup(config)
+  shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   os.makedirs(workdir, exist_ok=True)
   make_encoder, encoder, model_config, source = tasks.encoder_source(config, mesh)
   if encoder is None:
@@ -215,6 +216,7 @@ def run(config, workdir: str) -> dict:
                                   num_classes=classes, normalize=bool(config.probe.normalize),
                                   dropout=0.0, source=sources["probe"])
   results = {"job": "probe", "checkpoint": sources["probe"].get("checkpoint"),
+             "step": sources["probe"].get("step"), "clip_shape": shape,
              "config": R.config_dict(config), "metrics": {}}
   for name in encoders:
     part = {"source": sources[name], "train": trained[name][1], "num_classes": classes,

@@ -1,0 +1,85 @@
+"""Downstream jobs take the clip shape (frames, stride, crop size) from the checkpoint
+unless the user sets it, say which they use in one line, warn when it differs from
+pretraining, and name the checkpoint's step in results.json (cvrl.train.clip_shape)."""
+import json
+
+import pytest
+
+from _downstream_toys import save_numpy_checkpoint, tiny_data
+from configs import demo_probe, tclr_ucf101_retrieval
+from cvrl import config_lib
+from cvrl.train import clip_shape, downstream, evaluate
+from cvrl.train import features as F
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A pretraining checkpoint (step 5) of 4-frame clips at stride 2, 16 px crops."""
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), tmp_path_factory.mktemp("synthetic"),
+                  num_train=8, num_eval=4)
+  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  save_numpy_checkpoint(pre, workdir, step=5)
+  return pre, workdir
+
+
+def knn_config(pre, workdir):
+  c = downstream.evaluate_config()
+  c.data.synthetic = pre.data.synthetic
+  c.pretrained = workdir
+  c.evaluate.update(mode="knn", knn_clips=1, batch_size=8, recall_ks=(1,))
+  return c
+
+
+def test_configs_leave_the_shape_to_the_checkpoint():
+  for c in (downstream.probe_config(), downstream.evaluate_config(),
+            demo_probe.get_config("pretrained=/ckpt"),
+            tclr_ucf101_retrieval.get_config("pretrained=/ckpt,source=synthetic")):
+    assert [c.data[k] for k in clip_shape.FIELDS + clip_shape.EVAL_FIELDS] == [None] * 5
+  c = tclr_ucf101_retrieval.get_config("pretrained=/ckpt,frames=16,stride=4,size=112")
+  assert (c.data.num_frames, c.data.stride, c.data.crop_size, c.data.eval_crop_size) == (
+      16, 4, 112, 112)
+
+
+def test_shape_from_the_checkpoint_unless_set(pretrained):
+  pre, workdir = pretrained
+  c = knn_config(pre, workdir)
+  lines = []
+  shape = clip_shape.resolve(c, say=lines.append)
+  assert (c.data.num_frames, c.data.stride, c.data.crop_size) == (4, 2, 16)
+  assert (c.data.eval_resize, c.data.eval_crop_size) == (16, 16)  # follow the crop
+  assert lines == [f"clip shape: 4 frames at stride 2, 16 px crops, tested at 16 px (shorter "
+                   f"side 16); from the checkpoint {workdir} (step 5)"]
+  assert shape["differs"] == []
+
+  c = knn_config(pre, workdir)
+  c.data.num_frames, c.data.eval_crop_size = 8, 24  # the user's: kept, with a warning
+  lines = []
+  shape = clip_shape.resolve(c, say=lines.append)
+  assert (c.data.num_frames, c.data.stride, c.data.crop_size, c.data.eval_crop_size) == (
+      8, 2, 16, 24)
+  assert len(lines) == 2 and "stride, crop_size from the checkpoint" in lines[0], lines
+  assert lines[1].startswith("warning: clip shape unlike the checkpoint") and \
+      "num_frames 8 (trained on 4)" in lines[1]
+  assert shape["differs"] == ["num_frames 8 (trained on 4)"]
+
+
+def test_random_init_takes_the_data_defaults():
+  c = downstream.finetune_config()
+  c.random_init = True
+  lines = []
+  clip_shape.resolve(c, say=lines.append)
+  assert (c.data.num_frames, c.data.stride, c.data.crop_size) == (16, 2, 224)
+  assert lines[0].endswith("from the data defaults (no checkpoint)")
+
+
+def test_results_name_the_checkpoint_step(pretrained, tmp_path):
+  pre, workdir = pretrained
+  c = knn_config(pre, workdir)
+  _, _, source = F.load_encoder(c, F.make_mesh())  # the latest checkpoint: its step named
+  assert source == {"init": "pretrained", "checkpoint": workdir, "step": 5}
+  c.lock()
+  out = evaluate.run(c, str(tmp_path / "knn"))
+  saved = json.load(open(tmp_path / "knn" / "results.json"))
+  assert out["step"] == saved["step"] == saved["checkpoint"]["step"] == 5
+  assert saved["config"]["data"]["num_frames"] == 4 and saved["clip_shape"]["crop_size"] == 16

@@ -51,6 +51,24 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   assert s.objective.name == "simclr" and s.batch_size == 16 and s.data.crop_size == 32
 
 
+def test_a_preempted_job_stops_the_bench_and_a_finished_one_passes_through():
+  with pytest.raises(SystemExit, match="SIGTERM in pretrain at step 3"):
+    B._stop_if_preempted({"job": "pretrain", "preempted": True, "step": 3})
+  done = {"job": "probe", "preempted": False, "metrics": {"top1": 0.5}}
+  assert B._stop_if_preempted(done) is done
+
+
+def test_difficulty_flag_parses_the_settings_and_rejects_bad_ones():
+  assert B.parse_difficulty("colour=1, scale=0.15:0.4") == {"colour": 1.0, "scale": (0.15, 0.4)}
+  assert B.parse_difficulty("") == {}
+  for bad in ("blur=1", "colour", "texture=2", "scale=0.4:0.1"):
+    with pytest.raises(B.app.UsageError, match="--difficulty"):
+      B.parse_difficulty(bad)
+  c = B.recipe("cvrl", 10, 0, videos=64, difficulty={"texture": 1.0})
+  assert c.data.synthetic.num_train_videos == c.data.num_train_examples == 64
+  assert c.data.synthetic.difficulty.texture == 1.0 and c.data.synthetic.difficulty.colour == 0.0
+
+
 @pytest.mark.slow
 def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, monkeypatch):
   """`python -m experiments.bench_quality` end to end (one seed, 4 steps) on a shrunk copy
@@ -70,7 +88,7 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   # hold another module's --workdir in this process).
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
                 _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
-                _VIDEOS=B.VIDEOS, _DIFFICULTY="")
+                _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4)
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.train import engine  # pylint: disable=import-outside-toplevel
@@ -86,6 +104,11 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   assert r["knn_curve"][-1][1] == row["pretrained_knn"] and r["knn_curve"][0][1] == row["random_knn"]
   for k in ("pretrained_linear", "random_linear", "supervised_linear", "pretrained_knn"):
     assert 0.0 <= row[k] <= 1.0 and (row[k] * 16) == pytest.approx(round(row[k] * 16))
-  assert (tmp_path / "out" / "quality.md").read_text().splitlines()[2].startswith("| cvrl | 4 |")
+  semi = r["semi_supervised"]
+  assert semi["label_fraction"] == 0.5 and semi["steps"] == 4
+  assert semi["pretrained"]["values"] == [round(row["semi_pretrained"], 4)]
+  assert semi["scratch"]["values"] == [round(row["semi_scratch"], 4)]
+  md = (tmp_path / "out" / "quality.md").read_text().splitlines()
+  assert md[2].startswith("| cvrl | 4 |") and md[6].startswith("| cvrl | 50% | 4 |")
   assert (tmp_path / "out" / "quality_knn.png").stat().st_size > 0
   assert not (tmp_path / "runs" / "cvrl" / "seed0").exists()  # removed unless --keep

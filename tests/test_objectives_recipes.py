@@ -20,7 +20,7 @@ PAPER = {
     "rotation_k400_r3d18": ("rotation", {"name": "single"}),
 }
 RHO = ("simclr_tiny", "moco_tiny", "byol_tiny", "swav_tiny")
-TINY = RHO + ("tclr_tiny", "rotation_tiny")
+TINY = RHO + ("tclr_tiny", "rotation_tiny", "cvrl_tiny")
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -236,10 +236,7 @@ def labelled_subset_size(data_config, process_count: int = 1) -> int | None:
   if not subset.applies(data_config, 'train', fraction):
     return None
   source = _make_source(data_config, True, 'train', 0, 0, int(process_count))
-  if source.labels is None:
-    raise ValueError(f'{subset.FIELD} < 1 needs the labels of the training examples, which '
-                     'this source cannot list')
-  _, labels, _ = source.labels(int(process_count))
+  _, labels, _ = subset.source_labels(source, process_count)
   num_classes = data_config.get('num_classes') or source.num_classes
   return subset.subset_size(labels, fraction, num_classes)[0]
 

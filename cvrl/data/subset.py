@@ -94,15 +94,21 @@ def subset_size(labels, fraction: float, num_classes: int | None = None) -> tupl
   return int(quota.sum()), int(quota.min()), int(quota.max())
 
 
+def source_labels(source, process_count: int):
+  """(ids, labels, hosts) of every training example of the pipeline's _Source (its label
+  pass); ValueError when the source cannot list them."""
+  if source.labels is None:
+    raise ValueError(f'{FIELD} < 1 needs the labels of the training examples, which this '
+                     'source cannot list')
+  return source.labels(int(process_count))
+
+
 def restrict(source, fraction: float, seed: int, num_classes: int | None, process_count: int,
              train: bool):
   """`source` (the pipeline's _Source) reading only the subset: its epoch records filtered
   by id before parsing, its per-host counts those of the subset. One summary line.
   ValueError when a training host would read none of it (its stream would never yield)."""
-  if source.labels is None:
-    raise ValueError(f'{FIELD} < 1 needs the labels of the training examples, which this '
-                     'source cannot list')
-  ids, labels, hosts = source.labels(process_count)
+  ids, labels, hosts = source_labels(source, process_count)
   kept = select(ids, labels, fraction, seed, num_classes)
   size, lo, hi = subset_size(labels, fraction, num_classes)
   if not size:

@@ -244,6 +244,10 @@ def test_hara_resnet18_is_3drotnets_backbone():
   model = abstract(18, 1.0, "hara")
   assert n_params(model) == basic_r3d_params_zero_shortcuts() == 33_030_080
   assert out_shape(model, (1, 16, 112, 112, 3), return_map=True) == (1, 1, 4, 4, 512)
+  # Time: stem stride 1, max-pool 2, stages 1/2/2/2, so 16x in all; at 16 frames any
+  # stem stride collapses time to 1, so the stride shows at 32 and 64 frames.
+  for frames in (32, 64):
+    assert out_shape(model, (1, frames, 112, 112, 3), return_map=True)[1] == frames // 16
   # Hara's option B (projection shortcuts, 1x1x1 conv + BN) would add these parameters.
   assert basic_r3d_params_zero_shortcuts() < n_params(abstract(18, 1.0, "r3d18"))
 

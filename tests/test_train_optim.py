@@ -151,8 +151,9 @@ def test_half_cosine_is_slowfast_lr_policy():
   # 200 epochs of 10 steps, 35 warm-up epochs: the rho study's schedule.
   c = optim_config(base_lr=0.6, base_batch_size=64, schedule="half_cosine",
                    warmup_start_lr=0.001)
-  s = optim.schedule_from_config(c, 128, 350, 2000)
+  _, s, peak_lr = optim.make(c, 128, 2000, 350)  # the function every job calls
   peak = 1.2
+  assert peak_lr == pytest.approx(peak)
   for t in [0, 1, 100, 349, 350, 351, 1000, 1500, 1999, 2000]:
     want = slowfast_lr(t / 10, peak, 200, 35, 0.001)
     assert float(s(t)) == pytest.approx(want, rel=1e-5, abs=1e-6), t
@@ -162,3 +163,9 @@ def test_half_cosine_is_slowfast_lr_policy():
   assert float(optim.warmup_cosine(peak, 350, 2000, "cosine")(350)) == pytest.approx(peak)
   # Warm-up is a straight line from the start value to the cosine's value at 35 epochs.
   assert float(s(175)) == pytest.approx((0.001 + float(s(350))) / 2, rel=1e-5)
+  # Parameter groups (fine-tuning's backbone and head) warm up from the same start value.
+  c.head_lr = 0.3
+  _, s_groups, peaks = optim.make(c, 128, 2000, 350, (lambda p: p, {"a": "base_lr",
+                                                                   "b": "head_lr"}))
+  assert peaks == pytest.approx({"a": peak, "b": 0.6})
+  assert float(s_groups(0)) == pytest.approx(0.001) and float(s_groups(175)) == float(s(175))

@@ -66,13 +66,6 @@ def warmup_cosine(peak: float, warmup_steps: int, total_steps: int,
   return schedule
 
 
-def schedule_from_config(optim: ml_collections.ConfigDict, batch_size: int, warmup_steps: int,
-                         total_steps: int) -> Callable[[Any], jax.Array]:
-  """The schedule `config.optim` names (schedule, base_lr, warmup_start_lr) for a run."""
-  return warmup_cosine(peak_learning_rate(optim, batch_size), warmup_steps, total_steps,
-                       optim.get("schedule", "cosine"), float(optim.get("warmup_start_lr", 0.0)))
-
-
 def _leaf_name(path) -> str:
   """The variable's attribute name, e.g. 'kernel' for (..., 'conv', 'kernel', .value)."""
   for key in reversed(path):

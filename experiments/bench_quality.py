@@ -24,6 +24,7 @@ The jobs are called through the small wrappers below (`_pretrain`, `_linear_prob
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ import time
 import ml_collections
 import numpy as np
 from absl import app, flags
+
+from cvrl.data.config import set_probe_augmentation
 
 METHODS = ("cvrl", "simclr", "moco", "byol", "swav", "tclr", "rotation")
 # Plot colours (RGB) per method.
@@ -106,29 +109,63 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None) -> ml_collections.ConfigDict:
-  """The pretraining config of `method` on the bench data (steps 0: the recipe's own);
-  augmentation 'paper': CVRL's full-strength augmentation instead of the demo's."""
+  """The pretraining config of `method` on the bench data (steps 0: the bench's own);
+  augmentation 'paper': CVRL's full-strength augmentation instead of the demo's.
+
+  Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
+  AdamW, steps) and changes only what the method is: its objective with the heads shrunk
+  alike (64 hidden, 32 out), plus the few settings `METHOD_SETTINGS` lists with why."""
   # pylint: disable=import-outside-toplevel
   import importlib
-  if method == "cvrl":
-    from configs import demo
-    from cvrl.data.config import default_augmentation_config
-    c = demo.get_config(f"steps={steps or STEPS},probe=False,source=synthetic")
-    if augmentation == "paper":
-      c.data.augmentation = default_augmentation_config()
-  else:
-    mod = importlib.import_module(f"configs.{method}_tiny")
-    c = mod.get_config(f"steps={steps or STEPS}")
-    # The demo's scale: 8 frames at stride 2 (16 for TCLR's 4 timesteps), batch 16.
-    frames = 16 if method == "tclr" else 8
-    c.batch_size = 16
-    c.optim.base_batch_size = 16
-    c.data.update(num_frames=frames, stride=2, shuffle_buffer=256, cycle_length=4, prefetch=2)
-    c.warmup_steps = max(1, int(c.total_steps) // 10)
+  from configs import demo
+  from cvrl.data.config import default_augmentation_config
+  c = demo.get_config(f"steps={steps or STEPS},probe=False,source=synthetic")
+  if augmentation == "paper":
+    c.data.augmentation = default_augmentation_config()
+  if method != "cvrl":
+    module = importlib.import_module(f"cvrl.objectives.{method}")
+    c.objective = ml_collections.ConfigDict(module.objective_config())
+    c.objective.update({k: v for k, v in dict(head_hidden=64, head_layers=1, head_out=32,
+                                                predictor_hidden=64).items()
+                        if k in c.objective})
   bench_data(c.data, videos, difficulty)
+  if method != "cvrl":
+    METHOD_SETTINGS.get(method, lambda c: None)(c)
+    if steps:
+      c.total_steps = steps
+    c.warmup_steps = max(1, int(c.total_steps) // 10)
   c.seed = int(seed)
   c.log.update(every_steps=50, tensorboard=False)
   return c
+
+
+def _moco(c):
+  # A queue of 512 keys: a quarter of the 2,048 videos, as 65,536 is of Kinetics-400.
+  c.objective.update(queue_size=512, queue="global")
+
+
+def _swav(c):
+  # 32 prototypes for 8 classes; frozen for the first epoch (128 steps), as the paper's 1.
+  c.objective.update(num_prototypes=32, freeze_prototypes_epochs=None,
+                     freeze_prototypes_steps=int(c.data.num_train_examples) // c.batch_size)
+
+
+def _tclr(c):
+  # TCLR's clips: 10 per video of 16 frames (the 'tclr' sampler), its encoder (4 output
+  # timesteps). 5x CVRL's frames per video: batch 8 and a third of the steps keep the
+  # run's compute at 1.7x CVRL's.
+  c.model.preset = "tclr"
+  c.data.num_frames = 16
+  c.batch_size = c.optim.base_batch_size = 8
+  c.total_steps = int(c.total_steps) // 3
+
+
+def _rotation(c):
+  # 3DRotNet's augmentation is crop and flip (Jing & Tian 2018); colour is no help there.
+  set_probe_augmentation(c.data)
+
+
+METHOD_SETTINGS = {"moco": _moco, "swav": _swav, "tclr": _tclr, "rotation": _rotation}
 
 
 def _as_dict(c):
@@ -198,12 +235,14 @@ def _knn(pre_config, workdir: str, checkpoint_dir: str = "", step: int | None = 
 
 
 def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fraction: float = 1.0,
-                steps: int = 0) -> dict:
+                steps: int = 0, cache_dir: str = "") -> dict:
   """The upper bound: the same encoder trained from scratch on the labels, the
   pretraining's steps, batch and optimizer; its classifier's top-1 (same test views).
   With `checkpoint_dir`: fine-tuning from that pretraining checkpoint instead; with
   `label_fraction` < 1: on that class-balanced fraction of the labels (CVRL sec. 4.3's
-  semi-supervised setting); `steps`: other than the pretraining's."""
+  semi-supervised setting); `steps`: other than the pretraining's. From scratch, the run
+  depends on the encoder, data and optimizer, not on the method: methods that share those
+  (and the seed) share one run, kept in `cache_dir`."""
   from cvrl.data.config import set_probe_augmentation  # pylint: disable=import-outside-toplevel
   from cvrl.train import finetune  # pylint: disable=import-outside-toplevel
   c = finetune.base_config()
@@ -223,11 +262,34 @@ def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fracti
   c.finetune.update(dropout=0.0, save_model=False)
   c.evaluate.update(num_clips=2, num_crops=1, batch_size=32)
   c.log.every_steps = 100
-  res = _stop_if_preempted(finetune.run(c, workdir))
-  return {"top1": float(res["metrics"]["top1"])}
+  run = lambda: {"top1": float(_stop_if_preempted(finetune.run(c, workdir))["metrics"]["top1"])}
+  if checkpoint_dir or not cache_dir:
+    return run()
+  return _cached(os.path.join(cache_dir, f"scratch-{_digest(c)}.json"), run)
 
 
 # ------------------------------------------------------------------------------ running
+
+def _digest(config) -> str:
+  """A short hash of a config's every value (the cache key of a run's results)."""
+  text = json.dumps(_as_dict(config).to_dict(), sort_keys=True, default=str)
+  return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _cached(path: str, compute):
+  """compute()'s JSON result, read from `path` when an earlier run wrote it: a bench cut
+  short resumes at the first seed it had not finished."""
+  path = os.path.normpath(path)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  value = compute()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f)
+  os.replace(path + ".tmp", path)
+  return value
+
 
 def _stats(values) -> dict:
   v = np.asarray(values, np.float64)
@@ -235,44 +297,56 @@ def _stats(values) -> dict:
           "values": [round(float(x), 4) for x in v]}
 
 
+def _one_seed(config, run_dir: str, curve_points: int, semi: tuple[float, int],
+              cache_dir: str) -> dict:
+  """Pretrain one seed, then probe, kNN over the checkpoints, supervised and (semi[0] > 0)
+  the semi-supervised pair: the seed's row of quality.json, with its kNN curve."""
+  total = int(config.total_steps)
+  every = max(1, total // max(1, curve_points))
+  if os.path.exists(run_dir):
+    shutil.rmtree(run_dir)
+  t = time.time()
+  ckpt = os.path.join(run_dir, "pretrain")
+  _pretrain(config, ckpt, every)
+  t_pre = time.time() - t
+  lin = _linear_probe(config, ckpt, os.path.join(run_dir, "probe"))
+  knn_rand = _knn(config, os.path.join(run_dir, "knn_random"))
+  steps_on_curve = sorted({min(total, every * k) for k in range(1, curve_points + 1)} | {total})
+  curve = [(0, knn_rand)]
+  for s in steps_on_curve:
+    curve.append((s, _knn(config, os.path.join(run_dir, f"knn_{s}"), ckpt, s)))
+  sup = _supervised(config, os.path.join(run_dir, "supervised"), cache_dir=cache_dir)
+  row = {"seed": int(config.seed), "pretrained_linear": lin["pretrained"],
+         "random_linear": lin["random"], "supervised_linear": sup["top1"],
+         "pretrained_knn": curve[-1][1], "random_knn": knn_rand,
+         "pretrain_seconds": round(t_pre, 1), "seconds": round(time.time() - t, 1),
+         "knn_curve": curve}
+  if semi[0] > 0:  # timed apart: the row's minutes are the four jobs above
+    t = time.time()
+    for init, src in (("pretrained", ckpt), ("scratch", "")):
+      row[f"semi_{init}"] = _supervised(config, os.path.join(run_dir, f"semi_{init}"), src,
+                                        semi[0], semi[1], cache_dir)["top1"]
+    row["semi_seconds"] = round(time.time() - t, 1)
+  return row
+
+
 def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: int,
                keep: bool, augmentation: str = "recipe", data: dict | None = None,
                semi: tuple[float, int] = (0.0, 0)) -> dict:
   """Every seed of one method; the method's entry of quality.json."""
-  t0 = time.time()
-  rows, curves = [], []
+  rows, curves, cache_dir = [], [], os.path.join(workdir, "cache")
   for seed in range(seeds):
     config = recipe(method, steps, seed, augmentation, **(data or {}))
-    total = int(config.total_steps)
-    every = max(1, total // max(1, curve_points))
+    key = _digest(ml_collections.ConfigDict(dict(config=config.to_dict(), semi=semi,
+                                                 curve_points=curve_points)))
     run_dir = os.path.join(workdir, method, f"seed{seed}")
-    if os.path.exists(run_dir):
-      shutil.rmtree(run_dir)
-    t = time.time()
-    _pretrain(config, os.path.join(run_dir, "pretrain"), every)
-    ckpt = os.path.join(run_dir, "pretrain")
-    t_pre = time.time() - t
-    lin = _linear_probe(config, ckpt, os.path.join(run_dir, "probe"))
-    knn_rand = _knn(config, os.path.join(run_dir, "knn_random"))
-    steps_on_curve = sorted({min(total, every * k) for k in range(1, curve_points + 1)} | {total})
-    curve = [(0, knn_rand)]
-    for s in steps_on_curve:
-      curve.append((s, _knn(config, os.path.join(run_dir, f"knn_{s}"), ckpt, s)))
-    sup = _supervised(config, os.path.join(run_dir, "supervised"))
-    rows.append({"seed": seed, "pretrained_linear": lin["pretrained"],
-                 "random_linear": lin["random"], "supervised_linear": sup["top1"],
-                 "pretrained_knn": curve[-1][1], "random_knn": knn_rand,
-                 "pretrain_seconds": round(t_pre, 1), "seconds": round(time.time() - t, 1)})
-    if semi[0] > 0:  # timed apart: the row's minutes are the four jobs above
-      t = time.time()
-      for init, src in (("pretrained", ckpt), ("scratch", "")):
-        rows[-1][f"semi_{init}"] = _supervised(config, os.path.join(run_dir, f"semi_{init}"),
-                                               src, semi[0], semi[1])["top1"]
-      rows[-1]["semi_seconds"] = round(time.time() - t, 1)
-    curves.append(curve)
-    print(f"bench_quality[{method}] seed {seed}: {json.dumps(rows[-1])}", flush=True)
+    row = _cached(os.path.join(cache_dir, f"{method}-seed{seed}-{key}.json"),
+                  lambda: _one_seed(config, run_dir, curve_points, semi, cache_dir))
     if not keep:
       shutil.rmtree(run_dir, ignore_errors=True)
+    curves.append(row.pop("knn_curve"))
+    rows.append(row)
+    print(f"bench_quality[{method}] seed {seed}: {json.dumps(row)}", flush=True)
   col = lambda k: [r[k] for r in rows]
   pre, rnd, sup = (_stats(col(f"{k}_linear")) for k in ("pretrained", "random", "supervised"))
   semi_out = None
@@ -295,7 +369,7 @@ def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: 
                     for i, (s, _) in enumerate(curves[0])],
       "steps": int(recipe(method, steps, 0, **(data or {})).total_steps),
       "seeds": seeds,
-      "seconds": round(time.time() - t0 - (semi_out or {}).get("seconds", 0.0), 1),
+      "seconds": round(sum(col("seconds")), 1),
       "semi_supervised": semi_out,
       "per_seed": rows,
   }
@@ -366,6 +440,18 @@ def write_png(path: str, img: np.ndarray) -> None:
   tf.io.write_file(path, tf.io.encode_png(img))
 
 
+def _earlier_rows(path: str, results: dict) -> dict:
+  """The methods of an earlier quality.json in the same out dir, on the same data,
+  augmentation and seeds: a run of some methods adds its rows to the table."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    old = json.load(f)
+  same = all(json.dumps(old.get(k), sort_keys=True) == json.dumps(results[k], sort_keys=True)
+             for k in ("data", "seeds", "augmentation"))
+  return dict(old.get("methods", {})) if same else {}
+
+
 def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -386,12 +472,14 @@ def main(argv):
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value)}
   results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
              "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
+  results["methods"] = _earlier_rows(os.path.join(out_dir, "quality.json"), results)
   for m in names:
     results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,
                                        _CURVE_POINTS.value, _KEEP.value, _AUG.value, data,
                                        (_SEMI.value, _SEMI_STEPS.value))
     with open(os.path.join(out_dir, "quality.json"), "w") as f:  # after every method
       json.dump(results, f, indent=1)
+  results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
   with open(os.path.join(out_dir, "quality.md"), "w") as f:
     f.write(markdown(results))
   write_png(os.path.join(out_dir, "quality_knn.png"), knn_plot(results, results["chance"]))

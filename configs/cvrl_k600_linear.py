@@ -13,12 +13,11 @@ The arg: pretrained=DIR, epochs=100, extract=False (True: encode the clips of th
 (also probe a random-init encoder of the same architecture).
 """
 from cvrl import config_lib
-from cvrl.train import downstream
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, pretrained="", epochs=100, extract=False, baseline=False)
-  c = downstream.probe_config()
+  c = config_lib.probe_config()
   c.pretrained = arg.pretrained
   c.total_epochs = arg.epochs
   c.warmup_epochs = 5

@@ -10,7 +10,7 @@ or lengthens it, e.g.
   --config=configs/demo.py:steps=40,probe=False   (probe=False: no evaluators)
 """
 from cvrl import config_lib
-from cvrl.train import evaluators
+from cvrl.eval import evaluators
 
 
 def get_config(arg=None):

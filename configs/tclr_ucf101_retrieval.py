@@ -12,7 +12,6 @@ On the synthetic source (e.g. a demo checkpoint):
   --config=configs/tclr_ucf101_retrieval.py:pretrained=/tmp/cvrl_demo,source=synthetic
 """
 from cvrl import config_lib
-from cvrl.train import downstream
 
 SOURCES = ("tfds", "synthetic")
 
@@ -22,11 +21,11 @@ def get_config(arg=None):
                              size=None, clips=10)  # None: the checkpoint's
   if arg.source not in SOURCES:
     raise ValueError(f"source must be one of {list(SOURCES)}, got {arg.source!r}")
-  c = downstream.evaluate_config()
+  c = config_lib.evaluate_config()
   c.pretrained = arg.pretrained
   for key, value in (("num_frames", arg.frames), ("stride", arg.stride), ("crop_size", arg.size),
                      ("eval_resize", arg.size), ("eval_crop_size", arg.size)):
-    if value is not None:  # else None: the checkpoint's (cvrl.train.clip_shape)
+    if value is not None:  # else None: the checkpoint's (cvrl.data.clip_shape)
       c.data[key] = int(value)
   if arg.source == "tfds":
     c.data.update(source="tfds", tfds_name="ucf101/ucf101_1_256", tfds_train_split="train",

@@ -14,7 +14,6 @@ UCF101 comes from TFDS ('ucf101/ucf101_1_256', prepared in `data.tfds_data_dir`)
 HMDB51 is not in TFDS: convert it to SequenceExample shards with `python -m cvrl.data.convert`.
 """
 from cvrl import config_lib
-from cvrl.train import downstream
 
 DATASETS = {
     # name: (num_classes, train videos of split 1)
@@ -29,7 +28,7 @@ def get_config(arg=None):
   if arg.dataset not in DATASETS:
     raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {arg.dataset!r}")
   classes, train_videos = DATASETS[arg.dataset]
-  c = downstream.finetune_config()
+  c = config_lib.finetune_config()
   c.pretrained = arg.pretrained
   c.random_init = arg.random_init
   c.batch_size = arg.batch

@@ -3,30 +3,28 @@
 `config.job` picks what runs. Every check that can fail on a bad config (a misspelt key,
 data paths that match no file, a checkpoint directory without a checkpoint) runs before
 JAX compiles anything or the workdir is written, and fails with one line naming the fix
-(`cvrl: error: ...`, exit 2; cvrl.cli). The log shows cvrl's own lines and warnings;
+(`cvrl: error: ...`, exit 2; cvrl.core.cli). The log shows cvrl's own lines and warnings;
 TensorFlow / absl / orbax lines only with `--verbosity=0` (or `-v 0`).
 """
 from __future__ import annotations
 
-from cvrl import cli
+from cvrl.core import cli
 
 cli.quiet_native_logs()  # before anything imports TensorFlow
 
 # pylint: disable=wrong-import-position
 import importlib  # noqa: E402
 import os  # noqa: E402
+import pkgutil  # noqa: E402
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-# job -> module with run(config, workdir) -> dict
-JOBS = {
-    "pretrain": "cvrl.train.pretrain",
-    "probe": "cvrl.train.probe",
-    "finetune": "cvrl.train.finetune",
-    "evaluate": "cvrl.train.evaluate",
-    "summary": "cvrl.summary",
-}
+from cvrl import jobs as jobs_package  # noqa: E402  (the package alone: no job imported)
+
+# config.job names a module of cvrl/jobs/ with run(config, workdir) -> dict: a new job is
+# one new file there.
+JOBS = tuple(sorted(m.name for m in pkgutil.iter_modules(jobs_package.__path__)))
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file, e.g. configs/demo.py or "
@@ -34,13 +32,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
 
 
-from cvrl.errors import ConfigError  # noqa: E402  (defined apart so the data pipeline can raise it)
+from cvrl.core.errors import ConfigError  # noqa: E402  (defined apart so the data pipeline can raise it)
 
 
 def job_module(name: str):
   if name not in JOBS:
     raise ConfigError(f"config.job must be one of {sorted(JOBS)}, got {name!r}")
-  return importlib.import_module(JOBS[name])
+  return importlib.import_module(f"cvrl.jobs.{name}")
 
 
 def validate(config) -> object:
@@ -73,7 +71,7 @@ def check_inputs(config) -> None:
         raise ConfigError(f"config.data.{key}: {e}; set --config.data.{key}=GLOB[,GLOB...] "
                           "to the TFRecord shards") from None
   if config.get("pretrained") and not config.get("random_init"):
-    from cvrl.train import checkpoint
+    from cvrl.engine import checkpoint
     try:
       checkpoint.find(config.pretrained, config.get("pretrained_step"))
     except (FileNotFoundError, ValueError) as e:

@@ -1,5 +1,5 @@
 """Benchmarks and sweeps, run as `python -m experiments.<name>` under cvrl's command-line
-conventions (cvrl.cli): the libraries' log lines off unless --verbosity is given."""
-from cvrl import cli as _cli
+conventions (cvrl.core.cli): the libraries' log lines off unless --verbosity is given."""
+from cvrl.core import cli as _cli
 
 _cli.quiet_native_logs()  # the package is imported before the program: before TensorFlow

@@ -149,7 +149,7 @@ def device_finish_cost(data_config, batch_size: int, seconds: float) -> dict:
 
 
 def main():
-  from cvrl import cli  # pylint: disable=import-outside-toplevel
+  from cvrl.core import cli  # pylint: disable=import-outside-toplevel
   p = cli.ArgumentParser()
   p.add_argument('--seconds', type=float, default=6.0)
   p.add_argument('--rounds', type=int, default=3)
@@ -195,5 +195,5 @@ def main():
 
 
 if __name__ == '__main__':
-  from cvrl import cli  # one-line user errors, quiet log
+  from cvrl.core import cli  # one-line user errors, quiet log
   cli.run_plain(main)

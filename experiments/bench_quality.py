@@ -175,7 +175,7 @@ def _as_dict(c):
 # --------------------------------------------------------- wrappers around the library
 
 def _pretrain(config, workdir: str, checkpoint_every: int) -> None:
-  from cvrl.train import pretrain  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import pretrain  # pylint: disable=import-outside-toplevel
   config = _as_dict(config)
   config.checkpoint.update(every_steps=max(1, checkpoint_every), keep=1000)  # all
   _stop_if_preempted(pretrain.run(config, workdir))
@@ -197,7 +197,7 @@ def _probe_fields():
   appendix): at 32 x 32 a resized crop of 0.3 of the area often cuts the object out, and
   the probe trained on such crops fits worse (0.70 against 0.80 top-1 for one CVRL
   checkpoint, README "Quality benchmark")."""
-  from cvrl.train import probe  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import probe  # pylint: disable=import-outside-toplevel
   p = probe.demo_fields()
   p.flip_prob = None
   p.random_baseline = True
@@ -207,7 +207,7 @@ def _probe_fields():
 
 def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
   """{'pretrained': top1, 'random': top1} of the linear probe (same clips, same head init)."""
-  from cvrl.train import probe  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import probe  # pylint: disable=import-outside-toplevel
   pre = _as_dict(pre_config)
   pre.probe = _probe_fields()
   config = probe.config_after_pretrain(pre, checkpoint_dir)
@@ -220,7 +220,7 @@ def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
 def _knn(pre_config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> float:
   """kNN top-1 (the evaluate job's retrieval mode) of a checkpoint, or of a random-init
   encoder of the pretraining's architecture when `checkpoint_dir` is ''."""
-  from cvrl.train import evaluate  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import evaluate  # pylint: disable=import-outside-toplevel
   c = evaluate.base_config()
   c.seed = int(pre_config.seed)
   c.model = _as_dict(pre_config.model)
@@ -244,7 +244,7 @@ def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fracti
   depends on the encoder, data and optimizer, not on the method: methods that share those
   (and the seed) share one run, kept in `cache_dir`."""
   from cvrl.data.config import set_probe_augmentation  # pylint: disable=import-outside-toplevel
-  from cvrl.train import finetune  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import finetune  # pylint: disable=import-outside-toplevel
   c = finetune.base_config()
   c.seed = int(pre_config.seed)
   c.random_init = not checkpoint_dir
@@ -467,7 +467,7 @@ def main(argv):
   out_dir = _OUT.value or _WORKDIR.value
   os.makedirs(out_dir, exist_ok=True)
   # Seeds after the first (and every job after pretraining) load their compiled steps.
-  from cvrl.train import engine  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   engine.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value)}
   results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
@@ -488,6 +488,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from cvrl import cli  # one-line user errors, quiet log, --help exits 0
+  from cvrl.core import cli  # one-line user errors, quiet log, --help exits 0
   define_flags()
   cli.run(main)

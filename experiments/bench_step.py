@@ -16,7 +16,7 @@ work whichever lowering runs, so every lowering is credited the same numerator).
 counts only multiply-adds that touch real input, not padding.
 
 Config mode: the full pretraining step of any config (objective, heads, optimizer,
-synchronised BN, the on-device photometric stage; exactly what `cvrl.train.pretrain`
+synchronised BN, the on-device photometric stage; exactly what `cvrl.jobs.pretrain`
 runs), on all devices of the current backend:
 
   python -m experiments.bench_step --config=configs/demo.py [--per_device_batch 8]
@@ -154,10 +154,12 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   """Mesh, objective, model maker, optimizer, jitted train step, graphdef, the abstract
   (sharded) state and batch, and clips per step."""
   # pylint: disable=import-outside-toplevel
-  from cvrl import objectives, parallel
+  from cvrl import objectives
+  from cvrl.core import parallel
   from cvrl.data import photometric, sampling
-  from cvrl.train import optim, pretrain
-  from cvrl.train import state as state_lib
+  from cvrl.engine import optim
+  from cvrl.jobs import pretrain
+  from cvrl.engine import state as state_lib
   mesh = parallel.make_mesh()
   devices = parallel.num_data_shards(mesh)
   batch = per_device_batch * devices if per_device_batch else int(config.batch_size)
@@ -295,7 +297,7 @@ def _sig(x: float, digits: int = 4) -> float:
 def _run_steps(parts: dict, steps: int) -> tuple[object, float, float, float]:
   """Compile and run the config's step: the compiled step, best wall and CPU seconds,
   and the last loss."""
-  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
   mesh, spec = parts["mesh"], parts["spec"]
   with jax.set_mesh(mesh):
     compiled = parts["step"].lower(parts["state"], spec).compile()
@@ -337,7 +339,7 @@ def config_throughput(config, per_device_batch: int | None = None, steps: int = 
                       matmul_n: int | None = None) -> dict:
   """Clips/s, model FLOP/s and MFU of the config's full pretraining step (run for real),
   XLA's cost analysis of it, and its peak memory by the allocator and by XLA."""
-  from cvrl import summary  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import summary  # pylint: disable=import-outside-toplevel
   parts = _step_parts(config, per_device_batch)
   clips, devices = parts["clips"], parts["mesh"].devices.size
   compiled, wall, cpu, loss = _run_steps(parts, steps)
@@ -376,7 +378,7 @@ def saved_residual_bytes(config, parts: dict) -> int | None:
   except ImportError:
     return None
   from cvrl.data import device as device_aug
-  from cvrl.train import state as state_lib
+  from cvrl.engine import state as state_lib
   objective, graphdef, state = parts["objective"], parts["graphdef"], parts["state"]
 
   def loss(params, rest, batch):
@@ -430,7 +432,7 @@ def config_main(args) -> dict:
 
 
 def main(argv=None):
-  from cvrl import cli  # pylint: disable=import-outside-toplevel
+  from cvrl.core import cli  # pylint: disable=import-outside-toplevel
   parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=None,
                       help="config mode: path/to/config.py[:arg], the full pretraining step")
@@ -482,5 +484,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from cvrl import cli  # one-line user errors, quiet log
+  from cvrl.core import cli  # one-line user errors, quiet log
   cli.run_plain(main)

@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from cvrl import cli  # noqa: E402
+from cvrl.core import cli  # noqa: E402
 from cvrl.models import r3d  # noqa: E402
 from experiments import bench_step  # noqa: E402
 

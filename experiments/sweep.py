@@ -217,7 +217,7 @@ def point_summary(config: str, workdir: str, point: Point) -> dict:
     with open(path) as f:
       return json.loads(f.readline())
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from cvrl import summary  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import summary  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.ConfigDict(load_config(config, workdir, point).to_dict())
   if cfg.get("data") is not None and cfg.data.get("num_classes") is None:
     # Probe configs may leave the class count to the data source; the classifier's size
@@ -485,6 +485,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from cvrl import cli  # one-line user errors, quiet log, --help exits 0
+  from cvrl.core import cli  # one-line user errors, quiet log, --help exits 0
   define_flags()
   cli.run(main)

@@ -115,13 +115,13 @@ def numpy_filled(make, seed=0):
 
 
 def save_numpy_checkpoint(pretrain_config, workdir, seed=3, step=5):
-  """A pretraining checkpoint as the trainer writes it (cvrl.train.checkpoint), of the
+  """A pretraining checkpoint as the trainer writes it (cvrl.engine.checkpoint), of the
   objective's model filled by `numpy_filled` (values no initialiser gives). Returns the
   saved full state."""
   import optax  # pylint: disable=import-outside-toplevel
   from cvrl import objectives  # pylint: disable=import-outside-toplevel
-  from cvrl.train import checkpoint  # pylint: disable=import-outside-toplevel
-  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import checkpoint  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
   objective = objectives.get(pretrain_config)
   model = numpy_filled(lambda: objective.build(nnx.Rngs(seed)), seed=seed)
   _, params, rest = state_lib.split(model, objective.trainable)
@@ -138,7 +138,7 @@ def clip_stream(num_videos, batch, seed=0, shape=(2, 4, 4), drift_per="epoch"):
   """make(start_step) -> a fresh iterator of the same endless stream of toy batches, as the
   pipeline's (engine.skip'ed to `start_step`): each pass over the videos shifted by 0.01
   per epoch, or per step (`drift_per='step'`), so no two epochs (or steps) repeat."""
-  from cvrl.train import engine  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   batches, _, _ = video_batches(num_videos, batch, seed=seed, shape=shape)
 
   def make(start_step=0):

@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
-# The PRNG the jobs use (cvrl.runtime.job), for the tests that build models outside a job.
+# The PRNG the jobs use (cvrl.core.runtime.job), for the tests that build models outside a job.
 jax.config.update("jax_default_prng_impl", "rbg")
 jax.config.update("jax_enable_compilation_cache", False)
 

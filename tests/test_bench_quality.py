@@ -91,7 +91,7 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
                 _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4)
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
-  from cvrl.train import engine  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   caches = []  # main() turns on JAX's cache in the workdir: not in this test process
   monkeypatch.setattr(engine, "enable_compilation_cache", caches.append)
   B.main([])

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from cvrl import summary
+from cvrl.jobs import summary
 from experiments import bench_step as B
 
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl.data import pipeline, sources
-from cvrl.errors import ConfigError
+from cvrl.core.errors import ConfigError
 from test_data_pipeline import _config, _index_video, _write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cvrl.train import checkpoint
+from cvrl.engine import checkpoint
 from _processes import committed_steps, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,6 @@
 """Downstream jobs take the clip shape (frames, stride, crop size) from the checkpoint
 unless the user sets it, say which they use in one line, warn when it differs from
-pretraining, and name the checkpoint's step in results.json (cvrl.train.clip_shape)."""
+pretraining, and name the checkpoint's step in results.json (cvrl.data.clip_shape)."""
 import json
 
 import pytest
@@ -8,8 +8,9 @@ import pytest
 from _downstream_toys import save_numpy_checkpoint, tiny_data
 from configs import demo_probe, tclr_ucf101_retrieval
 from cvrl import config_lib
-from cvrl.train import clip_shape, downstream, evaluate
-from cvrl.train import features as F
+from cvrl.data import clip_shape
+from cvrl.jobs import evaluate
+from cvrl.eval import features as F
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def pretrained(tmp_path_factory):
 
 
 def knn_config(pre, workdir):
-  c = downstream.evaluate_config()
+  c = config_lib.evaluate_config()
   c.data.synthetic = pre.data.synthetic
   c.pretrained = workdir
   c.evaluate.update(mode="knn", knn_clips=1, batch_size=8, recall_ks=(1,))
@@ -32,7 +33,7 @@ def knn_config(pre, workdir):
 
 
 def test_configs_leave_the_shape_to_the_checkpoint():
-  for c in (downstream.probe_config(), downstream.evaluate_config(),
+  for c in (config_lib.probe_config(), config_lib.evaluate_config(),
             demo_probe.get_config("pretrained=/ckpt"),
             tclr_ucf101_retrieval.get_config("pretrained=/ckpt,source=synthetic")):
     assert [c.data[k] for k in clip_shape.FIELDS + clip_shape.EVAL_FIELDS] == [None] * 5
@@ -65,7 +66,7 @@ def test_shape_from_the_checkpoint_unless_set(pretrained):
 
 
 def test_random_init_takes_the_data_defaults():
-  c = downstream.finetune_config()
+  c = config_lib.finetune_config()
   c.random_init = True
   lines = []
   clip_shape.resolve(c, say=lines.append)

@@ -61,7 +61,7 @@ def reference(tmp_path_factory):
 
 
 def test_imported_r3d50_gives_the_reference_features(reference, tmp_path):
-  from cvrl.train.checkpoint import load_pretrained  # pylint: disable=import-outside-toplevel
+  from cvrl.engine.checkpoint import load_pretrained  # pylint: disable=import-outside-toplevel
   report = imp.import_checkpoint(reference["released"], str(tmp_path))
   assert (report["prefix"], report["depth"], report["width"]) == ("backbone/", 50, 1.0)
   assert report["variables"] == len(reference["net"].weights) == 265
@@ -70,7 +70,7 @@ def test_imported_r3d50_gives_the_reference_features(reference, tmp_path):
 
   # The probe / evaluate jobs' own loader, on the paper's K600 linear-eval config.
   from configs import cvrl_k600_linear  # pylint: disable=import-outside-toplevel
-  from cvrl.train import features  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import features  # pylint: disable=import-outside-toplevel
   config = cvrl_k600_linear.get_config(f"pretrained={tmp_path}")
   encoder, model_config, source = features.load_encoder(config, features.make_mesh())
   assert (model_config.depth, model_config.width, model_config.preset) == (50, 1.0, "cvrl")

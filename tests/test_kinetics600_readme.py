@@ -13,7 +13,8 @@ import shlex
 import pytest
 from absl import flags
 
-from cvrl import config_lib, summary
+from cvrl import config_lib
+from cvrl.jobs import summary
 from experiments.kinetics600 import make_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

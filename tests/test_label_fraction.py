@@ -9,9 +9,8 @@ import pytest
 from cvrl import config_lib
 from cvrl.data import config as data_config_lib
 from cvrl.data import pipeline, subset
-from cvrl.train import downstream
-from cvrl.train import features as F
-from cvrl.train import input as input_lib
+from cvrl.eval import features as F
+from cvrl.engine import input as input_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIDEOS, CLASSES, SHARDS = 32, 4, 3
@@ -69,12 +68,12 @@ def test_bad_value_stops_the_jobs_and_the_pipeline(data_dir):
   with pytest.raises(ValueError, match=r'data\.label_fraction'):
     pipeline.build_dataset(cfg, sampler={'name': 'single'}, train=True, batch_size=4, seed=0,
                            process_index=0, process_count=1)
-  for make in (downstream.probe_config, downstream.finetune_config):
+  for make in (config_lib.probe_config, config_lib.finetune_config):
     c = make()
     c.random_init = True
     c.data.label_fraction = 1.5
     with pytest.raises(ValueError, match=r'data\.label_fraction.*\(0, 1\]'):
-      downstream.validate_downstream(c, c.job)
+      config_lib.validate_downstream(c, c.job)
 
 
 # ---------------------------------------------------------------- through the pipeline
@@ -204,10 +203,10 @@ def test_command_line_sets_the_fraction(config):
 def test_probe_after_pretraining_carries_the_fraction():
   pre = config_lib.pretrain_config()
   pre.data.label_fraction = 0.01
-  assert downstream.probe_config_for(pre, '/ckpt').data.label_fraction == 0.01
+  assert config_lib.probe_config_for(pre, '/ckpt').data.label_fraction == 0.01
   old = ml_collections.ConfigDict(pre.to_dict())
   del old.data['label_fraction']  # a pretraining config from before the field
-  assert downstream.probe_config_for(old, '/ckpt').data.label_fraction == 1.0
+  assert config_lib.probe_config_for(old, '/ckpt').data.label_fraction == 1.0
 
 
 # ------------------------------------------------------------------------------ TFDS
@@ -259,7 +258,7 @@ def test_tfds_source_reads_the_same_subset_on_any_host_count(tmp_path):
 def test_finetune_epoch_is_an_epoch_of_the_subset(tmp_path_factory, capsys):
   import json
   from _downstream_toys import save_numpy_checkpoint, tiny_data
-  from cvrl.train import finetune
+  from cvrl.jobs import finetune
   data_dir, work = tmp_path_factory.mktemp('synthetic'), tmp_path_factory.mktemp('runs')
   pre = tiny_data(config_lib.pretrain_config('cvrl'), data_dir, num_train=32)
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)

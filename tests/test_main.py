@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from cvrl import main, summary
+from cvrl import main
+from cvrl.jobs import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +97,6 @@ def test_bad_evaluator_fails_with_one_line_naming_the_kinds():
 
 
 def test_every_job_module_exists():
-  import importlib  # pylint: disable=import-outside-toplevel
+  assert set(main.JOBS) == {"pretrain", "probe", "finetune", "evaluate", "summary"}
   for name in main.JOBS:
-    assert hasattr(importlib.import_module(main.JOBS[name]), "run"), name
+    assert callable(main.job_module(name).run), name

@@ -24,7 +24,8 @@ WORKER = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, os.path.join({root!r}, "tests"))
     from test_train_pretrain import tiny_config
-    from cvrl.train import pretrain, state as state_lib
+    from cvrl.jobs import pretrain
+    from cvrl.engine import state as state_lib
     c = tiny_config(total_steps=1000, warmup_steps=1)  # runs until SIGTERM
     c.optim.base_lr = 1e-4
     c.checkpoint.every_steps = int(os.environ.get("CVRL_TEST_CKPT_EVERY", "1000"))
@@ -116,8 +117,8 @@ def test_lost_peer_stops_the_survivor_with_one_line(tmp_path):
   """SIGKILL process 1 after a checkpoint: process 0 exits (code 3) well within two
   minutes, its last line names the lost process, the step and the latest checkpoint, and
   that checkpoint is still readable."""
-  from cvrl import runtime
-  from cvrl.train import checkpoint as checkpoint_lib
+  from cvrl.core import runtime
+  from cvrl.engine import checkpoint as checkpoint_lib
   workdir = str(tmp_path / "lost")
   port = free_port()
   procs = [spawn(i, 2, 2, port, workdir, CVRL_TEST_CKPT_EVERY="2") for i in range(2)]

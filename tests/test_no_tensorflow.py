@@ -29,8 +29,12 @@ sys.meta_path.insert(0, _NoTensorFlow())
 
 STEP = BLOCK + f"""
 import json
-import cvrl.models, cvrl.objectives, cvrl.summary
-from cvrl.train import engine, optim, pretrain, state, tasks
+import cvrl.models, cvrl.objectives, cvrl.jobs.summary
+from cvrl.engine import loop as engine
+from cvrl.engine import optim
+from cvrl.jobs import pretrain
+from cvrl.engine import state
+from cvrl.engine import tasks
 from experiments import bench_step
 config = bench_step.load_config({CONFIG!r}, {TINY!r})
 assert (config.model.depth, config.model.width) == (18, 0.125)

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cvrl import config_lib, objectives, parallel
+from cvrl import config_lib, objectives
+from cvrl.core import parallel
 from cvrl.objectives import contrastive
 
 TEMPERATURE = 0.1

@@ -224,8 +224,9 @@ def test_global_queue_takes_the_global_batch_keys_clip_major():
 def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
   """While the queue fills the reference never calls optimizer.step(): with weight decay
   and momentum on, the train step must leave every parameter as it was."""
-  from cvrl.train import optim, pretrain  # pylint: disable=import-outside-toplevel
-  from cvrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import pretrain  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
   from objective_checks import random_video  # noqa: E402
   objective, model = moco_model("global", 8, 2)
   assert objective.no_update_steps() == 4

@@ -65,7 +65,7 @@ E2E_ARGS = {"rotation_tiny": "input=dif,steps=16"}  # DIF: T + 1 frames through 
 
 
 def pretrain(name, workdir, **overrides):
-  from cvrl.train import pretrain as pretrain_job  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import pretrain as pretrain_job  # pylint: disable=import-outside-toplevel
   config = load_config(name, E2E_ARGS.get(name, "steps=16"))
   config.unlock()
   if name in RHO:
@@ -107,9 +107,9 @@ def check_downstream_encoder(name, workdir):
   import jax
   from flax import nnx
   from cvrl import models
-  from cvrl.train import checkpoint
-  from cvrl.train import features as F
-  from cvrl.train import probe
+  from cvrl.engine import checkpoint
+  from cvrl.eval import features as F
+  from cvrl.jobs import probe
   config = probe.base_config()
   config.pretrained = str(workdir)
   mesh = F.make_mesh()
@@ -166,9 +166,10 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   from flax import nnx
   from cvrl import models
   from cvrl.data import device
-  from cvrl.train import classifier_io, evaluate
-  from cvrl.train import features as F
-  from cvrl.train import probe
+  from cvrl.eval import classifier_io
+  from cvrl.jobs import evaluate
+  from cvrl.eval import features as F
+  from cvrl.jobs import probe
   workdir, result, _ = pretrained("rotation_tiny")
   pre = load_config("rotation_tiny", E2E_ARGS["rotation_tiny"])
   pre.unlock()
@@ -235,7 +236,7 @@ def test_moco_tiny_pretrains_and_resumes_queue_and_key_encoder_exactly(tmp_path)
 @pytest.mark.parametrize("name", ["simclr_k400_slowr50", "moco_k400_slowr50",
                                   "byol_k400_slowr50", "swav_k400_slowr50"])
 def test_rho_recipes_run_slowfast_solver_on_slow_r50_and_summarise(name):
-  from cvrl import summary  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import summary  # pylint: disable=import-outside-toplevel
   config = load_config(name)
   assert (config.model.depth, config.model.preset) == (50, "slow")
   assert (config.optim.schedule, config.optim.warmup_start_lr, config.optim.nesterov,

@@ -91,7 +91,7 @@ def test_rho_4_pairs_consecutive_clips_as_the_reference():
 def test_lars_updates_the_prototypes_with_trust_ratio_and_weight_decay():
   """The reference's LARS treats the prototypes (a 2-D weight) as any kernel: the update
   is lr * trust * ||w|| / ||g + wd w|| * (g + wd w), times 1 + m on the first Nesterov step."""
-  from cvrl.train import optim  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
   config = load_config("swav_k400_slowr50")
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
   objective = base.get(config)

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from cvrl import parallel
+from cvrl.core import parallel
 
 
 def test_mesh_over_all_devices_and_shardings():

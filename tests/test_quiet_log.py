@@ -1,12 +1,12 @@
 """The default log is cvrl's own lines: TensorFlow's C++ lines (oneDNN, 'All log messages
 before absl::InitializeLog()'), absl / orbax records below ERROR appear only with
---verbosity (cvrl.cli)."""
+--verbosity (cvrl.core.cli)."""
 import logging
 import os
 import subprocess
 import sys
 
-from cvrl import cli
+from cvrl.core import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORBAX_FILE = "/venv/site-packages/orbax/checkpoint/type_handler_registry.py"

@@ -14,7 +14,7 @@ root, by these rules:
   `...` (elided flags) is dropped; the template's `configs/<recipe>.py[:arg]` is run as
   configs/demo.py and its `[--config.key=value ...]` dropped (PLACEHOLDERS). Data globs
   ('/data/k600/train-*') and `--config.pretrained=gs://...` are kept as written: the
-  summary job parses and type-checks them but never opens them (cvrl.summary.READS_INPUTS).
+  summary job parses and type-checks them but never opens them (cvrl.jobs.summary.READS_INPUTS).
 * Any other module runs with `--help` only (the README's lines need data, checkpoints or
   hours): exit 0 (HELP_EXIT lists the known exceptions), and its usage names every flag
   the README's line uses, optional `[--flag]` ones included; a `--config=FILE.py` it

@@ -1,4 +1,4 @@
-"""cvrl.runtime: jobs' JAX settings scoped to the job, and the lost-peer line."""
+"""cvrl.core.runtime: jobs' JAX settings scoped to the job, and the lost-peer line."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from cvrl import runtime
+from cvrl.core import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,12 +17,12 @@ def test_import_changes_no_global_jax_setting_and_jobs_scope_theirs():
       def settings():
         return {k: str(v) for k, v in jax.config.values.items()}
       before = settings()
-      import cvrl, cvrl.main, cvrl.runtime, cvrl.data.pipeline, cvrl.train.pretrain
+      import cvrl, cvrl.main, cvrl.core.runtime, cvrl.data.pipeline, cvrl.jobs.pretrain
       after = settings()
       changed = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
       assert not changed, changed
       assert jax.config.jax_default_prng_impl == "threefry2x32"
-      @cvrl.runtime.job
+      @cvrl.core.runtime.job
       def run(config, workdir):
         return str(jax.random.key(0).dtype)
       assert run(None, None) == "key<rbg>", run(None, None)

@@ -139,7 +139,7 @@ def test_command_line_prints_the_launch_commands(tmp_path):
 
 TINY_PROBE_CONFIG = """
 import os
-from cvrl.train import probe
+from cvrl.jobs import probe
 
 
 def get_config(arg=None):

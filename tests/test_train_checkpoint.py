@@ -5,9 +5,10 @@ import optax
 import pytest
 from flax import nnx
 
-from cvrl import config_lib, objectives, parallel
-from cvrl.train import checkpoint
-from cvrl.train import state as state_lib
+from cvrl import config_lib, objectives
+from cvrl.core import parallel
+from cvrl.engine import checkpoint
+from cvrl.engine import state as state_lib
 
 
 def tiny_config():

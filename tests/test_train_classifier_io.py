@@ -9,8 +9,8 @@ from flax import nnx
 from _downstream_toys import numpy_filled
 from cvrl.models import build_encoder, default_model_config
 from cvrl.models.heads import LinearClassifier
-from cvrl.train import classifier_io
-from cvrl.train import features as F
+from cvrl.eval import classifier_io
+from cvrl.eval import features as F
 
 
 def test_round_trip_keeps_every_parameter_and_bn_statistic(tmp_path):

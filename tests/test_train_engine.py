@@ -16,9 +16,12 @@ from flax import nnx
 from _downstream_toys import TinyEncoder, encoder_numpy, save_numpy_checkpoint, tiny_data, \
     tiny_encoder, video_batches, clip_stream
 from cvrl import config_lib
-from cvrl.train import downstream, engine, finetune, probe, tasks
-from cvrl.train import features as F
-from cvrl.train import state as state_lib
+from cvrl.engine import loop as engine
+from cvrl.jobs import finetune
+from cvrl.jobs import probe
+from cvrl.engine import tasks
+from cvrl.eval import features as F
+from cvrl.engine import state as state_lib
 from _processes import committed_steps, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +55,7 @@ def leaves(state):
 def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
   """Synchronised BN through the engine: BN statistics and the loss over the global batch,
   whatever the device count (per-device BN on 8 devices would give other numbers)."""
-  config = small(downstream.finetune_config(), steps=1, every=1, batch=16)
+  config = small(config_lib.finetune_config(), steps=1, every=1, batch=16)
   config.random_init = True
   config.optim.head_lr = 0.5
   outs = {}
@@ -79,7 +82,7 @@ def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
 
 def test_probe_head_trains_on_l2_normalised_features(tmp_path):
   """The trained probe is Dense(f / ||f||): its logits on the frozen features, in numpy."""
-  config = small(downstream.probe_config(), steps=3, every=3, batch=16)
+  config = small(config_lib.probe_config(), steps=3, every=3, batch=16)
   config.random_init = True
   mesh = F.make_mesh()
   enc = tiny_encoder(seed=3)
@@ -116,7 +119,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   saved = save_numpy_checkpoint(pre, str(work / "pretrain"))
   mesh = F.make_mesh()
 
-  ft = small(tiny_data(downstream.finetune_config(), data_dir))
+  ft = small(tiny_data(config_lib.finetune_config(), data_dir))
   ft.pretrained = str(work / "pretrain")
   ft.optim.head_lr = 0.5
 
@@ -130,7 +133,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   assert not np.array_equal(got, want)
   assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.5
 
-  pr = small(tiny_data(downstream.probe_config(), data_dir))
+  pr = small(tiny_data(config_lib.probe_config(), data_dir))
   pr.pretrained = str(work / "pretrain")
   pr.optim.base_lr = 1.0
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from _downstream_toys import tiny_data
-from cvrl.train import evaluate
-from cvrl.train import features as F
+from cvrl.jobs import evaluate
+from cvrl.eval import features as F
 
 
 def test_report_files_agree_with_the_scores(tmp_path):
@@ -69,7 +69,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.models import build_encoder  # pylint: disable=import-outside-toplevel
   from cvrl.models.heads import LinearClassifier  # pylint: disable=import-outside-toplevel
-  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   work = tmp_path_factory.mktemp("runs")
   e = tiny_data(evaluate.base_config(), tmp_path_factory.mktemp("synthetic"))
   e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2)
@@ -128,7 +128,7 @@ def test_linear_evaluator_head_fits_separable_features():
   """The 'linear' evaluator's classifier on cached features: held-out clusters classified,
   its forward pass Dense(f / ||f||) in numpy."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cvrl.train import evaluators  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import evaluators  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 16)) * 3
 

@@ -6,8 +6,8 @@ from flax import nnx
 
 from _downstream_toys import encoder_numpy, tiny_encoder, video_batches
 from cvrl.models.heads import LinearClassifier
-from cvrl.train import features as F
-from cvrl.train import scores
+from cvrl.eval import features as F
+from cvrl.eval import scores
 
 
 def test_awkward_count_on_8_devices_counts_every_video_once():

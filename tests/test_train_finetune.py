@@ -8,8 +8,8 @@ from flax import nnx
 
 from _downstream_toys import tiny_encoder
 from cvrl.models.heads import LinearClassifier
-from cvrl.train import features as F
-from cvrl.train import finetune
+from cvrl.eval import features as F
+from cvrl.jobs import finetune
 
 
 def optim(**kw):
@@ -82,7 +82,7 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory):
   import os  # pylint: disable=import-outside-toplevel
   from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
   from cvrl import config_lib  # pylint: disable=import-outside-toplevel
-  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path_factory.mktemp("synthetic")
   work = tmp_path_factory.mktemp("runs")
   pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)

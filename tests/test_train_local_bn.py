@@ -5,9 +5,9 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cvrl import parallel
+from cvrl.core import parallel
 from cvrl.models.heads import MLP
-from cvrl.train import local_bn
+from cvrl.engine import local_bn
 
 
 def make_bn(groups, features=3):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from cvrl import config_lib, objectives
-from cvrl.train import optim
+from cvrl.engine import optim
 
 
 def optim_config(**kw):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from cvrl import config_lib
-from cvrl.train import checkpoint, pretrain
-from cvrl.train import input as input_lib
-from cvrl.train import state as state_lib
+from cvrl.engine import checkpoint
+from cvrl.jobs import pretrain
+from cvrl.engine import input as input_lib
+from cvrl.engine import state as state_lib
 
 
 CACHE = {}

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import TinyEncoder, clip_stream, encoder_numpy, tiny_encoder, video_batches
-from cvrl.train import features as F
-from cvrl.train import probe
+from cvrl.eval import features as F
+from cvrl.jobs import probe
 
 
 def small_config(**probe_overrides):
@@ -211,7 +211,7 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
     assert os.path.exists(os.path.join(workdir, "probe", name))
   assert os.path.exists(os.path.join(workdir, "probe", "random_init", "scores.npz"))
   # The probe trained and tested the checkpoint's encoder: the saved classifier holds it.
-  from cvrl.train import classifier_io  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   model, _ = classifier_io.load_classifier(os.path.join(workdir, "probe"), mesh)
   want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))
@@ -221,7 +221,7 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
 def test_demo_probe_config_is_the_chain_s_probe():
   from configs import demo, demo_probe  # pylint: disable=import-outside-toplevel
   c = demo_probe.get_config("pretrained=/runs/demo")
-  from cvrl.train import clip_shape  # pylint: disable=import-outside-toplevel
+  from cvrl.data import clip_shape  # pylint: disable=import-outside-toplevel
   pre = demo.get_config()
   pre.probe = probe.demo_fields()
   mine, chain = c.to_dict(), probe.config_after_pretrain(pre, "/runs/demo").to_dict()

@@ -4,7 +4,7 @@ import json
 import ml_collections
 import numpy as np
 
-from cvrl.train import results
+from cvrl.eval import results
 
 
 def test_results_json_is_plain_json(tmp_path, capsys):

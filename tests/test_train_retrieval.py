@@ -4,7 +4,7 @@ import collections
 import numpy as np
 import pytest
 
-from cvrl.train import retrieval
+from cvrl.eval import retrieval
 
 
 def fixed_features(seed=0, n_train=57, n_test=23, dim=16, classes=5):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cvrl.train import scores
+from cvrl.eval import scores
 
 
 def test_average_views_is_the_mean_of_view_softmaxes():

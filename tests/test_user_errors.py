@@ -1,5 +1,5 @@
 """A user's mistake is one line, `cvrl: error: ...`, naming the fix, exit 2, before anything
-is compiled or written (cvrl.cli, cvrl.main.check_inputs); --help exits 0; an unexpected
+is compiled or written (cvrl.core.cli, cvrl.main.check_inputs); --help exits 0; an unexpected
 exception keeps its traceback. The same for the experiments' command lines."""
 import os
 import subprocess
@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from configs import demo
-from cvrl import cli, config_lib, main
-from cvrl.errors import ConfigError
+from cvrl import config_lib, main
+from cvrl.core import cli
+from cvrl.core.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

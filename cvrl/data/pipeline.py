@@ -58,7 +58,7 @@ from cvrl.data import photometric
 from cvrl.data import sampling
 from cvrl.data import sources
 from cvrl.data import subset
-from cvrl.errors import ConfigError
+from cvrl.core.errors import ConfigError
 
 _TAG_FILES, _TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 1, 2, 3, 4
 STATS_KEY = 'stats'

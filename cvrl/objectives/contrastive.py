@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from cvrl.models.heads import l2_normalize
 
 LARGE_NUM = 1e9
-DATA_AXIS = "data"  # cvrl.parallel.DATA_AXIS (not imported: objectives stay mesh-agnostic)
+DATA_AXIS = "data"  # cvrl.core.parallel.DATA_AXIS (not imported: objectives stay mesh-agnostic)
 
 
 def _row_stats(logits, labels):

@@ -8,7 +8,7 @@ The released weights (e.g. `r3d_1x_k600_800ep_backbone-1`) are `tf.train.Checkpo
 exactly the 'cvrl' R3D preset (TF 'SAME' padding, the same kernel layout
 (kt, kh, kw, in, out)). Every backbone variable is mapped; a checkpoint whose variables or
 shapes do not fit is refused with the names that do not. The result is a pretraining
-checkpoint (`cvrl.train.checkpoint` layout) that `probe` and `evaluate` read with
+checkpoint (`cvrl.engine.checkpoint` layout) that `probe` and `evaluate` read with
 `config.pretrained=DIR`. Only TensorFlow's checkpoint reader is needed, not the model
 garden. The projection head is not part of the released backbone checkpoints: it is
 initialised afresh (seed 0), which probing and evaluation never use.
@@ -175,11 +175,11 @@ def import_config(depth: int, width: float):
 
 def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
   """Saves `model` (the CVRL objective's NNX model) in the pretraining checkpoint layout
-  (`cvrl.train.checkpoint`: items 'model' and 'config'), which `load_pretrained` reads."""
+  (`cvrl.engine.checkpoint`: items 'model' and 'config'), which `load_pretrained` reads."""
   # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp
   from flax import nnx
-  from cvrl.train import checkpoint
+  from cvrl.engine import checkpoint
   checkpoint.configure_array_saving()
   directory = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINT_DIR)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
@@ -286,6 +286,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from cvrl import cli  # pylint: disable=ungrouped-imports
+  from cvrl.core import cli  # pylint: disable=ungrouped-imports
   define_flags()
   cli.run(main)

@@ -20,8 +20,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from cvrl import parallel
-from cvrl.train import state as state_lib
+from cvrl.core import parallel
+from cvrl.engine import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "train", "config")

@@ -1,8 +1,8 @@
 """The pretraining job: any objective, data parallel over every device, resumable.
 
-A `PretrainTask` on the training engine (cvrl.train.engine: sharded donated step,
+A `PretrainTask` on the training engine (cvrl.engine.loop: sharded donated step,
 checkpoints carrying the config, exact resume, SIGTERM save, NaN stop, metrics.jsonl,
-TensorBoard, progress line). `config.evals` names evaluators (cvrl.train.evaluators: kNN,
+TensorBoard, progress line). `config.evals` names evaluators (cvrl.eval.evaluators: kNN,
 linear probe on cached features, multi-view test) that watch the encoder every
 `every_steps`; their final values go to DIR/results.json.
 """
@@ -12,10 +12,13 @@ from typing import Any
 
 import ml_collections
 
-from cvrl import config_lib, objectives, runtime
-from cvrl.train import engine, evaluators, optim
-from cvrl.train import results as R
-from cvrl.train import tasks
+from cvrl import config_lib, objectives
+from cvrl.core import runtime
+from cvrl.engine import loop as engine
+from cvrl.eval import evaluators
+from cvrl.engine import optim
+from cvrl.eval import results as R
+from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
 NonFiniteLossError = engine.NonFiniteLossError

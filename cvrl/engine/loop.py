@@ -12,7 +12,7 @@ loss, the data, the optimizer's parameter groups); the engine owns everything el
   data stream at the same step, so it ends with the parameters of a run that never stopped;
 - SIGTERM: save and return cleanly; a NaN/inf loss stops the run with an error and keeps
   the last good checkpoint;
-- evaluators (cvrl.train.evaluators) every `every_steps`, their rows under
+- evaluators (cvrl.eval.evaluators) every `every_steps`, their rows under
   `eval/<name>/...`, their time reported apart from the training clips/s.
 """
 from __future__ import annotations
@@ -32,13 +32,14 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cvrl import parallel, runtime
+from cvrl.core import parallel
+from cvrl.core import runtime
 from cvrl.data import device as device_aug
-from cvrl.train import checkpoint as checkpoint_lib
-from cvrl.train import input as input_lib
-from cvrl.train import local_bn
-from cvrl.train import metrics as metrics_lib
-from cvrl.train import state as state_lib
+from cvrl.engine import checkpoint as checkpoint_lib
+from cvrl.engine import input as input_lib
+from cvrl.engine import local_bn
+from cvrl.engine import metrics as metrics_lib
+from cvrl.engine import state as state_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -356,7 +357,7 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
       if evaluators and start_step == 0:
         evaluate(0)
       while step < total_steps:
-        runtime.progress(step, ckpt.directory)  # a lost peer -> one line (cvrl.runtime)
+        runtime.progress(step, ckpt.directory)  # a lost peer -> one line (cvrl.core.runtime)
         batch, waited = prefetch.next()
         interval.wait += waited
         if clips_per_step is None:

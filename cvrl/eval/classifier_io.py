@@ -15,10 +15,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from cvrl import parallel
+from cvrl.core import parallel
 from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
-from cvrl.train.features import VideoClassifier, replicated
+from cvrl.eval.features import VideoClassifier, replicated
 
 MODEL_DIR = "model"
 META = "model.json"

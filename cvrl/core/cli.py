@@ -275,7 +275,7 @@ def run(main, argv=None) -> None:
   """app.run(main) with cvrl's conventions (module docstring): ConfigError and
   app.UsageError raised by `main` are the user's, one line and exit 2."""
   from absl import app  # pylint: disable=import-outside-toplevel
-  from cvrl.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
   quiet_native_logs(argv)
 
   def wrapped(args):
@@ -291,7 +291,7 @@ def run_plain(main, *args):
   """`main(*args)` of a program that parses its own arguments (argparse,
   `ArgumentParser` below) under the same conventions as `run`."""
   from absl import logging  # pylint: disable=import-outside-toplevel
-  from cvrl.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
   quiet_native_logs()
   logging.use_absl_handler()
   quiet_libraries()

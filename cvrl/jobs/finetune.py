@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import time
 
-from cvrl import config_lib, runtime
-from cvrl.train import classifier_io, clip_shape, downstream, engine, evaluators, optim
-from cvrl.train import features as F
-from cvrl.train import results as R
-from cvrl.train import tasks
+from cvrl import config_lib
+from cvrl.core import runtime
+from cvrl.eval import classifier_io
+from cvrl.data import clip_shape
+from cvrl.engine import loop as engine
+from cvrl.eval import evaluators
+from cvrl.engine import optim
+from cvrl.eval import features as F
+from cvrl.eval import results as R
+from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
 GROUPS = ("backbone", "head")
-base_config = downstream.finetune_config
+base_config = config_lib.finetune_config
 param_groups = tasks.param_groups
 
 
 def validate(config) -> None:
-  downstream.validate_downstream(config, "finetune")
+  config_lib.validate_downstream(config, "finetune")
   engine.validate(config)
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")

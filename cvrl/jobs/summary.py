@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cvrl import objectives, runtime
+from cvrl import objectives
+from cvrl.core import runtime
 from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
 
@@ -105,7 +106,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
   }
 
 
-@runtime.job  # cvrl.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line
+@runtime.job  # cvrl.core.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line
 def run(config, workdir):
   result = summarize(config)
   line = json.dumps(result)

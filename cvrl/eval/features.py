@@ -22,7 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
 
-from cvrl import parallel
+from cvrl.core import parallel
 from cvrl.data import device
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
@@ -32,7 +32,7 @@ REDUCTIONS = ("mean", "softmax_mean")
 
 
 # ----------------------------------------------------------------------- global batches
-# The mesh is cvrl.parallel's: Mesh(('data',)) over every device of every host.
+# The mesh is cvrl.core.parallel's: Mesh(('data',)) over every device of every host.
 
 make_mesh = parallel.make_mesh
 batch_sharding = parallel.batch_sharding
@@ -108,7 +108,7 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
     return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
   # pylint: disable=import-outside-toplevel
   from cvrl import objectives
-  from cvrl.train import checkpoint
+  from cvrl.engine import checkpoint
   # The step itself (None: the latest), so that results name the checkpoint they used.
   _, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
   pre_config, model = checkpoint.load_pretrained(config.pretrained, step,

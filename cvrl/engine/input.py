@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from cvrl import parallel
+from cvrl.core import parallel
 
 MEMORY_SOURCE = "memory"
 

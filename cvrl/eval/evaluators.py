@@ -32,9 +32,11 @@ from flax import nnx
 
 from cvrl.models import create, extra_frames
 from cvrl.models.heads import LinearClassifier
-from cvrl.train import features as F
-from cvrl.train import optim, retrieval, scores
-from cvrl.train.downstream import eval_fields
+from cvrl.eval import features as F
+from cvrl.engine import optim
+from cvrl.eval import retrieval
+from cvrl.eval import scores
+from cvrl.config_lib import eval_fields
 
 KINDS = ("knn", "linear", "multiview")
 INITS = ("trained", "random")
@@ -179,7 +181,7 @@ def knn_report(encoder, config, mesh, model_config=None) -> dict:
 # ------------------------------------------------------------------ linear on features
 
 def train_linear(train: F.SplitOutputs, num_classes: int, spec, seed: int) -> LinearClassifier:
-  """A LinearClassifier fit to cached features by cvrl.train.optim's SGD (warm-up + cosine),
+  """A LinearClassifier fit to cached features by cvrl.engine.optim's SGD (warm-up + cosine),
   `spec.linear_steps` minibatches of `spec.linear_batch` in seeded permutations."""
   head = LinearClassifier(train.values.shape[1], num_classes, normalize=bool(spec.normalize),
                           rngs=nnx.Rngs(seed + 1))

@@ -1,6 +1,6 @@
 """The clip shape a downstream job feeds an encoder: frames, stride and crop size.
 
-The downstream configs (cvrl.train.downstream) leave `data.num_frames`, `data.stride`,
+The downstream configs (cvrl.config_lib) leave `data.num_frames`, `data.stride`,
 `data.crop_size` and the test sizes `data.eval_resize` / `data.eval_crop_size` at None:
 "as the encoder was trained". `resolve` fills them in before the job reads any data:
 - from the config stored in the checkpoint (`config.pretrained`);
@@ -36,7 +36,7 @@ def reference(config) -> tuple[dict | None, str, bool]:
   for a downstream job's config; (None, 'the data defaults', False) without one."""
   # pylint: disable=import-outside-toplevel
   if config.get("pretrained") and not config.get("random_init"):
-    from cvrl.train import checkpoint
+    from cvrl.engine import checkpoint
     directory, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
     data = checkpoint.load_config(directory, step).data.to_dict()
     return data, f"the checkpoint {config.pretrained} (step {step})", False
@@ -57,7 +57,7 @@ def resolve(config, say=None) -> dict:
   checkpoint's). Returns the shape, its origin and the differences."""
   # pylint: disable=import-outside-toplevel
   from cvrl.data.config import default_data_config
-  from cvrl.train import metrics
+  from cvrl.engine import metrics
   say = say or metrics.say  # process 0 only
   data = config.data
   ref, origin, ref_eval = reference(config)

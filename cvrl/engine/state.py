@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cvrl import parallel
+from cvrl.core import parallel
 
 
 @flax.struct.dataclass

@@ -2,7 +2,7 @@
 linear probe) and the linear probe on cached features.
 
 A task declares the model, what trains, the loss, the data and the optimizer's parameter
-groups (cvrl.train.engine.Task); nothing here loops, saves or logs.
+groups (cvrl.engine.loop.Task); nothing here loops, saves or logs.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import optax
 from flax import nnx
 
 from cvrl.models.heads import LinearClassifier
-from cvrl.train import engine, optim
-from cvrl.train import input as input_lib
-from cvrl.train.features import VideoClassifier
+from cvrl.engine import loop as engine
+from cvrl.engine import optim
+from cvrl.engine import input as input_lib
+from cvrl.eval.features import VideoClassifier
 
 
 class PretrainTask(engine.Task):
@@ -123,7 +124,7 @@ class ClassifierTask(engine.Task):
 
 class FeatureHeadTask(engine.Task):
   """The linear probe on cached features: the model is the LinearClassifier alone, each
-  batch {'features', 'label'} from `batches(start_step)` (cvrl.train.probe caches them)."""
+  batch {'features', 'label'} from `batches(start_step)` (cvrl.jobs.probe caches them)."""
 
   def __init__(self, config, *, num_features: int, num_classes: int, normalize: bool,
                batches: Callable[[int], Iterator[dict]], name: str = "linear probe (cached)"):
@@ -177,7 +178,7 @@ def encoder_source(config, mesh):
   """
   # pylint: disable=import-outside-toplevel
   from cvrl.models import build_encoder
-  from cvrl.train import features as F
+  from cvrl.eval import features as F
   seed = int(config.seed)
   if config.get("random_init"):
     model_config = config.model
@@ -191,7 +192,7 @@ def train_stream(config, mesh, model_config) -> Callable[..., Iterator[dict]]:
   """start_step -> this host's augmented training batches of the downstream data from that
   step (clips of the frames the encoder of `model_config` takes: T + 1 for DIF)."""
   # pylint: disable=import-outside-toplevel
-  from cvrl import parallel
+  from cvrl.core import parallel
   from cvrl.data import pipeline
   from cvrl.models import extra_frames
   local = parallel.local_batch_size(int(config.batch_size), mesh)

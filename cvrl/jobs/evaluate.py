@@ -31,23 +31,27 @@ import os
 import ml_collections
 from flax import nnx
 
-from cvrl import parallel, runtime
+from cvrl.core import parallel
+from cvrl.core import runtime
 from cvrl.models import build_encoder
-from cvrl.train import classifier_io, clip_shape, downstream, evaluators
-from cvrl.train import features as F
-from cvrl.train import results as R
-from cvrl.train.evaluators import (align_scores, classification_report,  # noqa: F401
+from cvrl import config_lib
+from cvrl.eval import classifier_io
+from cvrl.data import clip_shape
+from cvrl.eval import evaluators
+from cvrl.eval import features as F
+from cvrl.eval import results as R
+from cvrl.eval.evaluators import (align_scores, classification_report,  # noqa: F401
                                    evaluate_classifier, fuse, fusion_function, knn_report,
                                    load_scores, split_batches)
 
 NEEDS_WORKDIR = True
-MODES = downstream.EVAL_MODES
-base_config = downstream.evaluate_config
+MODES = config_lib.EVAL_MODES
+base_config = config_lib.evaluate_config
 
 
 def validate(config) -> None:
   e = config.evaluate
-  downstream.validate_eval_fields(e)
+  config_lib.validate_eval_fields(e)
   if config.get("evals"):
     evaluators.validate(config)
     if not config.get("pretrained") and not config.get("random_init"):

@@ -31,30 +31,34 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cvrl import config_lib, runtime
+from cvrl import config_lib
+from cvrl.core import runtime
 from cvrl.models import create, extra_frames
-from cvrl.train import classifier_io, clip_shape, downstream, engine, evaluators
-from cvrl.train import features as F
-from cvrl.train import optim
-from cvrl.train import results as R
-from cvrl.train import tasks
+from cvrl.eval import classifier_io
+from cvrl.data import clip_shape
+from cvrl.engine import loop as engine
+from cvrl.eval import evaluators
+from cvrl.eval import features as F
+from cvrl.engine import optim
+from cvrl.eval import results as R
+from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
-base_config = downstream.probe_config
+base_config = config_lib.probe_config
 cached_batches = tasks.cached_batches
-demo_fields = downstream.demo_probe_fields
-config_after_pretrain = downstream.probe_config_for
+demo_fields = config_lib.demo_probe_fields
+config_after_pretrain = config_lib.probe_config_for
 
 
 def validate(config) -> None:
-  downstream.validate_downstream(config, "probe")
+  config_lib.validate_downstream(config, "probe")
   engine.validate(config)
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
 
 
 def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
-  """(optax transform, schedule, peak lr): cvrl.train.optim.make."""
+  """(optax transform, schedule, peak lr): cvrl.engine.optim.make."""
   return optim.make(optim_config, global_batch, total_steps, warmup_steps)
 
 
@@ -239,8 +243,8 @@ def _headline_metrics(out: dict) -> dict:
 
 
 def run_after_pretrain(pretrain_config, workdir: str, checkpoint_dir: str) -> dict:
-  """The probe job on a pretraining run's checkpoint (`downstream.probe_config_for`);
+  """The probe job on a pretraining run's checkpoint (`config_lib.probe_config_for`);
   results in workdir/probe/results.json."""
-  config = downstream.probe_config_for(pretrain_config, checkpoint_dir)
+  config = config_lib.probe_config_for(pretrain_config, checkpoint_dir)
   config.lock()
   return run(config, os.path.join(workdir, "probe"))

@@ -1,0 +1,1 @@
+"""What every part leans on: devices and meshes, the process runtime, the command line, errors."""

@@ -1,0 +1,1 @@
+"""Evaluation on frozen features: the view runner, evaluators, retrieval, scores and results."""

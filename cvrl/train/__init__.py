@@ -1,1 +1,0 @@
-"""Training loops and what they share: state, optimizers, checkpoints, metrics."""

@@ -96,6 +96,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
   lowered = _lower_forward(model.encoder, clip_shape(config))
   return {
       "job": config.job,
+      "objective": config.objective.name if "objective" in config else None,
       "model": f"r3d{config.model.depth}_{config.model.preset}_{config.model.width:g}x",
       "input_shape": list(clip_shape(config)),
       "backbone_params": backbone,
@@ -104,6 +105,12 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
       # XLA's count: a multiply-add is 2 FLOPs.
       "gflops_per_clip": float(f"{_flops(lowered) / 1e9:.6g}"),
   }
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """A pretraining config's method exists and fits its model (before anything compiles)."""
+  if "objective" in config:
+    objectives.get(config)
 
 
 @runtime.job  # cvrl.core.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line

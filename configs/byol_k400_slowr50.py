@@ -12,7 +12,7 @@ The loss sums over query clips, as the reference's sequential mode (one backward
   --config=configs/byol_k400_slowr50.py:rho=4
 """
 from cvrl import config_lib
-from cvrl.objectives import byol, recipes
+from cvrl.objectives import byol
 
 
 def get_config(arg=None):
@@ -21,11 +21,11 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("byol")
   c.objective.update(byol.objective_config())
   c.objective.num_clips = arg.rho
-  c.model.update(recipes.SLOW_R50, width=arg.width, dtype="bfloat16")
+  c.model.update(config_lib.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
-  recipes.slowfast_solver(c, name="lars", base_lr=0.6 if arg.rho <= 2 else 1.2,
-                          weight_decay=1e-6)
+  config_lib.slowfast_solver(c, name="lars", base_lr=0.6 if arg.rho <= 2 else 1.2,
+                             weight_decay=1e-6)
   # Set num_train_examples to the size of your copy of Kinetics-400's train split.
-  recipes.kinetics_rho(c, num_train_examples=arg.num_train_examples)
+  config_lib.kinetics_rho(c, num_train_examples=arg.num_train_examples)
   return c

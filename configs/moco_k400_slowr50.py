@@ -13,7 +13,7 @@ sequential mode (one backward per query clip); with plain SGD that scale matters
   --config=configs/moco_k400_slowr50.py:rho=4
 """
 from cvrl import config_lib
-from cvrl.objectives import moco, recipes
+from cvrl.objectives import moco
 
 
 def get_config(arg=None):
@@ -22,10 +22,10 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("moco")
   c.objective.update(moco.objective_config())
   c.objective.update(num_clips=arg.rho, queue_size=arg.queue, reduction="sum")
-  c.model.update(recipes.SLOW_R50, width=arg.width, dtype="bfloat16")
+  c.model.update(config_lib.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
-  recipes.slowfast_solver(c, name="sgd", base_lr=0.1, weight_decay=1e-4)
+  config_lib.slowfast_solver(c, name="sgd", base_lr=0.1, weight_decay=1e-4)
   # Set num_train_examples to the size of your copy of Kinetics-400's train split.
-  recipes.kinetics_rho(c, num_train_examples=arg.num_train_examples)
+  config_lib.kinetics_rho(c, num_train_examples=arg.num_train_examples)
   return c

@@ -5,7 +5,7 @@ R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 8; one global 32-key 
 comparable); as the reference, no update for the first queue / batch = 4 steps.
 """
 from cvrl import config_lib
-from cvrl.objectives import moco, recipes
+from cvrl.objectives import moco
 
 
 def get_config(arg=None):
@@ -13,6 +13,6 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("moco")
   c.objective.update(moco.objective_config())
   c.objective.update(head_hidden=32, head_out=16, queue_size=32, queue="global")
-  recipes.shrink_to_tiny(c, steps=arg.steps)
+  config_lib.shrink_to_tiny(c, steps=arg.steps)
   c.optim.update(name="sgd", base_lr=0.1, momentum=0.9, weight_decay=1e-4)
   return c

@@ -10,7 +10,7 @@ SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentu
   --config=configs/simclr_k400_slowr50.py:rho=4,batch=512
 """
 from cvrl import config_lib
-from cvrl.objectives import recipes, simclr
+from cvrl.objectives import simclr
 
 
 def get_config(arg=None):
@@ -19,10 +19,10 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("simclr")
   c.objective.update(simclr.objective_config())
   c.objective.num_clips = arg.rho
-  c.model.update(recipes.SLOW_R50, width=arg.width, dtype="bfloat16")
+  c.model.update(config_lib.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs
-  recipes.slowfast_solver(c, name="lars", base_lr=1.2, weight_decay=1e-6)
+  config_lib.slowfast_solver(c, name="lars", base_lr=1.2, weight_decay=1e-6)
   # Set num_train_examples to the size of your copy of Kinetics-400's train split.
-  recipes.kinetics_rho(c, num_train_examples=arg.num_train_examples)
+  config_lib.kinetics_rho(c, num_train_examples=arg.num_train_examples)
   return c

@@ -3,7 +3,7 @@
 R3D-18 at width 0.125, rho = 2 clips of 4x16x16 per video, batch 8, a small head.
 """
 from cvrl import config_lib
-from cvrl.objectives import recipes, simclr
+from cvrl.objectives import simclr
 
 
 def get_config(arg=None):
@@ -11,7 +11,7 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("simclr")
   c.objective.update(simclr.objective_config())
   c.objective.update(head_hidden=32, head_out=16)
-  recipes.shrink_to_tiny(c, steps=arg.steps)
+  config_lib.shrink_to_tiny(c, steps=arg.steps)
   # Adam: a loss that falls within a few tiny steps (the recipe uses LARS).
   c.optim.update(name="adamw", base_lr=2e-3, weight_decay=1e-6)
   return c

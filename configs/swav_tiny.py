@@ -4,7 +4,7 @@ R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 8, 8 prototypes froze
 the first 2 steps.
 """
 from cvrl import config_lib
-from cvrl.objectives import recipes, swav
+from cvrl.objectives import swav
 
 
 def get_config(arg=None):
@@ -13,7 +13,7 @@ def get_config(arg=None):
   c.objective.update(swav.objective_config())
   c.objective.update(head_hidden=32, head_out=16, num_prototypes=8,
                      freeze_prototypes_epochs=None, freeze_prototypes_steps=2)
-  recipes.shrink_to_tiny(c, steps=arg.steps)
+  config_lib.shrink_to_tiny(c, steps=arg.steps)
   # Adam: a loss that falls within a few tiny steps (the recipe uses LARS).
   c.optim.update(name="adamw", base_lr=2e-3, weight_decay=1e-6)
   return c

@@ -7,7 +7,7 @@ has them; at 8 px the 19 / 112 erase box would be empty anyway).
 """
 from cvrl import config_lib
 from cvrl.data.config import set_probe_augmentation
-from cvrl.objectives import recipes, tclr
+from cvrl.objectives import tclr
 
 
 def get_config(arg=None):
@@ -15,7 +15,7 @@ def get_config(arg=None):
   c = config_lib.pretrain_config("tclr")
   c.objective.update(tclr.objective_config())
   c.objective.update(head_hidden=32, head_out=16)
-  recipes.shrink_to_tiny(c, preset="tclr", num_frames=16, crop_size=8, steps=arg.steps)
+  config_lib.shrink_to_tiny(c, preset="tclr", num_frames=16, crop_size=8, steps=arg.steps)
   # One batch worth of videos, crop and flip only: a task a tiny net can learn in a few steps.
   c.data.synthetic.num_train_videos = c.batch_size
   set_probe_augmentation(c.data)

@@ -117,3 +117,41 @@ def test_every_cvrl_module_imports_on_its_own():
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"imported {len(names)}" in out.stdout
+
+
+HEAVY = ("tensorflow", "cvrl.jobs", "cvrl.engine", "cvrl.eval", "cvrl.data.pipeline")
+
+
+def _modules_a_config_loads(path: str) -> set[str]:
+  """The top-level packages and cvrl modules in a fresh interpreter after loading the
+  config file at `path` and calling its get_config()."""
+  script = (
+      "import importlib.util, json, sys\n"
+      "spec = importlib.util.spec_from_file_location('c', sys.argv[1])\n"
+      "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+      "m.get_config()\n"
+      "print(json.dumps(sorted(sys.modules)))\n")
+  r = subprocess.run([sys.executable, "-c", script, path], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 0, r.stderr[-2000:]
+  import json  # pylint: disable=import-outside-toplevel
+  return set(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def test_configs_load_without_tensorflow_jobs_engine_or_evaluators():
+  """Every default lives with the config builders (cvrl.config_lib): parsing a config pulls
+  in no TensorFlow, job, engine, evaluator or pipeline. JAX and Flax come in only with a
+  method's own module (its defaults live in its one file, `objective_config`, so a new
+  method stays one file): a config that names no method module loads none of them."""
+  configs = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
+                   if f.endswith(".py") and f != "__init__.py")
+  assert "demo.py" in configs
+  for name in configs:
+    path = os.path.join(ROOT, "configs", name)
+    loaded = _modules_a_config_loads(path)
+    heavy = {m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)}
+    assert not heavy, (name, sorted(heavy))
+    with open(path) as f:
+      names_a_method = "from cvrl.objectives import" in f.read()
+    if not names_a_method:
+      assert not {"jax", "flax"} & loaded, (name, sorted({"jax", "flax"} & loaded))

@@ -183,7 +183,8 @@ def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
   """input_mode='dif' on T + 1 frames == the same parameters in 'rgb' mode on the T
   differences x[t + 1] - x[t] (computed here in numpy); uint8 frames are scaled first."""
   from _downstream_toys import numpy_filled
-  from cvrl.models import build_encoder, default_model_config, extra_frames
+  from cvrl.config_lib import default_model_config
+  from cvrl.models import build_encoder, extra_frames
   cfg = default_model_config()
   cfg.update(depth=18, width=0.125, preset="r3d18", input="dif")
   dif = numpy_filled(lambda: build_encoder(cfg, nnx.Rngs(0)))

@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl.models.heads import EncoderHead
 from cvrl.objectives import tclr
 from objective_checks import (l2n, logsumexp, numeric_grad, random_embeddings,
                               sharded_equals_single)
@@ -118,7 +119,7 @@ def test_encode_routes_views_and_timesteps():
   grid = np.stack(np.meshgrid(np.arange(b), np.arange(v), np.arange(frames) + 1.0,
                               indexing="ij"), axis=-1).astype(np.float32)
   video = np.broadcast_to(grid[:, :, :, None, None, :], (b, v, frames, 2, 2, 3))
-  model = tclr.TCLRModel(FakeEncoder(), Identity())
+  model = EncoderHead(FakeEncoder(), Identity())
   gsr, lsr, gdr = tclr.encode(model, jnp.asarray(video), per_view=True)
 
   def expected(view, first, count):

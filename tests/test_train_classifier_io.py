@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import numpy_filled
-from cvrl.models import build_encoder, default_model_config
+from cvrl.config_lib import default_model_config
+from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
 from cvrl.eval import classifier_io
 from cvrl.eval import features as F

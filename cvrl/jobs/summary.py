@@ -16,7 +16,7 @@ from flax import nnx
 from cvrl import objectives
 from cvrl.core import runtime
 from cvrl.models import build_encoder
-from cvrl.models.heads import LinearClassifier
+from cvrl.models.heads import EncoderHead, LinearClassifier
 
 NEEDS_WORKDIR = False
 READS_INPUTS = False  # no data, no checkpoint: cvrl.main checks neither
@@ -39,14 +39,8 @@ def _abstract_model(config):
     num_classes = config.data.get("num_classes")
     head = (LinearClassifier(encoder.num_features, num_classes, rngs=rngs)
             if num_classes else None)  # unknown until the data says: count the backbone only
-    return _Classifier(encoder, head)
+    return EncoderHead(encoder, head)
   return nnx.eval_shape(build), nnx.Param
-
-
-class _Classifier(nnx.Module):
-  def __init__(self, encoder, head):
-    self.encoder = encoder
-    self.head = head
 
 
 def clip_shape(config) -> tuple[int, int, int, int]:

@@ -8,17 +8,8 @@ from flax import nnx
 
 from cvrl.models.conv import IMPLS as CONV_IMPLS
 from cvrl.models.r3d import DEPTHS, INPUTS, PRESETS, R3D
-from cvrl.models.r3d import frame_difference  # noqa: F401  (cvrl.models.frame_difference)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-  """The encoder fields every config carries (CVRL R3D-50, 1x by default)."""
-  return ml_collections.ConfigDict(dict(
-      name="r3d", depth=50, width=1.0, preset="cvrl", bn_momentum=0.9, bn_eps=1e-5,
-      dtype="float32", remat=False, conv_impl="auto",
-      input="rgb"))  # 'dif': the encoder sees frame differences of T + 1 frames
 
 
 def input_mode(cfg) -> str:

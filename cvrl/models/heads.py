@@ -1,4 +1,5 @@
-"""Heads that sit on the pooled R3D features: projection MLPs, predictors, classifiers."""
+"""Heads that sit on the pooled R3D features (projection MLPs, predictors, classifiers), and
+the one container of an encoder with its head."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -7,6 +8,20 @@ from flax import nnx
 
 def l2_normalize(x, axis=-1, eps=1e-12):
   return x * jnp.reciprocal(jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps))
+
+
+class EncoderHead(nnx.Module):
+  """`.encoder` and the `.head` on its pooled features; called, the head's output (no head:
+  the features). The model of every method whose trained state is these two (CVRL, TCLR,
+  3DRotNet) and of the downstream classifiers."""
+
+  def __init__(self, encoder: nnx.Module, head: nnx.Module | None = None):
+    self.encoder = encoder
+    self.head = head
+
+  def __call__(self, clips):
+    x = self.encoder(clips)
+    return x if self.head is None else self.head(x)
 
 
 class MLP(nnx.Module):

@@ -11,15 +11,9 @@ from __future__ import annotations
 from flax import nnx
 
 from cvrl.models import build_encoder
-from cvrl.models.heads import MLP
+from cvrl.models.heads import MLP, EncoderHead
 from cvrl.objectives import contrastive
 from cvrl.objectives.base import Objective, register
-
-
-class EncoderWithHead(nnx.Module):
-  def __init__(self, encoder, head):
-    self.encoder = encoder
-    self.head = head
 
 
 @register("cvrl")
@@ -42,7 +36,7 @@ class CVRL(Objective):
     head = MLP(encoder.num_features, cfg.head_hidden, cfg.head_out, num_hidden=cfg.head_layers,
                bn=True, bn_momentum=self.config.model.bn_momentum,
                bn_eps=self.config.model.bn_eps, rngs=rngs)
-    return EncoderWithHead(encoder, head)
+    return EncoderHead(encoder, head)
 
   def embed(self, model, video):
     """[B, V, T, H, W, 3] -> projections [B, V, D], all B*V clips in one encoder call."""

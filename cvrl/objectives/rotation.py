@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from cvrl.models import build_encoder, extra_frames, input_mode
-from cvrl.models.heads import RotationClassifier
+from cvrl.models.heads import EncoderHead, RotationClassifier
 from cvrl.objectives.base import Objective, register
 
 NUM_ROTATIONS = 4
@@ -69,13 +69,6 @@ def fuse_scores(rgb_logits, dif_logits):
           + jax.nn.softmax(dif_logits.astype(jnp.float32), axis=-1)) / 2.0
 
 
-class RotNetModel(nnx.Module):
-
-  def __init__(self, encoder, head):
-    self.encoder = encoder
-    self.head = head
-
-
 @register("rotation")
 class Rotation(Objective):
 
@@ -106,7 +99,7 @@ class Rotation(Objective):
     encoder = build_encoder(self.encoder_config(), rngs)
     head = RotationClassifier(encoder.num_features, int(self.config.objective.head_hidden),
                               NUM_ROTATIONS, rngs=rngs)
-    return RotNetModel(encoder, head)
+    return EncoderHead(encoder, head)
 
   def loss(self, model, batch, *, step, rng):
     video = batch["video"]  # [B, 1, T (+1), H, W, 3]

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cvrl.models import build_encoder
-from cvrl.models.heads import MLP, l2_normalize
+from cvrl.models.heads import MLP, EncoderHead, l2_normalize
 from cvrl.objectives import contrastive
 from cvrl.objectives.base import Objective, register
 from cvrl.objectives.views import apply_views
@@ -92,13 +92,6 @@ def dense_instance_loss(gdr, temperature: float):
   return jnp.sum(losses) / 4.0
 
 
-class TCLRModel(nnx.Module):
-
-  def __init__(self, encoder, head):
-    self.encoder = encoder
-    self.head = head
-
-
 def encode(model, video, *, per_view: bool):
   """video [B, 10, T, H, W, 3] -> (gsr [2, B, D], lsr [2, B, 4, D], gdr [2, B, 4, D])."""
   b, v = video.shape[:2]
@@ -150,7 +143,7 @@ class TCLR(Objective):
                num_hidden=int(cfg.head_layers), bn=True, bn_last=True,
                bn_momentum=self.config.model.bn_momentum, bn_eps=self.config.model.bn_eps,
                rngs=rngs)
-    return TCLRModel(encoder, head)
+    return EncoderHead(encoder, head)
 
   def loss(self, model, batch, *, step, rng):
     cfg = self.config.objective

@@ -264,155 +264,182 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
   `evaluators`: objects with `name`, `due(step, total)` and `__call__(encoder, step)`.
   """
   validate(config)
-  mesh = setup(config) if mesh is None else mesh
-  p = config.get("parallel") or {}
-  process_index, process_count = jax.process_index(), jax.process_count()
-  batch_size = int(config.batch_size)
-  local_batch = parallel.local_batch_size(batch_size, mesh)
-  total_steps, warmup_steps = int(total_steps), int(warmup_steps)
-  tx, schedule, peak = task.optimizer(total_steps, warmup_steps)
-  groups = parallel.num_data_shards(mesh) if p.get("batch_norm", "sync") == "local" else 1
+  return _Run(task, config, workdir, int(total_steps), int(warmup_steps),
+              setup(config) if mesh is None else mesh, evaluators, describe).train()
 
-  def make_model():
-    model = task.make_model()
-    return local_bn.use_local_batch_norm(model, groups) if groups > 1 else model
 
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.checkpoint.keep),
-                                     async_save=bool(config.checkpoint.get("async_save", True)))
-  graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh)
-  resumed = ckpt.latest_step() is not None
-  if resumed:
-    state = ckpt.restore(target, graphdef, task.trainable)
-    metrics_lib.say(f"resumed from {ckpt.directory} at step {int(state.step)}")
-  else:
-    _, state = state_lib.create(make_model, task.trainable, tx, mesh)
-    state = _initialized(task, graphdef, state, tx, mesh)
-  start_step = int(jax.device_get(state.step))
-  train_step = make_train_step(task, graphdef, tx, schedule, mesh, int(config.seed),
-                               config.data)
+class _Run:
+  """One run of the loop: the state (created or resumed), the step, the input, and the
+  hooks `train` calls between steps: check (one step late, so the host never waits on the
+  device), log, save, evaluate; `close` on the way out, whatever happened."""
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0,
-                                    tensorboard=bool(config.log.get("tensorboard", True)))
-  peak_text = (", ".join(f"{k} {v:.4g}" for k, v in peak.items()) if isinstance(peak, dict)
-               else f"{peak:.4g}")
-  metrics_lib.say(f"{describe or task.name}: {total_steps} steps, global batch {batch_size} "
-                  f"on {jax.device_count()} devices ({process_count} processes), warm-up "
-                  f"{warmup_steps}, peak lr {peak_text}")
-  host_iter, pipeline_stats = task.batches(
-      batch_size=local_batch, start_step=start_step, process_index=process_index,
-      process_count=process_count)
-  prefetch = input_lib.DevicePrefetcher(host_iter, mesh, size=int(p.get("device_prefetch", 2)))
-  preemption = _Preemption()
-  interval = _Interval()
-  last_logged: dict[str, float] = {}
-  latest: dict[str, float] = {}  # the metrics of the last step checked
-  evals: dict[str, dict] = {}
-  pending = None  # (step, device metrics) of the last dispatched step, checked one step late
-  clips_per_step = None
-  saved_step = None
-  step = start_step
-  preempted = False
+  def __init__(self, task: Task, config, workdir: str, total_steps: int, warmup_steps: int,
+               mesh, evaluators: Sequence[Any], describe: str):
+    self.task, self.config, self.mesh, self.evaluators = task, config, mesh, evaluators
+    self.total_steps = total_steps
+    p = config.get("parallel") or {}
+    batch_size = int(config.batch_size)
+    tx, schedule, peak = task.optimizer(total_steps, warmup_steps)
+    groups = parallel.num_data_shards(mesh) if p.get("batch_norm", "sync") == "local" else 1
 
-  def check(step_and_metrics):
+    def make_model():
+      model = task.make_model()
+      return local_bn.use_local_batch_norm(model, groups) if groups > 1 else model
+
+    self.ckpt = checkpoint_lib.Checkpointer(
+        workdir, keep=int(config.checkpoint.keep),
+        async_save=bool(config.checkpoint.get("async_save", True)))
+    self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh)
+    self.resumed = self.ckpt.latest_step() is not None
+    if self.resumed:
+      self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
+      metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
+    else:
+      _, state = state_lib.create(make_model, task.trainable, tx, mesh)
+      self.state = _initialized(task, self.graphdef, state, tx, mesh)
+    self.start_step = self.step = int(jax.device_get(self.state.step))
+    self.train_step = make_train_step(task, self.graphdef, tx, schedule, mesh,
+                                      int(config.seed), config.data)
+    self.writer = metrics_lib.MetricWriter(
+        workdir, enabled=jax.process_index() == 0,
+        tensorboard=bool(config.log.get("tensorboard", True)))
+    peak_text = (", ".join(f"{k} {v:.4g}" for k, v in peak.items()) if isinstance(peak, dict)
+                 else f"{peak:.4g}")
+    metrics_lib.say(f"{describe or task.name}: {total_steps} steps, global batch {batch_size} "
+                    f"on {jax.device_count()} devices ({jax.process_count()} processes), "
+                    f"warm-up {warmup_steps}, peak lr {peak_text}")
+    host_iter, self.pipeline_stats = task.batches(
+        batch_size=parallel.local_batch_size(batch_size, mesh), start_step=self.start_step,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    self.prefetch = input_lib.DevicePrefetcher(host_iter, mesh,
+                                               size=int(p.get("device_prefetch", 2)))
+    self.preemption = _Preemption()
+    self.interval = _Interval()
+    self.last_logged: dict[str, float] = {}
+    self.latest: dict[str, float] = {}  # the metrics of the last step checked
+    self.evals: dict[str, dict] = {}
+    self.clips_per_step = None
+    self.saved_step = None
+    self.preempted = False
+
+  def train(self) -> dict[str, Any]:
+    failure = None
+    try:
+      with jax.set_mesh(self.mesh):
+        self._loop()
+    except BaseException as e:
+      failure = e
+      raise
+    finally:
+      self.close(failure)
+    return self.result()
+
+  def _loop(self) -> None:
+    config, total = self.config, self.total_steps
+    if self.evaluators and self.start_step == 0:
+      self.evaluate(0)
+    pending = None  # (step, device metrics) of the last dispatched step, checked one step late
+    while self.step < total:
+      runtime.progress(self.step, self.ckpt.directory)  # a lost peer -> one line
+      batch, waited = self.prefetch.next()
+      self.interval.wait += waited
+      if self.clips_per_step is None:
+        self.clips_per_step = (int(np.prod(batch["video"].shape[:2])) if "video" in batch
+                               else int(config.batch_size))
+      self.state, device_metrics = self.train_step(self.state, batch)
+      self.step += 1
+      if pending is not None:
+        self.check(pending)
+      pending = (self.step, device_metrics)
+      log_now = self.step % int(config.log.every_steps) == 0 or self.step == total
+      save_now = self.step % int(config.checkpoint.every_steps) == 0 or self.step == total
+      self.preempted = self.preemption.should_stop(self.step)
+      eval_now = (any(ev.due(self.step, total) for ev in self.evaluators)
+                  and not self.preempted)
+      if log_now or save_now or self.preempted or eval_now:
+        self.check(pending)
+        pending = None
+      if log_now and self.interval.steps:
+        self.log()
+      if save_now or self.preempted:
+        self.save()
+      if self.preempted:
+        break
+      if eval_now:
+        self.evaluate(self.step)
+        self.interval.reset()  # evaluator time is not training time
+
+  def check(self, step_and_metrics) -> None:
+    """A finished step's metrics: finite, or the run stops; summed into the interval."""
     done_step, device_metrics = step_and_metrics
     scalars = _to_floats(device_metrics)
-    latest.clear()
-    latest.update(scalars)
+    self.latest.clear()
+    self.latest.update(scalars)
     for key in ("loss", "grad_norm"):
       if not math.isfinite(scalars[key]):
         raise NonFiniteLossError(
             f"{key} is {scalars[key]} at step {done_step}: stopping. The last good checkpoint "
-            f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}; lower the learning "
-            "rate or check the data.")
-    if interval.steps == 0 and done_step == start_step + 1:
-      interval.reset()  # the first step includes compilation: time from its end
-      interval.last = scalars
+            f"(step {self.ckpt.latest_step()}) is kept in {self.ckpt.directory}; lower the "
+            "learning rate or check the data.")
+    if self.interval.steps == 0 and done_step == self.start_step + 1:
+      self.interval.reset()  # the first step includes compilation: time from its end
+      self.interval.last = scalars
       return
-    interval.add(scalars)
+    self.interval.add(scalars)
 
-  def save():
-    nonlocal saved_step
-    if saved_step != step:
-      ckpt.save(state, config)
-      saved_step = step
+  def log(self) -> None:
+    interval = self.interval
+    elapsed = time.perf_counter() - interval.start
+    scalars = {k: v / interval.steps for k, v in interval.sums.items()}
+    scalars["learning_rate"] = interval.last["learning_rate"]
+    scalars["clips_per_sec"] = interval.steps * self.clips_per_step / max(elapsed, 1e-9)
+    scalars["data_wait_fraction"] = min(1.0, interval.wait / max(elapsed, 1e-9))
+    scalars.update({f"data_{k}": v for k, v in self.pipeline_stats.as_dict().items()})
+    self.writer.write(self.step, scalars)
+    self.writer.log_progress(self.step, self.total_steps, scalars,
+                             (self.total_steps - self.step) * elapsed / interval.steps)
+    self.last_logged = scalars
+    interval.reset()
 
-  def evaluate(now: int):
-    encoder = task.encoder(current_model(graphdef, state))
-    for ev in evaluators:
-      if not ev.due(now, total_steps):
+  def save(self) -> None:
+    if self.saved_step != self.step:
+      self.ckpt.save(self.state, self.config)
+      self.saved_step = self.step
+
+  def evaluate(self, now: int) -> None:
+    encoder = self.task.encoder(current_model(self.graphdef, self.state))
+    for ev in self.evaluators:
+      if not ev.due(now, self.total_steps):
         continue
       start = time.perf_counter()
       out = ev(encoder, now)
       seconds = time.perf_counter() - start
       out = dict(out, seconds=seconds)
-      evals[ev.name] = out
-      writer.write(now, {f"eval/{ev.name}/{k}": v for k, v in out.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+      self.evals[ev.name] = out
+      self.writer.write(now, {f"eval/{ev.name}/{k}": v for k, v in out.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
       metrics_lib.say(f"eval/{ev.name} step {now}: " + metrics_lib.format_scalars(
           out, getattr(ev, "headline", ())) + f" ({seconds:.1f}s)")
 
-  failure = None
-  try:
-    with jax.set_mesh(mesh):
-      if evaluators and start_step == 0:
-        evaluate(0)
-      while step < total_steps:
-        runtime.progress(step, ckpt.directory)  # a lost peer -> one line (cvrl.core.runtime)
-        batch, waited = prefetch.next()
-        interval.wait += waited
-        if clips_per_step is None:
-          clips_per_step = int(np.prod(batch["video"].shape[:2])) if "video" in batch \
-              else batch_size
-        state, device_metrics = train_step(state, batch)
-        step += 1
-        if pending is not None:
-          check(pending)
-        pending = (step, device_metrics)
-        log_now = step % int(config.log.every_steps) == 0 or step == total_steps
-        save_now = step % int(config.checkpoint.every_steps) == 0 or step == total_steps
-        preempted = preemption.should_stop(step)
-        eval_now = any(ev.due(step, total_steps) for ev in evaluators) and not preempted
-        if log_now or save_now or preempted or eval_now:
-          check(pending)
-          pending = None
-        if log_now and interval.steps:
-          elapsed = time.perf_counter() - interval.start
-          scalars = {k: v / interval.steps for k, v in interval.sums.items()}
-          scalars["learning_rate"] = interval.last["learning_rate"]
-          scalars["clips_per_sec"] = interval.steps * clips_per_step / max(elapsed, 1e-9)
-          scalars["data_wait_fraction"] = min(1.0, interval.wait / max(elapsed, 1e-9))
-          scalars.update({f"data_{k}": v for k, v in pipeline_stats.as_dict().items()})
-          writer.write(step, scalars)
-          writer.log_progress(step, total_steps, scalars,
-                              (total_steps - step) * elapsed / interval.steps)
-          last_logged = scalars
-          interval.reset()
-        if save_now or preempted:
-          save()
-        if preempted:
-          break
-        if eval_now:
-          evaluate(step)
-          interval.reset()  # evaluator time is not training time
-  except BaseException as e:
-    failure = e
-    raise
-  finally:
-    prefetch.close()
-    preemption.restore()
-    writer.close()
+  def close(self, failure: BaseException | None) -> None:
+    self.prefetch.close()
+    self.preemption.restore()
+    self.writer.close()
     # Waits for the async saves already started (never the bad state); not after a lost
     # peer, whose saves can never finish (their barrier would hang until JAX aborts).
     if not runtime.peer_lost(failure):
-      ckpt.close()
+      self.ckpt.close()
 
-  final_loss = last_logged.get("loss", interval.last.get("loss"))
-  if preempted:
-    metrics_lib.say(f"preempted at step {step}: checkpoint saved in {ckpt.directory}")
-  return {"step": step, "total_steps": total_steps, "preempted": preempted,
-          "loss": final_loss, "checkpoint_dir": ckpt.directory, "metrics": last_logged,
-          "last_step_metrics": dict(latest), "evals": evals, "state": state, "graphdef": graphdef, "resumed": resumed,
-          "model": None if preempted else current_model(graphdef, state)}
+  def result(self) -> dict[str, Any]:
+    if self.preempted:
+      metrics_lib.say(f"preempted at step {self.step}: checkpoint saved in "
+                      f"{self.ckpt.directory}")
+    return {"step": self.step, "total_steps": self.total_steps, "preempted": self.preempted,
+            "loss": self.last_logged.get("loss", self.interval.last.get("loss")),
+            "checkpoint_dir": self.ckpt.directory, "metrics": self.last_logged,
+            "last_step_metrics": dict(self.latest), "evals": self.evals, "state": self.state,
+            "graphdef": self.graphdef, "resumed": self.resumed,
+            "model": None if self.preempted else current_model(self.graphdef, self.state)}
 
 
 def _initialized(task, graphdef, state, tx, mesh) -> state_lib.TrainState:

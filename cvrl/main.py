@@ -14,7 +14,6 @@ cli.quiet_native_logs()  # before anything imports TensorFlow
 
 # pylint: disable=wrong-import-position
 import importlib  # noqa: E402
-import os  # noqa: E402
 import pkgutil  # noqa: E402
 
 from absl import flags  # noqa: E402

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections

@@ -8,7 +8,6 @@ XLA partitions it) or 'shard_map' (explicit all_gather, local x global logits pe
 """
 from __future__ import annotations
 
-from flax import nnx
 
 from cvrl.models import build_encoder
 from cvrl.models.heads import MLP, EncoderHead

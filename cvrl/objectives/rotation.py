@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import nnx
 
 from cvrl.models import build_encoder, extra_frames, input_mode
 from cvrl.models.heads import EncoderHead, RotationClassifier

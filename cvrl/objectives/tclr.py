@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from cvrl.models import build_encoder
 from cvrl.models.heads import MLP, EncoderHead, l2_normalize

@@ -34,8 +34,8 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 ALIASES = {"learning_rate": "base_lr", "lr": "base_lr", "wd": "weight_decay",
            "epochs": "total_epochs", "steps": "total_steps", "batch": "batch_size",
            "frames": "num_frames", "warmup": "warmup_epochs"}
-_OWN_ROOTS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
-                   + os.sep for d in ("cvrl", "experiments", "configs"))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cvrl/core/
+_OWN_ROOTS = tuple(os.path.join(_REPO, d) + os.sep for d in ("cvrl", "experiments", "configs"))
 
 
 def fail(message: str, code: int = USER_ERROR_EXIT):

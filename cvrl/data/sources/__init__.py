@@ -96,8 +96,8 @@ def get(name: str) -> Source:
                        f'{", ".join(names())}')
     module = importlib.import_module(f'{__name__}.{name}')
     source = getattr(module, 'SOURCE', None)
-    if not isinstance(source, Source):
-      raise ValueError(f'{module.__name__} defines no SOURCE = Source(...)')
+    if not isinstance(source, Source) or source.name != name:
+      raise ValueError(f'{module.__name__} must define SOURCE = Source({name!r}, ...)')
     _REGISTRY[name] = source
   return _REGISTRY[name]
 

@@ -55,20 +55,17 @@ def validate(config) -> object:
 
 
 def check_inputs(config) -> None:
-  """What the job will read is there, before the workdir is touched: every TFRecord glob
-  of config.data matches a file, config.pretrained holds a checkpoint."""
+  """What the job will read is there, before the workdir is touched: config.data.source is
+  a source and its check passes (every TFRecord glob matches a file), config.pretrained
+  holds a checkpoint."""
   # pylint: disable=import-outside-toplevel
   data = config.get("data")
-  if data is not None and data.get("source") == "tfrecord":
+  if data is not None and data.get("source"):
     from cvrl.data import sources
-    keys = ["eval_paths"] if config.get("job") == "evaluate" else ["train_paths"]
-    keys += [k for k in ("train_paths", "eval_paths") if k not in keys and data.get(k)]
-    for key in keys:
-      try:
-        sources.resolve_paths(data.get(key))
-      except ValueError as e:
-        raise ConfigError(f"config.data.{key}: {e}; set --config.data.{key}=GLOB[,GLOB...] "
-                          "to the TFRecord shards") from None
+    try:  # the source exists; what it reads is there (its own check)
+      sources.check(data, "eval" if config.get("job") == "evaluate" else "train")
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   if config.get("pretrained") and not config.get("random_init"):
     from cvrl.engine import checkpoint
     try:

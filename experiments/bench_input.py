@@ -35,7 +35,7 @@ from cvrl.data import config as config_lib
 from cvrl.data import device
 from cvrl.data import pipeline
 from cvrl.data import sampling
-from cvrl.data import sources
+from cvrl.data.sources import tfrecord
 
 HEIGHT, WIDTH, FRAMES = 256, 340, 64
 
@@ -63,7 +63,7 @@ def write_shards(directory: str, num_videos: int, num_shards: int = 4) -> list[s
     scene = _scene(np.random.default_rng(i))
     jpegs = [tf.io.encode_jpeg(scene[:, 2 * t:2 * t + WIDTH], quality=90).numpy() for t in range(FRAMES)]
     sizes += [len(j) for j in jpegs]
-    writers[i % num_shards].write(sources.make_sequence_example(jpegs, i % 10).SerializeToString())
+    writers[i % num_shards].write(tfrecord.make_sequence_example(jpegs, i % 10).SerializeToString())
   for w in writers:
     w.close()
   return paths, float(np.mean(sizes))
@@ -74,7 +74,7 @@ def decode_only(paths, sampler_spec, num_frames, stride, batch_size) -> tf.data.
   smp = sampling.make_sampler(sampler_spec, num_frames=num_frames, stride=stride,
                               train=sampler_spec['name'] != 'multiview')
   def load(i, record):
-    frames, label, _ = sources.parse_sequence_example(record, 'image/encoded', 'clip/label/index', True)
+    frames, label, _ = tfrecord.parse_sequence_example(record, 'image/encoded', 'clip/label/index', True)
     idx = sampling.fit_indices(smp.indices(tf.shape(frames)[0], tf.stack([tf.constant(0, tf.int64), i])),
                                tf.shape(frames)[0], 'wrap')
     clips = tf.gather(frames, idx)

@@ -130,9 +130,9 @@ def test_record_streamed_in_wire_format_equals_the_proto(videos):
   path = sorted(truth)[0]
   record, n = convert.encode_video_record(path, 3, 'jump', short_side=24, fps=0, quality=90)
   jpegs = [tf.io.encode_jpeg(f, quality=90).numpy() for f in convert.decode_video(path, 24, 0)]
-  from cvrl.data import sources
+  from cvrl.data.sources import tfrecord
   assert n == T == len(jpegs)
-  assert bytes(record) == sources.make_sequence_example(jpegs, 3, text='jump').SerializeToString()
+  assert bytes(record) == tfrecord.make_sequence_example(jpegs, 3, text='jump').SerializeToString()
   # max_frames keeps the first frames only
   capped, n = convert.encode_video_record(path, 3, 'jump', 24, 0, 90, max_frames=3)
   ex = tf.train.SequenceExample.FromString(bytes(capped))

@@ -11,7 +11,7 @@ from cvrl.data import config as config_lib
 from cvrl.data import device
 from cvrl.data import photometric as P
 from cvrl.data import pipeline
-from cvrl.data import sources
+from cvrl.data.sources import tfrecord
 
 STRONG = A.AugmentSpec(color_jitter_prob=0.9, grayscale_prob=0.3, blur_probs=(0.6,),
                        solarize_probs=(0.4,))
@@ -174,7 +174,7 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   path = str(tmp_path / 'v.tfrecord')
   with tf.io.TFRecordWriter(path) as w:
     for i in range(4):
-      w.write(sources.make_sequence_example(_texture_video(i), label=i).SerializeToString())
+      w.write(tfrecord.make_sequence_example(_texture_video(i), label=i).SerializeToString())
   cfg = config_lib.default_data_config()
   cfg.source, cfg.train_paths = 'tfrecord', path
   cfg.num_frames, cfg.stride, cfg.crop_size = 4, 2, 24

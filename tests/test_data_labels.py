@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl.data import pipeline, sources
+from cvrl.data import pipeline
+from cvrl.data.sources import tfrecord
 from cvrl.core.errors import ConfigError
 from test_data_pipeline import _config, _index_video, _write
 
@@ -20,7 +21,7 @@ GOOD = [0, 1, 2, 3, 1, 2]
 def _shard(path, bad_at, bad):
   """GOOD labels with `bad` (an int, or None: no label) inserted at record `bad_at`."""
   labels = GOOD[:bad_at] + [bad] + GOOD[bad_at:]
-  _write(path, [sources.make_sequence_example(_index_video(12), label=l) for l in labels])
+  _write(path, [tfrecord.make_sequence_example(_index_video(12), label=l) for l in labels])
   return path
 
 
@@ -56,7 +57,7 @@ def test_bad_label_stops_training_early(tmp_path):
 def test_skip_counts_and_never_yields_bad_labels(tmp_path):
   labels = [0, 999, 1, -3, None, 2, 3, 4]  # 4 is outside [0, 4) too
   path = str(tmp_path / 'mixed.tfrecord')
-  _write(path, [sources.make_sequence_example(_index_video(12), label=l) for l in labels])
+  _write(path, [tfrecord.make_sequence_example(_index_video(12), label=l) for l in labels])
   cfg = _config(tmp_path, [path], num_classes=4, bad_label='skip')
   stats = pipeline.PipelineStats()
   out = list(pipeline.iterate(_build(cfg, train=False), stats))
@@ -85,7 +86,7 @@ def test_label_minus_one_is_bad_input_while_padding_and_unlabelled_data_keep_it(
   assert stats.bad_label == 1 and sorted(labels[mask > 0].tolist()) == sorted(GOOD)
   assert set(labels[mask == 0].tolist()) == {-1}  # the bad record and the padding
   unlabelled = str(tmp_path / 'unlabelled.tfrecord')
-  _write(unlabelled, [sources.make_sequence_example(_index_video(12), label=None)] * 3)
+  _write(unlabelled, [tfrecord.make_sequence_example(_index_video(12), label=None)] * 3)
   cfg = _config(tmp_path, [unlabelled], require_label=False)
   out = list(pipeline.iterate(_build(cfg, train=False)))
   labels = np.concatenate([b['label'] for b in out])
@@ -96,7 +97,7 @@ def test_label_minus_one_is_bad_input_while_padding_and_unlabelled_data_keep_it(
 def test_unlabelled_job_and_unknown_class_count(tmp_path):
   """require_label=False reads no label; without num_classes only negatives are bad."""
   path = str(tmp_path / 'x.tfrecord')
-  _write(path, [sources.make_sequence_example(_index_video(12), label=l) for l in [0, None, 50]])
+  _write(path, [tfrecord.make_sequence_example(_index_video(12), label=l) for l in [0, None, 50]])
   cfg = _config(tmp_path, [path], require_label=False)
   assert len(list(pipeline.iterate(_build(cfg, train=False)))) == 2
   cfg = _config(tmp_path, [path], bad_label='skip')

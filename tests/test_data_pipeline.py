@@ -9,7 +9,7 @@ from cvrl.data import config as config_lib
 from cvrl.data import device
 from cvrl.data import photometric
 from cvrl.data import pipeline
-from cvrl.data import sources
+from cvrl.data.sources import tfrecord
 
 SIZE = 24
 
@@ -59,7 +59,7 @@ def shards(tmp_path_factory):
   d = tmp_path_factory.mktemp('shards')
   files = []
   for s in range(4):
-    exs = [sources.make_sequence_example(_encode([_textured(10 * s + i + 100 * t) for t in range(12)]),
+    exs = [tfrecord.make_sequence_example(_encode([_textured(10 * s + i + 100 * t) for t in range(12)]),
                                          label=3 * s + i) for i in range(3)]
     files.append(str(d / f'train-{s}.tfrecord'))
     _write(files[-1], exs)
@@ -126,7 +126,7 @@ def test_hosts_read_disjoint_files_and_eval_counts_every_video_once(tmp_path, sh
 
 def test_eval_multiview_indices_and_padding(tmp_path):
   path = str(tmp_path / 'eval.tfrecord')
-  _write(path, [sources.make_sequence_example(_index_video(40), label=i) for i in range(5)])
+  _write(path, [tfrecord.make_sequence_example(_index_video(40), label=i) for i in range(5)])
   cfg = _config(tmp_path, [path])
   ds = pipeline.build_dataset(cfg, sampler={'name': 'multiview', 'num_clips': 3, 'num_crops': 3},
                               train=False, batch_size=2, seed=0, process_index=0, process_count=1)
@@ -147,7 +147,7 @@ def test_eval_multiview_indices_and_padding(tmp_path):
 def test_training_views_are_consistent_and_tclr_rho_shapes(tmp_path):
   path = str(tmp_path / 'still.tfrecord')
   still = _encode([_textured(5)] * 40)
-  _write(path, [sources.make_sequence_example(still, label=1) for _ in range(2)])
+  _write(path, [tfrecord.make_sequence_example(still, label=1) for _ in range(2)])
   cfg = _config(tmp_path, [path])
   finish = jax.jit(device.make_finish(cfg))
   build = lambda: pipeline.build_dataset(cfg, sampler={'name': 'cvrl'}, train=True, batch_size=2,
@@ -186,7 +186,7 @@ def test_erasing_alone_ships_parameters_and_erases_per_clip_on_tclr_views(tmp_pa
   """Crop + flip + TCLR's erasing only (no colour op): the parameters still travel, and
   finish_batch zeroes each clip's drawn box in every frame of that clip (all 10 TCLR views)."""
   path = str(tmp_path / 'still.tfrecord')
-  _write(path, [sources.make_sequence_example(_encode([_textured(7)] * 40), label=1)
+  _write(path, [tfrecord.make_sequence_example(_encode([_textured(7)] * 40), label=1)
                 for _ in range(2)])
   cfg = _config(tmp_path, [path])
   config_lib.set_probe_augmentation(cfg)
@@ -208,16 +208,16 @@ def test_erasing_alone_ships_parameters_and_erases_per_clip_on_tclr_views(tmp_pa
 
 
 def test_bad_records_are_counted_not_fatal(tmp_path):
-  good = lambda i: sources.make_sequence_example(_index_video(12), label=i)
+  good = lambda i: tfrecord.make_sequence_example(_index_video(12), label=i)
   corrupt_jpeg = _index_video(12)
   corrupt_jpeg[3] = corrupt_jpeg[3][:20] + b'garbage' * 10  # a frame every clip samples
   corrupt_all = [f[:30] + b'\x00' * 40 for f in corrupt_jpeg]
   no_frames = tf.train.SequenceExample()
   no_frames.context.feature['clip/label/index'].int64_list.value.append(7)
-  no_label = sources.make_sequence_example(_index_video(12), label=None)
-  short = sources.make_sequence_example(_index_video(3), label=8)
+  no_label = tfrecord.make_sequence_example(_index_video(12), label=None)
+  short = tfrecord.make_sequence_example(_index_video(3), label=8)
   path = str(tmp_path / 'mixed.tfrecord')
-  _write(path, [good(0), b'not a sequence example', sources.make_sequence_example(corrupt_all, 5),
+  _write(path, [good(0), b'not a sequence example', tfrecord.make_sequence_example(corrupt_all, 5),
                 no_frames, no_label, short, good(1)])
   cfg = _config(tmp_path, [path], bad_label='skip')  # the missing label: counted, skipped
   stats = pipeline.PipelineStats()
@@ -266,4 +266,4 @@ def test_build_time_errors_name_the_problem(tmp_path, shards):
 
 def test_record_counter_matches_tf(shards):
   for f in shards:
-    assert sources.count_records(f) == sum(1 for _ in tf.data.TFRecordDataset(f)) == 3
+    assert tfrecord.count_records(f) == sum(1 for _ in tf.data.TFRecordDataset(f)) == 3

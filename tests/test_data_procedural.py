@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl.data import procedural as P
-from cvrl.data import synthetic
+from cvrl.data.sources import synthetic
 
 
 def test_class_factors_cover_objects_then_actions_and_reject_bad_counts():

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cvrl.data import synthetic
+from cvrl.data.sources import synthetic
 
 
 def test_render_is_deterministic_and_label_only_changes_motion():

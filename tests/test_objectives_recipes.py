@@ -10,6 +10,7 @@ import cvrl  # noqa: F401  (rbg PRNG)
 from cvrl import config_lib
 from cvrl.objectives import base
 from objective_checks import load_config
+import _memory_source  # noqa: F401  (registers data.source "memory")
 
 PAPER = {
     "simclr_k400_slowr50": ("simclr", {"name": "rho", "num_clips": 2}),

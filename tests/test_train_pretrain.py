@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+import _memory_source  # registers data.source 'memory'
 from cvrl import config_lib
 from cvrl.engine import checkpoint
 from cvrl.jobs import pretrain
-from cvrl.engine import input as input_lib
 from cvrl.engine import state as state_lib
 
 
@@ -98,7 +98,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   """A batch that makes the loss NaN at step 5: the run stops with a clear error, the
   checkpoint of step 3 stays the latest, nothing later is saved. (Same config as above,
   so the compiled step comes from the cache.)"""
-  real = input_lib.memory_batches
+  real = _memory_source.memory_batches
 
   def poisoned(*args, start_step=0, **kw):
     for step, batch in enumerate(real(*args, start_step=start_step, **kw), start_step):
@@ -106,7 +106,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         batch = dict(batch, video=np.full_like(batch["video"], np.nan))
       yield batch
 
-  monkeypatch.setattr(input_lib, "memory_batches", poisoned)
+  monkeypatch.setattr(_memory_source, "memory_batches", poisoned)
   config = tiny_config(**LOCAL)
   config.lock()
   with pytest.raises(pretrain.NonFiniteLossError, match="at step 5.*last good checkpoint"):

@@ -97,7 +97,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tfds_label_key = 'label'
 
   # Synthetic videos, written once as SequenceExample shards into `dir`. kind 'motion':
-  # labelled by motion direction alone (cvrl.data.synthetic); 'objects': labelled by what
+  # labelled by motion direction alone (cvrl.data.sources.synthetic); 'objects': labelled by what
   # the object is and how it moves, appearance nuisances random (cvrl.data.procedural).
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.kind = 'motion'

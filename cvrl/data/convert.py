@@ -131,12 +131,12 @@ def _field(number: int, payload_len: int) -> bytes:
 
 def encode_video_record(path: str, label: int, text: str, short_side: int, fps: float,
                         quality: int, max_frames: int = 0, frames_key: str = 'image/encoded'):
-  """The serialized SequenceExample of one video (as `sources.make_sequence_example`
+  """The serialized SequenceExample of one video (as `tfrecord.make_sequence_example`
   writes it), built in one buffer: each frame is JPEG-encoded as soon as it is decoded and
   appended in protobuf wire format, so the record's bytes are held once, never the
   decoded frames nor a list and a proto copy of the JPEGs. Returns (bytearray, frames)."""
   import tensorflow as tf
-  from cvrl.data import sources
+  from cvrl.data.sources import tfrecord
   frames = bytearray()  # FeatureList body: repeated Feature{bytes_list{value: jpeg}}
   count = 0
   for frame in iter_frames(path, short_side, fps, max_frames):
@@ -149,7 +149,7 @@ def encode_video_record(path: str, label: int, text: str, short_side: int, fps: 
   if not count:
     raise ValueError('no decodable frames')
   # Context (label, text) through the proto; then feature_lists{feature_list{key, value}}.
-  context = sources.make_sequence_example([], label, text=text)
+  context = tfrecord.make_sequence_example([], label, text=text)
   context.ClearField('feature_lists')
   head = context.SerializeToString()
   key = frames_key.encode()

@@ -60,7 +60,7 @@ from cvrl.data import sources
 from cvrl.data import subset
 from cvrl.core.errors import ConfigError
 
-_TAG_FILES, _TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 1, 2, 3, 4
+_TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 2, 3, 4  # 1: the sources' file order
 STATS_KEY = 'stats'
 PHOTOMETRIC_KEY = 'photometric'
 PHOTOMETRIC_MODES = ('device', 'host')
@@ -147,20 +147,13 @@ def photometric_mode(data_config) -> str:
   return mode
 
 
-# ------------------------------------------------------------------------------ sources
-
-@dataclasses.dataclass
-class _Source:
-  """What the pipeline needs from a source, whatever it is."""
-  epoch_records: callable   # (epoch tensor, shuffle: bool) -> Dataset of (example_id, record)
-  parse: callable           # record -> (frames [L] (strings or uint8 frames), label, status)
-  host_counts: list | None  # records per host (None if unknown)
-  process_index: int
-  describe: callable = None  # example id tensor -> string tensor naming the record
-  num_classes: int | None = None  # what the source knows (labels are checked against it)
-  # process_count -> (ids, labels, hosts) int64 of EVERY host's records (a label pass, for
-  # data.label_fraction; None if the source cannot list them).
-  labels: callable = None
+def check_label(label, status, num_classes: int | None):
+  """`status` with BAD_LABEL where a usable record's label is negative or >= num_classes
+  (None: only negative labels are bad)."""
+  bad = label < 0
+  if num_classes:
+    bad = tf.logical_or(bad, label >= int(num_classes))
+  return tf.where(tf.logical_and(tf.equal(status, sources.OK), bad), sources.BAD_LABEL, status)
 
 
 def _resolve_process(process_index, process_count):
@@ -169,76 +162,6 @@ def _resolve_process(process_index, process_count):
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   return int(process_index), int(process_count)
-
-
-def _tfrecord_source(cfg, paths, seed: int, process_index: int, process_count: int) -> _Source:
-  files = sources.resolve_paths(paths)
-  sources.check_keys(files[0], cfg.frames_key, cfg.label_key, cfg.require_label)
-  ids, by_record = sources.host_partition(len(files), process_index, process_count)
-  host_files = tf.constant([files[i] for i in ids])
-  host_ids = tf.constant(ids, tf.int64)
-  cycle = max(1, min(int(cfg.cycle_length), len(ids)))
-
-  def read(file_id, path):
-    records = tf.data.TFRecordDataset(path).enumerate()
-    if by_record:
-      records = records.filter(lambda i, r: tf.equal(i % process_count, process_index))
-    return records.map(lambda i, r: (file_id * (2 ** 32) + i, r))
-
-  def epoch_records(epoch, shuffle: bool):
-    order = tf.range(len(ids))
-    if shuffle:
-      order = tf.random.experimental.stateless_shuffle(
-          order, seed=augmentation.fold_seed([seed, process_index], _TAG_FILES, epoch))
-    table = tf.data.Dataset.from_tensor_slices((tf.gather(host_ids, order), tf.gather(host_files, order)))
-    return table.interleave(read, cycle_length=cycle, block_length=1,
-                            num_parallel_calls=cycle, deterministic=True)
-
-  parse = lambda r: sources.parse_sequence_example(r, cfg.frames_key, cfg.label_key, cfg.require_label)
-  counts = None
-  try:
-    counts = sources.host_record_counts(files, process_count)
-  except (OSError, tf.errors.OpError):  # unreadable headers: counted later as parse failures
-    counts = None
-  all_files = tf.constant(files)
-
-  def describe(example_id):
-    return tf.strings.join([tf.gather(all_files, example_id // (2 ** 32)), ', record ',
-                            tf.strings.as_string(example_id % (2 ** 32))])
-
-  def labels(count: int):  # all files, whatever this host reads: every host sees the same
-    example_ids, values = sources.read_labels(tuple(files), cfg.label_key, int(cfg.cycle_length))
-    return example_ids, values, sources.record_hosts(example_ids, len(files), count)
-  return _Source(epoch_records, parse, counts, process_index, describe, labels=labels)
-
-
-def _make_source(cfg, train: bool, split: str, seed: int, process_index: int,
-                 process_count: int) -> _Source:
-  if cfg.source == 'tfrecord':
-    paths = cfg.train_paths if split == 'train' else cfg.eval_paths
-    return _tfrecord_source(cfg, paths, seed, process_index, process_count)
-  if cfg.source == 'synthetic':
-    from cvrl.data import synthetic
-    paths = synthetic.ensure_synthetic(cfg.synthetic, split)
-    source = _tfrecord_source(cfg, paths, seed, process_index, process_count)
-    source.num_classes = int(cfg.synthetic.num_classes)
-    return source
-  if cfg.source == 'tfds':
-    from cvrl.data import tfds_source
-    return tfds_source.make_source(cfg, split, seed, process_index, process_count, _Source)
-  raise ValueError(f"data.source must be 'synthetic', 'tfrecord' or 'tfds', got {cfg.source!r}")
-
-
-def labelled_subset_size(data_config, process_count: int = 1) -> int | None:
-  """Training examples a labelled job reads under data.label_fraction < 1 (the per-class
-  quotas' sum, from a label pass shared with the pipeline); None when it reads them all."""
-  fraction = subset.label_fraction(data_config)
-  if not subset.applies(data_config, 'train', fraction):
-    return None
-  source = _make_source(data_config, True, 'train', 0, 0, int(process_count))
-  _, labels, _ = subset.source_labels(source, process_count)
-  num_classes = data_config.get('num_classes') or source.num_classes
-  return subset.subset_size(labels, fraction, num_classes)[0]
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -254,9 +177,10 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   only), and `stats` [B, NUM_STATS] int64 running problem counts (stripped by `iterate`).
   Pass every batch through `cvrl.data.device.finish_batch` inside the jitted step.
 
-  sampler: {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho} (V=rho),
-    {'name': 'tclr'} (V=10: views 0-4 = [sparse, dense0, dense1, dense2, dense3] under
-    augmentation A, views 5-9 the same clips under augmentation B; optional
+  sampler: a dict whose 'name' is one of cvrl.data.sampling.SAMPLERS (more register with
+    `sampling.register`): {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho}
+    (V=rho), {'name': 'tclr'} (V=10: views 0-4 = [sparse, dense0, dense1, dense2, dense3]
+    under augmentation A, views 5-9 the same clips under augmentation B; optional
     'sparse_stride' 4, 'num_dense' 4, 'dense_stride' 1), {'name': 'single'} (V=1, a random
     clip; 'extra_frames': k gives T + k frames, e.g. 1 for 3DRotNet's frame differences;
     with train=False the middle clip, centre crop), {'name': 'multiview', 'num_clips': 10,
@@ -272,30 +196,112 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     pipeline (data.require_label) reads only a fixed class-balanced subset of its examples,
     chosen by `seed` (cvrl.data.subset); pretraining passes 1.0 (every video).
   """
-  cfg = data_config
-  if cfg.short_video not in sampling.SHORT_POLICIES:
-    raise ValueError(f'data.short_video must be one of {sampling.SHORT_POLICIES}, got {cfg.short_video!r}')
-  split = split or ('train' if train else 'eval')
-  process_index, process_count = _resolve_process(process_index, process_count)
-  smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride, train=train)
-  label_policy = bad_label_policy(cfg)
-  fraction = subset.label_fraction(cfg, label_fraction)
-  source = _make_source(cfg, train, split, seed, process_index, process_count)
-  num_classes = cfg.get('num_classes') or source.num_classes
-  if subset.applies(cfg, split, fraction):
-    source = subset.restrict(source, fraction, seed, num_classes, process_count, train)
-  describe = source.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
-  random = train and smp.random
-  base_seed = tf.constant([seed, 0x5EED], tf.int64)
-  auto = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else int(cfg.num_parallel_calls)
+  plan = _Plan(data_config, sampler=sampler, train=train, batch_size=batch_size, seed=seed,
+               split=split or ('train' if train else 'eval'), label_fraction=label_fraction,
+               process=_resolve_process(process_index, process_count))
+  ds = plan.read_and_sample(start_step)
+  ds = plan.decode_and_augment(ds)
+  return plan.count_and_batch(ds)
 
-  # Phase 1+2: per epoch, read -> parse -> sample on the JPEG strings -> shuffle.
-  def parse_and_sample(pos, example_id, record, epoch):
-    frames, label, status = source.parse(record)
+
+def _count_gaps(column):
+  """scan step: the number of elements dropped so far (gaps in 'pos') into `column`."""
+  def step(state, el):
+    last, failed = state
+    failed += el['pos'] - last - 1
+    el = dict(el, **{column: failed})
+    return (el['pos'], failed), el
+  return step
+
+
+def _usable(status):
+  return tf.logical_or(tf.equal(status, sources.OK), tf.equal(status, sources.SHORT_PADDED))
+
+
+class _Plan:
+  """One host's pipeline, decided before any stage runs: the source's reader (subset under
+  data.label_fraction), the sampler, the output shapes. Stages: `read_and_sample` (records
+  -> sampled encoded frames, per epoch), `decode_and_augment` (-> video), `count_and_batch`
+  (-> problem counts, batches)."""
+
+  def __init__(self, cfg, *, sampler: Mapping, train: bool, batch_size: int, seed: int,
+               split: str, label_fraction, process: tuple[int, int]):
+    if cfg.short_video not in sampling.SHORT_POLICIES:
+      raise ValueError(f'data.short_video must be one of {sampling.SHORT_POLICIES}, got {cfg.short_video!r}')
+    self.cfg, self.train, self.batch_size, self.seed = cfg, train, batch_size, seed
+    self.process_index, process_count = process
+    self.smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride,
+                                     train=train)
+    self.label_policy = bad_label_policy(cfg)
+    fraction = subset.label_fraction(cfg, label_fraction)
+    reader = sources.make(cfg, split, seed=seed, process_index=self.process_index,
+                          process_count=process_count)
+    self.num_classes = cfg.get('num_classes') or reader.num_classes
+    if subset.applies(cfg, split, fraction):
+      reader = subset.restrict(reader, fraction, seed, self.num_classes, process_count, train)
+    self.reader = reader
+    self.describe = reader.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
+    self.random = train and self.smp.random
+    self.base_seed = tf.constant([seed, 0x5EED], tf.int64)
+    self.auto = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else int(cfg.num_parallel_calls)
+    self._shapes()
+
+  def _shapes(self):
+    """Augmentation, output dtype and shapes (photometric parameters: device mode only)."""
+    cfg, views = self.cfg, self.smp.num_views
+    self.spec = augmentation.AugmentSpec.from_config(cfg.augmentation)
+    mode = photometric_mode(cfg)
+    self.dtype = tf.uint8 if mode == 'device' else tf.float32
+    if self.train:
+      self.augmenter = augmentation.ClipAugmenter(
+          self.spec, int(cfg.crop_size), jit=bool(cfg.jit_photometric),
+          dct_method=cfg.dct_method, photometric=mode)
+      out_size = int(cfg.crop_size)
+    else:
+      out_size = int(cfg.eval_crop_size)
+    self.out_size = out_size
+    self.video_shape = [views, self.smp.frames, out_size, out_size, 3]
+    # Device mode ships the photometric parameters when some op can fire (not for probes).
+    self.emit_params = (self.train and mode == 'device' and
+                        self.spec.has_photometric(views, photometric.blur_radius(out_size)))
+    self.params_shape = [views, photometric.SIZE] if self.spec.consistent else \
+        [views, self.smp.frames, photometric.SIZE]
+
+  # ---------------------------------------------------- stage 1: read and sample
+  def read_and_sample(self, start_step: int) -> tf.data.Dataset:
+    """Per epoch: read -> parse -> sample on the JPEG strings -> shuffle; from start_step."""
+    start_epoch, offset = 0, 0
+    if self.train and start_step > 0:
+      counts = self.reader.host_counts
+      per_host = counts[self.process_index] if counts else None
+      if not per_host:
+        raise ValueError('start_step > 0 needs the number of records per host, which this '
+                         'source could not count')
+      start_epoch, offset = divmod(start_step * self.batch_size, per_host)
+    epochs = tf.data.Dataset.range(start_epoch, 2 ** 62 if self.train else 1)
+    ds = epochs.flat_map(self._epoch)
+    return ds.skip(offset) if offset else ds
+
+  def _epoch(self, epoch):
+    records = self.reader.epoch_records(epoch, self.random)
+    ds = records.enumerate().map(
+        lambda pos, item: self._parse_and_sample(pos, item[0], item[1], epoch),
+        num_parallel_calls=self.auto, deterministic=True)
+    ds = ds.ignore_errors()  # unparsable records: counted by the position gaps below
+    ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), _count_gaps('parse_failed'))
+    if self.random and self.cfg.shuffle_buffer > 1:
+      shuffle_seed = augmentation.fold_seed([self.seed, self.process_index], _TAG_SHUFFLE, epoch)
+      ds = ds.shuffle(int(self.cfg.shuffle_buffer), seed=augmentation.scalar_seed(shuffle_seed),
+                      reshuffle_each_iteration=False)
+    return ds
+
+  def _parse_and_sample(self, pos, example_id, record, epoch):
+    cfg, smp = self.cfg, self.smp
+    frames, label, status = self.reader.parse(record)
     if cfg.require_label:  # a labelled job: labels checked where they enter
-      status = sources.check_label(label, status, num_classes)
+      status = check_label(label, status, self.num_classes)
     length = tf.shape(frames)[0]
-    key = augmentation.fold_seed(base_seed, example_id, epoch)
+    key = augmentation.fold_seed(self.base_seed, example_id, epoch)
     idx = smp.indices(length, augmentation.fold_seed(key, _TAG_SAMPLE))
     short = tf.logical_and(tf.equal(status, sources.OK), length < smp.footprint)
     skip_short = cfg.short_video == 'skip'
@@ -308,97 +314,74 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     return {'frames': clips, 'label': label, 'id': example_id, 'epoch': epoch,
             'status': tf.cast(status, tf.int32), 'pos': pos}
 
-  def count_gaps(column):
-    def step(state, el):
-      last, failed = state
-      failed += el['pos'] - last - 1
-      el = dict(el, **{column: failed})
-      return (el['pos'], failed), el
-    return step
+  # ---------------------------------------------------- stage 2: decode and augment
+  def decode_and_augment(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Decode only the sampled frames, augment with one draw per clip."""
+    ds = ds.enumerate().map(self._decode, num_parallel_calls=self.auto, deterministic=True)
+    return ds.ignore_errors()  # frames that do not decode: counted by the position gaps
 
-  def epoch_dataset(epoch):
-    records = source.epoch_records(epoch, random)
-    ds = records.enumerate().map(
-        lambda pos, item: parse_and_sample(pos, item[0], item[1], epoch),
-        num_parallel_calls=auto, deterministic=True)
-    ds = ds.ignore_errors()  # unparsable records: counted by the position gaps below
-    ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), count_gaps('parse_failed'))
-    if random and cfg.shuffle_buffer > 1:
-      shuffle_seed = augmentation.fold_seed([seed, process_index], _TAG_SHUFFLE, epoch)
-      ds = ds.shuffle(int(cfg.shuffle_buffer), seed=augmentation.scalar_seed(shuffle_seed),
-                      reshuffle_each_iteration=False)
-    return ds
-
-  start_epoch, offset = 0, 0
-  if train and start_step > 0:
-    per_host = source.host_counts[process_index] if source.host_counts else None
-    if not per_host:
-      raise ValueError('start_step > 0 needs the number of records per host, which this '
-                       'source could not count')
-    start_epoch, offset = divmod(start_step * batch_size, per_host)
-  epochs = tf.data.Dataset.range(start_epoch, 2 ** 62 if train else 1)
-  ds = epochs.flat_map(epoch_dataset)
-  if offset:
-    ds = ds.skip(offset)
-
-  # Phase 3+4: decode only the sampled frames, augment with one draw per clip.
-  spec = augmentation.AugmentSpec.from_config(cfg.augmentation)
-  mode = photometric_mode(cfg)
-  dtype = tf.uint8 if mode == 'device' else tf.float32
-  views, frames_per_view = smp.num_views, smp.frames
-  if train:
-    augmenter = augmentation.ClipAugmenter(spec, int(cfg.crop_size), jit=bool(cfg.jit_photometric),
-                                           dct_method=cfg.dct_method, photometric=mode)
-    out_size = int(cfg.crop_size)
-  else:
-    out_size = int(cfg.eval_crop_size)
-  video_shape = [views, frames_per_view, out_size, out_size, 3]
-  # Device mode ships the photometric parameters when some op can fire (not for probes).
-  emit_params = (train and mode == 'device' and
-                 spec.has_photometric(views, photometric.blur_radius(out_size)))
-  params_shape = [views, photometric.SIZE] if spec.consistent else \
-      [views, frames_per_view, photometric.SIZE]
-
-  def make_video(el):
-    clips = el['frames']
-    key = augmentation.fold_seed(base_seed, el['id'], el['epoch'])
-    if train:
-      out = [augmenter(clips[v], augmentation.fold_seed(key, _TAG_VIEW, v), v) for v in range(views)]
+  def _make_video(self, el):
+    clips, views = el['frames'], self.smp.num_views
+    key = augmentation.fold_seed(self.base_seed, el['id'], el['epoch'])
+    if self.train:
+      out = [self.augmenter(clips[v], augmentation.fold_seed(key, _TAG_VIEW, v), v)
+             for v in range(views)]
       return tf.stack([o[0] for o in out]), tf.stack([o[1] for o in out])
-    per_clip = [augmentation.eval_views(clips[c], int(cfg.eval_resize), out_size, smp.num_crops,
-                                        cfg.dct_method, dtype)
-                for c in range(views // smp.num_crops)]
-    return tf.concat(per_clip, axis=0), tf.zeros(params_shape)
+    crops = self.smp.num_crops
+    per_clip = [augmentation.eval_views(clips[c], int(self.cfg.eval_resize), self.out_size,
+                                        crops, self.cfg.dct_method, self.dtype)
+                for c in range(views // crops)]
+    return tf.concat(per_clip, axis=0), tf.zeros(self.params_shape)
 
-  def decode(pos, el):
-    usable = tf.logical_or(tf.equal(el['status'], sources.OK),
-                           tf.equal(el['status'], sources.SHORT_PADDED))
-    video, params = tf.cond(usable, lambda: make_video(el),
-                            lambda: (tf.zeros(video_shape, dtype), tf.zeros(params_shape)))
-    video = tf.ensure_shape(video, video_shape)
+  def _decode(self, pos, el):
+    video, params = tf.cond(_usable(el['status']), lambda: self._make_video(el),
+                            lambda: (tf.zeros(self.video_shape, self.dtype),
+                                     tf.zeros(self.params_shape)))
+    video = tf.ensure_shape(video, self.video_shape)
     out = dict(el, video=video, pos=pos)
-    if emit_params:
-      out[PHOTOMETRIC_KEY] = tf.ensure_shape(params, params_shape)
+    if self.emit_params:
+      out[PHOTOMETRIC_KEY] = tf.ensure_shape(params, self.params_shape)
     return out
 
-  ds = ds.enumerate().map(decode, num_parallel_calls=auto, deterministic=True)
-  ds = ds.ignore_errors()  # frames that do not decode: counted by the position gaps
+  # ---------------------------------------------------- stage 3: count and batch
+  def count_and_batch(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Running problem counts on every element; train: usable ones in full batches;
+    eval: every one, the last batch padded."""
+    zero = tf.constant(0, tf.int64)
+    ds = ds.scan((tf.constant(-1, tf.int64), zero, zero, zero, zero, zero, tf.constant('')),
+                 self._count)
+    if self.train:
+      ds = ds.filter(lambda el: el['mask'] > 0)
+      ds = ds.map(lambda el: {k: v for k, v in el.items() if k != 'mask'})
+      ds = ds.batch(self.batch_size, drop_remainder=True)
+    else:
+      ds = _eval_batches(ds, self.batch_size, self.video_shape, self.dtype,
+                         self.reader.host_counts)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    ds = ds.with_options(options)
+    return ds.prefetch(int(self.cfg.prefetch))
 
-  def count(state, el):
+  def _bad_label_note(self, el, is_bad, note):
+    """The first bad record's description: it rides on every later element (a skipped one
+    is filtered out of training), `iterate` raises on it."""
+    no_label = tf.equal(el['label'], sources.MISSING_LABEL)
+    what = tf.where(no_label, f'has no label ({self.cfg.label_key}) in a labelled job',
+                    tf.strings.join(['has label ', tf.strings.as_string(el['label']),
+                                     f', outside [0, {self.num_classes or "num_classes"})']))
+    this = tf.strings.join([self.describe(el['id']), ' ', what,
+                            " (check data.num_classes; data.bad_label='skip' counts and "
+                            'skips such records)'])
+    return tf.where(tf.logical_and(is_bad, tf.equal(note, '')), this, note)
+
+  def _count(self, state, el):
     last, failed, missing, short, short_skipped, bad_label, note = state
     failed += el['pos'] - last - 1
     st = el['status']
     is_bad = tf.equal(st, sources.BAD_LABEL)
-    if label_policy == 'error':  # the first bad record's description rides on every later
-      # element (a skipped one is filtered out of training), `iterate` raises on it
-      no_label = tf.equal(el['label'], sources.MISSING_LABEL)
-      what = tf.where(no_label, f'has no label ({cfg.label_key}) in a labelled job',
-                      tf.strings.join(['has label ', tf.strings.as_string(el['label']),
-                                       f', outside [0, {num_classes or "num_classes"})']))
-      this = tf.strings.join([describe(el['id']), ' ', what,
-                              " (check data.num_classes; data.bad_label='skip' counts and "
-                              'skips such records)'])
-      note = tf.where(tf.logical_and(is_bad, tf.equal(note, '')), this, note)
+    if self.label_policy == 'error':
+      note = self._bad_label_note(el, is_bad, note)
     bad_label += tf.cast(is_bad, tf.int64)
     missing += tf.cast(tf.equal(st, sources.MISSING_KEY), tf.int64)
     short += tf.cast(tf.logical_or(tf.equal(st, sources.SHORT_PADDED),
@@ -406,27 +389,12 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     short_skipped += tf.cast(tf.equal(st, sources.SHORT_SKIPPED), tf.int64)
     stats = tf.stack([el['epoch'], el['parse_failed'], failed, missing, short, short_skipped,
                       bad_label])
-    usable = tf.logical_or(tf.equal(st, sources.OK), tf.equal(st, sources.SHORT_PADDED))
     label = tf.where(is_bad, -1, el['label'])  # as padding: never indexes a class
     out = {'video': el['video'], 'label': label, 'index': el['id'], STATS_KEY: stats,
-           'mask': tf.cast(usable, tf.float32), _NOTE_KEY: note}
-    if emit_params:
+           'mask': tf.cast(_usable(st), tf.float32), _NOTE_KEY: note}
+    if self.emit_params:
       out[PHOTOMETRIC_KEY] = el[PHOTOMETRIC_KEY]
     return (el['pos'], failed, missing, short, short_skipped, bad_label, note), out
-
-  zero = tf.constant(0, tf.int64)
-  ds = ds.scan((tf.constant(-1, tf.int64), zero, zero, zero, zero, zero, tf.constant('')), count)
-  if train:
-    ds = ds.filter(lambda el: el['mask'] > 0)
-    ds = ds.map(lambda el: {k: v for k, v in el.items() if k != 'mask'})
-    ds = ds.batch(batch_size, drop_remainder=True)
-  else:
-    ds = _eval_batches(ds, batch_size, video_shape, dtype, source.host_counts)
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
-  ds = ds.with_options(options)
-  return ds.prefetch(int(cfg.prefetch))
 
 
 def _eval_batches(ds, batch_size: int, video_shape, dtype, host_counts) -> tf.data.Dataset:

@@ -3,7 +3,7 @@
 Why: in real action data (Kinetics, UCF101) the label is a property of the whole video:
 what is there and what it does. Two clips of one video share it, which is what
 instance discrimination across clips (CVRL, rho-methods) can learn. The older motion
-source (`cvrl.data.synthetic`, kind 'motion') draws each video's appearance at random and
+source (`cvrl.data.sources.synthetic`, kind 'motion') draws each video's appearance at random and
 labels only the motion direction, so a CVRL encoder solves its task by appearance and
 learns nothing about the label; this source is the benchmark data for "does
 self-supervised pretraining learn?" (experiments/bench_quality.py, the demo).
@@ -33,7 +33,7 @@ so shape and pattern survive a resized crop to 2/3 of the frame; version 2 (radi
 (0.34-0.38 on version 3).
 
 Videos are a pure function of (seed, video index); they are written as SequenceExample
-shards by `cvrl.data.synthetic.write_synthetic_shards` (config `data.synthetic.kind =
+shards by `cvrl.data.sources.synthetic.write_synthetic_shards` (config `data.synthetic.kind =
 'objects'`), so they take the same pipeline as users' data.
 """
 from __future__ import annotations

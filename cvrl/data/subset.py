@@ -95,7 +95,7 @@ def subset_size(labels, fraction: float, num_classes: int | None = None) -> tupl
 
 
 def source_labels(source, process_count: int):
-  """(ids, labels, hosts) of every training example of the pipeline's _Source (its label
+  """(ids, labels, hosts) of every training example of a `sources.Reader` (its label
   pass); ValueError when the source cannot list them."""
   if source.labels is None:
     raise ValueError(f'{FIELD} < 1 needs the labels of the training examples, which this '
@@ -105,7 +105,7 @@ def source_labels(source, process_count: int):
 
 def restrict(source, fraction: float, seed: int, num_classes: int | None, process_count: int,
              train: bool):
-  """`source` (the pipeline's _Source) reading only the subset: its epoch records filtered
+  """`source` (a `sources.Reader`) reading only the subset: its epoch records filtered
   by id before parsing, its per-host counts those of the subset. One summary line.
   ValueError when a training host would read none of it (its stream would never yield)."""
   ids, labels, hosts = source_labels(source, process_count)

@@ -237,35 +237,12 @@ def run_split(runner: Callable[[dict], jax.Array], mesh: Mesh, batches: Iterable
 
 def num_classes(data: ml_collections.ConfigDict) -> int:
   """Classes of the labelled dataset: config.data.num_classes, or what the source says."""
-  if data.get("num_classes"):
-    return int(data.num_classes)
-  if data.source == "synthetic":
-    return int(data.synthetic.num_classes)
-  if data.source == "tfds":
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)
-    return int(builder.info.features[data.tfds_label_key].num_classes)
-  raise ValueError("set config.data.num_classes for a TFRecord dataset")
+  from cvrl.data import sources  # pylint: disable=import-outside-toplevel
+  return sources.num_classes(data)
 
 
 def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:
-  """Videos in a split: what the synthetic source writes, else config.data.num_train_examples
-  (train), else counted from the source. With data.label_fraction < 1 the train split of
-  a labelled job is its class-balanced subset, counted by a label pass (the pipeline's)."""
-  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
-  if split == "train" and subset.applies(data, split, subset.label_fraction(data)):
-    from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
-    return int(pipeline.labelled_subset_size(data, jax.process_count()))
-  if data.source == "synthetic":
-    return int(data.synthetic.num_train_videos if split == "train"
-               else data.synthetic.num_eval_videos)
-  if split == "train" and data.get("num_train_examples"):
-    return int(data.num_train_examples)
-  if data.source == "tfds":
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)
-    name = data.tfds_train_split if split == "train" else data.tfds_eval_split
-    return int(builder.info.splits[name].num_examples)
+  """Videos in a split, as the source says (cvrl.data.sources.num_examples); the train split
+  under data.label_fraction < 1 counts its class-balanced subset."""
   from cvrl.data import sources  # pylint: disable=import-outside-toplevel
-  paths = data.train_paths if split == "train" else data.eval_paths
-  return int(sum(sources.count_records(f) for f in sources.resolve_paths(paths)))
+  return sources.num_examples(data, split, jax.process_count())

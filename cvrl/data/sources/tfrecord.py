@@ -1,4 +1,5 @@
-"""TFRecord shards of tf.train.SequenceExample: file lists, host split, checks, parsing.
+"""The 'tfrecord' source: shards of tf.train.SequenceExample (file lists, host split,
+checks, parsing, the pipeline's Reader).
 
 The format users already have (DMVR / the reference CVRL code): feature list
 `image/encoded` (one JPEG per frame), context `clip/label/index` (int64); key names are
@@ -15,12 +16,11 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-# Status of a parsed example, carried through the pipeline and counted.
-OK, MISSING_KEY, SHORT_PADDED, SHORT_SKIPPED, BAD_LABEL = 0, 1, 2, 3, 4
-# Label policy (data.bad_label) for a label outside [0, num_classes) or missing in a
-# labelled job: 'error' stops the job naming the record, 'skip' counts and skips it.
-BAD_LABEL_POLICIES = ('error', 'skip')
-MISSING_LABEL = -2 ** 31  # the label of a record without one in a labelled job
+from cvrl.data import augmentation
+from cvrl.data.sources import MISSING_KEY, MISSING_LABEL, OK, BAD_LABEL, Reader, Source
+from cvrl.data.sources import stated_count
+
+_TAG_FILES = 1  # the pipeline's file-order tag
 
 
 def resolve_paths(paths) -> list[str]:
@@ -155,15 +155,6 @@ def parse_sequence_example(record, frames_key: str, label_key: str, require_labe
   return frames, label, status
 
 
-def check_label(label, status, num_classes: int | None):
-  """`status` with BAD_LABEL where a usable record's label is negative or >= num_classes
-  (None: only negative labels are bad)."""
-  bad = label < 0
-  if num_classes:
-    bad = tf.logical_or(bad, label >= int(num_classes))
-  return tf.where(tf.logical_and(tf.equal(status, OK), bad), BAD_LABEL, status)
-
-
 def make_sequence_example(frames: Sequence[bytes], label: int | None, text: str | None = None,
                           frames_key: str = 'image/encoded',
                           label_key: str = 'clip/label/index',
@@ -178,3 +169,80 @@ def make_sequence_example(frames: Sequence[bytes], label: int | None, text: str 
   for f in frames:
     fl.feature.add().bytes_list.value.append(f)
   return ex
+
+
+# ------------------------------------------------------------------------ the source
+
+def split_paths(data, split: str):
+  """The paths config.data gives for `split` ('train': train_paths, else eval_paths)."""
+  return data.train_paths if split == 'train' else data.eval_paths
+
+
+def reader(cfg, paths, seed: int, process_index: int, process_count: int) -> Reader:
+  """The pipeline's Reader of the shards `paths` (a glob, globs or a list) on this host."""
+  files = resolve_paths(paths)
+  check_keys(files[0], cfg.frames_key, cfg.label_key, cfg.require_label)
+  ids, by_record = host_partition(len(files), process_index, process_count)
+  host_files = tf.constant([files[i] for i in ids])
+  host_ids = tf.constant(ids, tf.int64)
+  cycle = max(1, min(int(cfg.cycle_length), len(ids)))
+
+  def read(file_id, path):
+    records = tf.data.TFRecordDataset(path).enumerate()
+    if by_record:
+      records = records.filter(lambda i, r: tf.equal(i % process_count, process_index))
+    return records.map(lambda i, r: (file_id * (2 ** 32) + i, r))
+
+  def epoch_records(epoch, shuffle: bool):
+    order = tf.range(len(ids))
+    if shuffle:
+      order = tf.random.experimental.stateless_shuffle(
+          order, seed=augmentation.fold_seed([seed, process_index], _TAG_FILES, epoch))
+    table = tf.data.Dataset.from_tensor_slices((tf.gather(host_ids, order), tf.gather(host_files, order)))
+    return table.interleave(read, cycle_length=cycle, block_length=1,
+                            num_parallel_calls=cycle, deterministic=True)
+
+  parse = lambda r: parse_sequence_example(r, cfg.frames_key, cfg.label_key, cfg.require_label)
+  counts = None
+  try:
+    counts = host_record_counts(files, process_count)
+  except (OSError, tf.errors.OpError):  # unreadable headers: counted later as parse failures
+    counts = None
+  all_files = tf.constant(files)
+
+  def describe(example_id):
+    return tf.strings.join([tf.gather(all_files, example_id // (2 ** 32)), ', record ',
+                            tf.strings.as_string(example_id % (2 ** 32))])
+
+  def labels(count: int):  # all files, whatever this host reads: every host sees the same
+    example_ids, values = read_labels(tuple(files), cfg.label_key, int(cfg.cycle_length))
+    return example_ids, values, record_hosts(example_ids, len(files), count)
+  return Reader(epoch_records, parse, counts, process_index, describe, labels=labels)
+
+
+def _open(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
+  return reader(data, split_paths(data, split), seed, process_index, process_count)
+
+
+def _num_examples(data, split: str) -> int:
+  """config.data.num_train_examples (train), else the records of the split's shards."""
+  stated = stated_count(data, split)
+  if stated is not None:
+    return stated
+  return int(sum(count_records(f) for f in resolve_paths(split_paths(data, split))))
+
+
+def _check(data, split: str) -> None:
+  """Every glob config.data gives matches a file: the split's paths, and the other
+  split's when set."""
+  keys = ['eval_paths' if split == 'eval' else 'train_paths']
+  keys += [k for k in ('train_paths', 'eval_paths') if k not in keys and data.get(k)]
+  for key in keys:
+    try:
+      resolve_paths(data.get(key))
+    except ValueError as e:
+      raise ValueError(f'config.data.{key}: {e}; set --config.data.{key}=GLOB[,GLOB...] '
+                       'to the TFRecord shards') from None
+
+
+SOURCE = Source('tfrecord', open=_open, num_examples=_num_examples, check=_check)

@@ -1,4 +1,8 @@
-"""Synthetic motion videos: the demo's data, written as real SequenceExample shards.
+"""The 'synthetic' source: procedural videos (the demo's data) written once as real
+SequenceExample shards, then read as the 'tfrecord' source reads shards.
+
+Kinds (config.data.synthetic.kind): 'motion', this module's videos, and 'objects'
+(`cvrl.data.procedural`).
 
 Each video shows a textured shape sliding over a textured background. The label is the
 motion: one of `num_classes` (direction, speed) pairs. Everything a single frame shows
@@ -16,7 +20,7 @@ import sys
 
 import numpy as np
 
-from cvrl.data import sources
+from cvrl.data.sources import Reader, Source
 
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -89,6 +93,7 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
   i % num_shards; shards are written to a temporary name and renamed when complete.
   """
   import tensorflow as tf  # TF only needed to encode and write
+  from cvrl.data.sources import tfrecord  # pylint: disable=import-outside-toplevel
   render, name = _renderer(kind, num_classes, difficulty)
   params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
                 size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
@@ -117,7 +122,7 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
         label = i % num_classes
         video = render(seed, i, label, num_classes, num_frames, size)
         jpegs = [tf.io.encode_jpeg(f, quality=jpeg_quality).numpy() for f in video]
-        ex = sources.make_sequence_example(jpegs, label, text=name(label))
+        ex = tfrecord.make_sequence_example(jpegs, label, text=name(label))
         writer.write(ex.SerializeToString())
     os.replace(tmp, path)
   with open(marker, 'w') as f:
@@ -176,3 +181,21 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
       size=int(syn_config.size), num_shards=int(syn_config.num_shards),
       seed=int(syn_config.seed) + (0 if train else _EVAL_SEED_OFFSET), split=split, kind=kind,
       difficulty=difficulty)
+
+
+def _open(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
+  from cvrl.data.sources import tfrecord  # pylint: disable=import-outside-toplevel
+  paths = ensure_synthetic(data.synthetic, split)
+  reader = tfrecord.reader(data, paths, seed, process_index, process_count)
+  reader.num_classes = int(data.synthetic.num_classes)
+  return reader
+
+
+def _num_examples(data, split: str) -> int:
+  """The videos the split is written with (config.data.synthetic)."""
+  syn = data.synthetic
+  return int(syn.num_train_videos if split == 'train' else syn.num_eval_videos)
+
+
+SOURCE = Source('synthetic', open=_open, num_classes=lambda data: int(data.synthetic.num_classes),
+                num_examples=_num_examples)

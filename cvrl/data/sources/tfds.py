@@ -1,4 +1,4 @@
-"""TFDS video datasets (e.g. 'ucf101') as a pipeline source.
+"""The 'tfds' source: TFDS video datasets (e.g. 'ucf101').
 
 Frames are read still encoded when the dataset stores JPEG frames (SkipDecoding), so the
 pipeline samples on the strings and decodes only the chosen frames, as for TFRecords;
@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl.data import augmentation
-from cvrl.data import sources
+from cvrl.data.sources import MISSING_KEY, OK, Reader, Source, stated_count
 
 _TAG_FILES = 1  # the pipeline's file-order tag
 
@@ -27,21 +27,31 @@ def _stored_as_jpeg(feature) -> bool:
   return fmt == 'jpeg'
 
 
-def make_source(cfg, split: str, seed: int, process_index: int, process_count: int, source_cls):
-  """Build the pipeline's _Source for config.data.tfds_* (ValueError when unusable)."""
+def _builder(cfg):
+  """The TFDS builder of config.data.tfds_* (ValueError when there is none)."""
   import tensorflow_datasets as tfds
   if not cfg.tfds_name:
     raise ValueError("data.source is 'tfds' but data.tfds_name is empty")
   try:
-    builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
+    return tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
   except Exception as e:  # DatasetNotFoundError and friends
     raise ValueError(f'TFDS dataset {cfg.tfds_name!r} not found: {str(e).splitlines()[0]}') from e
+
+
+def _split_name(cfg, split: str) -> str:
+  return cfg.tfds_train_split if split == 'train' else cfg.tfds_eval_split
+
+
+def make_reader(cfg, split: str, seed: int, process_index: int, process_count: int) -> Reader:
+  """The pipeline's Reader for config.data.tfds_* (ValueError when unusable)."""
+  import tensorflow_datasets as tfds
+  builder = _builder(cfg)
   features = builder.info.features
   for key, field in ((cfg.tfds_video_key, 'tfds_video_key'), (cfg.tfds_label_key, 'tfds_label_key')):
     if key not in features:
       raise ValueError(f'TFDS dataset {cfg.tfds_name!r} has no feature {key!r} (data.{field}); '
                        f'it has {sorted(features.keys())}')
-  split_name = cfg.tfds_train_split if split == 'train' else cfg.tfds_eval_split
+  split_name = _split_name(cfg, split)
   host_split = tfds.even_splits(split_name, n=process_count)[process_index] if process_count > 1 \
       else split_name
   counts = None
@@ -75,7 +85,7 @@ def make_source(cfg, split: str, seed: int, process_index: int, process_count: i
   def parse(record):
     frames = record['video']
     label = tf.cast(record['label'], tf.int32)
-    status = tf.where(tf.equal(tf.shape(frames)[0], 0), sources.MISSING_KEY, sources.OK)
+    status = tf.where(tf.equal(tf.shape(frames)[0], 0), MISSING_KEY, OK)
     return frames, label, status
 
   epoch_records(tf.constant(0, tf.int64), False)  # fail at build time, not mid-run
@@ -88,8 +98,8 @@ def make_source(cfg, split: str, seed: int, process_index: int, process_count: i
 
   def labels(count: int):  # every host's part: all hosts compute the same label subset
     return _read_labels(cfg.tfds_name, cfg.tfds_data_dir or None, split_name, label_key, count)
-  return source_cls(epoch_records, parse, counts, process_index, describe, num_classes,
-                    labels=labels)
+  return Reader(epoch_records, parse, counts, process_index, describe, num_classes,
+                labels=labels)
 
 
 @functools.lru_cache(maxsize=8)
@@ -113,3 +123,19 @@ def _read_labels(name: str, data_dir, split_name: str, label_key: str, process_c
       hosts.append(np.full(len(i), host, np.int64))
   cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros([0], np.int64)
   return cat(ids), cat(labels), cat(hosts)
+
+
+def _num_classes(cfg) -> int | None:
+  """The label ClassLabel's class count."""
+  return getattr(_builder(cfg).info.features[cfg.tfds_label_key], 'num_classes', None)
+
+
+def _num_examples(cfg, split: str) -> int:
+  """config.data.num_train_examples (train), else the split's size in the dataset info."""
+  stated = stated_count(cfg, split)
+  if stated is not None:
+    return stated
+  return int(_builder(cfg).info.splits[_split_name(cfg, split)].num_examples)
+
+
+SOURCE = Source('tfds', open=make_reader, num_classes=_num_classes, num_examples=_num_examples)

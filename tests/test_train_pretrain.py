@@ -9,6 +9,7 @@ import pytest
 
 from cvrl import config_lib
 from cvrl.engine import checkpoint
+from cvrl.engine import loop as engine
 from cvrl.jobs import pretrain
 from cvrl.engine import input as input_lib
 from cvrl.engine import state as state_lib
@@ -109,7 +110,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   monkeypatch.setattr(input_lib, "memory_batches", poisoned)
   config = tiny_config(**LOCAL)
   config.lock()
-  with pytest.raises(pretrain.NonFiniteLossError, match="at step 5.*last good checkpoint"):
+  with pytest.raises(engine.NonFiniteLossError, match="at step 5.*last good checkpoint"):
     pretrain.run(config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   assert ckpt.all_steps() == [3]

@@ -86,7 +86,7 @@ def test_a_glob_matching_nothing_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_an_unexpected_exception_keeps_its_traceback():
-  code = ("from cvrl import cli\n"
+  code = ("from cvrl.core import cli\n"
           "def main(argv):\n  raise RuntimeError('a bug')\n"
           "cli.run(main)\n")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

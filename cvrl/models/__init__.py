@@ -8,7 +8,6 @@ from flax import nnx
 
 from cvrl.models.conv import IMPLS as CONV_IMPLS
 from cvrl.models.r3d import DEPTHS, INPUTS, PRESETS, R3D
-from cvrl.models.r3d import frame_difference  # noqa: F401  (cvrl.models.frame_difference)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -115,6 +115,11 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   saved = json.load(open(work / "knn" / "results.json"))
   assert saved["mode"] == "knn" and saved["checkpoint"]["init"] == "pretrained"
 
+  e.evaluate.mode = "linear"  # any evaluator kind, at its defaults, on the checkpoint
+  lin = evaluate.run(e, str(work / "linear"))
+  assert lin["mode"] == "linear" and lin["checkpoint"]["init"] == "pretrained"
+  assert lin["metrics"]["num_videos"] == 13 and 0.0 <= lin["metrics"]["top1"] <= 1.0
+
 
 def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
   """`--config=configs/cvrl_k600_linear.py --config.job=evaluate` reads the same fields."""

@@ -2,7 +2,9 @@
 linear probe) and the linear probe on cached features.
 
 A task declares the model, what trains, the loss, the data and the optimizer's parameter
-groups (cvrl.engine.loop.Task); nothing here loops, saves or logs.
+groups (cvrl.engine.loop.Task); nothing here saves or logs, and the only loop is
+`FeatureHeadTask.fit`, the in-memory fit of a head on cached features (the 'linear'
+evaluator's).
 """
 from __future__ import annotations
 

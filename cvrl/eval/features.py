@@ -147,7 +147,8 @@ class ViewRunner:
   holds B clips of activations, not 30 B. `reduce`: 'mean' (features) or 'softmax_mean'
   (class scores, CVRL's multi-view testing). The module is used in inference mode and
   its state is never written back. `data_config` (config.data) finishes the pipeline's
-  uint8 video on device.
+  uint8 video on device. The one frozen-encoder runner: the probe's cached features, the
+  evaluators' features and every multi-view test go through it.
   """
 
   def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean", data_config=None):

@@ -31,6 +31,8 @@ def test_entries_take_their_kinds_defaults_and_only_their_keys():
   assert spec.test_crops == 3 and spec.linear_steps == 300
   with pytest.raises(ValueError, match="unknown key 'knn_k' for kind 'linear'"):
     common.fields("probe", {"kind": "linear", "knn_k": 5})
+  with pytest.raises(ValueError, match="config.evals.probe.linear_steps: .*type"):
+    common.fields("probe", {"kind": "linear", "linear_steps": "many"})
 
 
 def test_unknown_key_names_the_nearest_valid_key():

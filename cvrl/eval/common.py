@@ -214,7 +214,11 @@ def fields(name: str, spec) -> ml_collections.ConfigDict:
       hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {sorted(out)}"
       raise ValueError(f"config.evals.{name}: unknown key {key!r} for kind {spec['kind']!r}; "
                        f"{hint}")
-  out.update(dict(spec.items()))
+  for key, value in spec.items():
+    try:
+      out[key] = value
+    except TypeError as e:  # a value of the wrong type for the kind's default
+      raise ValueError(f"config.evals.{name}.{key}: {e}") from None
   return out
 
 

@@ -67,16 +67,17 @@ def run(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   os.makedirs(workdir, exist_ok=True)
   if config.get("evals"):
-    results = _run_evals(config, mesh)
+    results, headline = _run_evals(config, mesh), None
   else:
-    e = config.evaluate
-    out = common.get(e.mode).run_job(config, mesh, workdir)
-    results = {"mode": e.mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
+    mode = config.evaluate.mode
+    out = common.get(mode).run_job(config, mesh, workdir)
+    results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
                "step": out["step"]}
+    headline = (f"evaluate[{mode}]", out["headline"])
   results.update(job="evaluate", clip_shape=shape, config=R.config_dict(config))
   R.write_results(workdir, results)
-  if not config.get("evals"):
-    R.headline(f"evaluate[{e.mode}]", results["metrics"], out["headline"])
+  if headline:
+    R.headline(headline[0], results["metrics"], headline[1])
   return results
 
 

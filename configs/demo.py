@@ -10,7 +10,6 @@ or lengthens it, e.g.
   --config=configs/demo.py:steps=40,probe=False   (probe=False: no evaluators)
 """
 from cvrl import config_lib
-from cvrl.eval import evaluators
 
 
 def get_config(arg=None):
@@ -60,5 +59,4 @@ def _evals(steps):
   encoders; 2 clips per video, features averaged, tested at the training crop size."""
   knn = dict(kind="knn", every_steps=max(1, steps // 2), num_clips=2, num_crops=1,
              batch_size=16, knn_k=10, recall_ks=(1, 5))
-  return {"knn": evaluators.evaluator_fields(**knn),
-          "knn_random_init": evaluators.evaluator_fields(**dict(knn, init="random"))}
+  return {"knn": knn, "knn_random_init": dict(knn, init="random")}

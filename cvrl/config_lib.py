@@ -123,8 +123,9 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
       coordinator_address=config_dict.placeholder(str),
       num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int)))
-  # Evaluators watching the encoder during pretraining: name -> an entry of
-  # cvrl.eval.evaluators.evaluator_fields (kind knn / linear / multiview, every_steps, ...).
+  # Evaluators watching the encoder during pretraining: name -> a dict of fields, `kind`
+  # (a module of cvrl/eval/: knn / linear / multiview) and any of that kind's fields
+  # (every_steps, init, ...; the rest default, cvrl.eval.common).
   c.evals = ml_collections.ConfigDict()
   return c
 
@@ -157,13 +158,10 @@ def config_from_command_line(argv: list[str]):
 
 # ------------------------------------------------------------------ downstream jobs
 
-EVAL_MODES = ("multiview", "knn")
-
-
 def eval_fields() -> ml_collections.ConfigDict:
   """`config.evaluate`: the multi-view test (CVRL: 10 clips x 3 crops) and kNN retrieval."""
   return ml_collections.ConfigDict(dict(
-      mode="multiview",
+      mode="multiview",           # any evaluator kind (a module of cvrl/eval/, e.g. knn)
       num_clips=10, num_crops=3,  # CVRL: 10 clips x 3 crops of eval_crop_size
       batch_size=32,              # global, in videos
       run_dir="",                 # multiview: workdir of a probe / finetune run
@@ -279,8 +277,7 @@ def evaluate_config() -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------- checks
 
 def validate_eval_fields(e) -> None:
-  if e.mode not in EVAL_MODES:
-    raise ValueError(f"config.evaluate.mode must be one of {list(EVAL_MODES)}, got {e.mode!r}")
+  """config.evaluate's views, batch and vote (its mode: the evaluate job checks it)."""
   for key in ("num_crops", "knn_crops"):
     if e[key] not in (1, 3):
       raise ValueError(f"config.evaluate.{key} must be 1 or 3, got {e[key]}")

@@ -197,8 +197,8 @@ def _probe_fields():
   appendix): at 32 x 32 a resized crop of 0.3 of the area often cuts the object out, and
   the probe trained on such crops fits worse (0.70 against 0.80 top-1 for one CVRL
   checkpoint, README "Quality benchmark")."""
-  from cvrl.jobs import probe  # pylint: disable=import-outside-toplevel
-  p = probe.demo_fields()
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  p = config_lib.demo_probe_fields()
   p.flip_prob = None
   p.random_baseline = True
   p.feature_epochs = 0
@@ -207,10 +207,11 @@ def _probe_fields():
 
 def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
   """{'pretrained': top1, 'random': top1} of the linear probe (same clips, same head init)."""
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import probe  # pylint: disable=import-outside-toplevel
   pre = _as_dict(pre_config)
   pre.probe = _probe_fields()
-  config = probe.config_after_pretrain(pre, checkpoint_dir)
+  config = config_lib.probe_config_for(pre, checkpoint_dir)
   config.probe.save_model = False
   res = _stop_if_preempted(probe.run(config, workdir))
   return {"pretrained": float(res["metrics"]["top1"]),
@@ -220,8 +221,9 @@ def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
 def _knn(pre_config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> float:
   """kNN top-1 (the evaluate job's retrieval mode) of a checkpoint, or of a random-init
   encoder of the pretraining's architecture when `checkpoint_dir` is ''."""
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import evaluate  # pylint: disable=import-outside-toplevel
-  c = evaluate.base_config()
+  c = config_lib.evaluate_config()
   c.seed = int(pre_config.seed)
   c.model = _as_dict(pre_config.model)
   c.data = _as_dict(pre_config.data)
@@ -244,8 +246,9 @@ def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fracti
   depends on the encoder, data and optimizer, not on the method: methods that share those
   (and the seed) share one run, kept in `cache_dir`."""
   from cvrl.data.config import set_probe_augmentation  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import finetune  # pylint: disable=import-outside-toplevel
-  c = finetune.base_config()
+  c = config_lib.finetune_config()
   c.seed = int(pre_config.seed)
   c.random_init = not checkpoint_dir
   c.pretrained = checkpoint_dir

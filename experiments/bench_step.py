@@ -157,6 +157,7 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   from cvrl import objectives
   from cvrl.core import parallel
   from cvrl.data import photometric, sampling
+  from cvrl.engine import loop as engine
   from cvrl.engine import optim
   from cvrl.jobs import pretrain
   from cvrl.engine import state as state_lib
@@ -170,8 +171,8 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   tx = optim.build(config.optim, schedule)
   make = lambda: objective.build(nnx.Rngs(int(config.seed)))
   graphdef, state = state_lib.abstract(make, objective.trainable, tx, mesh)
-  step = pretrain.make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
-                                  config.data)
+  step = engine.make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
+                                config.data)
   data = config.data
   smp = sampling.make_sampler(objective.sampler(), num_frames=data.num_frames,
                               stride=data.stride, train=True)

@@ -8,6 +8,7 @@ import pytest
 from _downstream_toys import save_numpy_checkpoint, tiny_data
 from configs import demo_probe, tclr_ucf101_retrieval
 from cvrl import config_lib
+from cvrl.core import parallel
 from cvrl.data import clip_shape
 from cvrl.jobs import evaluate
 from cvrl.eval import features as F
@@ -77,7 +78,7 @@ def test_random_init_takes_the_data_defaults():
 def test_results_name_the_checkpoint_step(pretrained, tmp_path):
   pre, workdir = pretrained
   c = knn_config(pre, workdir)
-  _, _, source = F.load_encoder(c, F.make_mesh())  # the latest checkpoint: its step named
+  _, _, source = F.load_encoder(c, parallel.make_mesh())  # the latest checkpoint: its step named
   assert source == {"init": "pretrained", "checkpoint": workdir, "step": 5}
   c.lock()
   out = evaluate.run(c, str(tmp_path / "knn"))

@@ -263,7 +263,7 @@ def test_finetune_epoch_is_an_epoch_of_the_subset(tmp_path_factory, capsys):
   pre = tiny_data(config_lib.pretrain_config('cvrl'), data_dir, num_train=32)
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
   save_numpy_checkpoint(pre, str(work / 'pretrain'))
-  c = tiny_data(finetune.base_config(), data_dir, num_train=32)  # 8 videos per class
+  c = tiny_data(config_lib.finetune_config(), data_dir, num_train=32)  # 8 videos per class
   c.pretrained = str(work / 'pretrain')
   c.data.label_fraction = 0.5  # 4 per class: 16 videos, 2 steps of 8 an epoch (not 4)
   c.batch_size, c.total_epochs, c.warmup_epochs = 8, 1, None

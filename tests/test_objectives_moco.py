@@ -225,7 +225,7 @@ def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
   """While the queue fills the reference never calls optimizer.step(): with weight decay
   and momentum on, the train step must leave every parameter as it was."""
   from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
-  from cvrl.jobs import pretrain  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
   from objective_checks import random_video  # noqa: E402
   objective, model = moco_model("global", 8, 2)
@@ -235,7 +235,7 @@ def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
   state = state_lib.TrainState(step=jnp.int32(0), params=params, rest=rest,
                                opt_state=tx.init(params))
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  step = pretrain.make_train_step(objective, graphdef, tx, lambda t: 0.1, mesh, 0)
+  step = engine.make_train_step(objective, graphdef, tx, lambda t: 0.1, mesh, 0)
   before = jax.tree.map(np.array, state.params)
   for t in range(4):
     state, _ = step(state, {"video": random_video(40 + t, 2, 2, 4, 16, 16, 3)})

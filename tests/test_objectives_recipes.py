@@ -109,11 +109,11 @@ def check_downstream_encoder(name, workdir):
   from flax import nnx
   from cvrl import models
   from cvrl.engine import checkpoint
+  from cvrl.core import parallel
   from cvrl.eval import features as F
-  from cvrl.jobs import probe
-  config = probe.base_config()
+  config = config_lib.probe_config()
   config.pretrained = str(workdir)
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   encoder, model_config, source = F.load_encoder(config, mesh)
   assert source["init"] == "pretrained"
   pre_config, model = checkpoint.load_pretrained(str(workdir))
@@ -168,13 +168,14 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   from cvrl import models
   from cvrl.data import device
   from cvrl.eval import classifier_io
-  from cvrl.jobs import evaluate
+  from cvrl.core import parallel
+  from cvrl.eval import common
   from cvrl.eval import features as F
   from cvrl.jobs import probe
   workdir, result, _ = pretrained("rotation_tiny")
   pre = load_config("rotation_tiny", E2E_ARGS["rotation_tiny"])
   pre.unlock()
-  pre.probe = probe.demo_fields()
+  pre.probe = config_lib.demo_probe_fields()
   pre.probe.update(batch_size=8, total_epochs=None, warmup_epochs=None, num_clips=2,
                    num_crops=1, eval_batch_size=8)
   pre.probe.total_steps, pre.probe.warmup_steps = 2, 1
@@ -185,14 +186,14 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   assert saved["probe"]["train"]["total_steps"] == 2
   assert 0.0 <= saved["metrics"]["top1"] <= 1.0 and saved["probe"]["test"]["num_videos"] == 8
 
-  config = probe.config_after_pretrain(pre, result["checkpoint_dir"])
-  mesh = F.make_mesh()
+  config = config_lib.probe_config_for(pre, result["checkpoint_dir"])
+  mesh = parallel.make_mesh()
   encoder, model_config, _ = F.load_encoder(config, mesh)
   train_batches, _ = probe._datasets(config, int(config.seed), mesh, model_config)  # pylint: disable=protected-access
   batch = next(train_batches())
   t = pre.data.num_frames
   assert batch["video"].shape[1:3] == (1, t + 1)
-  got = np.asarray(probe.FrozenEncoder(encoder, mesh, config.data).features(batch))
+  got = np.asarray(F.ViewRunner(encoder, mesh, data_config=config.data)(batch))
   # Independently: the same parameters as an RGB network, on numpy frame differences.
   x = np.asarray(device.finish_batch(dict(batch), config.data)["video"])[:, 0]
   rgb = ml_collections.ConfigDict(model_config.to_dict())
@@ -205,8 +206,8 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
 
   model, meta = classifier_io.load_classifier(os.path.join(str(workdir), "probe"), mesh)
   assert meta["model"]["input"] == "dif" and model.encoder.input_mode == "dif"
-  views = next(iter(evaluate.split_batches(config, mesh, "eval", 2, 1, 8,
-                                           ml_collections.ConfigDict(meta["model"]))))
+  views = next(iter(common.split_batches(config, mesh, "eval", 2, 1, 8,
+                                         ml_collections.ConfigDict(meta["model"]))))
   assert views["video"].shape[1:3] == (2, t + 1)
 
 

@@ -139,11 +139,11 @@ def test_command_line_prints_the_launch_commands(tmp_path):
 
 TINY_PROBE_CONFIG = """
 import os
-from cvrl.jobs import probe
+from cvrl import config_lib
 
 
 def get_config(arg=None):
-  c = probe.base_config()
+  c = config_lib.probe_config()
   c.random_init = True
   c.batch_size = 8
   c.total_epochs = None

@@ -16,6 +16,7 @@ from flax import nnx
 from _downstream_toys import TinyEncoder, encoder_numpy, save_numpy_checkpoint, tiny_data, \
     tiny_encoder, video_batches, clip_stream
 from cvrl import config_lib
+from cvrl.core import parallel
 from cvrl.engine import loop as engine
 from cvrl.jobs import finetune
 from cvrl.jobs import probe
@@ -84,7 +85,7 @@ def test_probe_head_trains_on_l2_normalised_features(tmp_path):
   """The trained probe is Dense(f / ||f||): its logits on the frozen features, in numpy."""
   config = small(config_lib.probe_config(), steps=3, every=3, batch=16)
   config.random_init = True
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=3)
   head, _, _ = probe.train_probe(enc, config, mesh, num_classes=4, train_batches=toy_stream(),
                                  total_steps=3, warmup_steps=1, steps_per_epoch=2,
@@ -117,7 +118,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
   saved = save_numpy_checkpoint(pre, str(work / "pretrain"))
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
 
   ft = small(tiny_data(config_lib.finetune_config(), data_dir))
   ft.pretrained = str(work / "pretrain")

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from _downstream_toys import tiny_data
-from cvrl.jobs import evaluate
+from cvrl import config_lib
+from cvrl.core import parallel
 from cvrl.eval import features as F
+from cvrl.eval import multiview
+from cvrl.jobs import evaluate
 
 
 def test_report_files_agree_with_the_scores(tmp_path):
@@ -15,7 +18,7 @@ def test_report_files_agree_with_the_scores(tmp_path):
   probs = rng.dirichlet(np.ones(3), size=11)
   labels = rng.integers(0, 3, 11)
   out = F.SplitOutputs(probs, labels, np.arange(100, 111))
-  metrics, cm = evaluate.classification_report(out, 3, str(tmp_path))
+  metrics, cm = multiview.classification_report(out, 3, str(tmp_path))
   np.testing.assert_array_equal(np.load(tmp_path / "confusion_matrix.npy"), cm)
   np.testing.assert_array_equal(np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",",
                                            dtype=int).reshape(3, 3), cm)
@@ -23,7 +26,7 @@ def test_report_files_agree_with_the_scores(tmp_path):
   for c, row in enumerate(rows):
     assert int(row["videos"]) == np.sum(labels == c)
     assert int(row["correct"]) == np.sum((labels == c) & (probs.argmax(1) == c))
-  saved = evaluate.load_scores(str(tmp_path / "scores.npz"))
+  saved = multiview.load_scores(str(tmp_path / "scores.npz"))
   np.testing.assert_array_equal(saved["index"], np.arange(100, 111))
   assert metrics["top1"] == pytest.approx(np.mean(probs.argmax(1) == labels))
 
@@ -36,18 +39,18 @@ def test_fusion_aligns_videos_by_index():
   perm = rng.permutation(20)
   runs = [{"index": idx, "label": labels, "probs": a},
           {"index": idx[perm], "label": labels[perm], "probs": b[perm]}]
-  got = evaluate.fuse(runs, "mean", 4)
+  got = multiview.fuse(runs, "mean", 4)
   assert got["top1"] == pytest.approx(np.mean(((a + b) / 2).argmax(1) == labels))
-  got = evaluate.fuse(runs, "_downstream_toys:max_fusion", 4)  # a user's fusion function
+  got = multiview.fuse(runs, "_downstream_toys:max_fusion", 4)  # a user's fusion function
   assert got["top1"] == pytest.approx(np.mean(np.maximum(a, b).argmax(1) == labels))
   with pytest.raises(ValueError, match="different videos"):
-    evaluate.fuse([runs[0], {"index": idx + 1, "label": labels, "probs": b}], "mean", 4)
+    multiview.fuse([runs[0], {"index": idx + 1, "label": labels, "probs": b}], "mean", 4)
   with pytest.raises(ValueError, match="module:function"):
-    evaluate.fusion_function("max")
+    multiview.fusion_function("max")
 
 
 def test_validate_names_the_choices(tmp_path):
-  c = evaluate.base_config()
+  c = config_lib.evaluate_config()
   with pytest.raises(ValueError, match="run_dir"):
     evaluate.validate(c)
   c.evaluate.run_dir = str(tmp_path)
@@ -56,8 +59,13 @@ def test_validate_names_the_choices(tmp_path):
   c.evaluate.mode = "knn"
   with pytest.raises(ValueError, match="pretrained"):
     evaluate.validate(c)
-  c.evaluate.mode = "linear"
-  with pytest.raises(ValueError, match="multiview"):
+  c.evaluate.mode = "linear"  # any evaluator kind is a mode (cvrl/eval/linear.py)
+  with pytest.raises(ValueError, match="mode 'linear' needs config.pretrained"):
+    evaluate.validate(c)
+  c.random_init = True
+  evaluate.validate(c)
+  c.evaluate.mode = "svm"
+  with pytest.raises(ValueError, match=r"\['knn', 'linear', 'multiview'\], got 'svm'"):
     evaluate.validate(c)
 
 
@@ -66,14 +74,13 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   """13 test videos, global batch 8 on 8 devices: every video counted once, end to end."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from _downstream_toys import numpy_filled, save_numpy_checkpoint  # pylint: disable=import-outside-toplevel
-  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.models import build_encoder  # pylint: disable=import-outside-toplevel
   from cvrl.models.heads import LinearClassifier  # pylint: disable=import-outside-toplevel
   from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   work = tmp_path_factory.mktemp("runs")
-  e = tiny_data(evaluate.base_config(), tmp_path_factory.mktemp("synthetic"))
+  e = tiny_data(config_lib.evaluate_config(), tmp_path_factory.mktemp("synthetic"))
   e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2)
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
 
   # A trained classifier as probe / finetune leave it in their workdir.
   model = numpy_filled(lambda: F.VideoClassifier(
@@ -81,12 +88,12 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   run_dir = str(work / "probe")
   classifier_io.save_classifier(run_dir, model, e.model, num_classes=4, normalize=True,
                                 dropout=0.3, source={"init": "test"})
-  in_process = evaluate.evaluate_classifier(model, e, mesh, str(work / "in_process"))
+  in_process = multiview.evaluate_classifier(model, e, mesh, str(work / "in_process"))
   e.evaluate.run_dir = run_dir
   e.evaluate.fuse_with = str(work / "in_process" / "scores.npz")
   ev = evaluate.run(e, str(work / "eval"))
-  a = evaluate.load_scores(str(work / "in_process" / "scores.npz"))
-  b = evaluate.load_scores(str(work / "eval" / "scores.npz"))
+  a = multiview.load_scores(str(work / "in_process" / "scores.npz"))
+  b = multiview.load_scores(str(work / "eval" / "scores.npz"))
   assert len(b["index"]) == 13 and len(set(b["index"].tolist())) == 13
   np.testing.assert_array_equal(a["index"], b["index"])
   np.testing.assert_allclose(b["probs"], a["probs"], rtol=1e-5, atol=1e-7)  # saved == in memory
@@ -108,6 +115,11 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   saved = json.load(open(work / "knn" / "results.json"))
   assert saved["mode"] == "knn" and saved["checkpoint"]["init"] == "pretrained"
 
+  e.evaluate.mode = "linear"  # any evaluator kind, at its defaults, on the checkpoint
+  lin = evaluate.run(e, str(work / "linear"))
+  assert lin["mode"] == "linear" and lin["checkpoint"]["init"] == "pretrained"
+  assert lin["metrics"]["num_videos"] == 13 and 0.0 <= lin["metrics"]["top1"] <= 1.0
+
 
 def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
   """`--config=configs/cvrl_k600_linear.py --config.job=evaluate` reads the same fields."""
@@ -125,10 +137,10 @@ def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
 
 
 def test_linear_evaluator_head_fits_separable_features():
-  """The 'linear' evaluator's classifier on cached features: held-out clusters classified,
-  its forward pass Dense(f / ||f||) in numpy."""
+  """The 'linear' evaluator's classifier on cached features (the engine's FeatureHeadTask
+  fit): held-out clusters classified, its forward pass Dense(f / ||f||) in numpy."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cvrl.eval import evaluators  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import common, linear  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 16)) * 3
 
@@ -137,8 +149,9 @@ def test_linear_evaluator_head_fits_separable_features():
     x = (centres[y] + rng.normal(size=(n, 16))).astype(np.float32)
     return F.SplitOutputs(x, y.astype(np.int64), np.arange(n))
   train, test = split(128), split(64)
-  spec = evaluators.evaluator_fields("linear", linear_steps=100, linear_batch=32, linear_lr=1.0)
-  head = evaluators.train_linear(train, 4, spec, seed=0)
+  spec = common.fields("probe", dict(kind="linear", linear_steps=100, linear_batch=32,
+                                     linear_lr=1.0))
+  head = linear.fit_head(train, 4, spec, seed=0)
   logits = np.asarray(nnx.jit(lambda h, x: h(x))(head, test.values))
   assert np.mean(logits.argmax(1) == test.labels) > 0.9
   f = test.values / np.linalg.norm(test.values, axis=1, keepdims=True)

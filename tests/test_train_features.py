@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import encoder_numpy, tiny_encoder, video_batches
+from cvrl.core import parallel
 from cvrl.models.heads import LinearClassifier
 from cvrl.eval import features as F
 from cvrl.eval import scores
@@ -12,7 +13,7 @@ from cvrl.eval import scores
 
 def test_awkward_count_on_8_devices_counts_every_video_once():
   assert jax.device_count() == 8
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder()
   head = LinearClassifier(8, 4, normalize=False, rngs=nnx.Rngs(1))
   model = F.VideoClassifier(enc, head)
@@ -32,7 +33,7 @@ def test_awkward_count_on_8_devices_counts_every_video_once():
 
 
 def test_feature_mean_and_module_state_untouched():
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=3)
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
   batches, video, _ = video_batches(16, 8, views=3)
@@ -45,14 +46,14 @@ def test_feature_mean_and_module_state_untouched():
 
 def test_batch_must_split_over_devices():
   with pytest.raises(ValueError, match="multiple of the device count"):
-    F.local_batch_size(12, F.make_mesh())
+    parallel.local_batch_size(12, parallel.make_mesh())
   with pytest.raises(ValueError, match="reduce"):
-    F.ViewRunner(tiny_encoder(), F.make_mesh(), "max")
+    F.ViewRunner(tiny_encoder(), parallel.make_mesh(), "max")
 
 
 def test_uint8_video_is_finished_on_device():
   """The pipeline ships uint8 clips; the runner scales them on device (data.device)."""
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=5)
   rng = np.random.default_rng(0)
   video = rng.integers(0, 256, size=(8, 2, 2, 4, 4, 3), dtype=np.uint8)

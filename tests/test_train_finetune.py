@@ -7,13 +7,16 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import tiny_encoder
+from cvrl import config_lib
+from cvrl.core import parallel
+from cvrl.engine import tasks
 from cvrl.models.heads import LinearClassifier
 from cvrl.eval import features as F
 from cvrl.jobs import finetune
 
 
 def optim(**kw):
-  c = finetune.base_config().optim
+  c = config_lib.finetune_config().optim
   c.update(dict(base_lr=0.1, head_lr=2.0, base_batch_size=8, weight_decay=0.0, momentum=0.9))
   c.update(kw)
   return c
@@ -22,7 +25,7 @@ def optim(**kw):
 def test_backbone_and_head_get_their_own_learning_rates():
   model = F.VideoClassifier(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
-  labels = finetune.param_groups(params)
+  labels = tasks.param_groups(params)
   assert set(jax.tree.leaves(labels["encoder"])) == {"backbone"}
   assert set(jax.tree.leaves(labels["head"])) == {"head"}
   tx, rates = finetune.make_optimizer(optim(), 16, total_steps=10, warmup_steps=0)
@@ -48,7 +51,7 @@ def test_weight_decay_only_on_kernels():
 
 
 def test_dropout_is_active_in_training_only():
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   head = F.make_head(8, 4, normalize=False, dropout=0.5, seed=0, mesh=mesh)
   x = jnp.ones((16, 8))
   head.train()
@@ -57,7 +60,7 @@ def test_dropout_is_active_in_training_only():
   head.eval()
   np.testing.assert_allclose(head(x), head(x))
   with pytest.raises(ValueError, match="dropout"):
-    c = finetune.base_config()
+    c = config_lib.finetune_config()
     c.random_init = True
     c.finetune.dropout = 1.0
     finetune.validate(c)
@@ -81,14 +84,13 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory):
   import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
   from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
-  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path_factory.mktemp("synthetic")
   work = tmp_path_factory.mktemp("runs")
   pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
   saved_state = save_numpy_checkpoint(pre, str(work / "pretrain"))
-  c = tiny_data(finetune.base_config(), data_dir)
+  c = tiny_data(config_lib.finetune_config(), data_dir)
   c.pretrained = str(work / "pretrain")
   c.batch_size = 8
   c.total_epochs, c.total_steps = None, 2
@@ -102,7 +104,7 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory):
   assert "test" not in saved["finetune"] and saved["metrics"]["train_accuracy"] >= 0
   assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}
   assert saved["checkpoint"] == c.pretrained and np.isfinite(res["metrics"]["train_loss"])
-  model, meta = classifier_io.load_classifier(str(work / "ft"), F.make_mesh())
+  model, meta = classifier_io.load_classifier(str(work / "ft"), parallel.make_mesh())
   assert meta["dropout"] == 0.5
   want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))

@@ -10,6 +10,7 @@ import pytest
 import _memory_source  # registers data.source 'memory'
 from cvrl import config_lib
 from cvrl.engine import checkpoint
+from cvrl.engine import loop as engine
 from cvrl.jobs import pretrain
 from cvrl.engine import state as state_lib
 
@@ -109,7 +110,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   monkeypatch.setattr(_memory_source, "memory_batches", poisoned)
   config = tiny_config(**LOCAL)
   config.lock()
-  with pytest.raises(pretrain.NonFiniteLossError, match="at step 5.*last good checkpoint"):
+  with pytest.raises(engine.NonFiniteLossError, match="at step 5.*last good checkpoint"):
     pretrain.run(config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   assert ckpt.all_steps() == [3]

@@ -9,12 +9,16 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import TinyEncoder, clip_stream, encoder_numpy, tiny_encoder, video_batches
+from cvrl import config_lib
+from cvrl.core import parallel
+from cvrl.engine import optim
+from cvrl.engine import tasks
 from cvrl.eval import features as F
 from cvrl.jobs import probe
 
 
 def small_config(**probe_overrides):
-  c = probe.base_config()
+  c = config_lib.probe_config()
   c.random_init = True
   c.batch_size = 8
   c.total_steps = 6
@@ -37,7 +41,7 @@ def tiny_arch(features=8):
 def train(enc, config, workdir, **kw):
   """probe.train_probe on the toy encoder: (head, stats)."""
   kw.setdefault("make_encoder", tiny_arch(enc.num_features))
-  head, stats, _ = probe.train_probe(enc, config, F.make_mesh(), workdir=str(workdir), **kw)
+  head, stats, _ = probe.train_probe(enc, config, parallel.make_mesh(), workdir=str(workdir), **kw)
   return head, stats
 
 
@@ -57,7 +61,7 @@ def test_k600_linear_config_is_the_paper_recipe():
   assert aug.flip_prob == 0.5 and aug.color_jitter_prob == 0.0 and aug.grayscale_prob == 0.0
   assert (c.evaluate.num_clips, c.evaluate.num_crops, c.data.eval_resize) == (10, 3, 256)
   assert c.probe.normalize
-  tx, schedule, peak = probe.make_optimizer(c.optim, c.batch_size, total_steps=35_744,
+  tx, schedule, peak = optim.make(c.optim, c.batch_size, total_steps=35_744,
                                             warmup_steps=1_788)
   assert peak == 32.0 and c.optim.momentum == 0.9 and c.optim.weight_decay == 0.0
   assert float(schedule(0)) == 0.0 and float(schedule(1_788)) == pytest.approx(32.0)
@@ -67,7 +71,7 @@ def test_k600_linear_config_is_the_paper_recipe():
 def test_cached_batches_replay_then_permute_every_row_once_per_pass():
   feats = np.arange(12, dtype=np.float32)[:, None]
   labels = np.arange(12)
-  it = probe.cached_batches(feats, labels, batch=4, replay_rows=8, seed=0)
+  it = tasks.cached_batches(feats, labels, batch=4, replay_rows=8, seed=0)
   first = [next(it)["label"] for _ in range(2)]
   np.testing.assert_array_equal(np.concatenate(first), np.arange(8))  # stream order
   passes = np.concatenate([next(it)["label"] for _ in range(6)])  # 24 rows = 2 full passes
@@ -77,7 +81,7 @@ def test_cached_batches_replay_then_permute_every_row_once_per_pass():
 
 
 def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path):
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=1)
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
   for extract in (False, True):
@@ -93,14 +97,14 @@ def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path):
                    nnx.to_pure_dict(nnx.state(out["model"].encoder)))
   # ... and the features it trains on are the inference-mode (running statistics) ones.
   b = video_batches(8, 8, seed=5)[0][0]
-  got = np.asarray(probe.FrozenEncoder(enc, mesh).features(b))
+  got = np.asarray(F.ViewRunner(enc, mesh)(b))
   np.testing.assert_allclose(got, encoder_numpy(enc, b["video"][:, 0]), rtol=1e-4, atol=1e-6)
   enc.train()  # batch statistics would give other features
   assert not np.allclose(np.asarray(nnx.merge(*nnx.split(enc))(b["video"][:, 0])), got, atol=1e-3)
 
 
 def test_feature_extraction_path_gives_the_end_to_end_classifier(tmp_path):
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=2)
   heads = {}
   for extract in (False, True):
@@ -120,7 +124,7 @@ def test_feature_extraction_path_gives_the_end_to_end_classifier(tmp_path):
 def test_probe_learns_a_linearly_decodable_label_and_generalises(tmp_path):
   """Class-dependent colour: a frozen (random) colour-sensitive encoder + the probe must
   classify held-out videos far above chance, on both paths."""
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=6, features=16, perturb_bn=False)
   palette = np.random.default_rng(0).uniform(0.1, 0.9, size=(4, 3)).astype(np.float32)
 
@@ -162,18 +166,17 @@ def test_unaugmented_features_encode_each_video_once(tmp_path):
 
 
 def test_validate_and_after_pretrain_config():
-  c = probe.base_config()
+  c = config_lib.probe_config()
   with pytest.raises(ValueError, match="pretrained"):
     probe.validate(c)
   c.random_init = True
   c.optim.name = "adagrad"
   with pytest.raises(ValueError, match="sgd"):
     probe.validate(c)
-  from cvrl import config_lib
   pre = config_lib.pretrain_config("cvrl")
-  pre.probe = probe.demo_fields()
+  pre.probe = config_lib.demo_probe_fields()
   pre.model.width = 0.25
-  c = probe.config_after_pretrain(pre, "/ckpt")
+  c = config_lib.probe_config_for(pre, "/ckpt")
   assert c.pretrained == "/ckpt" and c.model.width == 0.25
   assert c.data.augmentation.color_jitter_prob == 0.0 and c.data.augmentation.blur_probs == (0.0,)
   assert c.probe.random_baseline and c.probe.extract_features
@@ -186,16 +189,15 @@ def test_validate_and_after_pretrain_config():
 def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path_factory):
   """The demo chain's hook: a pretraining checkpoint in, probe/results.json with both numbers."""
   from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
-  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   pre = tiny_data(config_lib.pretrain_config("cvrl"), tmp_path_factory.mktemp("synthetic"))
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
   pre.model.bn_momentum = 0.5
-  pre.probe = probe.demo_fields()
+  pre.probe = config_lib.demo_probe_fields()
   pre.probe.update(batch_size=8, total_epochs=2, warmup_epochs=1, feature_epochs=1,
                    num_clips=1, num_crops=3, eval_batch_size=8)
   saved_state = save_numpy_checkpoint(pre, workdir)
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
 
   res = probe.run_after_pretrain(pre, workdir, workdir)
   saved = json.load(open(os.path.join(workdir, "probe", "results.json")))
@@ -223,8 +225,8 @@ def test_demo_probe_config_is_the_chain_s_probe():
   c = demo_probe.get_config("pretrained=/runs/demo")
   from cvrl.data import clip_shape  # pylint: disable=import-outside-toplevel
   pre = demo.get_config()
-  pre.probe = probe.demo_fields()
-  mine, chain = c.to_dict(), probe.config_after_pretrain(pre, "/runs/demo").to_dict()
+  pre.probe = config_lib.demo_probe_fields()
+  mine, chain = c.to_dict(), config_lib.probe_config_for(pre, "/runs/demo").to_dict()
   for key in clip_shape.FIELDS + clip_shape.EVAL_FIELDS:  # demo_probe: the checkpoint's
     assert mine["data"].pop(key) is None and chain["data"].pop(key) is not None
   assert mine == chain

@@ -12,7 +12,7 @@ loss, the data, the optimizer's parameter groups); the engine owns everything el
   data stream at the same step, so it ends with the parameters of a run that never stopped;
 - SIGTERM: save and return cleanly; a NaN/inf loss stops the run with an error and keeps
   the last good checkpoint;
-- evaluators (cvrl.eval.evaluators) every `every_steps`, their rows under
+- evaluators (cvrl.eval.common) every `every_steps`, their rows under
   `eval/<name>/...`, their time reported apart from the training clips/s.
 """
 from __future__ import annotations

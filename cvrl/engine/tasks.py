@@ -2,11 +2,13 @@
 linear probe) and the linear probe on cached features.
 
 A task declares the model, what trains, the loss, the data and the optimizer's parameter
-groups (cvrl.engine.loop.Task); nothing here loops, saves or logs.
+groups (cvrl.engine.loop.Task); nothing here saves or logs, and the only loop is
+`FeatureHeadTask.fit`, the in-memory fit of a head on cached features (the 'linear'
+evaluator's).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -150,21 +152,49 @@ class FeatureHeadTask(engine.Task):
   def encoder(self, model):
     raise ValueError("a probe on cached features has no encoder to evaluate")
 
+  def fit(self, total_steps: int, warmup_steps: int) -> LinearClassifier:
+    """The head trained in memory on `batches(0)` on this host's default device, the
+    engine's loss and optimizer without its checkpoints, logs or mesh: the linear fit an
+    evaluator runs between pretraining steps."""
+    graphdef, params = nnx.split(self.make_model())
+    tx, _, _ = self.optimizer(total_steps, warmup_steps)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+      def loss_fn(p):
+        return self.loss(nnx.merge(graphdef, p), batch, step=None, rng=None)[0]
+      grads = jax.grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    batches, _ = self.batches(batch_size=int(self.config.batch_size), start_step=0,
+                              process_index=0, process_count=1)
+    for _ in range(int(total_steps)):
+      params, opt_state = step(params, opt_state, next(batches))
+    return nnx.merge(graphdef, params)
+
 
 def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,
                    seed: int) -> Iterator[dict]:
   """Host batches from cached features: the first `replay_rows` rows in stored order, then
-  passes over all rows in fresh seeded permutations (one per pass, wrapping across passes)."""
+  `permuted_batches`."""
   for start in range(0, replay_rows - batch + 1, batch):
     yield {"features": feats[start:start + batch], "label": labels[start:start + batch]}
-  rng = np.random.default_rng([seed, 0x9B0BE])
+  yield from permuted_batches(feats, labels, batch, seed)
+
+
+def permuted_batches(feats: np.ndarray, labels: np.ndarray, batch: int, seed: int,
+                     stream: int = 0x9B0BE) -> Iterator[dict]:
+  """Endless host batches of cached features: passes over all rows in fresh permutations
+  (one per pass, wrapping across passes), seeded by (seed, stream)."""
+  rng = np.random.default_rng([seed, stream])
   order = np.empty([0], np.int64)
   while True:
     while len(order) < batch:
       order = np.concatenate([order, rng.permutation(len(labels))])
     take, order = order[:batch], order[batch:]
     yield {"features": feats[take], "label": labels[take]}
-
 
 
 # ------------------------------------------------------------------ downstream inputs

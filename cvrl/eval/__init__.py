@@ -1,1 +1,2 @@
-"""Evaluation on frozen features: the view runner, evaluators, retrieval, scores and results."""
+"""Evaluation on frozen features: the view runner, evaluators (one module per kind,
+found by name: cvrl.eval.common), retrieval, scores and results."""

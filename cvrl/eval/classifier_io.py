@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from cvrl.core import parallel
 from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
-from cvrl.eval.features import VideoClassifier, replicated
+from cvrl.eval.features import VideoClassifier
 
 MODEL_DIR = "model"
 META = "model.json"
@@ -63,7 +63,7 @@ def load_classifier(run_dir: str, mesh: Mesh) -> tuple[VideoClassifier, dict]:
 
   abstract = nnx.eval_shape(make)
   graphdef, abstract_state = nnx.split(abstract, SAVED)
-  sharding = replicated(mesh)
+  sharding = parallel.replicated(mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         nnx.to_pure_dict(abstract_state))
   with ocp.StandardCheckpointer() as ckptr:

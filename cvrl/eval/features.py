@@ -27,22 +27,15 @@ from cvrl.data import device
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
 
-DATA_AXIS = parallel.DATA_AXIS
 REDUCTIONS = ("mean", "softmax_mean")
 
 
 # ----------------------------------------------------------------------- global batches
 # The mesh is cvrl.core.parallel's: Mesh(('data',)) over every device of every host.
 
-make_mesh = parallel.make_mesh
-batch_sharding = parallel.batch_sharding
-replicated = parallel.replicated
-local_batch_size = parallel.local_batch_size
-
-
 def to_global(mesh: Mesh, x: np.ndarray) -> jax.Array:
   """A host-local numpy batch -> the global array sharded over 'data'."""
-  return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(x))
+  return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), np.asarray(x))
 
 
 # What of a host batch goes to the devices to make the clips: uint8 (or float32) video
@@ -70,7 +63,8 @@ def to_host_local(mesh: Mesh, x: jax.Array) -> np.ndarray:
   """This host's rows of a batch-sharded global array."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(DATA_AXIS)))
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      x, mesh, P(parallel.DATA_AXIS)))
 
 
 def gather_hosts(x: np.ndarray) -> np.ndarray:
@@ -83,7 +77,7 @@ def gather_hosts(x: np.ndarray) -> np.ndarray:
 def place(mesh: Mesh, module: nnx.Module) -> nnx.Module:
   """Replicate a module's variables over the mesh (jit refuses mixed placements)."""
   graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.device_put(state, replicated(mesh)))
+  return nnx.merge(graphdef, jax.device_put(state, parallel.replicated(mesh)))
 
 
 # --------------------------------------------------------------------------- the encoder
@@ -104,7 +98,7 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
       raise ValueError("set config.pretrained=<checkpoint dir> or config.random_init=True")
     model_config = config.model
     encoder = create(lambda: build_encoder(model_config, nnx.Rngs(int(config.seed))),
-                     out_shardings=replicated(mesh))
+                     out_shardings=parallel.replicated(mesh))
     return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
   # pylint: disable=import-outside-toplevel
   from cvrl import objectives
@@ -112,7 +106,7 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
   # The step itself (None: the latest), so that results name the checkpoint they used.
   _, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
   pre_config, model = checkpoint.load_pretrained(config.pretrained, step,
-                                                 sharding=replicated(mesh))
+                                                 sharding=parallel.replicated(mesh))
   encoder = model.encoder
   model_config = objectives.get(pre_config).encoder_config()
   return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
@@ -134,7 +128,7 @@ def make_head(num_features: int, num_classes: int, *, normalize: bool, dropout: 
               mesh: Mesh) -> LinearClassifier:
   return create(lambda: LinearClassifier(num_features, num_classes, normalize=normalize,
                                          dropout=dropout, rngs=nnx.Rngs(seed)),
-                out_shardings=replicated(mesh))
+                out_shardings=parallel.replicated(mesh))
 
 
 def frozen(module: nnx.Module) -> nnx.Module:
@@ -153,7 +147,8 @@ class ViewRunner:
   holds B clips of activations, not 30 B. `reduce`: 'mean' (features) or 'softmax_mean'
   (class scores, CVRL's multi-view testing). The module is used in inference mode and
   its state is never written back. `data_config` (config.data) finishes the pipeline's
-  uint8 video on device.
+  uint8 video on device. The one frozen-encoder runner: the probe's cached features, the
+  evaluators' features and every multi-view test go through it.
   """
 
   def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean", data_config=None):
@@ -178,7 +173,7 @@ def _view_apply(graphdef, reduce: str, mesh: Mesh, data_config):
     if reduce == "softmax_mean":
       out = jax.nn.softmax(out, axis=-1)
     return jnp.mean(out, axis=0)
-  return jax.jit(apply, out_shardings=batch_sharding(mesh))
+  return jax.jit(apply, out_shardings=parallel.batch_sharding(mesh))
 
 
 @dataclasses.dataclass

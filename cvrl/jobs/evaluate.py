@@ -18,6 +18,10 @@ training videos by cosine similarity. Reports retrieval recall@k (a hit when any
 k nearest training videos shares the class) and kNN classification accuracy
 (`knn_vote`: 'weighted' by exp(sim / T), or 'majority').
 
+Any other evaluator kind K (cvrl/eval/K.py, e.g. mode='linear') runs at its defaults on
+the encoder of `config.pretrained` (or `random_init`): the mode is found by name
+(cvrl.eval.common), so a new evaluator file is a new mode.
+
 With `config.evals` set (as a pretraining config has them), each of those evaluators runs
 on the checkpoint's encoder (`config.pretrained`) instead, results under their names.
 
@@ -31,42 +35,28 @@ import os
 import ml_collections
 from flax import nnx
 
+from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.core import runtime
-from cvrl.models import build_encoder
-from cvrl import config_lib
-from cvrl.eval import classifier_io
 from cvrl.data import clip_shape
-from cvrl.eval import evaluators
+from cvrl.eval import common
 from cvrl.eval import features as F
 from cvrl.eval import results as R
-from cvrl.eval.evaluators import (align_scores, classification_report,  # noqa: F401
-                                   evaluate_classifier, fuse, fusion_function, knn_report,
-                                   load_scores, split_batches)
+from cvrl.models import build_encoder
 
 NEEDS_WORKDIR = True
-MODES = config_lib.EVAL_MODES
-base_config = config_lib.evaluate_config
 
 
 def validate(config) -> None:
   e = config.evaluate
   config_lib.validate_eval_fields(e)
   if config.get("evals"):
-    evaluators.validate(config)
+    common.validate(config)
     if not config.get("pretrained") and not config.get("random_init"):
       raise ValueError("evaluate: config.evals need config.pretrained=<checkpoint dir> or "
                        "config.random_init=True")
     return
-  if e.mode == "multiview" and not e.run_dir:
-    raise ValueError("evaluate: mode 'multiview' needs config.evaluate.run_dir (a probe or "
-                     "finetune workdir)")
-  if e.mode == "multiview" and not os.path.exists(os.path.join(e.run_dir, "model.json")):
-    raise FileNotFoundError(f"evaluate: {e.run_dir}/model.json not found; run_dir must be the "
-                            "workdir of a finished probe or finetune job")
-  if e.mode == "knn" and not config.get("pretrained") and not config.get("random_init"):
-    raise ValueError("evaluate: mode 'knn' needs config.pretrained=<checkpoint dir> or "
-                     "config.random_init=True")
+  common.get(e.mode, "config.evaluate.mode").validate_job(config)
 
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
@@ -74,38 +64,33 @@ def run(config, workdir: str) -> dict:
   parallel.maybe_initialize_distributed()
   validate(config)
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-  mesh = F.make_mesh()
+  mesh = parallel.make_mesh()
   os.makedirs(workdir, exist_ok=True)
-  e = config.evaluate
   if config.get("evals"):
-    encoder, model_config, source = F.load_encoder(config, mesh)
-    shaped = ml_collections.ConfigDict(config.to_dict())
-    shaped.model = ml_collections.ConfigDict(model_config.to_dict())
-    make = lambda: build_encoder(model_config, nnx.Rngs(int(config.seed)))
-    metrics, evals = {}, {}
-    for ev in evaluators.from_config(shaped, mesh, model_config, make):
-      evals[ev.name] = ev(encoder)
-      metrics.update({f"{ev.name}/{k}": v for k, v in evals[ev.name].items()})
-      R.headline(f"evaluate[{ev.name}]", evals[ev.name], ev.headline)
-    results = {"job": "evaluate", "mode": "evals", "evals": evals, "metrics": metrics,
-               "checkpoint": source, "step": source.get("step"), "clip_shape": shape,
-               "config": R.config_dict(config)}
-    R.write_results(workdir, results)
-    return results
-  if e.mode == "multiview":
-    model, meta = classifier_io.load_classifier(e.run_dir, mesh)
-    model_config = ml_collections.ConfigDict(meta["model"])  # the saved encoder's input
-    metrics = evaluate_classifier(model, config, mesh, workdir, model_config)
-    checkpoint = {"run_dir": str(e.run_dir), "source": meta.get("source")}
-    keys = ["top1", "top5", "mean_class_accuracy", "num_videos"]
+    results, headline = _run_evals(config, mesh), None
   else:
-    encoder, model_config, source = F.load_encoder(config, mesh)
-    metrics = knn_report(encoder, config, mesh, model_config)
-    checkpoint = source
-    keys = [f"recall@{k}" for k in e.recall_ks] + ["knn_accuracy", "num_queries"]
-  step = ((checkpoint.get("source") or {}) if e.mode == "multiview" else source).get("step")
-  results = {"job": "evaluate", "mode": e.mode, "metrics": metrics, "checkpoint": checkpoint,
-             "step": step, "clip_shape": shape, "config": R.config_dict(config)}
+    mode = config.evaluate.mode
+    out = common.get(mode).run_job(config, mesh, workdir)
+    results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
+               "step": out["step"]}
+    headline = (f"evaluate[{mode}]", out["headline"])
+  results.update(job="evaluate", clip_shape=shape, config=R.config_dict(config))
   R.write_results(workdir, results)
-  R.headline(f"evaluate[{e.mode}]", metrics, keys)
+  if headline:
+    R.headline(headline[0], results["metrics"], headline[1])
   return results
+
+
+def _run_evals(config, mesh) -> dict:
+  """Every `config.evals` evaluator on the checkpoint's encoder, results under its name."""
+  encoder, model_config, source = F.load_encoder(config, mesh)
+  shaped = ml_collections.ConfigDict(config.to_dict())
+  shaped.model = ml_collections.ConfigDict(model_config.to_dict())
+  make = lambda: build_encoder(model_config, nnx.Rngs(int(config.seed)))
+  metrics, evals = {}, {}
+  for ev in common.from_config(shaped, mesh, model_config, make):
+    evals[ev.name] = ev(encoder)
+    metrics.update({f"{ev.name}/{k}": v for k, v in evals[ev.name].items()})
+    R.headline(f"evaluate[{ev.name}]", evals[ev.name], ev.headline)
+  return {"mode": "evals", "evals": evals, "metrics": metrics, "checkpoint": source,
+          "step": source.get("step")}

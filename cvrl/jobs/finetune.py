@@ -16,16 +16,13 @@ from cvrl.core import runtime
 from cvrl.eval import classifier_io
 from cvrl.data import clip_shape
 from cvrl.engine import loop as engine
-from cvrl.eval import evaluators
 from cvrl.engine import optim
 from cvrl.eval import features as F
+from cvrl.eval import multiview
 from cvrl.eval import results as R
 from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
-GROUPS = ("backbone", "head")
-base_config = config_lib.finetune_config
-param_groups = tasks.param_groups
 
 
 def validate(config) -> None:
@@ -79,7 +76,7 @@ def run(config, workdir: str) -> dict:
   metrics = {"train_accuracy": out["train"]["train_accuracy"],
              "train_loss": out["train"]["train_loss"]}
   if config.finetune.evaluate:
-    out["test"] = evaluators.evaluate_classifier(model, config, mesh, workdir, model_config)
+    out["test"] = multiview.evaluate_classifier(model, config, mesh, workdir, model_config)
     metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
                     if k in out["test"]})
   if config.finetune.save_model:

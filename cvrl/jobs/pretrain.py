@@ -2,9 +2,9 @@
 
 A `PretrainTask` on the training engine (cvrl.engine.loop: sharded donated step,
 checkpoints carrying the config, exact resume, SIGTERM save, NaN stop, metrics.jsonl,
-TensorBoard, progress line). `config.evals` names evaluators (cvrl.eval.evaluators: kNN,
-linear probe on cached features, multi-view test) that watch the encoder every
-`every_steps`; their final values go to DIR/results.json.
+TensorBoard, progress line). `config.evals` names evaluators (cvrl.eval.common: kNN,
+linear probe on cached features, multi-view test, or any other cvrl/eval/<kind>.py) that
+watch the encoder every `every_steps`; their final values go to DIR/results.json.
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import ml_collections
 from cvrl import config_lib, objectives
 from cvrl.core import runtime
 from cvrl.engine import loop as engine
-from cvrl.eval import evaluators
+from cvrl.eval import common
 from cvrl.engine import optim
 from cvrl.eval import results as R
 from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
-NonFiniteLossError = engine.NonFiniteLossError
-make_train_step = engine.make_train_step
 
 
 def durations(config) -> tuple[int, int]:
@@ -41,7 +39,7 @@ def validate(config) -> None:
   total, warmup = durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
-  evaluators.validate(config)
+  common.validate(config)
 
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
@@ -51,8 +49,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective)
   total_steps, warmup_steps = durations(config)
-  evals = evaluators.from_config(config, mesh, objective.encoder_config(),
-                                 make_encoder=lambda: task.make_model().encoder)
+  evals = common.from_config(config, mesh, objective.encoder_config(),
+                             make_encoder=lambda: task.make_model().encoder)
   out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,
                    mesh=mesh, evaluators=evals)
   result = {"job": "pretrain", **{k: out[k] for k in (

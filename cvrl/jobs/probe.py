@@ -21,7 +21,6 @@ the same way in DIR/random_init.
 """
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -32,22 +31,18 @@ import numpy as np
 from flax import nnx
 
 from cvrl import config_lib
+from cvrl.core import parallel
 from cvrl.core import runtime
 from cvrl.models import create, extra_frames
 from cvrl.eval import classifier_io
 from cvrl.data import clip_shape
 from cvrl.engine import loop as engine
-from cvrl.eval import evaluators
 from cvrl.eval import features as F
-from cvrl.engine import optim
+from cvrl.eval import multiview
 from cvrl.eval import results as R
 from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
-base_config = config_lib.probe_config
-cached_batches = tasks.cached_batches
-demo_fields = config_lib.demo_probe_fields
-config_after_pretrain = config_lib.probe_config_for
 
 
 def validate(config) -> None:
@@ -55,36 +50,6 @@ def validate(config) -> None:
   engine.validate(config)
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
-
-
-def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
-  """(optax transform, schedule, peak lr): cvrl.engine.optim.make."""
-  return optim.make(optim_config, global_batch, total_steps, warmup_steps)
-
-
-class FrozenEncoder:
-  """Pooled features [B, C] of host batches' clips (mean over views), the encoder in
-  inference mode: what the probe trains on."""
-
-  def __init__(self, encoder: nnx.Module, mesh, data_config=None):
-    self.mesh = mesh
-    enc_def, self.state = nnx.split(F.frozen(encoder))
-    self._features = _features_fn(enc_def, mesh, F.frozen_config(data_config))
-
-  def features(self, batch: dict) -> jax.Array:
-    return self._features(self.state, F.clip_inputs(self.mesh, batch))
-
-
-@functools.lru_cache(maxsize=None)
-def _features_fn(enc_def, mesh, data_config):
-  """One jit per architecture: a checkpoint and its random baseline share it."""
-  def features(encoder_state, inputs):  # [B, V, T, H, W, 3] -> [B, C], mean over views
-    video = F.clips(inputs, data_config)
-    enc = nnx.merge(enc_def, encoder_state)
-    b, v = video.shape[:2]
-    f = enc(video.reshape((b * v,) + video.shape[2:])).reshape(b, v, -1)
-    return jax.lax.stop_gradient(jnp.mean(f.astype(jnp.float32), axis=1))
-  return jax.jit(features, out_shardings=F.batch_sharding(mesh))
 
 
 def _architecture(encoder: nnx.Module):
@@ -121,7 +86,7 @@ def train_probe(encoder: nnx.Module, config, mesh, *, num_classes: int, train_ba
                                        * steps_per_epoch))
     stats.update(extract_seconds=time.time() - start, cached_features=int(len(labels)),
                  encoder_passes=int(len(labels)) * jax.process_count())
-    local = F.local_batch_size(global_batch, mesh)
+    local = parallel.local_batch_size(global_batch, mesh)
     task = tasks.FeatureHeadTask(
         config, num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
         batches=lambda s: engine.skip(
@@ -145,17 +110,18 @@ def train_probe(encoder: nnx.Module, config, mesh, *, num_classes: int, train_ba
 
 def _cache(encoder, config, mesh, train_batches, eval_batches, cache_steps: int):
   """(features, labels, rows to replay in order) of this host's cached clips."""
-  extractor = FrozenEncoder(encoder, mesh, config.data)
+  # Pooled features [B, C] of the clips, mean over views, the encoder in inference mode.
+  extractor = F.ViewRunner(encoder, mesh, reduce="mean", data_config=config.data)
   if int(config.probe.feature_epochs) > 0:  # the first K epochs of the augmented stream
     it = train_batches(0)
     outs, labels = [], []
     for _ in range(cache_steps):
       batch = next(it)
-      outs.append(extractor.features(batch))
+      outs.append(extractor(batch))
       labels.append(np.asarray(batch["label"]))
     labels = np.concatenate(labels)
     return np.concatenate([F.to_host_local(mesh, o) for o in outs]), labels, len(labels)
-  split = F.run_split(extractor.features, mesh, eval_batches(), all_hosts=False)
+  split = F.run_split(extractor, mesh, eval_batches(), all_hosts=False)
   return split.values, split.labels, 0
 
 
@@ -168,7 +134,7 @@ def _datasets(config, seed: int, mesh, model_config):
   c = ml_collections.ConfigDict(config.to_dict())
   c.seed = seed
   train_batches = tasks.train_stream(c, mesh, model_config)
-  local = F.local_batch_size(int(config.batch_size), mesh)
+  local = parallel.local_batch_size(int(config.batch_size), mesh)
   sampler = {"name": "single", "extra_frames": extra_frames(model_config)}
 
   def plain_batches():
@@ -189,10 +155,10 @@ def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   make_encoder, encoder, model_config, source = tasks.encoder_source(config, mesh)
   if encoder is None:
-    encoder = create(make_encoder, out_shardings=F.replicated(mesh))
+    encoder = create(make_encoder, out_shardings=parallel.replicated(mesh))
   encoders, sources = {"probe": encoder}, {"probe": source}
   if config.probe.random_baseline and source["init"] != "random":
-    encoders["random_init"] = create(make_encoder, out_shardings=F.replicated(mesh))
+    encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated(mesh))
     sources["random_init"] = {"init": "random", "checkpoint": None, "seed": int(config.seed)}
   classes = F.num_classes(config.data)
   n_train = F.num_examples(config.data, "train")
@@ -213,7 +179,7 @@ def run(config, workdir: str) -> dict:
       return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
   classifiers = {name: F.VideoClassifier(encoders[name], head)
                  for name, (head, _, _) in trained.items()}
-  tests = (evaluators.evaluate_classifiers(classifiers, config, mesh, dirs, model_config)
+  tests = (multiview.evaluate_classifiers(classifiers, config, mesh, dirs, model_config)
            if config.probe.evaluate else {})
   if config.probe.save_model:
     classifier_io.save_classifier(workdir, classifiers["probe"], model_config,

@@ -1,0 +1,142 @@
+"""Evaluators are found by name: kind K is the module cvrl/eval/K.py. A new evaluator is one
+new file; `config.evals` entries take their kind's defaults, and a misspelt key or an
+unknown kind fails with one line naming the fix."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cvrl import main
+from cvrl.eval import common, knn, linear, multiview
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_kinds_are_the_modules_defining_an_evaluator():
+  assert common.kinds() == ["knn", "linear", "multiview"]
+  assert common.get("knn") is knn.KNN and common.get("multiview") is multiview.Multiview
+  assert issubclass(multiview.Multiview, linear.Linear)  # imported, yet linear's own kind
+
+
+def test_entries_take_their_kinds_defaults_and_only_their_keys():
+  spec = common.fields("probe", {"kind": "linear", "linear_steps": 7})
+  assert spec.linear_steps == 7 and spec.linear_batch == linear.Linear.FIELDS["linear_batch"]
+  assert spec.every_steps == common.common_fields()["every_steps"] and spec.init == "trained"
+  assert "knn_k" not in spec and "test_clips" not in spec  # other kinds' fields
+  spec = common.fields("mv", {"kind": "multiview"})
+  assert spec.test_crops == 3 and spec.linear_steps == 300
+  with pytest.raises(ValueError, match="unknown key 'knn_k' for kind 'linear'"):
+    common.fields("probe", {"kind": "linear", "knn_k": 5})
+  with pytest.raises(ValueError, match="config.evals.probe.linear_steps: .*type"):
+    common.fields("probe", {"kind": "linear", "linear_steps": "many"})
+
+
+def test_unknown_key_names_the_nearest_valid_key():
+  with pytest.raises(ValueError) as e:
+    common.fields("knn", {"kind": "knn", "every_step": 5})
+  message = str(e.value)
+  assert "\n" not in message
+  assert "config.evals.knn: unknown key 'every_step'" in message
+  assert message.endswith("did you mean 'every_steps'?")
+  with pytest.raises(ValueError, match="'knn_temperature'"):
+    common.fields("knn", {"kind": "knn", "knn_temprature": 0.1})
+  # Nothing close: the valid keys instead.
+  with pytest.raises(ValueError, match=r"unknown key 'zzz'.*valid keys: \[.*'knn_k'"):
+    common.fields("knn", {"kind": "knn", "zzz": 1})
+
+
+def test_unknown_kind_lists_the_kinds():
+  for kind in ("svm", "features", "common", "os.path", "", None):
+    with pytest.raises(ValueError) as e:
+      common.fields("x", {"kind": kind})
+    assert f"config.evals.x.kind must be one of the evaluator kinds ['knn', 'linear', " \
+           f"'multiview'], got {kind!r}" in str(e.value)
+
+
+def test_the_entry_point_reports_a_misspelt_evaluator_key_in_one_line():
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  c = demo.get_config()
+  c.evals.knn.knn_kk = 5
+  with pytest.raises(main.ConfigError, match="unknown key 'knn_kk'.*did you mean 'knn_k'"):
+    main.validate(c)
+  c = demo.get_config()
+  c.evals.knn.knn_vote = "mean"
+  with pytest.raises(main.ConfigError, match="knn_vote must be one of"):
+    main.validate(c)
+
+
+# A tiny evaluate job: a random-init 1/8-width R3D-18 on 24 + 13 synthetic videos.
+EVAL_CONFIG = """
+from cvrl import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.evaluate_config()
+  c.random_init = True
+  d = c.data
+  d.source = "synthetic"
+  d.synthetic.update(dir={data!r}, num_train_videos=24, num_eval_videos=13, num_classes=4,
+                     num_frames=16, size=32, num_shards=2)
+  d.update(num_frames=4, stride=2, crop_size=16, eval_resize=16, eval_crop_size=16,
+           shuffle_buffer=16, jit_photometric=False)
+  c.model.update(depth=18, width=0.125, preset="cvrl")
+  c.evaluate.mode = "nearest"
+  c.evals = {{"mine": {{"kind": "nearest", "num_clips": 1, "batch_size": 8, "knn_k": 3,
+                      "recall_ks": (1, 2)}}}}
+  return c
+"""
+
+
+@pytest.mark.slow
+def test_a_new_evaluator_is_one_file(tmp_path):
+  """A copy of the package plus cvrl/eval/nearest.py (knn.py under another name and class)
+  runs it from config.evals by its kind, and takes it as the evaluate job's mode."""
+  copy = tmp_path / "copy"
+  shutil.copytree(os.path.join(ROOT, "cvrl"), copy / "cvrl",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  source = (copy / "cvrl" / "eval" / "knn.py").read_text()
+  assert "class KNN(common.Evaluator)" in source
+  (copy / "cvrl" / "eval" / "nearest.py").write_text(
+      source.replace("class KNN(", "class Nearest("))
+  config = tmp_path / "eval_config.py"
+  config.write_text(textwrap.dedent(EVAL_CONFIG.format(data=str(tmp_path / "synthetic"))))
+  env = dict(os.environ, PYTHONPATH=str(copy))
+
+  probe = subprocess.run(
+      [sys.executable, "-c", "import cvrl, importlib.util\nfrom cvrl.eval import common\n"
+       "print(cvrl.__file__)\nprint(common.kinds(), common.get('nearest').__name__)\n"
+       f"spec = importlib.util.spec_from_file_location('c', {str(config)!r})\n"
+       "module = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(module)\n"
+       "c = module.get_config()\ndel c.evals\n"
+       "from cvrl.jobs import evaluate\nevaluate.validate(c)\nprint('mode ok')\n"],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert probe.returncode == 0, probe.stderr[-3000:]
+  lines = probe.stdout.splitlines()
+  assert lines[0] == str(copy / "cvrl" / "__init__.py")
+  assert lines[1] == "['knn', 'linear', 'multiview', 'nearest'] Nearest" and lines[2] == "mode ok"
+
+  work = tmp_path / "work"
+  out = subprocess.run(
+      [sys.executable, "-m", "cvrl.main", f"--config={config}", f"--workdir={work}"],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "evaluate[mine]: knn_accuracy=" in out.stdout
+  results = json.loads((work / "results.json").read_text())
+  metrics = results["metrics"]
+  assert 0.0 <= metrics["mine/knn_accuracy"] <= 1.0
+  assert metrics["mine/num_queries"] == 13 and metrics["mine/num_keys"] == 24
+  assert metrics["mine/recall@1"] <= metrics["mine/recall@2"]
+  assert results["config"]["evals"]["mine"]["kind"] == "nearest"
+
+  # The same config on the package without the file: one line listing the kinds there are.
+  bare = subprocess.run(
+      [sys.executable, "-m", "cvrl.main", f"--config={config}", f"--workdir={tmp_path / 'bare'}"],
+      cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+      text=True, timeout=300)
+  assert bare.returncode == 2
+  assert "config.evals.mine.kind must be one of the evaluator kinds ['knn', 'linear', " \
+         "'multiview'], got 'nearest'" in bare.stderr

@@ -10,15 +10,14 @@ from _downstream_toys import numpy_filled
 from cvrl.config_lib import default_model_config
 from cvrl.core import parallel
 from cvrl.models import build_encoder
-from cvrl.models.heads import LinearClassifier
+from cvrl.models.heads import EncoderHead, LinearClassifier
 from cvrl.eval import classifier_io
-from cvrl.eval import features as F
 
 
 def test_round_trip_keeps_every_parameter_and_bn_statistic(tmp_path):
   cfg = default_model_config()
   cfg.update(depth=18, width=0.125, preset="r3d18", input="dif")  # a DIF 3DRotNet's
-  model = numpy_filled(lambda: F.VideoClassifier(
+  model = numpy_filled(lambda: EncoderHead(
       build_encoder(cfg, nnx.Rngs(0)),
       LinearClassifier(64, 7, normalize=False, dropout=0.5, rngs=nnx.Rngs(1))), seed=9)
   classifier_io.save_classifier(str(tmp_path), model, cfg, num_classes=7, normalize=False,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from _downstream_toys import tiny_data
+from cvrl.models.heads import EncoderHead
 from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.eval import features as F
@@ -83,7 +84,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   mesh = parallel.make_mesh()
 
   # A trained classifier as probe / finetune leave it in their workdir.
-  model = numpy_filled(lambda: F.VideoClassifier(
+  model = numpy_filled(lambda: EncoderHead(
       build_encoder(e.model, nnx.Rngs(0)), LinearClassifier(64, 4, rngs=nnx.Rngs(1))), seed=4)
   run_dir = str(work / "probe")
   classifier_io.save_classifier(run_dir, model, e.model, num_classes=4, normalize=True,

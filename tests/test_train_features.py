@@ -6,7 +6,7 @@ from flax import nnx
 
 from _downstream_toys import encoder_numpy, tiny_encoder, video_batches
 from cvrl.core import parallel
-from cvrl.models.heads import LinearClassifier
+from cvrl.models.heads import EncoderHead, LinearClassifier
 from cvrl.eval import features as F
 from cvrl.eval import scores
 
@@ -16,7 +16,7 @@ def test_awkward_count_on_8_devices_counts_every_video_once():
   mesh = parallel.make_mesh()
   enc = tiny_encoder()
   head = LinearClassifier(8, 4, normalize=False, rngs=nnx.Rngs(1))
-  model = F.VideoClassifier(enc, head)
+  model = EncoderHead(enc, head)
   batches, video, label = video_batches(13, 8, views=6, pad=True)  # 8 + 5 real, 3 padding
   out = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), mesh, batches)
   assert len(out) == 13

@@ -10,7 +10,7 @@ from _downstream_toys import tiny_encoder
 from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.engine import tasks
-from cvrl.models.heads import LinearClassifier
+from cvrl.models.heads import EncoderHead, LinearClassifier
 from cvrl.eval import features as F
 from cvrl.jobs import finetune
 
@@ -23,7 +23,7 @@ def optim(**kw):
 
 
 def test_backbone_and_head_get_their_own_learning_rates():
-  model = F.VideoClassifier(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
+  model = EncoderHead(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   labels = tasks.param_groups(params)
   assert set(jax.tree.leaves(labels["encoder"])) == {"backbone"}
@@ -38,7 +38,7 @@ def test_backbone_and_head_get_their_own_learning_rates():
 
 
 def test_weight_decay_only_on_kernels():
-  model = F.VideoClassifier(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
+  model = EncoderHead(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   tx, rates = finetune.make_optimizer(optim(weight_decay=0.5), 8, 10, 0)
   zeros = jax.tree.map(jnp.zeros_like, params)

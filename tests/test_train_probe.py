@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from _downstream_toys import TinyEncoder, clip_stream, encoder_numpy, tiny_encoder, video_batches
+from cvrl.models.heads import EncoderHead
 from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.engine import optim
@@ -148,7 +149,7 @@ def test_probe_learns_a_linearly_decodable_label_and_generalises(tmp_path):
     head, stats = train(enc, c, tmp_path / str(extract), num_classes=4, train_batches=stream,
                         total_steps=60, warmup_steps=5, steps_per_epoch=1,
                         make_encoder=tiny_arch(16))
-    model = F.VideoClassifier(enc, head)
+    model = EncoderHead(enc, head)
     probs = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), mesh,
                         [{"video": test_v[i:i + 16], "label": test_y[i:i + 16]}
                          for i in range(0, 64, 16)]).values

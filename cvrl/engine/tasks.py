@@ -21,7 +21,7 @@ from cvrl.models.heads import LinearClassifier
 from cvrl.engine import loop as engine
 from cvrl.engine import optim
 from cvrl.engine import input as input_lib
-from cvrl.eval.features import VideoClassifier
+from cvrl.models.heads import EncoderHead
 
 
 class PretrainTask(engine.Task):
@@ -100,7 +100,7 @@ class ClassifierTask(engine.Task):
     encoder = self.make_encoder()
     head = LinearClassifier(encoder.num_features, self.num_classes, normalize=self.normalize,
                             dropout=self.dropout, rngs=nnx.Rngs(int(self.config.seed) + 1))
-    model = VideoClassifier(encoder, head)
+    model = EncoderHead(encoder, head)
     model.train()
     if not self.train_encoder:
       model.encoder.eval()

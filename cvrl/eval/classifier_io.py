@@ -1,4 +1,4 @@
-"""Saving and loading a trained VideoClassifier (probe or fine-tune) for the evaluate job.
+"""Saving and loading a trained EncoderHead (probe or fine-tune) for the evaluate job.
 
 DIR/model/ holds the whole classifier's variables (orbax), DIR/model.json what is needed
 to rebuild it (encoder config, classes, head options), so `evaluate` needs only DIR.
@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from cvrl.core import parallel
 from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
-from cvrl.eval.features import VideoClassifier
+from cvrl.models.heads import EncoderHead
 
 MODEL_DIR = "model"
 META = "model.json"
@@ -26,7 +26,7 @@ META = "model.json"
 SAVED = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
-def save_classifier(workdir: str, model: VideoClassifier, model_config: ml_collections.ConfigDict,
+def save_classifier(workdir: str, model: EncoderHead, model_config: ml_collections.ConfigDict,
                     *, num_classes: int, normalize: bool, dropout: float, source: dict) -> str:
   """Writes DIR/model (every variable of encoder and head) and DIR/model.json."""
   path = os.path.abspath(os.path.join(workdir, MODEL_DIR))
@@ -44,7 +44,7 @@ def save_classifier(workdir: str, model: VideoClassifier, model_config: ml_colle
   return path
 
 
-def load_classifier(run_dir: str, mesh: Mesh) -> tuple[VideoClassifier, dict]:
+def load_classifier(run_dir: str, mesh: Mesh) -> tuple[EncoderHead, dict]:
   """The classifier a probe or fine-tune run saved, replicated over `mesh`, and its meta."""
   meta_path = os.path.join(run_dir, META)
   if not os.path.exists(meta_path):
@@ -59,7 +59,7 @@ def load_classifier(run_dir: str, mesh: Mesh) -> tuple[VideoClassifier, dict]:
     # Dropout is the identity at test time: rebuilt without it (and its RNG state).
     head = LinearClassifier(encoder.num_features, meta["num_classes"], normalize=meta["normalize"],
                             dropout=0.0, rngs=nnx.Rngs(0))
-    return VideoClassifier(encoder, head)
+    return EncoderHead(encoder, head)
 
   abstract = nnx.eval_shape(make)
   graphdef, abstract_state = nnx.split(abstract, SAVED)

@@ -113,17 +113,6 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
                                  "step": int(step)}
 
 
-class VideoClassifier(nnx.Module):
-  """Encoder -> LinearClassifier: the model probe and fine-tune train and evaluate tests."""
-
-  def __init__(self, encoder: nnx.Module, head: LinearClassifier):
-    self.encoder = encoder
-    self.head = head
-
-  def __call__(self, clips):
-    return self.head(self.encoder(clips))
-
-
 def make_head(num_features: int, num_classes: int, *, normalize: bool, dropout: float, seed: int,
               mesh: Mesh) -> LinearClassifier:
   return create(lambda: LinearClassifier(num_features, num_classes, normalize=normalize,
@@ -234,6 +223,16 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
   """Classes of the labelled dataset: config.data.num_classes, or what the source says."""
   from cvrl.data import sources  # pylint: disable=import-outside-toplevel
   return sources.num_classes(data)
+
+
+def schedule(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """(classes, training videos, total steps, warm-up steps) of a job that trains on the
+  labelled split: durations in epochs count its videos (the data.label_fraction subset)."""
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  n_train = num_examples(config.data, "train")
+  kw = dict(num_examples=n_train, batch_size=int(config.batch_size))
+  return (num_classes(config.data), n_train, config_lib.steps("total", config, **kw),
+          config_lib.steps("warmup", config, default=0, **kw))
 
 
 def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:

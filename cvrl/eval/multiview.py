@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cvrl.models.heads import EncoderHead
 from cvrl.eval import classifier_io
 from cvrl.eval import common
 from cvrl.eval import features as F
@@ -39,7 +40,7 @@ class Multiview(linear.Linear):
 
   def evaluate(self, encoder) -> dict:
     head, _ = self.fit(encoder)
-    model = F.VideoClassifier(encoder, F.place(self.mesh, head))
+    model = EncoderHead(encoder, F.place(self.mesh, head))
     out = evaluate_classifier(model, self.config, self.mesh, None, self.model_config)
     return {k: v for k, v in out.items() if k != "seconds"}
 
@@ -150,6 +151,6 @@ def evaluate_classifiers(models: dict, config, mesh, workdirs: dict,
 
 
 def evaluate_classifier(model, config, mesh, workdir: str | None, model_config=None) -> dict:
-  """Multi-view test of one VideoClassifier on the eval split; files go to workdir."""
+  """Multi-view test of one EncoderHead on the eval split; files go to workdir."""
   return evaluate_classifiers({"model": model}, config, mesh, {"model": workdir},
                               model_config)["model"]

@@ -55,12 +55,7 @@ def run(config, workdir: str) -> dict:
   validate(config)
   mesh = engine.setup(config)
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-  classes = F.num_classes(config.data)
-  n_train = F.num_examples(config.data, "train")
-  global_batch = int(config.batch_size)
-  total = config_lib.steps("total", config, num_examples=n_train, batch_size=global_batch)
-  warmup = config_lib.steps("warmup", config, num_examples=n_train, batch_size=global_batch,
-                            default=0)
+  classes, n_train, total, warmup = F.schedule(config)
   task, model_config, source = make_task(config, mesh, classes)
   start = time.time()
   trained = engine.run(task, config, workdir, total_steps=total, warmup_steps=warmup, mesh=mesh)

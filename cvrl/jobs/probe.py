@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from cvrl.models.heads import EncoderHead
 from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.core import runtime
@@ -160,12 +161,8 @@ def run(config, workdir: str) -> dict:
   if config.probe.random_baseline and source["init"] != "random":
     encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated(mesh))
     sources["random_init"] = {"init": "random", "checkpoint": None, "seed": int(config.seed)}
-  classes = F.num_classes(config.data)
-  n_train = F.num_examples(config.data, "train")
+  classes, n_train, total, warmup = F.schedule(config)
   global_batch = int(config.batch_size)
-  total = config_lib.steps("total", config, num_examples=n_train, batch_size=global_batch)
-  warmup = config_lib.steps("warmup", config, num_examples=n_train, batch_size=global_batch,
-                            default=0)
   train_batches, plain_batches = _datasets(config, int(config.seed), mesh, model_config)
   dirs = {name: workdir if name == "probe" else os.path.join(workdir, name) for name in encoders}
   trained = {}
@@ -177,7 +174,7 @@ def run(config, workdir: str) -> dict:
         make_encoder=make_encoder, name=f"linear probe [{name}]")
     if trained[name][1]["preempted"]:
       return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
-  classifiers = {name: F.VideoClassifier(encoders[name], head)
+  classifiers = {name: EncoderHead(encoders[name], head)
                  for name, (head, _, _) in trained.items()}
   tests = (multiview.evaluate_classifiers(classifiers, config, mesh, dirs, model_config)
            if config.probe.evaluate else {})

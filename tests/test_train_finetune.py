@@ -9,10 +9,18 @@ from flax import nnx
 from _downstream_toys import tiny_encoder
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.engine import optim as optim_lib
 from cvrl.engine import tasks
 from cvrl.models.heads import EncoderHead, LinearClassifier
 from cvrl.eval import features as F
 from cvrl.jobs import finetune
+
+
+def finetune_optimizer(optim_config, global_batch, total_steps, warmup_steps):
+  """The fine-tune job's optimizer: what ClassifierTask.optimizer builds (two groups)."""
+  tx, _, rates = optim_lib.make(optim_config, global_batch, total_steps, warmup_steps,
+                                tasks.FINETUNE_GROUPS)
+  return tx, rates
 
 
 def optim(**kw):
@@ -28,7 +36,7 @@ def test_backbone_and_head_get_their_own_learning_rates():
   labels = tasks.param_groups(params)
   assert set(jax.tree.leaves(labels["encoder"])) == {"backbone"}
   assert set(jax.tree.leaves(labels["head"])) == {"head"}
-  tx, rates = finetune.make_optimizer(optim(), 16, total_steps=10, warmup_steps=0)
+  tx, rates = finetune_optimizer(optim(), 16, total_steps=10, warmup_steps=0)
   assert rates == {"backbone": 0.2, "head": 4.0}  # linear scaling, batch 16 / 8
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -40,7 +48,7 @@ def test_backbone_and_head_get_their_own_learning_rates():
 def test_weight_decay_only_on_kernels():
   model = EncoderHead(tiny_encoder(), LinearClassifier(8, 4, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
-  tx, rates = finetune.make_optimizer(optim(weight_decay=0.5), 8, 10, 0)
+  tx, rates = finetune_optimizer(optim(weight_decay=0.5), 8, 10, 0)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   k = updates["head"]["dense"]["kernel"][...]

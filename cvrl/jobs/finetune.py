@@ -16,7 +16,6 @@ from cvrl.core import runtime
 from cvrl.eval import classifier_io
 from cvrl.data import clip_shape
 from cvrl.engine import loop as engine
-from cvrl.engine import optim
 from cvrl.eval import features as F
 from cvrl.eval import multiview
 from cvrl.eval import results as R
@@ -30,13 +29,6 @@ def validate(config) -> None:
   engine.validate(config)
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
-
-
-def make_optimizer(optim_config, global_batch: int, total_steps: int, warmup_steps: int):
-  """(optax transform, {group: peak lr}): the backbone at base_lr, the head at head_lr."""
-  tx, _, rates = optim.make(optim_config, global_batch, total_steps, warmup_steps,
-                            tasks.FINETUNE_GROUPS)
-  return tx, rates
 
 
 def make_task(config, mesh, num_classes: int):

@@ -139,7 +139,16 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.photometric = 'device'
   c.jit_photometric = True  # host mode: XLA-compile the colour/blur stage (fused, faster)
   c.dct_method = ''       # JPEG IDCT: '' (library default) or 'INTEGER_FAST'
+  c.update(input_service_defaults())
   return c
+
+
+def input_service_defaults() -> dict:
+  """Input on the tf.data service (cvrl.data.service, README "Input on the tf.data
+  service"): `service` is a dispatcher's HOST:PORT, every job's pipeline then runs on its
+  workers ('' = on this host); `service_timeout`: seconds without a reachable dispatcher
+  or worker before the job stops (one line, exit 2)."""
+  return {'service': '', 'service_timeout': 60.0}
 
 
 def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

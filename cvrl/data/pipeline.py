@@ -279,8 +279,10 @@ class _Plan:
                          'source could not count')
       start_epoch, offset = divmod(start_step * self.batch_size, per_host)
     epochs = tf.data.Dataset.range(start_epoch, 2 ** 62 if self.train else 1)
-    ds = epochs.flat_map(self._epoch)
-    return ds.skip(offset) if offset else ds
+    # The resume offset is skipped inside its epoch: an epoch is the tf.data service's unit
+    # of work (cvrl.data.service), so only the worker producing start_epoch skips.
+    first = lambda e: self._epoch(e).skip(tf.cast(tf.equal(e, start_epoch), tf.int64) * offset)
+    return epochs.flat_map(first if offset else self._epoch)
 
   def _epoch(self, epoch):
     records = self.reader.epoch_records(epoch, self.random)
@@ -361,7 +363,9 @@ class _Plan:
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
     ds = ds.with_options(options)
-    return ds.prefetch(int(self.cfg.prefetch))
+    # data.service set: the workers of that tf.data service run this graph (cvrl.data.service).
+    from cvrl.data import service  # pylint: disable=import-outside-toplevel
+    return service.distribute(ds.prefetch(int(self.cfg.prefetch)), self.cfg)
 
   def _bad_label_note(self, el, is_bad, note):
     """The first bad record's description: it rides on every later element (a skipped one

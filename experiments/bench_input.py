@@ -1,6 +1,7 @@
 """Input pipeline throughput vs decoding the same frames alone (one JSON line).
 
   python -m experiments.bench_input [--seconds 6] [--rounds 3] [--videos 16]
+  python -m experiments.bench_input --service [--seconds 6] [--rounds 3]
 
 Writes SequenceExample shards of 64-frame videos at 256x340 (natural-looking textures
 sliding across the frame, JPEG quality 90) to a temp dir, then measures:
@@ -17,6 +18,13 @@ windows interleaved over `--rounds` rounds so a shared machine's load hits all a
 `ratio` = pipeline clips/s / decode-only clips/s of the same round (median and range);
 `ratio_cpu` the same from clips per CPU-second of this process (robust to other load).
 Target: pretraining ratio >= 0.70.
+
+--service instead: the same pretraining pipeline read through the tf.data service
+(cvrl.data.service) from 1, then 2 local workers (`python -m cvrl.data.service` processes
+on 127.0.0.1, beside a local dispatcher), each phase's windows interleaved with the local
+pipeline's; one JSON line with clips/s per phase and `ratio` = service / local of the same
+rounds. On one machine the workers share its cores with each other and with this process:
+the numbers say what the service costs, not what a cluster of worker VMs gains.
 """
 from __future__ import annotations
 
@@ -148,6 +156,51 @@ def device_finish_cost(data_config, batch_size: int, seconds: float) -> dict:
           'wall_ms_per_clip': round(1e3 * wall / clips, 1)}
 
 
+# ------------------------------------------------------------------------ --service
+
+def _launch(*args):
+  """A `python -m cvrl.data.service ...` process and the port its ready line names."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  proc = subprocess.Popen([sys.executable, '-m', 'cvrl.data.service', *args],
+                          stdout=subprocess.PIPE, text=True)
+  line = proc.stdout.readline()
+  if 'ready on port' not in line:
+    proc.kill()
+    raise RuntimeError(f'cvrl.data.service {args[0]} did not start: {line!r}')
+  return proc, int(line.rsplit(' ', 1)[1])
+
+
+def bench_service(cfg, batch: int, seconds: float, rounds: int) -> dict:
+  """Local pipeline vs the same graph served by 1, then 2 local workers (clips/s)."""
+  from cvrl.data import service  # pylint: disable=import-outside-toplevel
+  dispatcher, port = _launch('dispatcher', '--port=0')
+  workers, out = [], {}
+  remote = cfg.copy_and_resolve_references()
+  remote.service = f'localhost:{port}'
+  make = lambda c: lambda: pipeline.build_dataset(c, sampler={'name': 'cvrl'}, train=True,
+                                                  batch_size=batch, seed=0, process_index=0,
+                                                  process_count=1)
+  try:
+    for count in (1, 2):
+      workers.append(_launch('worker', f'--dispatcher=localhost:{port}', '--port=0',
+                             '--host=localhost')[0])
+      rates = compare({'local': make(cfg), 'service': make(remote)}, seconds, rounds, 2 * batch)
+      local = np.array([r[0] for r in rates['local']])
+      served = np.array([r[0] for r in rates['service']])
+      out[f'workers_{count}'] = {
+          'clips_per_s': round(float(np.median(served)), 2),
+          'local_clips_per_s': round(float(np.median(local)), 2),
+          'ratio': round(float(np.median(served / local)), 3),
+          'ratio_range': [round(float(x), 3) for x in ((served / local).min(), (served / local).max())]}
+  finally:
+    service.stop_watchdogs()
+    for proc in workers + [dispatcher]:
+      proc.terminate()
+      proc.wait()
+  return out
+
+
 def main():
   from cvrl.core import cli  # pylint: disable=import-outside-toplevel
   p = cli.ArgumentParser()
@@ -155,6 +208,8 @@ def main():
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--videos', type=int, default=16)
   p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--service', action='store_true',
+                 help='the pipeline through the tf.data service, 1 and 2 local workers')
   args = p.parse_args()
   cores = os.cpu_count() or 1
   result = {'cores': cores, 'frame': [HEIGHT, WIDTH], 'seconds': args.seconds, 'rounds': args.rounds}
@@ -164,6 +219,10 @@ def main():
     cfg = config_lib.default_data_config()
     cfg.source, cfg.train_paths, cfg.eval_paths = 'tfrecord', ','.join(paths), ','.join(paths)
     cfg.shuffle_buffer = 16
+    if args.service:
+      result['service'] = bench_service(cfg, args.batch, args.seconds, args.rounds)
+      print(json.dumps(result))
+      return
 
     def train_ds(photometric):
       c = cfg.copy_and_resolve_references()

@@ -4,7 +4,8 @@ The service's batches hold exactly the local pipeline's examples (content, label
 id, epoch); a SIGKILLed worker loses only the rest of its epoch and duplicates nothing, with
 one warning line; the demo's pretraining runs through the service and finishes when a
 worker is killed mid-run; an unreachable dispatcher or a worker-less one is one line and
-exit 2 within data.service_timeout; the launcher stops with exit 0 on SIGTERM."""
+exit 2 within data.service_timeout, and so is a run whose last worker dies; the launcher
+stops with exit 0 on SIGTERM."""
 import collections
 import gc
 import hashlib
@@ -244,7 +245,41 @@ def test_demo_pretraining_on_the_service_finishes_when_a_worker_is_killed(cluste
   assert len([l for l in text.splitlines() if "is unreachable" in l]) == 1, text[-5000:]
 
 
+@pytest.mark.slow
+def test_a_run_whose_last_worker_dies_stops_with_one_line_exit_2(cluster, tmp_path):
+  service.stop_watchdogs()  # this process's own: the test kills the last worker(s)
+  last = [w for w in cluster["workers"] if w.proc.poll() is None]
+  assert last
+  cmd = [sys.executable, "-m", "cvrl.main",
+         f"--config=configs/demo.py:steps=100000,probe=False,videos={VIDEOS},batch_size={BATCH}",
+         f"--workdir={tmp_path}", f"--config.data.service=localhost:{cluster['dispatcher'].port}",
+         f"--config.data.synthetic.dir={os.path.join(cluster['tmp'], 'videos')}",
+         "--config.data.synthetic.num_eval_videos=10", "--config.data.service_timeout=5",
+         "--config.log.every_steps=1"]
+  log = os.path.join(cluster["tmp"], "orphan.log")
+  with open(log, "w") as out:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+  metrics = os.path.join(str(tmp_path), "metrics.jsonl")
+  try:
+    assert wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, proc, 600), \
+        open(log).read()[-5000:]
+    for w in last:
+      w.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    rc = proc.wait(timeout=120)
+    elapsed = time.monotonic() - killed
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  text = open(log).read()
+  errors = [l for l in text.splitlines() if l.startswith("cvrl: error:")]
+  assert rc == 2, text[-5000:]
+  assert len(errors) == 1 and "no reachable worker" in errors[0], text[-3000:]
+  assert elapsed < 5 + 20, elapsed  # data.service_timeout, the watchdog's look, slack
+
+
 def test_launcher_stops_on_sigterm_with_exit_0(cluster):
+  service.stop_watchdogs()
   for p in [cluster["dispatcher"]] + [w for w in cluster["workers"] if w.proc.poll() is None]:
     p.proc.send_signal(signal.SIGTERM)
     assert p.proc.wait(timeout=60) == 0, p.output()

@@ -182,6 +182,32 @@ def test_service_batches_hold_the_local_pipelines_examples(cluster):
 
 
 @pytest.mark.slow
+def test_with_one_worker_a_resumed_run_reads_what_an_uninterrupted_run_would(cluster):
+  """One worker produces the epochs in order: the local stream itself, and a run resumed at
+  step s (here mid-epoch: epoch 1, offset 8) reads batches s, s+1, ... of it."""
+  from tensorflow.data.experimental import service as tf_service
+  dispatcher = tf_service.DispatchServer(tf_service.DispatcherConfig(port=0))
+  where = dispatcher.target.split("://")[1]
+  one = tf_service.WorkerServer(tf_service.WorkerConfig(dispatcher_address=where))
+  cfg = data_config(cluster["tmp"])
+  step, n = 8, 6
+  local = list(build(cfg).take(step + n).as_numpy_iterator())
+  resumed = pipeline.build_dataset(data_config_like(cfg, where), sampler={"name": "cvrl"},
+                                   train=True, batch_size=BATCH, seed=0, start_step=step,
+                                   process_index=0, process_count=1, label_fraction=1.0)
+  got = list(resumed.take(n).as_numpy_iterator())
+  del resumed
+  service.stop_watchdogs()
+  one.stop()
+  dispatcher.stop()
+  for a, b in zip(local[step:], got):
+    for key in ("video", "photometric", "label", "index"):
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    np.testing.assert_array_equal(a["stats"][:, 0], b["stats"][:, 0])  # the epoch
+  assert len(got) == n
+
+
+@pytest.mark.slow
 def test_a_killed_worker_loses_the_rest_of_its_epoch_and_duplicates_nothing(cluster, caplog):
   address = f"localhost:{cluster['dispatcher'].port}"
   cfg = data_config(cluster["tmp"])

@@ -241,12 +241,13 @@ def test_a_killed_worker_loses_the_rest_of_its_epoch_and_duplicates_nothing(clus
 
 
 @pytest.mark.slow
-def test_demo_pretraining_on_the_service_finishes_when_a_worker_is_killed(cluster, tmp_path):
+def test_demo_pretraining_and_evaluators_on_the_service_finish_when_a_worker_is_killed(
+    cluster, tmp_path):
   fresh = worker(cluster["tmp"], cluster["dispatcher"].port, "worker2").ready()
   cluster["workers"].append(fresh)
   workdir = str(tmp_path)
   cmd = [sys.executable, "-m", "cvrl.main",
-         f"--config=configs/demo.py:steps=200,probe=False,videos={VIDEOS},batch_size={BATCH}",
+         f"--config=configs/demo.py:steps=200,probe=True,videos={VIDEOS},batch_size={BATCH}",
          f"--workdir={workdir}", f"--config.data.service=localhost:{cluster['dispatcher'].port}",
          f"--config.data.synthetic.dir={os.path.join(cluster['tmp'], 'videos')}",
          "--config.data.synthetic.num_eval_videos=10", "--config.log.every_steps=10",
@@ -268,6 +269,9 @@ def test_demo_pretraining_on_the_service_finishes_when_a_worker_is_killed(cluste
   with open(metrics) as f:
     train_rows = [json.loads(l) for l in f if '"loss"' in l]
   assert train_rows[-1]["step"] == 200, text[-3000:]
+  # The evaluators read through the service too, after the kill as well (a finite pass must
+  # not wait on the dead worker's task).
+  assert "eval/knn step 200:" in text and "eval/knn_random_init" in text, text[-3000:]
   assert len([l for l in text.splitlines() if "is unreachable" in l]) == 1, text[-5000:]
 
 

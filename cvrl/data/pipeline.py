@@ -363,9 +363,12 @@ class _Plan:
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
     ds = ds.with_options(options)
-    # data.service set: the workers of that tf.data service run this graph (cvrl.data.service).
+    # data.service set: the workers of that tf.data service run this graph (cvrl.data.service);
+    # an evaluation pass stops after its batch count (a dead worker's task never ends).
     from cvrl.data import service  # pylint: disable=import-outside-toplevel
-    return service.distribute(ds.prefetch(int(self.cfg.prefetch)), self.cfg)
+    passes = None if self.train else service.pass_batches(
+        self.reader.host_counts, self.process_index, self.batch_size)
+    return service.distribute(ds.prefetch(int(self.cfg.prefetch)), self.cfg, batches=passes)
 
   def _bad_label_note(self, el, is_bad, note):
     """The first bad record's description: it rides on every later element (a skipped one

@@ -88,10 +88,26 @@ def enabled(data_config) -> bool:
   return bool(address(data_config))
 
 
-def distribute(ds, data_config):
+def pass_batches(host_counts, process_index: int, batch_size: int) -> int | None:
+  """Batches of one evaluation pass of this host (as pipeline._eval_batches makes them:
+  the last padded, every host as many as the largest); None when the counts are unknown."""
+  if not host_counts:
+    return None
+  count = max(host_counts) if len(host_counts) > 1 else host_counts[process_index]
+  return -(-int(count) // int(batch_size))
+
+
+def distribute(ds, data_config, batches: int | None = None):
   """`ds` read from the tf.data service of data.service (ShardingPolicy.DYNAMIC; the module
   docstring says why); `ds` itself when data.service is ''. Checks first that the
-  dispatcher answers and has a reachable worker (ConfigError after data.service_timeout)."""
+  dispatcher answers and has a reachable worker (ConfigError after data.service_timeout).
+
+  batches: a finite pass's batch count (evaluation). The tf.data service client ends a
+  finite job only when every worker's task has ended, and the task of a worker that died
+  (even before the job began: the dispatcher keeps it listed) never does; the pass is one
+  split, produced whole by one live worker, so the reader stops after its last batch.
+  (A pass that drops records, e.g. undecodable frames, yields fewer: with a dead worker
+  listed it would wait on it.)"""
   if not enabled(data_config):
     return ds
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -100,6 +116,8 @@ def distribute(ds, data_config):
   svc = tf.data.experimental.service
   out = ds.apply(svc.distribute(processing_mode=svc.ShardingPolicy.DYNAMIC,
                                 service=f'grpc://{where}', compression=None))
+  if batches is not None:
+    out = out.take(batches)
   _watchdog(where, wait).arm(out)
   return out
 

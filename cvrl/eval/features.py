@@ -22,8 +22,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
 
+from cvrl import config_lib
 from cvrl.core import parallel
-from cvrl.data import device
+from cvrl.data import device, sources
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
 
@@ -221,14 +222,12 @@ def run_split(runner: Callable[[dict], jax.Array], mesh: Mesh, batches: Iterable
 
 def num_classes(data: ml_collections.ConfigDict) -> int:
   """Classes of the labelled dataset: config.data.num_classes, or what the source says."""
-  from cvrl.data import sources  # pylint: disable=import-outside-toplevel
   return sources.num_classes(data)
 
 
 def schedule(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   """(classes, training videos, total steps, warm-up steps) of a job that trains on the
   labelled split: durations in epochs count its videos (the data.label_fraction subset)."""
-  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   n_train = num_examples(config.data, "train")
   kw = dict(num_examples=n_train, batch_size=int(config.batch_size))
   return (num_classes(config.data), n_train, config_lib.steps("total", config, **kw),
@@ -238,5 +237,4 @@ def schedule(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
 def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:
   """Videos in a split, as the source says (cvrl.data.sources.num_examples); the train split
   under data.label_fraction < 1 counts its class-balanced subset."""
-  from cvrl.data import sources  # pylint: disable=import-outside-toplevel
   return sources.num_examples(data, split, jax.process_count())

@@ -27,7 +27,6 @@ from cvrl.eval import scores
 
 class Multiview(linear.Linear):
   FIELDS = dict(linear.Linear.FIELDS, test_clips=10, test_crops=3)  # the test's views
-  headline = ("top1", "top5")
 
   @classmethod
   def check(cls, name, spec) -> None:

@@ -53,9 +53,9 @@ def define_flags():
   _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cvrl_bench_quality", "Runs go here.")
   _OUT = flags.DEFINE_string("out", "", "quality.{json,md,png} go here ('' : the workdir).")
   _CURVE_POINTS = flags.DEFINE_integer("curve_points", 4, "Checkpoints per run on the kNN curve.")
-  _AUG = flags.DEFINE_enum("augmentation", "recipe", ["recipe", "paper"], "CVRL's augmentation: "
-                           "the demo recipe's, or the paper's full strength (for the comparison "
-                           "in the README).")
+  _AUG = flags.DEFINE_enum("augmentation", "recipe", list(AUGMENTATIONS), "CVRL's augmentation: "
+                           "the demo recipe's, the paper's full strength, or the recipe with the "
+                           "paper's colour jitter and grayscale (comparisons in the README).")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -88,6 +88,7 @@ def parse_difficulty(text: str) -> dict:
 
 # ---------------------------------------------------------------------------- recipes
 
+AUGMENTATIONS = ("recipe", "paper", "paper_colour")  # see recipe()
 VIDEOS = 2048  # training videos of the bench data
 STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
 
@@ -120,8 +121,15 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
   from configs import demo
   from cvrl.data.config import default_augmentation_config
   c = demo.get_config(f"steps={steps or STEPS},probe=False,source=synthetic")
+  if augmentation not in AUGMENTATIONS:
+    raise ValueError(f"augmentation {augmentation!r}: choose from {AUGMENTATIONS}")
   if augmentation == "paper":
     c.data.augmentation = default_augmentation_config()
+  elif augmentation == "paper_colour":  # the recipe's crop, the paper's colour ops
+    paper = default_augmentation_config()
+    c.data.augmentation.update({k: paper[k] for k in ("color_jitter_prob", "brightness",
+                                                      "contrast", "saturation", "hue",
+                                                      "grayscale_prob")})
   if method != "cvrl":
     module = importlib.import_module(f"cvrl.objectives.{method}")
     c.objective = ml_collections.ConfigDict(module.objective_config())

@@ -47,6 +47,12 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   assert c.data.augmentation.brightness == 0.3  # the demo's
   p = B.recipe("cvrl", 10, 0, "paper")
   assert p.data.augmentation.brightness == 0.8 and p.data.augmentation.blur_probs == (1.0, 0.1)
+  pc, paper = B.recipe("cvrl", 10, 0, "paper_colour").data.augmentation, p.data.augmentation
+  for k in ("color_jitter_prob", "brightness", "contrast", "saturation", "hue", "grayscale_prob"):
+    assert pc[k] == paper[k], k
+  assert pc.area_range == c.data.augmentation.area_range and pc.blur_probs == (0.0,)
+  with pytest.raises(ValueError, match="augmentation 'strong'"):
+    B.recipe("cvrl", 10, 0, "strong")
   s = B.recipe("simclr", 10, 0)
   assert s.objective.name == "simclr" and s.batch_size == 16 and s.data.crop_size == 32
 

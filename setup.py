@@ -19,12 +19,19 @@ setuptools.setup(
         "ml-collections",
         "orbax-checkpoint",
         "absl-py",
+        # Every user path (workdir, checkpoints, data, pretrained=) goes through etils.epath,
+        # as orbax's own paths do; gcsfs is its gs:// backend when TensorFlow's is not used.
+        "etils[epath]",
+        "gcsfs",
     ],
     extras_require={
         # PyAV decodes videos for `python -m cvrl.data.convert` (it bundles FFmpeg).
         "convert": ["av"],
+        # matplotlib draws the benchmarks' plots; without it they write JSON and Markdown only.
+        "plots": ["matplotlib"],
         # scipy: the sampler's Kolmogorov-Smirnov test; av: the converter's round trip;
-        # pytest-xdist: the suite on two workers (XLA compiles on one core).
-        "test": ["pytest", "pytest-xdist", "scipy", "av"],
+        # pytest-xdist: the suite on two workers (XLA compiles on one core);
+        # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests; matplotlib: plots.
+        "test": ["pytest", "pytest-xdist", "scipy", "av", "gcp-storage-emulator", "matplotlib"],
     },
 )

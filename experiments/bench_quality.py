@@ -54,8 +54,10 @@ def define_flags():
   _OUT = flags.DEFINE_string("out", "", "quality.{json,md,png} go here ('' : the workdir).")
   _CURVE_POINTS = flags.DEFINE_integer("curve_points", 4, "Checkpoints per run on the kNN curve.")
   _AUG = flags.DEFINE_enum("augmentation", "recipe", list(AUGMENTATIONS), "CVRL's augmentation: "
-                           "the demo recipe's, the paper's full strength, or the recipe with the "
-                           "paper's colour jitter and grayscale (comparisons in the README).")
+                           "the demo recipe's, the paper's full strength, the recipe with the "
+                           "paper's colour jitter and grayscale, the recipe with background "
+                           "erasing (Wang et al. 2021) on the first view, or both (comparisons "
+                           "in the README).")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -88,7 +90,8 @@ def parse_difficulty(text: str) -> dict:
 
 # ---------------------------------------------------------------------------- recipes
 
-AUGMENTATIONS = ("recipe", "paper", "paper_colour")  # see recipe()
+AUGMENTATIONS = ("recipe", "paper", "paper_colour", "background",
+                 "paper_colour_background")  # see recipe()
 VIDEOS = 2048  # training videos of the bench data
 STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
 
@@ -111,7 +114,9 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None) -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
-  augmentation 'paper': CVRL's full-strength augmentation instead of the demo's.
+  augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
+  'paper_colour': the paper's colour ops on the demo's crop; '..background': background
+  erasing with its paper's settings on top.
 
   Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
   AdamW, steps) and changes only what the method is: its objective with the heads shrunk
@@ -125,11 +130,13 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
     raise ValueError(f"augmentation {augmentation!r}: choose from {AUGMENTATIONS}")
   if augmentation == "paper":
     c.data.augmentation = default_augmentation_config()
-  elif augmentation == "paper_colour":  # the recipe's crop, the paper's colour ops
+  elif augmentation.startswith("paper_colour"):  # the recipe's crop, the paper's colour ops
     paper = default_augmentation_config()
     c.data.augmentation.update({k: paper[k] for k in ("color_jitter_prob", "brightness",
                                                       "contrast", "saturation", "hue",
                                                       "grayscale_prob")})
+  if augmentation.endswith("background"):  # the query view mixed, weight U(0, 0.3)
+    c.data.augmentation.background_erase_probs = (1.0, 0.0)
   if method != "cvrl":
     module = importlib.import_module(f"cvrl.objectives.{method}")
     c.objective = ml_collections.ConfigDict(module.objective_config())

@@ -16,6 +16,7 @@ from cvrl.data.sources import tfrecord
 STRONG = A.AugmentSpec(color_jitter_prob=0.9, grayscale_prob=0.3, blur_probs=(0.6,),
                        solarize_probs=(0.4,))
 TCLR_EXTRAS = dict(gray_gamma_prob=0.4, channel_drop_prob=0.35, erase_prob=0.6, erase_size=0.4)
+BACKGROUND = dict(background_erase_probs=(1.0, 0.0))  # the paper's
 STRONG_TCLR = A.AugmentSpec(color_jitter_prob=0.9, grayscale_prob=0.3, blur_probs=(0.6,),
                             solarize_probs=(0.4,), **TCLR_EXTRAS)
 
@@ -167,10 +168,11 @@ def _texture_video(seed, frames=12, h=28, w=36):
   return [tf.io.encode_jpeg(f.astype(np.uint8), quality=95).numpy() for f in video]
 
 
-@pytest.mark.parametrize('extras', [False, True], ids=['cvrl', 'tclr_extras'])
+@pytest.mark.parametrize('extras', ['', 'tclr', 'background'])
 def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   """The key check: data.photometric='device' + finish_batch gives the host path's clips
-  (also with TCLR's gray-gamma / channel drop / erasing on)."""
+  (also with TCLR's gray-gamma / channel drop / erasing on, or background erasing)."""
+  more = {'': {}, 'tclr': TCLR_EXTRAS, 'background': BACKGROUND}[extras]
   path = str(tmp_path / 'v.tfrecord')
   with tf.io.TFRecordWriter(path) as w:
     for i in range(4):
@@ -181,8 +183,7 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   cfg.shuffle_buffer, cfg.num_parallel_calls = 4, 2
   cfg.jit_photometric = False  # no XLA compiles in a test
   cfg.augmentation.solarize_probs = (0.5, 0.5)
-  if extras:
-    cfg.augmentation.update(TCLR_EXTRAS)
+  cfg.augmentation.update(more)
 
   def batch(mode):
     c = cfg.copy_and_resolve_references()
@@ -198,7 +199,9 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   p = dev['photometric']
   assert len({tuple(row) for row in p.reshape(-1, P.SIZE)}) == 8  # a draw per clip
   _same_up_to_uint8_rounding(jax.jit(device.make_finish(cfg))(dev)['video'], host['video'])
-  if extras:  # the extras did fire; the drawn boxes are 0 on both paths, nothing else is
+  if extras == 'background':  # the query always, the key never
+    assert p[:, 0, P.BG_ERASE].all() and not p[:, 1, P.BG_ERASE].any()
+  if extras == 'tclr':  # the extras did fire; the drawn boxes are 0 on both paths, nothing else is
     for i in (P.GRAY_GAMMA, P.CHANNEL_DROP, P.ERASE):
       assert p[..., i].any(), i
     box = np.zeros(host['video'].shape[:-1], bool)  # [B, V, T, H, W]
@@ -211,7 +214,7 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
     # outside the boxes: black where the other ops made it black, on both paths alike
     assert (host_zero != dev_zero).mean() < 1e-3, (host_zero != dev_zero).mean()
   # per frame (the ablation): the same through ClipAugmenter
-  spec = A.AugmentSpec(consistent=False, solarize_probs=(0.5,), **(TCLR_EXTRAS if extras else {}))
+  spec = A.AugmentSpec(consistent=False, solarize_probs=(0.5,), **more)
   frames = tf.constant(_texture_video(9)[:4])
   seed = tf.constant([7, 1], tf.int64)
   video, params = A.ClipAugmenter(spec, 24, photometric='device')(frames, seed, 0)
@@ -221,7 +224,7 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   out = jax.jit(device.finish_batch)({'video': video.numpy()[None, None],
                                       'photometric': params.numpy()[None, None]})
   _same_up_to_uint8_rounding(out['video'][0, 0], ref.numpy())
-  if extras:
+  if extras == 'tclr':
     assert params.numpy()[:, P.ERASE].any() and len(set(params.numpy()[:, P.ERASE_BOX.start])) > 1
 
 
@@ -282,3 +285,38 @@ def test_device_tclr_extras_match_their_definitions():
   batch = {'video': (x * 255).astype(np.uint8), 'photometric': frames[None, None]}
   np.testing.assert_array_equal(np.asarray(device.finish_batch(batch, cfg)['video'])[0, 0, 1],
                                 erased(batch['video'][0, 0, 1].astype(np.float32) * np.float32(1 / 255), 9, 0, 9, 5))
+
+
+def test_background_erase_matches_its_definition():
+  """Wang et al. 2021: every frame x_t -> (1 - w) x_t + w x_k, k = floor(position * T) (the
+  last frame at most), last of all; unchanged where the flag is off; per frame: the draw of
+  the clip's first frame; the host op the same; left out where the config cannot draw it."""
+  rng = np.random.default_rng(3)
+  x = _smooth(rng, (3, 1, 5, 12, 12, 3))
+  cases = [(0.25, 0.0), (0.1, 0.5), (0.3, 0.99), (0.2, 1.0)]  # (weight, position): k 0, 2, 4, 4
+  apply = jax.jit(device.apply_photometric)
+  for w, pos in cases:
+    params = np.stack([_neutral(bg_erase=1, bg_weight=w, bg_frame=pos),
+                       _neutral(bg_erase=0, bg_weight=w, bg_frame=pos),
+                       _neutral(bg_erase=1, bg_weight=w, bg_frame=pos, erase=1, erase_box=(2, 3, 4, 5))])
+    out = np.asarray(apply(x, params[:, None]))[:, 0]
+    k = min(int(np.floor(pos * 5)), 4)
+    np.testing.assert_allclose(out[0], (1 - w) * x[0, 0] + w * x[0, 0, k], atol=1e-6)
+    np.testing.assert_array_equal(out[1], x[1, 0])
+    erased = np.array(x[2, 0], copy=True)
+    erased[:, 2:6, 3:8] = 0
+    np.testing.assert_allclose(out[2], (1 - w) * erased + w * erased[k], atol=1e-6)
+    host = A.background_erase(tf.constant(x[0, 0]), tf.constant(params[0])).numpy()
+    np.testing.assert_allclose(host, out[0], atol=1e-6)
+  frames = np.stack([_neutral(bg_erase=1, bg_weight=0.3, bg_frame=0.7)] +
+                    [_neutral(bg_erase=0, bg_frame=0.0)] * 4)  # [T, P]: frame 0's draw rules
+  out = np.asarray(apply(x[:1], frames[None, None]))[0, 0]
+  np.testing.assert_allclose(out, 0.7 * x[0, 0] + 0.3 * x[0, 0, 3], atol=1e-6)
+  cfg = config_lib.default_data_config()
+  assert not device.background_erasing(cfg) and device.background_erasing(None)
+  batch = {'video': (x * 255).astype(np.uint8), 'photometric': params[:, None]}
+  np.testing.assert_array_equal(np.asarray(device.finish_batch(batch, cfg)['video'])[0],
+                                batch['video'][0].astype(np.float32) * np.float32(1 / 255))
+  cfg.augmentation.background_erase_probs = (1.0, 0.0)
+  assert device.background_erasing(cfg)
+  assert not device.background_erasing(config_lib.set_probe_augmentation(cfg))

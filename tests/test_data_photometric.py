@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl.core.errors import ConfigError
 from cvrl.data import augmentation as A
 from cvrl.data import photometric as P
 
@@ -64,11 +65,11 @@ TCLR = A.AugmentSpec(gray_gamma_prob=0.175, gamma_prob=0.75, gamma_range=(0.75, 
                      channel_drop_prob=0.125, erase_prob=0.5, erase_size=19 / 112)
 
 
-def _many(spec, n, out_size=112):
-  """n parameter vectors (seeds [i, 8]) in one graph."""
+def _many(spec, n, out_size=112, view=0):
+  """n parameter vectors (seeds [i, 8]) of `view` in one graph."""
   draw = tf.function(lambda seeds: tf.map_fn(
-      lambda s: A.draw_photometric(tf.random.stateless_uniform([A.NUM_DRAWS], s), spec, 0, 11,
-                                   out_size), seeds, fn_output_signature=tf.float32))
+      lambda s: A.draw_photometric(tf.random.stateless_uniform([A.NUM_DRAWS], s), spec, view,
+                                   11, out_size), seeds, fn_output_signature=tf.float32))
   seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(8, tf.int64))], axis=1)
   return draw(seeds).numpy()
 
@@ -140,3 +141,30 @@ def test_tclr_extras_leave_the_other_draws_alone():
     A.draw_photometric(tf.zeros([A.NUM_DRAWS]), TCLR, 0, 11)
   with pytest.raises(ValueError, match='at most 1'):
     A.AugmentSpec(gray_gamma_prob=0.6, channel_drop_prob=0.5)
+
+
+def test_background_erase_draw_per_view_ranges_and_the_other_draws_alone():
+  """Wang et al. 2021 (their code): the query view always, the key never; weight U(0, 0.3);
+  the static frame's position uniform in [0, 1); appended after every earlier entry."""
+  n = 3000
+  spec = A.AugmentSpec(background_erase_probs=(1.0, 0.0))
+  query, key = _many(spec, n, view=0), _many(spec, n, view=1)
+  assert query[:, P.BG_ERASE].min() == 1.0 and key[:, P.BG_ERASE].max() == 0.0
+  w = query[:, P.BG_WEIGHT]
+  assert 0.0 <= w.min() < 0.003 and 0.297 < w.max() < 0.3
+  np.testing.assert_allclose([w.mean(), w.std()], [0.15, 0.3 / np.sqrt(12)], rtol=0.05)
+  pos = query[:, P.BG_FRAME]
+  assert 0.0 <= pos.min() and pos.max() < 1.0
+  for t in range(8):  # every frame of an 8-frame clip equally likely
+    _binomial(np.floor(pos * 8) == t, 1 / 8)
+  np.testing.assert_array_equal(key[:, P.BG_WEIGHT:], query[:, P.BG_WEIGHT:])  # one draw per clip
+  default = _many(A.AugmentSpec(), n)
+  np.testing.assert_array_equal(query[:, :P.BG_ERASE], default[:, :P.BG_ERASE])
+  assert default[:, P.BG_ERASE].max() == 0.0
+  half = _many(A.AugmentSpec(background_erase_probs=(0.5,), background_erase_max=0.6), n, view=3)
+  _binomial(half[:, P.BG_ERASE], 0.5)
+  assert 0.59 < half[:, P.BG_WEIGHT].max() <= 0.6
+  assert A.AugmentSpec(color_jitter_prob=0.0, grayscale_prob=0.0, solarize_probs=(0.0,),
+                       blur_probs=(0.0,), background_erase_probs=(0.0, 0.1)).has_photometric(2, 0)
+  with pytest.raises(ConfigError, match='background_erase_max must be in'):
+    A.AugmentSpec(background_erase_max=1.5)

@@ -35,6 +35,15 @@ tclr_pretraining/dl_tclr.py), all off by default and per clip like everything el
   edge), height and width each uniform over the integers [m // 2, m) with m =
   round(erase_size * S) for output side S. The reference's m = 19 at 112 px is
   erase_size = 19 / 112 (so the box scales with the crop).
+
+Background erasing (Wang et al., "Removing the Background by Adding the Background", CVPR
+2021), off by default, after everything else (the authors' code mixes the network's input):
+one frame k of the augmented clip, uniform over its T frames, is the static frame, and every
+frame becomes x_t' = (1 - lambda) x_t + lambda x_k with lambda ~ U(0, background_erase_max)
+drawn per clip (0.3, the authors' code; it draws lambda per batch). The clip keeps its motion
+and carries a still copy of its own scene; with the paper's background_erase_probs = (1, 0)
+only the first view (the query) is mixed, so matching it to the second view rewards what
+moves. The per-frame ablation mixes with the draw of the clip's first frame.
 """
 from __future__ import annotations
 
@@ -44,6 +53,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from cvrl.core.errors import ConfigError
 from cvrl.data import photometric as P
 
 # Positions in the per-clip uniform draw.
@@ -56,10 +66,13 @@ _GRAY_OR_DROP, _GAMMA_ON, _GAMMA = 14, 15, 16
 _CHANNEL = 17
 _ERASE = 18
 _ERASE_BOX = slice(19, 23)  # top, left, height, width
-NUM_DRAWS = 23
+_BG_ERASE, _BG_WEIGHT, _BG_FRAME = 23, 24, 25  # background erasing
+NUM_DRAWS = 26
 
 # Random erasing's default size: TCLR's 19 pixels at 112.
 TCLR_ERASE_SIZE = 19 / 112
+# Background erasing's largest mixing weight (Wang et al. 2021, their code's alpha).
+BE_MAX_WEIGHT = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +102,9 @@ class AugmentSpec:
   channel_drop_prob: float = 0.0
   erase_prob: float = 0.0
   erase_size: float = TCLR_ERASE_SIZE
+  # Background erasing (module docstring): probability per view, the largest weight.
+  background_erase_probs: tuple = (0.0,)
+  background_erase_max: float = BE_MAX_WEIGHT
   consistent: bool = True
 
   def __post_init__(self):
@@ -96,6 +112,9 @@ class AugmentSpec:
       raise ValueError('augmentation.gray_gamma_prob + channel_drop_prob must be at most 1 '
                        f'(two arms of one draw), got {self.gray_gamma_prob} + '
                        f'{self.channel_drop_prob}')
+    if not 0.0 <= self.background_erase_max <= 1.0:
+      raise ConfigError('data.augmentation.background_erase_max must be in [0, 1] (the largest '
+                        f'weight of the static frame), got {self.background_erase_max}')
 
   @classmethod
   def from_config(cls, aug) -> 'AugmentSpec':
@@ -107,11 +126,17 @@ class AugmentSpec:
     return cls(**values)
 
   def blur_prob(self, view: int) -> float:
-    return float(self.blur_probs[min(view, len(self.blur_probs) - 1)]) if self.blur_probs else 0.0
+    return _per_view(self.blur_probs, view)
 
   def solarize_prob(self, view: int) -> float:
-    return (float(self.solarize_probs[min(view, len(self.solarize_probs) - 1)])
-            if self.solarize_probs else 0.0)
+    return _per_view(self.solarize_probs, view)
+
+  def background_erase_prob(self, view: int) -> float:
+    return _per_view(self.background_erase_probs, view)
+
+  @property
+  def has_background_erase(self) -> bool:
+    return max(self.background_erase_probs or (0.0,)) > 0
 
   @property
   def has_tclr_colour(self) -> bool:
@@ -121,9 +146,14 @@ class AugmentSpec:
   def has_photometric(self, num_views: int, blur_radius: int) -> bool:
     """Whether any colour/grayscale/blur/solarize/erase op can fire on one of the views."""
     return (self.color_jitter_prob > 0 or self.grayscale_prob > 0 or self.has_tclr_colour or
-            self.erase_prob > 0 or
+            self.erase_prob > 0 or self.has_background_erase or
             any(self.solarize_prob(v) > 0 or (blur_radius > 0 and self.blur_prob(v) > 0)
                 for v in range(num_views)))
+
+
+def _per_view(probs: tuple, view: int) -> float:
+  """Entry min(view, len - 1) of a per-view probability tuple (0 when empty)."""
+  return float(probs[min(view, len(probs) - 1)]) if probs else 0.0
 
 
 def fold_seed(seed, *data: int | tf.Tensor) -> tf.Tensor:
@@ -254,7 +284,7 @@ def draw_photometric(u, spec: AugmentSpec, view: int, radius: int,
   The single place both paths take their colour/blur/solarize choices from: brightness
   U[max(0, 1-b), 1+b], contrast U[1-c, 1+c], saturation U[1-s, 1+s], hue U[-h, h], the
   random order as the argsort of four uniforms, and Bernoulli flags per view; then TCLR's
-  extras (module docstring). out_size: the output side S, which the erase box needs (in
+  extras and background erasing (module docstring). out_size: the output side S, which the erase box needs (in
   pixels, integers, so both paths erase the same pixels); required when erase_prob > 0.
   """
   between = lambda v, lo, hi: lo + (hi - lo) * v
@@ -277,7 +307,10 @@ def draw_photometric(u, spec: AugmentSpec, view: int, radius: int,
                 flag(u[_BLUR], spec.blur_prob(view) if radius > 0 else 0.0),
                 between(u[_SIGMA], lo, hi),
                 flag(u[_SOLAR], spec.solarize_prob(view))]),
-      _draw_tclr(u, spec, out_size, between, flag, integer)], axis=0)
+      _draw_tclr(u, spec, out_size, between, flag, integer),
+      tf.stack([flag(u[_BG_ERASE], spec.background_erase_prob(view)),
+                between(u[_BG_WEIGHT], 0.0, spec.background_erase_max), u[_BG_FRAME]])],
+      axis=0)
 
 
 def _draw_tclr(u, spec: AugmentSpec, out_size: int, between, flag, integer) -> tf.Tensor:
@@ -414,6 +447,15 @@ def erase_box(x, box) -> tf.Tensor:
   return tf.where(inside[..., None], 0.0, x)
 
 
+def background_erase(x, params) -> tf.Tensor:
+  """x [T, H, W, C] with the clip's static frame mixed in: (1 - lambda) x_t + lambda x_k,
+  lambda = BG_WEIGHT where BG_ERASE is set (else 0), k = min(floor(BG_FRAME * T), T - 1)."""
+  num = tf.shape(x)[0]
+  k = tf.cast(tf.floor(params[P.BG_FRAME] * tf.cast(num, tf.float32)), tf.int32)
+  weight = params[P.BG_ERASE] * params[P.BG_WEIGHT]
+  return (1.0 - weight) * x + weight * x[tf.minimum(k, num - 1)]
+
+
 def to_uint8(x) -> tf.Tensor:
   """Round float pixels in [0, 255] to uint8 (half up; inputs are never negative)."""
   return tf.cast(x + 0.5, tf.uint8)
@@ -449,13 +491,18 @@ class ClipAugmenter:
     [photometric.SIZE] for a consistent clip, [T, photometric.SIZE] per frame.
     """
     if self.spec.consistent:
-      return self._clip(frames, seed, view)
-    num = tf.shape(frames)[0]
+      clip, params = self._clip(frames, seed, view)
+    else:
+      clip, params = self._per_frame(frames, seed, view)
+    if self.on_device or not self.spec.has_background_erase:
+      return clip, params
+    return background_erase(clip, params if self.spec.consistent else params[0]), params
 
-    def per_frame(t):
+  def _per_frame(self, frames, seed, view: int):
+    def one(t):
       clip, params = self._clip(frames[t:t + 1], fold_seed(seed, t), view)
       return clip[0], params
-    return tf.map_fn(per_frame, tf.range(num), fn_output_signature=(
+    return tf.map_fn(one, tf.range(tf.shape(frames)[0]), fn_output_signature=(
         tf.TensorSpec([self.out_size, self.out_size, 3], self.dtype),
         tf.TensorSpec([P.SIZE], tf.float32)))
 

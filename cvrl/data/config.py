@@ -55,6 +55,12 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   # TCLR's 19 px at 112 is erase_size 19 / 112.
   aug.erase_prob = 0.0
   aug.erase_size = 19 / 112
+  # Background erasing (Wang et al., CVPR 2021), after everything else: a frame of the
+  # clip, uniform over its frames, mixed into every frame, x_t' = (1 - lambda) x_t +
+  # lambda x_static, lambda ~ U(0, background_erase_max) per clip. Probability per view as
+  # blur_probs; the paper's (1.0, 0.0) mixes the first view (the query) only; off here.
+  aug.background_erase_probs = (0.0,)
+  aug.background_erase_max = 0.3
   # True: one draw per clip for all its frames (the paper). False: independent draws per
   # frame (the paper's "not temporally consistent" ablation).
   aug.consistent = True
@@ -166,12 +172,13 @@ def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collectio
   aug.blur_sigma_range = (0.1, 2.0)
   aug.solarize_probs = (0.0,)
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
+  aug.background_erase_probs = (0.0,)
   return data_config
 
 
 def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Probe / fine-tune training: random resized crop and flip only, no colour or erasing,
-  in place."""
+  """Probe / fine-tune training: random resized crop and flip only, no colour or erasing
+  (random or background), in place."""
   aug = data_config.augmentation
   aug.area_range = (0.3, 1.0)
   aug.aspect_ratio_range = (0.5, 2.0)
@@ -180,4 +187,5 @@ def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collect
   aug.blur_probs = (0.0,)
   aug.solarize_probs = (0.0,)
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
+  aug.background_erase_probs = (0.0,)
   return data_config

@@ -6,8 +6,8 @@ clip) or [B, V, T, P] (per frame, the inconsistent ablation), laid out as in
 `photometric.py`. `finish_batch` turns that into the float32 [0, 1] video every model
 expects, applying the colour jitter (brightness, contrast, saturation, hue in the drawn
 order, clip to [0, 1] after each), TCLR's gray-gamma / colour-channel drop, the Gaussian
-blur, grayscale, solarization and TCLR's random erasing with the same math as the host
-path (`augmentation.Photometric`, i.e. the reference CVRL and TCLR ops). It is pure
+blur, grayscale, solarization, TCLR's random erasing and background erasing with the same
+math as the host path (`augmentation.Photometric`, i.e. the reference CVRL and TCLR ops). It is pure
 per-example math, so it runs inside a jitted step on a batch sharded over any mesh. Random choices are selects, not branches: every op is computed for every
 clip and kept where its flag is set (cheap next to the encoder on an accelerator).
 
@@ -43,7 +43,7 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   x = to_unit(video)
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
-                          extra_ops(data_config))
+                          extra_ops(data_config), background_erasing(data_config))
   out['video'] = x
   return out
 
@@ -83,11 +83,20 @@ def extra_ops(data_config) -> tuple[bool, bool]:
   return colour, float(aug.get('erase_prob', 0.0)) > 0
 
 
+def background_erasing(data_config) -> bool:
+  """Whether background erasing can fire under the config (True when there is none)."""
+  if data_config is None:
+    return True
+  return max(tuple(data_config.augmentation.get('background_erase_probs', (0.0,))) or (0.0,)) > 0
+
+
 def apply_photometric(x, params, taps: int | None = None,
-                      extras: tuple[bool, bool] = (True, True)) -> jnp.ndarray:
+                      extras: tuple[bool, bool] = (True, True),
+                      background: bool = True) -> jnp.ndarray:
   """Photometric ops on x [B, V, T, H, W, 3] in [0, 1] from params [B, V, P] or [B, V, T, P].
 
-  extras: (gray-gamma / channel drop, erasing) computed or left out (see `extra_ops`).
+  extras: (gray-gamma / channel drop, erasing) computed or left out (see `extra_ops`);
+  background: background erasing computed or left out (`background_erasing`).
   """
   per_frame = params.ndim == x.ndim - 2
   if not per_frame and params.ndim != x.ndim - 3:
@@ -125,7 +134,20 @@ def apply_photometric(x, params, taps: int | None = None,
   x = jnp.clip(x, 0.0, 1.0)
   if erase:
     x = jnp.where(jnp.logical_and(on(P.ERASE), erase_mask(get, x.shape[-3], x.shape[-2])), 0.0, x)
+  if background:
+    x = background_erase(x, params[..., 0, :] if per_frame else params)
   return x
+
+
+def background_erase(x, params):
+  """x [B, V, T, H, W, 3] with each clip's static frame mixed in (params [B, V, P]):
+  (1 - lambda) x_t + lambda x_k, lambda = BG_WEIGHT where BG_ERASE is set (else 0),
+  k = min(floor(BG_FRAME * T), T - 1), as `augmentation.background_erase`."""
+  num = x.shape[-4]
+  k = jnp.minimum(jnp.floor(params[..., P.BG_FRAME] * num).astype(jnp.int32), num - 1)
+  static = jnp.take_along_axis(x, k[..., None, None, None, None], axis=-4)
+  weight = (params[..., P.BG_ERASE] * params[..., P.BG_WEIGHT])[..., None, None, None, None]
+  return (1.0 - weight) * x + weight * static
 
 
 def erase_mask(get, height: int, width: int):

@@ -4,8 +4,8 @@ Each training clip (each frame, in the inconsistent ablation mode) gets ONE floa
 vector of `SIZE` numbers, drawn by `augmentation.draw_photometric` from the clip's
 stateless seed. The host path (`augmentation.Photometric`, TF) and the device path
 (`device.finish_batch`, JAX) both apply the clip's colour jitter, grayscale, blur,
-solarization and TCLR's extras (grayscale + gamma or colour-channel drop, random erasing)
-from this vector only, so the two give the same pixels for the same seed.
+solarization, TCLR's extras (grayscale + gamma or colour-channel drop, random erasing) and
+background erasing from this vector only, so the two give the same pixels for the same seed.
 No TensorFlow or JAX here: both sides import it.
 """
 
@@ -29,7 +29,13 @@ CHANNEL_DROP = 16  # flag: set colour channel CHANNEL to 0 (right after the jitt
 CHANNEL = 17      # 0, 1 or 2
 ERASE = 18        # flag: random erasing, the very last op (after solarization)
 ERASE_BOX = slice(19, 23)  # top row, left column, height, width in output pixels (integers)
-SIZE = 23
+# Background erasing (Wang et al., CVPR 2021), after everything else: the clip's frame
+# min(floor(BG_FRAME * T), T - 1) mixed into every frame with weight BG_WEIGHT. One draw per
+# clip: the per-frame ablation reads its first frame's entries.
+BG_ERASE = 23     # flag
+BG_WEIGHT = 24    # the mixing weight lambda
+BG_FRAME = 25     # which frame is the static one, as a position in [0, 1)
+SIZE = 26
 
 # Jitter ops, as numbered in ORDER.
 OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3

@@ -44,7 +44,7 @@ COLOURS = {"cvrl": (214, 39, 40), "simclr": (31, 119, 180), "moco": (44, 160, 44
 
 
 def define_flags():
-  global _METHODS, _SEEDS, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG  # pylint: disable=global-statement
+  global _METHODS, _SEEDS, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG, _INPUT  # pylint: disable=global-statement
   _METHODS = flags.DEFINE_string("methods", "cvrl", f"'all' or a comma-separated subset of "
                                  f"{list(METHODS)}.")
   _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method (>= 1; the std needs >= 2).")
@@ -58,6 +58,8 @@ def define_flags():
                            "paper's colour jitter and grayscale, the recipe with background "
                            "erasing (Wang et al. 2021) on the first view, or both (comparisons "
                            "in the README).")
+  _INPUT = flags.DEFINE_enum("input", "rgb", ["rgb", "dif"], "The encoder's input: frames, "
+                             "or their differences (model.input='dif', T + 1 frames a clip).")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -112,11 +114,13 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
-           videos: int = VIDEOS, difficulty: dict | None = None) -> ml_collections.ConfigDict:
+           videos: int = VIDEOS, difficulty: dict | None = None,
+           input_mode: str = "rgb") -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
-  erasing with its paper's settings on top.
+  erasing with its paper's settings on top. input_mode 'dif': the encoder sees frame
+  differences.
 
   Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
   AdamW, steps) and changes only what the method is: its objective with the heads shrunk
@@ -144,6 +148,7 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
                                                 predictor_hidden=64).items()
                         if k in c.objective})
   bench_data(c.data, videos, difficulty)
+  c.model.input = input_mode
   if method != "cvrl":
     METHOD_SETTINGS.get(method, lambda c: None)(c)
     if steps:
@@ -465,8 +470,8 @@ def _earlier_rows(path: str, results: dict) -> dict:
     return {}
   with open(path) as f:
     old = json.load(f)
-  same = all(json.dumps(old.get(k), sort_keys=True) == json.dumps(results[k], sort_keys=True)
-             for k in ("data", "seeds", "augmentation"))
+  same = all(json.dumps(old.get(k), sort_keys=True) == json.dumps(results.get(k), sort_keys=True)
+             for k in ("data", "seeds", "augmentation", "input"))
   return dict(old.get("methods", {})) if same else {}
 
 
@@ -487,9 +492,12 @@ def main(argv):
   # Seeds after the first (and every job after pretraining) load their compiled steps.
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   engine.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
-  data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value)}
+  data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value),
+          "input_mode": _INPUT.value}
   results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
              "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
+  if _INPUT.value != "rgb":
+    results["input"] = _INPUT.value
   results["methods"] = _earlier_rows(os.path.join(out_dir, "quality.json"), results)
   for m in names:
     results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,

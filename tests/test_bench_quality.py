@@ -5,6 +5,8 @@ import types
 import numpy as np
 import pytest
 
+from cvrl.objectives import base
+
 from experiments import bench_quality as B
 
 
@@ -51,6 +53,14 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   for k in ("color_jitter_prob", "brightness", "contrast", "saturation", "hue", "grayscale_prob"):
     assert pc[k] == paper[k], k
   assert pc.area_range == c.data.augmentation.area_range and pc.blur_probs == (0.0,)
+  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "rgb"
+  be = B.recipe("cvrl", 10, 0, "background").data.augmentation
+  assert be.background_erase_probs == (1.0, 0.0) and be.background_erase_max == 0.3
+  assert be.brightness == 0.3  # the recipe's colour kept
+  both = B.recipe("cvrl", 10, 0, "paper_colour_background").data.augmentation
+  assert both.background_erase_probs == (1.0, 0.0) and both.brightness == paper.brightness
+  dif = B.recipe("cvrl", 10, 0, input_mode="dif")
+  assert dif.model.input == "dif" and base.get(dif).sampler() == {"name": "cvrl", "extra_frames": 1}
   with pytest.raises(ValueError, match="augmentation 'strong'"):
     B.recipe("cvrl", 10, 0, "strong")
   s = B.recipe("simclr", 10, 0)

@@ -123,6 +123,12 @@ def test_make_sampler_views_and_errors():
   assert tclr.num_views == 10 and tclr.footprint == 64
   rows = tclr.indices(tf.constant(200), tf.constant([1, 2], tf.int64)).numpy()
   np.testing.assert_array_equal(rows[:5], rows[5:])
+  # CVRL's two clips for a DIF encoder: T + 1 frames each, placed by the same law over T + 1
+  dif = mk({'name': 'cvrl', 'extra_frames': 1})
+  assert (dif.num_views, dif.frames, dif.footprint) == (2, 17, 33)
+  seed = tf.constant([3, 4], tf.int64)
+  np.testing.assert_array_equal(dif.indices(tf.constant(90), seed).numpy(),
+                                sampling.cvrl_indices(90, 17, 2, seed).numpy())
   single = mk({'name': 'single', 'extra_frames': 1})
   assert single.frames == 17 and single.footprint == 33
   mv = mk({'name': 'multiview', 'num_clips': 10, 'num_crops': 3}, train=False)

@@ -177,10 +177,12 @@ def make_sampler(spec: Mapping, *, num_frames: int, stride: int, train: bool) ->
 
 @register('cvrl')
 def _cvrl(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """CVRL's two clips, power-law start gap."""
-  del spec, train
-  return Sampler('cvrl', 2, t, (t - 1) * s + 1,
-                 lambda length, seed: cvrl_indices(length, t, s, seed), True)
+  """CVRL's two clips, power-law start gap; 'extra_frames' k gives T + k frames each
+  (as 'single': T + 1 for a DIF encoder)."""
+  del train
+  total = t + int(spec.pop('extra_frames', 0))
+  return Sampler('cvrl', 2, total, (total - 1) * s + 1,
+                 lambda length, seed: cvrl_indices(length, total, s, seed), True)
 
 
 @register('rho')

@@ -9,7 +9,7 @@ XLA partitions it) or 'shard_map' (explicit all_gather, local x global logits pe
 from __future__ import annotations
 
 
-from cvrl.models import build_encoder
+from cvrl.models import build_encoder, extra_frames
 from cvrl.models.heads import MLP, EncoderHead
 from cvrl.objectives import contrastive
 from cvrl.objectives.base import Objective, register
@@ -27,7 +27,11 @@ class CVRL(Objective):
     self._info_nce = contrastive.IMPLS[impl]
 
   def sampler(self):
-    return {"name": "cvrl"}
+    """Two clips per video; T + 1 frames each for an encoder on frame differences
+    (config.model.input='dif', as 3DRotNet's DIF input), which then never sees a static
+    background."""
+    extra = extra_frames(self.config.model)
+    return {"name": "cvrl", "extra_frames": extra} if extra else {"name": "cvrl"}
 
   def build(self, rngs):
     cfg = self.config.objective

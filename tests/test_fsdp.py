@@ -1,0 +1,93 @@
+"""parallel.param_sharding='fsdp' on 8 fake devices: the rule, the same training as
+replicated (LARS, AdamW, MoCo's key encoder and queue, BYOL's target), the state bytes a
+device holds, and checkpoints across shardings and device counts."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import _memory_source  # noqa: F401  registers data.source 'memory'
+from cvrl.core import parallel
+from cvrl.engine import state as state_lib
+from cvrl.jobs import pretrain
+from objective_checks import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_fsdp_rule_splits_the_largest_dimension_the_devices_divide():
+  assert parallel.fsdp_spec((3, 3, 3, 64, 256), 4 * 3 * 3 * 3 * 64 * 256, 8) == \
+      P(None, None, None, None, "data")
+  assert parallel.fsdp_spec((24, 20), 4 * 24 * 20, 8) == P("data", None)  # 20 % 8 != 0
+  assert parallel.fsdp_spec((12, 20), 4 * 12 * 20, 8) == P()  # no dimension divides
+  assert parallel.fsdp_spec((64,), 256, 8, min_bytes=1024) == P()  # small: whole
+  assert parallel.fsdp_spec((64,), 256, 1) == P()
+  x = jax.ShapeDtypeStruct((16, 64), np.float32)
+  assert parallel.leaf_spec(x, "replicated", 8) == P()
+  assert parallel.bytes_per_device({"a": x, "b": jax.ShapeDtypeStruct((3,), np.float32)},
+                                   "fsdp", 8, 0) == 16 * 64 * 4 // 8 + 12
+  with pytest.raises(ValueError, match="param_sharding must be one of"):
+    parallel.leaf_spec(x, "zero3", 8)
+
+
+def fsdp_config(name, optimizer, sharding):
+  """configs/<name>_tiny.py on the tests' in-memory clips: 6 steps of 8 videos."""
+  c = load_config(f"{name}_tiny", "steps=6")
+  c.unlock()
+  c.data.update(source="memory", num_train_examples=32)
+  c.warmup_steps = 2
+  if name == "moco":  # 16 keys a step fill the queue at once: updates from step 2
+    c.objective.update(queue_size=16, momentum=0.9)
+  c.optim.update(name=optimizer, weight_decay=1e-4,
+                 base_lr={"adamw": 3e-4, "lars": 0.01}[optimizer])
+  c.parallel.update(param_sharding=sharding, fsdp_min_kib=0.0)
+  c.checkpoint.update(every_steps=100, async_save=False)
+  return c
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state_lib.full_state(state))]
+
+
+def on_device_0(tree) -> int:
+  device = jax.devices()[0]
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+             if s.device == device)
+
+
+def total_bytes(tree) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def train(tmp_path, name, optimizer, sharding):
+  workdir = str(tmp_path / f"{name}_{optimizer}_{sharding}")
+  out = pretrain.run(fsdp_config(name, optimizer, sharding), workdir)
+  return workdir, out["state"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,optimizer", [("cvrl", "lars"), ("cvrl", "adamw"),
+                                            ("moco", "lars"), ("byol", "lars")])
+def test_fsdp_trains_as_replicated_on_a_device_eighth_of_the_state(tmp_path, name, optimizer):
+  runs = {s: train(tmp_path, name, optimizer, s) for s in ("replicated", "fsdp")}
+  (rep_dir, rep), (fsdp_dir, fsdp) = runs["replicated"], runs["fsdp"]
+  assert len(losses(rep_dir)) == 5  # steps 2-6 (the first one includes compilation)
+  np.testing.assert_allclose(losses(fsdp_dir), losses(rep_dir), rtol=1e-4, atol=1e-4)
+  for a, b in zip(leaves(fsdp), leaves(rep), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # They trained: the momentum (LARS) or first moment (AdamW) is not all zero.
+  assert max(np.abs(x).max() for x in jax.tree.leaves(rep.opt_state) if x.ndim) > 0
+  for part in (fsdp.params, fsdp.opt_state, fsdp.rest):
+    assert on_device_0(part) <= total_bytes(part) / 8 * 1.15
+  assert on_device_0(rep.params) == total_bytes(rep.params)

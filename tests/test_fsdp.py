@@ -9,14 +9,19 @@ import textwrap
 
 import jax
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import _memory_source  # noqa: F401  registers data.source 'memory'
+from cvrl import objectives
 from cvrl.core import parallel
+from cvrl.engine import checkpoint
 from cvrl.engine import state as state_lib
 from cvrl.jobs import pretrain
 from objective_checks import load_config
+from test_train_checkpoint import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,3 +96,71 @@ def test_fsdp_trains_as_replicated_on_a_device_eighth_of_the_state(tmp_path, nam
   for part in (fsdp.params, fsdp.opt_state, fsdp.rest):
     assert on_device_0(part) <= total_bytes(part) / 8 * 1.15
   assert on_device_0(rep.params) == total_bytes(rep.params)
+
+
+RESTORE_ON_4 = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 4)
+    import numpy as np
+    sys.path.insert(0, "tests")
+    from test_fsdp import fsdp_state
+    from cvrl.engine import checkpoint
+    target, graphdef, trainable = fsdp_state(abstract_only=True)
+    ckpt = checkpoint.Checkpointer(sys.argv[1])
+    state = ckpt.restore(target, graphdef, trainable)
+    ckpt.close()
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+    assert jax.device_count() == 4 and all("data" in s for s in specs), specs
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+    np.savez(sys.argv[2], *leaves)
+""")
+
+
+def fsdp_state(abstract_only=False, mode="fsdp"):
+  """The tiny checkpoint test's state, placed by `mode` on every device:
+  (state or its abstract target, graphdef, trainable)."""
+  objective = objectives.get(tiny_config())
+  mesh = parallel.make_mesh()
+  make = lambda: objective.build(nnx.Rngs(0))
+  args = (make, objective.trainable, optax.sgd(0.1, momentum=0.9), mesh,
+          parallel.state_placement(mesh, mode, 0.0))
+  graphdef, out = (state_lib.abstract if abstract_only else state_lib.create)(*args)
+  return out, graphdef, objective.trainable
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_restores_replicated_loads_pretrained_and_resumes_on_4_devices(tmp_path):
+  state, graphdef, trainable = fsdp_state()
+  state = state.replace(step=state.step + 3,
+                        opt_state=jax.tree.map(lambda x: x + 0.5, state.opt_state))
+  assert on_device_0(state.params) <= total_bytes(state.params) / 8 * 1.15  # saved sharded
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(state, tiny_config())
+  ckpt.close()
+  want = [np.asarray(x) for x in jax.tree.leaves(state)]
+  # fsdp -> replicated, on the same 8 devices
+  target, _, _ = fsdp_state(abstract_only=True, mode="replicated")
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  restored = ckpt.restore(target, graphdef, trainable)
+  ckpt.close()
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(restored))
+  for a, b in zip(jax.tree.leaves(restored), want, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # pretrained= of probe and fine-tune: the model, replicated
+  _, model = checkpoint.load_pretrained(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(state_lib.full_state(state)),
+                  jax.tree.leaves(nnx.state(model)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # 8 -> 4 devices, fsdp on both
+  out = str(tmp_path / "on4.npz")
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_ENABLE_COMPILATION_CACHE="false")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", RESTORE_ON_4, str(tmp_path), out], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  on4 = np.load(out)
+  assert len(on4.files) == len(want)
+  for i, b in enumerate(want):
+    np.testing.assert_array_equal(on4[f"arr_{i}"], b)
+

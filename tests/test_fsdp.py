@@ -18,8 +18,10 @@ import _memory_source  # noqa: F401  registers data.source 'memory'
 from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.engine import checkpoint
+from cvrl.engine import optim
 from cvrl.engine import state as state_lib
 from cvrl.jobs import pretrain
+from cvrl.jobs import summary
 from objective_checks import load_config
 from test_train_checkpoint import tiny_config
 
@@ -106,6 +108,7 @@ RESTORE_ON_4 = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from test_fsdp import fsdp_state
     from cvrl.engine import checkpoint
+from cvrl.engine import optim
     target, graphdef, trainable = fsdp_state(abstract_only=True)
     ckpt = checkpoint.Checkpointer(sys.argv[1])
     state = ckpt.restore(target, graphdef, trainable)
@@ -164,3 +167,22 @@ def test_fsdp_checkpoint_restores_replicated_loads_pretrained_and_resumes_on_4_d
   for i, b in enumerate(want):
     np.testing.assert_array_equal(on4[f"arr_{i}"], b)
 
+
+
+@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+def test_summary_states_the_bytes_device_0_holds(mode):
+  config = tiny_config()
+  config.job = "summary"
+  config.data.update(num_frames=4, crop_size=16)
+  config.parallel.update(param_sharding=mode, fsdp_min_kib=1.0, summary_devices=8)
+  got = summary.summarize(config)["state_bytes_per_device"]
+  objective = objectives.get(config)
+  mesh = parallel.make_mesh()
+  _, state = state_lib.create(lambda: objective.build(nnx.Rngs(0)), objective.trainable,
+                              optim.build(config.optim, lambda count: 0.0), mesh,
+                              parallel.state_placement(mesh, mode, 1.0))
+  assert got["devices"] == 8 and got["param_sharding"] == mode
+  assert got["params"] == on_device_0(state.params)
+  assert got["optimizer"] == on_device_0(state.opt_state)
+  assert got["rest"] == on_device_0(state.rest)
+  assert (got["params"] < total_bytes(state.params) / 4) == (mode == "fsdp")

@@ -3,9 +3,9 @@ the training state's bytes per device (parameters, optimizer state, the rest) un
 `parallel.param_sharding` on `parallel.summary_devices` devices.
 
 Everything is abstract (`jax.eval_shape`, lowered-HLO cost analysis): nothing is allocated,
-so R3D-152 3x answers in seconds on a laptop. With `parallel.summary_compile` (and as many
-devices here as summary_devices) the pretraining step is also compiled, never run, for
-XLA's memory analysis per device. Prints ONE JSON line.
+so R3D-152 3x answers in seconds on a laptop (XLA's memory analysis of the compiled step,
+under either sharding: `experiments.bench_step --config=... --memory_only`). Prints ONE
+JSON line.
 """
 from __future__ import annotations
 

@@ -108,7 +108,6 @@ RESTORE_ON_4 = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from test_fsdp import fsdp_state
     from cvrl.engine import checkpoint
-from cvrl.engine import optim
     target, graphdef, trainable = fsdp_state(abstract_only=True)
     ckpt = checkpoint.Checkpointer(sys.argv[1])
     state = ckpt.restore(target, graphdef, trainable)

@@ -113,6 +113,10 @@ def test_bad_arguments_are_config_errors():
                              ("clips.png", 0, "--videos must be >= 1")):
     with pytest.raises(ConfigError, match=match):
       show_clips.checked(c, out, videos)
+  with pytest.raises(ConfigError, match=r"unexpected arguments \['x'\]"):
+    show_clips.checked(c, "clips.png", 4, ["x"])
+  with pytest.raises(ConfigError, match="--config is required"):
+    show_clips.checked(None, "clips.png", 4)
   with pytest.raises(ConfigError, match="give a pretraining config"):
     show_clips.checked(demo_probe.get_config(), "clips.png", 4)
   c.data.source = "tfrecord"

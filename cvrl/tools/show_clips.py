@@ -1,4 +1,4 @@
-"""The first training batch of a config, as the train step sees it, as a picture.
+r"""The first training batch of a config, as the train step sees it, as a picture.
 
   python -m cvrl.tools.show_clips --config=CONFIG [--config.key=value ...] \
       --out=FILE.png|FILE.gif [--videos=4]
@@ -28,26 +28,38 @@ from cvrl.core.errors import ConfigError  # noqa: E402
 from cvrl.data import sources  # noqa: E402
 from cvrl.engine import pictures  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A pretraining config file, e.g. configs/demo.py or configs/tclr_tiny.py",
-    lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "The picture: FILE.png (frames across) or FILE.gif "
-                           "(frames in time).")
-_VIDEOS = flags.DEFINE_integer("videos", 4, "Videos shown (rows), the batch's first.")
+
+def define_flags():
+  """The command line; defined only when it runs as a program, so that importing this
+  module beside cvrl.main (which owns --config) does not clash."""
+  global _CONFIG, _OUT, _VIDEOS  # pylint: disable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "A pretraining config file, e.g. configs/demo.py or "
+      "configs/tclr_tiny.py", lock_config=True)
+  _OUT = flags.DEFINE_string("out", None, "The picture: FILE.png (frames across) or FILE.gif "
+                             "(frames in time).")
+  _VIDEOS = flags.DEFINE_integer("videos", 4, "Videos shown (rows), the batch's first.")
+
+
 FPS = 4  # GIF frames per second
 PIXELS = 96  # a clip's frames are scaled up (nearest) to about this height,
 WIDTH = 4000  # unless the picture would be wider than this
 
 
-def checked(config, out: str, videos: int):
+def checked(config, out: str, videos: int, extra_args=()):
   """The config's objective, once the arguments and the data are known good (ConfigError)."""
-  if not out or os.path.splitext(out)[1].lower() not in (".png", ".gif"):
-    raise ConfigError(f"--out must name a .png or .gif file, got {out!r}")
-  if videos < 1:
-    raise ConfigError(f"--videos must be >= 1, got {videos}")
-  if "objective" not in config:
-    raise ConfigError("show_clips draws pretraining batches: give a pretraining config "
-                      "(one with config.objective), e.g. configs/demo.py")
+  for wrong, message in (
+      (extra_args, f"unexpected arguments {list(extra_args)}: flags are --config=FILE[:ARG], "
+                   "--config.KEY=VALUE, --out=FILE.png|FILE.gif and --videos=N"),
+      (config is None, "--config is required, e.g. --config=configs/demo.py"),
+      (not out or os.path.splitext(out)[1].lower() not in (".png", ".gif"),
+       f"--out must name a .png or .gif file, got {out!r}"),
+      (videos < 1, f"--videos must be >= 1, got {videos}"),
+      (config is not None and "objective" not in config,
+       "show_clips draws pretraining batches: give a pretraining config (one with "
+       "config.objective), e.g. configs/demo.py")):
+    if wrong:
+      raise ConfigError(message)
   try:
     objective = objectives.get(config)
     sources.check(config.data, "train")
@@ -91,13 +103,8 @@ def write_gif(clips: np.ndarray, path: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ConfigError(f"unexpected arguments {argv[1:]}: flags are --config=FILE[:ARG], "
-                      "--config.KEY=VALUE, --out=FILE.png|FILE.gif and --videos=N")
-  if _CONFIG.value is None:
-    raise ConfigError("--config is required, e.g. --config=configs/demo.py")
   config, out = _CONFIG.value, _OUT.value
-  objective = checked(config, out, _VIDEOS.value)
+  objective = checked(config, out, _VIDEOS.value, argv[1:])
   plt = cli.pyplot("no picture written")
   if plt is None:
     raise ConfigError("show_clips draws with matplotlib: pip install -e '.[plots]'")
@@ -112,4 +119,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

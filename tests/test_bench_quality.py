@@ -1,5 +1,5 @@
-"""experiments/bench_quality: stats, gain / gap arithmetic, table, plot, replot; the command end to end
-(slow, tiny)."""
+"""experiments/bench_quality: stats, gain / gap arithmetic, table, plot, replot; the command
+end to end (slow, tiny)."""
 import json
 import os
 import sys

@@ -132,7 +132,8 @@ def _run(*args):
 
 @pytest.mark.slow
 def test_the_command_draws_the_demo_and_errs_in_one_line(tmp_path):
-  out = _run("--config=configs/demo.py", f"--out={tmp_path / 'demo.png'}", "--videos=2")
+  out = _run("--config=configs/demo.py:videos=64", f"--out={tmp_path / 'demo.png'}",
+             "--videos=2")
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().endswith(f"2 videos x 2 views -> {tmp_path / 'demo.png'}")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

@@ -112,8 +112,9 @@ def test_plot_draws_one_line_per_depth_against_params_and_gflops(tmp_path):
   plt = cli.pyplot("")
   fig = sweep.figure(plt, rows, "top1", "a sweep")
   left, right = fig.axes
-  for ax, expect in ((left, {"R3D-18": [[1, .30], [4, .35]], "R3D-50": [[2, .33], [8, .41]]}),
-                     (right, {"R3D-18": [[.4, .30], [1.5, .35]], "R3D-50": [[.9, .33], [3.1, .41]]})):
+  by_params = {"R3D-18": [[1, .30], [4, .35]], "R3D-50": [[2, .33], [8, .41]]}
+  by_gflops = {"R3D-18": [[.4, .30], [1.5, .35]], "R3D-50": [[.9, .33], [3.1, .41]]}
+  for ax, expect in ((left, by_params), (right, by_gflops)):
     got = {l.get_label(): l.get_xydata() for l in ax.get_lines()}
     assert list(got) == list(expect)  # one line per depth, the NaN point left out
     for k, xy in expect.items():

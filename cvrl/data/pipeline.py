@@ -54,13 +54,14 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl.data import augmentation
+from cvrl.data import order
 from cvrl.data import photometric
 from cvrl.data import sampling
 from cvrl.data import sources
 from cvrl.data import subset
 from cvrl.core.errors import ConfigError
 
-_TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 2, 3, 4  # 1: the sources' file order
+_TAG_SAMPLE, _TAG_VIEW = 3, 4  # 1: the global order (cvrl.data.order), 2: retired
 STATS_KEY = 'stats'
 PHOTOMETRIC_KEY = 'photometric'
 PHOTOMETRIC_MODES = ('device', 'host')
@@ -229,7 +230,8 @@ class _Plan:
     if cfg.short_video not in sampling.SHORT_POLICIES:
       raise ValueError(f'data.short_video must be one of {sampling.SHORT_POLICIES}, got {cfg.short_video!r}')
     self.cfg, self.train, self.batch_size, self.seed = cfg, train, batch_size, seed
-    self.process_index, process_count = process
+    self.process_index, self.process_count = process
+    process_count = self.process_count
     self.smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride,
                                      train=train)
     self.label_policy = bad_label_policy(cfg)
@@ -238,10 +240,9 @@ class _Plan:
                           process_count=process_count)
     self.num_classes = cfg.get('num_classes') or reader.num_classes
     if subset.applies(cfg, split, fraction):
-      reader = subset.restrict(reader, fraction, seed, self.num_classes, process_count, train)
+      reader = subset.restrict(reader, fraction, seed, self.num_classes, process_count)
     self.reader = reader
     self.describe = reader.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
-    self.random = train and self.smp.random
     self.base_seed = tf.constant([seed, 0x5EED], tf.int64)
     self.auto = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else int(cfg.num_parallel_calls)
     self._shapes()
@@ -269,33 +270,41 @@ class _Plan:
 
   # ---------------------------------------------------- stage 1: read and sample
   def read_and_sample(self, start_step: int) -> tf.data.Dataset:
-    """Per epoch: read -> parse -> sample on the JPEG strings -> shuffle; from start_step."""
-    start_epoch, offset = 0, 0
-    if self.train and start_step > 0:
-      counts = self.reader.host_counts
-      per_host = counts[self.process_index] if counts else None
-      if not per_host:
-        raise ValueError('start_step > 0 needs the number of records per host, which this '
-                         'source could not count')
-      start_epoch, offset = divmod(start_step * self.batch_size, per_host)
-    epochs = tf.data.Dataset.range(start_epoch, 2 ** 62 if self.train else 1)
-    # The resume offset is skipped inside its epoch: an epoch is the tf.data service's unit
-    # of work (cvrl.data.service), so only the worker producing start_epoch skips.
-    first = lambda e: self._epoch(e).skip(tf.cast(tf.equal(e, start_epoch), tf.int64) * offset)
-    return epochs.flat_map(first if offset else self._epoch)
+    """Records -> parse -> sample on the JPEG strings. Training: this process's rows of the
+    global order's batches from start_step (cvrl.data.order); evaluation: one pass."""
+    if not self.train:
+      return tf.data.Dataset.range(1).flat_map(
+          lambda e: self._parse(self.reader.epoch_records(e).map(
+              lambda i, record: (i, record, e))))
+    reader = self.reader
+    if reader.read is None:
+      raise ValueError(f'data.source {self.cfg.source!r} cannot read its examples by position, '
+                       'which training needs (cvrl.data.order)')
+    positions = np.arange(len(reader.examples)) if reader.positions is None else reader.positions
+    n, batch = len(positions), self.batch_size * self.process_count
+    order.check_size(n, batch)
+    table = tf.constant(np.asarray(positions, np.int64))
+    cycle = max(1, int(self.cfg.cycle_length))
 
-  def _epoch(self, epoch):
-    records = self.reader.epoch_records(epoch, self.random)
+    def epoch(e):
+      pos, eps = order.process_part(n, batch, self.seed, e, start_step,
+                                    (self.process_index, self.process_count))
+      ds = tf.data.Dataset.from_tensor_slices((tf.gather(table, pos), eps))
+      ds = ds.interleave(lambda q, ep: reader.read(q).map(lambda i, record: (i, record, ep)),
+                         cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
+                         deterministic=True)
+      return self._parse(ds)
+    # One element per epoch: the tf.data service's unit of work (cvrl.data.service).
+    return tf.data.Dataset.range(order.start_epoch(n, batch, start_step), 2 ** 62).flat_map(epoch)
+
+  def _parse(self, records):
+    """(example id, record, epoch) -> sampled encoded frames; unparsable records dropped
+    and counted by the position gaps."""
     ds = records.enumerate().map(
-        lambda pos, item: self._parse_and_sample(pos, item[0], item[1], epoch),
+        lambda pos, item: self._parse_and_sample(pos, *item),
         num_parallel_calls=self.auto, deterministic=True)
-    ds = ds.ignore_errors()  # unparsable records: counted by the position gaps below
-    ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), _count_gaps('parse_failed'))
-    if self.random and self.cfg.shuffle_buffer > 1:
-      shuffle_seed = augmentation.fold_seed([self.seed, self.process_index], _TAG_SHUFFLE, epoch)
-      ds = ds.shuffle(int(self.cfg.shuffle_buffer), seed=augmentation.scalar_seed(shuffle_seed),
-                      reshuffle_each_iteration=False)
-    return ds
+    ds = ds.ignore_errors()
+    return ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), _count_gaps('parse_failed'))
 
   def _parse_and_sample(self, pos, example_id, record, epoch):
     cfg, smp = self.cfg, self.smp

@@ -218,7 +218,6 @@ def main():
     result['jpeg_kb'] = round(jpeg_bytes / 1024, 1)
     cfg = config_lib.default_data_config()
     cfg.source, cfg.train_paths, cfg.eval_paths = 'tfrecord', ','.join(paths), ','.join(paths)
-    cfg.shuffle_buffer = 16
     if args.service:
       result['service'] = bench_service(cfg, args.batch, args.seconds, args.rounds)
       print(json.dumps(result))

@@ -14,7 +14,6 @@ def _cfg(**kw):
   cfg.tfds_name = 'ucf101'
   cfg.num_frames, cfg.stride = 4, 2
   cfg.crop_size = cfg.eval_crop_size = cfg.eval_resize = 16
-  cfg.shuffle_buffer = 4
   cfg.num_parallel_calls = 2
   cfg.jit_photometric = False
   for k, v in kw.items():

@@ -91,7 +91,6 @@ def _cfg(directory, **kw):
                        num_classes=CLASSES, num_frames=6, size=24, num_shards=SHARDS, seed=0)
   cfg.num_frames, cfg.stride = 4, 1
   cfg.crop_size = cfg.eval_crop_size = cfg.eval_resize = 16
-  cfg.shuffle_buffer = 8
   cfg.num_parallel_calls = 2
   cfg.jit_photometric = False
   cfg.update(kw)
@@ -240,7 +239,7 @@ def test_tfds_source_reads_the_same_subset_on_any_host_count(tmp_path):
   cfg = data_config_lib.default_data_config()
   cfg.update(source='tfds', tfds_name='cvrl_test_label_fraction_videos',
              tfds_data_dir=str(tmp_path), num_frames=2, stride=1, crop_size=8, eval_crop_size=8,
-             eval_resize=8, shuffle_buffer=4, num_parallel_calls=2, jit_photometric=False,
+             eval_resize=8, num_parallel_calls=2, jit_photometric=False,
              label_fraction=0.5)
   one, _ = _elements(cfg, 1, batch_size=6, seed=4)
   assert set(one) == expected and len(one) == 6

@@ -1,0 +1,141 @@
+"""One training stream on any number of processes (cvrl.data.order).
+
+In one process, the pipeline of every simulated process index: for 1, 2 and 3 processes and
+2, 3 and 64 shards, global batch k (the processes' rows in process order) holds the same
+example ids; each example once per epoch, never twice in a batch. Then real processes over
+gloo on 127.0.0.1: a run stopped at step 2 and resumed on another process count (2 -> 1,
+1 -> 2) ends with the parameters of the uninterrupted run."""
+import os
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl.data import config as config_lib
+from cvrl.data import pipeline
+from cvrl.data.sources import tfrecord
+from test_multihost import ROOT, free_port
+
+VIDEOS, BATCH = 20, 6
+
+
+def _shards(directory, num_shards):
+  """Video i (a 4-frame 8x8 JPEG video, label i) in shard i % num_shards."""
+  paths = [os.path.join(directory, f'train-{s:05d}.tfrecord') for s in range(num_shards)]
+  writers = [tf.io.TFRecordWriter(p) for p in paths]
+  for i in range(VIDEOS):
+    frames = [tf.io.encode_jpeg(np.full((8, 8, 3), 10 * i, np.uint8)).numpy()] * 4
+    writers[i % num_shards].write(tfrecord.make_sequence_example(frames, i).SerializeToString())
+  for w in writers:
+    w.close()
+  return paths
+
+
+def _global_batches(paths, processes, steps=6, start_step=0):
+  cfg = config_lib.default_data_config()
+  cfg.update(source='tfrecord', train_paths=','.join(paths), num_frames=2, stride=1,
+             crop_size=8, num_parallel_calls=2, jit_photometric=False)
+  parts = []
+  for p in range(processes):
+    ds = pipeline.build_dataset(cfg, sampler={'name': 'single'}, train=True,
+                                batch_size=BATCH // processes, seed=3, start_step=start_step,
+                                process_index=p, process_count=processes)
+    parts.append([b['label'] for _, b in zip(range(steps), pipeline.iterate(ds))])
+  return np.stack([np.concatenate(rows) for rows in zip(*parts)])
+
+
+@pytest.mark.parametrize('num_shards', [2, 3, 64])
+def test_global_batches_are_the_same_on_any_process_count(tmp_path, num_shards):
+  paths = _shards(str(tmp_path), num_shards)
+  one = _global_batches(paths, 1)
+  for processes in (2, 3):
+    np.testing.assert_array_equal(_global_batches(paths, processes), one)
+  assert all(len(set(b.tolist())) == BATCH for b in one)  # never twice in a batch
+  stream = one.reshape(-1)
+  assert sorted(stream[:VIDEOS].tolist()) == list(range(VIDEOS))  # epoch 0: every video once
+  assert not np.array_equal(stream[:VIDEOS], np.arange(VIDEOS))  # in a seeded order
+  assert len(set(stream[VIDEOS:].tolist())) == len(stream) - VIDEOS  # epoch 1 begins: no repeat
+  # a resume on another process count reads the same global batches from its step
+  np.testing.assert_array_equal(_global_batches(paths, 2, steps=2, start_step=4), one[4:])
+
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    import jax
+    process_id, num_processes, port, workdir, data_dir = sys.argv[1:6]
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import numpy as np
+    sys.path.insert(0, os.path.join({root!r}, "tests"))
+    from test_train_pretrain import tiny_config
+    from cvrl.jobs import pretrain
+    from cvrl.engine import state as state_lib
+    c = tiny_config(total_steps=4, warmup_steps=1)
+    c.data.update(source="synthetic", num_train_examples=None, num_frames=2, stride=1,
+                  crop_size=16, num_parallel_calls=2, cycle_length=2, prefetch=1)
+    c.data.synthetic.update(dir=data_dir, num_train_videos=12, num_eval_videos=4,
+                            num_classes=4, num_frames=4, size=16, num_shards=3)
+    c.checkpoint.every_steps = 2
+    c.log.tensorboard = False
+    c.parallel.compilation_cache_dir = None
+    if int(num_processes) > 1:
+      c.parallel.coordinator_address = "127.0.0.1:" + port
+      c.parallel.num_processes = int(num_processes)
+      c.parallel.process_id = int(process_id)
+    c.lock()
+    out = pretrain.run(c, workdir)
+    leaves = [np.asarray(x.addressable_data(0))
+              for x in jax.tree.leaves(state_lib.full_state(out["state"]))]
+    if int(process_id) == 0:
+      np.savez(os.path.join(workdir, "params_%d.npz" % out["step"]), *leaves)
+""").format(root=ROOT)
+
+
+def _run(workdir, data_dir, processes):
+  port = free_port()
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+             TF_CPP_MIN_LOG_LEVEL='2', JAX_ENABLE_COMPILATION_CACHE='false')
+  env.pop('XLA_FLAGS', None)
+  return [subprocess.Popen(['python', '-c', WORKER, str(p), str(processes), str(port), workdir,
+                            data_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True) for p in range(processes)]
+
+
+def _wait(procs):
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return outs[0]
+
+
+def _params(workdir):
+  with np.load(os.path.join(workdir, 'params_4.npz')) as f:
+    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
+
+
+def _from_step_2(source, target):
+  """`source`'s workdir as it was after its step-2 checkpoint."""
+  shutil.copytree(source, target)
+  shutil.rmtree(os.path.join(target, 'checkpoints', '4'))
+  os.remove(os.path.join(target, 'params_4.npz'))
+
+
+@pytest.mark.slow
+def test_a_resume_on_another_process_count_ends_as_the_uninterrupted_run(tmp_path):
+  data = str(tmp_path / 'data')  # 12 videos in 3 shards, global batch 8: batch 2 spans epochs
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  _wait(_run(one, data, 1))  # writes the shards first
+  _wait(_run(two, data, 2))
+  for a, b in zip(_params(one), _params(two)):  # 1 and 2 processes: the same run
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  _from_step_2(two, str(tmp_path / 'two_to_one'))
+  _from_step_2(one, str(tmp_path / 'one_to_two'))
+  out = _wait(_run(str(tmp_path / 'two_to_one'), data, 1))
+  assert 'resumed from' in out and 'data resumed at step 2 in ' in out, out[-3000:]
+  _wait(_run(str(tmp_path / 'one_to_two'), data, 2))
+  for name in ('two_to_one', 'one_to_two'):
+    for a, b in zip(_params(one), _params(str(tmp_path / name))):
+      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl import config_lib as config_lib_full
+from cvrl.core.errors import ConfigError
 from cvrl.data import config as config_lib
 from cvrl.data import pipeline
 from cvrl.data.sources import tfrecord
+from cvrl.engine import input as input_lib
 from test_multihost import ROOT, free_port
 
 VIDEOS, BATCH = 20, 6
@@ -60,6 +63,30 @@ def test_global_batches_are_the_same_on_any_process_count(tmp_path, num_shards):
   assert len(set(stream[VIDEOS:].tolist())) == len(stream) - VIDEOS  # epoch 1 begins: no repeat
   # a resume on another process count reads the same global batches from its step
   np.testing.assert_array_equal(_global_batches(paths, 2, steps=2, start_step=4), one[4:])
+
+
+def test_a_resume_on_another_stream_is_one_line_unless_overridden(capsys):
+  saved = config_lib_full.pretrain_config('cvrl')
+  for field, value in (('batch_size', 512), ('seed', 7), ('data.synthetic.num_shards', 5),
+                       ('data.train_paths', 'gs://elsewhere/train-*')):
+    config = config_lib_full.pretrain_config('cvrl')
+    head, _, key = field.rpartition('.')
+    (config if not head else _sub(config, head))[key] = value
+    with pytest.raises(ConfigError, match=f'^{field} is .*resume_new_stream=True') as e:
+      input_lib.check_resume(saved, config)
+    assert '\n' not in str(e.value)
+    config.data.resume_new_stream = True
+    input_lib.check_resume(saved, config)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f'warning: {field} is '), out
+  input_lib.check_resume(saved, config_lib_full.pretrain_config('cvrl'))  # the same: silent
+  assert not capsys.readouterr().out
+
+
+def _sub(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
 
 
 WORKER = textwrap.dedent("""

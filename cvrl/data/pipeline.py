@@ -2,9 +2,10 @@
 
 Phases, in order:
 
-  files of this host (jax.process_index) -> per-epoch seeded file order -> read records
+  training: this process's rows of each global batch of the global order (cvrl.data.order)
+  -> read those records at their offsets; evaluation: this host's files, one pass
   -> parse -> SAMPLE clip indices on the encoded JPEG strings (keep only those strings)
-  -> seeded per-epoch shuffle (train) -> per frame: decode ONLY the crop window (train),
+  -> per frame: decode ONLY the crop window (train),
   flip, bilinear resize, round to uint8 -> draw the clip's photometric parameters
   (one stateless draw per clip) -> batch -> prefetch.
 With data.label_fraction < 1 the train split of a labelled job reads only a fixed
@@ -26,9 +27,9 @@ slower on the host; same pixels up to the uint8 rounding).
 Randomness is stateless: the seed of every draw is derived from (run seed, example id,
 epoch, view), where the example id is global (file index in the sorted file list << 32 |
 record index), so a video gets the same clips and augmentation whatever the host count.
-File order and shuffle buffers are re-seeded per epoch from (seed, epoch, host), so the
-stream of a host is a pure function of (seed, process_index, process_count) and
-`start_step` can skip to the element a run that never stopped would be at.
+The training order is global too (cvrl.data.order): global batch k holds the same examples
+on any number of processes, each process reads only its rows of it, and `start_step`
+computes where batch start_step is (nothing before it is read).
 
 Labels are checked where they enter (every source): a label outside [0, num_classes), or
 missing in a labelled job (data.require_label), stops the job at the first batch after it
@@ -187,11 +188,12 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     with train=False the middle clip, centre crop), {'name': 'multiview', 'num_clips': 10,
     'num_crops': 3} (eval, V = clips x crops, view = clip * num_crops + crop; also takes
     'extra_frames'). Any sampler may override 'num_frames' and 'stride'.
-  train: True -> seeded shuffling, random augmentation, repeat forever, drop remainder.
+  train: True -> the global seeded order (batch_size is this process's rows of each global
+    batch of batch_size x process_count), random augmentation, repeat forever.
     False -> one deterministic pass, final batch padded (mask 0) so every video counts
     once; with several hosts every host yields the same number of batches.
-  start_step: skip the first start_step * batch_size examples of this host's stream
-    (exact when no record was dropped before that point).
+  start_step: begin at global batch start_step, its place computed (exact when no record
+    was dropped: a dropped record shifts this process's later rows).
   split: 'train' or 'eval' (default: 'train' if train else 'eval').
   label_fraction: None = data.label_fraction. Below 1, the 'train' split of a labelled
     pipeline (data.require_label) reads only a fixed class-balanced subset of its examples,

@@ -7,7 +7,6 @@ gloo on 127.0.0.1: a run stopped at step 2 and resumed on another process count 
 1 -> 2) ends with the parameters of the uninterrupted run."""
 import os
 import shutil
-import subprocess
 import textwrap
 
 import numpy as np
@@ -20,7 +19,7 @@ from cvrl.data import config as config_lib
 from cvrl.data import pipeline
 from cvrl.data.sources import tfrecord
 from cvrl.engine import input as input_lib
-from test_multihost import ROOT, free_port
+from test_multihost import HEAD, RUN, free_port, spawn
 
 VIDEOS, BATCH = 20, 6
 
@@ -89,46 +88,25 @@ def _sub(config, dotted):
   return config
 
 
-WORKER = textwrap.dedent("""
-    import os, sys
-    import jax
-    process_id, num_processes, port, workdir, data_dir = sys.argv[1:6]
-    jax.config.update("jax_num_cpu_devices", 2)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    import numpy as np
-    sys.path.insert(0, os.path.join({root!r}, "tests"))
-    from test_train_pretrain import tiny_config
-    from cvrl.jobs import pretrain
-    from cvrl.engine import state as state_lib
+WORKER = HEAD + textwrap.dedent("""
     c = tiny_config(total_steps=4, warmup_steps=1)
     c.data.update(source="synthetic", num_train_examples=None, num_frames=2, stride=1,
                   crop_size=16, num_parallel_calls=2, cycle_length=2, prefetch=1)
-    c.data.synthetic.update(dir=data_dir, num_train_videos=12, num_eval_videos=4,
+    c.data.synthetic.update(dir=sys.argv[6], num_train_videos=12, num_eval_videos=4,
                             num_classes=4, num_frames=4, size=16, num_shards=3)
     c.checkpoint.every_steps = 2
     c.log.tensorboard = False
     c.parallel.compilation_cache_dir = None
-    if int(num_processes) > 1:
-      c.parallel.coordinator_address = "127.0.0.1:" + port
-      c.parallel.num_processes = int(num_processes)
-      c.parallel.process_id = int(process_id)
-    c.lock()
-    out = pretrain.run(c, workdir)
-    leaves = [np.asarray(x.addressable_data(0))
-              for x in jax.tree.leaves(state_lib.full_state(out["state"]))]
+""") + RUN + textwrap.dedent("""
     if int(process_id) == 0:
       np.savez(os.path.join(workdir, "params_%d.npz" % out["step"]), *leaves)
-""").format(root=ROOT)
+""")
 
 
 def _run(workdir, data_dir, processes):
   port = free_port()
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
-             TF_CPP_MIN_LOG_LEVEL='2', JAX_ENABLE_COMPILATION_CACHE='false')
-  env.pop('XLA_FLAGS', None)
-  return [subprocess.Popen(['python', '-c', WORKER, str(p), str(processes), str(port), workdir,
-                            data_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for p in range(processes)]
+  return [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER)
+          for p in range(processes)]
 
 
 def _wait(procs):

@@ -233,16 +233,15 @@ class _Plan:
       raise ValueError(f'data.short_video must be one of {sampling.SHORT_POLICIES}, got {cfg.short_video!r}')
     self.cfg, self.train, self.batch_size, self.seed = cfg, train, batch_size, seed
     self.process_index, self.process_count = process
-    process_count = self.process_count
     self.smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride,
                                      train=train)
     self.label_policy = bad_label_policy(cfg)
     fraction = subset.label_fraction(cfg, label_fraction)
     reader = sources.make(cfg, split, seed=seed, process_index=self.process_index,
-                          process_count=process_count)
+                          process_count=self.process_count)
     self.num_classes = cfg.get('num_classes') or reader.num_classes
     if subset.applies(cfg, split, fraction):
-      reader = subset.restrict(reader, fraction, seed, self.num_classes, process_count)
+      reader = subset.restrict(reader, fraction, seed, self.num_classes, self.process_count)
     self.reader = reader
     self.describe = reader.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
     self.base_seed = tf.constant([seed, 0x5EED], tf.int64)
@@ -278,6 +277,10 @@ class _Plan:
       return tf.data.Dataset.range(1).flat_map(
           lambda e: self._parse(self.reader.epoch_records(e).map(
               lambda i, record: (i, record, e))))
+    return self._global_order(start_step)
+
+  def _global_order(self, start_step: int) -> tf.data.Dataset:
+    """This process's rows of every global batch from start_step, parsed and sampled."""
     reader = self.reader
     if reader.read is None:
       raise ValueError(f'data.source {self.cfg.source!r} cannot read its examples by position, '

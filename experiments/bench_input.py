@@ -13,8 +13,8 @@ sliding across the frame, JPEG quality 90) to a temp dir, then measures:
             320 frames;
   device_finish: cost of `device.finish_batch` (the photometric stage moved off the host)
             per clip under XLA on this CPU, for information (it runs on the accelerator).
-  global_order: the global order's own costs (cvrl.data.order): the record index, per
-            record, and one epoch's order of a Kinetics-400-sized dataset (240k videos,
+  global_order: the global order's own costs (cvrl.data.order): the record index of the
+            shards, and one epoch's order of a Kinetics-400-sized dataset (240k videos,
             global batch 1024).
 Each pipeline runs alone in its own window (fresh iterator, 2 warm-up batches), the
 windows interleaved over `--rounds` rounds so a shared machine's load hits all alike.
@@ -162,18 +162,19 @@ def device_finish_cost(data_config, batch_size: int, seconds: float) -> dict:
 
 def order_cost(paths, examples: int = 240_000, batch: int = 1024) -> dict:
   """What the global order (cvrl.data.order) costs besides reading: building the record
-  index of the shards (one header read per record; per record), and computing one epoch's
+  index of the shards (one header read per record, one open per file), and one epoch's
   order for a dataset of `examples` at global batch `batch` (Kinetics-400-sized)."""
   tfrecord.record_offsets.cache_clear()
   start = time.perf_counter()
   index = tfrecord.RecordIndex(paths)
-  index_us = 1e6 * (time.perf_counter() - start) / len(index.examples)
+  index_ms = 1e3 * (time.perf_counter() - start)
   part = tf.function(lambda e: order.process_part(examples, batch, 0, e, 0, (0, 1))[0])
   part(tf.constant(0, tf.int64))  # tracing
   start = time.perf_counter()
   for e in range(1, 4):
     part(tf.constant(e, tf.int64)).numpy()
-  return {'index_us_per_record': round(index_us, 1),
+  return {'index_ms': round(index_ms, 1), 'index_records': len(index.examples),
+          'index_files': len(paths),
           'order_ms_per_epoch': round(1e3 * (time.perf_counter() - start) / 3, 1),
           'order_examples': examples, 'order_batch': batch}
 

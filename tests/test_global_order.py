@@ -60,8 +60,9 @@ def test_global_batches_are_the_same_on_any_process_count(tmp_path, num_shards):
   assert sorted(stream[:VIDEOS].tolist()) == list(range(VIDEOS))  # epoch 0: every video once
   assert not np.array_equal(stream[:VIDEOS], np.arange(VIDEOS))  # in a seeded order
   assert len(set(stream[VIDEOS:].tolist())) == len(stream) - VIDEOS  # epoch 1 begins: no repeat
-  # a resume on another process count reads the same global batches from its step
-  np.testing.assert_array_equal(_global_batches(paths, 2, steps=2, start_step=4), one[4:])
+  # a resume mid-epoch (batch 5 of epoch 1, which starts at batch 4) on another process
+  # count reads the same global batches from its step
+  np.testing.assert_array_equal(_global_batches(paths, 2, steps=1, start_step=5), one[5:])
 
 
 def test_a_resume_on_another_stream_is_one_line_unless_overridden(capsys):

@@ -397,7 +397,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",
   data = config.data
   data.update(source="synthetic", num_train_examples=None, num_frames=num_frames, stride=2,
               crop_size=crop_size, eval_resize=crop_size, eval_crop_size=crop_size,
-              shuffle_buffer=16, cycle_length=2, prefetch=1)
+              cycle_length=2, prefetch=1)
   data.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4,
                         num_frames=64, size=24, num_shards=2)
   if "checkpoint" in config:

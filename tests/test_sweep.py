@@ -162,7 +162,7 @@ def get_config(arg=None):
   d.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4, num_frames=8,
                      size=24, num_shards=1)
   d.update(num_frames=4, stride=1, crop_size=16, eval_resize=16, eval_crop_size=16,
-           shuffle_buffer=16, jit_photometric=False)
+           jit_photometric=False)
   c.model.update(depth=18, width=0.125, preset="cvrl")
   c.probe.update(extract_features=True, feature_epochs=1, save_model=False)
   c.evaluate.update(num_clips=1, num_crops=1, batch_size=8)

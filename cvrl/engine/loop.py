@@ -292,6 +292,7 @@ class _Run:
     self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:
+      input_lib.check_resume(checkpoint_lib.load_config(workdir), config)
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:

@@ -1,0 +1,130 @@
+"""Workdirs and checkpoints on gs://, against a GCS API on this machine (gcp-storage-emulator,
+in memory): the demo pretrains, resumes and is probed with every file in the bucket and no
+local `gs:` folder; two processes started in different directories share one gs:// workdir
+and resume. The clients are pointed at the emulator as the README says
+(STORAGE_EMULATOR_HOST, TENSORSTORE_GCS_HTTP_URL, EPATH_USE_TF=false); TensorFlow's own GCS
+client cannot be, so TensorBoard events are off here (--config.log.tensorboard=false)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUCKET = "bucket"
+DEMO = ["--config=configs/demo.py:steps=20,videos=256", "--config.checkpoint.every_steps=10",
+        "--config.log.tensorboard=false"]
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout=60):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()[0]
+    with socket.socket() as s:
+      if s.connect_ex(("127.0.0.1", port)) == 0:
+        return
+    time.sleep(0.1)
+  raise TimeoutError(f"the storage emulator did not listen on {port}")
+
+
+@pytest.fixture(scope="module")
+def emulator():
+  """The emulator with an empty bucket; the clients of this process pointed at it."""
+  port = free_port()
+  proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start",
+                           "--host", "127.0.0.1", f"--port={port}", "--in-memory",
+                           f"--default-bucket={BUCKET}", "-q"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  wait_for_port(port, proc)
+  url = f"http://127.0.0.1:{port}"
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "EPATH_USE_TF": "false"}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield env
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  proc.terminate()
+  proc.wait(timeout=30)
+
+
+def gs(path):
+  from etils import epath  # pylint: disable=import-outside-toplevel  (after the env is set)
+  return epath.Path(f"gs://{BUCKET}/{path}")
+
+
+def run_cli(env, args, cwd=ROOT, timeout=1200):
+  full = dict(os.environ, **env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  full.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-m", "cvrl.main", *args], cwd=cwd, env=full,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        timeout=timeout)
+  return proc.returncode, proc.stdout
+
+
+def steps(path):
+  return sorted(int(p.name) for p in gs(path).iterdir() if p.name.isdigit())
+
+
+def no_local_gs_folder(*dirs):
+  for d in dirs:
+    for root, names, _ in os.walk(d):
+      assert not [n for n in names if n.startswith("gs:")], (root, names)
+
+
+@pytest.fixture(scope="module")
+def demo(emulator, tmp_path_factory):
+  """The demo pretrained on gs://bucket/run; then its latest checkpoint deleted and the
+  same command run again."""
+  cache = str(tmp_path_factory.mktemp("xla"))
+  cmd = [*DEMO, f"--workdir=gs://{BUCKET}/run", f"--config.parallel.compilation_cache_dir={cache}"]
+  first = run_cli(emulator, cmd)
+  assert first[0] == 0, first[1][-5000:]
+  saved = steps("run/checkpoints")
+  gs("run/checkpoints/20").rmtree()
+  second = run_cli(emulator, cmd)
+  assert second[0] == 0, second[1][-5000:]
+  return first[1], saved, second[1], cache
+
+
+@pytest.mark.slow
+def test_the_demo_pretrains_and_resumes_on_gs(demo):
+  first, saved, second, _ = demo
+  assert saved == [10, 20], first[-3000:]
+  results = json.loads(gs("run/results.json").read_text())
+  assert results["step"] == 20 and {"knn", "knn_random_init"} <= set(results["evals"])
+  rows = [json.loads(l) for l in gs("run/metrics.jsonl").read_text().splitlines()]
+  assert any("eval/knn/top1" in r for r in rows) and rows[-1]["step"] == 20
+  # Resumed from step 10 (the 20 deleted), finished and saved 20 again; its rows appended.
+  assert "resumed from gs://bucket/run/checkpoints at step 10" in second, second[-3000:]
+  assert steps("run/checkpoints") == [10, 20]
+  assert len([r for r in rows if r.get("step") == 20 and "loss" in r]) == 2
+  no_local_gs_folder(ROOT, os.getcwd())
+
+
+@pytest.mark.slow
+def test_the_probe_of_a_gs_checkpoint_writes_to_gs(demo, emulator):
+  cache = demo[3]
+  rc, out = run_cli(emulator, [
+      f"--config=configs/demo_probe.py:pretrained=gs://{BUCKET}/run,steps=20",
+      f"--workdir=gs://{BUCKET}/probe", f"--config.parallel.compilation_cache_dir={cache}",
+      "--config.data.synthetic.num_train_videos=256", "--config.data.num_train_examples=256",
+      "--config.total_steps=4", "--config.total_epochs=None", "--config.probe.feature_epochs=1",
+      "--config.log.tensorboard=false"])
+  assert rc == 0, out[-5000:]
+  results = json.loads(gs("probe/results.json").read_text())
+  assert results["checkpoint"] == f"gs://{BUCKET}/run" and results["step"] == 20
+  assert "top1" in results["metrics"]
+  no_local_gs_folder(ROOT, os.getcwd())

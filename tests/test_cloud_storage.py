@@ -28,7 +28,7 @@ def free_port():
 def wait_for_port(port, proc, timeout=60):
   deadline = time.time() + timeout
   while time.time() < deadline:
-    assert proc.poll() is None, proc.communicate()[0]
+    assert proc.poll() is None, f"the storage emulator exited ({proc.returncode})"
     with socket.socket() as s:
       if s.connect_ex(("127.0.0.1", port)) == 0:
         return
@@ -37,13 +37,13 @@ def wait_for_port(port, proc, timeout=60):
 
 
 @pytest.fixture(scope="module")
-def emulator():
+def emulator(tmp_path_factory):
   """The emulator with an empty bucket; the clients of this process pointed at it."""
   port = free_port()
-  proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start",
-                           "--host", "127.0.0.1", f"--port={port}", "--in-memory",
-                           f"--default-bucket={BUCKET}", "-q"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  log = open(tmp_path_factory.mktemp("emulator") / "log", "w")  # pylint: disable=consider-using-with
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "_gcs_emulator.py"),
+                           "start", "--host", "127.0.0.1", f"--port={port}", "--in-memory",
+                           f"--default-bucket={BUCKET}", "-q"], stdout=log, stderr=log)
   wait_for_port(port, proc)
   url = f"http://127.0.0.1:{port}"
   env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
@@ -58,6 +58,7 @@ def emulator():
       os.environ[k] = v
   proc.terminate()
   proc.wait(timeout=30)
+  log.close()
 
 
 def gs(path):
@@ -128,3 +129,53 @@ def test_the_probe_of_a_gs_checkpoint_writes_to_gs(demo, emulator):
   assert results["checkpoint"] == f"gs://{BUCKET}/run" and results["step"] == 20
   assert "top1" in results["metrics"]
   no_local_gs_folder(ROOT, os.getcwd())
+
+
+def test_a_missing_bucket_or_checkpoint_on_gs_is_one_line(emulator, tmp_path):
+  rc, out = run_cli(emulator, [f"--config={ROOT}/configs/demo.py", "--workdir=gs://nobucket/run"],
+                    cwd=tmp_path)
+  assert rc == 2 and out.strip().splitlines() == [
+      "cvrl: error: gs://nobucket/run: bucket gs://nobucket does not exist (or this account "
+      "cannot see it); create it or fix the name"], out[-3000:]
+  rc, out = run_cli(emulator, [f"--config={ROOT}/configs/demo_probe.py:pretrained=gs://{BUCKET}/none",
+                               f"--workdir=gs://{BUCKET}/p"], cwd=tmp_path)
+  lines = out.strip().splitlines()
+  assert rc == 2 and len(lines) == 1 and lines[0].startswith(
+      f"cvrl: error: config.pretrained: no pretraining checkpoint at gs://{BUCKET}/none"), out
+  assert os.listdir(tmp_path) == [] and not gs("p").exists()  # nothing written
+
+
+def start_process(env, index, port, cwd, steps):
+  full = dict(os.environ, **env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAX_ENABLE_COMPILATION_CACHE="false")
+  full.pop("XLA_FLAGS", None)
+  return subprocess.Popen([
+      sys.executable, "-m", "cvrl.main", f"--config={ROOT}/configs/cvrl_tiny.py:steps={steps}",
+      f"--workdir=gs://{BUCKET}/two", "--config.checkpoint.every_steps=2",
+      "--config.log.tensorboard=false", f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+      "--config.parallel.num_processes=2", f"--config.parallel.process_id={index}"],
+      cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_two(env, cwds, steps=4):
+  port = free_port()
+  procs = [start_process(env, i, port, cwd, steps) for i, cwd in enumerate(cwds)]
+  outs = [p.communicate(timeout=1200)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+  return outs
+
+
+@pytest.mark.slow
+def test_two_processes_in_different_directories_share_a_gs_workdir(emulator, tmp_path):
+  cwds = [tmp_path / "host0", tmp_path / "host1"]
+  for d in cwds:
+    d.mkdir()
+  run_two(emulator, cwds)
+  assert steps("two/checkpoints") == [2, 4]
+  gs("two/checkpoints/4").rmtree()
+  outs = run_two(emulator, cwds)
+  assert f"resumed from gs://{BUCKET}/two/checkpoints at step 2" in outs[0], outs[0][-3000:]
+  assert steps("two/checkpoints") == [2, 4]
+  rows = [json.loads(l) for l in gs("two/metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 4
+  assert [os.listdir(d) for d in cwds] == [[], []]  # no local gs: folder where they ran

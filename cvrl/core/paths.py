@@ -212,7 +212,7 @@ def check_workdir(workdir, what: str = "workdir") -> epath.Path:
   return path
 
 
-def check_readable(path, what: str) -> epath.Path:
+def check_readable(path) -> epath.Path:
   """A path cvrl will read: its store reachable, its bucket there (ConfigError)."""
   check_reachable(path)
   check_bucket(path)

@@ -187,7 +187,7 @@ def _steps(directory) -> list[int]:
 def _resolve(path: str, step: int | None) -> tuple[str, list[int]]:
   """(manager directory, its candidate steps: [step], or every step ascending) from a
   workdir, a checkpoints dir or one step's dir."""
-  path = paths.check_readable(path, "checkpoint")
+  path = paths.check_readable(path)
   if (path / CHECKPOINT_DIR).is_dir():
     path = path / CHECKPOINT_DIR
   elif (path / "model").is_dir() and path.name.isdigit():

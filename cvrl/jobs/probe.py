@@ -21,7 +21,6 @@ the same way in DIR/random_init.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import jax

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -149,6 +150,7 @@ def newest_that_loads(directory: str, steps, load: Callable[[int], Any]
       value = load(step)
     except Exception as e:  # pylint: disable=broad-except  (any failure: try the one before)
       failed[step] = paths.first_line(e)
+      _drop_closed_loop_errors()
       continue
     return step, value, failed
   if not failed:
@@ -156,6 +158,27 @@ def newest_that_loads(directory: str, steps, load: Callable[[int], Any]
   reasons = "; ".join(f"step {s}: {why}" for s, why in failed.items())
   raise ConfigError(f"no checkpoint in {directory} restores ({reasons}); restore the "
                     "folder from a copy, or give another workdir to start afresh")
+
+
+def _closed_loop(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _drop_closed_loop_errors() -> None:
+  """A restore that failed leaves reads in flight whose callbacks reach orbax's closed
+  event loop, each printing a traceback ('Event loop is closed') as an unraisable
+  exception; from the first failed restore on those are dropped (every other unraisable
+  exception is printed as before), so the skip stays one warning line."""
+  previous = sys.unraisablehook
+  if getattr(previous, "cvrl_drops_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop(unraisable):
+      previous(unraisable)
+  hook.cvrl_drops_closed_loop = True
+  sys.unraisablehook = hook
 
 
 def _newest_pretrained(directory: str, steps, load) -> tuple[int, Any]:

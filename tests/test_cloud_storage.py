@@ -67,12 +67,12 @@ def gs(path):
 
 
 def run_cli(env, args, cwd=ROOT, timeout=1200):
+  """(exit status, stdout + stderr, stderr) of `python -m cvrl.main ARGS`."""
   full = dict(os.environ, **env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   full.pop("XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, "-m", "cvrl.main", *args], cwd=cwd, env=full,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        timeout=timeout)
-  return proc.returncode, proc.stdout
+                        capture_output=True, text=True, timeout=timeout)
+  return proc.returncode, proc.stdout + proc.stderr, proc.stderr
 
 
 def steps(path):
@@ -91,11 +91,11 @@ def demo(emulator, tmp_path_factory):
   same command run again."""
   cache = str(tmp_path_factory.mktemp("xla"))
   cmd = [*DEMO, f"--workdir=gs://{BUCKET}/run", f"--config.parallel.compilation_cache_dir={cache}"]
-  first = run_cli(emulator, cmd)
+  first = run_cli(emulator, cmd)[:2]
   assert first[0] == 0, first[1][-5000:]
   saved = steps("run/checkpoints")
   gs("run/checkpoints/20").rmtree()
-  second = run_cli(emulator, cmd)
+  second = run_cli(emulator, cmd)[:2]
   assert second[0] == 0, second[1][-5000:]
   return first[1], saved, second[1], cache
 
@@ -118,7 +118,7 @@ def test_the_demo_pretrains_and_resumes_on_gs(demo):
 @pytest.mark.slow
 def test_the_probe_of_a_gs_checkpoint_writes_to_gs(demo, emulator):
   cache = demo[3]
-  rc, out = run_cli(emulator, [
+  rc, out, _ = run_cli(emulator, [
       f"--config=configs/demo_probe.py:pretrained=gs://{BUCKET}/run,steps=20",
       f"--workdir=gs://{BUCKET}/probe", f"--config.parallel.compilation_cache_dir={cache}",
       "--config.data.synthetic.num_train_videos=256", "--config.data.num_train_examples=256",
@@ -134,13 +134,36 @@ def test_the_probe_of_a_gs_checkpoint_writes_to_gs(demo, emulator):
   no_local_gs_folder(ROOT, os.getcwd())
 
 
+def truncate_objects(folder):
+  """A copy cut short: every array data object under `folder` keeps 10 bytes."""
+  for p in folder.iterdir():
+    if p.is_dir():
+      truncate_objects(p)
+    elif p.parent.name == "d":
+      p.write_bytes(p.read_bytes()[:10])
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_on_gs_is_skipped_and_set_aside(demo, emulator):
+  truncate_objects(gs("run/checkpoints/20/model"))
+  cmd = [*DEMO, f"--workdir=gs://{BUCKET}/run", f"--config.parallel.compilation_cache_dir={demo[3]}"]
+  rc, out, err = run_cli(emulator, cmd)
+  assert rc == 0 and "Traceback" not in err, out[-3000:]
+  warnings = [l for l in out.splitlines() if l.startswith("warning:")]
+  assert len(warnings) == 1 and warnings[0].startswith(
+      f"warning: checkpoint 20 in gs://{BUCKET}/run/checkpoints does not restore ("), warnings
+  assert warnings[0].endswith(f"resuming from step 10, step 20 moved to "
+                              f"gs://{BUCKET}/run/checkpoints/20.corrupt")
+  assert steps("run/checkpoints") == [10, 20] and gs("run/checkpoints/20.corrupt/model").is_dir()
+
+
 def test_a_missing_bucket_or_checkpoint_on_gs_is_one_line(emulator, tmp_path):
-  rc, out = run_cli(emulator, [f"--config={ROOT}/configs/demo.py", "--workdir=gs://nobucket/run"],
+  rc, out, _ = run_cli(emulator, [f"--config={ROOT}/configs/demo.py", "--workdir=gs://nobucket/run"],
                     cwd=tmp_path)
   assert rc == 2 and out.strip().splitlines() == [
       "cvrl: error: gs://nobucket/run: bucket gs://nobucket does not exist (or this account "
       "cannot see it); create it or fix the name"], out[-3000:]
-  rc, out = run_cli(emulator, [f"--config={ROOT}/configs/demo_probe.py:pretrained=gs://{BUCKET}/none",
+  rc, out, _ = run_cli(emulator, [f"--config={ROOT}/configs/demo_probe.py:pretrained=gs://{BUCKET}/none",
                                f"--workdir=gs://{BUCKET}/p"], cwd=tmp_path)
   lines = out.strip().splitlines()
   assert rc == 2 and len(lines) == 1 and lines[0].startswith(

@@ -16,8 +16,9 @@ The kNN top-1 of the checkpoints saved during pretraining gives a curve over ste
 
 Writes OUT/quality.json (also printed as the last line of stdout: one JSON object,
 {"methods": {name: {"gain", "gap_closed", "pretrained", "random", "supervised", ...}}, ...}),
-OUT/quality.md (the table in the README) and OUT/quality_knn.png (kNN top-1 over
-pretraining steps, one line per method; grey dashes at chance, grid every 0.25).
+OUT/quality.md (the table in the README) and, with matplotlib (the `plots` extra),
+OUT/quality_knn.png (kNN top-1 over pretraining steps, one line per method, chance dashed).
+`--replot=A.json[,B.json]` redraws that plot from saved results (A_knn.png), no training.
 
 The jobs are called through the small wrappers below (`_pretrain`, `_linear_probe`,
 `_knn`, `_supervised`) so that where the library moves its evaluators only they change.
@@ -33,14 +34,15 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from cvrl.core import cli
 from cvrl.core import paths
+from cvrl.data import procedural
 from cvrl.data.config import set_probe_augmentation
 
 METHODS = ("cvrl", "simclr", "moco", "byol", "swav", "tclr", "rotation")
-# Plot colours (RGB) per method.
-COLOURS = {"cvrl": (214, 39, 40), "simclr": (31, 119, 180), "moco": (44, 160, 44),
-           "byol": (148, 103, 189), "swav": (255, 127, 14), "tclr": (140, 86, 75),
-           "rotation": (127, 127, 127)}
+# Plot colours (matplotlib's) per method.
+COLOURS = {"cvrl": "tab:red", "simclr": "tab:blue", "moco": "tab:green", "byol": "tab:purple",
+           "swav": "tab:orange", "tclr": "tab:brown", "rotation": "tab:gray"}
 
 
 def define_flags():
@@ -67,6 +69,9 @@ def define_flags():
   _DIFFICULTY = flags.DEFINE_string(
       "difficulty", "", "The data's difficulty over the calibrated default, e.g. "
       "'colour=1,texture=0.5,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY).")
+  global _REPLOT  # pylint: disable=global-statement
+  _REPLOT = flags.DEFINE_list("replot", [], "Only redraw the kNN plot from saved quality JSON "
+                              "files (their methods together), as FIRST_knn.png beside the first.")
 
 
 def parse_difficulty(text: str) -> dict:
@@ -409,42 +414,61 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _line(img, p0, p1, colour, width=1):
-  """Draw a straight segment into img [H, W, 3] (uint8), in place."""
-  n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
-  ys = np.linspace(p0[0], p1[0], n).round().astype(int)
-  xs = np.linspace(p0[1], p1[1], n).round().astype(int)
-  for dy in range(-(width // 2), width - width // 2):
-    for dx in range(-(width // 2), width - width // 2):
-      y, x = np.clip(ys + dy, 0, img.shape[0] - 1), np.clip(xs + dx, 0, img.shape[1] - 1)
-      img[y, x] = colour
+def _title(results: dict) -> str:
+  """'kNN top-1 during pretraining' with the data and the seeds the curves average."""
+  d = results["data"]
+  seeds = sorted({int(r["seed"]) for m in results["methods"].values()
+                  for r in m.get("per_seed", [])}) or list(range(int(results["seeds"])))
+  seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {seeds[0]}-{seeds[-1]}"
+  default = json.loads(json.dumps(procedural.DIFFICULTY))  # tuples as the JSON's lists
+  hard = {k: v for k, v in d.get("difficulty", {}).items() if v != default[k]}
+  extra = "".join(f", {k}={v}" for k, v in hard.items())
+  return (f"kNN top-1 during pretraining\nsynthetic '{d['kind']}' videos: {d['num_classes']} "
+          f"classes, {d['num_train_videos']:,} train / {d['num_eval_videos']} test{extra}; "
+          f"{seed_text}")
 
 
-def knn_plot(results: dict, chance: float, height: int = 240, width: int = 360) -> np.ndarray:
-  """uint8 [H, W, 3]: kNN top-1 (0..1, y) over pretraining steps (x, 0..max steps), one
-  line per method (COLOURS), grid lines at 0.25/0.5/0.75, chance dashed grey."""
-  img = np.full((height, width, 3), 255, np.uint8)
-  pad = 20
-  x_max = max(max(s for s, _ in r["knn_curve"]) for r in results["methods"].values()) or 1
-  to_px = lambda s, a: (height - pad - a * (height - 2 * pad), pad + s / x_max * (width - 2 * pad))
-  for level in (0.25, 0.5, 0.75, 1.0):
-    _line(img, to_px(0, level), to_px(x_max, level), (225, 225, 225))
-  for s0 in np.arange(0, x_max, x_max / 40)[::2]:  # chance, dashed
-    _line(img, to_px(s0, chance), to_px(min(x_max, s0 + x_max / 40), chance), (150, 150, 150))
-  _line(img, to_px(0, 0), to_px(x_max, 0), (0, 0, 0))
-  _line(img, to_px(0, 0), to_px(0, 1), (0, 0, 0))
+def knn_figure(plt, results: dict):
+  """kNN top-1 over pretraining steps, one line per method (COLOURS), chance dashed."""
+  fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
   for m, r in results["methods"].items():
-    pts = [to_px(s, a) for s, a in r["knn_curve"]]
-    for a, b in zip(pts[:-1], pts[1:]):
-      _line(img, a, b, COLOURS.get(m, (0, 0, 0)), width=2)
-    for p in pts:
-      _line(img, (p[0] - 2, p[1]), (p[0] + 2, p[1]), COLOURS.get(m, (0, 0, 0)), width=5)
-  return img
+    steps, acc = zip(*r["knn_curve"])
+    ax.plot(steps, acc, "o-", color=COLOURS.get(m, "black"), label=f"{m} ({r['steps']} steps)")
+  ax.axhline(results["chance"], color="0.5", ls="--", lw=1,
+             label=f"chance ({results['chance']:.3f})")
+  ax.set(xlabel="pretraining step", ylabel="kNN top-1", ylim=(0, 1), title=_title(results))
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize="small")
+  fig.tight_layout()
+  return fig
 
 
-def write_png(path: str, img: np.ndarray) -> None:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  paths.as_path(path).write_bytes(tf.io.encode_png(img).numpy())
+def knn_plot(results: dict, path: str) -> bool:
+  """knn_figure to `path` (PNG); False, after one warning line, without matplotlib."""
+  plt = cli.pyplot("wrote the JSON and Markdown only")
+  if plt is not None:
+    with paths.as_path(path).open("wb") as f:
+      cli.save_figure(plt, knn_figure(plt, results), f)
+  return plt is not None
+
+
+def replot(files: list[str]) -> str:
+  """The kNN plot of the methods of the saved quality JSON files (no retraining), beside
+  the first as <its name>_knn.png; its path."""
+  results = None
+  for path in files:
+    part = paths.read_json(path)
+    if results is None:
+      results = part
+    elif _earlier_rows(path, results) != part["methods"]:
+      raise app.UsageError(f"--replot: {path} is of other data, seeds or augmentation "
+                           f"than {files[0]}")
+    else:
+      results["methods"] = {**part["methods"], **results["methods"]}
+  results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
+  out = os.path.splitext(files[0])[0] + "_knn.png"
+  knn_plot(results, out)
+  return out
 
 
 def _earlier_rows(path: str, results: dict) -> dict:
@@ -460,6 +484,9 @@ def _earlier_rows(path: str, results: dict) -> dict:
 
 def main(argv):
   del argv
+  if _REPLOT.value:
+    print(replot(_REPLOT.value), flush=True)
+    return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   names = METHODS if _METHODS.value == "all" else tuple(
       m.strip() for m in _METHODS.value.split(",") if m.strip())
@@ -486,12 +513,11 @@ def main(argv):
     paths.write_json(paths.join(out_dir, "quality.json"), results, indent=1)  # each method
   results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
   paths.write_text(paths.join(out_dir, "quality.md"), markdown(results))
-  write_png(paths.join(out_dir, "quality_knn.png"), knn_plot(results, results["chance"]))
+  knn_plot(results, paths.join(out_dir, "quality_knn.png"))
   print(markdown(results), flush=True)
   print(json.dumps(results), flush=True)
 
 
 if __name__ == "__main__":
-  from cvrl.core import cli  # one-line user errors, quiet log, --help exits 0
   define_flags()
   cli.run(main)

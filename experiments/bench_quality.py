@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import ml_collections
@@ -36,6 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from cvrl.core import cli
+from cvrl.core import paths
 from cvrl.data import procedural
 from cvrl.data.config import set_probe_augmentation
 
@@ -281,7 +281,7 @@ def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fracti
   run = lambda: {"top1": float(_stop_if_preempted(finetune.run(c, workdir))["metrics"]["top1"])}
   if checkpoint_dir or not cache_dir:
     return run()
-  return _cached(os.path.join(cache_dir, f"scratch-{_digest(c)}.json"), run)
+  return _cached(paths.join(cache_dir, f"scratch-{_digest(c)}.json"), run)
 
 
 # ------------------------------------------------------------------------------ running
@@ -295,15 +295,10 @@ def _digest(config) -> str:
 def _cached(path: str, compute):
   """compute()'s JSON result, read from `path` when an earlier run wrote it: a bench cut
   short resumes at the first seed it had not finished."""
-  path = os.path.normpath(path)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  if paths.as_path(path).exists():
+    return paths.read_json(path)
   value = compute()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f)
-  os.replace(path + ".tmp", path)
+  paths.write_json(path, value)
   return value
 
 
@@ -319,19 +314,19 @@ def _one_seed(config, run_dir: str, curve_points: int, semi: tuple[float, int],
   the semi-supervised pair: the seed's row of quality.json, with its kNN curve."""
   total = int(config.total_steps)
   every = max(1, total // max(1, curve_points))
-  if os.path.exists(run_dir):
-    shutil.rmtree(run_dir)
+  if paths.as_path(run_dir).exists():
+    paths.as_path(run_dir).rmtree()
   t = time.time()
-  ckpt = os.path.join(run_dir, "pretrain")
+  ckpt = paths.join(run_dir, "pretrain")
   _pretrain(config, ckpt, every)
   t_pre = time.time() - t
-  lin = _linear_probe(config, ckpt, os.path.join(run_dir, "probe"))
-  knn_rand = _knn(config, os.path.join(run_dir, "knn_random"))
+  lin = _linear_probe(config, ckpt, paths.join(run_dir, "probe"))
+  knn_rand = _knn(config, paths.join(run_dir, "knn_random"))
   steps_on_curve = sorted({min(total, every * k) for k in range(1, curve_points + 1)} | {total})
   curve = [(0, knn_rand)]
   for s in steps_on_curve:
-    curve.append((s, _knn(config, os.path.join(run_dir, f"knn_{s}"), ckpt, s)))
-  sup = _supervised(config, os.path.join(run_dir, "supervised"), cache_dir=cache_dir)
+    curve.append((s, _knn(config, paths.join(run_dir, f"knn_{s}"), ckpt, s)))
+  sup = _supervised(config, paths.join(run_dir, "supervised"), cache_dir=cache_dir)
   row = {"seed": int(config.seed), "pretrained_linear": lin["pretrained"],
          "random_linear": lin["random"], "supervised_linear": sup["top1"],
          "pretrained_knn": curve[-1][1], "random_knn": knn_rand,
@@ -340,7 +335,7 @@ def _one_seed(config, run_dir: str, curve_points: int, semi: tuple[float, int],
   if semi[0] > 0:  # timed apart: the row's minutes are the four jobs above
     t = time.time()
     for init, src in (("pretrained", ckpt), ("scratch", "")):
-      row[f"semi_{init}"] = _supervised(config, os.path.join(run_dir, f"semi_{init}"), src,
+      row[f"semi_{init}"] = _supervised(config, paths.join(run_dir, f"semi_{init}"), src,
                                         semi[0], semi[1], cache_dir)["top1"]
     row["semi_seconds"] = round(time.time() - t, 1)
   return row
@@ -350,16 +345,17 @@ def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: 
                keep: bool, augmentation: str = "recipe", data: dict | None = None,
                semi: tuple[float, int] = (0.0, 0)) -> dict:
   """Every seed of one method; the method's entry of quality.json."""
-  rows, curves, cache_dir = [], [], os.path.join(workdir, "cache")
+  rows, curves, cache_dir = [], [], paths.join(workdir, "cache")
   for seed in range(seeds):
     config = recipe(method, steps, seed, augmentation, **(data or {}))
     key = _digest(ml_collections.ConfigDict(dict(config=config.to_dict(), semi=semi,
                                                  curve_points=curve_points)))
-    run_dir = os.path.join(workdir, method, f"seed{seed}")
-    row = _cached(os.path.join(cache_dir, f"{method}-seed{seed}-{key}.json"),
+    run_dir = paths.join(workdir, method, f"seed{seed}")
+    row = _cached(paths.join(cache_dir, f"{method}-seed{seed}-{key}.json"),
                   lambda: _one_seed(config, run_dir, curve_points, semi, cache_dir))
     if not keep:
-      shutil.rmtree(run_dir, ignore_errors=True)
+      if paths.as_path(run_dir).exists():
+        paths.as_path(run_dir).rmtree()
     curves.append(row.pop("knn_curve"))
     rows.append(row)
     print(f"bench_quality[{method}] seed {seed}: {json.dumps(row)}", flush=True)
@@ -451,26 +447,26 @@ def knn_plot(results: dict, path: str) -> bool:
   """knn_figure to `path` (PNG); False, after one warning line, without matplotlib."""
   plt = cli.pyplot("wrote the JSON and Markdown only")
   if plt is not None:
-    cli.save_figure(plt, knn_figure(plt, results), path)
+    with paths.as_path(path).open("wb") as f:
+      cli.save_figure(plt, knn_figure(plt, results), f)
   return plt is not None
 
 
-def replot(paths: list[str]) -> str:
+def replot(files: list[str]) -> str:
   """The kNN plot of the methods of the saved quality JSON files (no retraining), beside
   the first as <its name>_knn.png; its path."""
   results = None
-  for path in paths:
-    with open(path) as f:
-      part = json.load(f)
+  for path in files:
+    part = paths.read_json(path)
     if results is None:
       results = part
     elif _earlier_rows(path, results) != part["methods"]:
       raise app.UsageError(f"--replot: {path} is of other data, seeds or augmentation "
-                           f"than {paths[0]}")
+                           f"than {files[0]}")
     else:
       results["methods"] = {**part["methods"], **results["methods"]}
   results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
-  out = os.path.splitext(paths[0])[0] + "_knn.png"
+  out = os.path.splitext(files[0])[0] + "_knn.png"
   knn_plot(results, out)
   return out
 
@@ -478,10 +474,9 @@ def replot(paths: list[str]) -> str:
 def _earlier_rows(path: str, results: dict) -> dict:
   """The methods of an earlier quality.json in the same out dir, on the same data,
   augmentation and seeds: a run of some methods adds its rows to the table."""
-  if not os.path.exists(path):
+  if not paths.as_path(path).exists():
     return {}
-  with open(path) as f:
-    old = json.load(f)
+  old = paths.read_json(path)
   same = all(json.dumps(old.get(k), sort_keys=True) == json.dumps(results[k], sort_keys=True)
              for k in ("data", "seeds", "augmentation"))
   return dict(old.get("methods", {})) if same else {}
@@ -503,24 +498,22 @@ def main(argv):
   if not 0.0 <= _SEMI.value <= 1.0 or _SEMI_STEPS.value < 1:
     raise app.UsageError("--semi_fraction must be in [0, 1] (0: skip), --semi_steps >= 1")
   out_dir = _OUT.value or _WORKDIR.value
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   # Seeds after the first (and every job after pretraining) load their compiled steps.
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
-  engine.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
+  engine.enable_compilation_cache(paths.join(_WORKDIR.value, "xla_cache"))
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value)}
   results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
              "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
-  results["methods"] = _earlier_rows(os.path.join(out_dir, "quality.json"), results)
+  results["methods"] = _earlier_rows(paths.join(out_dir, "quality.json"), results)
   for m in names:
     results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,
                                        _CURVE_POINTS.value, _KEEP.value, _AUG.value, data,
                                        (_SEMI.value, _SEMI_STEPS.value))
-    with open(os.path.join(out_dir, "quality.json"), "w") as f:  # after every method
-      json.dump(results, f, indent=1)
+    paths.write_json(paths.join(out_dir, "quality.json"), results, indent=1)  # each method
   results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
-  with open(os.path.join(out_dir, "quality.md"), "w") as f:
-    f.write(markdown(results))
-  knn_plot(results, os.path.join(out_dir, "quality_knn.png"))
+  paths.write_text(paths.join(out_dir, "quality.md"), markdown(results))
+  knn_plot(results, paths.join(out_dir, "quality_knn.png"))
   print(markdown(results), flush=True)
   print(json.dumps(results), flush=True)
 

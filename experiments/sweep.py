@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -29,6 +30,7 @@ from absl import app, flags
 
 from cvrl import config_lib
 from cvrl.core import cli
+from cvrl.core import paths
 
 # Where a point's results live, relative to its workdir, in the order they are looked for:
 # a downstream job's own results, or those of the probe a pretraining ran after itself.
@@ -143,7 +145,7 @@ def expand(axes) -> list[Point]:
 # ---------------------------------------------------------------------- running the points
 
 def point_dir(workdir: str, point: Point) -> str:
-  return os.path.join(workdir, point.name)
+  return paths.join(workdir, point.name)
 
 
 def point_args(config: str, workdir: str, point: Point) -> list[str]:
@@ -159,21 +161,20 @@ def command(python: str, config: str, workdir: str, point: Point) -> list[str]:
 def results_path(directory: str, results: str | None = None) -> str | None:
   """The point's results file if it exists (None if not yet)."""
   for name in ([results] if results else RESULT_FILES):
-    path = os.path.join(directory, name)
-    if os.path.isfile(path):
+    path = paths.join(directory, name)
+    if paths.as_path(path).is_file():
       return path
   return None
 
 
 def write_launch_script(config: str, workdir: str, points, python: str) -> str:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "launch.sh")
+  path = paths.join(workdir, "launch.sh")
   lines = ["#!/usr/bin/env bash", "# One line per grid point; each is independent.",
            "set -euo pipefail"]
   lines += [shlex.join(command(python, config, workdir, p)) for p in points]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.chmod(path, 0o755)
+  paths.write_text(path, "\n".join(lines) + "\n")
+  if not paths.is_url(path):
+    os.chmod(path, 0o755)  # a local script is run as it is
   return path
 
 
@@ -189,15 +190,26 @@ def run_local(config: str, workdir: str, points, results: str | None = None) -> 
       status[p.name] = "skipped"
       print(f"[{i + 1}/{len(points)}] {p.name}: results exist, skipped", flush=True)
       continue
-    os.makedirs(d, exist_ok=True)
     cmd = command(sys.executable, config, workdir, p)
     print(f"[{i + 1}/{len(points)}] {p.name}: {shlex.join(cmd)}", flush=True)
-    with open(os.path.join(d, "run.log"), "w") as log:
-      rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    rc = run_logged(cmd, paths.join(d, "run.log"))
     status[p.name] = "done" if rc == 0 else f"failed (rc {rc})"
     if rc != 0:
-      print(f"  failed (rc {rc}); see {os.path.join(d, 'run.log')}", flush=True)
+      print(f"  failed (rc {rc}); see {paths.join(d, 'run.log')}", flush=True)
   return status
+
+
+def run_logged(cmd, log: str) -> int:
+  """Runs `cmd` with its output in `log`: written as it goes locally, uploaded at the end
+  to a store (which cannot append)."""
+  if paths.is_url(log):
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         check=False)
+    paths.write_text(log, out.stdout)
+    return out.returncode
+  paths.makedirs(paths.as_path(log).parent)
+  with paths.as_path(log).open("w") as f:
+    return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
 
 
 # --------------------------------------------------------------------------- collecting
@@ -210,10 +222,9 @@ def load_config(config: str, workdir: str, point: Point):
 def point_summary(config: str, workdir: str, point: Point) -> dict:
   """The summary job's numbers for the point (run once, kept in DIR/<point>/summary.json)."""
   d = point_dir(workdir, point)
-  path = os.path.join(d, "summary.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.loads(f.readline())
+  path = paths.as_path(paths.join(d, "summary.json"))
+  if path.is_file():
+    return json.loads(path.read_text().splitlines()[0])
   import ml_collections  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import summary  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.ConfigDict(load_config(config, workdir, point).to_dict())
@@ -235,11 +246,10 @@ def collect(config: str, workdir: str, points, results: str | None = None,
            "model": s["model"]}
     path = results_path(point_dir(workdir, p), results)
     if path:
-      with open(path) as f:
-        res = json.load(f)
+      res = paths.read_json(path)
       metrics = res.get("metrics", {})
       row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-      row["results"] = os.path.relpath(path, workdir)
+      row["results"] = path[len(workdir):].lstrip("/")
       row["status"] = "done" if metric in metrics else f"no {metric}"
     else:
       row["status"] = "no results"
@@ -254,11 +264,12 @@ def _columns(rows, axes_fields) -> list[str]:
 
 
 def write_csv(path: str, rows, columns) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=columns)
-    w.writeheader()
-    for r in rows:
-      w.writerow({c: r.get(c, "") for c in columns})
+  text = io.StringIO(newline="")
+  w = csv.DictWriter(text, fieldnames=columns)
+  w.writeheader()
+  for r in rows:
+    w.writerow({c: r.get(c, "") for c in columns})
+  paths.write_text(path, text.getvalue())
 
 
 def _fmt(value) -> str:
@@ -281,8 +292,7 @@ def write_markdown(path: str, rows, columns, title: str) -> None:
       v = r.get(c, "")
       cells.append(f"{v / 1e6:.2f}" if c == "backbone_params" and v != "" else _fmt(v))
     lines.append("| " + " | ".join(cells) + " |")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.write_text(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------- the plot
@@ -319,7 +329,8 @@ def plot(path: str, rows, metric: str, title: str = "") -> bool:
   """`figure` to `path` (PNG); False, after one warning line, without matplotlib."""
   plt = cli.pyplot("wrote sweep.csv and sweep.md only")
   if plt is not None:
-    cli.save_figure(plt, figure(plt, rows, metric, title), path)
+    with paths.as_path(path).open("wb") as f:
+      cli.save_figure(plt, figure(plt, rows, metric, title), f)
   return plt is not None
 
 
@@ -339,16 +350,14 @@ def main(argv):
       load_config(_CONFIG.value, _WORKDIR.value, p)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  workdir = os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "grid.json"), "w") as f:
-    json.dump({"config": _CONFIG.value, "axes": axes,
-               "points": {p.name: dict(p.overrides) for p in points}}, f, indent=1)
+  workdir = os.fspath(paths.makedirs(_WORKDIR.value))
+  paths.write_json(paths.join(workdir, "grid.json"), {
+      "config": _CONFIG.value, "axes": axes,
+      "points": {p.name: dict(p.overrides) for p in points}}, indent=1)
   failed = []
   if _LAUNCH.value == "print":
     path = write_launch_script(_CONFIG.value, workdir, points, _PYTHON.value)
-    with open(path) as f:
-      print(f.read(), end="")
+    print(paths.read_text(path), end="")
   elif _LAUNCH.value == "local":
     status = run_local(_CONFIG.value, workdir, points, _RESULTS.value)
     failed = [n for n, s in status.items() if s.startswith("failed")]
@@ -356,11 +365,10 @@ def main(argv):
     rows = collect(_CONFIG.value, workdir, points, _RESULTS.value, _METRIC.value)
     columns = _columns(rows, [f for f, _ in axes])
     title = f"sweep of {os.path.basename(_CONFIG.value)}"
-    write_csv(os.path.join(workdir, "sweep.csv"), rows, columns)
-    write_markdown(os.path.join(workdir, "sweep.md"), rows, columns, title)
-    plot(os.path.join(workdir, "sweep.png"), rows, _METRIC.value, title)
-    with open(os.path.join(workdir, "sweep.md")) as f:
-      print(f.read(), end="")
+    write_csv(paths.join(workdir, "sweep.csv"), rows, columns)
+    write_markdown(paths.join(workdir, "sweep.md"), rows, columns, title)
+    plot(paths.join(workdir, "sweep.png"), rows, _METRIC.value, title)
+    print(paths.read_text(paths.join(workdir, "sweep.md")), end="")
   if failed:
     print(f"sweep: {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
     sys.exit(1)

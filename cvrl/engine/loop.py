@@ -33,6 +33,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.data import device as device_aug
 from cvrl.engine import checkpoint as checkpoint_lib
@@ -209,7 +210,7 @@ def _preemption_service_running() -> bool:
 def enable_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache for this process: a restarted (preempted) run or
   a repeated job loads its compiled programs instead of compiling them again."""
-  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_compilation_cache_dir", os.fspath(paths.as_path(directory)))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 

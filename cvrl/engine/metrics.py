@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Mapping
 
 import jax
+
+from cvrl.core import paths
 
 METRICS_FILE = "metrics.jsonl"
 # Besides the loss, the progress line shows the objective's headline metrics: any whose
@@ -62,8 +63,7 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+    self._jsonl = paths.AppendFile(paths.join(workdir, METRICS_FILE))
     if tensorboard:
       # pylint: disable=import-outside-toplevel
       import tensorflow as tf

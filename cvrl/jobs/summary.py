@@ -6,7 +6,6 @@ so R3D-152 3x answers in seconds on a laptop. Prints ONE JSON line.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ import ml_collections
 from flax import nnx
 
 from cvrl import objectives
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.models import build_encoder
 from cvrl.models.heads import EncoderHead, LinearClassifier
@@ -113,7 +113,5 @@ def run(config, workdir):
   line = json.dumps(result)
   print(line, flush=True)
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      f.write(line + "\n")
+    paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
   return result

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.data import device as device_aug
 from cvrl.engine import checkpoint as checkpoint_lib
@@ -220,7 +221,7 @@ def _preemption_service_running() -> bool:
 def enable_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache for this process: a restarted (preempted) run or
   a repeated job loads its compiled programs instead of compiling them again."""
-  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_compilation_cache_dir", os.fspath(paths.as_path(directory)))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
@@ -305,6 +306,7 @@ class _Run:
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
+      input_lib.check_resume(checkpoint_lib.load_config(workdir), config)
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:

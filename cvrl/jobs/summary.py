@@ -10,7 +10,6 @@ JSON line.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ from flax import nnx
 
 from cvrl import objectives
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.engine import optim
 from cvrl.models import build_encoder
@@ -138,7 +138,5 @@ def run(config, workdir):
   line = json.dumps(result)
   print(line, flush=True)
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      f.write(line + "\n")
+    paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
   return result

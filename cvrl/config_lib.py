@@ -111,14 +111,20 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
       warmup_start_lr=0.0))
   # Checkpoints in WORKDIR/checkpoints: every N steps and at the end, newest `keep` kept.
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-  # DIR/metrics.jsonl and TensorBoard events every N steps (process 0 only).
-  c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True))
+  # DIR/metrics.jsonl and TensorBoard events every N steps (process 0 only); with
+  # TensorBoard, a picture of the first batch's clips as the step sees them (show_clips').
+  c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True,
+                                         first_batch_picture=True))
   # Devices and processes: BatchNorm over the global batch ('sync', the paper) or per
   # device ('local'); batches assembled on device this many steps ahead; a persistent XLA
   # compilation cache (restarts skip compiling); explicit multi-process set-up (otherwise
-  # read from the environment, see cvrl.core.parallel).
+  # read from the environment, see cvrl.core.parallel). Parameters and optimizer state
+  # 'replicated' on every device or 'fsdp' (sharded over the devices; arrays under
+  # fsdp_min_kib stay whole); the summary job sizes that state for `summary_devices`
+  # (None: this machine's).
   c.parallel = ml_collections.ConfigDict(dict(
-      batch_norm="sync", device_prefetch=2,
+      batch_norm="sync", device_prefetch=2, param_sharding="replicated", fsdp_min_kib=64.0,
+      summary_devices=config_dict.placeholder(int),
       compilation_cache_dir=config_dict.placeholder(str),
       coordinator_address=config_dict.placeholder(str),
       num_processes=config_dict.placeholder(int),
@@ -395,7 +401,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict, *, preset: str = "r3d18",
   data = config.data
   data.update(source="synthetic", num_train_examples=None, num_frames=num_frames, stride=2,
               crop_size=crop_size, eval_resize=crop_size, eval_crop_size=crop_size,
-              shuffle_buffer=16, cycle_length=2, prefetch=1)
+              cycle_length=2, prefetch=1)
   data.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4,
                         num_frames=64, size=24, num_shards=2)
   if "checkpoint" in config:

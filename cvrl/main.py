@@ -20,6 +20,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cvrl import jobs as jobs_package  # noqa: E402  (the package alone: no job imported)
+from cvrl.core import paths  # noqa: E402
 
 # config.job names a module of cvrl/jobs/ with run(config, workdir) -> dict: a new job is
 # one new file there.
@@ -70,18 +71,21 @@ def check_inputs(config) -> None:
     from cvrl.engine import checkpoint
     try:
       checkpoint.find(config.pretrained, config.get("pretrained_step"))
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
       raise ConfigError(f"config.pretrained: {e}; give a pretraining workdir, its "
                         "checkpoints/ directory or one step's directory") from None
 
 
 def run(config, workdir: str | None):
-  """Checks the config and what it reads (ConfigError, nothing written), then runs it."""
+  """Checks the config, what it reads and that the workdir takes files (ConfigError,
+  nothing written), then runs it."""
   module = validate(config)
   if workdir is None and getattr(module, "NEEDS_WORKDIR", True):
     raise ConfigError(f"job {config.job!r} needs --workdir")
   if getattr(module, "READS_INPUTS", True):
     check_inputs(config)
+  if workdir is not None:
+    paths.check_workdir(workdir)  # created, a probe file written and removed
   return module.run(config, workdir)
 
 

@@ -16,8 +16,9 @@ The kNN top-1 of the checkpoints saved during pretraining gives a curve over ste
 
 Writes OUT/quality.json (also printed as the last line of stdout: one JSON object,
 {"methods": {name: {"gain", "gap_closed", "pretrained", "random", "supervised", ...}}, ...}),
-OUT/quality.md (the table in the README) and OUT/quality_knn.png (kNN top-1 over
-pretraining steps, one line per method; grey dashes at chance, grid every 0.25).
+OUT/quality.md (the table in the README) and, with matplotlib (the `plots` extra),
+OUT/quality_knn.png (kNN top-1 over pretraining steps, one line per method, chance dashed).
+`--replot=A.json[,B.json]` redraws that plot from saved results (A_knn.png), no training.
 
 The jobs are called through the small wrappers below (`_pretrain`, `_linear_probe`,
 `_knn`, `_supervised`) so that where the library moves its evaluators only they change.
@@ -27,20 +28,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import ml_collections
 import numpy as np
 from absl import app, flags
 
+from cvrl.core import cli
+from cvrl.core import paths
+from cvrl.data import procedural
 from cvrl.data.config import set_probe_augmentation
 
 METHODS = ("cvrl", "simclr", "moco", "byol", "swav", "tclr", "rotation")
-# Plot colours (RGB) per method.
-COLOURS = {"cvrl": (214, 39, 40), "simclr": (31, 119, 180), "moco": (44, 160, 44),
-           "byol": (148, 103, 189), "swav": (255, 127, 14), "tclr": (140, 86, 75),
-           "rotation": (127, 127, 127)}
+# Plot colours (matplotlib's) per method.
+COLOURS = {"cvrl": "tab:red", "simclr": "tab:blue", "moco": "tab:green", "byol": "tab:purple",
+           "swav": "tab:orange", "tclr": "tab:brown", "rotation": "tab:gray"}
 
 
 def define_flags():
@@ -71,6 +73,9 @@ def define_flags():
   _DIFFICULTY = flags.DEFINE_string(
       "difficulty", "", "The data's difficulty over the calibrated default, e.g. "
       "'colour=1,texture=0.5,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY).")
+  global _REPLOT  # pylint: disable=global-statement
+  _REPLOT = flags.DEFINE_list("replot", [], "Only redraw the kNN plot from saved quality JSON "
+                              "files (their methods together), as FIRST_knn.png beside the first.")
 
 
 def parse_difficulty(text: str) -> dict:
@@ -288,7 +293,7 @@ def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fracti
   run = lambda: {"top1": float(_stop_if_preempted(finetune.run(c, workdir))["metrics"]["top1"])}
   if checkpoint_dir or not cache_dir:
     return run()
-  return _cached(os.path.join(cache_dir, f"scratch-{_digest(c)}.json"), run)
+  return _cached(paths.join(cache_dir, f"scratch-{_digest(c)}.json"), run)
 
 
 # ------------------------------------------------------------------------------ running
@@ -302,15 +307,10 @@ def _digest(config) -> str:
 def _cached(path: str, compute):
   """compute()'s JSON result, read from `path` when an earlier run wrote it: a bench cut
   short resumes at the first seed it had not finished."""
-  path = os.path.normpath(path)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  if paths.as_path(path).exists():
+    return paths.read_json(path)
   value = compute()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f)
-  os.replace(path + ".tmp", path)
+  paths.write_json(path, value)
   return value
 
 
@@ -326,19 +326,19 @@ def _one_seed(config, run_dir: str, curve_points: int, semi: tuple[float, int],
   the semi-supervised pair: the seed's row of quality.json, with its kNN curve."""
   total = int(config.total_steps)
   every = max(1, total // max(1, curve_points))
-  if os.path.exists(run_dir):
-    shutil.rmtree(run_dir)
+  if paths.as_path(run_dir).exists():
+    paths.as_path(run_dir).rmtree()
   t = time.time()
-  ckpt = os.path.join(run_dir, "pretrain")
+  ckpt = paths.join(run_dir, "pretrain")
   _pretrain(config, ckpt, every)
   t_pre = time.time() - t
-  lin = _linear_probe(config, ckpt, os.path.join(run_dir, "probe"))
-  knn_rand = _knn(config, os.path.join(run_dir, "knn_random"))
+  lin = _linear_probe(config, ckpt, paths.join(run_dir, "probe"))
+  knn_rand = _knn(config, paths.join(run_dir, "knn_random"))
   steps_on_curve = sorted({min(total, every * k) for k in range(1, curve_points + 1)} | {total})
   curve = [(0, knn_rand)]
   for s in steps_on_curve:
-    curve.append((s, _knn(config, os.path.join(run_dir, f"knn_{s}"), ckpt, s)))
-  sup = _supervised(config, os.path.join(run_dir, "supervised"), cache_dir=cache_dir)
+    curve.append((s, _knn(config, paths.join(run_dir, f"knn_{s}"), ckpt, s)))
+  sup = _supervised(config, paths.join(run_dir, "supervised"), cache_dir=cache_dir)
   row = {"seed": int(config.seed), "pretrained_linear": lin["pretrained"],
          "random_linear": lin["random"], "supervised_linear": sup["top1"],
          "pretrained_knn": curve[-1][1], "random_knn": knn_rand,
@@ -347,7 +347,7 @@ def _one_seed(config, run_dir: str, curve_points: int, semi: tuple[float, int],
   if semi[0] > 0:  # timed apart: the row's minutes are the four jobs above
     t = time.time()
     for init, src in (("pretrained", ckpt), ("scratch", "")):
-      row[f"semi_{init}"] = _supervised(config, os.path.join(run_dir, f"semi_{init}"), src,
+      row[f"semi_{init}"] = _supervised(config, paths.join(run_dir, f"semi_{init}"), src,
                                         semi[0], semi[1], cache_dir)["top1"]
     row["semi_seconds"] = round(time.time() - t, 1)
   return row
@@ -357,16 +357,17 @@ def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: 
                keep: bool, augmentation: str = "recipe", data: dict | None = None,
                semi: tuple[float, int] = (0.0, 0)) -> dict:
   """Every seed of one method; the method's entry of quality.json."""
-  rows, curves, cache_dir = [], [], os.path.join(workdir, "cache")
+  rows, curves, cache_dir = [], [], paths.join(workdir, "cache")
   for seed in range(seeds):
     config = recipe(method, steps, seed, augmentation, **(data or {}))
     key = _digest(ml_collections.ConfigDict(dict(config=config.to_dict(), semi=semi,
                                                  curve_points=curve_points)))
-    run_dir = os.path.join(workdir, method, f"seed{seed}")
-    row = _cached(os.path.join(cache_dir, f"{method}-seed{seed}-{key}.json"),
+    run_dir = paths.join(workdir, method, f"seed{seed}")
+    row = _cached(paths.join(cache_dir, f"{method}-seed{seed}-{key}.json"),
                   lambda: _one_seed(config, run_dir, curve_points, semi, cache_dir))
     if not keep:
-      shutil.rmtree(run_dir, ignore_errors=True)
+      if paths.as_path(run_dir).exists():
+        paths.as_path(run_dir).rmtree()
     curves.append(row.pop("knn_curve"))
     rows.append(row)
     print(f"bench_quality[{method}] seed {seed}: {json.dumps(row)}", flush=True)
@@ -425,51 +426,69 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _line(img, p0, p1, colour, width=1):
-  """Draw a straight segment into img [H, W, 3] (uint8), in place."""
-  n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
-  ys = np.linspace(p0[0], p1[0], n).round().astype(int)
-  xs = np.linspace(p0[1], p1[1], n).round().astype(int)
-  for dy in range(-(width // 2), width - width // 2):
-    for dx in range(-(width // 2), width - width // 2):
-      y, x = np.clip(ys + dy, 0, img.shape[0] - 1), np.clip(xs + dx, 0, img.shape[1] - 1)
-      img[y, x] = colour
+def _title(results: dict) -> str:
+  """'kNN top-1 during pretraining' with the data and the seeds the curves average."""
+  d = results["data"]
+  seeds = sorted({int(r["seed"]) for m in results["methods"].values()
+                  for r in m.get("per_seed", [])}) or list(range(int(results["seeds"])))
+  seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {seeds[0]}-{seeds[-1]}"
+  default = json.loads(json.dumps(procedural.DIFFICULTY))  # tuples as the JSON's lists
+  hard = {k: v for k, v in d.get("difficulty", {}).items() if v != default[k]}
+  extra = "".join(f", {k}={v}" for k, v in hard.items())
+  return (f"kNN top-1 during pretraining\nsynthetic '{d['kind']}' videos: {d['num_classes']} "
+          f"classes, {d['num_train_videos']:,} train / {d['num_eval_videos']} test{extra}; "
+          f"{seed_text}")
 
 
-def knn_plot(results: dict, chance: float, height: int = 240, width: int = 360) -> np.ndarray:
-  """uint8 [H, W, 3]: kNN top-1 (0..1, y) over pretraining steps (x, 0..max steps), one
-  line per method (COLOURS), grid lines at 0.25/0.5/0.75, chance dashed grey."""
-  img = np.full((height, width, 3), 255, np.uint8)
-  pad = 20
-  x_max = max(max(s for s, _ in r["knn_curve"]) for r in results["methods"].values()) or 1
-  to_px = lambda s, a: (height - pad - a * (height - 2 * pad), pad + s / x_max * (width - 2 * pad))
-  for level in (0.25, 0.5, 0.75, 1.0):
-    _line(img, to_px(0, level), to_px(x_max, level), (225, 225, 225))
-  for s0 in np.arange(0, x_max, x_max / 40)[::2]:  # chance, dashed
-    _line(img, to_px(s0, chance), to_px(min(x_max, s0 + x_max / 40), chance), (150, 150, 150))
-  _line(img, to_px(0, 0), to_px(x_max, 0), (0, 0, 0))
-  _line(img, to_px(0, 0), to_px(0, 1), (0, 0, 0))
+def knn_figure(plt, results: dict):
+  """kNN top-1 over pretraining steps, one line per method (COLOURS), chance dashed."""
+  fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
   for m, r in results["methods"].items():
-    pts = [to_px(s, a) for s, a in r["knn_curve"]]
-    for a, b in zip(pts[:-1], pts[1:]):
-      _line(img, a, b, COLOURS.get(m, (0, 0, 0)), width=2)
-    for p in pts:
-      _line(img, (p[0] - 2, p[1]), (p[0] + 2, p[1]), COLOURS.get(m, (0, 0, 0)), width=5)
-  return img
+    steps, acc = zip(*r["knn_curve"])
+    ax.plot(steps, acc, "o-", color=COLOURS.get(m, "black"), label=f"{m} ({r['steps']} steps)")
+  ax.axhline(results["chance"], color="0.5", ls="--", lw=1,
+             label=f"chance ({results['chance']:.3f})")
+  ax.set(xlabel="pretraining step", ylabel="kNN top-1", ylim=(0, 1), title=_title(results))
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize="small")
+  fig.tight_layout()
+  return fig
 
 
-def write_png(path: str, img: np.ndarray) -> None:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  tf.io.write_file(path, tf.io.encode_png(img))
+def knn_plot(results: dict, path: str) -> bool:
+  """knn_figure to `path` (PNG); False, after one warning line, without matplotlib."""
+  plt = cli.pyplot("wrote the JSON and Markdown only")
+  if plt is not None:
+    with paths.as_path(path).open("wb") as f:
+      cli.save_figure(plt, knn_figure(plt, results), f)
+  return plt is not None
+
+
+def replot(files: list[str]) -> str:
+  """The kNN plot of the methods of the saved quality JSON files (no retraining), beside
+  the first as <its name>_knn.png; its path."""
+  results = None
+  for path in files:
+    part = paths.read_json(path)
+    if results is None:
+      results = part
+    elif _earlier_rows(path, results) != part["methods"]:
+      raise app.UsageError(f"--replot: {path} is of other data, seeds or augmentation "
+                           f"than {files[0]}")
+    else:
+      results["methods"] = {**part["methods"], **results["methods"]}
+  results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
+  out = os.path.splitext(files[0])[0] + "_knn.png"
+  knn_plot(results, out)
+  return out
 
 
 def _earlier_rows(path: str, results: dict) -> dict:
   """The methods of an earlier quality.json in the same out dir, on the same data,
   augmentation and seeds: a run of some methods adds its rows to the table."""
-  if not os.path.exists(path):
+  if not paths.as_path(path).exists():
     return {}
-  with open(path) as f:
-    old = json.load(f)
+  old = paths.read_json(path)
   same = all(json.dumps(old.get(k), sort_keys=True) == json.dumps(results.get(k), sort_keys=True)
              for k in ("data", "seeds", "augmentation", "input"))
   return dict(old.get("methods", {})) if same else {}
@@ -477,6 +496,9 @@ def _earlier_rows(path: str, results: dict) -> dict:
 
 def main(argv):
   del argv
+  if _REPLOT.value:
+    print(replot(_REPLOT.value), flush=True)
+    return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   names = METHODS if _METHODS.value == "all" else tuple(
       m.strip() for m in _METHODS.value.split(",") if m.strip())
@@ -488,32 +510,29 @@ def main(argv):
   if not 0.0 <= _SEMI.value <= 1.0 or _SEMI_STEPS.value < 1:
     raise app.UsageError("--semi_fraction must be in [0, 1] (0: skip), --semi_steps >= 1")
   out_dir = _OUT.value or _WORKDIR.value
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   # Seeds after the first (and every job after pretraining) load their compiled steps.
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
-  engine.enable_compilation_cache(os.path.join(_WORKDIR.value, "xla_cache"))
+  engine.enable_compilation_cache(paths.join(_WORKDIR.value, "xla_cache"))
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value),
           "input_mode": _INPUT.value}
   results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
              "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
   if _INPUT.value != "rgb":
     results["input"] = _INPUT.value
-  results["methods"] = _earlier_rows(os.path.join(out_dir, "quality.json"), results)
+  results["methods"] = _earlier_rows(paths.join(out_dir, "quality.json"), results)
   for m in names:
     results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,
                                        _CURVE_POINTS.value, _KEEP.value, _AUG.value, data,
                                        (_SEMI.value, _SEMI_STEPS.value))
-    with open(os.path.join(out_dir, "quality.json"), "w") as f:  # after every method
-      json.dump(results, f, indent=1)
+    paths.write_json(paths.join(out_dir, "quality.json"), results, indent=1)  # each method
   results["methods"] = {m: results["methods"][m] for m in METHODS if m in results["methods"]}
-  with open(os.path.join(out_dir, "quality.md"), "w") as f:
-    f.write(markdown(results))
-  write_png(os.path.join(out_dir, "quality_knn.png"), knn_plot(results, results["chance"]))
+  paths.write_text(paths.join(out_dir, "quality.md"), markdown(results))
+  knn_plot(results, paths.join(out_dir, "quality_knn.png"))
   print(markdown(results), flush=True)
   print(json.dumps(results), flush=True)
 
 
 if __name__ == "__main__":
-  from cvrl.core import cli  # one-line user errors, quiet log, --help exits 0
   define_flags()
   cli.run(main)

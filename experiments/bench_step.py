@@ -170,9 +170,10 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
                                  config.optim.get("schedule", "cosine"))
   tx = optim.build(config.optim, schedule)
   make = lambda: objective.build(nnx.Rngs(int(config.seed)))
-  graphdef, state = state_lib.abstract(make, objective.trainable, tx, mesh)
+  placement = parallel.placement_from_config(mesh, config.get("parallel"))
+  graphdef, state = state_lib.abstract(make, objective.trainable, tx, mesh, placement)
   step = engine.make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
-                                config.data)
+                                config.data, state_lib.shardings(state))
   data = config.data
   smp = sampling.make_sampler(objective.sampler(), num_frames=data.num_frames,
                               stride=data.stride, train=True)
@@ -188,6 +189,7 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
     spec["photometric"] = jax.ShapeDtypeStruct((batch, smp.num_views, photometric.SIZE),
                                                jnp.float32, sharding=sharding)
   return dict(mesh=mesh, objective=objective, make=make, tx=tx, step=step, graphdef=graphdef,
+              placement=placement,
               state=state, spec=spec, clips=batch * smp.num_views,
               clip=(smp.frames, data.crop_size, data.crop_size, 3))
 
@@ -302,7 +304,8 @@ def _run_steps(parts: dict, steps: int) -> tuple[object, float, float, float]:
   mesh, spec = parts["mesh"], parts["spec"]
   with jax.set_mesh(mesh):
     compiled = parts["step"].lower(parts["state"], spec).compile()
-    _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"], mesh)
+    _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"], mesh,
+                                parts["placement"])
     batch = _concrete_batch(spec)
     carry = {"state": state}
 

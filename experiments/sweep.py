@@ -9,28 +9,28 @@ its command). `local` runs the points in sequence and skips those whose results 
 exists; `print` writes one command per point to DIR/launch.sh for a cluster scheduler.
 `--collect` runs the `summary` job for each point (backbone parameters, GFLOPs per clip,
 cached in DIR/<point>/summary.json), reads each point's results, and writes
-DIR/sweep.csv, DIR/sweep.md and DIR/sweep.png (the metric against parameters and against
-GFLOPs, one line per depth).
+DIR/sweep.csv, DIR/sweep.md and, with matplotlib (the `plots` extra), DIR/sweep.png (the
+metric against parameters and against GFLOPs, one line per depth).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import math
 import os
 import re
 import shlex
-import struct
 import subprocess
 import sys
-import zlib
 
-import numpy as np
 from absl import app, flags
 
 from cvrl import config_lib
+from cvrl.core import cli
+from cvrl.core import paths
 
 # Where a point's results live, relative to its workdir, in the order they are looked for:
 # a downstream job's own results, or those of the probe a pretraining ran after itself.
@@ -145,7 +145,7 @@ def expand(axes) -> list[Point]:
 # ---------------------------------------------------------------------- running the points
 
 def point_dir(workdir: str, point: Point) -> str:
-  return os.path.join(workdir, point.name)
+  return paths.join(workdir, point.name)
 
 
 def point_args(config: str, workdir: str, point: Point) -> list[str]:
@@ -161,21 +161,20 @@ def command(python: str, config: str, workdir: str, point: Point) -> list[str]:
 def results_path(directory: str, results: str | None = None) -> str | None:
   """The point's results file if it exists (None if not yet)."""
   for name in ([results] if results else RESULT_FILES):
-    path = os.path.join(directory, name)
-    if os.path.isfile(path):
+    path = paths.join(directory, name)
+    if paths.as_path(path).is_file():
       return path
   return None
 
 
 def write_launch_script(config: str, workdir: str, points, python: str) -> str:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "launch.sh")
+  path = paths.join(workdir, "launch.sh")
   lines = ["#!/usr/bin/env bash", "# One line per grid point; each is independent.",
            "set -euo pipefail"]
   lines += [shlex.join(command(python, config, workdir, p)) for p in points]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.chmod(path, 0o755)
+  paths.write_text(path, "\n".join(lines) + "\n")
+  if not paths.is_url(path):
+    os.chmod(path, 0o755)  # a local script is run as it is
   return path
 
 
@@ -191,15 +190,26 @@ def run_local(config: str, workdir: str, points, results: str | None = None) -> 
       status[p.name] = "skipped"
       print(f"[{i + 1}/{len(points)}] {p.name}: results exist, skipped", flush=True)
       continue
-    os.makedirs(d, exist_ok=True)
     cmd = command(sys.executable, config, workdir, p)
     print(f"[{i + 1}/{len(points)}] {p.name}: {shlex.join(cmd)}", flush=True)
-    with open(os.path.join(d, "run.log"), "w") as log:
-      rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    rc = run_logged(cmd, paths.join(d, "run.log"))
     status[p.name] = "done" if rc == 0 else f"failed (rc {rc})"
     if rc != 0:
-      print(f"  failed (rc {rc}); see {os.path.join(d, 'run.log')}", flush=True)
+      print(f"  failed (rc {rc}); see {paths.join(d, 'run.log')}", flush=True)
   return status
+
+
+def run_logged(cmd, log: str) -> int:
+  """Runs `cmd` with its output in `log`: written as it goes locally, uploaded at the end
+  to a store (which cannot append)."""
+  if paths.is_url(log):
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         check=False)
+    paths.write_text(log, out.stdout)
+    return out.returncode
+  paths.makedirs(paths.as_path(log).parent)
+  with paths.as_path(log).open("w") as f:
+    return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
 
 
 # --------------------------------------------------------------------------- collecting
@@ -212,10 +222,9 @@ def load_config(config: str, workdir: str, point: Point):
 def point_summary(config: str, workdir: str, point: Point) -> dict:
   """The summary job's numbers for the point (run once, kept in DIR/<point>/summary.json)."""
   d = point_dir(workdir, point)
-  path = os.path.join(d, "summary.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.loads(f.readline())
+  path = paths.as_path(paths.join(d, "summary.json"))
+  if path.is_file():
+    return json.loads(path.read_text().splitlines()[0])
   import ml_collections  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import summary  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.ConfigDict(load_config(config, workdir, point).to_dict())
@@ -237,11 +246,10 @@ def collect(config: str, workdir: str, points, results: str | None = None,
            "model": s["model"]}
     path = results_path(point_dir(workdir, p), results)
     if path:
-      with open(path) as f:
-        res = json.load(f)
+      res = paths.read_json(path)
       metrics = res.get("metrics", {})
       row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-      row["results"] = os.path.relpath(path, workdir)
+      row["results"] = path[len(workdir):].lstrip("/")
       row["status"] = "done" if metric in metrics else f"no {metric}"
     else:
       row["status"] = "no results"
@@ -256,11 +264,12 @@ def _columns(rows, axes_fields) -> list[str]:
 
 
 def write_csv(path: str, rows, columns) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=columns)
-    w.writeheader()
-    for r in rows:
-      w.writerow({c: r.get(c, "") for c in columns})
+  text = io.StringIO(newline="")
+  w = csv.DictWriter(text, fieldnames=columns)
+  w.writeheader()
+  for r in rows:
+    w.writerow({c: r.get(c, "") for c in columns})
+  paths.write_text(path, text.getvalue())
 
 
 def _fmt(value) -> str:
@@ -283,162 +292,46 @@ def write_markdown(path: str, rows, columns, title: str) -> None:
       v = r.get(c, "")
       cells.append(f"{v / 1e6:.2f}" if c == "backbone_params" and v != "" else _fmt(v))
     lines.append("| " + " | ".join(cells) + " |")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.write_text(path, "\n".join(lines) + "\n")
 
 
-# ----------------------------------------------------------- the plot (PNG, numpy + zlib)
-# A dependency-free raster plot: two panels, log-scaled x, one coloured line per depth,
-# labels in a 3x5 pixel font. Enough to see a scaling trend; the CSV has the numbers.
+# ---------------------------------------------------------------------------- the plot
 
-_FONT = {  # 3 columns x 5 rows, row-major, '1' = ink
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001010010010", "8": "111101111101111",
-    "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "+": "000010111010000", "%": "101001010100101", "(": "010100100100010",
-    ")": "010001001001010", ":": "000010000010000", "/": "001001010100100",
-    "=": "000111000111000", "_": "000000000000111", " ": "000000000000000",
-    "A": "010101111101101", "B": "110101110101110", "C": "011100100100011",
-    "D": "110101101101110", "E": "111100110100111", "F": "111100110100100",
-    "G": "011100101101011", "H": "101101111101101", "I": "111010010010111",
-    "J": "001001001101010", "K": "101101110101101", "L": "100100100100111",
-    "M": "101111111101101", "N": "110101101101101", "O": "010101101101010",
-    "P": "110101110100100", "Q": "010101101110011", "R": "110101110101101",
-    "S": "011100010001110", "T": "111010010010010", "U": "101101101101111",
-    "V": "101101101101010", "W": "101101111111101", "X": "101101010101101",
-    "Y": "101101010010010", "Z": "111001010100111",
-}
-_PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-            (23, 190, 207), (140, 86, 75), (227, 119, 194)]
-_INK = (0, 0, 0)
-_GRID = (225, 225, 225)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """An (H, W, 3) uint8 array as PNG bytes (8-bit RGB, no filtering)."""
-  h, w, _ = image.shape
-  raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
-
-  def chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-          + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def decode_png(data: bytes) -> np.ndarray:
-  """The inverse of `encode_png` (filter type 0 only): for tests and quick checks."""
-  assert data[:8] == b"\x89PNG\r\n\x1a\n"
-  pos, idat, w, h = 8, b"", 0, 0
-  while pos < len(data):
-    (n,) = struct.unpack(">I", data[pos:pos + 4])
-    kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-    if kind == b"IHDR":
-      w, h = struct.unpack(">II", body[:8])
-    elif kind == b"IDAT":
-      idat += body
-    pos += 12 + n
-  rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
-  assert not rows[:, 0].any(), "only unfiltered rows are supported"
-  return rows[:, 1:].reshape(h, w, 3)
-
-
-class _Canvas:
-  def __init__(self, width: int, height: int):
-    self.img = np.full((height, width, 3), 255, np.uint8)
-
-  def rect(self, x0, y0, x1, y1, color):
-    h, w, _ = self.img.shape
-    x0, x1 = sorted((int(round(x0)), int(round(x1))))
-    y0, y1 = sorted((int(round(y0)), int(round(y1))))
-    self.img[max(y0, 0):min(y1 + 1, h), max(x0, 0):min(x1 + 1, w)] = color
-
-  def line(self, x0, y0, x1, y1, color, thick=1):
-    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-    r = thick // 2
-    for t in np.linspace(0.0, 1.0, n):
-      x, y = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
-      self.rect(x - r, y - r, x + r, y + r, color)
-
-  def text(self, x, y, s, color=_INK, scale=2, anchor="left"):
-    s = s.upper()
-    width = (4 * len(s) - 1) * scale
-    x = x - width if anchor == "right" else x - width // 2 if anchor == "center" else x
-    for i, ch in enumerate(s):
-      glyph = _FONT.get(ch, _FONT[" "])
-      for k, bit in enumerate(glyph):
-        if bit == "1":
-          cx, cy = x + (4 * i + k % 3) * scale, y + (k // 3) * scale
-          self.rect(cx, cy, cx + scale - 1, cy + scale - 1, color)
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-  return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
-
-
-def plot(path: str, rows, metric: str, title: str = "") -> None:
-  """`metric` against backbone parameters (M) and against GFLOPs per clip, log x, one
-  line per depth. Rows without the metric are left out."""
+def depth_series(rows, metric: str) -> dict[int, list[tuple[float, float, float]]]:
+  """{depth: [(params in M, GFLOPs per clip, metric)]} of the rows that have the metric."""
   series: dict[int, list[tuple[float, float, float]]] = {}
   for r in rows:
     v = r.get(metric)
     if isinstance(v, (int, float)) and math.isfinite(v):
       depth = int(r.get("model.depth") or str(r["model"]).split("_")[0].removeprefix("r3d"))
       series.setdefault(depth, []).append((r["backbone_params"] / 1e6, r["gflops_per_clip"], v))
-  width, height, margin, gap = 1000, 460, 70, 60
-  canvas = _Canvas(width, height)
-  panel_w = (width - 2 * margin - gap) // 2
-  top, bottom = 60, height - 70
-  canvas.text(width // 2, 14, title or f"{metric} vs size", anchor="center", scale=3)
-  ys = [v for pts in series.values() for *_, v in pts]
-  y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
-  if y_hi - y_lo < 1e-9:
-    y_lo, y_hi = y_lo - 0.5 * max(abs(y_lo), 1e-3), y_hi + 0.5 * max(abs(y_hi), 1e-3)
-  pad = 0.08 * (y_hi - y_lo)
-  y_lo, y_hi = y_lo - pad, y_hi + pad
-  for panel, (label, idx) in enumerate((("params (M)", 0), ("GFLOPs per clip", 1))):
-    left = margin + panel * (panel_w + gap)
-    right = left + panel_w
-    xs = [pt[idx] for pts in series.values() for pt in pts if pt[idx] > 0]
-    x_lo, x_hi = (math.log10(min(xs)), math.log10(max(xs))) if xs else (0.0, 1.0)
-    if x_hi - x_lo < 1e-9:
-      x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
-    xpad = 0.06 * (x_hi - x_lo)
-    x_lo, x_hi = x_lo - xpad, x_hi + xpad
+  return {d: sorted(pts) for d, pts in sorted(series.items())}
 
-    def px(x, lo=x_lo, hi=x_hi, left=left, right=right):
-      return left + (math.log10(x) - lo) / (hi - lo) * (right - left)
 
-    def py(y):
-      return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
-    for t in _ticks(y_lo, y_hi):
-      canvas.line(left, py(t), right, py(t), _GRID)
-      if panel == 0:
-        canvas.text(left - 8, int(py(t)) - 5, f"{t:.3g}", anchor="right")
-    for t in _ticks(x_lo, x_hi):
-      canvas.line(left + (t - x_lo) / (x_hi - x_lo) * (right - left), top,
-                  left + (t - x_lo) / (x_hi - x_lo) * (right - left), bottom, _GRID)
-      canvas.text(int(left + (t - x_lo) / (x_hi - x_lo) * (right - left)), bottom + 8,
-                  f"{10 ** t:.3g}", anchor="center")
-    canvas.line(left, bottom, right, bottom, _INK)
-    canvas.line(left, top, left, bottom, _INK)
-    canvas.text((left + right) // 2, bottom + 30, label + " (log)", anchor="center")
-    canvas.text(left, top - 16, metric, scale=2)
-    for k, depth in enumerate(sorted(series)):
-      color = _PALETTE[k % len(_PALETTE)]
-      pts = sorted((pt[idx], pt[2]) for pt in series[depth] if pt[idx] > 0)
-      for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
-        canvas.line(px(xa), py(ya), px(xb), py(yb), color, thick=3)
-      for x, y in pts:
-        canvas.rect(px(x) - 4, py(y) - 4, px(x) + 4, py(y) + 4, color)
-  for k, depth in enumerate(sorted(series, reverse=True)):  # legend, above the right panel
-    color = _PALETTE[sorted(series).index(depth) % len(_PALETTE)]
-    x, y = width - margin - 110 * (k + 1), top - 20
-    canvas.rect(x, y, x + 18, y + 10, color)
-    canvas.text(x + 26, y, f"R3D-{depth}")
-  with open(path, "wb") as f:
-    f.write(encode_png(canvas.img))
+def figure(plt, rows, metric: str, title: str = ""):
+  """`metric` against backbone parameters (M) and against GFLOPs per clip (log x), one
+  line per depth."""
+  series = depth_series(rows, metric)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110, sharey=True)
+  for ax, (label, idx) in zip(axes, (("backbone parameters (M)", 0), ("GFLOPs per clip", 1))):
+    for depth, pts in series.items():
+      ax.plot([p[idx] for p in pts], [p[2] for p in pts], "o-", label=f"R3D-{depth}")
+    ax.set(xscale="log", xlabel=label)
+    ax.grid(alpha=0.3, which="both")
+  axes[0].set_ylabel(metric)
+  axes[1].legend(title="depth")
+  fig.suptitle(title or f"{metric} against size")
+  fig.tight_layout()
+  return fig
+
+
+def plot(path: str, rows, metric: str, title: str = "") -> bool:
+  """`figure` to `path` (PNG); False, after one warning line, without matplotlib."""
+  plt = cli.pyplot("wrote sweep.csv and sweep.md only")
+  if plt is not None:
+    with paths.as_path(path).open("wb") as f:
+      cli.save_figure(plt, figure(plt, rows, metric, title), f)
+  return plt is not None
 
 
 # ---------------------------------------------------------------------------------- main
@@ -457,16 +350,14 @@ def main(argv):
       load_config(_CONFIG.value, _WORKDIR.value, p)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  workdir = os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "grid.json"), "w") as f:
-    json.dump({"config": _CONFIG.value, "axes": axes,
-               "points": {p.name: dict(p.overrides) for p in points}}, f, indent=1)
+  workdir = os.fspath(paths.makedirs(_WORKDIR.value))
+  paths.write_json(paths.join(workdir, "grid.json"), {
+      "config": _CONFIG.value, "axes": axes,
+      "points": {p.name: dict(p.overrides) for p in points}}, indent=1)
   failed = []
   if _LAUNCH.value == "print":
     path = write_launch_script(_CONFIG.value, workdir, points, _PYTHON.value)
-    with open(path) as f:
-      print(f.read(), end="")
+    print(paths.read_text(path), end="")
   elif _LAUNCH.value == "local":
     status = run_local(_CONFIG.value, workdir, points, _RESULTS.value)
     failed = [n for n, s in status.items() if s.startswith("failed")]
@@ -474,17 +365,15 @@ def main(argv):
     rows = collect(_CONFIG.value, workdir, points, _RESULTS.value, _METRIC.value)
     columns = _columns(rows, [f for f, _ in axes])
     title = f"sweep of {os.path.basename(_CONFIG.value)}"
-    write_csv(os.path.join(workdir, "sweep.csv"), rows, columns)
-    write_markdown(os.path.join(workdir, "sweep.md"), rows, columns, title)
-    plot(os.path.join(workdir, "sweep.png"), rows, _METRIC.value, title)
-    with open(os.path.join(workdir, "sweep.md")) as f:
-      print(f.read(), end="")
+    write_csv(paths.join(workdir, "sweep.csv"), rows, columns)
+    write_markdown(paths.join(workdir, "sweep.md"), rows, columns, title)
+    plot(paths.join(workdir, "sweep.png"), rows, _METRIC.value, title)
+    print(paths.read_text(paths.join(workdir, "sweep.md")), end="")
   if failed:
     print(f"sweep: {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
-  from cvrl.core import cli  # one-line user errors, quiet log, --help exits 0
   define_flags()
   cli.run(main)

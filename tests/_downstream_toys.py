@@ -73,7 +73,6 @@ def tiny_data(config, directory, num_train=24, num_eval=13):
   d.crop_size = 16
   d.eval_resize = 16
   d.eval_crop_size = 16
-  d.shuffle_buffer = 16
   d.jit_photometric = False
   config.model.depth = 18
   config.model.width = 0.125

@@ -1,5 +1,8 @@
-"""experiments/bench_quality: stats, gain / gap arithmetic, table, plot; the command end to end
-(slow, tiny)."""
+"""experiments/bench_quality: stats, gain / gap arithmetic, table, plot, replot; the command
+end to end (slow, tiny)."""
+import json
+import os
+import sys
 import types
 
 import numpy as np
@@ -26,21 +29,67 @@ def test_stats_use_the_sample_std():
   assert B._stats([0.3])["std"] == 0.0
 
 
-def test_markdown_row_and_plot_draw_the_curve():
+def _results(**methods):
+  return {"methods": methods, "chance": 0.125, "seeds": 2,
+          "data": {"kind": "objects", "num_classes": 8, "num_train_videos": 2048,
+                   "num_eval_videos": 256, "difficulty": {"colour": 1.0, "contrast": 1.0,
+                                                         "texture": 0.0, "scale": [0.3, 0.4]}}}
+
+
+def test_markdown_row():
   res = {"methods": {"cvrl": _entry([0.6, 0.7], [0.2, 0.3], [0.8, 0.9], [[0, 0.2], [20, 0.5], [40, 0.75]])}}
   md = B.markdown(res)
   row = md.splitlines()[2]
   assert row.startswith("| cvrl | 40 | 0.650 ± 0.071 | 0.250 ± 0.071 | 0.850 ± 0.071 | +0.400")
   assert "| 0.67 |" in row and row.endswith("| 1.5 |")
-  img = B.knn_plot(res, chance=0.125, height=120, width=200)
-  assert img.shape == (120, 200, 3) and img.dtype == np.uint8
-  red = np.all(img == B.COLOURS["cvrl"], axis=-1)
-  ys, xs = np.nonzero(red)
-  # the last point (40 steps, 0.75) is at the right edge, 3/4 up the plot area
-  pad = 20
-  assert xs.max() >= 200 - pad - 1 and xs.min() <= pad + 1
-  y_last = ys[xs >= 200 - pad - 1].mean()
-  assert abs(y_last - (120 - pad - 0.75 * (120 - 2 * pad))) < 3
+
+
+def test_knn_plot_has_the_curves_axes_legend_chance_and_a_title_naming_data_and_seeds(tmp_path):
+  from cvrl.core import cli  # pylint: disable=import-outside-toplevel
+  curve = [[0, 0.2], [20, 0.5], [40, 0.75]]
+  cvrl, byol = (dict(_entry([0.6], [0.2], [0.8], c), per_seed=[{"seed": 0}, {"seed": 1}])
+                for c in (curve, [[0, 0.2], [40, 0.3]]))
+  plt = cli.pyplot("")
+  fig = B.knn_figure(plt, _results(cvrl=cvrl, byol=byol))
+  ax = fig.axes[0]
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  assert list(lines) == ["cvrl (40 steps)", "byol (40 steps)", "chance (0.125)"]
+  np.testing.assert_allclose(lines["cvrl (40 steps)"].get_xydata(), curve)
+  assert set(lines["chance (0.125)"].get_ydata()) == {0.125}
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
+  assert (ax.get_xlabel(), ax.get_ylabel()) == ("pretraining step", "kNN top-1")
+  assert ax.get_ylim() == (0, 1) and len(ax.get_yticks()) > 2
+  title = ax.get_title()
+  assert "8 classes, 2,048 train / 256 test, colour=1.0; mean of seeds 0-1" in title
+  plt.close(fig)
+  assert B.knn_plot(_results(cvrl=cvrl), str(tmp_path / "k.png"))
+  img = plt.imread(str(tmp_path / "k.png"))
+  red = np.all(np.abs(img[..., :3] - np.array([214, 39, 40]) / 255) < 0.02, axis=-1)
+  assert red.sum() > 100  # the curve in tab:red
+
+
+def test_without_matplotlib_the_plot_is_skipped_with_one_warning(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+  res = _results(cvrl=_entry([0.6], [0.2], [0.8], [[0, 0.2], [40, 0.75]]))
+  assert not B.knn_plot(res, str(tmp_path / "k.png"))
+  assert not (tmp_path / "k.png").exists()
+  err = capsys.readouterr().err.splitlines()
+  assert err == ["warning: plots need matplotlib (pip install -e '.[plots]'); wrote the JSON "
+                 "and Markdown only"]
+
+
+def test_replot_joins_saved_results_of_the_same_footing_and_refuses_others(tmp_path):
+  entry = lambda c: _entry([0.6], [0.2], [0.8], c)
+  a, b = _results(simclr=entry([[0, 0.2], [9, 0.4]])), _results(cvrl=entry([[0, 0.2], [9, 0.6]]))
+  a["augmentation"] = b["augmentation"] = "recipe"
+  for name, res in (("quality_methods.json", a), ("quality.json", b)):
+    (tmp_path / name).write_text(json.dumps(res))
+  out = B.replot([str(tmp_path / "quality_methods.json"), str(tmp_path / "quality.json")])
+  assert out == str(tmp_path / "quality_methods_knn.png") and os.path.getsize(out) > 0
+  b["seeds"] = 3
+  (tmp_path / "quality.json").write_text(json.dumps(b))
+  with pytest.raises(B.app.UsageError, match="other data, seeds or augmentation"):
+    B.replot([str(tmp_path / "quality_methods.json"), str(tmp_path / "quality.json")])
 
 
 def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request():
@@ -90,7 +139,6 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   """`python -m experiments.bench_quality` end to end (one seed, 4 steps) on a shrunk copy
   of its data: pretraining, linear probe with its random baseline, kNN over checkpoints,
   the supervised bound, then quality.json / .md / .png."""
-  import json  # pylint: disable=import-outside-toplevel
   full = B.bench_data
 
   def small(data, videos, difficulty):
@@ -104,7 +152,7 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   # hold another module's --workdir in this process).
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
                 _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
-                _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4)
+                _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4, _REPLOT=[])
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel

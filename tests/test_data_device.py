@@ -180,7 +180,7 @@ def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   cfg = config_lib.default_data_config()
   cfg.source, cfg.train_paths = 'tfrecord', path
   cfg.num_frames, cfg.stride, cfg.crop_size = 4, 2, 24
-  cfg.shuffle_buffer, cfg.num_parallel_calls = 4, 2
+  cfg.num_parallel_calls = 2
   cfg.jit_photometric = False  # no XLA compiles in a test
   cfg.augmentation.solarize_probs = (0.5, 0.5)
   cfg.augmentation.update(more)

@@ -46,7 +46,6 @@ def _config(tmp_path, files, **kw):
   cfg.train_paths = cfg.eval_paths = ','.join(files)
   cfg.num_frames, cfg.stride = 4, 2
   cfg.crop_size = cfg.eval_crop_size = cfg.eval_resize = 16
-  cfg.shuffle_buffer = 8
   cfg.num_parallel_calls = 2
   cfg.jit_photometric = False
   for k, v in kw.items():

@@ -82,7 +82,7 @@ def get_config(arg=None):
   d.synthetic.update(dir={data!r}, num_train_videos=24, num_eval_videos=13, num_classes=4,
                      num_frames=16, size=32, num_shards=2)
   d.update(num_frames=4, stride=2, crop_size=16, eval_resize=16, eval_crop_size=16,
-           shuffle_buffer=16, jit_photometric=False)
+           jit_photometric=False)
   c.model.update(depth=18, width=0.125, preset="cvrl")
   c.evaluate.mode = "nearest"
   c.evals = {{"mine": {{"kind": "nearest", "num_clips": 1, "batch_size": 8, "knn_k": 3,

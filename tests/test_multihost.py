@@ -15,7 +15,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-WORKER = textwrap.dedent("""
+# A worker script: HEAD (join-ready process: argv, devices, gloo, imports), the config `c`,
+# RUN (join the processes, run, the full state's leaves), then what it writes.
+HEAD = textwrap.dedent("""
     import hashlib, json, os, sys
     import jax
     process_id, num_processes, devices, port, workdir = sys.argv[1:6]
@@ -26,25 +28,30 @@ WORKER = textwrap.dedent("""
     from test_train_pretrain import tiny_config
     from cvrl.jobs import pretrain
     from cvrl.engine import state as state_lib
-    c = tiny_config(total_steps=1000, warmup_steps=1)  # runs until SIGTERM
-    c.optim.base_lr = 1e-4
-    c.checkpoint.every_steps = int(os.environ.get("CVRL_TEST_CKPT_EVERY", "1000"))
-    c.log.every_steps = 1
-    c.log.tensorboard = False
+""").format(root=ROOT)
+RUN = textwrap.dedent("""
     if int(num_processes) > 1:
       c.parallel.coordinator_address = "127.0.0.1:" + port
       c.parallel.num_processes = int(num_processes)
       c.parallel.process_id = int(process_id)
     c.lock()
     out = pretrain.run(c, workdir)
-    assert jax.process_count() == int(num_processes), jax.process_count()
     leaves = [np.asarray(x.addressable_data(0))
               for x in jax.tree.leaves(state_lib.full_state(out["state"]))]
+""")
+WORKER = HEAD + textwrap.dedent("""
+    c = tiny_config(total_steps=1000, warmup_steps=1)  # runs until SIGTERM
+    c.optim.base_lr = 1e-4
+    c.checkpoint.every_steps = int(os.environ.get("CVRL_TEST_CKPT_EVERY", "1000"))
+    c.log.every_steps = 1
+    c.log.tensorboard = False
+""") + RUN + textwrap.dedent("""
+    assert jax.process_count() == int(num_processes), jax.process_count()
     digest = hashlib.sha256(b"".join(a.tobytes() for a in leaves)).hexdigest()
     with open(os.path.join(workdir, "result_%s_of_%s.json" % (process_id, num_processes)), "w") as f:
-      json.dump({{"digest": digest, "step": out["step"], "preempted": out["preempted"],
-                 "devices": jax.device_count(), "local_devices": jax.local_device_count()}}, f)
-""").format(root=ROOT)
+      json.dump({"digest": digest, "step": out["step"], "preempted": out["preempted"],
+                 "devices": jax.device_count(), "local_devices": jax.local_device_count()}, f)
+""")
 
 
 def free_port():
@@ -53,13 +60,15 @@ def free_port():
     return s.getsockname()[1]
 
 
-def spawn(process_id, num_processes, devices, port, workdir, **extra_env):
+def spawn(process_id, num_processes, devices, port, workdir, *args, worker=WORKER, **extra_env):
+  """One worker process: `worker` run with argv process_id, num_processes, devices, port,
+  workdir, *args."""
   env = dict(os.environ, **extra_env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
   env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # several devices per process: see conftest
-  return subprocess.Popen([sys.executable, "-c", WORKER, str(process_id), str(num_processes),
-                           str(devices), str(port), workdir], cwd=ROOT, env=env,
+  return subprocess.Popen([sys.executable, "-c", worker, str(process_id), str(num_processes),
+                           str(devices), str(port), workdir, *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

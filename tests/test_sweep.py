@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from cvrl.core import cli
 from experiments import sweep
 
 CONFIG = "configs/cvrl_k600_r3d50.py"
@@ -102,25 +103,29 @@ def test_summary_sweep_runs_skips_and_collects(tmp_path):
   assert f"| {int(table[3]['backbone_params']) / 1e6:.2f} |" in md[-1]
 
 
-def test_plot_draws_one_coloured_line_per_depth(tmp_path):
+def test_plot_draws_one_line_per_depth_against_params_and_gflops(tmp_path):
   rows = [{"model.depth": d, "model": f"r3d{d}_cvrl_{w}x", "backbone_params": p,
            "gflops_per_clip": g, "top1": a}
-          for d, w, p, g, a in [("18", 0.125, 1e6, 0.4, 0.30), ("18", 0.25, 4e6, 1.5, 0.35),
-                                ("50", 0.125, 2e6, 0.9, 0.33), ("50", 0.25, 8e6, 3.1, 0.41),
+          for d, w, p, g, a in [("18", 0.125, 1e6, 0.4, 0.30), ("50", 0.25, 8e6, 3.1, 0.41),
+                                ("18", 0.25, 4e6, 1.5, 0.35), ("50", 0.125, 2e6, 0.9, 0.33),
                                 ("50", 0.5, 3e7, 12.0, float("nan"))]]
-  path = str(tmp_path / "p.png")
-  sweep.plot(path, rows, "top1")
-  img = sweep.decode_png(open(path, "rb").read())
-  assert img.shape == (460, 1000, 3)
-  half = img.shape[1] // 2
-  for k in range(2):  # each depth's colour in both panels (params left, GFLOPs right)
-    hit = np.all(img == np.array(sweep._PALETTE[k], np.uint8), axis=-1)
-    assert hit[:, :half].sum() > 100 and hit[:, half:].sum() > 100
-  assert not np.all(img == np.array(sweep._PALETTE[2], np.uint8), axis=-1).any()
-  # the higher-accuracy end of R3D-50's line is drawn higher (smaller row) than its start
-  red = np.all(img[60:390, :half] == np.array(sweep._PALETTE[1], np.uint8), axis=-1)
-  rows_hit, cols_hit = np.nonzero(red)
-  assert rows_hit[cols_hit.argmax()] < rows_hit[cols_hit.argmin()]
+  plt = cli.pyplot("")
+  fig = sweep.figure(plt, rows, "top1", "a sweep")
+  left, right = fig.axes
+  by_params = {"R3D-18": [[1, .30], [4, .35]], "R3D-50": [[2, .33], [8, .41]]}
+  by_gflops = {"R3D-18": [[.4, .30], [1.5, .35]], "R3D-50": [[.9, .33], [3.1, .41]]}
+  for ax, expect in ((left, by_params), (right, by_gflops)):
+    got = {l.get_label(): l.get_xydata() for l in ax.get_lines()}
+    assert list(got) == list(expect)  # one line per depth, the NaN point left out
+    for k, xy in expect.items():
+      np.testing.assert_allclose(got[k], xy)
+    assert ax.get_xscale() == "log"
+  assert (left.get_xlabel(), right.get_xlabel()) == ("backbone parameters (M)", "GFLOPs per clip")
+  assert left.get_ylabel() == "top1" and fig._suptitle.get_text() == "a sweep"
+  assert [t.get_text() for t in right.get_legend().get_texts()] == ["R3D-18", "R3D-50"]
+  plt.close(fig)
+  assert sweep.plot(str(tmp_path / "p.png"), rows, "top1")
+  assert plt.imread(str(tmp_path / "p.png")).shape[:2] == (462, 1100)
 
 
 def test_command_line_prints_the_launch_commands(tmp_path):
@@ -157,7 +162,7 @@ def get_config(arg=None):
   d.synthetic.update(num_train_videos=16, num_eval_videos=8, num_classes=4, num_frames=8,
                      size=24, num_shards=1)
   d.update(num_frames=4, stride=1, crop_size=16, eval_resize=16, eval_crop_size=16,
-           shuffle_buffer=16, jit_photometric=False)
+           jit_photometric=False)
   c.model.update(depth=18, width=0.125, preset="cvrl")
   c.probe.update(extract_features=True, feature_epochs=1, save_model=False)
   c.evaluate.update(num_clips=1, num_crops=1, batch_size=8)
@@ -191,10 +196,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert r["status"] == "done"
   md = (workdir / "sweep.md").read_text().splitlines()
   assert [l.split("|")[1].strip() for l in md if l.startswith("| d")] == names
-  img = sweep.decode_png((workdir / "sweep.png").read_bytes())
-  panel = img[60:391, :img.shape[1] // 2]  # accuracy vs params, below the legend
-  for k in range(2):  # one marker per depth
-    assert np.all(panel == np.array(sweep._PALETTE[k], np.uint8), axis=-1).sum() > 50
+  assert (workdir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
   again = subprocess.run(argv[:-1], capture_output=True, text=True, cwd=ROOT, timeout=300,
                          check=False)  # every point has results.json: all skipped

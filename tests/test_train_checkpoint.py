@@ -1,4 +1,9 @@
-"""Checkpoints: save/restore round trip of the sharded train state, load_pretrained."""
+"""Checkpoints: save/restore round trip of the sharded train state, load_pretrained; the
+newest checkpoint by step number; one that does not restore skipped and set aside."""
+import glob
+import os
+import shutil
+
 import numpy as np
 import jax
 import optax
@@ -7,6 +12,7 @@ from flax import nnx
 
 from cvrl import config_lib, objectives
 from cvrl.core import parallel
+from cvrl.core.errors import ConfigError
 from cvrl.engine import checkpoint
 from cvrl.engine import state as state_lib
 
@@ -74,3 +80,98 @@ def test_load_pretrained_rebuilds_the_model_from_the_stored_config(saved):
     assert model.encoder.depth == 18 and model.encoder.num_features == 64
   with pytest.raises(FileNotFoundError):
     checkpoint.load_pretrained(workdir, step=3)
+
+
+# ------------------------------------------------- checkpoints that do not restore
+
+def _files_under(path):
+  return [os.path.join(root, f) for root, _, files in os.walk(path) for f in files]
+
+
+def truncate_arrays(step_dir):
+  """A copy cut short: every array data file of the model item keeps 10 bytes."""
+  data = [f for f in _files_under(os.path.join(step_dir, "model"))
+          if os.sep + "d" + os.sep in f]
+  assert data
+  for f in data:
+    os.truncate(f, 10)
+
+
+def remove_arrays(step_dir):
+  """The array files of the model item are missing (a copy of the metadata only)."""
+  for d in glob.glob(os.path.join(step_dir, "model", "ocdbt.process_*")):
+    shutil.rmtree(d)
+
+
+def remove_metadata(step_dir):
+  """The train item's metadata and manifest are missing (a half-written save)."""
+  for f in _files_under(os.path.join(step_dir, "train")):
+    if not os.sep + "d" + os.sep in f:
+      os.remove(f)
+
+
+@pytest.fixture()
+def steps_9_and_10(saved, tmp_path):
+  """A workdir with checkpoints 9 and 10 (different digit counts), states that differ."""
+  _, config, objective, make, tx, mesh, state = saved
+  states = {s: state.replace(step=state.step * 0 + s,
+                             opt_state=jax.tree.map(lambda x: x + s, state.opt_state))
+            for s in (9, 10)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=None, async_save=False)
+  for s in (9, 10):
+    assert ckpt.save(states[s], config)
+  ckpt.close()
+  graphdef, target = state_lib.abstract(make, objective.trainable, tx, mesh)
+  return str(tmp_path), states, (target, graphdef, objective.trainable), config
+
+
+def restore(workdir, restore_args):
+  ckpt = checkpoint.Checkpointer(workdir, keep=None, async_save=False)
+  return ckpt, ckpt.restore(*restore_args)
+
+
+def test_the_newest_checkpoint_is_the_highest_step_not_the_last_name(steps_9_and_10):
+  workdir, states, args, _ = steps_9_and_10
+  _, restored = restore(workdir, args)
+  assert int(restored.step) == 10 and leaves_equal(restored, states[10])
+  assert checkpoint.find(workdir)[1] == 10
+  assert checkpoint.restore_pretrained(workdir)[0] == 10
+
+
+@pytest.mark.parametrize("corrupt", [truncate_arrays, remove_arrays, remove_metadata])
+def test_a_corrupt_latest_checkpoint_resumes_from_the_one_before(steps_9_and_10, corrupt,
+                                                                 capsys):
+  workdir, states, args, config = steps_9_and_10
+  corrupt(os.path.join(workdir, "checkpoints", "10"))
+  ckpt, restored = restore(workdir, args)
+  assert int(restored.step) == 9 and leaves_equal(restored, states[9])
+  warnings = [l for l in capsys.readouterr().out.splitlines() if l.startswith("warning:")]
+  assert len(warnings) == 1 and "checkpoint 10 " in warnings[0], warnings
+  assert "resuming from step 9" in warnings[0] and "10.corrupt" in warnings[0]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10.corrupt", "9"]
+  # The run's own save of step 10 is not blocked, and it restores.
+  assert ckpt.save(states[10], config)
+  ckpt.close()
+  _, again = restore(workdir, args)
+  assert int(again.step) == 10 and leaves_equal(again, states[10])
+
+
+def test_no_checkpoint_restores_is_one_error_and_nothing_moved(steps_9_and_10):
+  workdir, _, args, _ = steps_9_and_10
+  for s in ("9", "10"):
+    truncate_arrays(os.path.join(workdir, "checkpoints", s))
+  with pytest.raises(ConfigError, match=r"no checkpoint in .* restores \(step 10: .*step 9: "):
+    restore(workdir, args)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "9"]
+
+
+def test_pretrained_loading_skips_a_corrupt_latest_checkpoint(steps_9_and_10, capsys):
+  workdir, states, _, _ = steps_9_and_10
+  truncate_arrays(os.path.join(workdir, "checkpoints", "10"))
+  step, _, model = checkpoint.restore_pretrained(workdir)
+  assert step == 9 and leaves_equal(nnx.state(model), state_lib.full_state(states[9]))
+  out = capsys.readouterr().out
+  assert "warning: checkpoint 10 " in out and "using step 9" in out
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "9"]  # not ours
+  with pytest.raises(ConfigError, match="step 10"):
+    checkpoint.load_pretrained(workdir, step=10)

@@ -46,6 +46,27 @@ def fail(message: str, code: int = USER_ERROR_EXIT):
   sys.exit(code)
 
 
+def pyplot(without: str):
+  """matplotlib.pyplot on the file-only Agg backend, or None (after one line on stderr,
+  `warning: ...`, saying what is done `without` it) where the `plots` extra is not
+  installed."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print(f"warning: plots need matplotlib (pip install -e '.[plots]'); {without}",
+          file=sys.stderr, flush=True)
+    return None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def save_figure(plt, fig, path: str) -> None:
+  """A matplotlib figure to `path` (the format from its extension), then closed."""
+  fig.savefig(path)
+  plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- logs
 
 def verbosity_requested(argv=None) -> bool:

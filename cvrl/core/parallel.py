@@ -1,7 +1,9 @@
 """Data parallelism the pjit way: one `Mesh` over every device, axis 'data'.
 
-The batch is split along its leading axis over 'data'; parameters and optimizer state are
-replicated. Each host feeds its own slice of the global batch (`global_batch`), and XLA
+The batch is split along its leading axis over 'data'. Parameters and optimizer state are
+replicated (`parallel.param_sharding='replicated'`) or sharded over the same axis
+('fsdp': each array along its largest dimension the device count divides, big_vision's
+rule; arrays under `fsdp_min_kib` stay whole), XLA gathering them for compute. Each host feeds its own slice of the global batch (`global_batch`), and XLA
 inserts the collectives, so BatchNorm statistics and the contrastive loss see the whole
 global batch whatever the device count. Multi-host runs start with
 `maybe_initialize_distributed`.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -83,6 +85,67 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Split the leading (batch) axis over 'data'; the other axes stay whole."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+PARAM_SHARDINGS = ("replicated", "fsdp")
+FSDP_MIN_KIB = 64  # config.parallel.fsdp_min_kib's default
+
+
+def fsdp_spec(shape: Sequence[int], nbytes: int, shards: int, min_bytes: int = 0) -> P:
+  """big_vision's fsdp rule: split the largest dimension `shards` divides over 'data';
+  P() (whole on every device) for an array under `min_bytes` or with no such dimension."""
+  if shards <= 1 or nbytes < min_bytes:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % shards == 0:
+      return P(*(DATA_AXIS if a == axis else None for a in range(len(shape))))
+  return P()
+
+
+def _nbytes(x) -> int:
+  """Bytes of an array or ShapeDtypeStruct; 0 for PRNG keys (never sharded)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return 0
+  return int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+
+
+def check_param_sharding(mode: str) -> None:
+  if mode not in PARAM_SHARDINGS:
+    raise ValueError(f"config.parallel.param_sharding must be one of {list(PARAM_SHARDINGS)}, "
+                     f"got {mode!r}")
+
+
+def leaf_spec(x, mode: str, shards: int, min_kib: float = FSDP_MIN_KIB) -> P:
+  """The PartitionSpec `mode` ('replicated' or 'fsdp') gives one state array."""
+  check_param_sharding(mode)
+  nbytes = _nbytes(x)
+  if mode == "replicated" or nbytes == 0:
+    return P()
+  return fsdp_spec(x.shape, nbytes, shards, int(min_kib * 1024))
+
+
+def state_placement(mesh: Mesh, mode: str = "replicated", min_kib: float = FSDP_MIN_KIB
+                    ) -> Callable[[Any], NamedSharding]:
+  """array (or ShapeDtypeStruct) -> its NamedSharding on `mesh` under `mode`."""
+  shards = num_data_shards(mesh)
+  return lambda x: NamedSharding(mesh, leaf_spec(x, mode, shards, min_kib))
+
+
+def placement_from_config(mesh: Mesh, p: Mapping[str, Any] | None
+                          ) -> Callable[[Any], NamedSharding]:
+  """`state_placement` of a config's `parallel` section (absent fields: replicated)."""
+  p = p or {}
+  return state_placement(mesh, p.get("param_sharding", "replicated"),
+                         float(p.get("fsdp_min_kib", FSDP_MIN_KIB)))
+
+
+def bytes_per_device(tree, mode: str, shards: int, min_kib: float = FSDP_MIN_KIB) -> int:
+  """Bytes of `tree`'s arrays one device holds under `mode` on `shards` devices."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    split = DATA_AXIS in leaf_spec(x, mode, shards, min_kib)
+    total += _nbytes(x) // shards if split else _nbytes(x)
+  return total
 
 
 def num_data_shards(mesh: Mesh) -> int:

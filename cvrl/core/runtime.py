@@ -29,6 +29,8 @@ import time
 
 import jax
 
+from cvrl.core import paths
+
 LOST_PEER_EXIT = 3  # not 2: the config is fine, a machine is not
 PRNG_IMPL = "rbg"
 _HEARTBEAT_S = 5.0
@@ -75,9 +77,12 @@ def peer_lost(exc: BaseException | None) -> bool:
 
 def latest_checkpoint(directory: str | None) -> int | None:
   """Newest finished checkpoint step in `directory` (unfinished saves have other names)."""
-  if not directory or not os.path.isdir(directory):
+  if not directory:
     return None
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()]
+  try:
+    steps = [int(p.name) for p in paths.as_path(directory).iterdir() if p.name.isdigit()]
+  except Exception:  # pylint: disable=broad-except  (no folder, or its store unreachable)
+    return None
   return max(steps) if steps else None
 
 

@@ -14,10 +14,11 @@ a warning line. One line says which shape the job uses.
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
 from ml_collections import config_dict
+
+from cvrl.core import paths
 
 FIELDS = ("num_frames", "stride", "crop_size")
 EVAL_FIELDS = ("eval_resize", "eval_crop_size")
@@ -42,10 +43,9 @@ def reference(config) -> tuple[dict | None, str, bool]:
     return data, f"the checkpoint {config.pretrained} (step {step})", False
   e = config.get("evaluate")
   run_dir = e.get("run_dir") if e is not None and e.get("mode") == "multiview" else ""
-  path = os.path.join(run_dir, "results.json") if run_dir else ""
-  if path and os.path.isfile(path):
-    with open(path) as f:
-      data = json.load(f).get("config", {}).get("data")
+  path = paths.as_path(paths.join(run_dir, "results.json")) if run_dir else None
+  if path is not None and path.is_file():
+    data = json.loads(path.read_text()).get("config", {}).get("data")
     if data:
       return data, f"the classifier's run {run_dir}", True
   return None, "the data defaults (no checkpoint)", False

@@ -133,9 +133,13 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   c.augmentation = default_augmentation_config()
 
-  # Reading and shuffling.
-  c.shuffle_buffer = 256  # examples (sampled JPEG strings, not decoded frames)
-  c.cycle_length = 8      # files read in parallel
+  # Reading. Training's order is one seeded permutation of every example per epoch
+  # (cvrl.data.order), the same on any number of hosts: no shuffle buffer.
+  c.cycle_length = 8      # records read in parallel (training), files (evaluation)
+  # A resume whose batch_size, seed or data (source, paths, dataset, label_fraction) differ
+  # from the checkpoint's stops with one line (it would not read the stream it was reading);
+  # True goes on with the new stream after one warning line (e.g. the shards moved).
+  c.resume_new_stream = False
   c.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
   c.prefetch = 2          # batches
   # Where the colour jitter / grayscale / blur / solarization / erasing run. 'device': the host

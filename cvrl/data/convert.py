@@ -26,6 +26,8 @@ import os
 import sys
 from typing import Sequence
 
+from cvrl.core import paths
+
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.gif')
 
 
@@ -69,8 +71,7 @@ def label_map(labels: Sequence[str]) -> dict[str, int]:
 
 def read_label_map(path: str, labels: Sequence[str]) -> dict[str, int]:
   """The name -> index map in `path` (a label_map.json); every label must be in it."""
-  with open(path) as f:
-    mapping = json.load(f)
+  mapping = paths.read_json(path)
   if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
     raise ValueError(f'{path}: expected a JSON object of label name -> integer index')
   missing = sorted(set(labels) - set(mapping))
@@ -162,7 +163,7 @@ def encode_video_record(path: str, label: int, text: str, short_side: int, fps: 
 
 
 def shard_path(output_dir: str, prefix: str, k: int, n: int) -> str:
-  return os.path.join(output_dir, f'{prefix}-{k:05d}-of-{n:05d}.tfrecord')
+  return paths.join(output_dir, f'{prefix}-{k:05d}-of-{n:05d}.tfrecord')
 
 
 def write_shard(job) -> dict:
@@ -170,8 +171,9 @@ def write_shard(job) -> dict:
   path, items, labels, short_side, fps, quality, max_frames = job
   import tensorflow as tf
   failed, written = [], 0
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with tf.io.TFRecordWriter(tmp) as writer:
+  # Locally under a temporary name, renamed when whole; an object store's upload is whole.
+  tmp = path if paths.is_url(path) else f'{path}.tmp-{os.getpid()}'
+  with tf.io.TFRecordWriter(tmp) as writer:  # TensorFlow's client writes the shards
     for video_path, name in items:
       try:
         record, _ = encode_video_record(video_path, labels[name], name, short_side, fps,
@@ -182,10 +184,10 @@ def write_shard(job) -> dict:
       writer.write(record)
       del record
       written += 1
-  report = {'shard': os.path.basename(path), 'written': written, 'failed': failed}
-  with open(path + '.report.json', 'w') as f:
-    json.dump(report, f)
-  os.replace(tmp, path)
+  report = {'shard': paths.as_path(path).name, 'written': written, 'failed': failed}
+  paths.write_json(path + '.report.json', report)
+  if tmp != path:
+    paths.as_path(tmp).replace(path)
   return report
 
 
@@ -201,14 +203,12 @@ def convert(items: Sequence[tuple[str, str]], output_dir: str, num_shards: int =
   """
   names = [name for _, name in items]
   labels = read_label_map(label_map_file, names) if label_map_file else label_map(names)
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, 'label_map.json'), 'w') as f:
-    json.dump(labels, f, indent=1, sort_keys=True)
+  paths.write_json(paths.join(output_dir, 'label_map.json'), labels, indent=1, sort_keys=True)
   num_shards = max(1, min(num_shards, len(items)))
   jobs = []
   for k in range(num_shards):
     path = shard_path(output_dir, prefix, k, num_shards)
-    if os.path.exists(path) and os.path.exists(path + '.report.json'):
+    if paths.as_path(path).exists() and paths.as_path(path + '.report.json').exists():
       continue  # finished by an earlier run
     jobs.append((path, list(items[k::num_shards]), labels, short_side, fps, jpeg_quality,
                  max_frames))
@@ -229,15 +229,12 @@ def convert(items: Sequence[tuple[str, str]], output_dir: str, num_shards: int =
       _tick(bar, progress, write_shard(job), jobs)
   if bar is not None:
     bar.close()
-  reports = []
-  for k in range(num_shards):
-    with open(shard_path(output_dir, prefix, k, num_shards) + '.report.json') as f:
-      reports.append(json.load(f))
+  reports = [paths.read_json(shard_path(output_dir, prefix, k, num_shards) + '.report.json')
+             for k in range(num_shards)]
   summary = {'videos': len(items), 'written': sum(r['written'] for r in reports),
              'unreadable': [p for r in reports for p in r['failed']], 'num_shards': num_shards,
              'num_classes': len(labels)}
-  with open(os.path.join(output_dir, 'conversion_report.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
+  paths.write_json(paths.join(output_dir, 'conversion_report.json'), summary, indent=1)
   return summary
 
 

@@ -2,9 +2,10 @@
 
 Phases, in order:
 
-  files of this host (jax.process_index) -> per-epoch seeded file order -> read records
+  training: this process's rows of each global batch of the global order (cvrl.data.order)
+  -> read those records at their offsets; evaluation: this host's files, one pass
   -> parse -> SAMPLE clip indices on the encoded JPEG strings (keep only those strings)
-  -> seeded per-epoch shuffle (train) -> per frame: decode ONLY the crop window (train),
+  -> per frame: decode ONLY the crop window (train),
   flip, bilinear resize, round to uint8 -> draw the clip's photometric parameters
   (one stateless draw per clip) -> batch -> prefetch.
 With data.label_fraction < 1 the train split of a labelled job reads only a fixed
@@ -26,9 +27,9 @@ slower on the host; same pixels up to the uint8 rounding).
 Randomness is stateless: the seed of every draw is derived from (run seed, example id,
 epoch, view), where the example id is global (file index in the sorted file list << 32 |
 record index), so a video gets the same clips and augmentation whatever the host count.
-File order and shuffle buffers are re-seeded per epoch from (seed, epoch, host), so the
-stream of a host is a pure function of (seed, process_index, process_count) and
-`start_step` can skip to the element a run that never stopped would be at.
+The training order is global too (cvrl.data.order): global batch k holds the same examples
+on any number of processes, each process reads only its rows of it, and `start_step`
+computes where batch start_step is (nothing before it is read).
 
 Labels are checked where they enter (every source): a label outside [0, num_classes), or
 missing in a labelled job (data.require_label), stops the job at the first batch after it
@@ -54,13 +55,14 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl.data import augmentation
+from cvrl.data import order
 from cvrl.data import photometric
 from cvrl.data import sampling
 from cvrl.data import sources
 from cvrl.data import subset
 from cvrl.core.errors import ConfigError
 
-_TAG_SHUFFLE, _TAG_SAMPLE, _TAG_VIEW = 2, 3, 4  # 1: the sources' file order
+_TAG_SAMPLE, _TAG_VIEW = 3, 4  # 1: the global order (cvrl.data.order), 2: retired
 STATS_KEY = 'stats'
 PHOTOMETRIC_KEY = 'photometric'
 PHOTOMETRIC_MODES = ('device', 'host')
@@ -186,11 +188,12 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
     with train=False the middle clip, centre crop), {'name': 'multiview', 'num_clips': 10,
     'num_crops': 3} (eval, V = clips x crops, view = clip * num_crops + crop; also takes
     'extra_frames'). Any sampler may override 'num_frames' and 'stride'.
-  train: True -> seeded shuffling, random augmentation, repeat forever, drop remainder.
+  train: True -> the global seeded order (batch_size is this process's rows of each global
+    batch of batch_size x process_count), random augmentation, repeat forever.
     False -> one deterministic pass, final batch padded (mask 0) so every video counts
     once; with several hosts every host yields the same number of batches.
-  start_step: skip the first start_step * batch_size examples of this host's stream
-    (exact when no record was dropped before that point).
+  start_step: begin at global batch start_step, its place computed (exact when no record
+    was dropped: a dropped record shifts this process's later rows).
   split: 'train' or 'eval' (default: 'train' if train else 'eval').
   label_fraction: None = data.label_fraction. Below 1, the 'train' split of a labelled
     pipeline (data.require_label) reads only a fixed class-balanced subset of its examples,
@@ -229,19 +232,18 @@ class _Plan:
     if cfg.short_video not in sampling.SHORT_POLICIES:
       raise ValueError(f'data.short_video must be one of {sampling.SHORT_POLICIES}, got {cfg.short_video!r}')
     self.cfg, self.train, self.batch_size, self.seed = cfg, train, batch_size, seed
-    self.process_index, process_count = process
+    self.process_index, self.process_count = process
     self.smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride,
                                      train=train)
     self.label_policy = bad_label_policy(cfg)
     fraction = subset.label_fraction(cfg, label_fraction)
     reader = sources.make(cfg, split, seed=seed, process_index=self.process_index,
-                          process_count=process_count)
+                          process_count=self.process_count)
     self.num_classes = cfg.get('num_classes') or reader.num_classes
     if subset.applies(cfg, split, fraction):
-      reader = subset.restrict(reader, fraction, seed, self.num_classes, process_count, train)
+      reader = subset.restrict(reader, fraction, seed, self.num_classes, self.process_count)
     self.reader = reader
     self.describe = reader.describe or (lambda i: tf.strings.join(['example ', tf.strings.as_string(i)]))
-    self.random = train and self.smp.random
     self.base_seed = tf.constant([seed, 0x5EED], tf.int64)
     self.auto = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else int(cfg.num_parallel_calls)
     self._shapes()
@@ -269,33 +271,45 @@ class _Plan:
 
   # ---------------------------------------------------- stage 1: read and sample
   def read_and_sample(self, start_step: int) -> tf.data.Dataset:
-    """Per epoch: read -> parse -> sample on the JPEG strings -> shuffle; from start_step."""
-    start_epoch, offset = 0, 0
-    if self.train and start_step > 0:
-      counts = self.reader.host_counts
-      per_host = counts[self.process_index] if counts else None
-      if not per_host:
-        raise ValueError('start_step > 0 needs the number of records per host, which this '
-                         'source could not count')
-      start_epoch, offset = divmod(start_step * self.batch_size, per_host)
-    epochs = tf.data.Dataset.range(start_epoch, 2 ** 62 if self.train else 1)
-    # The resume offset is skipped inside its epoch: an epoch is the tf.data service's unit
-    # of work (cvrl.data.service), so only the worker producing start_epoch skips.
-    first = lambda e: self._epoch(e).skip(tf.cast(tf.equal(e, start_epoch), tf.int64) * offset)
-    return epochs.flat_map(first if offset else self._epoch)
+    """Records -> parse -> sample on the JPEG strings. Training: this process's rows of the
+    global order's batches from start_step (cvrl.data.order); evaluation: one pass."""
+    if not self.train:
+      return tf.data.Dataset.range(1).flat_map(
+          lambda e: self._parse(self.reader.epoch_records(e).map(
+              lambda i, record: (i, record, e))))
+    return self._global_order(start_step)
 
-  def _epoch(self, epoch):
-    records = self.reader.epoch_records(epoch, self.random)
+  def _global_order(self, start_step: int) -> tf.data.Dataset:
+    """This process's rows of every global batch from start_step, parsed and sampled."""
+    reader = self.reader
+    if reader.read is None:
+      raise ValueError(f'data.source {self.cfg.source!r} cannot read its examples by position, '
+                       'which training needs (cvrl.data.order)')
+    positions = np.arange(len(reader.examples)) if reader.positions is None else reader.positions
+    n, batch = len(positions), self.batch_size * self.process_count
+    order.check_size(n, batch)
+    table = tf.constant(np.asarray(positions, np.int64))
+    cycle = max(1, int(self.cfg.cycle_length))
+
+    def epoch(e):
+      pos, eps = order.process_part(n, batch, self.seed, e, start_step,
+                                    (self.process_index, self.process_count))
+      ds = tf.data.Dataset.from_tensor_slices((tf.gather(table, pos), eps))
+      ds = ds.interleave(lambda q, ep: reader.read(q).map(lambda i, record: (i, record, ep)),
+                         cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
+                         deterministic=True)
+      return self._parse(ds)
+    # One element per epoch: the tf.data service's unit of work (cvrl.data.service).
+    return tf.data.Dataset.range(order.start_epoch(n, batch, start_step), 2 ** 62).flat_map(epoch)
+
+  def _parse(self, records):
+    """(example id, record, epoch) -> sampled encoded frames; unparsable records dropped
+    and counted by the position gaps."""
     ds = records.enumerate().map(
-        lambda pos, item: self._parse_and_sample(pos, item[0], item[1], epoch),
+        lambda pos, item: self._parse_and_sample(pos, *item),
         num_parallel_calls=self.auto, deterministic=True)
-    ds = ds.ignore_errors()  # unparsable records: counted by the position gaps below
-    ds = ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), _count_gaps('parse_failed'))
-    if self.random and self.cfg.shuffle_buffer > 1:
-      shuffle_seed = augmentation.fold_seed([self.seed, self.process_index], _TAG_SHUFFLE, epoch)
-      ds = ds.shuffle(int(self.cfg.shuffle_buffer), seed=augmentation.scalar_seed(shuffle_seed),
-                      reshuffle_each_iteration=False)
-    return ds
+    ds = ds.ignore_errors()
+    return ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), _count_gaps('parse_failed'))
 
   def _parse_and_sample(self, pos, example_id, record, epoch):
     cfg, smp = self.cfg, self.smp

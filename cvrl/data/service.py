@@ -19,9 +19,10 @@ Processing mode: ShardingPolicy.DYNAMIC, for training and evaluation alike.
     per epoch, inside a flat_map), and DATA makes every worker decode everything and keep
     1/N of it (no speed-up: decoding is the cost).
   * DYNAMIC: the dispatcher hands out splits of the graph's source, the epoch counter
-    (`Dataset.range(start_epoch, ...)`), one split = one epoch. A worker produces whole
-    epochs, each exactly as the local pipeline would (same files order, shuffle, clips,
-    augmentation, label, example id); N workers produce N epochs at once and this host
+    (`Dataset.range(start_epoch, ...)`), one split = one epoch (this process's rows of the
+    global batches that start in it, cvrl.data.order). A worker produces whole epochs,
+    each exactly as the local pipeline would (same order, clips, augmentation, label,
+    example id); N workers produce N epochs at once and this host
     reads their batches as they come. Workers can join or leave at any time, no list.
     Visitation is "at most once": no example of an epoch is ever produced twice; when a
     worker dies, the rest of the epoch it was producing is lost (the others go on; one
@@ -34,13 +35,12 @@ the service is there to spare (bench_input --service, 1 local worker: 43 clips/s
 the default snappy, 48.5 without). The network carries T x H x W x 3 bytes per clip
 (2.4 MB at 16 x 224 x 224): 2.4 GB/s per accelerator at 1,000 clips/s.
 
-What a restart resumes: per epoch. Locally a run resumed at step s skips s * batch examples
-of its seeded stream (exact). Here the run starts a new job whose source begins at epoch
-e = s * batch // (examples per host), the first e's offset skipped inside that epoch (as
-locally). With one worker that is exactly the local resume; with N workers the run before
-the restart had read parts of up to N epochs at once, so around the restart point some of
-their examples are read again or not at all (as many examples in all as an uninterrupted
-run; every epoch after the in-flight ones exactly once).
+What a restart resumes: per epoch. Locally a run resumed at step s reads global batch s on
+(exact). Here the run starts a new job whose source begins at the epoch batch s starts in,
+its batches before s left out (as locally). With one worker that is exactly the local
+resume; with N workers the run before the restart had read parts of up to N epochs at once,
+so around the restart point some of their examples are read again or not at all (as many
+examples in all as an uninterrupted run; every epoch after the in-flight ones exactly once).
 
 Processes (each prints one line when ready and exits 0 on SIGTERM):
   python -m cvrl.data.service dispatcher --port=P [--work_dir=DIR]

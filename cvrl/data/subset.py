@@ -103,11 +103,10 @@ def source_labels(source, process_count: int):
   return source.labels(int(process_count))
 
 
-def restrict(source, fraction: float, seed: int, num_classes: int | None, process_count: int,
-             train: bool):
-  """`source` (a `sources.Reader`) reading only the subset: its epoch records filtered
-  by id before parsing, its per-host counts those of the subset. One summary line.
-  ValueError when a training host would read none of it (its stream would never yield)."""
+def restrict(source, fraction: float, seed: int, num_classes: int | None, process_count: int):
+  """`source` (a `sources.Reader`) reading only the subset: training's positions those of
+  the subset, evaluation's records filtered by id before parsing, its per-host counts
+  those of the subset. One summary line."""
   ids, labels, hosts = source_labels(source, process_count)
   kept = select(ids, labels, fraction, seed, num_classes)
   size, lo, hi = subset_size(labels, fraction, num_classes)
@@ -119,17 +118,14 @@ def restrict(source, fraction: float, seed: int, num_classes: int | None, proces
     _reported.add(line)
     print(line, flush=True)
   host_counts = np.bincount(hosts[np.isin(ids, kept)], minlength=process_count)
-  if train and not host_counts[source.process_index]:
-    raise ValueError(f'{FIELD}={fraction:g}: host {source.process_index} of {process_count} '
-                     f'reads none of the {size} training videos kept; use fewer hosts, more '
-                     'files or a larger fraction')
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(kept, tf.int64),
                                           tf.ones([len(kept)], tf.int64)), default_value=0)
   records = source.epoch_records
 
-  def epoch_records(epoch, shuffle: bool):
-    return records(epoch, shuffle).filter(lambda i, record: table.lookup(i) > 0)
-  return dataclasses.replace(source, epoch_records=epoch_records,
+  def epoch_records(epoch):
+    return records(epoch).filter(lambda i, record: table.lookup(i) > 0)
+  positions = None if source.examples is None else np.flatnonzero(np.isin(source.examples, kept))
+  return dataclasses.replace(source, epoch_records=epoch_records, positions=positions,
                              host_counts=[int(c) for c in host_counts])

@@ -7,23 +7,38 @@ Layout: `WORKDIR/checkpoints/<step>/` with three items
   config  the full run config as JSON, so later jobs rebuild the model without being
           told its shape.
 Every process takes part in saving (each writes the shards it owns); saves are
-asynchronous, the manager keeps the newest `keep`.
+asynchronous, the manager keeps the newest `keep`. Paths go through `cvrl.core.paths`
+(local or `gs://`).
+
+A checkpoint that does not restore (array files truncated or missing, a copy cut short)
+never ends a run: resuming takes the newest one that restores (by step number), says
+which it skipped and why in one `warning:` line, and moves the bad one aside to
+`checkpoints/<step>.corrupt` so the run's own later save of that step is not blocked;
+`pretrained=` loading skips it the same way (and moves nothing: the run is someone
+else's). None restores: ConfigError (one line, exit 2).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from cvrl.core import parallel
+from cvrl.core import paths
+from cvrl.core.errors import ConfigError
+from cvrl.engine import metrics as metrics_lib
 from cvrl.engine import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_SUFFIX = ".corrupt"
 ITEMS = ("model", "train", "config")
 _READ_ONLY = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
 
@@ -62,7 +77,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int | None = 3, async_save: bool = True):
     configure_array_saving()
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = os.fspath(paths.as_path(workdir) / CHECKPOINT_DIR)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
@@ -85,16 +100,37 @@ class Checkpointer:
 
   def restore(self, target: state_lib.TrainState, graphdef: nnx.GraphDef, trainable,
               step: int | None = None) -> state_lib.TrainState:
-    """The state saved at `step` (default: the latest), placed like `target` (abstract)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    """The state saved at `step` (default: the newest that restores, the ones after it
+    moved aside with a warning), placed like `target` (abstract)."""
+    load = functools.partial(self._restore_step, target, graphdef, trainable)
+    if step is not None:
+      return load(step)
+    step, state, failed = newest_that_loads(self.directory, self.all_steps(), load)
+    self._set_aside(failed, step)
+    return state
+
+  def _restore_step(self, target, graphdef, trainable, step: int) -> state_lib.TrainState:
     out = self.manager.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(state_lib.full_state(target)),
         train=ocp.args.StandardRestore({"step": target.step, "opt_state": target.opt_state})))
     _, params, rest = state_lib.split(nnx.merge(graphdef, out.model), trainable)
     return state_lib.TrainState(step=out.train["step"], params=params, rest=rest,
                                 opt_state=out.train["opt_state"])
+
+  def _set_aside(self, failed: dict[int, str], step: int) -> None:
+    """Process 0 moves each skipped step's folder to `<step>.corrupt` (one warning line
+    each); then every process sees the same steps, so a later save of such a step is
+    not taken for done."""
+    if not failed:
+      return
+    if jax.process_index() == 0:
+      for bad, why in failed.items():
+        moved = set_aside(paths.join(self.directory, str(bad)))
+        metrics_lib.say(f"warning: checkpoint {bad} in {self.directory} does not restore "
+                        f"({why}); resuming from step {step}, step {bad} moved to {moved}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("cvrl_checkpoints_set_aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -104,58 +140,120 @@ class Checkpointer:
     self.manager.close()
 
 
-def _resolve(path: str, step: int | None) -> tuple[str, int]:
-  """(manager directory, step) from a workdir, a checkpoints dir or one step's dir."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-    path = os.path.join(path, CHECKPOINT_DIR)
-  elif os.path.isdir(os.path.join(path, "model")) and os.path.basename(path).isdigit():
-    if step is not None and step != int(os.path.basename(path)):
-      raise ValueError(f"{path} is the checkpoint of step {os.path.basename(path)}, not {step}")
-    return os.path.dirname(path), int(os.path.basename(path))
-  if not os.path.isdir(path):
+def newest_that_loads(directory: str, steps, load: Callable[[int], Any]
+                      ) -> tuple[int, Any, dict[int, str]]:
+  """(step, load(step), {newer step skipped: why}) for the numerically newest of `steps`
+  that loads (9 before 10); ConfigError if none loads."""
+  failed = {}  # step -> why, newest first
+  for step in sorted((int(s) for s in steps), reverse=True):
+    try:
+      value = load(step)
+    except Exception as e:  # pylint: disable=broad-except  (any failure: try the one before)
+      failed[step] = paths.first_line(e)
+      _drop_closed_loop_errors()
+      continue
+    return step, value, failed
+  if not failed:
+    raise ConfigError(f"no checkpoint in {directory}")
+  reasons = "; ".join(f"step {s}: {why}" for s, why in failed.items())
+  raise ConfigError(f"no checkpoint in {directory} restores ({reasons}); restore the "
+                    "folder from a copy, or give another workdir to start afresh")
+
+
+def _closed_loop(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _drop_closed_loop_errors() -> None:
+  """A restore that failed leaves reads in flight whose callbacks reach orbax's closed
+  event loop, each printing a traceback ('Event loop is closed') as an unraisable
+  exception; from the first failed restore on those are dropped (every other unraisable
+  exception is printed as before), so the skip stays one warning line."""
+  previous = sys.unraisablehook
+  if getattr(previous, "cvrl_drops_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop(unraisable):
+      previous(unraisable)
+  hook.cvrl_drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _newest_pretrained(directory: str, steps, load) -> tuple[int, Any]:
+  """`newest_that_loads` for another run's checkpoints: a warning line for each skipped
+  (nothing moved: that run is not this one's to change)."""
+  step, value, failed = newest_that_loads(directory, steps, load)
+  for bad, why in failed.items():
+    metrics_lib.say(f"warning: checkpoint {bad} in {directory} does not restore ({why}); "
+                    f"using step {step}")
+  return step, value
+
+
+def set_aside(step_dir) -> str:
+  """Renames a checkpoint's folder `<step>.corrupt` (`.corrupt.N` if taken); the new path."""
+  step_dir = paths.as_path(step_dir)
+  target, n = step_dir.parent / f"{step_dir.name}{CORRUPT_SUFFIX}", 1
+  while target.exists():
+    target, n = step_dir.parent / f"{step_dir.name}{CORRUPT_SUFFIX}.{n}", n + 1
+  paths.move_tree(step_dir, target)
+  return os.fspath(target)
+
+
+def _steps(directory) -> list[int]:
+  """The steps with a `model` item under a checkpoint manager's directory, ascending."""
+  return sorted(int(d.name) for d in paths.as_path(directory).iterdir()
+                if d.name.isdigit() and (d / "model").is_dir())
+
+
+def _resolve(path: str, step: int | None) -> tuple[str, list[int]]:
+  """(manager directory, its candidate steps: [step], or every step ascending) from a
+  workdir, a checkpoints dir or one step's dir."""
+  path = paths.check_readable(path)
+  if (path / CHECKPOINT_DIR).is_dir():
+    path = path / CHECKPOINT_DIR
+  elif (path / "model").is_dir() and path.name.isdigit():
+    if step is not None and step != int(path.name):
+      raise ValueError(f"{path} is the checkpoint of step {path.name}, not {step}")
+    return os.fspath(path.parent), [int(path.name)]
+  if not path.is_dir():
     raise FileNotFoundError(f"no pretraining checkpoint at {path}")
-  steps = sorted(int(d) for d in os.listdir(path)
-                 if d.isdigit() and os.path.isdir(os.path.join(path, d, "model")))
+  steps = _steps(path)
   if not steps:
     raise FileNotFoundError(f"no pretraining checkpoint in {path}")
   if step is None:
-    return path, steps[-1]
+    return os.fspath(path), steps
   if step not in steps:
     raise FileNotFoundError(f"no checkpoint of step {step} in {path}; steps: {steps}")
-  return path, step
+  return os.fspath(path), [step]
 
 
 def find(path: str, step: int | None = None) -> tuple[str, int]:
   """(checkpoint manager directory, step) of `path`: a pretraining workdir, its
-  `checkpoints/` dir or one step's dir; `step` None: the latest. FileNotFoundError or
+  `checkpoints/` dir or one step's dir; `step` None: the newest. FileNotFoundError or
   ValueError naming what is missing (nothing is read but directory listings)."""
-  return _resolve(path, step)
+  directory, steps = _resolve(path, step)
+  return directory, steps[-1]
 
 
-def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict:
-  """The config a pretraining checkpoint was made with."""
-  directory, step = _resolve(path, step)
-  with ocp.CheckpointManager(directory, item_names=ITEMS,
-                             options=_READ_ONLY) as manager:
+def _read_config(directory: str, step: int) -> ml_collections.ConfigDict:
+  with ocp.CheckpointManager(directory, item_names=ITEMS, options=_READ_ONLY) as manager:
     data = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   return config_from_json(data.config)
 
 
-def load_pretrained(path: str, step: int | None = None, *, sharding: Any = None
-                    ) -> tuple[ml_collections.ConfigDict, nnx.Module]:
-  """(config, model) of a pretraining run: the objective's whole NNX model, restored.
+def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The config a pretraining checkpoint was made with (the newest that reads)."""
+  directory, steps = _resolve(path, step)
+  return _newest_pretrained(directory, steps, lambda s: _read_config(directory, s))[1]
 
-  path: the pretraining workdir, its `checkpoints/` dir, or one step's dir.
-  step: which checkpoint (default: the latest).
-  sharding: where the arrays go (default: replicated over all devices).
-  `model.encoder` is the R3D backbone; heads and BatchNorm statistics come with it. The
-  model is in train mode as built; call `model.eval()` for inference.
-  """
+
+def _read_model(directory: str, step: int, sharding: Any
+                ) -> tuple[ml_collections.ConfigDict, nnx.Module]:
   # pylint: disable=import-outside-toplevel
   from cvrl import objectives
-  directory, step = _resolve(path, step)
-  config = load_config(directory, step)
+  config = _read_config(directory, step)
   objective = objectives.get(config)
   abstract_model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract_model)
@@ -168,3 +266,26 @@ def load_pretrained(path: str, step: int | None = None, *, sharding: Any = None
     restored = manager.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(target)))
   return config, nnx.merge(graphdef, restored.model)
+
+
+def restore_pretrained(path: str, step: int | None = None, *, sharding: Any = None
+                       ) -> tuple[int, ml_collections.ConfigDict, nnx.Module]:
+  """(step, config, model) of a pretraining run: `load_pretrained` with the step it took
+  (`step` None: the newest that restores; the newer ones skipped with a warning)."""
+  directory, steps = _resolve(path, step)
+  step, (config, model) = _newest_pretrained(
+      directory, steps, lambda s: _read_model(directory, s, sharding))
+  return step, config, model
+
+
+def load_pretrained(path: str, step: int | None = None, *, sharding: Any = None
+                    ) -> tuple[ml_collections.ConfigDict, nnx.Module]:
+  """(config, model) of a pretraining run: the objective's whole NNX model, restored.
+
+  path: the pretraining workdir (local or gs://), its `checkpoints/` dir, or one step's dir.
+  step: which checkpoint (default: the newest that restores).
+  sharding: where the arrays go (default: replicated over all devices).
+  `model.encoder` is the R3D backbone; heads and BatchNorm statistics come with it. The
+  model is in train mode as built; call `model.eval()` for inference.
+  """
+  return restore_pretrained(path, step, sharding=sharding)[1:]

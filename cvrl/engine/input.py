@@ -10,13 +10,23 @@ in-memory source) bypasses tf.data; every other source goes through `cvrl.data.p
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 from typing import Any, Iterator, Mapping
 
 from cvrl.core import parallel
+from cvrl.core.errors import ConfigError
 from cvrl.data import sources
+from cvrl.engine import metrics as metrics_lib
+
+# What defines the training stream (cvrl.data.order): which examples, in which order, in
+# which global batches. A resume must read the stream it was reading.
+STREAM_FIELDS = ('batch_size', 'seed', 'data.source', 'data.train_paths', 'data.tfds_name',
+                 'data.tfds_data_dir', 'data.tfds_train_split', 'data.synthetic',
+                 'data.label_fraction')
+OVERRIDE = 'data.resume_new_stream'
 
 
 # ---------------------------------------------------------------------- host batches
@@ -33,6 +43,7 @@ def host_batches(config, sampler: Mapping, *, batch_size: int, start_step: int,
   The stats object has `as_dict()` (the pipeline's skipped/short counts; empty for a
   source that gives its own batches).
   """
+  started = time.perf_counter()
   data = config.data
   source = sources.get(data.source)
   if source.batches is not None:
@@ -45,7 +56,53 @@ def host_batches(config, sampler: Mapping, *, batch_size: int, start_step: int,
                               process_index=process_index, process_count=process_count,
                               label_fraction=1.0)
   stats = pipeline.PipelineStats()
-  return pipeline.iterate(ds, stats), stats
+  batches = pipeline.iterate(ds, stats)
+  return (_timed_resume(batches, start_step, started) if start_step else batches), stats
+
+
+def _field(config, name: str):
+  value = config
+  for part in name.split('.'):
+    value = value.get(part) if hasattr(value, 'get') else None
+  return value
+
+
+def _leaves(value, name: str) -> dict:
+  """{dotted field: JSON value} of `value` (a sub-config or dict: each of its leaves)."""
+  value = value.to_dict() if hasattr(value, 'to_dict') else value
+  if isinstance(value, dict):
+    return {k: v for key in sorted(value) for k, v in _leaves(value[key], f'{name}.{key}').items()}
+  return {name: json.loads(json.dumps(value, default=str))}
+
+
+def check_resume(saved, config) -> None:
+  """ConfigError (one line naming the field) when `config` would read another stream than
+  the checkpoint's config `saved`; with data.resume_new_stream one warning line instead."""
+  for name in STREAM_FIELDS:
+    was, now = _leaves(_field(saved, name), name), _leaves(_field(config, name), name)
+    for field in sorted(set(was) | set(now)):
+      if was.get(field) != now.get(field):
+        _mismatch(field, was.get(field), now.get(field), config)
+        return
+
+
+def _mismatch(field: str, was, now, config) -> None:
+  line = (f'{field} is {now!r} but the checkpoint resumed was made with {was!r}: the run '
+          'would not read the data stream it was reading')
+  if config.data.get('resume_new_stream', False):
+    metrics_lib.say(f'warning: {line}; going on with the new stream ({OVERRIDE}=True)')
+    return
+  raise ConfigError(f"{line}; resume with the checkpoint's value, or set "
+                    f'--config.{OVERRIDE}=True to go on with a new stream')
+
+
+def _timed_resume(batches: Iterator[dict], start_step: int, started: float) -> Iterator[dict]:
+  """`batches`, saying at the first one how long the data took to resume (from `started`)."""
+  first = next(batches)
+  metrics_lib.say(f'data resumed at step {start_step} in {time.perf_counter() - started:.2f} s '
+                  '(its place computed from the global order: nothing before it read)')
+  yield first
+  yield from batches
 
 
 # ---------------------------------------------------------------------- device prefetch

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.data import device as device_aug
 from cvrl.engine import checkpoint as checkpoint_lib
@@ -106,6 +107,9 @@ def validate(config) -> None:
   if p.get("batch_norm", "sync") not in local_bn.BATCH_NORM_MODES:
     raise ValueError(f"config.parallel.batch_norm must be one of "
                      f"{list(local_bn.BATCH_NORM_MODES)}, got {p.get('batch_norm')!r}")
+  parallel.check_param_sharding(p.get("param_sharding", "replicated"))
+  if not float(p.get("fsdp_min_kib", 0)) >= 0:
+    raise ValueError(f"config.parallel.fsdp_min_kib must be >= 0, got {p.get('fsdp_min_kib')}")
   if int(config.batch_size) <= 0:
     raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
   for section, key in (("checkpoint", "every_steps"), ("checkpoint", "keep"),
@@ -116,10 +120,17 @@ def validate(config) -> None:
 
 # ---------------------------------------------------------------------------- the step
 
-def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=None):
+def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=None,
+                    state_shardings=None):
   """jit(state, batch) -> (state, metrics), the state donated; batch sharded over 'data'.
-  `task` needs `trainable`, `loss` and `after_update` (an Objective has them)."""
+  `task` needs `trainable`, `loss` and `after_update` (an Objective has them).
+  `state_shardings`: the state's NamedShardings (state.shardings of its abstract state;
+  default replicated); the gradients are placed like the parameters (fsdp: reduce-scattered)."""
   trainable = task.trainable
+  replicated = parallel.replicated(mesh)
+  state_shardings = replicated if state_shardings is None else state_shardings
+  grad_shardings = replicated if state_shardings is replicated else state_shardings.params
+  whole = lambda tree: jax.lax.with_sharding_constraint(tree, replicated)
   base_key = jax.random.key(int(seed))
 
   def step_fn(state: state_lib.TrainState, batch):
@@ -130,12 +141,14 @@ def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=N
       batch = device_aug.finish_batch(batch, data_config)
 
     def loss_fn(params):
-      model = state_lib.merge(graphdef, params, state.rest)
+      # fsdp: the model computes on whole (gathered) variables, as replicated does
+      model = state_lib.merge(graphdef, whole(params), whole(state.rest))
       loss, metrics = task.loss(model, batch, step=state.step, rng=rng)
       _, _, rest = state_lib.split(model, trainable)
-      return loss, (metrics, rest)
+      return loss, (metrics, whole(rest))
 
     (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.with_sharding_constraint(whole(grads), grad_shardings)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A step the task skips leaves parameters and optimizer state as they were (no weight
@@ -153,9 +166,8 @@ def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=N
                                      opt_state=opt_state)
     return new_state, metrics
 
-  replicated = parallel.replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return jax.jit(step_fn, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
 # ------------------------------------------------------------------------- preemption
@@ -209,7 +221,7 @@ def _preemption_service_running() -> bool:
 def enable_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache for this process: a restarted (preempted) run or
   a repeated job loads its compiled programs instead of compiling them again."""
-  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_compilation_cache_dir", os.fspath(paths.as_path(directory)))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
@@ -289,17 +301,20 @@ class _Run:
     self.ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=int(config.checkpoint.keep),
         async_save=bool(config.checkpoint.get("async_save", True)))
-    self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh)
+    placement = parallel.placement_from_config(mesh, p)
+    self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh, placement)
+    shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
-    if self.resumed:
+    if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
+      input_lib.check_resume(checkpoint_lib.load_config(workdir), config)
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:
-      _, state = state_lib.create(make_model, task.trainable, tx, mesh)
-      self.state = _initialized(task, self.graphdef, state, tx, mesh)
+      _, state = state_lib.create(make_model, task.trainable, tx, mesh, placement)
+      self.state = _initialized(task, self.graphdef, state, tx, shardings)
     self.start_step = self.step = int(jax.device_get(self.state.step))
     self.train_step = make_train_step(task, self.graphdef, tx, schedule, mesh,
-                                      int(config.seed), config.data)
+                                      int(config.seed), config.data, shardings)
     self.writer = metrics_lib.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
         tensorboard=bool(config.log.get("tensorboard", True)))
@@ -442,17 +457,18 @@ class _Run:
             "model": None if self.preempted else current_model(self.graphdef, self.state)}
 
 
-def _initialized(task, graphdef, state, tx, mesh) -> state_lib.TrainState:
-  """The fresh state after `task.initialize` (a no-op keeps the state as created)."""
+def _initialized(task, graphdef, state, tx, shardings) -> state_lib.TrainState:
+  """The fresh state after `task.initialize` (a no-op keeps the state as created), placed
+  by `shardings` (the state's, e.g. state.shardings of its abstract state)."""
   if type(task).initialize is Task.initialize:
     return state
   model = current_model(graphdef, state)
   task.initialize(model)
   _, params, rest = state_lib.split(model, task.trainable)
-  rep = parallel.replicated(mesh)
   # Copies: the step donates its state, and these may be the caller's own arrays.
-  params, rest = jax.jit(lambda t: jax.tree.map(_copy, t), out_shardings=rep)((params, rest))
-  opt_state = jax.jit(tx.init, out_shardings=rep)(params)
+  params, rest = jax.jit(lambda t: jax.tree.map(_copy, t),
+                         out_shardings=(shardings.params, shardings.rest))((params, rest))
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   return state_lib.TrainState(step=state.step, params=params, rest=rest, opt_state=opt_state)
 
 

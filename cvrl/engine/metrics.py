@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Mapping
 
 import jax
+
+from cvrl.core import paths
 
 METRICS_FILE = "metrics.jsonl"
 # Besides the loss, the progress line shows the objective's headline metrics: any whose
@@ -62,8 +63,7 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+    self._jsonl = paths.AppendFile(paths.join(workdir, METRICS_FILE))
     if tensorboard:
       # pylint: disable=import-outside-toplevel
       import tensorflow as tf
@@ -109,3 +109,19 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def write_image(workdir: str, tag: str, image, step: int = 0) -> None:
+  """An RGB uint8 image [H, W, 3] to TensorBoard's images tab in `workdir` (what
+  tensorboard's image summary writes, without needing the tensorboard package)."""
+  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
+  from tensorflow.core.framework import summary_pb2
+  meta = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
+  meta.plugin_data.plugin_name = "images"
+  h, w = image.shape[:2]
+  blob = tf.stack([tf.constant(str(w)), tf.constant(str(h)), tf.io.encode_png(image)])
+  writer = tf.summary.create_file_writer(workdir)
+  with writer.as_default(step=int(step)):
+    tf.summary.write(tag, blob, metadata=meta.SerializeToString())
+  writer.close()

@@ -49,27 +49,34 @@ def _initializer(make_model, trainable, tx):
   return init
 
 
-def abstract(make_model: Callable[[], nnx.Module], trainable, tx, mesh
+def abstract(make_model: Callable[[], nnx.Module], trainable, tx, mesh, placement=None
              ) -> tuple[nnx.GraphDef, TrainState]:
-  """(graphdef, the state as ShapeDtypeStructs carrying their replicated shardings).
+  """(graphdef, the state as ShapeDtypeStructs carrying their shardings).
 
-  Nothing is allocated: this is the restore target of a checkpoint and the
-  `out_shardings` of the initialiser.
+  `placement`: array -> NamedSharding (cvrl.core.parallel.state_placement; default
+  replicated). Nothing is allocated: this is the restore target of a checkpoint (orbax
+  reshards whatever sharding and device count wrote it) and the `out_shardings` of the
+  initialiser.
   """
   graphdef, _, _ = split(nnx.eval_shape(make_model), trainable)
   shapes = jax.eval_shape(_initializer(make_model, trainable, tx))
-  sharding = parallel.replicated(mesh)
+  placement = placement or parallel.state_placement(mesh)
   return graphdef, jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement(x)), shapes)
 
 
-def create(make_model: Callable[[], nnx.Module], trainable, tx, mesh
+def shardings(target):
+  """The tree of NamedShardings of an abstract (or concrete) state."""
+  return jax.tree.map(lambda x: x.sharding, target)
+
+
+def create(make_model: Callable[[], nnx.Module], trainable, tx, mesh, placement=None
            ) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds model and optimizer state in one jit, placed replicated on `mesh`.
+  """Builds model and optimizer state in one jit, placed on `mesh` by `placement`.
 
   `jax.eval_shape` gives the structure without allocating; the jit'd initialiser then
   writes every array straight into its sharding (no host copy of the full model).
   """
-  graphdef, target = abstract(make_model, trainable, tx, mesh)
-  shardings = jax.tree.map(lambda x: x.sharding, target)
-  return graphdef, jax.jit(_initializer(make_model, trainable, tx), out_shardings=shardings)()
+  graphdef, target = abstract(make_model, trainable, tx, mesh, placement)
+  return graphdef, jax.jit(_initializer(make_model, trainable, tx),
+                           out_shardings=shardings(target))()

@@ -21,15 +21,19 @@ from cvrl.models.heads import LinearClassifier
 from cvrl.engine import loop as engine
 from cvrl.engine import optim
 from cvrl.engine import input as input_lib
+from cvrl.engine import pictures
 from cvrl.models.heads import EncoderHead
 
 
 class PretrainTask(engine.Task):
-  """A pretext objective (cvrl.objectives): its model, trainable filter, loss and sampler."""
+  """A pretext objective (cvrl.objectives): its model, trainable filter, loss and sampler.
+  With `picture_dir`, a fresh run's first batch is drawn to TensorBoard there
+  (cvrl.engine.pictures)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, objective):
+  def __init__(self, config: ml_collections.ConfigDict, objective, picture_dir: str = ""):
     self.config = config
     self.objective = objective
+    self.picture_dir = picture_dir
     self.name = f"pretraining {objective.name}"
     self.trainable = objective.trainable
 
@@ -46,9 +50,13 @@ class PretrainTask(engine.Task):
     return self.objective.apply_update(model, step=step)
 
   def batches(self, *, batch_size, start_step, process_index, process_count):
-    return input_lib.host_batches(self.config, self.objective.sampler(), batch_size=batch_size,
-                                  start_step=start_step, process_index=process_index,
-                                  process_count=process_count)
+    batches, stats = input_lib.host_batches(
+        self.config, self.objective.sampler(), batch_size=batch_size, start_step=start_step,
+        process_index=process_index, process_count=process_count)
+    if self.picture_dir and start_step == 0 and process_index == 0:
+      batches = pictures.with_tensorboard_picture(batches, self.config, self.objective,
+                                                  self.picture_dir)
+    return batches, stats
 
   def optimizer(self, total_steps, warmup_steps):
     return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps)

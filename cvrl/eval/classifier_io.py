@@ -6,7 +6,6 @@ to rebuild it (encoder config, classes, head options), so `evaluate` needs only 
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
@@ -16,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.models import build_encoder
 from cvrl.models.heads import LinearClassifier
 from cvrl.models.heads import EncoderHead
@@ -29,7 +29,7 @@ SAVED = nnx.Any(nnx.Param, nnx.BatchStat)
 def save_classifier(workdir: str, model: EncoderHead, model_config: ml_collections.ConfigDict,
                     *, num_classes: int, normalize: bool, dropout: float, source: dict) -> str:
   """Writes DIR/model (every variable of encoder and head) and DIR/model.json."""
-  path = os.path.abspath(os.path.join(workdir, MODEL_DIR))
+  path = paths.as_path(workdir) / MODEL_DIR
   # Host copies: replicated parameters are small, and orbax's device-slice transfer
   # compiles one program per array (minutes for an R3D on CPU).
   state = jax.tree.map(lambda x: np.asarray(parallel.to_host(x)),
@@ -39,19 +39,17 @@ def save_classifier(workdir: str, model: EncoderHead, model_config: ml_collectio
   if jax.process_index() == 0:
     meta = dict(model=json.loads(model_config.to_json_best_effort()), num_classes=int(num_classes),
                 normalize=bool(normalize), dropout=float(dropout), source=source)
-    with open(os.path.join(workdir, META), "w") as f:
-      json.dump(meta, f, indent=2, sort_keys=True)
-  return path
+    paths.write_json(paths.join(workdir, META), meta, indent=2, sort_keys=True)
+  return str(path)
 
 
 def load_classifier(run_dir: str, mesh: Mesh) -> tuple[EncoderHead, dict]:
   """The classifier a probe or fine-tune run saved, replicated over `mesh`, and its meta."""
-  meta_path = os.path.join(run_dir, META)
-  if not os.path.exists(meta_path):
+  meta_path = paths.as_path(run_dir) / META
+  if not meta_path.exists():
     raise FileNotFoundError(f"{meta_path} not found: evaluate.run_dir must be the workdir of a "
                             "finished probe or finetune job")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = json.loads(meta_path.read_text())
   model_config = ml_collections.ConfigDict(meta["model"])
 
   def make():
@@ -67,6 +65,6 @@ def load_classifier(run_dir: str, mesh: Mesh) -> tuple[EncoderHead, dict]:
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         nnx.to_pure_dict(abstract_state))
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.abspath(os.path.join(run_dir, MODEL_DIR)), target)
+    restored = ckptr.restore(paths.as_path(run_dir) / MODEL_DIR, target)
   nnx.replace_by_pure_dict(abstract_state, restored)
   return nnx.merge(graphdef, abstract_state), meta

@@ -104,10 +104,9 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
   # pylint: disable=import-outside-toplevel
   from cvrl import objectives
   from cvrl.engine import checkpoint
-  # The step itself (None: the latest), so that results name the checkpoint they used.
-  _, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
-  pre_config, model = checkpoint.load_pretrained(config.pretrained, step,
-                                                 sharding=parallel.replicated(mesh))
+  # The step itself (None: the newest that restores), so that results name the checkpoint.
+  step, pre_config, model = checkpoint.restore_pretrained(
+      config.pretrained, config.get("pretrained_step"), sharding=parallel.replicated(mesh))
   encoder = model.encoder
   model_config = objectives.get(pre_config).encoder_config()
   return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import csv
 import importlib
-import os
+import io
 
 import jax
 import ml_collections
 import numpy as np
 
+from cvrl.core import paths
 from cvrl.models.heads import EncoderHead
 from cvrl.eval import classifier_io
 from cvrl.eval import common
@@ -49,7 +50,7 @@ class Multiview(linear.Linear):
     if not run_dir:
       raise ValueError("evaluate: mode 'multiview' needs config.evaluate.run_dir (a probe or "
                        "finetune workdir)")
-    if not os.path.exists(os.path.join(run_dir, "model.json")):
+    if not paths.as_path(paths.join(run_dir, "model.json")).exists():
       raise FileNotFoundError(f"evaluate: {run_dir}/model.json not found; run_dir must be the "
                               "workdir of a finished probe or finetune job")
 
@@ -71,24 +72,30 @@ def classification_report(out: F.SplitOutputs, num_classes: int, workdir: str | 
   """Metrics of per-video probabilities; per-class / confusion / scores files in workdir."""
   metrics, cm = scores.classification_metrics(out.values, out.labels, num_classes)
   if workdir and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    np.save(os.path.join(workdir, "confusion_matrix.npy"), cm)
-    np.savetxt(os.path.join(workdir, "confusion_matrix.csv"), cm, fmt="%d", delimiter=",")
+    directory = paths.makedirs(workdir)
+    with (directory / "confusion_matrix.npy").open("wb") as f:
+      np.save(f, cm)
+    paths.write_text(directory / "confusion_matrix.csv", _csv(
+        [[int(v) for v in row] for row in cm]))
     acc = scores.per_class_accuracy(cm)
-    with open(os.path.join(workdir, "per_class_accuracy.csv"), "w", newline="") as f:
-      w = csv.writer(f)
-      w.writerow(["class", "videos", "correct", "accuracy"])
-      for c in range(num_classes):
-        w.writerow([c, int(cm[c].sum()), int(cm[c, c]),
-                    "" if not np.isfinite(acc[c]) else f"{acc[c]:.6f}"])
+    paths.write_text(directory / "per_class_accuracy.csv", _csv(
+        [["class", "videos", "correct", "accuracy"]]
+        + [[c, int(cm[c].sum()), int(cm[c, c]), "" if not np.isfinite(acc[c]) else f"{acc[c]:.6f}"]
+           for c in range(num_classes)], end="\r\n"))
     if save_scores:
-      np.savez(os.path.join(workdir, "scores.npz"), index=out.index, label=out.labels,
-               probs=out.values.astype(np.float32))
+      with (directory / "scores.npz").open("wb") as f:
+        np.savez(f, index=out.index, label=out.labels, probs=out.values.astype(np.float32))
   return metrics, cm
 
 
+def _csv(rows, end: str = "\n") -> str:
+  text = io.StringIO(newline="")
+  csv.writer(text, lineterminator=end).writerows(rows)
+  return text.getvalue()
+
+
 def load_scores(path: str) -> dict:
-  with np.load(path) as z:
+  with paths.as_path(path).open("rb") as f, np.load(f) as z:
     return {k: z[k] for k in ("index", "label", "probs")}
 
 

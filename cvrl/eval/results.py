@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 import jax
 import numpy as np
+
+from cvrl.core import paths
 
 
 def _plain(x: Any) -> Any:
@@ -32,13 +33,9 @@ def config_dict(config) -> dict:
 
 def write_results(workdir: str, results: dict, name: str = "results.json") -> str:
   """Writes `results` as JSON under workdir (process 0 only); returns the path."""
-  path = os.path.join(workdir, name)
+  path = paths.join(workdir, name)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(_plain(results), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_json(path, _plain(results), indent=2, sort_keys=True)
   return path
 
 

@@ -30,13 +30,12 @@ mask 0 and are dropped, so every video counts exactly once.
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 from flax import nnx
 
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.data import clip_shape
 from cvrl.eval import common
@@ -65,7 +64,7 @@ def run(config, workdir: str) -> dict:
   validate(config)
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   mesh = parallel.make_mesh()
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   if config.get("evals"):
     results, headline = _run_evals(config, mesh), None
   else:

@@ -42,12 +42,19 @@ def validate(config) -> None:
   common.validate(config)
 
 
+def picture_dir(config, workdir: str) -> str:
+  """Where the first batch's picture goes (TensorBoard, cvrl.engine.pictures): the workdir
+  with config.log.tensorboard and config.log.first_batch_picture on, else nowhere ('')."""
+  log = config.log
+  return workdir if log.get("tensorboard", True) and log.get("first_batch_picture", True) else ""
+
+
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
   mesh = engine.setup(config)
   objective = objectives.get(config)
-  task = tasks.PretrainTask(config, objective)
+  task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
   total_steps, warmup_steps = durations(config)
   evals = common.from_config(config, mesh, objective.encoder_config(),
                              make_encoder=lambda: task.make_model().encoder)

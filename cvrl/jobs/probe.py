@@ -21,7 +21,6 @@ the same way in DIR/random_init.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -33,6 +32,7 @@ from flax import nnx
 from cvrl.models.heads import EncoderHead
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.models import create, extra_frames
 from cvrl.eval import classifier_io
@@ -153,7 +153,7 @@ def run(config, workdir: str) -> dict:
   validate(config)
   mesh = engine.setup(config)
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   make_encoder, encoder, model_config, source = tasks.encoder_source(config, mesh)
   if encoder is None:
     encoder = create(make_encoder, out_shardings=parallel.replicated(mesh))
@@ -164,7 +164,7 @@ def run(config, workdir: str) -> dict:
   classes, n_train, total, warmup = F.schedule(config)
   global_batch = int(config.batch_size)
   train_batches, plain_batches = _datasets(config, int(config.seed), mesh, model_config)
-  dirs = {name: workdir if name == "probe" else os.path.join(workdir, name) for name in encoders}
+  dirs = {name: workdir if name == "probe" else paths.join(workdir, name) for name in encoders}
   trained = {}
   for name, enc in encoders.items():
     trained[name] = train_probe(
@@ -210,4 +210,4 @@ def run_after_pretrain(pretrain_config, workdir: str, checkpoint_dir: str) -> di
   results in workdir/probe/results.json."""
   config = config_lib.probe_config_for(pretrain_config, checkpoint_dir)
   config.lock()
-  return run(config, os.path.join(workdir, "probe"))
+  return run(config, paths.join(workdir, "probe"))

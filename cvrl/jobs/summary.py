@@ -1,12 +1,15 @@
-"""The `summary` job: parameters, feature shape and forward GFLOPs of a config's model.
+"""The `summary` job: parameters, feature shape and forward GFLOPs of a config's model, and
+the training state's bytes per device (parameters, optimizer state, the rest) under
+`parallel.param_sharding` on `parallel.summary_devices` devices.
 
 Everything is abstract (`jax.eval_shape`, lowered-HLO cost analysis): nothing is allocated,
-so R3D-152 3x answers in seconds on a laptop. Prints ONE JSON line.
+so R3D-152 3x answers in seconds on a laptop (XLA's memory analysis of the compiled step,
+under either sharding: `experiments.bench_step --config=... --memory_only`). Prints ONE
+JSON line.
 """
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,10 @@ import ml_collections
 from flax import nnx
 
 from cvrl import objectives
+from cvrl.core import parallel
+from cvrl.core import paths
 from cvrl.core import runtime
+from cvrl.engine import optim
 from cvrl.models import build_encoder
 from cvrl.models.heads import EncoderHead, LinearClassifier
 
@@ -98,13 +104,32 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
       "feature_shape": list(lowered.out_info.shape[1:]),
       # XLA's count: a multiply-add is 2 FLOPs.
       "gflops_per_clip": float(f"{_flops(lowered) / 1e9:.6g}"),
+      "state_bytes_per_device": state_bytes(config, model, trainable),
   }
+
+
+def state_bytes(config: ml_collections.ConfigDict, model, trainable) -> dict:
+  """Bytes one device holds of the training state: parameters, optimizer state (the
+  config's optimizer) and the other variables (BatchNorm statistics, targets, queues)."""
+  p = config.get("parallel") or {}
+  mode = p.get("param_sharding", "replicated")
+  devices = int(p.get("summary_devices") or jax.device_count())
+  min_kib = float(p.get("fsdp_min_kib", parallel.FSDP_MIN_KIB))
+  params, rest = nnx.state(model, trainable, ...)
+  opt_state = jax.eval_shape(optim.build(config.optim, lambda count: 0.0).init, params)
+  parts = {"params": params, "optimizer": opt_state, "rest": rest}
+  out = {k: parallel.bytes_per_device(v, mode, devices, min_kib) for k, v in parts.items()}
+  out["total"] = sum(out.values())
+  return {"param_sharding": mode, "devices": devices, **out,
+          "total_gib": round(out["total"] / 2 ** 30, 4)}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """A pretraining config's method exists and fits its model (before anything compiles)."""
   if "objective" in config:
     objectives.get(config)
+  parallel.check_param_sharding((config.get("parallel") or {}).get("param_sharding",
+                                                                    "replicated"))
 
 
 @runtime.job  # cvrl.core.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line
@@ -113,7 +138,5 @@ def run(config, workdir):
   line = json.dumps(result)
   print(line, flush=True)
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      f.write(line + "\n")
+    paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
   return result

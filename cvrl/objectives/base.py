@@ -115,3 +115,9 @@ class Objective(abc.ABC):
 
   def after_update(self, model: nnx.Module, *, step: jax.Array) -> None:
     """Runs after the optimizer step, inside jit: EMA targets, prototype normalisation."""
+
+  def shown_views(self, video: jax.Array) -> tuple[jax.Array, list[str]]:
+    """The clips of a finished batch [B, V, T, H, W, 3] as `loss` feeds them to the network
+    ([B, V', T, H, W, 3]) and a name for each view: what `python -m cvrl.tools.show_clips`
+    and the first batch's TensorBoard picture show (cvrl.engine.pictures)."""
+    return video, [f"clip {v + 1}" for v in range(video.shape[1])]

@@ -100,6 +100,11 @@ class Rotation(Objective):
                               NUM_ROTATIONS, rngs=rngs)
     return EncoderHead(encoder, head)
 
+  def shown_views(self, video):
+    rotated, _ = rotate_clips(video[:, 0])
+    names = [f"rotated {90 * k}°" for k in range(NUM_ROTATIONS)]
+    return rotated.reshape(video.shape[0], NUM_ROTATIONS, *rotated.shape[1:]), names
+
   def loss(self, model, batch, *, step, rng):
     video = batch["video"]  # [B, 1, T (+1), H, W, 3]
     if video.ndim != 6 or video.shape[1] != 1:

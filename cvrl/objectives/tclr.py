@@ -144,6 +144,11 @@ class TCLR(Objective):
                rngs=rngs)
     return EncoderHead(encoder, head)
 
+  def shown_views(self, video):
+    names = [f"{kind} {aug}" for aug in "AB" for kind in
+             ["sparse"] + [f"dense {i + 1}" for i in range(NUM_DENSE)]]
+    return video, names
+
   def loss(self, model, batch, *, step, rng):
     cfg = self.config.objective
     gsr, lsr, gdr = encode(model, batch["video"], per_view=bool(cfg.bn_per_view))

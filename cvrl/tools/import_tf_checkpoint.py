@@ -22,6 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
+from cvrl.core import paths
+
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Keras names of the layers of one model-garden BottleneckBlock3D -> cvrl sub-module.
 _BLOCK_LAYERS = (("_temporal_conv", "_norm1", "conv1"), ("_spatial_conv", "_norm2", "conv2"),
@@ -181,7 +183,7 @@ def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
   from flax import nnx
   from cvrl.engine import checkpoint
   checkpoint.configure_array_saving()
-  directory = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINT_DIR)
+  directory = os.fspath(paths.as_path(workdir) / checkpoint.CHECKPOINT_DIR)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(directory, options=options, item_names=checkpoint.ITEMS) as mgr:
     if step in mgr.all_steps():
@@ -189,7 +191,7 @@ def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
     mgr.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave(nnx.state(model)),
         config=ocp.args.JsonSave(checkpoint.config_to_json(config))))
-  return os.path.join(directory, str(step))
+  return paths.join(directory, str(step))
 
 
 def build_with_encoder(make, arrays: dict[tuple, np.ndarray]):
@@ -240,13 +242,12 @@ def import_checkpoint(checkpoint: str, workdir: str, *, depth: int | None = None
   model = build_with_encoder(lambda: objective.build(nnx.Rngs(0)), arrays)
   path = write_pretrained(workdir, model, config)
   ignored = sorted(n for n in shapes if n not in mapping)
-  report = {"source": os.path.abspath(source), "prefix": prefix, "depth": depth,
+  report = {"source": os.fspath(paths.as_path(source)), "prefix": prefix, "depth": depth,
             "width": width, "variables": len(mapping),
             "backbone_params": int(sum(np.prod(expected[p]) for p in expected
                                        if p[-1] in ("kernel", "scale", "bias"))),
             "ignored": ignored, "checkpoint": path}
-  with open(os.path.join(workdir, "import.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  paths.write_json(paths.join(workdir, "import.json"), report, indent=1)
   return report
 
 

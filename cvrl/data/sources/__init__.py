@@ -32,7 +32,8 @@ SPLITS = ('train', 'eval')
 @dataclasses.dataclass
 class Reader:
   """What the pipeline reads from a source for one split on one host (tf.data)."""
-  epoch_records: Callable   # (epoch tensor, shuffle: bool) -> Dataset of (example_id, record)
+  epoch_records: Callable   # epoch tensor -> Dataset of (example_id, record): this host's
+                            # part of an evaluation pass
   parse: Callable           # record -> (frames [L] (JPEG strings or uint8 frames), label, status)
   host_counts: list | None  # records per host (None if unknown)
   process_index: int
@@ -41,6 +42,11 @@ class Reader:
   # process_count -> (ids, labels, hosts) int64 of EVERY host's records (a label pass, for
   # data.label_fraction; None if the source cannot list them).
   labels: Callable | None = None
+  # Training reads by position (cvrl.data.order): example ids int64 [n] of the split in the
+  # source's fixed order, and position tensor -> Dataset of one (example_id, record).
+  examples: object | None = None
+  read: Callable | None = None
+  positions: object | None = None  # the positions training draws from (None: all; a subset)
 
 
 def _unknown_count(data, *args):

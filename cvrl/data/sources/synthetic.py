@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from cvrl.core import paths
 from cvrl.data.sources import Reader, Source
 
 _EVAL_SEED_OFFSET = 1_000_003
@@ -75,7 +76,7 @@ def render_video(seed: int, index: int, label: int, num_classes: int, num_frames
 
 
 def _shard_name(directory: str, split: str, k: int, n: int) -> str:
-  return os.path.join(directory, f'{split}-{k:05d}-of-{n:05d}.tfrecord')
+  return paths.join(directory, f'{split}-{k:05d}-of-{n:05d}.tfrecord')
 
 
 def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, num_frames: int,
@@ -101,33 +102,33 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
     params['kind'] = kind
     params['version'] = getattr(sys.modules[render.func.__module__], 'VERSION', 1)
     params['difficulty'] = render.keywords['difficulty']
-  paths = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
-  marker = os.path.join(directory, f'{split}.complete.json')
-  if os.path.exists(marker) and all(os.path.exists(p) for p in paths):
-    with open(marker) as f:
-      if json.load(f) == params:
-        return paths
-  os.makedirs(directory, exist_ok=True)
-  if os.path.exists(marker):
-    os.remove(marker)
-    for p in paths:  # parameters changed: rewrite every shard
-      if os.path.exists(p):
-        os.remove(p)
-  for k, path in enumerate(paths):
-    if os.path.exists(path):
+  shards = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
+  marker = paths.as_path(paths.join(directory, f'{split}.complete.json'))
+  if marker.exists() and all(paths.as_path(p).exists() for p in shards):
+    if json.loads(marker.read_text()) == params:
+      return shards
+  paths.makedirs(directory)
+  if marker.exists():
+    marker.unlink()
+    for p in shards:  # parameters changed: rewrite every shard
+      if paths.as_path(p).exists():
+        paths.as_path(p).unlink()
+  for k, path in enumerate(shards):
+    if paths.as_path(path).exists():
       continue
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with tf.io.TFRecordWriter(tmp) as writer:
+    # Locally under a temporary name, renamed when whole; an object store's upload is whole.
+    tmp = path if paths.is_url(path) else f'{path}.tmp-{os.getpid()}'
+    with tf.io.TFRecordWriter(tmp) as writer:  # TensorFlow's client writes the shards
       for i in range(k, num_videos, num_shards):
         label = i % num_classes
         video = render(seed, i, label, num_classes, num_frames, size)
         jpegs = [tf.io.encode_jpeg(f, quality=jpeg_quality).numpy() for f in video]
         ex = tfrecord.make_sequence_example(jpegs, label, text=name(label))
         writer.write(ex.SerializeToString())
-    os.replace(tmp, path)
-  with open(marker, 'w') as f:
-    json.dump(params, f)
-  return paths
+    if tmp != path:
+      paths.as_path(tmp).replace(path)
+  marker.write_text(json.dumps(params))
+  return shards
 
 
 KINDS = ('motion', 'objects')
@@ -185,8 +186,8 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
 
 def _open(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
   from cvrl.data.sources import tfrecord  # pylint: disable=import-outside-toplevel
-  paths = ensure_synthetic(data.synthetic, split)
-  reader = tfrecord.reader(data, paths, seed, process_index, process_count)
+  shards = ensure_synthetic(data.synthetic, split)
+  reader = tfrecord.reader(data, shards, seed, process_index, process_count)
   reader.num_classes = int(data.synthetic.num_classes)
   return reader
 

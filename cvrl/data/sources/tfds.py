@@ -3,22 +3,20 @@
 Frames are read still encoded when the dataset stores JPEG frames (SkipDecoding), so the
 pipeline samples on the strings and decodes only the chosen frames, as for TFRecords;
 otherwise TFDS decodes and the pipeline samples the uint8 frames. Hosts read disjoint
-`tfds.even_splits` of the split. For training the file order is shuffled per epoch with a
-stateless seed of (run seed, host, epoch), handed to TFDS as a tensor (ReadConfig.shuffle_seed
-feeds tf.data's shuffle), so epochs differ and a resumed run reads the same order; examples
-are then shuffled by the pipeline's seeded per-epoch buffer.
+`tfds.even_splits` of the split for evaluation. Training reads the split's TFRecord files
+by record offset in the global order (cvrl.data.order), each host only its rows of each
+global batch; example ids are a hash of the tfds_id (file name and record index).
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from cvrl.data import augmentation
 from cvrl.data.sources import MISSING_KEY, OK, Reader, Source, stated_count
-
-_TAG_FILES = 1  # the pipeline's file-order tag
+from cvrl.data.sources import tfrecord
 
 
 def _stored_as_jpeg(feature) -> bool:
@@ -66,15 +64,11 @@ def make_reader(cfg, split: str, seed: int, process_index: int, process_count: i
     decoders = {cfg.tfds_video_key: tfds.decode.SkipDecoding()}
   video_key, label_key = cfg.tfds_video_key, cfg.tfds_label_key
 
-  def epoch_records(epoch, shuffle: bool):
+  def epoch_records(epoch):  # evaluation's one pass, in file order
+    del epoch
     read_config = tfds.ReadConfig(add_tfds_id=True)
-    if shuffle:
-      file_seed = augmentation.scalar_seed(
-          augmentation.fold_seed([seed, process_index], _TAG_FILES, epoch))
-      read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=file_seed,
-                                    shuffle_reshuffle_each_iteration=False)
     try:
-      ds = builder.as_dataset(split=host_split, shuffle_files=shuffle, decoders=decoders,
+      ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=decoders,
                               read_config=read_config)
     except Exception as e:  # not prepared, bad split
       raise ValueError(f'TFDS dataset {cfg.tfds_name!r} split {host_split!r} cannot be read '
@@ -88,7 +82,7 @@ def make_reader(cfg, split: str, seed: int, process_index: int, process_count: i
     status = tf.where(tf.equal(tf.shape(frames)[0], 0), MISSING_KEY, OK)
     return frames, label, status
 
-  epoch_records(tf.constant(0, tf.int64), False)  # fail at build time, not mid-run
+  epoch_records(tf.constant(0, tf.int64))  # fail at build time, not mid-run
 
   def describe(example_id):
     return tf.strings.join([f'TFDS {cfg.tfds_name} split {host_split!r}, example hash ',
@@ -98,8 +92,35 @@ def make_reader(cfg, split: str, seed: int, process_index: int, process_count: i
 
   def labels(count: int):  # every host's part: all hosts compute the same label subset
     return _read_labels(cfg.tfds_name, cfg.tfds_data_dir or None, split_name, label_key, count)
+  examples, read = _random_access(builder, split_name, decoders, video_key, label_key)
   return Reader(epoch_records, parse, counts, process_index, describe, num_classes,
-                labels=labels)
+                labels=labels, examples=examples, read=read)
+
+
+def _random_access(builder, split_name: str, decoders, video_key: str, label_key: str):
+  """(example ids, position -> Dataset of one (id, record)) of a prepared TFRecord split,
+  read at each record's offset (training's global order); (None, None) when the split
+  is not TFRecord files (then training cannot read it)."""
+  try:
+    instructions = builder.info.splits[split_name].file_instructions
+    if str(getattr(builder.info.file_format, 'value', 'tfrecord')) != 'tfrecord':
+      return None, None
+    index = tfrecord.RecordIndex([f.filename for f in instructions],
+                                 [np.arange(f.skip, f.skip + f.take) for f in instructions])
+  except (KeyError, ValueError, OSError, tf.errors.OpError):
+    return None, None
+  names = [f'{os.path.basename(index.files[f])}__{r}' for f, r in zip(index.file, index.record)]
+  examples = tf.strings.to_hash_bucket_fast(tf.constant(names, tf.string), 2 ** 62).numpy() \
+      if names else np.zeros([0], np.int64)
+  read_record = index.reader(examples)
+  features = builder.info.features
+
+  def read(position):
+    def fields(example_id, record):
+      ex = features.deserialize_example(record, decoders=decoders)
+      return example_id, {'video': ex[video_key], 'label': ex[label_key]}
+    return read_record(position).map(fields)
+  return examples, read
 
 
 @functools.lru_cache(maxsize=8)

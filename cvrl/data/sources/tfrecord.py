@@ -16,11 +16,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from cvrl.data import augmentation
 from cvrl.data.sources import MISSING_KEY, MISSING_LABEL, OK, BAD_LABEL, Reader, Source
 from cvrl.data.sources import stated_count
-
-_TAG_FILES = 1  # the pipeline's file-order tag
 
 
 def resolve_paths(paths) -> list[str]:
@@ -54,9 +51,10 @@ def host_partition(num_files: int, process_index: int, process_count: int) -> tu
 
 
 @functools.lru_cache(maxsize=4096)
-def count_records(path: str) -> int:
-  """Records in one TFRecord file, walking the length headers (payloads are skipped)."""
-  n = 0
+def record_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(byte offset, payload length) int64 of every record of one TFRecord file, walking the
+  length headers (payloads are skipped: one 8-byte read per record)."""
+  offsets, lengths = [], []
   with tf.io.gfile.GFile(path, 'rb') as f:
     size = f.size()
     pos = 0
@@ -65,10 +63,50 @@ def count_records(path: str) -> int:
       if len(header) < 8:
         break
       (length,) = struct.unpack('<Q', header)
+      offsets.append(pos)
+      lengths.append(length)
       pos += 8 + 4 + length + 4
       f.seek(pos)
-      n += 1
-  return n
+  return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+
+
+def count_records(path: str) -> int:
+  """Records in one TFRecord file."""
+  return len(record_offsets(path)[0])
+
+
+class RecordIndex:
+  """Where every record of `files` is: example ids (file index << 32 | record index) in
+  file then record order, and each one's file, byte offset and length. Built once per
+  process from the length headers (`record_offsets`)."""
+
+  def __init__(self, files: Sequence[str], records: Sequence[int] | None = None):
+    walked = [record_offsets(f) for f in files]
+    keep = [np.arange(len(o)) if records is None else np.asarray(records[i], np.int64)
+            for i, (o, _) in enumerate(walked)]
+    self.files = list(files)
+    self.file = np.concatenate([np.full(len(k), i, np.int64) for i, k in enumerate(keep)])
+    self.record = np.concatenate(keep).astype(np.int64)
+    self.offset = np.concatenate([o[k] for (o, _), k in zip(walked, keep)]).astype(np.int64)
+    self.length = np.concatenate([n[k] for (_, n), k in zip(walked, keep)]).astype(np.int64)
+    self.examples = self.file * (2 ** 32) + self.record
+
+  def reader(self, examples=None):
+    """position tensor -> Dataset of one (example id, record): the record read at its
+    offset (a seek, not a scan of the file)."""
+    examples = self.examples if examples is None else np.asarray(examples, np.int64)
+    table = [tf.constant(x) for x in (self.files, self.file, self.offset, self.length, examples)]
+
+    def read(position):
+      path, offset, length, example = (
+          tf.gather(table[0], tf.gather(table[1], position)), tf.gather(table[2], position),
+          tf.gather(table[3], position), tf.gather(table[4], position))
+      variant = tf.raw_ops.TFRecordDatasetV2(
+          filenames=tf.reshape(path, [1]), compression_type='', buffer_size=length + 16,
+          byte_offsets=tf.reshape(offset, [1]))
+      records = tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string))
+      return records.take(1).map(lambda record: (example, record))
+    return read
 
 
 def host_record_counts(files: Sequence[str], process_count: int) -> list[int]:
@@ -193,11 +231,9 @@ def reader(cfg, paths, seed: int, process_index: int, process_count: int) -> Rea
       records = records.filter(lambda i, r: tf.equal(i % process_count, process_index))
     return records.map(lambda i, r: (file_id * (2 ** 32) + i, r))
 
-  def epoch_records(epoch, shuffle: bool):
+  def epoch_records(epoch):  # evaluation's one pass over this host's files
+    del epoch
     order = tf.range(len(ids))
-    if shuffle:
-      order = tf.random.experimental.stateless_shuffle(
-          order, seed=augmentation.fold_seed([seed, process_index], _TAG_FILES, epoch))
     table = tf.data.Dataset.from_tensor_slices((tf.gather(host_ids, order), tf.gather(host_files, order)))
     return table.interleave(read, cycle_length=cycle, block_length=1,
                             num_parallel_calls=cycle, deterministic=True)
@@ -217,7 +253,9 @@ def reader(cfg, paths, seed: int, process_index: int, process_count: int) -> Rea
   def labels(count: int):  # all files, whatever this host reads: every host sees the same
     example_ids, values = read_labels(tuple(files), cfg.label_key, int(cfg.cycle_length))
     return example_ids, values, record_hosts(example_ids, len(files), count)
-  return Reader(epoch_records, parse, counts, process_index, describe, labels=labels)
+  index = RecordIndex(files)
+  return Reader(epoch_records, parse, counts, process_index, describe, labels=labels,
+                examples=index.examples, read=index.reader())
 
 
 def _open(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:

@@ -1,0 +1,147 @@
+"""One training stream on any number of processes (cvrl.data.order).
+
+In one process, the pipeline of every simulated process index: for 1, 2 and 3 processes and
+2, 3 and 64 shards, global batch k (the processes' rows in process order) holds the same
+example ids; each example once per epoch, never twice in a batch. Then real processes over
+gloo on 127.0.0.1: a run stopped at step 2 and resumed on another process count (2 -> 1,
+1 -> 2) ends with the parameters of the uninterrupted run."""
+import os
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl import config_lib as config_lib_full
+from cvrl.core.errors import ConfigError
+from cvrl.data import config as config_lib
+from cvrl.data import pipeline
+from cvrl.data.sources import tfrecord
+from cvrl.engine import input as input_lib
+from test_multihost import HEAD, RUN, free_port, spawn
+
+VIDEOS, BATCH = 20, 6
+
+
+def _shards(directory, num_shards):
+  """Video i (a 4-frame 8x8 JPEG video, label i) in shard i % num_shards."""
+  paths = [os.path.join(directory, f'train-{s:05d}.tfrecord') for s in range(num_shards)]
+  writers = [tf.io.TFRecordWriter(p) for p in paths]
+  for i in range(VIDEOS):
+    frames = [tf.io.encode_jpeg(np.full((8, 8, 3), 10 * i, np.uint8)).numpy()] * 4
+    writers[i % num_shards].write(tfrecord.make_sequence_example(frames, i).SerializeToString())
+  for w in writers:
+    w.close()
+  return paths
+
+
+def _global_batches(paths, processes, steps=6, start_step=0):
+  cfg = config_lib.default_data_config()
+  cfg.update(source='tfrecord', train_paths=','.join(paths), num_frames=2, stride=1,
+             crop_size=8, num_parallel_calls=2, jit_photometric=False)
+  parts = []
+  for p in range(processes):
+    ds = pipeline.build_dataset(cfg, sampler={'name': 'single'}, train=True,
+                                batch_size=BATCH // processes, seed=3, start_step=start_step,
+                                process_index=p, process_count=processes)
+    parts.append([b['label'] for _, b in zip(range(steps), pipeline.iterate(ds))])
+  return np.stack([np.concatenate(rows) for rows in zip(*parts)])
+
+
+@pytest.mark.parametrize('num_shards', [2, 3, 64])
+def test_global_batches_are_the_same_on_any_process_count(tmp_path, num_shards):
+  paths = _shards(str(tmp_path), num_shards)
+  one = _global_batches(paths, 1)
+  for processes in (2, 3):
+    np.testing.assert_array_equal(_global_batches(paths, processes), one)
+  assert all(len(set(b.tolist())) == BATCH for b in one)  # never twice in a batch
+  stream = one.reshape(-1)
+  assert sorted(stream[:VIDEOS].tolist()) == list(range(VIDEOS))  # epoch 0: every video once
+  assert not np.array_equal(stream[:VIDEOS], np.arange(VIDEOS))  # in a seeded order
+  assert len(set(stream[VIDEOS:].tolist())) == len(stream) - VIDEOS  # epoch 1 begins: no repeat
+  # a resume mid-epoch (batch 5 of epoch 1, which starts at batch 4) on another process
+  # count reads the same global batches from its step
+  np.testing.assert_array_equal(_global_batches(paths, 2, steps=1, start_step=5), one[5:])
+
+
+def test_a_resume_on_another_stream_is_one_line_unless_overridden(capsys):
+  saved = config_lib_full.pretrain_config('cvrl')
+  for field, value in (('batch_size', 512), ('seed', 7), ('data.synthetic.num_shards', 5),
+                       ('data.train_paths', 'gs://elsewhere/train-*')):
+    config = config_lib_full.pretrain_config('cvrl')
+    head, _, key = field.rpartition('.')
+    (config if not head else _sub(config, head))[key] = value
+    with pytest.raises(ConfigError, match=f'^{field} is .*resume_new_stream=True') as e:
+      input_lib.check_resume(saved, config)
+    assert '\n' not in str(e.value)
+    config.data.resume_new_stream = True
+    input_lib.check_resume(saved, config)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f'warning: {field} is '), out
+  input_lib.check_resume(saved, config_lib_full.pretrain_config('cvrl'))  # the same: silent
+  assert not capsys.readouterr().out
+
+
+def _sub(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+WORKER = HEAD + textwrap.dedent("""
+    c = tiny_config(total_steps=4, warmup_steps=1)
+    c.data.update(source="synthetic", num_train_examples=None, num_frames=2, stride=1,
+                  crop_size=16, num_parallel_calls=2, cycle_length=2, prefetch=1)
+    c.data.synthetic.update(dir=sys.argv[6], num_train_videos=12, num_eval_videos=4,
+                            num_classes=4, num_frames=4, size=16, num_shards=3)
+    c.checkpoint.every_steps = 2
+    c.log.tensorboard = False
+    c.parallel.compilation_cache_dir = None
+""") + RUN + textwrap.dedent("""
+    if int(process_id) == 0:
+      np.savez(os.path.join(workdir, "params_%d.npz" % out["step"]), *leaves)
+""")
+
+
+def _run(workdir, data_dir, processes):
+  port = free_port()
+  return [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER)
+          for p in range(processes)]
+
+
+def _wait(procs):
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return outs[0]
+
+
+def _params(workdir):
+  with np.load(os.path.join(workdir, 'params_4.npz')) as f:
+    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
+
+
+def _from_step_2(source, target):
+  """`source`'s workdir as it was after its step-2 checkpoint."""
+  shutil.copytree(source, target)
+  shutil.rmtree(os.path.join(target, 'checkpoints', '4'))
+  os.remove(os.path.join(target, 'params_4.npz'))
+
+
+@pytest.mark.slow
+def test_a_resume_on_another_process_count_ends_as_the_uninterrupted_run(tmp_path):
+  data = str(tmp_path / 'data')  # 12 videos in 3 shards, global batch 8: batch 2 spans epochs
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  _wait(_run(one, data, 1))  # writes the shards first
+  _wait(_run(two, data, 2))
+  for a, b in zip(_params(one), _params(two)):  # 1 and 2 processes: the same run
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  _from_step_2(two, str(tmp_path / 'two_to_one'))
+  _from_step_2(one, str(tmp_path / 'one_to_two'))
+  out = _wait(_run(str(tmp_path / 'two_to_one'), data, 1))
+  assert 'resumed from' in out and 'data resumed at step 2 in ' in out, out[-3000:]
+  _wait(_run(str(tmp_path / 'one_to_two'), data, 2))
+  for name in ('two_to_one', 'one_to_two'):
+    for a, b in zip(_params(one), _params(str(tmp_path / name))):
+      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)

@@ -5,6 +5,10 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# etils.epath decides once per process whether gs:// goes through TensorFlow's GCS client
+# (which has no endpoint setting) or gcsfs: gcsfs, so every test in a worker can reach the
+# GCS emulator that tests/test_cloud_storage.py starts, whichever test file ran first.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 # One XLA compilation cache for the single-device subprocesses the tests start (the demo,
 # killed and restarted runs, sweep points inherit the environment): a restarted run loads

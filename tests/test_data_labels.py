@@ -120,7 +120,8 @@ def test_demo_recipe_on_bad_labels_stops_with_one_line(tmp_path):
        '--config.data.source=tfrecord', f'--config.data.train_paths={path}',
        f'--config.data.eval_paths={path}', '--config.data.num_classes=4',
        '--config.data.num_train_examples=7', '--config.data.crop_size=16',
-       '--config.data.num_frames=4', f'--workdir={tmp_path / "wd"}'],
+       '--config.data.num_frames=4', '--config.batch_size=4',  # 7 videos fill a batch
+       f'--workdir={tmp_path / "wd"}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 2, out.stderr[-3000:]
   last = out.stderr.strip().splitlines()[-1]

@@ -173,13 +173,14 @@ def test_a_gif_of_converted_tfrecord_shards_plays_the_frames_in_order(tmp_path):
                   num_shards=2, short_side=24, workers=0, progress=False)
   overrides = [f"--config.data.train_paths={tmp_path / 'shards' / '*.tfrecord'}",
                "--config.data.source=tfrecord", "--config.data.num_train_examples=4",
-               "--config.data.num_classes=2"]
+               "--config.data.num_classes=2", "--config.batch_size=4"]
   out = _run("--config=configs/cvrl_tiny.py", *overrides, f"--out={tmp_path / 'c.gif'}",
              "--videos=2")
   assert out.returncode == 0, out.stderr[-2000:]
   c = cvrl_tiny.get_config()
   c.data.update(source="tfrecord", train_paths=str(tmp_path / "shards" / "*.tfrecord"),
                 num_train_examples=4, num_classes=2)
+  c.batch_size = 4  # the 4 converted videos fill one global batch
   clips, _ = pictures.first_batch(c, objectives.get(c), 2)
   gif = Image.open(tmp_path / "c.gif")
   assert gif.n_frames == clips.shape[2] == 4

@@ -152,7 +152,8 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   # hold another module's --workdir in this process).
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
                 _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
-                _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4, _REPLOT=[])
+                _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4, _REPLOT=[],
+                _INPUT="rgb")
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel

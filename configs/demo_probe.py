@@ -2,7 +2,7 @@
 same architecture), on cached features of the synthetic data:
   python -m cvrl.main --config=configs/demo_probe.py:pretrained=/tmp/cvrl_demo --workdir=DIR
 Data and model come from configs/demo.py; the probe's fields from
-`cvrl.train.config_lib.demo_probe_fields`; the clip shape (frames, stride, crop size) from
+`cvrl.config_lib.demo_probe_fields`; the clip shape (frames, stride, crop size) from
 the checkpoint unless set (e.g. --config.data.num_frames=16).
 """
 from configs import demo

@@ -130,8 +130,8 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
       num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int)))
   # Evaluators watching the encoder during pretraining: name -> a dict of fields, `kind`
-  # (a module of cvrl/eval/: knn / linear / multiview) and any of that kind's fields
-  # (every_steps, init, ...; the rest default, cvrl.eval.common).
+  # (a module of cvrl/eval/: knn / linear / multiview) and any of that kind's constructor's
+  # fields (every_steps, init, ...; the rest default, cvrl/eval/<kind>.py).
   c.evals = ml_collections.ConfigDict()
   return c
 
@@ -165,7 +165,8 @@ def config_from_command_line(argv: list[str]):
 # ------------------------------------------------------------------ downstream jobs
 
 def eval_fields() -> ml_collections.ConfigDict:
-  """`config.evaluate`: the multi-view test (CVRL: 10 clips x 3 crops) and kNN retrieval."""
+  """`config.evaluate`: the multi-view test (CVRL: 10 clips x 3 crops), and the fields an
+  evaluator mode takes (knn: TCLR's retrieval; None: the evaluator's default)."""
   return ml_collections.ConfigDict(dict(
       mode="multiview",           # any evaluator kind (a module of cvrl/eval/, e.g. knn)
       num_clips=10, num_crops=3,  # CVRL: 10 clips x 3 crops of eval_crop_size
@@ -174,9 +175,12 @@ def eval_fields() -> ml_collections.ConfigDict:
       save_scores=True,
       fuse_with="",               # comma-separated scores.npz of other runs
       fusion="mean",
-      knn_clips=10, knn_crops=1,  # knn: views per video, features averaged
-      knn_k=20, knn_vote="weighted", knn_temperature=0.07,
-      recall_ks=(1, 5, 10, 20),
+      # Another mode: views per video (features averaged), kNN neighbours, vote,
+      # temperature and recall@k; None: cvrl/eval/<mode>.py's default.
+      knn_clips=config_dict.placeholder(int), knn_crops=config_dict.placeholder(int),
+      knn_k=config_dict.placeholder(int), knn_vote=config_dict.placeholder(str),
+      knn_temperature=config_dict.placeholder(float),
+      recall_ks=config_dict.placeholder(tuple),
   ))
 
 
@@ -278,33 +282,6 @@ def evaluate_config() -> ml_collections.ConfigDict:
   _encoder_source(c)
   c.evaluate = eval_fields()
   return c
-
-
-# --------------------------------------------------------------------------- checks
-
-def validate_eval_fields(e) -> None:
-  """config.evaluate's views, batch and vote (its mode: the evaluate job checks it)."""
-  for key in ("num_crops", "knn_crops"):
-    if e[key] not in (1, 3):
-      raise ValueError(f"config.evaluate.{key} must be 1 or 3, got {e[key]}")
-  if int(e.batch_size) <= 0:
-    raise ValueError(f"config.evaluate.batch_size must be > 0, got {e.batch_size}")
-  from cvrl.eval import retrieval  # pylint: disable=import-outside-toplevel
-  if e.knn_vote not in retrieval.VOTES:
-    raise ValueError(f"config.evaluate.knn_vote must be one of {list(retrieval.VOTES)}, "
-                     f"got {e.knn_vote!r}")
-
-
-def validate_downstream(config: ml_collections.ConfigDict, job: str) -> None:
-  """The checks a probe or fine-tune config shares: an encoder to start from, the
-  optimizer's fields and the evaluation's."""
-  if not config.get("pretrained") and not config.get("random_init"):
-    raise ValueError(f"{job}: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
-  optim.validate(config.optim)
-  validate_eval_fields(config.evaluate)
-  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
-  subset.label_fraction(config.data)  # a bad data.label_fraction: ValueError, before compiling
 
 
 # ------------------------------------------------------------- probing a pretraining

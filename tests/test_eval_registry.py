@@ -1,6 +1,7 @@
 """Evaluators are found by name: kind K is the module cvrl/eval/K.py. A new evaluator is one
 new file; `config.evals` entries take their kind's defaults, and a misspelt key or an
 unknown kind fails with one line naming the fix."""
+import inspect
 import json
 import os
 import shutil
@@ -22,17 +23,69 @@ def test_kinds_are_the_modules_defining_an_evaluator():
   assert issubclass(multiview.Multiview, linear.Linear)  # imported, yet linear's own kind
 
 
+def _default(cls, key):
+  """A constructor's default of `key` (the kind's own, else the base Evaluator's)."""
+  for klass in cls.__mro__:
+    params = inspect.signature(klass.__init__).parameters
+    if key in params:
+      return params[key].default
+  raise KeyError(key)
+
+
 def test_entries_take_their_kinds_defaults_and_only_their_keys():
-  spec = common.fields("probe", {"kind": "linear", "linear_steps": 7})
-  assert spec.linear_steps == 7 and spec.linear_batch == linear.Linear.FIELDS["linear_batch"]
-  assert spec.every_steps == common.common_fields()["every_steps"] and spec.init == "trained"
-  assert "knn_k" not in spec and "test_clips" not in spec  # other kinds' fields
-  spec = common.fields("mv", {"kind": "multiview"})
-  assert spec.test_crops == 3 and spec.linear_steps == 300
+  cls, kw = common.fields("probe", {"kind": "linear", "linear_steps": 7})
+  assert cls is linear.Linear and kw["linear_steps"] == 7
+  assert kw["linear_batch"] == _default(linear.Linear, "linear_batch")
+  assert kw["every_steps"] == _default(common.Evaluator, "every_steps") and kw["init"] == "trained"
+  assert "knn_k" not in kw and "test_clips" not in kw and "kind" not in kw  # not its fields
+  ev = common.build("probe", {"kind": "linear", "linear_steps": 7})
+  assert (ev.linear_steps, ev.linear_batch, ev.name) == (7, kw["linear_batch"], "probe")
+  cls, kw = common.fields("mv", {"kind": "multiview"})
+  assert kw["test_crops"] == _default(multiview.Multiview, "test_crops")
+  assert kw["linear_steps"] == _default(linear.Linear, "linear_steps")
   with pytest.raises(ValueError, match="unknown key 'knn_k' for kind 'linear'"):
     common.fields("probe", {"kind": "linear", "knn_k": 5})
   with pytest.raises(ValueError, match="config.evals.probe.linear_steps: .*type"):
     common.fields("probe", {"kind": "linear", "linear_steps": "many"})
+  with pytest.raises(ValueError, match="config.evals.probe.eval_resize: .*type"):
+    common.fields("probe", {"kind": "linear", "eval_resize": "big"})
+
+
+def test_each_kind_checks_its_fields_in_its_constructor():
+  with pytest.raises(ValueError, match=r"config.evals.k.knn_vote must be one of \['majority', "
+                     r"'weighted'\], got 'mean'"):
+    common.build("k", {"kind": "knn", "knn_vote": "mean"})
+  with pytest.raises(ValueError, match="config.evals.m.test_crops must be one of"):
+    common.build("m", {"kind": "multiview", "test_crops": 2})
+  with pytest.raises(ValueError, match="config.evals.l.num_crops must be one of"):
+    common.build("l", {"kind": "linear", "num_crops": 2})
+  with pytest.raises(ValueError, match="config.evals.l.every_steps must be >= 1"):
+    common.build("l", {"kind": "linear", "every_steps": 0})
+  with pytest.raises(ValueError, match="config.evals.l.init must be one of"):
+    common.build("l", {"kind": "linear", "init": "imagenet"})
+
+
+def test_the_evaluate_job_builds_its_mode_from_config_evaluate():
+  """config.evaluate's knn_* fields become the mode's keyword arguments; unset, the
+  evaluator's own defaults (one place for each)."""
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import evaluate  # pylint: disable=import-outside-toplevel
+  c = config_lib.evaluate_config()
+  c.evaluate.mode = "knn"
+  ev = evaluate._mode_evaluator(c)  # pylint: disable=protected-access
+  for key in ("num_clips", "num_crops", "knn_k", "knn_vote", "knn_temperature", "recall_ks"):
+    assert getattr(ev, key) == _default(knn.KNN, key), key
+  assert ev.batch_size == c.evaluate.batch_size
+  c.evaluate.update(knn_clips=5, knn_crops=3, knn_k=7, knn_vote="majority", recall_ks=(1, 2))
+  ev = evaluate._mode_evaluator(c)  # pylint: disable=protected-access
+  assert (ev.num_clips, ev.num_crops, ev.knn_k, ev.knn_vote, ev.recall_ks) == (
+      5, 3, 7, "majority", (1, 2))
+  c.evaluate.mode = "linear"  # the views, not the knn-only fields
+  ev = evaluate._mode_evaluator(c)  # pylint: disable=protected-access
+  assert (ev.num_clips, ev.num_crops) == (5, 3) and not hasattr(ev, "knn_k")
+  c.evaluate.knn_crops = 2
+  with pytest.raises(ValueError, match="num_crops must be one of"):
+    evaluate.validate(c)
 
 
 def test_unknown_key_names_the_nearest_valid_key():

@@ -74,7 +74,7 @@ def test_bad_value_stops_the_jobs_and_the_pipeline(data_dir):
     c.random_init = True
     c.data.label_fraction = 1.5
     with pytest.raises(ValueError, match=r'data\.label_fraction.*\(0, 1\]'):
-      config_lib.validate_downstream(c, c.job)
+      F.validate_downstream(c, c.job)
 
 
 # ---------------------------------------------------------------- through the pipeline
@@ -173,6 +173,22 @@ def test_eval_split_and_pretraining_read_every_video(data_dir):
                                  process_index=0, process_count=1)
   pre = np.concatenate([next(it)['index'] for _ in range(VIDEOS // 4)])
   assert len(set(pre.tolist())) == VIDEOS  # pretraining's first epoch: all 32 videos
+
+
+def test_pretraining_evaluators_read_every_train_video_other_jobs_the_subset(data_dir):
+  """The job says which train split its evaluators read (data.label_fraction = 0.25: 8 of
+  32 videos): pretraining's every video, the evaluate job's the labelled subset."""
+  from cvrl import objectives  # pylint: disable=import-outside-toplevel
+  from cvrl.core import parallel  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import evaluate, pretrain  # pylint: disable=import-outside-toplevel
+  c = config_lib.pretrain_config('cvrl')
+  c.data = _cfg(data_dir, label_fraction=0.25)
+  mesh = parallel.make_mesh()
+  for splits, want in ((pretrain._eval_splits(c, mesh, objectives.get(c)), VIDEOS),  # pylint: disable=protected-access
+                       (evaluate._splits(c, mesh, c.model), 8)):  # pylint: disable=protected-access
+    ids = [int(i) for b in splits.batches('train', 1, 1, 8)
+           for i, m in zip(b['index'], b['mask']) if m > 0]
+    assert len(ids) == len(set(ids)) == want
 
 
 def test_epochs_count_the_subset(data_dir):

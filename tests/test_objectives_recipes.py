@@ -206,8 +206,9 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
 
   model, meta = classifier_io.load_classifier(os.path.join(str(workdir), "probe"), mesh)
   assert meta["model"]["input"] == "dif" and model.encoder.input_mode == "dif"
-  views = next(iter(common.split_batches(config, mesh, "eval", 2, 1, 8,
-                                         ml_collections.ConfigDict(meta["model"]))))
+  splits = common.Splits(config.data, mesh, int(config.seed),
+                         models.extra_frames(ml_collections.ConfigDict(meta["model"])))
+  views = next(iter(splits.batches("eval", 2, 1, 8)))
   assert views["video"].shape[1:3] == (2, t + 1)
 
 

@@ -144,7 +144,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   pr.optim.base_lr = 1.0
 
   def run_probe(config, workdir):
-    make, enc, mc, _ = tasks.encoder_source(config, mesh)
+    make, enc, mc, _ = F.encoder_source(config, mesh)
     batches, _ = probe._datasets(config, int(config.seed), mesh, mc)  # pylint: disable=protected-access
     return probe.train_probe(enc, config, mesh, num_classes=4, train_batches=batches,
                              total_steps=4, warmup_steps=1, steps_per_epoch=3, workdir=workdir,

@@ -9,6 +9,7 @@ from _downstream_toys import tiny_data
 from cvrl.models.heads import EncoderHead
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.eval import common
 from cvrl.eval import features as F
 from cvrl.eval import multiview
 from cvrl.jobs import evaluate
@@ -80,7 +81,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   work = tmp_path_factory.mktemp("runs")
   e = tiny_data(config_lib.evaluate_config(), tmp_path_factory.mktemp("synthetic"))
-  e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2)
+  e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2, recall_ks=(1, 5, 10, 20))
   mesh = parallel.make_mesh()
 
   # A trained classifier as probe / finetune leave it in their workdir.
@@ -89,7 +90,9 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   run_dir = str(work / "probe")
   classifier_io.save_classifier(run_dir, model, e.model, num_classes=4, normalize=True,
                                 dropout=0.3, source={"init": "test"})
-  in_process = multiview.evaluate_classifier(model, e, mesh, str(work / "in_process"))
+  splits = common.Splits(e.data, mesh, int(e.seed))
+  in_process = multiview.evaluate_classifier(model, splits, str(work / "in_process"),
+                                             multiview.Test.of(e.evaluate))
   e.evaluate.run_dir = run_dir
   e.evaluate.fuse_with = str(work / "in_process" / "scores.npz")
   ev = evaluate.run(e, str(work / "eval"))
@@ -141,7 +144,7 @@ def test_linear_evaluator_head_fits_separable_features():
   """The 'linear' evaluator's classifier on cached features (the engine's FeatureHeadTask
   fit): held-out clusters classified, its forward pass Dense(f / ||f||) in numpy."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from cvrl.eval import common, linear  # pylint: disable=import-outside-toplevel
+  from cvrl.eval import linear  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 16)) * 3
 
@@ -150,9 +153,7 @@ def test_linear_evaluator_head_fits_separable_features():
     x = (centres[y] + rng.normal(size=(n, 16))).astype(np.float32)
     return F.SplitOutputs(x, y.astype(np.int64), np.arange(n))
   train, test = split(128), split(64)
-  spec = common.fields("probe", dict(kind="linear", linear_steps=100, linear_batch=32,
-                                     linear_lr=1.0))
-  head = linear.fit_head(train, 4, spec, seed=0)
+  head = linear.fit_head(train, 4, normalize=True, steps=100, batch=32, lr=1.0, seed=0)
   logits = np.asarray(nnx.jit(lambda h, x: h(x))(head, test.values))
   assert np.mean(logits.argmax(1) == test.labels) > 0.9
   f = test.values / np.linalg.norm(test.values, axis=1, keepdims=True)

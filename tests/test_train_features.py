@@ -18,7 +18,7 @@ def test_awkward_count_on_8_devices_counts_every_video_once():
   head = LinearClassifier(8, 4, normalize=False, rngs=nnx.Rngs(1))
   model = EncoderHead(enc, head)
   batches, video, label = video_batches(13, 8, views=6, pad=True)  # 8 + 5 real, 3 padding
-  out = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), mesh, batches)
+  out = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), batches)
   assert len(out) == 13
   np.testing.assert_array_equal(np.sort(out.index), np.arange(13))
   # Independent numpy: inference-mode encoder, dense head, softmax per view, mean over views.
@@ -37,7 +37,7 @@ def test_feature_mean_and_module_state_untouched():
   enc = tiny_encoder(seed=3)
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
   batches, video, _ = video_batches(16, 8, views=3)
-  out = F.run_split(F.ViewRunner(enc, mesh, "mean"), mesh, batches)
+  out = F.run_split(F.ViewRunner(enc, mesh, "mean"), batches)
   want = np.mean([encoder_numpy(enc, video[:, v]) for v in range(3)], axis=0)
   np.testing.assert_allclose(out.values, want, rtol=1e-4, atol=1e-6)
   after = nnx.to_pure_dict(nnx.state(enc))

@@ -150,7 +150,7 @@ def test_probe_learns_a_linearly_decodable_label_and_generalises(tmp_path):
                         total_steps=60, warmup_steps=5, steps_per_epoch=1,
                         make_encoder=tiny_arch(16))
     model = EncoderHead(enc, head)
-    probs = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"), mesh,
+    probs = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"),
                         [{"video": test_v[i:i + 16], "label": test_y[i:i + 16]}
                          for i in range(0, 64, 16)]).values
     assert np.mean(probs.argmax(1) == test_y) > 0.9, extract

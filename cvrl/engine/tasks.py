@@ -2,9 +2,9 @@
 linear probe) and the linear probe on cached features.
 
 A task declares the model, what trains, the loss, the data and the optimizer's parameter
-groups (cvrl.engine.loop.Task); nothing here saves or logs, and the only loop is
-`FeatureHeadTask.fit`, the in-memory fit of a head on cached features (the 'linear'
-evaluator's).
+groups (cvrl.engine.loop.Task); nothing here saves or logs. `FeatureHeadTask.fit`, the
+in-memory fit of a head on cached features (the 'linear' evaluator's), drives the
+engine's own train step, so there is one update rule.
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cvrl.models.heads import LinearClassifier
+from cvrl.core import parallel
+from cvrl.engine import input as input_lib
 from cvrl.engine import loop as engine
 from cvrl.engine import optim
-from cvrl.engine import input as input_lib
 from cvrl.engine import pictures
-from cvrl.models.heads import EncoderHead
+from cvrl.engine import state as state_lib
+from cvrl.models.heads import EncoderHead, LinearClassifier
 
 
 class PretrainTask(engine.Task):
@@ -161,26 +162,18 @@ class FeatureHeadTask(engine.Task):
     raise ValueError("a probe on cached features has no encoder to evaluate")
 
   def fit(self, total_steps: int, warmup_steps: int) -> LinearClassifier:
-    """The head trained in memory on `batches(0)` on this host's default device, the
-    engine's loss and optimizer without its checkpoints, logs or mesh: the linear fit an
+    """The head trained in memory on `batches(0)` on this host's first device by the
+    engine's own train step, without its checkpoints, logs or hooks: the linear fit an
     evaluator runs between pretraining steps."""
-    graphdef, params = nnx.split(self.make_model())
-    tx, _, _ = self.optimizer(total_steps, warmup_steps)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-      def loss_fn(p):
-        return self.loss(nnx.merge(graphdef, p), batch, step=None, rng=None)[0]
-      grads = jax.grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
-
-    opt_state = tx.init(params)
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    tx, schedule, _ = self.optimizer(total_steps, warmup_steps)
+    graphdef, state = state_lib.create(self.make_model, self.trainable, tx, mesh)
+    step = engine.make_train_step(self, graphdef, tx, schedule, mesh, int(self.config.seed))
     batches, _ = self.batches(batch_size=int(self.config.batch_size), start_step=0,
                               process_index=0, process_count=1)
     for _ in range(int(total_steps)):
-      params, opt_state = step(params, opt_state, next(batches))
-    return nnx.merge(graphdef, params)
+      state, _ = step(state, next(batches))
+    return engine.current_model(graphdef, state)
 
 
 def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,
@@ -203,46 +196,3 @@ def permuted_batches(feats: np.ndarray, labels: np.ndarray, batch: int, seed: in
       order = np.concatenate([order, rng.permutation(len(labels))])
     take, order = order[:batch], order[batch:]
     yield {"features": feats[take], "label": labels[take]}
-
-
-# ------------------------------------------------------------------ downstream inputs
-
-def encoder_source(config, mesh):
-  """(make_encoder, encoder_init, model config, provenance) of a downstream job's encoder.
-
-  `config.pretrained`: the checkpoint's encoder (architecture from its stored config)
-  becomes `encoder_init`; `random_init`: `config.model` built with `config.seed`
-  (encoder_init None: the engine's fresh init is that encoder).
-  """
-  # pylint: disable=import-outside-toplevel
-  from cvrl.models import build_encoder
-  from cvrl.eval import features as F
-  seed = int(config.seed)
-  if config.get("random_init"):
-    model_config = config.model
-    return (lambda: build_encoder(model_config, nnx.Rngs(seed)), None, model_config,
-            {"init": "random", "checkpoint": None, "seed": seed})
-  encoder, model_config, source = F.load_encoder(config, mesh)
-  return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, source
-
-
-def train_stream(config, mesh, model_config) -> Callable[..., Iterator[dict]]:
-  """start_step -> this host's augmented training batches of the downstream data from that
-  step (clips of the frames the encoder of `model_config` takes: T + 1 for DIF)."""
-  # pylint: disable=import-outside-toplevel
-  from cvrl.core import parallel
-  from cvrl.data import pipeline
-  from cvrl.models import extra_frames
-  local = parallel.local_batch_size(int(config.batch_size), mesh)
-  sampler = {"name": "single", "extra_frames": extra_frames(model_config)}
-
-  def batches(start_step: int = 0):
-    ds = pipeline.build_dataset(config.data, sampler=sampler, train=True, batch_size=local,
-                                seed=int(config.seed), start_step=int(start_step),
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-    return pipeline.iterate(ds, batches.stats)
-  # The stream's skipped-record counts (bad labels under data.bad_label='skip', ...): the
-  # engine logs them as data_* like pretraining's.
-  batches.stats = pipeline.PipelineStats()
-  return batches

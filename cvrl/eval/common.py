@@ -1,79 +1,93 @@
 """Evaluators: what a frozen encoder's features are worth, during pretraining or on a checkpoint.
 
 An evaluator kind K is the module `cvrl.eval.K`, found by name (importlib): it defines
-one `Evaluator` subclass, with its own default fields (`FIELDS`), checks, headline
-metrics and `evaluate(encoder)`. A new evaluator is one new file in cvrl/eval/. The kinds
-here: 'knn' (retrieval recall@k and kNN top-1), 'linear' (a linear classifier on cached
-features) and 'multiview' (that classifier under CVRL's multi-view test).
+one `Evaluator` subclass whose constructor is its config schema,
+`Evaluator(make_encoder, splits, name=..., **fields)`: the encoder maker (for
+`init='random'`) and the labelled splits it reads (`Splits`) are given by the job; its
+fields are keyword arguments with their defaults and checks in its own module; it
+names its headline metrics and implements `evaluate(encoder)`. A new evaluator is one new
+file in cvrl/eval/. The kinds here: 'knn' (retrieval recall@k and kNN top-1), 'linear' (a
+linear classifier on cached features) and 'multiview' (that classifier under CVRL's
+multi-view test).
 
 `config.evals` maps a name to a plain dict (or ConfigDict) of fields: `kind`, and any of
-the kind's fields (`COMMON_FIELDS` and the kind's `FIELDS`; the rest take their
-defaults; an unknown key is an error naming the nearest valid one). `init='random'`
-evaluates a random-init encoder of the same architecture instead (the baseline
-pretraining has to beat), once, at the end. The pretraining engine runs every evaluator
-at step 0, every `every_steps` and at the end. The evaluate job runs them on a
-checkpoint, and takes any kind as its `config.evaluate.mode` (`Evaluator.run_job`).
-
-This module also holds what the kinds share: the batches and features of a whole split
-and the eval config an evaluator's spec builds.
+the kind's constructor's fields (the rest take their defaults; an unknown key is an error
+naming the nearest valid one); `build` turns an entry into the evaluator once.
+`init='random'` evaluates a random-init encoder of the same architecture instead (the
+baseline pretraining has to beat), once, at the end. The pretraining engine runs every
+evaluator at step 0, every `every_steps` and at the end; the evaluate job runs them on a
+checkpoint, or one kind as its `config.evaluate.mode`.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import inspect
 import pkgutil
-from typing import Callable
+import typing
+from typing import Any, Callable
 
 import ml_collections
 from ml_collections import config_dict
 from flax import nnx
 
-from cvrl.config_lib import eval_fields
 from cvrl.core import parallel
+from cvrl.data import pipeline
 from cvrl.eval import features as F
-from cvrl.models import create, extra_frames
+from cvrl.models import create
 
 PACKAGE = "cvrl.eval"
 INITS = ("trained", "random")
+# The constructor's arguments the job gives; every other keyword argument is a field.
+RUNTIME = ("self", "make_encoder", "splits", "name")
 
 
-def common_fields() -> dict:
-  """The fields every kind has: cadence, which encoder, batch and test size."""
-  return dict(
-      kind="",
-      every_steps=1000,    # also at step 0 and at the end of pretraining
-      init="trained",      # 'random': a random-init encoder of the same architecture
-      batch_size=16,       # global, in videos
-      eval_resize=config_dict.placeholder(int),  # None: the pretraining's crop_size
-      eval_crop_size=config_dict.placeholder(int))
+# ----------------------------------------------------------------------------- splits
 
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """The labelled splits an evaluator reads, multi-view and deterministic.
 
-# ---------------------------------------------------------------------------- batches
+  `data`: the job's config.data (its eval_resize / eval_crop_size size the views);
+  `mesh`: the devices the features are computed on; `seed`: the multi-view sampler's;
+  `extra_frames`: frames a clip takes beyond data.num_frames for the encoder
+  (cvrl.models.extra_frames: 1 for DIF); `label_fraction`: of the train split (None:
+  data.label_fraction; pretraining passes 1.0, its evaluators use every train video).
+  """
+  data: Any
+  mesh: Any
+  seed: int = 0
+  extra_frames: int = 0
+  label_fraction: float | None = None
 
-def split_batches(config, mesh, split: str, num_clips: int, num_crops: int, batch_size: int,
-                  model_config=None):
-  """Host batches of a whole split, multi-view, deterministic, padded with mask 0: clips
-  of the frames the encoder of `model_config` takes (None: config.model; T + 1 for DIF)."""
-  from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
-  model_config = config.model if model_config is None else model_config
-  ds = pipeline.build_dataset(
-      config.data, sampler={"name": "multiview", "num_clips": num_clips, "num_crops": num_crops,
-                            "extra_frames": extra_frames(model_config)},
-      train=False, batch_size=parallel.local_batch_size(batch_size, mesh),
-      seed=int(config.seed), split=split,
-      # Pretraining's evaluators use every train video (pretraining ignores label_fraction);
-      # elsewhere a labelled train split is the data.label_fraction subset.
-      label_fraction=1.0 if config.get("job") == "pretrain" else None)
-  return pipeline.iterate(ds)
+  def sized(self, resize: int | None, crop: int | None) -> Splits:
+    """These splits tested at `resize` / `crop` (None: the data's crop_size)."""
+    data = ml_collections.ConfigDict(self.data.to_dict())
+    data.eval_resize = int(resize or data.crop_size)
+    data.eval_crop_size = int(crop or data.crop_size)
+    return dataclasses.replace(self, data=data)
 
+  @property
+  def num_classes(self) -> int:
+    return F.num_classes(self.data)
 
-def split_features(encoder, config, mesh, model_config=None, splits=("train", "eval")):
-  """{split: SplitOutputs} of `encoder`'s view-averaged features (config.evaluate's knn
-  views), one row per video."""
-  e = config.evaluate
-  runner = F.ViewRunner(encoder, mesh, reduce="mean", data_config=config.data)
-  args = (int(e.knn_clips), int(e.knn_crops), int(e.batch_size), model_config)
-  return {s: F.run_split(runner, mesh, split_batches(config, mesh, s, *args)) for s in splits}
+  def batches(self, split: str, num_clips: int, num_crops: int, batch_size: int):
+    """Host batches of a whole split, padded with mask 0: `num_clips` x `num_crops` views
+    of T + extra_frames frames per video; `batch_size` global."""
+    ds = pipeline.build_dataset(
+        self.data, sampler={"name": "multiview", "num_clips": num_clips,
+                            "num_crops": num_crops, "extra_frames": self.extra_frames},
+        train=False, batch_size=parallel.local_batch_size(batch_size, self.mesh),
+        seed=self.seed, split=split, label_fraction=self.label_fraction)
+    return pipeline.iterate(ds)
+
+  def features(self, encoder, num_clips: int, num_crops: int, batch_size: int,
+               splits=("train", "eval")) -> dict[str, F.SplitOutputs]:
+    """{split: SplitOutputs} of `encoder`'s view-averaged features, one row per video."""
+    runner = F.ViewRunner(encoder, self.mesh, reduce="mean", data_config=self.data)
+    return {s: F.run_split(runner, self.batches(s, num_clips, num_crops, batch_size))
+            for s in splits}
 
 
 # ------------------------------------------------------------------------- evaluators
@@ -81,92 +95,51 @@ def split_features(encoder, config, mesh, model_config=None, splits=("train", "e
 class Evaluator:
   """One `config.evals` entry: `due(step, total)`, `__call__(encoder, step) -> metrics`.
 
-  A kind's subclass declares FIELDS (its own fields and defaults), `headline` (the
-  metrics its log line shows) and `evaluate(encoder)`; it may add `check` (its fields'
-  checks), `evaluate_fields` (the config.evaluate fields its spec sets for the shared
-  functions) and the evaluate job's `validate_job` / `run_job`.
+  A kind's subclass takes its own fields as keyword arguments (defaults and checks in its
+  constructor), passes the rest here, declares `headline` (the metrics its log line shows)
+  and implements `evaluate(encoder)`. `make_encoder` and `splits` may be None where the
+  evaluator is only checked (a config's validation, before any device work).
   """
-  FIELDS: dict = {}
   headline: tuple = ()
 
-  def __init__(self, name: str, spec, config, mesh, model_config,
-               make_encoder: Callable[[], nnx.Module] | None = None):
-    self.name, self.spec, self.mesh = name, spec, mesh
-    self.kind = spec.kind
-    self.model_config = model_config
-    self.make_encoder = make_encoder
-    self.seed = int(config.get("seed", 0))
-    self.config = eval_config(config, spec, self.evaluate_fields())
-
-  @classmethod
-  def defaults(cls, kind: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(common_fields(), **cls.FIELDS, kind=kind))
-
-  @classmethod
-  def check(cls, name: str, spec) -> None:
-    """Raises ValueError on a bad field of `spec` (config.evals.<name>)."""
-    check_choice(name, spec, "init", INITS)
-    if int(spec.every_steps) < 1:
-      raise ValueError(f"config.evals.{name}.every_steps must be >= 1, got {spec.every_steps}")
-
-  def evaluate_fields(self) -> dict:
-    """config.evaluate fields this evaluator's spec sets (beside batch_size)."""
-    return {}
+  def __init__(self, make_encoder: Callable[[], nnx.Module] | None, splits: Splits | None, *,
+               name: str = "", every_steps: int = 1000, init: str = "trained",
+               batch_size: int = 16, eval_resize: int | None = None,
+               eval_crop_size: int | None = None):
+    """every_steps: also at step 0 and at the end of pretraining; init 'random': a random-init
+    encoder of the same architecture; batch_size: global, in videos; eval_resize /
+    eval_crop_size: the test views' size (None: the data's crop_size)."""
+    self.name, self.make_encoder = name, make_encoder
+    check_choice(name, "init", init, INITS)
+    if int(every_steps) < 1:
+      raise ValueError(f"config.evals.{name}.every_steps must be >= 1, got {every_steps}")
+    self.every_steps, self.init, self.batch_size = int(every_steps), init, int(batch_size)
+    self.splits = None if splits is None else splits.sized(eval_resize, eval_crop_size)
 
   def evaluate(self, encoder: nnx.Module) -> dict:
     raise NotImplementedError
 
+  def report(self, encoder: nnx.Module) -> tuple[dict, tuple]:
+    """(metrics, headline keys) as the evaluate job's mode reports them."""
+    return self.evaluate(encoder), self.headline
+
   def due(self, step: int, total: int) -> bool:
-    if self.spec.init == "random":
+    if self.init == "random":
       return step == total
-    return step == 0 or step == total or step % int(self.spec.every_steps) == 0
+    return step == 0 or step == total or step % self.every_steps == 0
 
   def __call__(self, encoder: nnx.Module, step: int | None = None) -> dict:
-    if self.spec.init == "random":
+    if self.init == "random":
       if self.make_encoder is None:
         raise ValueError(f"evaluator {self.name}: init='random' needs the architecture")
-      encoder = create(self.make_encoder, out_shardings=parallel.replicated(self.mesh))
+      encoder = create(self.make_encoder, out_shardings=parallel.replicated(self.splits.mesh))
     return self.evaluate(encoder)
 
-  # The evaluate job with config.evaluate.mode = this kind.
-  @classmethod
-  def validate_job(cls, config) -> None:
-    if not config.get("pretrained") and not config.get("random_init"):
-      raise ValueError(f"evaluate: mode {config.evaluate.mode!r} needs "
-                       "config.pretrained=<checkpoint dir> or config.random_init=True")
 
-  @classmethod
-  def run_job(cls, config, mesh, workdir: str) -> dict:
-    """{metrics, checkpoint, step, headline}: this kind at its defaults (the batch size
-    config.evaluate's) on the encoder of config.pretrained / random_init."""
-    del workdir
-    encoder, model_config, source = F.load_encoder(config, mesh)
-    spec = cls.defaults(config.evaluate.mode)
-    spec.batch_size = int(config.evaluate.batch_size)
-    metrics = cls(spec.kind, spec, config, mesh, model_config)(encoder)
-    return {"metrics": metrics, "checkpoint": source, "step": source.get("step"),
-            "headline": cls.headline}
-
-
-def check_choice(name: str, spec, key: str, choices) -> None:
-  if spec[key] not in choices:
+def check_choice(name: str, key: str, value, choices) -> None:
+  if value not in choices:
     raise ValueError(f"config.evals.{name}.{key} must be one of {list(choices)}, "
-                     f"got {spec[key]!r}")
-
-
-def eval_config(config, spec, evaluate_fields: dict) -> ml_collections.ConfigDict:
-  """The `data` / `model` / `evaluate` / `seed` fields the shared evaluation functions
-  read, for `spec` on the data of `config` (test at the training crop size unless told
-  otherwise); `evaluate_fields`: the kind's."""
-  c = ml_collections.ConfigDict()
-  c.seed = int(config.get("seed", 0))
-  c.data = ml_collections.ConfigDict(config.data.to_dict())
-  c.data.eval_resize = int(spec.eval_resize or config.data.crop_size)
-  c.data.eval_crop_size = int(spec.eval_crop_size or config.data.crop_size)
-  c.model = ml_collections.ConfigDict(config.model.to_dict())
-  c.evaluate = eval_fields()
-  c.evaluate.update(batch_size=int(spec.batch_size), save_scores=False, **evaluate_fields)
-  return c
+                     f"got {value!r}")
 
 
 # ---------------------------------------------------------------------------- registry
@@ -204,36 +177,47 @@ def get(kind, where: str = "kind") -> type[Evaluator]:
   return cls
 
 
-def fields(name: str, spec) -> ml_collections.ConfigDict:
-  """The fields of `config.evals.<name>`: its kind's defaults with `spec`'s values."""
+def defaults(cls: type[Evaluator]) -> ml_collections.ConfigDict:
+  """A kind's fields at their defaults: the keyword arguments of its constructors (a
+  subclass's, then those it passes up); a None default takes a value of its annotation."""
+  out = {}
+  for klass in reversed([k for k in cls.__mro__ if "__init__" in vars(k)][:-1]):
+    hints = typing.get_type_hints(klass.__init__)
+    for p in inspect.signature(klass.__init__).parameters.values():
+      if p.name not in RUNTIME and p.default is not inspect.Parameter.empty:
+        out[p.name] = (p.default if p.default is not None
+                       else config_dict.placeholder(typing.get_args(hints[p.name])[0]))
+  return ml_collections.ConfigDict(out)
+
+
+def fields(name: str, spec) -> tuple[type[Evaluator], dict]:
+  """(the kind's class, its keyword arguments) of `config.evals.<name>`: its defaults with
+  `spec`'s values, typed as the defaults."""
   cls = get(spec.get("kind"), f"config.evals.{name}.kind")
-  out = cls.defaults(spec["kind"])
+  out = defaults(cls)
   for key in spec.keys():
-    if key not in out:
-      near = difflib.get_close_matches(key, list(out), n=1)
+    if key not in out and key != "kind":
+      near = difflib.get_close_matches(key, list(out) + ["kind"], n=1)
       hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {sorted(out)}"
       raise ValueError(f"config.evals.{name}: unknown key {key!r} for kind {spec['kind']!r}; "
                        f"{hint}")
   for key, value in spec.items():
     try:
-      out[key] = value
+      if key != "kind":
+        out[key] = value
     except TypeError as e:  # a value of the wrong type for the kind's default
       raise ValueError(f"config.evals.{name}.{key}: {e}") from None
-  return out
+  return cls, out.to_dict()
 
 
-def validate(config) -> None:
-  """`config.evals` entries: known kinds and keys, each kind's checks."""
-  for name, spec in (config.get("evals") or {}).items():
-    spec = fields(name, spec)
-    get(spec.kind).check(name, spec)
+def build(name: str, spec, make_encoder=None, splits: Splits | None = None) -> Evaluator:
+  """The evaluator of `config.evals.<name>` (checked; with make_encoder / splits None it can
+  only be checked)."""
+  cls, kwargs = fields(name, spec)
+  return cls(make_encoder, splits, name=name, **kwargs)
 
 
-def from_config(config, mesh, model_config, make_encoder=None) -> list[Evaluator]:
-  """The evaluators `config.evals` names, in name order."""
-  evals = config.get("evals") or {}
-  out = []
-  for name in sorted(evals):
-    spec = fields(name, evals[name])
-    out.append(get(spec.kind)(name, spec, config, mesh, model_config, make_encoder))
-  return out
+def from_config(evals, make_encoder=None, splits: Splits | None = None) -> list[Evaluator]:
+  """The evaluators `evals` (config.evals) names, in name order."""
+  evals = evals or {}
+  return [build(name, evals[name], make_encoder, splits) for name in sorted(evals)]

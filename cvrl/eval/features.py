@@ -23,8 +23,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec as P
 
 from cvrl import config_lib
+from cvrl import objectives
 from cvrl.core import parallel
-from cvrl.data import device, sources
+from cvrl.data import device, pipeline, sources, subset
+from cvrl.engine import checkpoint
+from cvrl.engine import optim
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
 
@@ -34,19 +37,9 @@ REDUCTIONS = ("mean", "softmax_mean")
 # ----------------------------------------------------------------------- global batches
 # The mesh is cvrl.core.parallel's: Mesh(('data',)) over every device of every host.
 
-def to_global(mesh: Mesh, x: np.ndarray) -> jax.Array:
-  """A host-local numpy batch -> the global array sharded over 'data'."""
-  return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), np.asarray(x))
-
-
 # What of a host batch goes to the devices to make the clips: uint8 (or float32) video
 # and, for augmented training views, the photometric parameters (cvrl.data.device).
 CLIP_KEYS = ("video", device.PHOTOMETRIC_KEY)
-
-
-def clip_inputs(mesh: Mesh, batch: dict) -> dict:
-  """The global arrays `clips` needs, from a host batch."""
-  return {k: to_global(mesh, batch[k]) for k in CLIP_KEYS if k in batch}
 
 
 def clips(inputs: dict, data_config) -> jax.Array:
@@ -60,12 +53,12 @@ def frozen_config(data_config):
   return None if data_config is None else ml_collections.FrozenConfigDict(data_config)
 
 
-def to_host_local(mesh: Mesh, x: jax.Array) -> np.ndarray:
-  """This host's rows of a batch-sharded global array."""
+def to_host_local(x: jax.Array) -> np.ndarray:
+  """This host's rows of a global array sharded over its mesh's 'data' axis."""
   if jax.process_count() == 1:
     return np.asarray(x)
   return np.asarray(multihost_utils.global_array_to_host_local_array(
-      x, mesh, P(parallel.DATA_AXIS)))
+      x, x.sharding.mesh, P(parallel.DATA_AXIS)))
 
 
 def gather_hosts(x: np.ndarray) -> np.ndarray:
@@ -101,9 +94,6 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
     encoder = create(lambda: build_encoder(model_config, nnx.Rngs(int(config.seed))),
                      out_shardings=parallel.replicated(mesh))
     return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
-  # pylint: disable=import-outside-toplevel
-  from cvrl import objectives
-  from cvrl.engine import checkpoint
   # The step itself (None: the newest that restores), so that results name the checkpoint.
   step, pre_config, model = checkpoint.restore_pretrained(
       config.pretrained, config.get("pretrained_step"), sharding=parallel.replicated(mesh))
@@ -111,6 +101,41 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
   model_config = objectives.get(pre_config).encoder_config()
   return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
                                  "step": int(step)}
+
+
+def encoder_source(config, mesh: Mesh):
+  """(make_encoder, encoder_init, model config, provenance) of a downstream job's encoder.
+
+  `config.pretrained`: the checkpoint's encoder (architecture from its stored config)
+  becomes `encoder_init`; `random_init`: `config.model` built with `config.seed`
+  (encoder_init None: the engine's fresh init is that encoder).
+  """
+  seed = int(config.seed)
+  if config.get("random_init"):
+    model_config = config.model
+    return (lambda: build_encoder(model_config, nnx.Rngs(seed)), None, model_config,
+            {"init": "random", "checkpoint": None, "seed": seed})
+  encoder, model_config, source = load_encoder(config, mesh)
+  return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, source
+
+
+def train_stream(data, mesh: Mesh, *, batch_size: int, seed: int, extra_frames: int
+                 ) -> Callable[..., Iterable[dict]]:
+  """start_step -> this host's augmented training batches of `data` (config.data) from that
+  step, `batch_size` global; clips of T + `extra_frames` frames (1 for a DIF encoder)."""
+  local = parallel.local_batch_size(int(batch_size), mesh)
+  sampler = {"name": "single", "extra_frames": int(extra_frames)}
+
+  def batches(start_step: int = 0):
+    ds = pipeline.build_dataset(data, sampler=sampler, train=True, batch_size=local,
+                                seed=int(seed), start_step=int(start_step),
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    return pipeline.iterate(ds, batches.stats)
+  # The stream's skipped-record counts (bad labels under data.bad_label='skip', ...): the
+  # engine logs them as data_* like pretraining's.
+  batches.stats = pipeline.PipelineStats()
+  return batches
 
 
 def make_head(num_features: int, num_classes: int, *, normalize: bool, dropout: float, seed: int,
@@ -143,18 +168,21 @@ class ViewRunner:
   def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean", data_config=None):
     if reduce not in REDUCTIONS:
       raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    self.mesh = mesh
+    self.sharding = parallel.batch_sharding(mesh)
     graphdef, self.state = nnx.split(frozen(module))
-    self._apply = _view_apply(graphdef, reduce, mesh, frozen_config(data_config))
+    self._apply = _view_apply(graphdef, reduce, self.sharding, frozen_config(data_config))
 
   def __call__(self, batch: dict) -> jax.Array:
-    return self._apply(self.state, clip_inputs(self.mesh, batch))
+    """The global arrays of the batch's clips (CLIP_KEYS) through the module, reduced."""
+    inputs = {k: jax.make_array_from_process_local_data(self.sharding, np.asarray(batch[k]))
+              for k in CLIP_KEYS if k in batch}
+    return self._apply(self.state, inputs)
 
 
 @functools.lru_cache(maxsize=None)
-def _view_apply(graphdef, reduce: str, mesh: Mesh, data_config):
-  """One jit'd function per (architecture, reduction, mesh, data config): models of the
-  same architecture (a checkpoint and its random baseline) share the compilation."""
+def _view_apply(graphdef, reduce: str, sharding, data_config):
+  """One jit'd function per (architecture, reduction, output sharding, data config):
+  models of the same architecture (a checkpoint and its random baseline) share it."""
   def apply(state, inputs):
     views = jnp.moveaxis(clips(inputs, data_config), 1, 0)  # [V, B, ...]
     out = jax.lax.map(lambda clips: nnx.merge(graphdef, state)(clips), views)
@@ -162,7 +190,7 @@ def _view_apply(graphdef, reduce: str, mesh: Mesh, data_config):
     if reduce == "softmax_mean":
       out = jax.nn.softmax(out, axis=-1)
     return jnp.mean(out, axis=0)
-  return jax.jit(apply, out_shardings=parallel.batch_sharding(mesh))
+  return jax.jit(apply, out_shardings=sharding)
 
 
 @dataclasses.dataclass
@@ -177,7 +205,7 @@ class SplitOutputs:
     return len(self.labels)
 
 
-def run_splits(runners: dict[str, Callable[[dict], jax.Array]], mesh: Mesh,
+def run_splits(runners: dict[str, Callable[[dict], jax.Array]],
                batches: Iterable[dict], max_batches: int | None = None,
                all_hosts: bool = True) -> dict[str, SplitOutputs]:
   """Runs every runner on each host batch (one pass of the input pipeline for all).
@@ -200,7 +228,7 @@ def run_splits(runners: dict[str, Callable[[dict], jax.Array]], mesh: Mesh,
     masks.append(np.asarray(batch.get("mask", np.ones([n], np.float32))))
   if not labels:
     raise ValueError("the split gave no batch")
-  values = {name: np.concatenate([to_host_local(mesh, o) for o in out]) for name, out in outs.items()}
+  values = {name: np.concatenate([to_host_local(o) for o in out]) for name, out in outs.items()}
   labels, index, masks = (np.concatenate(x) for x in (labels, index, masks))
   if all_hosts:
     values = {name: gather_hosts(v) for name, v in values.items()}
@@ -211,10 +239,31 @@ def run_splits(runners: dict[str, Callable[[dict], jax.Array]], mesh: Mesh,
                              seconds) for name, v in values.items()}
 
 
-def run_split(runner: Callable[[dict], jax.Array], mesh: Mesh, batches: Iterable[dict],
+def run_split(runner: Callable[[dict], jax.Array], batches: Iterable[dict],
               max_batches: int | None = None, all_hosts: bool = True) -> SplitOutputs:
   """`run_splits` with one runner."""
-  return run_splits({"_": runner}, mesh, batches, max_batches, all_hosts)["_"]
+  return run_splits({"_": runner}, batches, max_batches, all_hosts)["_"]
+
+
+# --------------------------------------------------------------------------- checks
+
+def validate_test(e) -> None:
+  """config.evaluate's multi-view test views and batch (its mode and the mode's fields: the
+  evaluate job checks them)."""
+  if e.num_crops not in (1, 3):
+    raise ValueError(f"config.evaluate.num_crops must be 1 or 3, got {e.num_crops}")
+  if int(e.batch_size) <= 0:
+    raise ValueError(f"config.evaluate.batch_size must be > 0, got {e.batch_size}")
+
+
+def validate_downstream(config: ml_collections.ConfigDict, job: str) -> None:
+  """The checks a probe or fine-tune config shares: an encoder to start from, the
+  optimizer's fields, the test's and data.label_fraction (before compiling)."""
+  if not config.get("pretrained") and not config.get("random_init"):
+    raise ValueError(f"{job}: set config.pretrained=<checkpoint dir> or config.random_init=True")
+  optim.validate(config.optim)
+  validate_test(config.evaluate)
+  subset.label_fraction(config.data)
 
 
 # ---------------------------------------------------------------------- the data, sized

@@ -25,47 +25,48 @@ STREAM = 0x11EA
 
 
 class Linear(common.Evaluator):
-  FIELDS = dict(
-      num_clips=2, num_crops=1,  # views per video whose features are averaged
-      normalize=True,            # L2-normalised features (CVRL)
-      linear_steps=300, linear_batch=32, linear_lr=1.0)
   headline = ("top1", "top5")
 
-  @classmethod
-  def check(cls, name, spec) -> None:
-    super().check(name, spec)
-    common.check_choice(name, spec, "num_crops", (1, 3))
-
-  def evaluate_fields(self) -> dict:
-    return dict(knn_clips=int(self.spec.num_clips), knn_crops=int(self.spec.num_crops))
+  def __init__(self, make_encoder, splits, *, num_clips: int = 2, num_crops: int = 1,
+               normalize: bool = True, linear_steps: int = 300, linear_batch: int = 32,
+               linear_lr: float = 1.0, **common_fields):
+    """num_clips x num_crops: views per video whose features are averaged; normalize:
+    L2-normalised features (CVRL); the head's SGD: linear_steps minibatches of
+    linear_batch at peak rate linear_lr."""
+    super().__init__(make_encoder, splits, **common_fields)
+    common.check_choice(self.name, "num_crops", num_crops, (1, 3))
+    self.num_clips, self.num_crops, self.normalize = int(num_clips), int(num_crops), bool(normalize)
+    self.linear_steps, self.linear_batch = int(linear_steps), int(linear_batch)
+    self.linear_lr = float(linear_lr)
 
   def fit(self, encoder) -> tuple[LinearClassifier, dict]:
     """(the head fit to the train split's features, {split: SplitOutputs})."""
-    feats = common.split_features(encoder, self.config, self.mesh, self.model_config)
-    head = fit_head(feats["train"], F.num_classes(self.config.data), self.spec, self.seed)
+    feats = self.splits.features(encoder, self.num_clips, self.num_crops, self.batch_size)
+    head = fit_head(feats["train"], self.splits.num_classes, normalize=self.normalize,
+                    steps=self.linear_steps, batch=self.linear_batch, lr=self.linear_lr,
+                    seed=self.splits.seed)
     return head, feats
 
   def evaluate(self, encoder) -> dict:
     head, feats = self.fit(encoder)
     logits = np.asarray(nnx.jit(lambda h, x: h(x))(head, feats["eval"].values))
     out, _ = scores.classification_metrics(scores.softmax(logits), feats["eval"].labels,
-                                           F.num_classes(self.config.data))
+                                           self.splits.num_classes)
     return out
 
 
-def fit_head(train: F.SplitOutputs, num_classes: int, spec, seed: int) -> LinearClassifier:
-  """A LinearClassifier fit to cached features (`spec`: normalize, linear_steps,
-  linear_batch, linear_lr) by the engine's FeatureHeadTask."""
-  steps, batch = int(spec.linear_steps), int(spec.linear_batch)
+def fit_head(train: F.SplitOutputs, num_classes: int, *, normalize: bool, steps: int,
+             batch: int, lr: float, seed: int) -> LinearClassifier:
+  """A LinearClassifier fit to cached features by the engine's FeatureHeadTask: `steps`
+  SGD minibatches of `batch` at peak rate `lr`."""
   config = ml_collections.ConfigDict(dict(
       seed=int(seed), batch_size=batch,
-      optim=config_lib.optim_fields(name="sgd", base_lr=float(spec.linear_lr),
-                                    base_batch_size=batch, momentum=0.9, nesterov=False,
-                                    weight_decay=0.0, schedule="cosine")))
+      optim=config_lib.optim_fields(name="sgd", base_lr=float(lr), base_batch_size=batch,
+                                    momentum=0.9, nesterov=False, weight_decay=0.0,
+                                    schedule="cosine")))
   x, y = np.asarray(train.values, np.float32), np.asarray(train.labels, np.int32)
   task = tasks.FeatureHeadTask(
-      config, num_features=x.shape[1], num_classes=num_classes,
-      normalize=bool(spec.normalize),
+      config, num_features=x.shape[1], num_classes=num_classes, normalize=bool(normalize),
       batches=lambda s: engine.skip(
           tasks.permuted_batches(x, y, min(batch, len(y)), int(seed), STREAM), s))
   return task.fit(steps, max(1, steps // 10))

@@ -1,70 +1,63 @@
 """The 'multiview' evaluator, and CVRL's multi-view test the probe, finetune and evaluate
 jobs share.
 
-The evaluator: the 'linear' evaluator's classifier, then the multi-view test on the test
-split: every video gives `test_clips` evenly spaced clips x `test_crops` crops, the
-softmax of every view averaged per video; top-1 / top-5 and mean class accuracy. As the
-evaluate job's mode='multiview' it tests the classifier a probe or finetune job saved
-(config.evaluate.run_dir), with config.evaluate's views, and writes the report files.
+The test (`Test`, from config.evaluate in those jobs): every test video gives `num_clips`
+evenly spaced clips x `num_crops` crops, the softmax of every view averaged per video;
+top-1 / top-5 and mean class accuracy, the report files, and optionally the fusion with
+other runs' scores. The evaluator: the 'linear' evaluator's classifier, then that test
+with its own `test_clips` x `test_crops` views.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import io
 
 import jax
-import ml_collections
 import numpy as np
 
 from cvrl.core import paths
 from cvrl.models.heads import EncoderHead
-from cvrl.eval import classifier_io
 from cvrl.eval import common
 from cvrl.eval import features as F
 from cvrl.eval import linear
 from cvrl.eval import scores
 
 
-class Multiview(linear.Linear):
-  FIELDS = dict(linear.Linear.FIELDS, test_clips=10, test_crops=3)  # the test's views
+@dataclasses.dataclass(frozen=True)
+class Test:
+  """CVRL's multi-view test: views per video, global batch (videos), whether scores.npz is
+  written, other runs' scores.npz to fuse with (comma-separated) and how (`fusion_function`)."""
+  num_clips: int
+  num_crops: int
+  batch_size: int
+  save_scores: bool
+  fuse_with: str
+  fusion: str
 
   @classmethod
-  def check(cls, name, spec) -> None:
-    super().check(name, spec)
-    common.check_choice(name, spec, "test_crops", (1, 3))
+  def of(cls, evaluate) -> Test:
+    """The test config.evaluate describes."""
+    return cls(int(evaluate.num_clips), int(evaluate.num_crops), int(evaluate.batch_size),
+               bool(evaluate.save_scores), str(evaluate.fuse_with), str(evaluate.fusion))
 
-  def evaluate_fields(self) -> dict:
-    return dict(super().evaluate_fields(), num_clips=int(self.spec.test_clips),
-                num_crops=int(self.spec.test_crops))
+
+class Multiview(linear.Linear):
+  def __init__(self, make_encoder, splits, *, test_clips: int = 10, test_crops: int = 3,
+               **linear_fields):
+    """test_clips x test_crops: the multi-view test's views per video."""
+    super().__init__(make_encoder, splits, **linear_fields)
+    common.check_choice(self.name, "test_crops", test_crops, (1, 3))
+    # In memory: no files, no fusion.
+    self.test = Test(int(test_clips), int(test_crops), self.batch_size, save_scores=False,
+                     fuse_with="", fusion="mean")
 
   def evaluate(self, encoder) -> dict:
     head, _ = self.fit(encoder)
-    model = EncoderHead(encoder, F.place(self.mesh, head))
-    out = evaluate_classifier(model, self.config, self.mesh, None, self.model_config)
+    model = EncoderHead(encoder, F.place(self.splits.mesh, head))
+    out = evaluate_classifier(model, self.splits, None, self.test)
     return {k: v for k, v in out.items() if k != "seconds"}
-
-  @classmethod
-  def validate_job(cls, config) -> None:
-    run_dir = config.evaluate.run_dir
-    if not run_dir:
-      raise ValueError("evaluate: mode 'multiview' needs config.evaluate.run_dir (a probe or "
-                       "finetune workdir)")
-    if not paths.as_path(paths.join(run_dir, "model.json")).exists():
-      raise FileNotFoundError(f"evaluate: {run_dir}/model.json not found; run_dir must be the "
-                              "workdir of a finished probe or finetune job")
-
-  @classmethod
-  def run_job(cls, config, mesh, workdir: str) -> dict:
-    """The multi-view test of config.evaluate.run_dir's classifier; files in workdir."""
-    e = config.evaluate
-    model, meta = classifier_io.load_classifier(e.run_dir, mesh)
-    model_config = ml_collections.ConfigDict(meta["model"])  # the saved encoder's input
-    metrics = evaluate_classifier(model, config, mesh, workdir, model_config)
-    source = meta.get("source")
-    return {"metrics": metrics, "checkpoint": {"run_dir": str(e.run_dir), "source": source},
-            "step": (source or {}).get("step"),
-            "headline": ["top1", "top5", "mean_class_accuracy", "num_videos"]}
 
 
 def classification_report(out: F.SplitOutputs, num_classes: int, workdir: str | None,
@@ -129,34 +122,31 @@ def fuse(runs: list[dict], fusion: str, num_classes: int) -> dict:
   return metrics
 
 
-def evaluate_classifiers(models: dict, config, mesh, workdirs: dict,
-                         model_config=None) -> dict[str, dict]:
-  """Multi-view test of VideoClassifiers on the eval split, in one pass over it.
+def evaluate_classifiers(models: dict, splits: common.Splits, workdirs: dict,
+                         test: Test) -> dict[str, dict]:
+  """Multi-view test of EncoderHeads on the eval split of `splits`, in one pass over it
+  (one pass of clips: their encoders take the same frames).
 
-  {name: metrics}; each model's files go to workdirs[name]. `model_config`: their
-  encoders' (one pass of clips: they share it; None: config.model).
+  {name: metrics}; each model's files go to workdirs[name].
   """
-  e = config.evaluate
-  classes = F.num_classes(config.data)
-  runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean", data_config=config.data)
+  classes, mesh = splits.num_classes, splits.mesh
+  runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean", data_config=splits.data)
              for name, m in models.items()}
-  outs = F.run_splits(runners, mesh, common.split_batches(config, mesh, "eval", int(e.num_clips),
-                                                          int(e.num_crops), int(e.batch_size),
-                                                          model_config))
+  outs = F.run_splits(runners, splits.batches("eval", test.num_clips, test.num_crops,
+                                                    test.batch_size))
   results = {}
   for name, out in outs.items():
-    metrics, _ = classification_report(out, classes, workdirs.get(name), bool(e.save_scores))
-    metrics["views_per_video"] = int(e.num_clips) * int(e.num_crops)
+    metrics, _ = classification_report(out, classes, workdirs.get(name), test.save_scores)
+    metrics["views_per_video"] = test.num_clips * test.num_crops
     metrics["seconds"] = out.seconds
-    if e.fuse_with:
+    if test.fuse_with:
       mine = {"index": out.index, "label": out.labels, "probs": out.values}
-      others = [load_scores(p.strip()) for p in str(e.fuse_with).split(",") if p.strip()]
-      metrics["fused"] = fuse([mine] + others, e.fusion, classes)
+      others = [load_scores(p.strip()) for p in test.fuse_with.split(",") if p.strip()]
+      metrics["fused"] = fuse([mine] + others, test.fusion, classes)
     results[name] = metrics
   return results
 
 
-def evaluate_classifier(model, config, mesh, workdir: str | None, model_config=None) -> dict:
+def evaluate_classifier(model, splits: common.Splits, workdir: str | None, test: Test) -> dict:
   """Multi-view test of one EncoderHead on the eval split; files go to workdir."""
-  return evaluate_classifiers({"model": model}, config, mesh, {"model": workdir},
-                              model_config)["model"]
+  return evaluate_classifiers({"model": model}, splits, {"model": workdir}, test)["model"]

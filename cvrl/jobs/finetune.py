@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import time
 
-from cvrl import config_lib
 from cvrl.core import runtime
 from cvrl.eval import classifier_io
+from cvrl.eval import common
 from cvrl.data import clip_shape
 from cvrl.engine import loop as engine
 from cvrl.eval import features as F
 from cvrl.eval import multiview
 from cvrl.eval import results as R
 from cvrl.engine import tasks
+from cvrl.models import extra_frames
 
 NEEDS_WORKDIR = True
 
 
 def validate(config) -> None:
-  config_lib.validate_downstream(config, "finetune")
+  F.validate_downstream(config, "finetune")
   engine.validate(config)
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
@@ -33,12 +34,13 @@ def validate(config) -> None:
 
 def make_task(config, mesh, num_classes: int):
   """(ClassifierTask training every parameter, encoder model config, provenance)."""
-  make_encoder, encoder, model_config, source = tasks.encoder_source(config, mesh)
+  make_encoder, encoder, model_config, source = F.encoder_source(config, mesh)
+  batches = F.train_stream(config.data, mesh, batch_size=int(config.batch_size),
+                           seed=int(config.seed), extra_frames=extra_frames(model_config))
   task = tasks.ClassifierTask(
       config, make_encoder=make_encoder, num_classes=num_classes,
       normalize=bool(config.finetune.normalize), dropout=float(config.finetune.dropout),
-      train_encoder=True, batches=tasks.train_stream(config, mesh, model_config),
-      encoder_init=encoder, groups=tasks.FINETUNE_GROUPS)
+      train_encoder=True, batches=batches, encoder_init=encoder, groups=tasks.FINETUNE_GROUPS)
   return task, model_config, source
 
 
@@ -63,7 +65,9 @@ def run(config, workdir: str) -> dict:
   metrics = {"train_accuracy": out["train"]["train_accuracy"],
              "train_loss": out["train"]["train_loss"]}
   if config.finetune.evaluate:
-    out["test"] = multiview.evaluate_classifier(model, config, mesh, workdir, model_config)
+    splits = common.Splits(config.data, mesh, int(config.seed), extra_frames(model_config))
+    out["test"] = multiview.evaluate_classifier(model, splits, workdir,
+                                                multiview.Test.of(config.evaluate))
     metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
                     if k in out["test"]})
   if config.finetune.save_model:

@@ -18,6 +18,7 @@ from cvrl.engine import loop as engine
 from cvrl.eval import common
 from cvrl.engine import optim
 from cvrl.eval import results as R
+from cvrl.models import extra_frames
 from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
@@ -39,7 +40,7 @@ def validate(config) -> None:
   total, warmup = durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
-  common.validate(config)
+  common.from_config(config.get("evals"))  # kinds, keys and each kind's checks
 
 
 def picture_dir(config, workdir: str) -> str:
@@ -49,6 +50,13 @@ def picture_dir(config, workdir: str) -> str:
   return workdir if log.get("tensorboard", True) and log.get("first_batch_picture", True) else ""
 
 
+def _eval_splits(config, mesh, objective) -> common.Splits:
+  """What the evaluators read: every train video (pretraining ignores data.label_fraction),
+  clips of the frames the method's encoder takes."""
+  return common.Splits(config.data, mesh, int(config.seed),
+                       extra_frames(objective.encoder_config()), label_fraction=1.0)
+
+
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
@@ -56,8 +64,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
   total_steps, warmup_steps = durations(config)
-  evals = common.from_config(config, mesh, objective.encoder_config(),
-                             make_encoder=lambda: task.make_model().encoder)
+  evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
+                             _eval_splits(config, mesh, objective))
   out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,
                    mesh=mesh, evaluators=evals)
   result = {"job": "pretrain", **{k: out[k] for k in (

@@ -25,7 +25,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -37,7 +36,9 @@ from cvrl.core import runtime
 from cvrl.models import create, extra_frames
 from cvrl.eval import classifier_io
 from cvrl.data import clip_shape
+from cvrl.data import pipeline
 from cvrl.engine import loop as engine
+from cvrl.eval import common
 from cvrl.eval import features as F
 from cvrl.eval import multiview
 from cvrl.eval import results as R
@@ -47,7 +48,7 @@ NEEDS_WORKDIR = True
 
 
 def validate(config) -> None:
-  config_lib.validate_downstream(config, "probe")
+  F.validate_downstream(config, "probe")
   engine.validate(config)
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
@@ -121,26 +122,25 @@ def _cache(encoder, config, mesh, train_batches, eval_batches, cache_steps: int)
       outs.append(extractor(batch))
       labels.append(np.asarray(batch["label"]))
     labels = np.concatenate(labels)
-    return np.concatenate([F.to_host_local(mesh, o) for o in outs]), labels, len(labels)
-  split = F.run_split(extractor, mesh, eval_batches(), all_hosts=False)
+    return np.concatenate([F.to_host_local(o) for o in outs]), labels, len(labels)
+  split = F.run_split(extractor, eval_batches(), all_hosts=False)
   return split.values, split.labels, 0
 
 
 # ------------------------------------------------------------------------------ the job
 
-def _datasets(config, seed: int, mesh, model_config):
+def _datasets(config, mesh, extra: int):
   """Factories of host batch iterators: augmented train stream (from a start step),
-  un-augmented train split; clips of the frames the encoder of `model_config` takes."""
-  from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.seed = seed
-  train_batches = tasks.train_stream(c, mesh, model_config)
-  local = parallel.local_batch_size(int(config.batch_size), mesh)
-  sampler = {"name": "single", "extra_frames": extra_frames(model_config)}
+  un-augmented train split; clips of T + `extra` frames (1 for a DIF encoder)."""
+  seed, batch = int(config.seed), int(config.batch_size)
+  train_batches = F.train_stream(config.data, mesh, batch_size=batch, seed=seed,
+                                 extra_frames=extra)
+  sampler = {"name": "single", "extra_frames": extra}
 
   def plain_batches():
     ds = pipeline.build_dataset(config.data, sampler=sampler, train=False,
-                                batch_size=local, seed=seed, split="train")
+                                batch_size=parallel.local_batch_size(batch, mesh), seed=seed,
+                                split="train")
     return pipeline.iterate(ds)
   return train_batches, plain_batches
 
@@ -154,7 +154,7 @@ def run(config, workdir: str) -> dict:
   mesh = engine.setup(config)
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   paths.makedirs(workdir)
-  make_encoder, encoder, model_config, source = tasks.encoder_source(config, mesh)
+  make_encoder, encoder, model_config, source = F.encoder_source(config, mesh)
   if encoder is None:
     encoder = create(make_encoder, out_shardings=parallel.replicated(mesh))
   encoders, sources = {"probe": encoder}, {"probe": source}
@@ -163,7 +163,7 @@ def run(config, workdir: str) -> dict:
     sources["random_init"] = {"init": "random", "checkpoint": None, "seed": int(config.seed)}
   classes, n_train, total, warmup = F.schedule(config)
   global_batch = int(config.batch_size)
-  train_batches, plain_batches = _datasets(config, int(config.seed), mesh, model_config)
+  train_batches, plain_batches = _datasets(config, mesh, extra_frames(model_config))
   dirs = {name: workdir if name == "probe" else paths.join(workdir, name) for name in encoders}
   trained = {}
   for name, enc in encoders.items():
@@ -176,7 +176,9 @@ def run(config, workdir: str) -> dict:
       return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
   classifiers = {name: EncoderHead(encoders[name], head)
                  for name, (head, _, _) in trained.items()}
-  tests = (multiview.evaluate_classifiers(classifiers, config, mesh, dirs, model_config)
+  splits = common.Splits(config.data, mesh, int(config.seed), extra_frames(model_config))
+  tests = (multiview.evaluate_classifiers(classifiers, splits, dirs,
+                                          multiview.Test.of(config.evaluate))
            if config.probe.evaluate else {})
   if config.probe.save_model:
     classifier_io.save_classifier(workdir, classifiers["probe"], model_config,

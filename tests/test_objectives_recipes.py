@@ -189,7 +189,7 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   config = config_lib.probe_config_for(pre, result["checkpoint_dir"])
   mesh = parallel.make_mesh()
   encoder, model_config, _ = F.load_encoder(config, mesh)
-  train_batches, _ = probe._datasets(config, int(config.seed), mesh, model_config)  # pylint: disable=protected-access
+  train_batches, _ = probe._datasets(config, mesh, models.extra_frames(model_config))  # pylint: disable=protected-access
   batch = next(train_batches())
   t = pre.data.num_frames
   assert batch["video"].shape[1:3] == (1, t + 1)

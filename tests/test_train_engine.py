@@ -18,6 +18,7 @@ from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.engine import loop as engine
 from cvrl.jobs import finetune
+from cvrl.models import extra_frames
 from cvrl.jobs import probe
 from cvrl.engine import tasks
 from cvrl.eval import features as F
@@ -145,7 +146,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
 
   def run_probe(config, workdir):
     make, enc, mc, _ = F.encoder_source(config, mesh)
-    batches, _ = probe._datasets(config, int(config.seed), mesh, mc)  # pylint: disable=protected-access
+    batches, _ = probe._datasets(config, mesh, extra_frames(mc))  # pylint: disable=protected-access
     return probe.train_probe(enc, config, mesh, num_classes=4, train_batches=batches,
                              total_steps=4, warmup_steps=1, steps_per_epoch=3, workdir=workdir,
                              make_encoder=make)[2]

@@ -33,7 +33,6 @@ from ml_collections import config_dict
 from flax import nnx
 
 from cvrl.core import parallel
-from cvrl.data import pipeline
 from cvrl.eval import features as F
 from cvrl.models import create
 
@@ -75,12 +74,13 @@ class Splits:
   def batches(self, split: str, num_clips: int, num_crops: int, batch_size: int):
     """Host batches of a whole split, padded with mask 0: `num_clips` x `num_crops` views
     of T + extra_frames frames per video; `batch_size` global."""
-    ds = pipeline.build_dataset(
+    data_pipeline = F.pipeline()
+    ds = data_pipeline.build_dataset(
         self.data, sampler={"name": "multiview", "num_clips": num_clips,
                             "num_crops": num_crops, "extra_frames": self.extra_frames},
         train=False, batch_size=parallel.local_batch_size(batch_size, self.mesh),
         seed=self.seed, split=split, label_fraction=self.label_fraction)
-    return pipeline.iterate(ds)
+    return data_pipeline.iterate(ds)
 
   def features(self, encoder, num_clips: int, num_crops: int, batch_size: int,
                splits=("train", "eval")) -> dict[str, F.SplitOutputs]:

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from cvrl import config_lib
 from cvrl import objectives
 from cvrl.core import parallel
-from cvrl.data import device, pipeline, sources, subset
+from cvrl.data import device, sources, subset
 from cvrl.engine import checkpoint
 from cvrl.engine import optim
 from cvrl.models import build_encoder, create
@@ -119,22 +119,30 @@ def encoder_source(config, mesh: Mesh):
   return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, source
 
 
+def pipeline():
+  """cvrl.data.pipeline, imported on first use: it brings TensorFlow, which the pretraining
+  job and its train step never import (tests/test_no_tensorflow.py)."""
+  from cvrl.data import pipeline as module  # pylint: disable=import-outside-toplevel
+  return module
+
+
 def train_stream(data, mesh: Mesh, *, batch_size: int, seed: int, extra_frames: int
                  ) -> Callable[..., Iterable[dict]]:
   """start_step -> this host's augmented training batches of `data` (config.data) from that
   step, `batch_size` global; clips of T + `extra_frames` frames (1 for a DIF encoder)."""
   local = parallel.local_batch_size(int(batch_size), mesh)
   sampler = {"name": "single", "extra_frames": int(extra_frames)}
+  data_pipeline = pipeline()
 
   def batches(start_step: int = 0):
-    ds = pipeline.build_dataset(data, sampler=sampler, train=True, batch_size=local,
+    ds = data_pipeline.build_dataset(data, sampler=sampler, train=True, batch_size=local,
                                 seed=int(seed), start_step=int(start_step),
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
-    return pipeline.iterate(ds, batches.stats)
+    return data_pipeline.iterate(ds, batches.stats)
   # The stream's skipped-record counts (bad labels under data.bad_label='skip', ...): the
   # engine logs them as data_* like pretraining's.
-  batches.stats = pipeline.PipelineStats()
+  batches.stats = data_pipeline.PipelineStats()
   return batches
 
 

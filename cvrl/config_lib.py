@@ -306,7 +306,7 @@ def probe_config_for(pretrain_config, checkpoint_dir: str, p=None) -> ml_collect
   else `demo_probe_fields()`)."""
   p = p if p is not None else (pretrain_config.get("probe") or demo_probe_fields())
   c = probe_config()
-  c.seed = int(pretrain_config.get("seed", 0))
+  c.seed = int(pretrain_config.get("seed", c.seed))
   c.pretrained = checkpoint_dir
   c.model = ml_collections.ConfigDict(pretrain_config.model.to_dict(preserve_field_references=True))
   data = ml_collections.ConfigDict(pretrain_config.data.to_dict(preserve_field_references=True))
@@ -326,8 +326,8 @@ def probe_config_for(pretrain_config, checkpoint_dir: str, p=None) -> ml_collect
   c.warmup_epochs = p.get("warmup_epochs")
   c.warmup_steps = p.get("warmup_steps")
   c.optim.update(base_lr=float(p.base_lr), base_batch_size=int(p.batch_size),
-                 momentum=float(p.get("momentum", 0.9)),
-                 weight_decay=float(p.get("weight_decay", 0.0)))
+                 momentum=float(p.get("momentum", c.optim.momentum)),
+                 weight_decay=float(p.get("weight_decay", c.optim.weight_decay)))
   for key in ("extract_features", "feature_epochs", "normalize", "random_baseline"):
     if key in p:
       c.probe[key] = p[key]

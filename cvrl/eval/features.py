@@ -86,7 +86,7 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
   `config.model` with `config.seed`, the baseline a pretrained encoder has to beat. Jobs
   sample clips of T + `cvrl.models.extra_frames(model config)` frames for it.
   """
-  random_init = bool(config.get("random_init", False)) if random_init is None else random_init
+  random_init = bool(config.get("random_init")) if random_init is None else random_init
   if random_init or not config.get("pretrained"):
     if not random_init:
       raise ValueError("set config.pretrained=<checkpoint dir> or config.random_init=True")

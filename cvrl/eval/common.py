@@ -182,12 +182,16 @@ def defaults(cls: type[Evaluator]) -> ml_collections.ConfigDict:
   subclass's, then those it passes up); a None default takes a value of its annotation."""
   out = {}
   for klass in reversed([k for k in cls.__mro__ if "__init__" in vars(k)][:-1]):
-    hints = typing.get_type_hints(klass.__init__)
     for p in inspect.signature(klass.__init__).parameters.values():
       if p.name not in RUNTIME and p.default is not inspect.Parameter.empty:
-        out[p.name] = (p.default if p.default is not None
-                       else config_dict.placeholder(typing.get_args(hints[p.name])[0]))
+        out[p.name] = p.default if p.default is not None else _placeholder(klass, p.name)
   return ml_collections.ConfigDict(out)
+
+
+def _placeholder(klass, name: str):
+  """A None default typed by its annotation (`int | None`: an int or None)."""
+  hint = typing.get_type_hints(klass.__init__)[name]
+  return config_dict.placeholder(typing.get_args(hint)[0])
 
 
 def fields(name: str, spec) -> tuple[type[Evaluator], dict]:

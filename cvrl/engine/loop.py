@@ -55,13 +55,19 @@ class Task:
   make_model() builds the model (called under eval_shape and jit: no concrete arrays);
   initialize(model) may then overwrite variables in place once, on a fresh (not resumed)
   run, e.g. with a pretrained encoder; `trainable` selects what the optimizer updates;
-  loss(model, batch, step=, rng=) -> (scalar, metrics) runs under jit in the model's
-  mode; batches(...) -> (iterator of host batches from `start_step`, stats with
-  as_dict()); optimizer(total, warmup) -> (optax transform, schedule, peak lr(s));
-  encoder(model) is what evaluators look at.
+  batches(...) -> (iterator of host batches from `start_step`, stats with as_dict());
+  optimizer(total, warmup) -> (optax transform, schedule, peak lr(s)); encoder(model) is
+  what evaluators look at. `rules` is what the train step calls, an Objective's protocol
+  (cvrl.objectives.base): `trainable`, loss(model, batch, step=, rng=) -> (scalar,
+  metrics) under jit in the model's mode, after_update and apply_update; by default the
+  task's own methods, for pretraining the objective itself.
   """
   name = "task"
   trainable: Any = nnx.Param
+
+  @property
+  def rules(self):
+    return self
 
   def make_model(self) -> nnx.Module:
     raise NotImplementedError
@@ -313,7 +319,7 @@ class _Run:
       _, state = state_lib.create(make_model, task.trainable, tx, mesh, placement)
       self.state = _initialized(task, self.graphdef, state, tx, shardings)
     self.start_step = self.step = int(jax.device_get(self.state.step))
-    self.train_step = make_train_step(task, self.graphdef, tx, schedule, mesh,
+    self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule, mesh,
                                       int(config.seed), config.data, shardings)
     self.writer = metrics_lib.MetricWriter(
         workdir, enabled=jax.process_index() == 0,

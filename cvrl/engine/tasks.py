@@ -27,9 +27,10 @@ from cvrl.models.heads import EncoderHead, LinearClassifier
 
 
 class PretrainTask(engine.Task):
-  """A pretext objective (cvrl.objectives): its model, trainable filter, loss and sampler.
-  With `picture_dir`, a fresh run's first batch is drawn to TensorBoard there
-  (cvrl.engine.pictures)."""
+  """A pretext objective (cvrl.objectives) on the engine: the step runs the objective
+  itself (`rules`: its trainable filter, loss and updates); this adds the model's seed, the
+  method's sampled stream and the optimizer. With `picture_dir`, a fresh run's first batch
+  is drawn to TensorBoard there (cvrl.engine.pictures)."""
 
   def __init__(self, config: ml_collections.ConfigDict, objective, picture_dir: str = ""):
     self.config = config
@@ -38,17 +39,12 @@ class PretrainTask(engine.Task):
     self.name = f"pretraining {objective.name}"
     self.trainable = objective.trainable
 
+  @property
+  def rules(self):
+    return self.objective
+
   def make_model(self):
     return self.objective.build(nnx.Rngs(int(self.config.seed)))
-
-  def loss(self, model, batch, *, step, rng):
-    return self.objective.loss(model, batch, step=step, rng=rng)
-
-  def after_update(self, model, *, step):
-    self.objective.after_update(model, step=step)
-
-  def apply_update(self, model, *, step):
-    return self.objective.apply_update(model, step=step)
 
   def batches(self, *, batch_size, start_step, process_index, process_count):
     batches, stats = input_lib.host_batches(

@@ -14,8 +14,10 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from cvrl.data import clip_shape
-from cvrl.data.config import default_data_config, set_probe_augmentation, set_rho_augmentation
+from cvrl.core import cli
+from cvrl.core.errors import ConfigError
+from cvrl.data.config import (default_data_config, from_checkpoint, set_probe_augmentation,
+                              set_rho_augmentation)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -143,8 +145,6 @@ def config_from_command_line(argv: list[str]):
   argv = ["cvrl.main", *argv]
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from cvrl.core import cli  # pylint: disable=import-outside-toplevel
-  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
                                   sys_argv=argv)
@@ -215,8 +215,8 @@ def _encoder_source(c: ml_collections.ConfigDict) -> None:
   c.random_init = False  # a random-init `config.model` instead (no checkpoint)
   c.model = default_model_config()  # only read with random_init
   c.data = default_data_config()
-  # None: frames, stride, crop and test sizes as the checkpoint's (cvrl.data.clip_shape)
-  clip_shape.from_checkpoint(c.data)
+  # None: frames, stride, crop and test sizes as the checkpoint's (cvrl.engine.clip_shape)
+  from_checkpoint(c.data)
   c.data.num_classes = config_dict.placeholder(int)  # None: from the source
   c.data.num_train_examples = config_dict.placeholder(int)  # None: counted
 
@@ -278,33 +278,6 @@ def evaluate_config() -> ml_collections.ConfigDict:
   _encoder_source(c)
   c.evaluate = eval_fields()
   return c
-
-
-# --------------------------------------------------------------------------- checks
-
-def validate_eval_fields(e) -> None:
-  """config.evaluate's views, batch and vote (its mode: the evaluate job checks it)."""
-  for key in ("num_crops", "knn_crops"):
-    if e[key] not in (1, 3):
-      raise ValueError(f"config.evaluate.{key} must be 1 or 3, got {e[key]}")
-  if int(e.batch_size) <= 0:
-    raise ValueError(f"config.evaluate.batch_size must be > 0, got {e.batch_size}")
-  from cvrl.eval import retrieval  # pylint: disable=import-outside-toplevel
-  if e.knn_vote not in retrieval.VOTES:
-    raise ValueError(f"config.evaluate.knn_vote must be one of {list(retrieval.VOTES)}, "
-                     f"got {e.knn_vote!r}")
-
-
-def validate_downstream(config: ml_collections.ConfigDict, job: str) -> None:
-  """The checks a probe or fine-tune config shares: an encoder to start from, the
-  optimizer's fields and the evaluation's."""
-  if not config.get("pretrained") and not config.get("random_init"):
-    raise ValueError(f"{job}: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
-  optim.validate(config.optim)
-  validate_eval_fields(config.evaluate)
-  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
-  subset.label_fraction(config.data)  # a bad data.label_fraction: ValueError, before compiling
 
 
 # ------------------------------------------------------------- probing a pretraining

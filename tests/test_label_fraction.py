@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cvrl import config_lib
+from cvrl.jobs import downstream
 from cvrl.core.errors import ConfigError
 from cvrl.data import config as data_config_lib
 from cvrl.data import pipeline, subset
@@ -74,7 +75,7 @@ def test_bad_value_stops_the_jobs_and_the_pipeline(data_dir):
     c.random_init = True
     c.data.label_fraction = 1.5
     with pytest.raises(ValueError, match=r'data\.label_fraction.*\(0, 1\]'):
-      config_lib.validate_downstream(c, c.job)
+      downstream.validate(c, c.job)
 
 
 # ---------------------------------------------------------------- through the pipeline

@@ -1,7 +1,7 @@
 """Evaluators: what a frozen encoder's features are worth, during pretraining or on a checkpoint.
 
-An evaluator kind K is the module `cvrl.eval.K`, found by name (importlib): it defines
-one `Evaluator` subclass, with its own default fields (`FIELDS`), checks, headline
+An evaluator kind K is the module `cvrl.eval.K`, found by name (cvrl.core.discovery): its
+entry point `make` is its `Evaluator` subclass, with its own default fields (`FIELDS`), checks, headline
 metrics and `evaluate(encoder)`. A new evaluator is one new file in cvrl/eval/. The kinds
 here: 'knn' (retrieval recall@k and kNN top-1), 'linear' (a linear classifier on cached
 features) and 'multiview' (that classifier under CVRL's multi-view test).
@@ -20,8 +20,6 @@ and the eval config an evaluator's spec builds.
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 from typing import Callable
 
 import ml_collections
@@ -29,7 +27,7 @@ from ml_collections import config_dict
 from flax import nnx
 
 from cvrl.config_lib import eval_fields
-from cvrl.core import parallel
+from cvrl.core import discovery, parallel
 from cvrl.eval import features as F
 from cvrl.models import create, extra_frames
 
@@ -172,36 +170,14 @@ def eval_config(config, spec, evaluate_fields: dict) -> ml_collections.ConfigDic
 # ---------------------------------------------------------------------------- registry
 
 def kinds() -> list[str]:
-  """The evaluator kinds: the modules of cvrl/eval/ that define an Evaluator subclass."""
-  package = importlib.import_module(PACKAGE)
-  return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
-                if _evaluator_class(importlib.import_module(f"{PACKAGE}.{m.name}")))
-
-
-def _evaluator_class(module):
-  """The Evaluator subclass `module` defines (not one it imports), or None."""
-  found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Evaluator)
-           and v is not Evaluator and v.__module__ == module.__name__]
-  if len(found) > 1:
-    raise TypeError(f"{module.__name__} defines {len(found)} evaluators; a kind's module "
-                    "defines one")
-  return found[0] if found else None
+  """The evaluator kinds: the modules of cvrl/eval/ that define `make`."""
+  return discovery.names(PACKAGE)
 
 
 def get(kind, where: str = "kind") -> type[Evaluator]:
-  """The Evaluator subclass of kind `kind` (module cvrl.eval.<kind>); `where` names the
-  config field in the error."""
-  cls = None
-  if isinstance(kind, str) and kind.isidentifier():
-    try:
-      cls = _evaluator_class(importlib.import_module(f"{PACKAGE}.{kind}"))
-    except ModuleNotFoundError as e:
-      if e.name != f"{PACKAGE}.{kind}":
-        raise
-  if cls is None:
-    raise ValueError(f"{where} must be one of the evaluator kinds {kinds()}, got {kind!r} "
-                     "(a kind is a module cvrl/eval/<kind>.py defining an Evaluator)")
-  return cls
+  """The Evaluator subclass of kind `kind` (module cvrl/eval/<kind>.py, its `make`);
+  `where` names the config field in the error."""
+  return discovery.find(PACKAGE, kind, where)
 
 
 def fields(name: str, spec) -> ml_collections.ConfigDict:

@@ -59,3 +59,6 @@ def knn_report(encoder, config, mesh, model_config=None) -> dict:
   metrics["views_per_video"] = int(e.knn_clips) * int(e.knn_crops)
   metrics["seconds"] = train.seconds + test.seconds
   return metrics
+
+
+make = KNN  # the kind's entry point (cvrl.core.discovery)

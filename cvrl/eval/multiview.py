@@ -160,3 +160,6 @@ def evaluate_classifier(model, config, mesh, workdir: str | None, model_config=N
   """Multi-view test of one EncoderHead on the eval split; files go to workdir."""
   return evaluate_classifiers({"model": model}, config, mesh, {"model": workdir},
                               model_config)["model"]
+
+
+make = Multiview  # the kind's entry point (cvrl.core.discovery)

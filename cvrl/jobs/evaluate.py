@@ -33,11 +33,11 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
-from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
-from cvrl.data import clip_shape
+from cvrl.engine import clip_shape
+from cvrl.jobs import downstream
 from cvrl.eval import common
 from cvrl.eval import features as F
 from cvrl.eval import results as R
@@ -48,7 +48,7 @@ NEEDS_WORKDIR = True
 
 def validate(config) -> None:
   e = config.evaluate
-  config_lib.validate_eval_fields(e)
+  downstream.validate_eval_fields(e)
   if config.get("evals"):
     common.validate(config)
     if not config.get("pretrained") and not config.get("random_init"):

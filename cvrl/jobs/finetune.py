@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 
-from cvrl import config_lib
 from cvrl.core import runtime
 from cvrl.eval import classifier_io
-from cvrl.data import clip_shape
+from cvrl.engine import clip_shape
+from cvrl.jobs import downstream
 from cvrl.engine import loop as engine
 from cvrl.eval import features as F
 from cvrl.eval import multiview
@@ -25,7 +25,7 @@ NEEDS_WORKDIR = True
 
 
 def validate(config) -> None:
-  config_lib.validate_downstream(config, "finetune")
+  downstream.validate(config, "finetune")
   engine.validate(config)
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")

@@ -51,7 +51,7 @@ def picture_dir(config, workdir: str) -> str:
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  validate(config)
+  """Pretrains on a config `validate` passed (cvrl.main checks it before any work)."""
   mesh = engine.setup(config)
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))

@@ -36,7 +36,8 @@ from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.models import create, extra_frames
 from cvrl.eval import classifier_io
-from cvrl.data import clip_shape
+from cvrl.engine import clip_shape
+from cvrl.jobs import downstream
 from cvrl.engine import loop as engine
 from cvrl.eval import features as F
 from cvrl.eval import multiview
@@ -47,7 +48,7 @@ NEEDS_WORKDIR = True
 
 
 def validate(config) -> None:
-  config_lib.validate_downstream(config, "probe")
+  downstream.validate(config, "probe")
   engine.validate(config)
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")

@@ -7,12 +7,12 @@ the checkpoint unless set (e.g. --config.data.num_frames=16).
 """
 from configs import demo
 from cvrl import config_lib
-from cvrl.data import clip_shape
+from cvrl.data.config import from_checkpoint
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, pretrained="", steps=150)
   pre = demo.get_config(f"steps={arg.steps}")
   c = config_lib.probe_config_for(pre, arg.pretrained, config_lib.demo_probe_fields())
-  clip_shape.from_checkpoint(c.data)  # as the checkpoint was pretrained, not the demo's defaults
+  from_checkpoint(c.data)  # as the checkpoint was pretrained, not the demo's defaults
   return c

@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.pretrained = arg.pretrained
   for key, value in (("num_frames", arg.frames), ("stride", arg.stride), ("crop_size", arg.size),
                      ("eval_resize", arg.size), ("eval_crop_size", arg.size)):
-    if value is not None:  # else None: the checkpoint's (cvrl.data.clip_shape)
+    if value is not None:  # else None: the checkpoint's (cvrl.engine.clip_shape)
       c.data[key] = int(value)
   if arg.source == "tfds":
     c.data.update(source="tfds", tfds_name="ucf101/ucf101_1_256", tfds_train_split="train",

@@ -14,8 +14,10 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from cvrl.data import clip_shape
-from cvrl.data.config import default_data_config, set_probe_augmentation, set_rho_augmentation
+from cvrl.core import cli
+from cvrl.core.errors import ConfigError
+from cvrl.data.config import (default_data_config, from_checkpoint, set_probe_augmentation,
+                              set_rho_augmentation)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -143,8 +145,6 @@ def config_from_command_line(argv: list[str]):
   argv = ["cvrl.main", *argv]
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from cvrl.core import cli  # pylint: disable=import-outside-toplevel
-  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
                                   sys_argv=argv)
@@ -219,8 +219,8 @@ def _encoder_source(c: ml_collections.ConfigDict) -> None:
   c.random_init = False  # a random-init `config.model` instead (no checkpoint)
   c.model = default_model_config()  # only read with random_init
   c.data = default_data_config()
-  # None: frames, stride, crop and test sizes as the checkpoint's (cvrl.data.clip_shape)
-  clip_shape.from_checkpoint(c.data)
+  # None: frames, stride, crop and test sizes as the checkpoint's (cvrl.engine.clip_shape)
+  from_checkpoint(c.data)
   c.data.num_classes = config_dict.placeholder(int)  # None: from the source
   c.data.num_train_examples = config_dict.placeholder(int)  # None: counted
 

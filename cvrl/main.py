@@ -13,18 +13,14 @@ from cvrl.core import cli
 cli.quiet_native_logs()  # before anything imports TensorFlow
 
 # pylint: disable=wrong-import-position
-import importlib  # noqa: E402
-import pkgutil  # noqa: E402
-
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cvrl import jobs as jobs_package  # noqa: E402  (the package alone: no job imported)
+from cvrl.core import discovery  # noqa: E402
 from cvrl.core import paths  # noqa: E402
-
-# config.job names a module of cvrl/jobs/ with run(config, workdir) -> dict: a new job is
-# one new file there.
-JOBS = tuple(sorted(m.name for m in pkgutil.iter_modules(jobs_package.__path__)))
+from cvrl.data import sources  # noqa: E402
+from cvrl.engine import checkpoint  # noqa: E402
+from cvrl.models import validate_model_config  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file, e.g. configs/demo.py or "
@@ -36,14 +32,16 @@ from cvrl.core.errors import ConfigError  # noqa: E402  (defined apart so the da
 
 
 def job_module(name: str):
-  if name not in JOBS:
-    raise ConfigError(f"config.job must be one of {sorted(JOBS)}, got {name!r}")
-  return importlib.import_module(f"cvrl.jobs.{name}")
+  """config.job names a module of cvrl/jobs/ with run(config, workdir) -> dict
+  (cvrl.core.discovery): a new job is one new file there."""
+  try:
+    return discovery.module("cvrl.jobs", name, "config.job", entry="run")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def validate(config) -> object:
   """Checks shared by every job, then the job's own `validate` if it has one."""
-  from cvrl.models import validate_model_config  # pylint: disable=import-outside-toplevel
   module = job_module(config.get("job"))
   try:
     if "model" in config:
@@ -59,16 +57,13 @@ def check_inputs(config) -> None:
   """What the job will read is there, before the workdir is touched: config.data.source is
   a source and its check passes (every TFRecord glob matches a file), config.pretrained
   holds a checkpoint."""
-  # pylint: disable=import-outside-toplevel
   data = config.get("data")
   if data is not None and data.get("source"):
-    from cvrl.data import sources
     try:  # the source exists; what it reads is there (its own check)
       sources.check(data, "eval" if config.get("job") == "evaluate" else "train")
     except ValueError as e:
       raise ConfigError(str(e)) from None
   if config.get("pretrained") and not config.get("random_init"):
-    from cvrl.engine import checkpoint
     try:
       checkpoint.find(config.pretrained, config.get("pretrained_step"))
     except (OSError, ValueError) as e:

@@ -171,8 +171,9 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   tx = optim.build(config.optim, schedule)
   make = lambda: objective.build(nnx.Rngs(int(config.seed)))
   placement = parallel.placement_from_config(mesh, config.get("parallel"))
-  graphdef, state = state_lib.abstract(make, objective.trainable, tx, mesh, placement)
-  step = engine.make_train_step(objective, graphdef, tx, schedule, mesh, int(config.seed),
+  graphdef, state = state_lib.abstract(make, objective.trainable, tx, placement)
+  step = engine.make_train_step(objective, graphdef, tx, schedule,
+                                parallel.batch_sharding(mesh), int(config.seed),
                                 config.data, state_lib.shardings(state))
   data = config.data
   smp = sampling.make_sampler(objective.sampler(), num_frames=data.num_frames,
@@ -304,7 +305,7 @@ def _run_steps(parts: dict, steps: int) -> tuple[object, float, float, float]:
   mesh, spec = parts["mesh"], parts["spec"]
   with jax.set_mesh(mesh):
     compiled = parts["step"].lower(parts["state"], spec).compile()
-    _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"], mesh,
+    _, state = state_lib.create(parts["make"], parts["objective"].trainable, parts["tx"],
                                 parts["placement"])
     batch = _concrete_batch(spec)
     carry = {"state": state}

@@ -141,7 +141,7 @@ def test_make_sampler_views_and_errors():
   starts = np.floor(np.linspace(0, 100 - 17 * 2, 4)).astype(int)
   np.testing.assert_array_equal(idx, starts[:, None] + 2 * np.arange(17))
   assert mk({'name': 'rho', 'num_clips': 2, 'num_frames': 8, 'stride': 8}).footprint == 57
-  with pytest.raises(ValueError, match='unknown sampler'):
+  with pytest.raises(ValueError, match="the sampler must be one of .*, got 'nope'"):
     mk({'name': 'nope'})
   with pytest.raises(ValueError, match='unknown options'):
     mk({'name': 'cvrl', 'num_clip': 3})

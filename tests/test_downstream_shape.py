@@ -1,6 +1,6 @@
 """Downstream jobs take the clip shape (frames, stride, crop size) from the checkpoint
 unless the user sets it, say which they use in one line, warn when it differs from
-pretraining, and name the checkpoint's step in results.json (cvrl.data.clip_shape)."""
+pretraining, and name the checkpoint's step in results.json (cvrl.engine.clip_shape)."""
 import json
 
 import pytest
@@ -9,7 +9,8 @@ from _downstream_toys import save_numpy_checkpoint, tiny_data
 from configs import demo_probe, tclr_ucf101_retrieval
 from cvrl import config_lib
 from cvrl.core import parallel
-from cvrl.data import clip_shape
+from cvrl.data.config import CLIP_FIELDS, TEST_FIELDS
+from cvrl.engine import clip_shape
 from cvrl.jobs import evaluate
 from cvrl.eval import features as F
 
@@ -37,7 +38,7 @@ def test_configs_leave_the_shape_to_the_checkpoint():
   for c in (config_lib.probe_config(), config_lib.evaluate_config(),
             demo_probe.get_config("pretrained=/ckpt"),
             tclr_ucf101_retrieval.get_config("pretrained=/ckpt,source=synthetic")):
-    assert [c.data[k] for k in clip_shape.FIELDS + clip_shape.EVAL_FIELDS] == [None] * 5
+    assert [c.data[k] for k in CLIP_FIELDS + TEST_FIELDS] == [None] * 5
   c = tclr_ucf101_retrieval.get_config("pretrained=/ckpt,frames=16,stride=4,size=112")
   assert (c.data.num_frames, c.data.stride, c.data.crop_size, c.data.eval_crop_size) == (
       16, 4, 112, 112)

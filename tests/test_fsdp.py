@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-import _memory_source  # noqa: F401  registers data.source 'memory'
+from outside_cvrl import memory as memory_source
 from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.engine import checkpoint
@@ -47,7 +47,7 @@ def fsdp_config(name, optimizer, sharding):
   """configs/<name>_tiny.py on the tests' in-memory clips: 6 steps of 8 videos."""
   c = load_config(f"{name}_tiny", "steps=6")
   c.unlock()
-  c.data.update(source="memory", num_train_examples=32)
+  c.data.update(source=memory_source.NAME, num_train_examples=32)
   c.warmup_steps = 2
   if name == "moco":  # 16 keys a step fill the queue at once: updates from step 2
     c.objective.update(queue_size=16, momentum=0.9)
@@ -125,7 +125,7 @@ def fsdp_state(abstract_only=False, mode="fsdp"):
   objective = objectives.get(tiny_config())
   mesh = parallel.make_mesh()
   make = lambda: objective.build(nnx.Rngs(0))
-  args = (make, objective.trainable, optax.sgd(0.1, momentum=0.9), mesh,
+  args = (make, objective.trainable, optax.sgd(0.1, momentum=0.9),
           parallel.state_placement(mesh, mode, 0.0))
   graphdef, out = (state_lib.abstract if abstract_only else state_lib.create)(*args)
   return out, graphdef, objective.trainable
@@ -178,7 +178,7 @@ def test_summary_states_the_bytes_device_0_holds(mode):
   objective = objectives.get(config)
   mesh = parallel.make_mesh()
   _, state = state_lib.create(lambda: objective.build(nnx.Rngs(0)), objective.trainable,
-                              optim.build(config.optim, lambda count: 0.0), mesh,
+                              optim.build(config.optim, lambda count: 0.0),
                               parallel.state_placement(mesh, mode, 1.0))
   assert got["devices"] == 8 and got["param_sharding"] == mode
   assert got["params"] == on_device_0(state.params)

@@ -235,7 +235,8 @@ def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
   state = state_lib.TrainState(step=jnp.int32(0), params=params, rest=rest,
                                opt_state=tx.init(params))
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  step = engine.make_train_step(objective, graphdef, tx, lambda t: 0.1, mesh, 0)
+  step = engine.make_train_step(objective, graphdef, tx, lambda t: 0.1,
+                                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), 0)
   before = jax.tree.map(np.array, state.params)
   for t in range(4):
     state, _ = step(state, {"video": random_video(40 + t, 2, 2, 4, 16, 16, 3)})

@@ -10,7 +10,7 @@ import cvrl  # noqa: F401  (rbg PRNG)
 from cvrl import config_lib
 from cvrl.objectives import base
 from objective_checks import load_config
-import _memory_source  # noqa: F401  (registers data.source "memory")
+from outside_cvrl import memory as memory_source
 
 PAPER = {
     "simclr_k400_slowr50": ("simclr", {"name": "rho", "num_clips": 2}),
@@ -70,7 +70,7 @@ def pretrain(name, workdir, **overrides):
   config = load_config(name, E2E_ARGS.get(name, "steps=16"))
   config.unlock()
   if name in RHO:
-    config.data.source = "memory"  # no TensorFlow pipeline: the rho sampler's clips in memory
+    config.data.source = memory_source.NAME  # no TensorFlow pipeline: the rho sampler's clips in memory
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

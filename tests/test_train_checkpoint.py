@@ -37,7 +37,8 @@ def saved(tmp_path_factory):
   mesh = parallel.make_mesh()
   tx = optax.sgd(0.1, momentum=0.9)
   make = lambda: objective.build(nnx.Rngs(0))
-  graphdef, state = state_lib.create(make, objective.trainable, tx, mesh)
+  graphdef, state = state_lib.create(make, objective.trainable, tx,
+                                     parallel.state_placement(mesh))
   # Make the optimizer state and the step non-trivial.
   state = state.replace(step=state.step + 7,
                         opt_state=jax.tree.map(lambda x: x + 0.5, state.opt_state))
@@ -49,7 +50,8 @@ def saved(tmp_path_factory):
 
 def test_restore_gives_back_the_state_sharded_as_asked(saved):
   workdir, _, objective, make, tx, mesh, state = saved
-  graphdef, target = state_lib.abstract(make, objective.trainable, tx, mesh)
+  graphdef, target = state_lib.abstract(make, objective.trainable, tx,
+                                       parallel.state_placement(mesh))
   ckpt = checkpoint.Checkpointer(workdir)
   assert ckpt.latest_step() == 7
   restored = ckpt.restore(target, graphdef, objective.trainable)
@@ -121,7 +123,8 @@ def steps_9_and_10(saved, tmp_path):
   for s in (9, 10):
     assert ckpt.save(states[s], config)
   ckpt.close()
-  graphdef, target = state_lib.abstract(make, objective.trainable, tx, mesh)
+  graphdef, target = state_lib.abstract(make, objective.trainable, tx,
+                                       parallel.state_placement(mesh))
   return str(tmp_path), states, (target, graphdef, objective.trainable), config
 
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-import _memory_source  # registers data.source 'memory'
+from outside_cvrl import memory as memory_source  # data.source=memory_source.NAME
 from cvrl import config_lib
 from cvrl.engine import checkpoint
 from cvrl.engine import loop as engine
@@ -35,7 +35,7 @@ def tiny_config(**over):
   c.warmup_steps = 2
   c.model.update(depth=18, width=0.125, preset="cvrl")
   c.objective.update(head_hidden=16, head_out=8, head_layers=1)
-  c.data.update(source="memory", num_frames=4, crop_size=16, num_train_examples=32)
+  c.data.update(source=memory_source.NAME, num_frames=4, crop_size=16, num_train_examples=32)
   c.optim.update(name="sgd", base_lr=0.1, base_batch_size=8)
   c.checkpoint.update(every_steps=3, keep=5)
   c.log.every_steps = 2
@@ -99,7 +99,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   """A batch that makes the loss NaN at step 5: the run stops with a clear error, the
   checkpoint of step 3 stays the latest, nothing later is saved. (Same config as above,
   so the compiled step comes from the cache.)"""
-  real = _memory_source.memory_batches
+  real = memory_source.memory_batches
 
   def poisoned(*args, start_step=0, **kw):
     for step, batch in enumerate(real(*args, start_step=start_step, **kw), start_step):
@@ -107,7 +107,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         batch = dict(batch, video=np.full_like(batch["video"], np.nan))
       yield batch
 
-  monkeypatch.setattr(_memory_source, "memory_batches", poisoned)
+  monkeypatch.setattr(memory_source, "memory_batches", poisoned)
   config = tiny_config(**LOCAL)
   config.lock()
   with pytest.raises(engine.NonFiniteLossError, match="at step 5.*last good checkpoint"):

@@ -224,11 +224,11 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
 def test_demo_probe_config_is_the_chain_s_probe():
   from configs import demo, demo_probe  # pylint: disable=import-outside-toplevel
   c = demo_probe.get_config("pretrained=/runs/demo")
-  from cvrl.data import clip_shape  # pylint: disable=import-outside-toplevel
+  from cvrl.data.config import CLIP_FIELDS, TEST_FIELDS  # pylint: disable=import-outside-toplevel
   pre = demo.get_config()
   pre.probe = config_lib.demo_probe_fields()
   mine, chain = c.to_dict(), config_lib.probe_config_for(pre, "/runs/demo").to_dict()
-  for key in clip_shape.FIELDS + clip_shape.EVAL_FIELDS:  # demo_probe: the checkpoint's
+  for key in CLIP_FIELDS + TEST_FIELDS:  # demo_probe: the checkpoint's
     assert mine["data"].pop(key) is None and chain["data"].pop(key) is not None
   assert mine == chain
   assert c.job == "probe" and c.probe.random_baseline and c.model.depth == pre.model.depth

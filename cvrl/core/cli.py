@@ -11,7 +11,7 @@
   records below ERROR are dropped (`quiet_libraries`). `--verbosity=N` (`-v N`) turns
   both back on.
 
-Importing this module imports nothing but the standard library and absl.
+Importing this module imports nothing but the standard library, absl and cvrl.core.errors.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import os
 import re
 import sys
 import tempfile
+
+from cvrl.core.errors import ConfigError
 
 PREFIX = "cvrl: error: "
 USER_ERROR_EXIT = 2
@@ -296,7 +298,6 @@ def run(main, argv=None) -> None:
   """app.run(main) with cvrl's conventions (module docstring): ConfigError and
   app.UsageError raised by `main` are the user's, one line and exit 2."""
   from absl import app  # pylint: disable=import-outside-toplevel
-  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
   quiet_native_logs(argv)
 
   def wrapped(args):
@@ -312,7 +313,6 @@ def run_plain(main, *args):
   """`main(*args)` of a program that parses its own arguments (argparse,
   `ArgumentParser` below) under the same conventions as `run`."""
   from absl import logging  # pylint: disable=import-outside-toplevel
-  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
   quiet_native_logs()
   logging.use_absl_handler()
   quiet_libraries()

@@ -28,6 +28,7 @@ import threading
 import time
 
 import jax
+import orbax.checkpoint as ocp
 
 from cvrl.core import paths
 
@@ -48,11 +49,7 @@ def peer_timeout_s() -> float:
 
 
 def _distributed() -> bool:
-  try:
-    from jax._src import distributed  # pylint: disable=import-outside-toplevel
-    return distributed.global_state.client is not None and jax.process_count() > 1
-  except Exception:  # pylint: disable=broad-except
-    return False
+  return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def is_peer_failure(exc: BaseException | None) -> bool:
@@ -124,8 +121,7 @@ class _Heartbeat(threading.Thread):
 
   def __init__(self):
     super().__init__(name="cvrl-heartbeat", daemon=True)
-    from jax._src import distributed  # pylint: disable=import-outside-toplevel
-    self.client = distributed.global_state.client
+    self.client = ocp.multihost.get_jax_distributed_client()  # its key-value store
     self.me, self.n = jax.process_index(), jax.process_count()
     self.seen: dict[int, tuple[str, float]] = {}
     self.finished = threading.Event()

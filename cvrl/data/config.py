@@ -193,3 +193,17 @@ def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collect
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
   aug.background_erase_probs = (0.0,)
   return data_config
+
+
+# A downstream job's clip shape: "as the encoder was trained" when unset (cvrl.engine.clip_shape).
+CLIP_FIELDS = ("num_frames", "stride", "crop_size")
+TEST_FIELDS = ("eval_resize", "eval_crop_size")
+
+
+def from_checkpoint(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Sets the shape fields of a downstream data config to None (typed: settable from
+  the command line), in place: cvrl.engine.clip_shape.resolve takes them from the
+  checkpoint."""
+  for key in CLIP_FIELDS + TEST_FIELDS:
+    data[key] = config_dict.placeholder(int)
+  return data

@@ -27,6 +27,7 @@ import sys
 from typing import Sequence
 
 from cvrl.core import paths
+from cvrl.data.sources import tfrecord
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.gif')
 
@@ -137,7 +138,6 @@ def encode_video_record(path: str, label: int, text: str, short_side: int, fps: 
   appended in protobuf wire format, so the record's bytes are held once, never the
   decoded frames nor a list and a proto copy of the JPEGs. Returns (bytearray, frames)."""
   import tensorflow as tf
-  from cvrl.data.sources import tfrecord
   frames = bytearray()  # FeatureList body: repeated Feature{bytes_list{value: jpeg}}
   count = 0
   for frame in iter_frames(path, short_side, fps, max_frames):

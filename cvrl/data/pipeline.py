@@ -58,6 +58,7 @@ from cvrl.data import augmentation
 from cvrl.data import order
 from cvrl.data import photometric
 from cvrl.data import sampling
+from cvrl.data import service
 from cvrl.data import sources
 from cvrl.data import subset
 from cvrl.core.errors import ConfigError
@@ -179,8 +180,8 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, sampler: Mapping, t
   only), and `stats` [B, NUM_STATS] int64 running problem counts (stripped by `iterate`).
   Pass every batch through `cvrl.data.device.finish_batch` inside the jitted step.
 
-  sampler: a dict whose 'name' is one of cvrl.data.sampling.SAMPLERS (more register with
-    `sampling.register`): {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho}
+  sampler: a dict whose 'name' is a module of cvrl/data/samplers/ (or a dotted module path
+    outside cvrl; cvrl.core.discovery): {'name': 'cvrl'} (V=2), {'name': 'rho', 'num_clips': rho}
     (V=rho), {'name': 'tclr'} (V=10: views 0-4 = [sparse, dense0, dense1, dense2, dense3]
     under augmentation A, views 5-9 the same clips under augmentation B; optional
     'sparse_stride' 4, 'num_dense' 4, 'dense_stride' 1), {'name': 'single'} (V=1, a random
@@ -379,7 +380,6 @@ class _Plan:
     ds = ds.with_options(options)
     # data.service set: the workers of that tf.data service run this graph (cvrl.data.service);
     # an evaluation pass stops after its batch count (a dead worker's task never ends).
-    from cvrl.data import service  # pylint: disable=import-outside-toplevel
     passes = None if self.train else service.pass_batches(
         self.reader.host_counts, self.process_index, self.batch_size)
     return service.distribute(ds.prefetch(int(self.cfg.prefetch)), self.cfg, batches=passes)

@@ -10,19 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping
 
-
-class _LazyTensorFlow:
-  """`tf`, imported on first use. What a sampler is (views, frames, footprint) is read
-  where TensorFlow may be absent (the train step, experiments.bench_step); its index
-  functions run inside tf.data pipelines, which load TensorFlow anyway."""
-
-  def __getattr__(self, name):
-    import tensorflow  # pylint: disable=import-outside-toplevel
-    globals()['tf'] = tensorflow  # later look-ups go straight to the module
-    return getattr(tensorflow, name)
+from cvrl.core import discovery, lazy
 
 
-tf = _LazyTensorFlow()
+# `tf` on first use (cvrl.core.lazy): what a sampler is (views, frames, footprint) is read
+# where TensorFlow may be absent; its index functions run inside tf.data pipelines.
+tf = lazy.Module("tensorflow")
 
 SHORT_POLICIES = ('wrap', 'repeat_last', 'skip')
 
@@ -147,90 +140,17 @@ class Sampler:
   num_crops: int = 1
 
 
-# name -> builder(options, num_frames, stride, train) -> Sampler. A builder pops the options
-# it takes from `options` (a dict); any left over are an error.
-SAMPLERS: dict[str, Callable] = {}
-
-
-def register(name: str):
-  """Decorator: register a sampler builder under `name` (the sampler dict's 'name')."""
-  def add(builder):
-    SAMPLERS[name] = builder
-    return builder
-  return add
-
-
 def make_sampler(spec: Mapping, *, num_frames: int, stride: int, train: bool) -> Sampler:
   """Build a Sampler from a sampler dict (see cvrl.data.pipeline.build_dataset): its 'name'
-  looked up in SAMPLERS; 'num_frames' and 'stride' default to the data config's."""
+  is a module of cvrl/data/samplers/ (cvrl.core.discovery) whose `make(options, num_frames,
+  stride, train)` pops the options it takes from `options` (a dict; any left over are an
+  error); 'num_frames' and 'stride' default to the data config's."""
   spec = dict(spec)
   name = spec.pop('name')
-  if name not in SAMPLERS:
-    raise ValueError(f'unknown sampler {name!r}; the samplers are: {", ".join(sorted(SAMPLERS))}')
+  build = discovery.find('cvrl.data.samplers', name, 'the sampler')
   t = int(spec.pop('num_frames', num_frames))
   s = int(spec.pop('stride', stride))
-  sampler = SAMPLERS[name](spec, t, s, train)
+  sampler = build(spec, t, s, train)
   if spec:
     raise ValueError(f'sampler {name!r}: unknown options {sorted(spec)}')
   return sampler
-
-
-@register('cvrl')
-def _cvrl(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """CVRL's two clips, power-law start gap; 'extra_frames' k gives T + k frames each
-  (as 'single': T + 1 for a DIF encoder)."""
-  del train
-  total = t + int(spec.pop('extra_frames', 0))
-  return Sampler('cvrl', 2, total, (total - 1) * s + 1,
-                 lambda length, seed: cvrl_indices(length, total, s, seed), True)
-
-
-@register('rho')
-def _rho(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """'num_clips' clips with independent uniform starts."""
-  del train
-  rho = int(spec.pop('num_clips', 2))
-  return Sampler('rho', rho, t, (t - 1) * s + 1,
-                 lambda length, seed: random_clip_indices(length, rho, t, s, seed), True)
-
-
-@register('tclr')
-def _tclr(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """TCLR's sparse clip and its dense clips, each under two augmentations."""
-  del s, train
-  sparse = int(spec.pop('sparse_stride', 4))
-  dense = int(spec.pop('num_dense', 4))
-  dense_stride = int(spec.pop('dense_stride', 1))
-  if t % dense or (t // dense) * sparse != t * dense_stride:
-    raise ValueError(f'tclr: {dense} dense clips of {t} frames at stride {dense_stride} '
-                     f'do not tile a sparse clip at stride {sparse}')
-
-  def tclr(length, seed):
-    clips = tclr_indices(length, t, seed, sparse, dense, dense_stride)
-    return tf.concat([clips, clips], axis=0)  # two augmentations of each clip
-  return Sampler('tclr', 2 * (1 + dense), t, t * sparse, tclr, True)
-
-
-@register('single')
-def _single(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """One clip: random (train) or the middle one; 'extra_frames' k gives T + k frames."""
-  total = t + int(spec.pop('extra_frames', 0))
-  if train:
-    fn = lambda length, seed: random_clip_indices(length, 1, total, s, seed)
-  else:
-    fn = lambda length, seed: linspace_indices(length, 1, total, s)
-  return Sampler('single', 1, total, (total - 1) * s + 1, fn, train)
-
-
-@register('multiview')
-def _multiview(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """Evaluation: 'num_clips' evenly spaced clips x 'num_crops' (1 or 3) crops."""
-  del train
-  clips = int(spec.pop('num_clips', 10))
-  crops = int(spec.pop('num_crops', 3))
-  total = t + int(spec.pop('extra_frames', 0))  # as 'single': T + 1 for a DIF encoder
-  if crops not in (1, 3):
-    raise ValueError(f'multiview: num_crops must be 1 or 3, got {crops}')
-  return Sampler('multiview', clips * crops, total, total * s,
-                 lambda length, seed: linspace_indices(length, clips, total, s), False,
-                 num_crops=crops)

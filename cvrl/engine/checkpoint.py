@@ -19,6 +19,7 @@ else's). None restores: ConfigError (one line, exit 2).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -31,6 +32,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core.errors import ConfigError
@@ -51,8 +53,10 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(data)
 
 
-def configure_array_saving() -> None:
-  """With one process, save each array from one replica instead of splitting it.
+@contextlib.contextmanager
+def one_replica_saving():
+  """With one process, each array saved from one replica instead of split, while the
+  context lasts (orbax's jax.Array handler is put back after it).
 
   Orbax's replica-parallel saving splits a replicated array across its replicas so that
   several hosts share the writing; it slices every array on every device, a small
@@ -60,23 +64,26 @@ def configure_array_saving() -> None:
   with, and those compiles cost seconds per save (a tiny model on 8 CPU devices: 4 s
   against 0.3 s). Multi-host runs keep orbax's default.
   """
-  if jax.process_count() > 1:
-    return
   current = ocp.type_handlers.get_type_handler(jax.Array)
-  if getattr(current, "_cvrl_single_process", False):
+  if jax.process_count() > 1:
+    yield
     return
   handler = ocp.type_handlers.ArrayHandler(
       use_replica_parallel=False,
       array_metadata_store=getattr(current, "_array_metadata_store", None))
-  handler._cvrl_single_process = True  # pylint: disable=protected-access
   ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  try:
+    yield
+  finally:
+    ocp.type_handlers.register_type_handler(jax.Array, current, override=True)
 
 
 class Checkpointer:
   """Saves and restores `TrainState`s of one run under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int | None = 3, async_save: bool = True):
-    configure_array_saving()
+    self._scope = contextlib.ExitStack()  # what this checkpointer sets up until `close`
+    self._scope.enter_context(one_replica_saving())
     self.directory = os.fspath(paths.as_path(workdir) / CHECKPOINT_DIR)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
@@ -138,6 +145,7 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+    self._scope.close()
 
 
 def newest_that_loads(directory: str, steps, load: Callable[[int], Any]
@@ -251,8 +259,6 @@ def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict
 
 def _read_model(directory: str, step: int, sharding: Any
                 ) -> tuple[ml_collections.ConfigDict, nnx.Module]:
-  # pylint: disable=import-outside-toplevel
-  from cvrl import objectives
   config = _read_config(directory, step)
   objective = objectives.get(config)
   abstract_model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))

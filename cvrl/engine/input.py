@@ -5,7 +5,7 @@ reads what a run that never stopped would read. `DevicePrefetcher` turns them in
 jax.Arrays in a background thread, a few steps ahead, and measures how long the training
 loop waited for data.
 
-A source that gives the trainer numpy batches itself (`Source.batches`, e.g. the tests'
+A source that gives the trainer numpy batches itself (its `batches`, e.g. the tests'
 in-memory source) bypasses tf.data; every other source goes through `cvrl.data.pipeline`.
 """
 from __future__ import annotations
@@ -45,9 +45,9 @@ def host_batches(config, sampler: Mapping, *, batch_size: int, start_step: int,
   """
   started = time.perf_counter()
   data = config.data
-  source = sources.get(data.source)
-  if source.batches is not None:
-    return source.batches(config, sampler, batch_size=batch_size, start_step=start_step,
+  own_batches = getattr(sources.get(data.source), "batches", None)
+  if own_batches is not None:
+    return own_batches(config, sampler, batch_size=batch_size, start_step=start_step,
                           process_index=process_index, process_count=process_count), NoStats()
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
   # Pretraining is self-supervised: every video, whatever data.label_fraction says.
@@ -114,10 +114,10 @@ class DevicePrefetcher:
   the caller.
   """
 
-  def __init__(self, batches: Iterator[Mapping[str, Any]], mesh, size: int = 2,
+  def __init__(self, batches: Iterator[Mapping[str, Any]], sharding, size: int = 2,
                keys: tuple[str, ...] | None = None):
     self._batches = batches
-    self._mesh = mesh
+    self._mesh = sharding.mesh  # sharding: the batch's (cvrl.core.parallel.batch_sharding)
     self._keys = keys
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
     self._stop = threading.Event()

@@ -126,14 +126,15 @@ def validate(config) -> None:
 
 # ---------------------------------------------------------------------------- the step
 
-def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=None,
+def make_train_step(task, graphdef, tx, schedule, batch_sharding, seed: int, data_config=None,
                     state_shardings=None):
-  """jit(state, batch) -> (state, metrics), the state donated; batch sharded over 'data'.
+  """jit(state, batch) -> (state, metrics), the state donated; batch placed by
+  `batch_sharding` (cvrl.core.parallel.batch_sharding: over 'data' of its mesh).
   `task` needs `trainable`, `loss` and `after_update` (an Objective has them).
   `state_shardings`: the state's NamedShardings (state.shardings of its abstract state;
   default replicated); the gradients are placed like the parameters (fsdp: reduce-scattered)."""
   trainable = task.trainable
-  replicated = parallel.replicated(mesh)
+  replicated = parallel.replicated(batch_sharding.mesh)
   state_shardings = replicated if state_shardings is None else state_shardings
   grad_shardings = replicated if state_shardings is replicated else state_shardings.params
   whole = lambda tree: jax.lax.with_sharding_constraint(tree, replicated)
@@ -172,7 +173,7 @@ def make_train_step(task, graphdef, tx, schedule, mesh, seed: int, data_config=N
                                      opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step_fn, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
@@ -215,11 +216,8 @@ class _Preemption:
 
 
 def _preemption_service_running() -> bool:
-  try:
-    from jax._src import distributed  # pylint: disable=import-outside-toplevel
-    return distributed.global_state.preemption_sync_manager is not None
-  except (ImportError, AttributeError):
-    return False
+  """jax.distributed.initialize starts JAX's preemption service unless it is switched off."""
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 # ------------------------------------------------------------------------------- run
@@ -280,10 +278,11 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
   last_step_metrics, state, graphdef, model (the final model, None if preempted), evals
   ({name: last metrics}), checkpoint_dir}.
   `evaluators`: objects with `name`, `due(step, total)` and `__call__(encoder, step)`.
+  The config is the job's, validated (`validate` below) with the job's own checks.
   """
-  validate(config)
-  return _Run(task, config, workdir, int(total_steps), int(warmup_steps),
-              setup(config) if mesh is None else mesh, evaluators, describe).train()
+  with jax.set_mesh(setup(config) if mesh is None else mesh):  # the run's mesh, for all of it
+    return _Run(task, config, workdir, int(total_steps), int(warmup_steps), evaluators,
+                describe).train()
 
 
 class _Run:
@@ -292,8 +291,9 @@ class _Run:
   device), log, save, evaluate; `close` on the way out, whatever happened."""
 
   def __init__(self, task: Task, config, workdir: str, total_steps: int, warmup_steps: int,
-               mesh, evaluators: Sequence[Any], describe: str):
-    self.task, self.config, self.mesh, self.evaluators = task, config, mesh, evaluators
+               evaluators: Sequence[Any], describe: str):
+    self.task, self.config, self.evaluators = task, config, evaluators
+    mesh = jax.sharding.get_mesh()  # set by `run`
     self.total_steps = total_steps
     p = config.get("parallel") or {}
     batch_size = int(config.batch_size)
@@ -308,7 +308,7 @@ class _Run:
         workdir, keep=int(config.checkpoint.keep),
         async_save=bool(config.checkpoint.get("async_save", True)))
     placement = parallel.placement_from_config(mesh, p)
-    self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, mesh, placement)
+    self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, placement)
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
@@ -316,10 +316,11 @@ class _Run:
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:
-      _, state = state_lib.create(make_model, task.trainable, tx, mesh, placement)
+      _, state = state_lib.create(make_model, task.trainable, tx, placement)
       self.state = _initialized(task, self.graphdef, state, tx, shardings)
     self.start_step = self.step = int(jax.device_get(self.state.step))
-    self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule, mesh,
+    self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule,
+                                      parallel.batch_sharding(mesh),
                                       int(config.seed), config.data, shardings)
     self.writer = metrics_lib.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
@@ -332,7 +333,7 @@ class _Run:
     host_iter, self.pipeline_stats = task.batches(
         batch_size=parallel.local_batch_size(batch_size, mesh), start_step=self.start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
-    self.prefetch = input_lib.DevicePrefetcher(host_iter, mesh,
+    self.prefetch = input_lib.DevicePrefetcher(host_iter, parallel.batch_sharding(mesh),
                                                size=int(p.get("device_prefetch", 2)))
     self.preemption = _Preemption()
     self.interval = _Interval()
@@ -346,8 +347,7 @@ class _Run:
   def train(self) -> dict[str, Any]:
     failure = None
     try:
-      with jax.set_mesh(self.mesh):
-        self._loop()
+      self._loop()
     except BaseException as e:
       failure = e
       raise

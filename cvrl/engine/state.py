@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cvrl.core import parallel
 
 
 @flax.struct.dataclass
@@ -49,18 +48,17 @@ def _initializer(make_model, trainable, tx):
   return init
 
 
-def abstract(make_model: Callable[[], nnx.Module], trainable, tx, mesh, placement=None
+def abstract(make_model: Callable[[], nnx.Module], trainable, tx, placement
              ) -> tuple[nnx.GraphDef, TrainState]:
   """(graphdef, the state as ShapeDtypeStructs carrying their shardings).
 
-  `placement`: array -> NamedSharding (cvrl.core.parallel.state_placement; default
-  replicated). Nothing is allocated: this is the restore target of a checkpoint (orbax
+  `placement`: array -> NamedSharding (cvrl.core.parallel.state_placement: on which mesh,
+  replicated or fsdp). Nothing is allocated: this is the restore target of a checkpoint (orbax
   reshards whatever sharding and device count wrote it) and the `out_shardings` of the
   initialiser.
   """
   graphdef, _, _ = split(nnx.eval_shape(make_model), trainable)
   shapes = jax.eval_shape(_initializer(make_model, trainable, tx))
-  placement = placement or parallel.state_placement(mesh)
   return graphdef, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement(x)), shapes)
 
@@ -70,13 +68,13 @@ def shardings(target):
   return jax.tree.map(lambda x: x.sharding, target)
 
 
-def create(make_model: Callable[[], nnx.Module], trainable, tx, mesh, placement=None
+def create(make_model: Callable[[], nnx.Module], trainable, tx, placement
            ) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds model and optimizer state in one jit, placed on `mesh` by `placement`.
+  """Builds model and optimizer state in one jit, placed by `placement`.
 
   `jax.eval_shape` gives the structure without allocating; the jit'd initialiser then
   writes every array straight into its sharding (no host copy of the full model).
   """
-  graphdef, target = abstract(make_model, trainable, tx, mesh, placement)
+  graphdef, target = abstract(make_model, trainable, tx, placement)
   return graphdef, jax.jit(_initializer(make_model, trainable, tx),
                            out_shardings=shardings(target))()

@@ -163,8 +163,10 @@ class FeatureHeadTask(engine.Task):
     evaluator runs between pretraining steps."""
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     tx, schedule, _ = self.optimizer(total_steps, warmup_steps)
-    graphdef, state = state_lib.create(self.make_model, self.trainable, tx, mesh)
-    step = engine.make_train_step(self, graphdef, tx, schedule, mesh, int(self.config.seed))
+    graphdef, state = state_lib.create(self.make_model, self.trainable, tx,
+                                       parallel.state_placement(mesh))
+    step = engine.make_train_step(self, graphdef, tx, schedule, parallel.batch_sharding(mesh),
+                                   int(self.config.seed))
     batches, _ = self.batches(batch_size=int(self.config.batch_size), start_step=0,
                               process_index=0, process_count=1)
     for _ in range(int(total_steps)):

@@ -1,7 +1,7 @@
 """Evaluators: what a frozen encoder's features are worth, during pretraining or on a checkpoint.
 
-An evaluator kind K is the module `cvrl.eval.K`, found by name (importlib): it defines
-one `Evaluator` subclass whose constructor is its config schema,
+An evaluator kind K is the module `cvrl.eval.K`, found by name (cvrl.core.discovery): its
+entry point `make` is its `Evaluator` subclass, whose constructor is its config schema,
 `Evaluator(make_encoder, splits, name=..., **fields)`: the encoder maker (for
 `init='random'`) and the labelled splits it reads (`Splits`) are given by the job; its
 fields are keyword arguments with their defaults and checks in its own module; it
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
-import pkgutil
 import typing
 from typing import Any, Callable
 
@@ -32,7 +30,7 @@ import ml_collections
 from ml_collections import config_dict
 from flax import nnx
 
-from cvrl.core import parallel
+from cvrl.core import discovery, parallel
 from cvrl.eval import features as F
 from cvrl.models import create
 
@@ -145,36 +143,14 @@ def check_choice(name: str, key: str, value, choices) -> None:
 # ---------------------------------------------------------------------------- registry
 
 def kinds() -> list[str]:
-  """The evaluator kinds: the modules of cvrl/eval/ that define an Evaluator subclass."""
-  package = importlib.import_module(PACKAGE)
-  return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
-                if _evaluator_class(importlib.import_module(f"{PACKAGE}.{m.name}")))
-
-
-def _evaluator_class(module):
-  """The Evaluator subclass `module` defines (not one it imports), or None."""
-  found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Evaluator)
-           and v is not Evaluator and v.__module__ == module.__name__]
-  if len(found) > 1:
-    raise TypeError(f"{module.__name__} defines {len(found)} evaluators; a kind's module "
-                    "defines one")
-  return found[0] if found else None
+  """The evaluator kinds: the modules of cvrl/eval/ that define `make`."""
+  return discovery.names(PACKAGE)
 
 
 def get(kind, where: str = "kind") -> type[Evaluator]:
-  """The Evaluator subclass of kind `kind` (module cvrl.eval.<kind>); `where` names the
-  config field in the error."""
-  cls = None
-  if isinstance(kind, str) and kind.isidentifier():
-    try:
-      cls = _evaluator_class(importlib.import_module(f"{PACKAGE}.{kind}"))
-    except ModuleNotFoundError as e:
-      if e.name != f"{PACKAGE}.{kind}":
-        raise
-  if cls is None:
-    raise ValueError(f"{where} must be one of the evaluator kinds {kinds()}, got {kind!r} "
-                     "(a kind is a module cvrl/eval/<kind>.py defining an Evaluator)")
-  return cls
+  """The Evaluator subclass of kind `kind` (module cvrl/eval/<kind>.py, its `make`);
+  `where` names the config field in the error."""
+  return discovery.find(PACKAGE, kind, where)
 
 
 def defaults(cls: type[Evaluator]) -> ml_collections.ConfigDict:

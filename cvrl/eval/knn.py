@@ -42,3 +42,6 @@ class KNN(common.Evaluator):
     metrics["seconds"] = train.seconds + test.seconds
     keys = tuple(f"recall@{k}" for k in self.recall_ks) + ("knn_accuracy", "num_queries")
     return metrics, keys
+
+
+make = KNN  # the kind's entry point (cvrl.core.discovery)

@@ -150,3 +150,6 @@ def evaluate_classifiers(models: dict, splits: common.Splits, workdirs: dict,
 def evaluate_classifier(model, splits: common.Splits, workdir: str | None, test: Test) -> dict:
   """Multi-view test of one EncoderHead on the eval split; files go to workdir."""
   return evaluate_classifiers({"model": model}, splits, {"model": workdir}, test)["model"]
+
+
+make = Multiview  # the kind's entry point (cvrl.core.discovery)

@@ -39,7 +39,7 @@ from flax import nnx
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
-from cvrl.data import clip_shape
+from cvrl.engine import clip_shape
 from cvrl.eval import classifier_io
 from cvrl.eval import common
 from cvrl.eval import features as F

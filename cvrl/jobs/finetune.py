@@ -14,7 +14,7 @@ import time
 from cvrl.core import runtime
 from cvrl.eval import classifier_io
 from cvrl.eval import common
-from cvrl.data import clip_shape
+from cvrl.engine import clip_shape
 from cvrl.engine import loop as engine
 from cvrl.eval import features as F
 from cvrl.eval import multiview

@@ -59,7 +59,7 @@ def _eval_splits(config, mesh, objective) -> common.Splits:
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  validate(config)
+  """Pretrains on a config `validate` passed (cvrl.main checks it before any work)."""
   mesh = engine.setup(config)
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))

@@ -35,7 +35,7 @@ from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.models import create, extra_frames
 from cvrl.eval import classifier_io
-from cvrl.data import clip_shape
+from cvrl.engine import clip_shape
 from cvrl.data import pipeline
 from cvrl.engine import loop as engine
 from cvrl.eval import common

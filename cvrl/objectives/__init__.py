@@ -1,4 +1,4 @@
 """Pretext objectives; `get(config)` returns the one the config names."""
-from cvrl.objectives.base import Objective, get, names, register
+from cvrl.objectives.base import Objective, get, names
 
-__all__ = ["Objective", "get", "names", "register"]
+__all__ = ["Objective", "get", "names"]

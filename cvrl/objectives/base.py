@@ -1,66 +1,33 @@
 """What a pretext method is, to the trainer.
 
-Adding a method is one new file, `cvrl/objectives/<name>.py`, whose `Objective` subclass
-registers itself as `<name>`, plus a config: `config.objective.name=<name>` imports that
-module by its name, and `names()` finds every method by scanning the package. The trainer
-never branches on the method's name.
+Adding a method is one new file, `cvrl/objectives/<name>.py`, whose entry point `make` is its
+`Objective` subclass (cvrl.core.discovery), plus a config: `config.objective.name=<name>`
+imports that module by its name, and `names()` lists the methods. The trainer never
+branches on the method's name.
 """
 from __future__ import annotations
 
 import abc
-import importlib
-import pkgutil
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 
 from cvrl import models
+from cvrl.core import discovery
 
 Metrics = dict[str, jax.Array]
 
-# name -> class; a method's module registers its class when imported.
-_REGISTRY: dict[str, type["Objective"]] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-  def wrap(cls):
-    old = _REGISTRY.get(name)
-    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-      raise ValueError(f"objective {name!r} is registered twice: {old.__module__} and "
-                       f"{cls.__module__}; a method's name is its module's name")
-    cls.name = name
-    _REGISTRY[name] = cls
-    return cls
-  return wrap
-
-
 def names() -> list[str]:
-  """Every method in the package: its modules imported, the registered names."""
-  package = importlib.import_module("cvrl.objectives")
-  for module in pkgutil.iter_modules(package.__path__):
-    importlib.import_module(f"cvrl.objectives.{module.name}")
-  return sorted(_REGISTRY)
-
-
-def _load(name: str) -> type["Objective"]:
-  """The class registered as `name`, from the module of the same name."""
-  if name not in _REGISTRY and isinstance(name, str) and name.isidentifier():
-    try:
-      importlib.import_module(f"cvrl.objectives.{name}")
-    except ModuleNotFoundError as e:
-      if e.name != f"cvrl.objectives.{name}":
-        raise  # the method's own module failed to import something: not a bad name
-  if name not in _REGISTRY:
-    raise ValueError(f"config.objective.name must be one of {names()}, got {name!r}")
-  return _REGISTRY[name]
+  """Every method: the modules of cvrl/objectives/ that define `make`."""
+  return discovery.names("cvrl.objectives")
 
 
 def get(config: ml_collections.ConfigDict) -> "Objective":
   """The objective named by `config.objective.name`, bound to the whole config."""
   name = config.objective.name
-  objective = _load(name)(config)
+  objective = discovery.find("cvrl.objectives", name, "config.objective.name")(config)
   if models.extra_frames(objective.encoder_config()) and not objective.sampler().get(
       "extra_frames"):
     raise ValueError(f"config.model.input='dif' needs clips of T + 1 frames, which objective "
@@ -76,10 +43,13 @@ class Objective(abc.ABC):
   `trainable` (nnx.Param by default: exclude e.g. momentum targets), carries every other
   variable through the step as state, and calls `loss` under jit in train mode.
   """
-  name: str = ""
-
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
+
+  @property
+  def name(self) -> str:
+    """The method's name: its module's, as the config gives it."""
+    return self.config.objective.name
 
   @abc.abstractmethod
   def sampler(self) -> dict[str, Any]:

@@ -57,11 +57,10 @@ def info_nce_pair(z_a, z_b, temperature: float):
                 "contrastive_entropy": (jnp.mean(ent_a) + jnp.mean(ent_b)) / 2}
 
 
-def info_nce_pair_sharded(z_a, z_b, temperature: float, *, mesh=None,
-                          axis_name: str = DATA_AXIS):
-  """`info_nce_pair` as an explicit all_gather program over `axis_name` of `mesh`.
+def info_nce_pair_sharded(z_a, z_b, temperature: float, *, axis_name: str = DATA_AXIS):
+  """`info_nce_pair` as an explicit all_gather program over `axis_name` of the mesh set
+  with `jax.set_mesh` (the trainer sets it for its run).
 
-  mesh: the device mesh; default the one set with `jax.set_mesh` (the trainer sets it).
   Per-device memory for the logits: local batch x global batch. The global batch must
   split evenly over the axis.
   """
@@ -80,12 +79,12 @@ def info_nce_pair_sharded(z_a, z_b, temperature: float, *, mesh=None,
                                    jnp.sum(ent_a) + jnp.sum(ent_b)]), axis_name)
     return sums[0] / n, sums[1] / (2 * n), sums[2] / (2 * n)
 
-  if mesh is None and jax.sharding.get_abstract_mesh().empty:
-    raise ValueError("info_nce_pair_sharded needs a mesh: pass one or call it under "
-                     "jax.set_mesh(mesh) (the trainer does)")
+  if jax.sharding.get_abstract_mesh().empty:
+    raise ValueError("info_nce_pair_sharded needs a mesh: call it under jax.set_mesh(mesh) "
+                     "(the trainer does)")
   spec = P(axis_name)
   loss, accuracy, entropy = jax.shard_map(
-      per_device, mesh=mesh, in_specs=(spec, spec), out_specs=(P(), P(), P()))(z_a, z_b)
+      per_device, in_specs=(spec, spec), out_specs=(P(), P(), P()))(z_a, z_b)
   return loss, {"contrastive_accuracy": accuracy, "contrastive_entropy": entropy}
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from cvrl.models import build_encoder, extra_frames
 from cvrl.models.heads import MLP, EncoderHead
 from cvrl.objectives import contrastive
-from cvrl.objectives.base import Objective, register
+from cvrl.objectives.base import Objective
 
 
-@register("cvrl")
 class CVRL(Objective):
 
   def __init__(self, config):
@@ -53,3 +52,6 @@ class CVRL(Objective):
       raise ValueError(f"CVRL needs 2 clips per video, got {video.shape[1]}")
     z = self.embed(model, video)
     return self._info_nce(z[:, 0], z[:, 1], self.config.objective.temperature)
+
+
+make = CVRL  # the method's entry point (cvrl.core.discovery)

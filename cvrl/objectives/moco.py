@@ -36,7 +36,6 @@ from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import momentum as momentum_lib
 from cvrl.objectives import rho
-from cvrl.objectives.base import register
 from cvrl.objectives.views import apply_views
 
 MASKED = -1e9
@@ -112,7 +111,6 @@ class MoCoModel(nnx.Module):
     self.queue_filled = rho.Buffer(jnp.zeros((), jnp.int32))
 
 
-@register("moco")
 class MoCo(rho.RhoObjective):
 
   @property
@@ -217,3 +215,6 @@ class MoCo(rho.RhoObjective):
     m = self.momentum(jnp.asarray(step) + 1)
     momentum_lib.ema_update([(model.target.encoder, model.encoder),
                              (model.target.head, model.head)], m)
+
+
+make = MoCo  # the method's entry point (cvrl.core.discovery)

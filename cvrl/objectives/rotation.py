@@ -22,7 +22,7 @@ import optax
 
 from cvrl.models import build_encoder, extra_frames, input_mode
 from cvrl.models.heads import EncoderHead, RotationClassifier
-from cvrl.objectives.base import Objective, register
+from cvrl.objectives.base import Objective
 
 NUM_ROTATIONS = 4
 INPUTS = ("rgb", "dif")
@@ -68,7 +68,6 @@ def fuse_scores(rgb_logits, dif_logits):
           + jax.nn.softmax(dif_logits.astype(jnp.float32), axis=-1)) / 2.0
 
 
-@register("rotation")
 class Rotation(Objective):
 
   def __init__(self, config):
@@ -111,3 +110,6 @@ class Rotation(Objective):
       raise ValueError(f"3DRotNet expects one clip per video, got video shape {video.shape}")
     rotated, labels = rotate_clips(video[:, 0])  # a DIF encoder differences them itself
     return rotation_loss(model.head(model.encoder(rotated)), labels)
+
+
+make = Rotation  # the method's entry point (cvrl.core.discovery)

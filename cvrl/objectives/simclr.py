@@ -20,7 +20,6 @@ import jax.numpy as jnp
 
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
-from cvrl.objectives.base import register
 from cvrl.objectives.views import apply_views
 
 MASKED = -1e9  # finite, so rows with nothing left keep finite gradients
@@ -71,7 +70,6 @@ def multi_positive_nt_xent(z, temperature: float, *, positives_in_denominator: b
   return loss, {"contrastive_accuracy": accuracy}
 
 
-@register("simclr")
 class SimCLR(rho.RhoObjective):
 
   def build(self, rngs):
@@ -91,3 +89,6 @@ class SimCLR(rho.RhoObjective):
     if self.config.objective.get("pairing", "all") not in PAIRINGS:
       raise ValueError(f"config.objective.pairing must be one of {list(PAIRINGS)}, got "
                        f"{self.config.objective.pairing!r}")
+
+
+make = SimCLR  # the method's entry point (cvrl.core.discovery)

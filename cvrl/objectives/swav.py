@@ -26,7 +26,6 @@ from ml_collections import config_dict
 from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
-from cvrl.objectives.base import register
 from cvrl.objectives.simclr import PAIRINGS, consecutive_pairs
 from cvrl.objectives.sinkhorn import sinkhorn
 from cvrl.objectives.views import apply_views
@@ -90,7 +89,6 @@ class SwAVModel(nnx.Module):
     self.prototypes = prototypes
 
 
-@register("swav")
 class SwAV(rho.RhoObjective):
 
   def validate(self) -> None:
@@ -131,3 +129,6 @@ class SwAV(rho.RhoObjective):
 
   def after_update(self, model, *, step):
     model.prototypes.normalize()
+
+
+make = SwAV  # the method's entry point (cvrl.core.discovery)

@@ -22,7 +22,10 @@ from typing import Iterable
 
 import numpy as np
 
+from cvrl import config_lib, objectives
 from cvrl.core import paths
+from cvrl.engine import checkpoint
+from cvrl.models.r3d import DEPTHS
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Keras names of the layers of one model-garden BottleneckBlock3D -> cvrl sub-module.
@@ -82,7 +85,6 @@ def find_backbone_prefix(shapes: dict[str, tuple[int, ...]]) -> str:
 
 def infer_architecture(shapes: dict[str, tuple[int, ...]], prefix: str) -> tuple[int, float]:
   """(depth, width) from the number of blocks and the stem's channels."""
-  from cvrl.models.r3d import DEPTHS  # pylint: disable=import-outside-toplevel
   layers = {int(m.group(1)) for name in shapes if name.startswith(prefix)
             and (m := _LAYER.match(name[len(prefix):]))}
   num_blocks = len(layers) - 2  # stem conv + stem BN
@@ -102,7 +104,6 @@ def tf_to_cvrl_names(depth: int) -> dict[str, tuple]:
   (0), stem BN (1), then one BottleneckBlock3D per residual block. A block's shortcut
   conv exists where its input width differs from its output (every stage's first block).
   """
-  from cvrl.models.r3d import DEPTHS  # pylint: disable=import-outside-toplevel
   kind, blocks = DEPTHS[depth]
   if kind != "bottleneck":
     raise ValueError(f"the model-garden ResNet3D has bottleneck blocks only; depth {depth} "
@@ -166,7 +167,6 @@ def _natural(name: str):
 
 def import_config(depth: int, width: float):
   """The pretraining config stored with the imported weights: CVRL's, at this size."""
-  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   config = config_lib.pretrain_config("cvrl")
   config.model.depth = int(depth)
   config.model.width = float(width)
@@ -181,11 +181,10 @@ def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
   # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp
   from flax import nnx
-  from cvrl.engine import checkpoint
-  checkpoint.configure_array_saving()
   directory = os.fspath(paths.as_path(workdir) / checkpoint.CHECKPOINT_DIR)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-  with ocp.CheckpointManager(directory, options=options, item_names=checkpoint.ITEMS) as mgr:
+  with checkpoint.one_replica_saving(), ocp.CheckpointManager(
+      directory, options=options, item_names=checkpoint.ITEMS) as mgr:
     if step in mgr.all_steps():
       raise FileExistsError(f"{directory} already holds a checkpoint of step {step}")
     mgr.save(step, args=ocp.args.Composite(
@@ -219,7 +218,6 @@ def import_checkpoint(checkpoint: str, workdir: str, *, depth: int | None = None
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from flax import nnx
-  from cvrl import objectives
 
   source = resolve_checkpoint(checkpoint)
   shapes = read_shapes(source)

@@ -1,9 +1,16 @@
 """Data sources: where videos come from, one module per source.
 
-A source is one module of this package that defines `SOURCE = Source(...)`; its name is
-the module's name (`config.data.source`). `names()` scans the package, `get(name)` imports
-the module. A new source is one new file: nothing else lists the sources. Sources outside
-the package (the tests' in-memory batches) call `register`.
+A source is one module of this package, found by its name (`config.data.source`,
+cvrl.core.discovery; a dotted name is a module outside the package, e.g. the tests'
+in-memory batches). Its entry point `make(data, split, seed, process_index, process_count)`
+opens a split for reading (a `Reader`; ValueError when unusable). It may also define
+  num_classes(data): the class count the source knows, or None;
+  num_examples(data, split): videos in the split (may count them), or None;
+  check(data, split): None, or ValueError (one line) when what a job reading `split`
+    needs is missing (main's checks, before the workdir is touched);
+  batches(config, sampler, *, batch_size, start_step, process_index, process_count):
+    for a source outside tf.data, the iterator of numpy batches the trainer reads.
+A new source is one new file: nothing else lists the sources.
 
 The sources here: `tfrecord` (SequenceExample shards, the reference layout), `tfds` (TFDS
 video datasets), `synthetic` (procedural videos written as TFRecord shards).
@@ -16,9 +23,10 @@ TensorFlow nor JAX: a source's module may.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Callable
+
+from cvrl.core import discovery
+from cvrl.data import subset
 
 # Status of a parsed example, carried through the pipeline and counted.
 OK, MISSING_KEY, SHORT_PADDED, SHORT_SKIPPED, BAD_LABEL = 0, 1, 2, 3, 4
@@ -49,79 +57,28 @@ class Reader:
   positions: object | None = None  # the positions training draws from (None: all; a subset)
 
 
-def _unknown_count(data, *args):
-  return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """One data source.
-
-  open: (data config, split, seed, process_index, process_count) -> Reader, the records of
-    `split` ('train' or 'eval') this host reads. ValueError when unusable.
-  num_classes: data config -> the class count the source knows, or None.
-  num_examples: (data config, split) -> videos in the split (may count them), or None.
-  check: (data config, split) -> None, or ValueError (one line) when what a job reading
-    `split` needs is missing (main's checks, before the workdir is touched).
-  batches: for sources outside tf.data only: (config, sampler, batch_size, start_step,
-    process_index, process_count) -> iterator of numpy batches (the trainer's input).
-  """
-  name: str
-  open: Callable | None = None
-  num_classes: Callable = _unknown_count
-  num_examples: Callable = _unknown_count
-  check: Callable | None = None
-  batches: Callable | None = None
-
-
-_REGISTRY: dict[str, Source] = {}
-
-
-def register(source: Source) -> Source:
-  """Add a source defined outside this package (a module here needs only `SOURCE`)."""
-  _REGISTRY[source.name] = source
-  return source
-
-
-def _modules() -> list[str]:
-  return [m.name for m in pkgutil.iter_modules(__path__)
-          if not m.name.startswith('_') and not m.ispkg]
+def get(name: str):
+  """The module of source `name` (cvrl.core.discovery: cvrl/data/sources/<name>.py, or a
+  dotted module path), ValueError listing the sources when there is none."""
+  return discovery.module(__name__, name, 'data.source')
 
 
 def names() -> list[str]:
-  """Every source name: the modules of this package and the registered sources."""
-  return sorted(set(_modules()) | set(_REGISTRY))
-
-
-def get(name: str) -> Source:
-  """The source called `name` (ValueError listing the names when there is none)."""
-  name = str(name)
-  if name not in _REGISTRY:
-    if name not in _modules():
-      raise ValueError(f'data.source {name!r} is not a source; the sources are: '
-                       f'{", ".join(names())}')
-    module = importlib.import_module(f'{__name__}.{name}')
-    source = getattr(module, 'SOURCE', None)
-    if not isinstance(source, Source) or source.name != name:
-      raise ValueError(f'{module.__name__} must define SOURCE = Source({name!r}, ...)')
-    _REGISTRY[name] = source
-  return _REGISTRY[name]
+  """Every source of this package."""
+  return discovery.names(__name__)
 
 
 def make(data, split: str, *, seed: int, process_index: int, process_count: int) -> Reader:
   """The Reader of config.data's source for `split` on this host."""
-  source = get(data.source)
-  if source.open is None:
-    raise ValueError(f'data.source {source.name!r} has no tf.data reader (it gives batches '
-                     'to the trainer only)')
-  return source.open(data, split, int(seed), int(process_index), int(process_count))
+  return get(data.source).make(data, split, int(seed), int(process_index), int(process_count))
 
 
 def num_classes(data) -> int:
   """Classes of the labelled dataset: config.data.num_classes, or what the source knows."""
   if data.get('num_classes'):
     return int(data.num_classes)
-  known = get(data.source).num_classes(data)
+  count = getattr(get(data.source), 'num_classes', None)
+  known = count(data) if count else None
   if not known:
     raise ValueError(f'set config.data.num_classes for a {data.source} dataset (the source '
                      'does not know its class count)')
@@ -139,10 +96,10 @@ def num_examples(data, split: str = 'train', process_count: int = 1) -> int:
   """Videos in a split, as the source says (see each source). With data.label_fraction < 1
   the train split of a labelled job is its class-balanced subset, counted by a label pass
   (the pipeline's)."""
-  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
   if split == 'train' and subset.applies(data, split, subset.label_fraction(data)):
     return int(labelled_subset_size(data, process_count))
-  count = get(data.source).num_examples(data, split)
+  counter = getattr(get(data.source), 'num_examples', None)
+  count = counter(data, split) if counter else None
   if count is None:
     raise ValueError(f'the {data.source} source cannot count the videos of its {split} split '
                      '(set config.data.num_train_examples)')
@@ -152,7 +109,6 @@ def num_examples(data, split: str = 'train', process_count: int = 1) -> int:
 def labelled_subset_size(data, process_count: int = 1) -> int | None:
   """Training examples a labelled job reads under data.label_fraction < 1 (the per-class
   quotas' sum, from a label pass shared with the pipeline); None when it reads them all."""
-  from cvrl.data import subset  # pylint: disable=import-outside-toplevel
   fraction = subset.label_fraction(data)
   if not subset.applies(data, 'train', fraction):
     return None
@@ -164,6 +120,6 @@ def labelled_subset_size(data, process_count: int = 1) -> int | None:
 
 def check(data, split: str) -> None:
   """What a job reading `split` needs from config.data's source is there (ValueError)."""
-  source = get(data.source)
-  if source.check is not None:
-    source.check(data, split)
+  source_check = getattr(get(data.source), 'check', None)
+  if source_check is not None:
+    source_check(data, split)

@@ -21,7 +21,8 @@ import sys
 import numpy as np
 
 from cvrl.core import paths
-from cvrl.data.sources import Reader, Source
+from cvrl.data import procedural
+from cvrl.data.sources import Reader, tfrecord
 
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -94,7 +95,6 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
   i % num_shards; shards are written to a temporary name and renamed when complete.
   """
   import tensorflow as tf  # TF only needed to encode and write
-  from cvrl.data.sources import tfrecord  # pylint: disable=import-outside-toplevel
   render, name = _renderer(kind, num_classes, difficulty)
   params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
                 size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
@@ -141,7 +141,6 @@ def _renderer(kind: str, num_classes: int, difficulty: dict | None = None):
       raise ValueError("data.synthetic.difficulty applies to kind 'objects' only")
     return render_video, lambda label: f'motion_{label}'
   if kind == 'objects':
-    from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
     procedural.class_factors(num_classes)  # fail early on a bad class count
     d = procedural.check_difficulty(difficulty)
     d['scale'] = list(d['scale'])  # as the JSON marker reads it back
@@ -157,7 +156,6 @@ def _default_dir(syn_config, kind: str, difficulty) -> str:
   params = {k: syn_config[k] for k in ('num_train_videos', 'num_eval_videos', 'num_classes',
                                        'num_frames', 'size', 'num_shards', 'seed')}
   if kind != 'motion':
-    from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
     params['difficulty'] = procedural.check_difficulty(difficulty)
   key = json.dumps(params, sort_keys=True, default=str)
   return os.path.join(tempfile.gettempdir(),
@@ -184,19 +182,19 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
       difficulty=difficulty)
 
 
-def _open(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
-  from cvrl.data.sources import tfrecord  # pylint: disable=import-outside-toplevel
+def make(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
   shards = ensure_synthetic(data.synthetic, split)
   reader = tfrecord.reader(data, shards, seed, process_index, process_count)
   reader.num_classes = int(data.synthetic.num_classes)
   return reader
 
 
-def _num_examples(data, split: str) -> int:
+def num_classes(data) -> int:
+  return int(data.synthetic.num_classes)
+
+
+def num_examples(data, split: str) -> int:
   """The videos the split is written with (config.data.synthetic)."""
   syn = data.synthetic
   return int(syn.num_train_videos if split == 'train' else syn.num_eval_videos)
 
-
-SOURCE = Source('synthetic', open=_open, num_classes=lambda data: int(data.synthetic.num_classes),
-                num_examples=_num_examples)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cvrl.data.sources import MISSING_KEY, OK, Reader, Source, stated_count
+from cvrl.data.sources import MISSING_KEY, OK, Reader, stated_count
 from cvrl.data.sources import tfrecord
 
 
@@ -40,7 +40,7 @@ def _split_name(cfg, split: str) -> str:
   return cfg.tfds_train_split if split == 'train' else cfg.tfds_eval_split
 
 
-def make_reader(cfg, split: str, seed: int, process_index: int, process_count: int) -> Reader:
+def make(cfg, split: str, seed: int, process_index: int, process_count: int) -> Reader:
   """The pipeline's Reader for config.data.tfds_* (ValueError when unusable)."""
   import tensorflow_datasets as tfds
   builder = _builder(cfg)
@@ -146,17 +146,15 @@ def _read_labels(name: str, data_dir, split_name: str, label_key: str, process_c
   return cat(ids), cat(labels), cat(hosts)
 
 
-def _num_classes(cfg) -> int | None:
+def num_classes(cfg) -> int | None:
   """The label ClassLabel's class count."""
   return getattr(_builder(cfg).info.features[cfg.tfds_label_key], 'num_classes', None)
 
 
-def _num_examples(cfg, split: str) -> int:
+def num_examples(cfg, split: str) -> int:
   """config.data.num_train_examples (train), else the split's size in the dataset info."""
   stated = stated_count(cfg, split)
   if stated is not None:
     return stated
   return int(_builder(cfg).info.splits[_split_name(cfg, split)].num_examples)
 
-
-SOURCE = Source('tfds', open=make_reader, num_classes=_num_classes, num_examples=_num_examples)

@@ -14,10 +14,12 @@ import struct
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from cvrl.data.sources import MISSING_KEY, MISSING_LABEL, OK, BAD_LABEL, Reader, Source
+from cvrl.core import lazy
+from cvrl.data.sources import MISSING_KEY, MISSING_LABEL, OK, BAD_LABEL, Reader
 from cvrl.data.sources import stated_count
+
+tf = lazy.Module("tensorflow")  # on first use: the synthetic source reads counts without it
 
 
 def resolve_paths(paths) -> list[str]:
@@ -258,11 +260,11 @@ def reader(cfg, paths, seed: int, process_index: int, process_count: int) -> Rea
                 examples=index.examples, read=index.reader())
 
 
-def _open(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
+def make(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
   return reader(data, split_paths(data, split), seed, process_index, process_count)
 
 
-def _num_examples(data, split: str) -> int:
+def num_examples(data, split: str) -> int:
   """config.data.num_train_examples (train), else the records of the split's shards."""
   stated = stated_count(data, split)
   if stated is not None:
@@ -270,7 +272,7 @@ def _num_examples(data, split: str) -> int:
   return int(sum(count_records(f) for f in resolve_paths(split_paths(data, split))))
 
 
-def _check(data, split: str) -> None:
+def check(data, split: str) -> None:
   """Every glob config.data gives matches a file: the split's paths, and the other
   split's when set."""
   keys = ['eval_paths' if split == 'eval' else 'train_paths']
@@ -282,5 +284,3 @@ def _check(data, split: str) -> None:
       raise ValueError(f'config.data.{key}: {e}; set --config.data.{key}=GLOB[,GLOB...] '
                        'to the TFRecord shards') from None
 
-
-SOURCE = Source('tfrecord', open=_open, num_examples=_num_examples, check=_check)

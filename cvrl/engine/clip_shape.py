@@ -1,6 +1,6 @@
 """The clip shape a downstream job feeds an encoder: frames, stride and crop size.
 
-The downstream configs (cvrl.config_lib) leave `data.num_frames`, `data.stride`,
+The downstream configs (cvrl.config_lib, cvrl.data.config.from_checkpoint) leave `data.num_frames`, `data.stride`,
 `data.crop_size` and the test sizes `data.eval_resize` / `data.eval_crop_size` at None:
 "as the encoder was trained". `resolve` fills them in before the job reads any data:
 - from the config stored in the checkpoint (`config.pretrained`);
@@ -15,29 +15,15 @@ from __future__ import annotations
 
 import json
 
-import ml_collections
-from ml_collections import config_dict
-
 from cvrl.core import paths
-
-FIELDS = ("num_frames", "stride", "crop_size")
-EVAL_FIELDS = ("eval_resize", "eval_crop_size")
-
-
-def from_checkpoint(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Sets the shape fields of a downstream data config to None (typed: settable from
-  the command line), in place: `resolve` takes them from the checkpoint."""
-  for key in FIELDS + EVAL_FIELDS:
-    data[key] = config_dict.placeholder(int)
-  return data
-
+from cvrl.data.config import CLIP_FIELDS, TEST_FIELDS, default_data_config
+from cvrl.engine import checkpoint
+from cvrl.engine import metrics
 
 def reference(config) -> tuple[dict | None, str, bool]:
   """(data config the encoder was trained with, where from, whether its test sizes count)
   for a downstream job's config; (None, 'the data defaults', False) without one."""
-  # pylint: disable=import-outside-toplevel
   if config.get("pretrained") and not config.get("random_init"):
-    from cvrl.engine import checkpoint
     directory, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
     data = checkpoint.load_config(directory, step).data.to_dict()
     return data, f"the checkpoint {config.pretrained} (step {step})", False
@@ -55,25 +41,22 @@ def resolve(config, say=None) -> dict:
   """Fills the unset shape fields of `config.data` in place (module docstring) and says
   which shape the job uses in one line (and one warning line for a shape unlike the
   checkpoint's). Returns the shape, its origin and the differences."""
-  # pylint: disable=import-outside-toplevel
-  from cvrl.data.config import default_data_config
-  from cvrl.engine import metrics
   say = say or metrics.say  # process 0 only
   data = config.data
   ref, origin, ref_eval = reference(config)
   defaults = default_data_config()
   taken, differs = [], []
-  for key in FIELDS + (EVAL_FIELDS if ref_eval else ()):
+  for key in CLIP_FIELDS + (TEST_FIELDS if ref_eval else ()):
     theirs = None if ref is None else ref.get(key)
     if data.get(key) is None:
       data[key] = int(theirs if theirs is not None else defaults[key])
       taken.append(key)
     elif theirs is not None and int(data.get(key)) != int(theirs):
       differs.append(f"{key} {data.get(key)} (trained on {theirs})")
-  for key in EVAL_FIELDS:
+  for key in TEST_FIELDS:
     if data.get(key) is None:
       data[key] = int(data.crop_size)
-  if len(taken) == len(FIELDS) or (ref_eval and taken):
+  if len(taken) == len(CLIP_FIELDS) or (ref_eval and taken):
     how = f"from {origin}"
   elif not taken:
     how = f"as set in the config{'' if differs or not ref else ', as in ' + origin}"
@@ -85,7 +68,7 @@ def resolve(config, say=None) -> dict:
     say(f"warning: clip shape unlike {origin}: {', '.join(differs)}; allowed, but the "
         "encoder was not trained on it (leave data.num_frames / stride / crop_size unset "
         "to use the checkpoint's)")
-  return dict({k: data.get(k) for k in FIELDS + EVAL_FIELDS}, origin=origin, differs=differs)
+  return dict({k: data.get(k) for k in CLIP_FIELDS + TEST_FIELDS}, origin=origin, differs=differs)
 
 
 def _shape(data) -> str:

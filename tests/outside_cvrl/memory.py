@@ -1,14 +1,12 @@
-"""The 'memory' source of the tests: deterministic in-memory batches (no files, no
+"""The in-memory source of the tests: deterministic in-memory batches (no files, no
 TensorFlow). Batch `s` is a pure function of (seed, s), and each host takes its rows of it.
-Importing this module registers it (`config.data.source = 'memory'`); it gives the
-trainer numpy batches itself (`Source.batches`), so only pretraining reads it."""
+It is found by its module path (`config.data.source = NAME`, cvrl.core.discovery); it
+gives the trainer numpy batches itself (`batches`), so only pretraining reads it."""
 from typing import Iterator, Mapping
 
 import numpy as np
 
-from cvrl.data import sources
-
-NAME = "memory"
+NAME = __name__  # a dotted name, outside cvrl: this module ("outside_cvrl.memory")
 
 
 def _memory_videos(num_videos: int, num_frames: int, size: int, seed: int) -> np.ndarray:
@@ -61,7 +59,7 @@ def memory_batches(data_config: Mapping, *, num_views: int, batch_size: int, see
     step += 1
 
 
-def _batches(config, sampler: Mapping, *, batch_size: int, start_step: int, process_index: int,
+def batches(config, sampler: Mapping, *, batch_size: int, start_step: int, process_index: int,
              process_count: int) -> Iterator[dict]:
   num_views = int(sampler.get("num_clips", 2)) if sampler.get("name") != "cvrl" else 2
   return memory_batches(config.data, num_views=num_views, batch_size=batch_size,
@@ -69,4 +67,7 @@ def _batches(config, sampler: Mapping, *, batch_size: int, start_step: int, proc
                         process_index=process_index, process_count=process_count)
 
 
-SOURCE = sources.register(sources.Source(NAME, batches=_batches))
+def make(data, split, seed, process_index, process_count):
+  """The source's entry point: it has no tf.data reader."""
+  raise ValueError(f"data.source {data.source!r} gives batches to the trainer only (no "
+                   "tf.data reader)")

@@ -1,0 +1,13 @@
+"""The 'cvrl' sampler (its options: `make`; cvrl.data.sampling.make_sampler)."""
+from __future__ import annotations
+
+from cvrl.data.sampling import Sampler, cvrl_indices
+
+
+def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
+  """CVRL's two clips, power-law start gap; 'extra_frames' k gives T + k frames each
+  (as 'single': T + 1 for a DIF encoder)."""
+  del train
+  total = t + int(spec.pop('extra_frames', 0))
+  return Sampler('cvrl', 2, total, (total - 1) * s + 1,
+                 lambda length, seed: cvrl_indices(length, total, s, seed), True)

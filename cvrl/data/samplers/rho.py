@@ -1,0 +1,12 @@
+"""The 'rho' sampler (its options: `make`; cvrl.data.sampling.make_sampler)."""
+from __future__ import annotations
+
+from cvrl.data.sampling import Sampler, random_clip_indices
+
+
+def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
+  """'num_clips' clips with independent uniform starts."""
+  del train
+  rho = int(spec.pop('num_clips', 2))
+  return Sampler('rho', rho, t, (t - 1) * s + 1,
+                 lambda length, seed: random_clip_indices(length, rho, t, s, seed), True)

@@ -1,0 +1,14 @@
+"""The 'single' sampler (its options: `make`; cvrl.data.sampling.make_sampler)."""
+from __future__ import annotations
+
+from cvrl.data.sampling import Sampler, linspace_indices, random_clip_indices
+
+
+def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
+  """One clip: random (train) or the middle one; 'extra_frames' k gives T + k frames."""
+  total = t + int(spec.pop('extra_frames', 0))
+  if train:
+    fn = lambda length, seed: random_clip_indices(length, 1, total, s, seed)
+  else:
+    fn = lambda length, seed: linspace_indices(length, 1, total, s)
+  return Sampler('single', 1, total, (total - 1) * s + 1, fn, train)

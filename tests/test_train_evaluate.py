@@ -67,7 +67,7 @@ def test_validate_names_the_choices(tmp_path):
   c.random_init = True
   evaluate.validate(c)
   c.evaluate.mode = "svm"
-  with pytest.raises(ValueError, match=r"\['knn', 'linear', 'multiview'\], got 'svm'"):
+  with pytest.raises(ValueError, match=r"knn, linear, multiview, got 'svm'"):
     evaluate.validate(c)
 
 

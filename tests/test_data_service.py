@@ -160,6 +160,7 @@ def test_releasing_the_dataset_stops_its_watchdog():
     dispatcher.stop()
 
 
+@pytest.mark.slow
 def test_unreachable_dispatcher_or_no_worker_is_one_line_exit_2(cluster, tmp_path):
   from tensorflow.data.experimental import service as tf_service
   bare = tf_service.DispatchServer(tf_service.DispatcherConfig(port=0))  # no worker
@@ -343,6 +344,7 @@ def test_a_run_whose_last_worker_dies_stops_with_one_line_exit_2(cluster, tmp_pa
   assert elapsed < 5 + 20, elapsed  # data.service_timeout, the watchdog's look, slack
 
 
+@pytest.mark.slow
 def test_launcher_stops_on_sigterm_with_exit_0(cluster):
   service.stop_watchdogs()
   for p in [cluster["dispatcher"]] + [w for w in cluster["workers"] if w.proc.poll() is None]:

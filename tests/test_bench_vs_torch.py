@@ -23,6 +23,7 @@ runpy.run_module("experiments.bench_vs_torch", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_without_torch_one_line_and_exit_0():
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", NO_TORCH], cwd=ROOT, env=env,

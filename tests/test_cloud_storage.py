@@ -157,6 +157,7 @@ def test_a_truncated_checkpoint_on_gs_is_skipped_and_set_aside(demo, emulator):
   assert steps("run/checkpoints") == [10, 20] and gs("run/checkpoints/20.corrupt/model").is_dir()
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_or_checkpoint_on_gs_is_one_line(emulator, tmp_path):
   rc, out, _ = run_cli(emulator, [f"--config={ROOT}/configs/demo.py", "--workdir=gs://nobucket/run"],
                     cwd=tmp_path)

@@ -77,6 +77,7 @@ def test_every_leaf_settable_from_command_line(path):
     assert value == v, (key, value, v)
 
 
+@pytest.mark.slow
 def test_demo_summary_with_num_classes_from_command_line():
   """The issue's command: the class count of the user's own shards set on the demo."""
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -125,6 +126,41 @@ def by_epoch(service_rows):
   return epochs
 
 
+def _read_and_release(where, reads):
+  """Reads `reads` elements of a distributed dataset; (its watchdog, the watchdog's thread)
+  while the iterator alone holds the dataset, then the iterator released too."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict({"service": where, "service_timeout": 5.0})
+  ds = service.distribute(tf.data.Dataset.range(100), cfg)
+  it = iter(ds)
+  assert [int(next(it)) for _ in range(reads)] == list(range(reads))
+  del ds
+  dog = service._watchdog(where, 5.0)  # pylint: disable=protected-access
+  thread = dog._thread  # pylint: disable=protected-access
+  assert dog.armed and thread.is_alive()  # the iterator still reads
+  del it
+  return dog, thread
+
+
+def test_releasing_the_dataset_stops_its_watchdog():
+  """No explicit stop: once its dataset and iterator are released, the watchdog stops
+  (it would otherwise poll the service for ever); a later dataset starts it again."""
+  from tensorflow.data.experimental import service as tf_service
+  dispatcher = tf_service.DispatchServer(tf_service.DispatcherConfig(port=0))
+  where = dispatcher.target.split("://")[1]
+  one = tf_service.WorkerServer(tf_service.WorkerConfig(dispatcher_address=where))
+  try:
+    for reads in (3, 1):
+      dog, thread = _read_and_release(where, reads)
+      assert not dog.armed
+      thread.join(timeout=30)  # its look at the service in progress, then it ends
+      assert not thread.is_alive()
+  finally:
+    one.stop()
+    dispatcher.stop()
+
+
+@pytest.mark.slow
 def test_unreachable_dispatcher_or_no_worker_is_one_line_exit_2(cluster, tmp_path):
   from tensorflow.data.experimental import service as tf_service
   bare = tf_service.DispatchServer(tf_service.DispatcherConfig(port=0))  # no worker
@@ -308,6 +344,7 @@ def test_a_run_whose_last_worker_dies_stops_with_one_line_exit_2(cluster, tmp_pa
   assert elapsed < 5 + 20, elapsed  # data.service_timeout, the watchdog's look, slack
 
 
+@pytest.mark.slow
 def test_launcher_stops_on_sigterm_with_exit_0(cluster):
   service.stop_watchdogs()
   for p in [cluster["dispatcher"]] + [w for w in cluster["workers"] if w.proc.poll() is None]:

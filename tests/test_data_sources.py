@@ -58,6 +58,7 @@ def test_the_package_lists_its_sources_and_knows_their_counts(tmp_path):
   assert sources.num_classes(cfg) == 4
 
 
+@pytest.mark.slow
 def test_the_package_imports_neither_tensorflow_nor_jax():
   code = ("import sys\nfrom cvrl.data import sources\nsources.names()\n"
           "sources.get('synthetic')\n"
@@ -67,6 +68,7 @@ def test_the_package_imports_neither_tensorflow_nor_jax():
   assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_an_unknown_source_is_one_line(tmp_path):
   with pytest.raises(ValueError) as e:
     sources.get("nope")

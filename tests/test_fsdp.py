@@ -23,7 +23,7 @@ from cvrl.engine import state as state_lib
 from cvrl.jobs import pretrain
 from cvrl.jobs import summary
 from objective_checks import load_config
-from test_train_checkpoint import tiny_config
+from test_engine_checkpoint import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cvrl.core import discovery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,6 +163,7 @@ def test_no_module_imports_a_job_but_the_entry_point():
       assert not imported & (jobs - {module}), (module, imported & jobs)
 
 
+@pytest.mark.slow
 def test_every_cvrl_module_imports_on_its_own():
   """Each module imported into an interpreter holding no cvrl module (one process, cvrl
   unloaded between imports): no module relies on another having been imported first."""
@@ -199,6 +202,7 @@ def _modules_a_config_loads(path: str) -> set[str]:
   return set(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_configs_load_without_tensorflow_jobs_engine_or_evaluators():
   """Every default lives with the config builders (cvrl.config_lib): parsing a config pulls
   in no TensorFlow, job, engine, evaluator or pipeline. JAX and Flax come in only with a

@@ -1,5 +1,6 @@
 """data.label_fraction: fixed class-balanced labelled subsets of the train split (CVRL's 1% /
-10% fine-tuning), the same for a seed in every job and on any host count."""
+10% fine-tuning), the same for a seed in every job and on any host count. (A fine-tune
+job's epoch of the subset: tests/test_jobs_finetune.py.)"""
 import os
 
 import ml_collections
@@ -262,28 +263,3 @@ def test_tfds_source_reads_the_same_subset_on_any_host_count(tmp_path):
   seen = [set(_elements(cfg, 3, batch_size=1, seed=4, process_index=p, process_count=2)[0])
           for p in range(2)]
   assert not seen[0] & seen[1] and seen[0] | seen[1] == expected
-
-
-# ------------------------------------------------------------------------- a job
-
-@pytest.mark.slow
-def test_finetune_epoch_is_an_epoch_of_the_subset(tmp_path_factory, capsys):
-  import json
-  from _downstream_toys import save_numpy_checkpoint, tiny_data
-  from cvrl.jobs import finetune
-  data_dir, work = tmp_path_factory.mktemp('synthetic'), tmp_path_factory.mktemp('runs')
-  pre = tiny_data(config_lib.pretrain_config('cvrl'), data_dir, num_train=32)
-  pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
-  save_numpy_checkpoint(pre, str(work / 'pretrain'))
-  c = tiny_data(config_lib.finetune_config(), data_dir, num_train=32)  # 8 videos per class
-  c.pretrained = str(work / 'pretrain')
-  c.data.label_fraction = 0.5  # 4 per class: 16 videos, 2 steps of 8 an epoch (not 4)
-  c.batch_size, c.total_epochs, c.warmup_epochs = 8, 1, None
-  c.optim.update(base_batch_size=8)
-  c.finetune.update(evaluate=False, save_model=False)
-  res = finetune.run(c, str(work / 'ft'))
-  saved = json.load(open(work / 'ft' / 'results.json'))
-  assert saved['finetune']['num_train_examples'] == 16
-  assert res['finetune']['train']['total_steps'] == 2
-  line = 'data.label_fraction=0.5: 16 of 32 training videos kept, 4-4 per class'
-  assert line in capsys.readouterr().out

@@ -35,6 +35,7 @@ def test_unknown_job_and_bad_depth_fail_with_one_line_naming_choices():
     main.validate(c)
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_nonzero_with_one_line():
   r = cli("--config=configs/cvrl_k600_r3d50.py:depth=19", "--config.job=summary")
   assert r.returncode == 2
@@ -73,6 +74,7 @@ def r3d50_macs():
   return macs
 
 
+@pytest.mark.slow
 def test_summary_cli_prints_one_json_line_for_a_big_model(tmp_path):
   r = cli("--config=configs/cvrl_k600_r3d50.py:depth=152,width=3", "--config.job=summary",
           f"--workdir={tmp_path}")

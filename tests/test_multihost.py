@@ -25,7 +25,7 @@ HEAD = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     import numpy as np
     sys.path.insert(0, os.path.join({root!r}, "tests"))
-    from test_train_pretrain import tiny_config
+    from test_jobs_pretrain import tiny_config
     from cvrl.jobs import pretrain
     from cvrl.engine import state as state_lib
 """).format(root=ROOT)

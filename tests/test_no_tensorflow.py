@@ -56,6 +56,7 @@ def _json_line(stdout: str) -> dict:
   return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_the_blocker_blocks_tensorflow():
   out = subprocess.run([sys.executable, "-c", BLOCK + "import tensorflow"], cwd=ROOT,
                        env=_env(PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)

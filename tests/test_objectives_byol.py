@@ -44,7 +44,7 @@ def test_eight_devices_equal_one_device():
   sharded_equals_single(f, p, z, sharded_argnums=(0, 1))
 
 
-def test_model_target_gets_no_gradient_and_follows_the_ema():
+def test_model_target_gets_no_gradient_follows_the_ema_and_gives_the_projection():
   config = load_config("byol_tiny")
   objective, model = build(config)
   online = paths(nnx.state(model, objective.trainable))
@@ -75,3 +75,23 @@ def test_model_target_gets_no_gradient_and_follows_the_ema():
     jax.tree.map(lambda a, t, o: np.testing.assert_allclose(a, m * t + (1 - m) * o, rtol=1e-5,
                                                             atol=1e-6),
                  nnx.state(getattr(model.target, part), nnx.Param), t, o)
+
+  # The online network now moves away from the target (noise on its parameters: a scale
+  # alone is undone by BatchNorm and the normalisation): the loss must take the target's
+  # projection, recomputed here view by view (per-view BN, train mode).
+  trainable = nnx.state(model, objective.trainable)
+  noise = jax.tree.map(lambda x: 0.5 * jax.random.normal(jax.random.key(5), x.shape, x.dtype),
+                       trainable)
+  nnx.update(model, jax.tree.map(jnp.add, trainable, noise))
+  video = random_video(1, 2, 2, 4, 16, 16, 3)
+  (loss, _), _ = step(model, video)
+
+  @nnx.jit
+  def branches(m, x):
+    online = m.head(m.encoder(x))
+    return m.predictor(online), m.target.project(x), online
+
+  p, z_target, z_online = (np.stack(y, axis=1)
+                           for y in zip(*(branches(model, video[:, v]) for v in range(2))))
+  np.testing.assert_allclose(float(loss), numpy_byol(p, z_target, "sum"), rtol=1e-4)
+  assert abs(numpy_byol(p, z_online, "sum") - numpy_byol(p, z_target, "sum")) > 0.1

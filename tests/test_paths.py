@@ -79,6 +79,7 @@ def closed_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_an_unreachable_store_is_one_line_in_seconds(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{closed_port()}", EPATH_USE_TF="false")

@@ -45,8 +45,10 @@ SKIPPED = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && "
     "python -m cvrl.main --config=configs/demo.py --workdir=/tmp/cvrl_demo":
         "install (.ci/run) + demo (tests/test_demo.py)",
-    # The test suite itself.
+    # The test suite itself, its fast subset and one file of it.
     "python -m pytest tests -q -n 2 --dist loadfile": "the test suite itself",
+    'python -m pytest tests -m "not slow" -n 2': "the suite's fast subset",
+    "python -m pytest tests/test_objectives_byol.py -q": "one file of the suite",
 }
 # README text -> what runs instead (cvrl.main's template line).
 PLACEHOLDERS = {

@@ -11,6 +11,7 @@ from cvrl.core import runtime
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_import_changes_no_global_jax_setting_and_jobs_scope_theirs():
   code = textwrap.dedent("""
       import jax

@@ -65,6 +65,7 @@ def test_grid_expansion_names_and_commands(tmp_path):
       sweep.parse_axes(["50"], [], bad)
 
 
+@pytest.mark.slow
 def test_summary_sweep_runs_skips_and_collects(tmp_path):
   """2 depths x 2 widths of the summary job: launch.sh, one point run for real through
   cvrl.main (the others already done are skipped), then CSV / Markdown / PNG."""
@@ -128,6 +129,7 @@ def test_plot_draws_one_line_per_depth_against_params_and_gflops(tmp_path):
   assert plt.imread(str(tmp_path / "p.png")).shape[:2] == (462, 1100)
 
 
+@pytest.mark.slow
 def test_command_line_prints_the_launch_commands(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "experiments.sweep", f"--config={CONFIG}", "--depths=18,50",

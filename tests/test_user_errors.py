@@ -44,6 +44,7 @@ def test_unknown_key_names_the_nearest(path, near):
   assert cli.unknown_key(c, "data.num_frames") is None and cli.unknown_key(c, "optim") is None
 
 
+@pytest.mark.slow
 def test_command_line_mistakes_are_one_line():
   one_line(run("--config=configs/demo.py", "--config.optim.learning_rat=0.1"),
            "'optim.learning_rat'", "optim.base_lr")
@@ -63,6 +64,7 @@ def test_config_from_command_line_raises_one_line_config_errors():
     config_lib.config_from_command_line(["--config=configs/nope.py"])
 
 
+@pytest.mark.slow
 def test_missing_inputs_fail_before_the_workdir_is_written(tmp_path):
   """Globs that match nothing and a checkpoint directory without a checkpoint."""
   c = demo.get_config("steps=2,probe=False")
@@ -85,6 +87,7 @@ def test_a_glob_matching_nothing_is_one_line_and_writes_nothing(tmp_path):
   assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_an_unexpected_exception_keeps_its_traceback():
   code = ("from cvrl.core import cli\n"
           "def main(argv):\n  raise RuntimeError('a bug')\n"
@@ -94,6 +97,7 @@ def test_an_unexpected_exception_keeps_its_traceback():
   assert r.returncode == 1 and "Traceback" in r.stderr and "RuntimeError: a bug" in r.stderr
 
 
+@pytest.mark.slow
 def test_experiments_help_exits_0_and_mistakes_are_one_line(tmp_path):
   r = run("--help", module="experiments.bench_quality")
   assert r.returncode == 0 and not r.stderr, r.stderr[-2000:]

@@ -215,10 +215,10 @@ def check(where: str, wait: float = DEFAULT_TIMEOUT) -> list[str]:
 
 
 class _Watchdog:
-  """While a distributed dataset of this process is alive: one warning line when a worker
-  becomes unreachable (and an info line when it is back); when no worker (or no
-  dispatcher) has been reachable for `wait` seconds, one line and exit 2: the tf.data
-  service client would wait for ever."""
+  """While a distributed dataset of this process is alive (the thread ends when the last
+  one is released): one warning line when a worker becomes unreachable (and an info line
+  when it is back); when no worker (or no dispatcher) has been reachable for `wait`
+  seconds, one line and exit 2: the tf.data service client would wait for ever."""
 
   def __init__(self, where: str, wait: float):
     self.where, self.wait = where, wait
@@ -246,11 +246,18 @@ class _Watchdog:
   def stop(self) -> None:
     self._stop.set()
 
+  def _running(self) -> bool:
+    """False, and the thread forgotten (the next arm starts one), once no dataset is left."""
+    with self._lock:
+      if not self.armed:
+        self._thread = None
+      return self.armed
+
   def _run(self) -> None:
     import grpc  # pylint: disable=import-outside-toplevel
     known: set[str] = set()
     last_ok = time.monotonic()
-    while not self._stop.is_set():
+    while not self._stop.is_set() and self._running():
       try:
         listed = list_workers(self.where, 2.0)
         live = {w for w in listed if reachable(w, 1.0)}

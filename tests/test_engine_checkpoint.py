@@ -112,20 +112,29 @@ def remove_metadata(step_dir):
       os.remove(f)
 
 
-@pytest.fixture()
-def steps_9_and_10(saved, tmp_path):
+@pytest.fixture(scope="module")
+def saved_9_and_10(saved, tmp_path_factory):
   """A workdir with checkpoints 9 and 10 (different digit counts), states that differ."""
   _, config, objective, make, tx, mesh, state = saved
   states = {s: state.replace(step=state.step * 0 + s,
                              opt_state=jax.tree.map(lambda x: x + s, state.opt_state))
             for s in (9, 10)}
-  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=None, async_save=False)
+  workdir = str(tmp_path_factory.mktemp("steps_9_and_10"))
+  ckpt = checkpoint.Checkpointer(workdir, keep=None, async_save=False)
   for s in (9, 10):
     assert ckpt.save(states[s], config)
   ckpt.close()
   graphdef, target = state_lib.abstract(make, objective.trainable, tx,
                                        parallel.state_placement(mesh))
-  return str(tmp_path), states, (target, graphdef, objective.trainable), config
+  return workdir, states, (target, graphdef, objective.trainable), config
+
+
+@pytest.fixture()
+def steps_9_and_10(saved_9_and_10, tmp_path):
+  """A copy of that workdir, each test's own to corrupt."""
+  workdir, *rest = saved_9_and_10
+  copy = shutil.copytree(workdir, tmp_path / "workdir")
+  return (str(copy), *rest)
 
 
 def restore(workdir, restore_args):

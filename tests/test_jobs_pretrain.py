@@ -56,6 +56,7 @@ def params_of(state):
   return [np.asarray(x) for x in jax.tree.leaves(state_lib.full_state(state))]
 
 
+@pytest.mark.slow
 def test_run_logs_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
   # Local BN and the shard_map loss on 8 devices (the defaults, sync BN and the global
   # loss, are what the demo and the multi-process test run).
@@ -95,6 +96,7 @@ def test_run_logs_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   """A batch that makes the loss NaN at step 5: the run stops with a clear error, the
   checkpoint of step 3 stays the latest, nothing later is saved. (Same config as above,

@@ -88,20 +88,23 @@ def test_ucf101_and_hmdb51_recipes():
 
 
 @pytest.mark.slow
-def test_finetune_job_on_synthetic_data(tmp_path_factory):
+def test_finetune_job_on_synthetic_data(tmp_path_factory, capsys):
+  """The job on half the labelled videos (data.label_fraction): an epoch is an epoch of
+  the subset, both learning rates, the whole network trained, the classifier saved."""
   import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
   from _downstream_toys import save_numpy_checkpoint, tiny_data  # pylint: disable=import-outside-toplevel
   from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path_factory.mktemp("synthetic")
   work = tmp_path_factory.mktemp("runs")
-  pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)
+  pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir, num_train=32)
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
   saved_state = save_numpy_checkpoint(pre, str(work / "pretrain"))
-  c = tiny_data(config_lib.finetune_config(), data_dir)
+  c = tiny_data(config_lib.finetune_config(), data_dir, num_train=32)  # 8 videos per class
   c.pretrained = str(work / "pretrain")
+  c.data.label_fraction = 0.5  # 4 per class: 16 videos, 2 steps of 8 an epoch (not 4)
   c.batch_size = 8
-  c.total_epochs, c.total_steps = None, 2
+  c.total_epochs, c.total_steps = 1, None
   c.warmup_epochs, c.warmup_steps = None, 0
   c.optim.update(base_lr=0.05, head_lr=0.5, base_batch_size=8)
   c.finetune.evaluate = False  # the multi-view test is evaluate's (tested there)
@@ -110,6 +113,10 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory):
   assert sorted(os.listdir(work / "ft" / "checkpoints")) == ["1", "2"]  # the engine's layout
   saved = json.load(open(work / "ft" / "results.json"))
   assert "test" not in saved["finetune"] and saved["metrics"]["train_accuracy"] >= 0
+  assert saved["finetune"]["num_train_examples"] == 16
+  assert res["finetune"]["train"]["total_steps"] == 2
+  line = "data.label_fraction=0.5: 16 of 32 training videos kept, 4-4 per class"
+  assert line in capsys.readouterr().out
   assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}
   assert saved["checkpoint"] == c.pretrained and np.isfinite(res["metrics"]["train_loss"])
   model, meta = classifier_io.load_classifier(str(work / "ft"), parallel.make_mesh())

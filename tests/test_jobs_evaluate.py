@@ -33,20 +33,44 @@ def test_report_files_agree_with_the_scores(tmp_path):
   assert metrics["top1"] == pytest.approx(np.mean(probs.argmax(1) == labels))
 
 
+def _fused_metrics_by_video(probs_by_video, label_by_video, fusion):
+  """top-1, top-5 and mean class accuracy of fused per-video scores, one video at a time."""
+  correct = {1: {}, 5: {}}
+  for video, label in label_by_video.items():
+    fused = fusion(*(p[video] for p in probs_by_video))
+    ranked = sorted(range(len(fused)), key=lambda c: -fused[c])
+    for k in correct:
+      correct[k][video] = label in ranked[:k]
+  per_class = [np.mean([correct[1][v] for v, l in label_by_video.items() if l == c])
+               for c in sorted(set(label_by_video.values()))]
+  return {"top1": np.mean(list(correct[1].values())), "top5": np.mean(list(correct[5].values())),
+          "mean_class_accuracy": np.mean(per_class)}
+
+
 def test_fusion_aligns_videos_by_index():
+  """Each run lists the videos in its own row order (as runs over differently sharded or
+  ordered test sets do): fusion pairs the rows of one video, checked video by video."""
   rng = np.random.default_rng(1)
-  idx = np.arange(20)
-  labels = rng.integers(0, 4, 20)
-  a, b = rng.dirichlet(np.ones(4), 20), rng.dirichlet(np.ones(4), 20)
-  perm = rng.permutation(20)
-  runs = [{"index": idx, "label": labels, "probs": a},
-          {"index": idx[perm], "label": labels[perm], "probs": b[perm]}]
-  got = multiview.fuse(runs, "mean", 4)
-  assert got["top1"] == pytest.approx(np.mean(((a + b) / 2).argmax(1) == labels))
-  got = multiview.fuse(runs, "_downstream_toys:max_fusion", 4)  # a user's fusion function
-  assert got["top1"] == pytest.approx(np.mean(np.maximum(a, b).argmax(1) == labels))
+  videos = rng.choice(1000, 30, replace=False)
+  label = {v: int(rng.integers(0, 6)) for v in videos}
+  probs = [{v: rng.dirichlet(np.ones(6)) for v in videos} for _ in range(2)]
+  runs = []
+  for p in probs:
+    order = rng.permutation(videos)
+    runs.append({"index": order, "label": np.array([label[v] for v in order]),
+                 "probs": np.stack([p[v] for v in order])})
+  index, labels, aligned = multiview.align_scores(runs)
+  np.testing.assert_array_equal(index, np.sort(videos))
+  np.testing.assert_array_equal(labels, [label[v] for v in index])
+  for p, rows in zip(probs, aligned):
+    np.testing.assert_array_equal(rows, np.stack([p[v] for v in index]))
+  for fusion, fn in (("mean", lambda *p: np.mean(p, axis=0)),
+                     ("_downstream_toys:max_fusion", np.maximum)):  # a user's fusion function
+    got = multiview.fuse(runs, fusion, 6)
+    for key, value in _fused_metrics_by_video(probs, label, fn).items():
+      assert got[key] == pytest.approx(value), (fusion, key)
   with pytest.raises(ValueError, match="different videos"):
-    multiview.fuse([runs[0], {"index": idx + 1, "label": labels, "probs": b}], "mean", 4)
+    multiview.fuse([runs[0], dict(runs[1], index=runs[1]["index"] + 1)], "mean", 6)
   with pytest.raises(ValueError, match="module:function"):
     multiview.fusion_function("max")
 

@@ -7,9 +7,11 @@ Without compiling everything is abstract (`jax.eval_shape`, lowered-HLO cost ana
 nothing is allocated, so R3D-152 3x answers in seconds on a laptop. Compiling lowers the
 engine's own step (cvrl.engine.loop.abstract_step: the configured sharding, one global
 batch as the pipeline ships it) on the first `summary_devices` devices of this process
-(fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=N) and never runs it;
-where it cannot, `step_memory` says why and a `warning:` line on stderr says so. Prints
-ONE JSON line.
+(fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=N) and never runs it,
+on the native convolution, as accelerators run it (the CPU's 'fold' lowering is not split
+over the batch by XLA's partitioner: each device would hold the whole batch's
+activations); where it cannot, `step_memory` says why and a `warning:` line on stderr says
+so. Prints ONE JSON line.
 """
 from __future__ import annotations
 
@@ -98,8 +100,8 @@ def forward_flops(config: ml_collections.ConfigDict,
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
-  memory = step_memory(config)  # the configured convolution: the step that would run
   config = _native(config)
+  memory = step_memory(config)
   model, trainable = _abstract_model(config)
   backbone = _count(nnx.state(model.encoder, nnx.Param))
   trainable_total = _count(nnx.state(model, trainable))

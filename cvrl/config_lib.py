@@ -123,10 +123,11 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   # read from the environment, see cvrl.core.parallel). Parameters and optimizer state
   # 'replicated' on every device or 'fsdp' (sharded over the devices; arrays under
   # fsdp_min_kib stay whole); the summary job sizes that state for `summary_devices`
-  # (None: this machine's).
+  # (None: this machine's) and, with summary_compile, compiles the pretraining step on
+  # that many of this machine's devices for XLA's memory analysis (off: seconds, not minutes).
   c.parallel = ml_collections.ConfigDict(dict(
       batch_norm="sync", device_prefetch=2, param_sharding="replicated", fsdp_min_kib=64.0,
-      summary_devices=config_dict.placeholder(int),
+      summary_devices=config_dict.placeholder(int), summary_compile=False,
       compilation_cache_dir=config_dict.placeholder(str),
       coordinator_address=config_dict.placeholder(str),
       num_processes=config_dict.placeholder(int),

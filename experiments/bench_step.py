@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cvrl.engine import step_inputs
 from cvrl.models import r3d
 
 # name -> (depth, preset)
@@ -151,48 +152,28 @@ def load_config(spec: str, overrides: list[str] = ()):
 
 
 def _step_parts(config, per_device_batch: int | None) -> dict:
-  """Mesh, objective, model maker, optimizer, jitted train step, graphdef, the abstract
-  (sharded) state and batch, and clips per step."""
+  """The engine's abstract step (cvrl.engine.loop.abstract_step: jitted step, graphdef,
+  abstract sharded state and batch) with the mesh, task, model maker, placement, clips per
+  step and clip shape; `per_device_batch` overrides config.batch_size."""
   # pylint: disable=import-outside-toplevel
+  import ml_collections
   from cvrl import objectives
   from cvrl.core import parallel
-  from cvrl.data import photometric, sampling
   from cvrl.engine import loop as engine
-  from cvrl.engine import optim
-  from cvrl.jobs import pretrain
-  from cvrl.engine import state as state_lib
+  from cvrl.engine import tasks
   mesh = parallel.make_mesh()
-  devices = parallel.num_data_shards(mesh)
-  batch = per_device_batch * devices if per_device_batch else int(config.batch_size)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if per_device_batch:
+    config.batch_size = per_device_batch * parallel.num_data_shards(mesh)
   objective = objectives.get(config)
-  total, warmup = pretrain.durations(config)
-  schedule = optim.warmup_cosine(optim.peak_learning_rate(config.optim, batch), warmup, total,
-                                 config.optim.get("schedule", "cosine"))
-  tx = optim.build(config.optim, schedule)
-  make = lambda: objective.build(nnx.Rngs(int(config.seed)))
-  placement = parallel.placement_from_config(mesh, config.get("parallel"))
-  graphdef, state = state_lib.abstract(make, objective.trainable, tx, placement)
-  step = engine.make_train_step(objective, graphdef, tx, schedule,
-                                parallel.batch_sharding(mesh), int(config.seed),
-                                config.data, state_lib.shardings(state))
-  data = config.data
-  smp = sampling.make_sampler(objective.sampler(), num_frames=data.num_frames,
-                              stride=data.stride, train=True)
-  shape = (batch, smp.num_views, smp.frames, data.crop_size, data.crop_size, 3)
-  sharding = parallel.batch_sharding(mesh)
-  device_photometric = data.get("photometric", "host") == "device"
-  spec = {"video": jax.ShapeDtypeStruct(shape, jnp.uint8 if device_photometric else jnp.float32,
-                                        sharding=sharding),
-          "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding),
-          "index": jax.ShapeDtypeStruct((batch,), jnp.int64 if jax.config.jax_enable_x64
-                                        else jnp.int32, sharding=sharding)}
-  if device_photometric:
-    spec["photometric"] = jax.ShapeDtypeStruct((batch, smp.num_views, photometric.SIZE),
-                                               jnp.float32, sharding=sharding)
-  return dict(mesh=mesh, objective=objective, make=make, tx=tx, step=step, graphdef=graphdef,
-              placement=placement,
-              state=state, spec=spec, clips=batch * smp.num_views,
-              clip=(smp.frames, data.crop_size, data.crop_size, 3))
+  task = tasks.PretrainTask(config, objective)
+  parts = engine.abstract_step(task, config, mesh, objective.sampler(),
+                               *step_inputs.durations(config))
+  video = parts["batch"]["video"].shape
+  return dict(parts, mesh=mesh, objective=objective, task=task, spec=parts["batch"],
+              make=step_inputs.model_maker(task, config, mesh),
+              placement=parallel.placement_from_config(mesh, config.get("parallel")),
+              clips=video[0] * video[1], clip=video[2:])
 
 
 def _concrete_batch(spec: dict, seed: int = 0) -> dict:
@@ -216,18 +197,6 @@ def _concrete_batch(spec: dict, seed: int = 0) -> dict:
     else:
       v = np.arange(np.prod(s.shape)).reshape(s.shape).astype(s.dtype)
     out[k] = jax.device_put(v, s.sharding)
-  return out
-
-
-def _memory(compiled) -> dict:
-  m = compiled.memory_analysis()
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
-  out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(m, f, 0) or 0) for f in fields}
-  # Live at the peak: inputs + outputs not aliased to (donated) inputs + XLA's temporaries.
-  out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
-                       + out["temp_bytes"])
-  out["peak_gib"] = round(out["peak_bytes"] / 2 ** 30, 3)
   return out
 
 
@@ -367,7 +336,7 @@ def config_throughput(config, per_device_batch: int | None = None, steps: int = 
               "cuDNN convolutions"}
   out["memory"] = {"allocator_peak_bytes": allocator,
                    "allocator_peak_gib": allocator and round(allocator / 2 ** 30, 3),
-                   "xla_memory_analysis": _memory(compiled)}
+                   "xla_memory_analysis": step_inputs.memory_analysis(compiled)}
   return out
 
 
@@ -412,7 +381,7 @@ def config_memory(config, per_device_batch: int, remat: bool) -> dict:
          "clips_per_device": clips // devices,
          "gflop_per_step": round(_flops(compiled) / 1e9, 1),
          "compile_s": round(time.perf_counter() - start, 1)}
-  out.update(_memory(compiled))
+  out.update(step_inputs.memory_analysis(compiled))
   residual = saved_residual_bytes(config, parts)
   if residual is not None:
     out["saved_residual_bytes"] = residual // devices

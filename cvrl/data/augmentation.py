@@ -126,34 +126,21 @@ class AugmentSpec:
     return cls(**values)
 
   def blur_prob(self, view: int) -> float:
-    return _per_view(self.blur_probs, view)
+    return P.per_view(self.blur_probs, view)
 
   def solarize_prob(self, view: int) -> float:
-    return _per_view(self.solarize_probs, view)
+    return P.per_view(self.solarize_probs, view)
 
   def background_erase_prob(self, view: int) -> float:
-    return _per_view(self.background_erase_probs, view)
+    return P.per_view(self.background_erase_probs, view)
 
   @property
   def has_background_erase(self) -> bool:
     return max(self.background_erase_probs or (0.0,)) > 0
 
-  @property
-  def has_tclr_colour(self) -> bool:
-    """Whether the gray-gamma / channel-drop draw can fire."""
-    return self.gray_gamma_prob > 0 or self.channel_drop_prob > 0
-
   def has_photometric(self, num_views: int, blur_radius: int) -> bool:
     """Whether any colour/grayscale/blur/solarize/erase op can fire on one of the views."""
-    return (self.color_jitter_prob > 0 or self.grayscale_prob > 0 or self.has_tclr_colour or
-            self.erase_prob > 0 or self.has_background_erase or
-            any(self.solarize_prob(v) > 0 or (blur_radius > 0 and self.blur_prob(v) > 0)
-                for v in range(num_views)))
-
-
-def _per_view(probs: tuple, view: int) -> float:
-  """Entry min(view, len - 1) of a per-view probability tuple (0 when empty)."""
-  return float(probs[min(view, len(probs) - 1)]) if probs else 0.0
+    return P.can_fire(self, num_views, blur_radius)
 
 
 def fold_seed(seed, *data: int | tf.Tensor) -> tf.Tensor:

@@ -56,3 +56,19 @@ def erase_extent(size_fraction: float, crop_size: int) -> int:
 def blur_radius(crop_size: int) -> int:
   """Reference kernel: crop_size // 10 taps made odd, i.e. radius (crop_size // 10) // 2."""
   return (int(crop_size) // 10) // 2
+
+
+def per_view(probs, view: int) -> float:
+  """Entry min(view, len - 1) of a per-view probability tuple (0 when empty)."""
+  return float(probs[min(view, len(probs) - 1)]) if probs else 0.0
+
+
+def can_fire(aug, num_views: int, blur_radius: int) -> bool:
+  """Whether any colour/grayscale/blur/solarize/erase op can fire on one of the views of
+  the augmentation `aug` (config.data.augmentation or augmentation.AugmentSpec): then the
+  host ships each training clip's parameter vector (device mode)."""
+  return (aug.color_jitter_prob > 0 or aug.grayscale_prob > 0 or aug.gray_gamma_prob > 0 or
+          aug.channel_drop_prob > 0 or aug.erase_prob > 0 or
+          max(aug.background_erase_probs or (0.0,)) > 0 or
+          any(per_view(aug.solarize_probs, v) > 0 or
+              (blur_radius > 0 and per_view(aug.blur_probs, v) > 0) for v in range(num_views)))

@@ -41,6 +41,7 @@ from cvrl.engine import input as input_lib
 from cvrl.engine import local_bn
 from cvrl.engine import metrics as metrics_lib
 from cvrl.engine import state as state_lib
+from cvrl.engine import step_inputs
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -177,6 +178,19 @@ def make_train_step(task, graphdef, tx, schedule, batch_sharding, seed: int, dat
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
+def abstract_step(task, config, mesh, sampler, total_steps: int, warmup_steps: int) -> dict:
+  """The step `run` compiles for `task`, on abstract inputs (nothing allocated): {step (the
+  jitted step), state and batch (ShapeDtypeStructs with their shardings: the configured
+  parallel.param_sharding, one global batch of config.batch_size as the pipeline ships it
+  for `sampler`), graphdef, tx}. `step.lower(state, batch).compile()` is what would run."""
+  tx, schedule, _ = task.optimizer(total_steps, warmup_steps)
+  graphdef, state = step_inputs.abstract_state(task, config, mesh, tx)
+  step = make_train_step(task.rules, graphdef, tx, schedule, parallel.batch_sharding(mesh),
+                         int(config.seed), config.data, state_lib.shardings(state))
+  batch = step_inputs.batch_spec(config.data, sampler, int(config.batch_size), mesh)
+  return dict(step=step, state=state, batch=batch, graphdef=graphdef, tx=tx)
+
+
 # ------------------------------------------------------------------------- preemption
 
 class _Preemption:
@@ -298,17 +312,10 @@ class _Run:
     p = config.get("parallel") or {}
     batch_size = int(config.batch_size)
     tx, schedule, peak = task.optimizer(total_steps, warmup_steps)
-    groups = parallel.num_data_shards(mesh) if p.get("batch_norm", "sync") == "local" else 1
-
-    def make_model():
-      model = task.make_model()
-      return local_bn.use_local_batch_norm(model, groups) if groups > 1 else model
-
     self.ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=int(config.checkpoint.keep),
         async_save=bool(config.checkpoint.get("async_save", True)))
-    placement = parallel.placement_from_config(mesh, p)
-    self.graphdef, target = state_lib.abstract(make_model, task.trainable, tx, placement)
+    self.graphdef, target = step_inputs.abstract_state(task, config, mesh, tx)
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
@@ -316,7 +323,8 @@ class _Run:
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:
-      _, state = state_lib.create(make_model, task.trainable, tx, placement)
+      _, state = state_lib.create(step_inputs.model_maker(task, config, mesh), task.trainable,
+                                  tx, parallel.placement_from_config(mesh, p))
       self.state = _initialized(task, self.graphdef, state, tx, shardings)
     self.start_step = self.step = int(jax.device_get(self.state.step))
     self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule,

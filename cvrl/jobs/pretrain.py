@@ -12,23 +12,17 @@ from typing import Any
 
 import ml_collections
 
-from cvrl import config_lib, objectives
+from cvrl import objectives
 from cvrl.core import runtime
 from cvrl.engine import loop as engine
 from cvrl.eval import common
 from cvrl.engine import optim
+from cvrl.engine import step_inputs
 from cvrl.eval import results as R
 from cvrl.models import extra_frames
 from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
-
-
-def durations(config) -> tuple[int, int]:
-  """(total steps, warm-up steps) from `{total,warmup}_{steps,epochs}`."""
-  kw = dict(num_examples=config.data.get("num_train_examples"), batch_size=config.batch_size)
-  return (config_lib.steps("total", config, **kw),
-          config_lib.steps("warmup", config, default=0, **kw))
 
 
 def validate(config) -> None:
@@ -37,7 +31,7 @@ def validate(config) -> None:
   objectives.get(config)
   optim.validate(config.optim)
   engine.validate(config)
-  total, warmup = durations(config)
+  total, warmup = step_inputs.durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
   common.from_config(config.get("evals"))  # kinds, keys and each kind's checks
@@ -63,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = engine.setup(config)
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
-  total_steps, warmup_steps = durations(config)
+  total_steps, warmup_steps = step_inputs.durations(config)
   evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
                              _eval_splits(config, mesh, objective))
   out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,

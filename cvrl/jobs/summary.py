@@ -1,15 +1,23 @@
-"""The `summary` job: parameters, feature shape and forward GFLOPs of a config's model, and
-the training state's bytes per device (parameters, optimizer state, the rest) under
-`parallel.param_sharding` on `parallel.summary_devices` devices.
+"""The `summary` job: parameters, feature shape and forward GFLOPs of a config's model, the
+training state's bytes per device (parameters, optimizer state, the rest) under
+`parallel.param_sharding` on `parallel.summary_devices` devices and, with
+`parallel.summary_compile`, XLA's memory analysis of the compiled pretraining step.
 
-Everything is abstract (`jax.eval_shape`, lowered-HLO cost analysis): nothing is allocated,
-so R3D-152 3x answers in seconds on a laptop (XLA's memory analysis of the compiled step,
-under either sharding: `experiments.bench_step --config=... --memory_only`). Prints ONE
-JSON line.
+Without compiling everything is abstract (`jax.eval_shape`, lowered-HLO cost analysis):
+nothing is allocated, so R3D-152 3x answers in seconds on a laptop. Compiling lowers the
+engine's own step (cvrl.engine.loop.abstract_step: the configured sharding, one global
+batch as the pipeline ships it) on the first `summary_devices` devices of this process
+(fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=N) and never runs it,
+on the native convolution, as accelerators run it (the CPU's 'fold' lowering is not split
+over the batch by XLA's partitioner: each device would hold the whole batch's
+activations); where it cannot, `step_memory` says why and a `warning:` line on stderr says
+so. Prints ONE JSON line.
 """
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +28,10 @@ from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
+from cvrl.engine import loop as engine
 from cvrl.engine import optim
+from cvrl.engine import step_inputs
+from cvrl.engine import tasks
 from cvrl.models import build_encoder
 from cvrl.models.heads import EncoderHead, LinearClassifier
 
@@ -90,6 +101,7 @@ def forward_flops(config: ml_collections.ConfigDict,
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
   config = _native(config)
+  memory = step_memory(config)
   model, trainable = _abstract_model(config)
   backbone = _count(nnx.state(model.encoder, nnx.Param))
   trainable_total = _count(nnx.state(model, trainable))
@@ -105,6 +117,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
       # XLA's count: a multiply-add is 2 FLOPs.
       "gflops_per_clip": float(f"{_flops(lowered) / 1e9:.6g}"),
       "state_bytes_per_device": state_bytes(config, model, trainable),
+      "step_memory": memory,
   }
 
 
@@ -113,7 +126,7 @@ def state_bytes(config: ml_collections.ConfigDict, model, trainable) -> dict:
   config's optimizer) and the other variables (BatchNorm statistics, targets, queues)."""
   p = config.get("parallel") or {}
   mode = p.get("param_sharding", "replicated")
-  devices = int(p.get("summary_devices") or jax.device_count())
+  devices = summary_devices(config)
   min_kib = float(p.get("fsdp_min_kib", parallel.FSDP_MIN_KIB))
   params, rest = nnx.state(model, trainable, ...)
   opt_state = jax.eval_shape(optim.build(config.optim, lambda count: 0.0).init, params)
@@ -122,6 +135,54 @@ def state_bytes(config: ml_collections.ConfigDict, model, trainable) -> dict:
   out["total"] = sum(out.values())
   return {"param_sharding": mode, "devices": devices, **out,
           "total_gib": round(out["total"] / 2 ** 30, 4)}
+
+
+def summary_devices(config) -> int:
+  return int((config.get("parallel") or {}).get("summary_devices") or jax.device_count())
+
+
+def _cannot_compile(config, devices: int) -> str:
+  """Why the summary does not compile the step ('' when it does)."""
+  p = config.get("parallel") or {}
+  if not p.get("summary_compile", False):
+    return "not compiled (parallel.summary_compile=False)"
+  if "objective" not in config:
+    return "not compiled: only a pretraining config's step is (this config has no objective)"
+  if devices > jax.device_count():
+    return (f"not compiled: parallel.summary_devices={devices} but this process has "
+            f"{jax.device_count()} {jax.default_backend()} devices (fake CPU devices: "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices})")
+  if int(config.batch_size) % devices:
+    return (f"not compiled: batch_size {config.batch_size} does not split over "
+            f"{devices} devices")
+  try:
+    step_inputs.durations(config)  # the schedule's
+  except ValueError as e:
+    return f"not compiled: {e}"
+  return ""
+
+
+def step_memory(config: ml_collections.ConfigDict) -> dict:
+  """XLA's memory analysis of the pretraining step compiled (never run) on `summary_devices`
+  of this process's devices, bytes per device (cvrl.engine.step_inputs.memory_analysis);
+  {'compiled': False, 'why': ...} where it is not compiled."""
+  devices = summary_devices(config)
+  why = _cannot_compile(config, devices)
+  if why:
+    if (config.get("parallel") or {}).get("summary_compile", False):
+      print(f"warning: summary: step memory {why}; the state bytes alone", file=sys.stderr)
+    return {"compiled": False, "why": why}
+  start = time.perf_counter()
+  mesh = parallel.make_mesh(jax.devices()[:devices])
+  objective = objectives.get(config)
+  parts = engine.abstract_step(tasks.PretrainTask(config, objective), config, mesh,
+                               objective.sampler(), *step_inputs.durations(config))
+  with jax.set_mesh(mesh):
+    compiled = parts["step"].lower(parts["state"], parts["batch"]).compile()
+  return {"compiled": True, "devices": devices,
+          "per_device_batch": int(config.batch_size) // devices,
+          "compile_s": round(time.perf_counter() - start, 1),
+          **step_inputs.memory_analysis(compiled)}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -214,6 +214,7 @@ def test_scalar_seed_depends_on_every_value_folded_in():
   assert len({A.fold_seed([3, 0], 2, epoch).numpy()[0] for epoch in range(4)}) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("b,c,s,h", [(0.6, 0.6, 0.6, 0.15), (0.25, 0.4, 0.1, 0.05)])
 def test_every_colour_jitter_range_has_its_full_spread(b, c, s, h):
   """brightness U[max(0, 1-b), 1+b], contrast U[1-c, 1+c], saturation U[1-s, 1+s], hue

@@ -106,6 +106,7 @@ def test_folder_round_trip_resumable_and_pipeline(videos, tmp_path):
     assert min(np.abs(clip - r).mean() for r in ref) < 1.0
 
 
+@pytest.mark.slow
 def test_csv_cli_with_workers_and_fps(videos, tmp_path):
   root, truth = videos
   csv_path = tmp_path / 'list.csv'

@@ -168,6 +168,7 @@ def _texture_video(seed, frames=12, h=28, w=36):
   return [tf.io.encode_jpeg(f.astype(np.uint8), quality=95).numpy() for f in video]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extras', ['', 'tclr', 'background'])
 def test_device_path_equals_host_path_for_the_same_seed(tmp_path, extras):
   """The key check: data.photometric='device' + finish_batch gives the host path's clips
@@ -236,6 +237,7 @@ def _same_up_to_uint8_rounding(device_video, host_video):
   assert (diff > 0.05).mean() < 2e-3  # only pixels pushed across the solarize threshold
 
 
+@pytest.mark.slow
 def test_device_tclr_extras_match_their_definitions():
   """Gray + gamma after the jitter, channel drop (exactly 0, the rest untouched), erasing
   (exactly 0 in the box, clipped at the edge; last of all), per clip and per frame."""

@@ -69,6 +69,7 @@ def _take(ds, n):
   return [b for _, b in zip(range(n), pipeline.iterate(ds))]
 
 
+@pytest.mark.slow
 def test_train_batches_shapes_determinism_and_resume(tmp_path, shards):
   cfg = _config(tmp_path, shards)
   build = lambda **kw: pipeline.build_dataset(
@@ -98,6 +99,7 @@ def test_train_batches_shapes_determinism_and_resume(tmp_path, shards):
   assert not np.array_equal(np.concatenate([x['label'] for x in first[3:5]]), epoch0[:8])
 
 
+@pytest.mark.slow
 def test_hosts_read_disjoint_files_and_eval_counts_every_video_once(tmp_path, shards):
   cfg = _config(tmp_path, shards)
   seen, batches = [], []
@@ -143,6 +145,7 @@ def test_eval_multiview_indices_and_padding(tmp_path):
   np.testing.assert_array_equal(frame_idx, expected)
 
 
+@pytest.mark.slow
 def test_training_views_are_consistent_and_tclr_rho_shapes(tmp_path):
   path = str(tmp_path / 'still.tfrecord')
   still = _encode([_textured(5)] * 40)
@@ -181,6 +184,7 @@ def test_training_views_are_consistent_and_tclr_rho_shapes(tmp_path):
     build()
 
 
+@pytest.mark.slow
 def test_erasing_alone_ships_parameters_and_erases_per_clip_on_tclr_views(tmp_path):
   """Crop + flip + TCLR's erasing only (no colour op): the parameters still travel, and
   finish_batch zeroes each clip's drawn box in every frame of that clip (all 10 TCLR views)."""
@@ -206,6 +210,7 @@ def test_erasing_alone_ships_parameters_and_erases_per_clip_on_tclr_views(tmp_pa
       assert zero[:, inside].all() and not zero[:, ~inside].any()
 
 
+@pytest.mark.slow
 def test_bad_records_are_counted_not_fatal(tmp_path):
   good = lambda i: tfrecord.make_sequence_example(_index_video(12), label=i)
   corrupt_jpeg = _index_video(12)

@@ -65,6 +65,7 @@ class CvrlTestTinyVideos(tfds.core.GeneratorBasedBuilder):
       yield i, {'video': np.full((3, 12, 16, 3), 20 * i, np.uint8), 'label': i}
 
 
+@pytest.mark.slow
 def test_tfds_training_reads_the_global_order_by_record(tmp_path):
   builder = CvrlTestTinyVideos(data_dir=str(tmp_path))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=4))

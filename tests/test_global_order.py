@@ -49,6 +49,7 @@ def _global_batches(paths, processes, steps=6, start_step=0):
   return np.stack([np.concatenate(rows) for rows in zip(*parts)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('num_shards', [2, 3, 64])
 def test_global_batches_are_the_same_on_any_process_count(tmp_path, num_shards):
   paths = _shards(str(tmp_path), num_shards)

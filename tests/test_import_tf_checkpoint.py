@@ -60,6 +60,7 @@ def reference(tmp_path_factory):
   return dict(net=net, x=x, feature_map=feature_map, released=released, nested=nested)
 
 
+@pytest.mark.slow
 def test_imported_r3d50_gives_the_reference_features(reference, tmp_path):
   from cvrl.engine.checkpoint import load_pretrained  # pylint: disable=import-outside-toplevel
   report = imp.import_checkpoint(reference["released"], str(tmp_path))

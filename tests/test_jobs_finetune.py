@@ -1,5 +1,5 @@
 """Fine-tuning: two learning rates, dropout, the recipes, the job (synchronised BN over
-devices and resume are tested on the engine, tests/test_train_engine.py)."""
+devices and resume are tested on the engine, tests/test_engine_loop.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

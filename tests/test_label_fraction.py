@@ -224,6 +224,7 @@ def test_probe_after_pretraining_carries_the_fraction():
 
 # ------------------------------------------------------------------------------ TFDS
 
+@pytest.mark.slow
 def test_tfds_source_reads_the_same_subset_on_any_host_count(tmp_path):
   import tensorflow as tf
   import tensorflow_datasets as tfds

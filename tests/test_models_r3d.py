@@ -57,7 +57,8 @@ def test_r3d18_matches_torchvision_parameter_count(preset):
   assert n_params(abstract(18, 1.0, preset)) == 33_371_472 - 205_200
 
 
-@pytest.mark.parametrize("depth", sorted(r3d.DEPTHS))
+@pytest.mark.parametrize("depth", [pytest.param(d, marks=pytest.mark.slow) if d > 50 else d
+                                   for d in sorted(r3d.DEPTHS)])
 def test_output_shapes_for_every_depth(depth):
   model = abstract(depth, 0.125, "cvrl")
   block_type, blocks = r3d.DEPTHS[depth]
@@ -97,6 +98,7 @@ def _video(seed, shape=(2, 8, 32, 32, 3)):
   return jax.random.uniform(jax.random.key(seed), shape)
 
 
+@pytest.mark.slow
 def test_forward_tiny_width():
   model = create(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(0)))
   y = apply(model, _video(0))
@@ -108,6 +110,7 @@ def test_forward_tiny_width():
   assert bool(jnp.all(y >= 0)) and float(jnp.max(y)) > 0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_matches_float32():
   x = _video(1)
   f32 = create(lambda: R3D(18, 0.125, "cvrl", rngs=nnx.Rngs(0)))
@@ -120,6 +123,7 @@ def test_bfloat16_compute_matches_float32():
   assert not np.array_equal(np.asarray(a), np.asarray(b))  # it really ran in bf16
 
 
+@pytest.mark.slow
 def test_remat_gives_same_outputs_and_gradients():
   x = _video(2)
   plain = create(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(0)))
@@ -136,6 +140,7 @@ def test_remat_gives_same_outputs_and_gradients():
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batchnorm_train_vs_eval():
   model = create(lambda: R3D(18, 0.125, "r3d18", rngs=nnx.Rngs(0)))
   x = _video(3, (4, 8, 32, 32, 3))
@@ -214,6 +219,7 @@ def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
       lambda: build_encoder(old, nnx.Rngs(0))).input_mode == "rgb"
 
 
+@pytest.mark.slow
 def test_slow_r50_matches_slowfast_model_zoo():
   # SlowFast's SLOW_8x8_R50 (Slow-only R50, 8x8): 32.45M parameters with its 400-class fc
   # (2048 x 400 + 400); 8 frames of 224 keep all 8 timesteps: 8x7x7x2048.

@@ -44,6 +44,7 @@ def test_eight_devices_equal_one_device():
   sharded_equals_single(f, p, z, sharded_argnums=(0, 1))
 
 
+@pytest.mark.slow
 def test_model_target_gets_no_gradient_follows_the_ema_and_gives_the_projection():
   config = load_config("byol_tiny")
   objective, model = build(config)

@@ -61,6 +61,7 @@ def reference(z_a, z_b):
   return f(jax.device_put(z_a, cpu0), jax.device_put(z_b, cpu0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", sorted(contrastive.IMPLS))
 def test_sharded_loss_and_grads_equal_single_device(impl):
   z_a, z_b = embeddings(8, 16)
@@ -121,6 +122,7 @@ def tiny_config(impl):
   return c
 
 
+@pytest.mark.slow
 def test_model_loss_on_8_devices_equals_one_device():
   """Encoder + head + loss: synchronised BN and the sharded loss give the 1-device numbers."""
   rng = np.random.default_rng(0)

@@ -41,6 +41,7 @@ def test_loss_and_gradient_match_numpy_with_a_partly_filled_queue(rho, reduction
   np.testing.assert_allclose(jax.jit(jax.grad(f))(q), expected, rtol=2e-3, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_empty_queue_gives_zero_loss_and_finite_gradient():
   q = random_embeddings(3, 2, 2, 4)
   k = random_embeddings(4, 2, 2, 4)
@@ -81,6 +82,7 @@ def test_eight_devices_equal_one_device_loss_gradient_and_queue():
   np.testing.assert_allclose(new_queue[:32], queue[:32])
 
 
+@pytest.mark.slow
 def test_model_key_encoder_gets_no_gradient_queue_fills_then_updates_start():
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from objective_checks import build, load_config, paths, random_video  # noqa: E402
@@ -176,6 +178,7 @@ def numpy_view_outputs(fn, model, video):
   return l2n(np.stack(out, axis=1))
 
 
+@pytest.mark.slow
 def test_per_device_queue_holds_each_devices_key_encoder_outputs_on_8_devices():
   """8 devices, 1 video of 2 clips each, queues of 6 (3 steps of 2 keys: not 1 step, so a
   stuck or skipping pointer shows): each device's queue receives that device's keys from
@@ -206,6 +209,7 @@ def test_per_device_queue_holds_each_devices_key_encoder_outputs_on_8_devices():
     assert int(model.queue_filled[...]) == min(2 * t + 2, 6)
 
 
+@pytest.mark.slow
 def test_global_queue_takes_the_global_batch_keys_clip_major():
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from objective_checks import random_video  # noqa: E402
@@ -221,6 +225,7 @@ def test_global_queue_takes_the_global_batch_keys_clip_major():
   assert int(model.queue_ptr[...]) == 8
 
 
+@pytest.mark.slow
 def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
   """While the queue fills the reference never calls optimizer.step(): with weight decay
   and momentum on, the train step must leave every parameter as it was."""

@@ -74,6 +74,7 @@ def test_dif_objective_builds_its_encoder_from_a_dif_model_config():
     base.get(simclr)
 
 
+@pytest.mark.slow
 def test_dif_loss_is_the_rgb_network_on_numpy_rotated_frame_differences():
   """The DIF objective's loss on T + 1 frames == cross-entropy (numpy) of the same
   parameters in RGB mode on the numpy frame differences, rotated in numpy."""

@@ -52,6 +52,7 @@ def test_eight_devices_equal_one_device():
   sharded_equals_single(f, scores, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_model_prototypes_frozen_then_trained_and_renormalised():
   config = load_config("swav_tiny")  # prototypes frozen for 2 steps
   objective, model = build(config)

@@ -82,6 +82,7 @@ def test_dense_instance_loss_matches_numpy():
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_losses_on_eight_devices_equal_one_device():
   lsr = random_embeddings(6, 2, 16, 4, 8)
   gdr = random_embeddings(7, 2, 16, 4, 8)

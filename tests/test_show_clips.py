@@ -56,6 +56,7 @@ def test_each_method_shows_the_views_its_loss_takes():
                                    ("sparse", "dense 1", "dense 2", "dense 3", "dense 4")]
 
 
+@pytest.mark.slow
 def test_first_batch_is_the_batch_the_train_step_finishes():
   c = cvrl_tiny.get_config()
   objective = objectives.get(c)
@@ -81,6 +82,7 @@ def _events(workdir):
   return out
 
 
+@pytest.mark.slow
 def test_pretraining_draws_its_first_batch_to_tensorboard_unless_switched_off(tmp_path):
   c = cvrl_tiny.get_config()
   c.log.tensorboard = True  # the tiny configs turn it off

@@ -1,20 +1,24 @@
 """The demo: CVRL pretraining of a tiny R3D on synthetic videos, on CPU in minutes.
 
-The data: procedural object + action videos (cvrl.data.procedural) at the calibrated
-difficulty, 8 classes (what the object is x how it moves), `videos` training videos and
-256 held-out ones. Evaluators watch the encoder while it trains: a kNN classifier on
+The data: procedural object + action videos (cvrl.data.procedural), 8 classes (what the
+object is x how it moves), `videos` training videos and 256 held-out ones, each video with
+its own random colours and a half-strength textured background (difficulty colour=1,
+texture=0.5: what real videos have and the calibrated data lacks). The encoder sees frame
+differences (`model.input='dif'`): a still background is zero in every difference, so
+it cannot tell videos apart (README, "Quality benchmark": the ladder). Evaluators watch the encoder while it trains: a kNN classifier on
 the held-out videos at step 0, half-way and at the end, and at the end the same kNN on a
 random-init encoder of the same architecture (what pretraining bought); rows in
 DIR/metrics.jsonl under eval/<name>/, final values in DIR/results.json. The arg shortens
 or lengthens it, e.g.
   --config=configs/demo.py:steps=40,probe=False   (probe=False: no evaluators)
+  --config=configs/demo.py:colour=0,texture=0,input=rgb   (the calibrated data, on frames)
 """
 from cvrl import config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, steps=400, batch_size=16, source="synthetic", probe=True,
-                             videos=1024)
+                             videos=1024, colour=1.0, texture=0.5, input="dif")
   c = config_lib.pretrain_config("cvrl")
   c.seed = 0
   c.batch_size = arg.batch_size
@@ -23,7 +27,7 @@ def get_config(arg=None):
   c.warmup_epochs = None
   c.warmup_steps = max(1, arg.steps // 10)
   # R3D-18 with CVRL's stem and temporal kernels, at 1/8 width: 8 frames of 32 x 32.
-  c.model.update(depth=18, width=0.125, preset="cvrl", dtype="float32")
+  c.model.update(depth=18, width=0.125, preset="cvrl", dtype="float32", input=arg.input)
   c.objective.update(head_hidden=64, head_layers=1, head_out=32, temperature=0.1)
   c.data.source = arg.source
   c.data.num_frames = 8
@@ -31,6 +35,7 @@ def get_config(arg=None):
   c.data.crop_size = 32
   c.data.synthetic.update(kind="objects", num_train_videos=arg.videos, num_eval_videos=256,
                           num_classes=8, num_frames=64, size=48, num_shards=8)
+  c.data.synthetic.difficulty.update(colour=arg.colour, texture=arg.texture)
   c.data.num_train_examples = arg.videos
   c.data.num_classes = 8
   # The paper's augmentation, softened for a 1/8-width net that has minutes to learn: with
@@ -55,7 +60,7 @@ def get_config(arg=None):
 
 
 def _evals(steps):
-  """kNN top-1 on the synthetic labels (motion directions), trained and random-init
+  """kNN top-1 on the synthetic labels (object x motion), trained and random-init
   encoders; 2 clips per video, features averaged, tested at the training crop size."""
   knn = dict(kind="knn", every_steps=max(1, steps // 2), num_clips=2, num_crops=1,
              batch_size=16, knn_k=10, recall_ks=(1, 5))

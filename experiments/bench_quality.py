@@ -46,10 +46,13 @@ COLOURS = {"cvrl": "tab:red", "simclr": "tab:blue", "moco": "tab:green", "byol":
 
 
 def define_flags():
-  global _METHODS, _SEEDS, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG, _INPUT  # pylint: disable=global-statement
+  global _METHODS, _SEEDS, _FIRST_SEED, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG, _INPUT  # pylint: disable=global-statement
   _METHODS = flags.DEFINE_string("methods", "cvrl", f"'all' or a comma-separated subset of "
                                  f"{list(METHODS)}.")
   _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method (>= 1; the std needs >= 2).")
+  _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "Run seeds first_seed..seeds-1 only: "
+                                     "processes sharing one --workdir run seeds side by side, "
+                                     "then a run from seed 0 reads them from its cache.")
   _STEPS = flags.DEFINE_integer("steps", 0, "Pretraining (and supervised) steps; 0: each "
                                 "method's bench recipe.")
   _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cvrl_bench_quality", "Runs go here.")
@@ -60,8 +63,9 @@ def define_flags():
                            "paper's colour jitter and grayscale, the recipe with background "
                            "erasing (Wang et al. 2021) on the first view, or both (comparisons "
                            "in the README).")
-  _INPUT = flags.DEFINE_enum("input", "rgb", ["rgb", "dif"], "The encoder's input: frames, "
-                             "or their differences (model.input='dif', T + 1 frames a clip).")
+  _INPUT = flags.DEFINE_enum("input", "dif", ["rgb", "dif"], "The encoder's input: frame "
+                             "differences (model.input='dif', T + 1 frames a clip: the bench "
+                             "recipe's), or the frames.")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -71,18 +75,21 @@ def define_flags():
   _SEMI_STEPS = flags.DEFINE_integer("semi_steps", 500, "Steps of each semi-supervised run.")
   _VIDEOS = flags.DEFINE_integer("videos", VIDEOS, "Training videos (rendered once, cached).")
   _DIFFICULTY = flags.DEFINE_string(
-      "difficulty", "", "The data's difficulty over the calibrated default, e.g. "
-      "'colour=1,texture=0.5,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY).")
+      "difficulty", HEADLINE, "The data's difficulty over the calibrated data, e.g. "
+      "'colour=1,texture=1,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY); 'calibrated': "
+      "that data itself (white objects on plain grey, the easy row).")
   global _REPLOT  # pylint: disable=global-statement
   _REPLOT = flags.DEFINE_list("replot", [], "Only redraw the kNN plot from saved quality JSON "
                               "files (their methods together), as FIRST_knn.png beside the first.")
 
 
 def parse_difficulty(text: str) -> dict:
-  """'colour=1,scale=0.15:0.4' -> {'colour': 1.0, 'scale': (0.15, 0.4)} (checked)."""
-  from cvrl.data import procedural  # pylint: disable=import-outside-toplevel
+  """'colour=1,scale=0.15:0.4' -> {'colour': 1.0, 'scale': (0.15, 0.4)} (checked);
+  'calibrated' or '' -> {}."""
   out = {}
   for item in filter(None, (t.strip() for t in text.split(","))):
+    if item == "calibrated":
+      continue
     key, _, value = item.partition("=")
     if key not in procedural.DIFFICULTY or not value:
       raise app.UsageError(f"--difficulty: {item!r} is not one of "
@@ -100,19 +107,23 @@ def parse_difficulty(text: str) -> dict:
 AUGMENTATIONS = ("recipe", "paper", "paper_colour", "background",
                  "paper_colour_background")  # see recipe()
 VIDEOS = 2048  # training videos of the bench data
+# The headline data (--difficulty's default, the demo's): per-video random colours and a
+# half-strength textured background, the nuisances of real video the calibrated data lacks.
+HEADLINE = "colour=1,texture=0.5"
 STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
 
 
 def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
                difficulty: dict | None = None) -> None:
   """The benchmark's data, in place: `videos` training and 256 test videos of the 8
-  object + action classes at the calibrated difficulty (the data config's default,
-  overridden by `difficulty`), 64 frames of 48 x 48; clips of 8 frames at stride 2,
-  32 x 32 crops."""
+  object + action classes at the calibrated difficulty (procedural.DIFFICULTY) overridden
+  by `difficulty` (None: the headline data, HEADLINE), 64 frames of 48 x 48; clips of 8
+  frames at stride 2, 32 x 32 crops."""
   data.source = "synthetic"
   data.synthetic.update(kind="objects", num_train_videos=videos, num_eval_videos=256,
                         num_classes=8, num_frames=64, size=48, num_shards=8, seed=0, dir="")
-  data.synthetic.difficulty.update(difficulty or {})
+  chosen = parse_difficulty(HEADLINE) if difficulty is None else difficulty
+  data.synthetic.difficulty = ml_collections.ConfigDict(procedural.check_difficulty(chosen))
   data.num_train_examples = videos
   data.num_classes = 8
   data.update(crop_size=32, eval_resize=32, eval_crop_size=32)
@@ -120,12 +131,12 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None,
-           input_mode: str = "rgb") -> ml_collections.ConfigDict:
+           input_mode: str = "dif") -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
-  erasing with its paper's settings on top. input_mode 'dif': the encoder sees frame
-  differences.
+  erasing with its paper's settings on top. input_mode 'dif' (the bench's): the encoder
+  sees frame differences; 'rgb': frames. difficulty None: the headline data.
 
   Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
   AdamW, steps) and changes only what the method is: its objective with the heads shrunk
@@ -353,12 +364,12 @@ def _one_seed(config, run_dir: str, curve_points: int, semi: tuple[float, int],
   return row
 
 
-def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: int,
+def run_method(method: str, seeds: range, steps: int, workdir: str, curve_points: int,
                keep: bool, augmentation: str = "recipe", data: dict | None = None,
                semi: tuple[float, int] = (0.0, 0)) -> dict:
   """Every seed of one method; the method's entry of quality.json."""
   rows, curves, cache_dir = [], [], paths.join(workdir, "cache")
-  for seed in range(seeds):
+  for seed in seeds:
     config = recipe(method, steps, seed, augmentation, **(data or {}))
     key = _digest(ml_collections.ConfigDict(dict(config=config.to_dict(), semi=semi,
                                                  curve_points=curve_points)))
@@ -392,7 +403,7 @@ def run_method(method: str, seeds: int, steps: int, workdir: str, curve_points: 
       "knn_curve": [[s, float(np.mean([c[i][1] for c in curves]))]
                     for i, (s, _) in enumerate(curves[0])],
       "steps": int(recipe(method, steps, 0, **(data or {})).total_steps),
-      "seeds": seeds,
+      "seeds": len(seeds),
       "seconds": round(sum(col("seconds")), 1),
       "semi_supervised": semi_out,
       "per_seed": rows,
@@ -505,8 +516,8 @@ def main(argv):
   bad = [m for m in names if m not in METHODS]
   if bad or not names:
     raise app.UsageError(f"--methods: unknown {bad}; choose 'all' or from {list(METHODS)}")
-  if _SEEDS.value < 1:
-    raise app.UsageError("--seeds must be >= 1")
+  if not 0 <= _FIRST_SEED.value < _SEEDS.value:
+    raise app.UsageError("--seeds must be >= 1 and --first_seed in [0, seeds)")
   if not 0.0 <= _SEMI.value <= 1.0 or _SEMI_STEPS.value < 1:
     raise app.UsageError("--semi_fraction must be in [0, 1] (0: skip), --semi_steps >= 1")
   out_dir = _OUT.value or _WORKDIR.value
@@ -521,8 +532,9 @@ def main(argv):
   if _INPUT.value != "rgb":
     results["input"] = _INPUT.value
   results["methods"] = _earlier_rows(paths.join(out_dir, "quality.json"), results)
+  seeds = range(_FIRST_SEED.value, _SEEDS.value)
   for m in names:
-    results["methods"][m] = run_method(m, _SEEDS.value, _STEPS.value, _WORKDIR.value,
+    results["methods"][m] = run_method(m, seeds, _STEPS.value, _WORKDIR.value,
                                        _CURVE_POINTS.value, _KEEP.value, _AUG.value, data,
                                        (_SEMI.value, _SEMI_STEPS.value))
     paths.write_json(paths.join(out_dir, "quality.json"), results, indent=1)  # each method

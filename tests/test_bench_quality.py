@@ -8,6 +8,8 @@ import types
 import numpy as np
 import pytest
 
+from configs import demo
+from cvrl.data import procedural
 from cvrl.objectives import base
 
 from experiments import bench_quality as B
@@ -102,14 +104,15 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   for k in ("color_jitter_prob", "brightness", "contrast", "saturation", "hue", "grayscale_prob"):
     assert pc[k] == paper[k], k
   assert pc.area_range == c.data.augmentation.area_range and pc.blur_probs == (0.0,)
-  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "rgb"
+  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "dif"
   be = B.recipe("cvrl", 10, 0, "background").data.augmentation
   assert be.background_erase_probs == (1.0, 0.0) and be.background_erase_max == 0.3
   assert be.brightness == 0.3  # the recipe's colour kept
   both = B.recipe("cvrl", 10, 0, "paper_colour_background").data.augmentation
   assert both.background_erase_probs == (1.0, 0.0) and both.brightness == paper.brightness
-  dif = B.recipe("cvrl", 10, 0, input_mode="dif")
-  assert dif.model.input == "dif" and base.get(dif).sampler() == {"name": "cvrl", "extra_frames": 1}
+  assert base.get(c).sampler() == {"name": "cvrl", "extra_frames": 1}
+  rgb = B.recipe("cvrl", 10, 0, input_mode="rgb")
+  assert rgb.model.input == "rgb" and base.get(rgb).sampler() == {"name": "cvrl"}
   with pytest.raises(ValueError, match="augmentation 'strong'"):
     B.recipe("cvrl", 10, 0, "strong")
   s = B.recipe("simclr", 10, 0)
@@ -125,13 +128,41 @@ def test_a_preempted_job_stops_the_bench_and_a_finished_one_passes_through():
 
 def test_difficulty_flag_parses_the_settings_and_rejects_bad_ones():
   assert B.parse_difficulty("colour=1, scale=0.15:0.4") == {"colour": 1.0, "scale": (0.15, 0.4)}
-  assert B.parse_difficulty("") == {}
+  assert B.parse_difficulty("") == B.parse_difficulty("calibrated") == {}
   for bad in ("blur=1", "colour", "texture=2", "scale=0.4:0.1"):
     with pytest.raises(B.app.UsageError, match="--difficulty"):
       B.parse_difficulty(bad)
   c = B.recipe("cvrl", 10, 0, videos=64, difficulty={"texture": 1.0})
   assert c.data.synthetic.num_train_videos == c.data.num_train_examples == 64
   assert c.data.synthetic.difficulty.texture == 1.0 and c.data.synthetic.difficulty.colour == 0.0
+  # The headline data by default (the demo's too), the calibrated data on request: every
+  # setting given, whatever the demo's config holds.
+  head = B.recipe("cvrl", 10, 0).data.synthetic.difficulty.to_dict()
+  assert head == dict(procedural.DIFFICULTY, colour=1.0, texture=0.5)
+  assert head == demo.get_config().data.synthetic.difficulty.to_dict()
+  easy = B.recipe("cvrl", 10, 0, difficulty=B.parse_difficulty("calibrated"))
+  assert easy.data.synthetic.difficulty.to_dict() == procedural.DIFFICULTY
+
+
+def test_seeds_split_over_processes_meet_in_the_cache(tmp_path, monkeypatch):
+  """--first_seed=1 runs seeds 1..n-1 only; a later run from seed 0 computes seed 0 and
+  reads the others from the shared workdir's cache."""
+  ran = []
+
+  def one_seed(config, run_dir, curve_points, semi, cache_dir):
+    ran.append(int(config.seed))
+    s = int(config.seed)
+    return {"seed": s, "pretrained_linear": 0.5 + 0.1 * s, "random_linear": 0.2,
+            "supervised_linear": 0.9, "pretrained_knn": 0.4, "random_knn": 0.3,
+            "seconds": 60.0, "knn_curve": [[0, 0.3], [10, 0.4 + 0.1 * s]]}
+
+  monkeypatch.setattr(B, "_one_seed", one_seed)
+  run = lambda seeds: B.run_method("cvrl", seeds, 10, str(tmp_path), 1, False)
+  assert run(range(1, 3))["seeds"] == 2 and ran == [1, 2]
+  out = run(range(3))
+  assert ran == [1, 2, 0] and out["seeds"] == 3
+  assert out["pretrained"]["linear_top1"]["values"] == [0.5, 0.6, 0.7]
+  assert out["gain"] == pytest.approx(0.4) and out["knn_curve"] == [[0, 0.3], [10, 0.5]]
 
 
 @pytest.mark.slow
@@ -152,8 +183,8 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   # hold another module's --workdir in this process).
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
                 _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
-                _VIDEOS=B.VIDEOS, _DIFFICULTY="", _SEMI=0.5, _SEMI_STEPS=4, _REPLOT=[],
-                _INPUT="rgb")
+                _VIDEOS=B.VIDEOS, _DIFFICULTY=B.HEADLINE, _SEMI=0.5, _SEMI_STEPS=4,
+                _REPLOT=[], _INPUT="dif", _FIRST_SEED=0)
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel

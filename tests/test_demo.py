@@ -67,11 +67,11 @@ def test_demo_runs_and_its_loss_falls(demo_run):
   rows = [r for r in rows if "loss" in r]  # training rows (evaluators have their own)
   assert rows[-1]["step"] == STEPS
   losses = [r["loss"] for r in rows]
-  # Below the loss of collapsed (all equal) embeddings, 2 ln(2B - 1), not just below the
-  # loss of the random init, and its pretext accuracy above chance: the net tells videos
-  # apart. (The margin is small this early: 6.63 against 6.87 at step 100 in one run.)
+  # Below 0.95 x the loss of collapsed (all equal) embeddings, 2 ln(2B - 1), not just
+  # below the loss of the random init, and its pretext accuracy above chance: the net
+  # tells videos apart (5.83 against 6.87 at step 100 in one run).
   chance = 2 * np.log(2 * BATCH - 1)
-  assert losses[-1] < min(chance, losses[0]), losses
+  assert losses[-1] < min(0.95 * chance, losses[0]), losses
   assert rows[-1]["contrastive_accuracy"] > 2 / (2 * BATCH - 1), rows[-1]
   assert "ETA" in out and "clips/s" in out
   assert committed_steps(workdir)[-1] == STEPS
@@ -91,6 +91,8 @@ def test_demo_knn_evaluators_watch_pretraining_and_the_random_init(demo_run):
   assert [r["step"] for r in random] == [STEPS]
   # The random-init encoder is the pretraining's own initialisation (same seed).
   assert random[0]["eval/knn_random_init/knn_accuracy"] == knn[0]["eval/knn/knn_accuracy"]
+  # Pretraining already helps after 100 steps on 256 videos (0.34 against 0.21 in one run).
+  assert knn[-1]["eval/knn/knn_accuracy"] > random[0]["eval/knn_random_init/knn_accuracy"] + 0.05
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["evals"]["knn"]["knn_accuracy"] == knn[-1]["eval/knn/knn_accuracy"]
   assert results["evals"]["knn_random_init"]["num_queries"] == knn[-1]["eval/knn/num_queries"]

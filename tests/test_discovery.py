@@ -11,7 +11,7 @@ from cvrl.objectives import simclr
 
 def test_each_kind_lists_its_components_and_not_its_helpers():
   assert discovery.names("cvrl.jobs", "run") == ["evaluate", "finetune", "pretrain", "probe",
-                                                 "summary"]  # not downstream.py
+                                                 "summary"]
   assert discovery.names("cvrl.objectives") == ["byol", "cvrl", "moco", "rotation", "simclr",
                                                 "swav", "tclr"]  # not base, contrastive, rho...
   assert discovery.names("cvrl.eval") == ["knn", "linear", "multiview"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -173,11 +174,22 @@ def _closed_loop(unraisable) -> bool:
           and str(unraisable.exc_value) == "Event loop is closed")
 
 
+class _FailedReadFilter(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' records of orbax's reads."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = str(record.msg)
+    return not (msg.startswith("Task exception was never retrieved")
+                and "async_deserialize" in msg)
+
+
 def _drop_closed_loop_errors() -> None:
-  """A restore that failed leaves reads in flight whose callbacks reach orbax's closed
+  """A restore that failed leaves reads in flight: their callbacks reach orbax's closed
   event loop, each printing a traceback ('Event loop is closed') as an unraisable
-  exception; from the first failed restore on those are dropped (every other unraisable
-  exception is printed as before), so the skip stays one warning line."""
+  exception, and their failed tasks are logged by asyncio ('Task exception was never
+  retrieved', one traceback per array). From the first failed restore on, those two are
+  dropped (every other unraisable exception and asyncio record is printed as before), so
+  the skip stays one warning line."""
   previous = sys.unraisablehook
   if getattr(previous, "cvrl_drops_closed_loop", False):
     return
@@ -187,6 +199,7 @@ def _drop_closed_loop_errors() -> None:
       previous(unraisable)
   hook.cvrl_drops_closed_loop = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_FailedReadFilter())
 
 
 def _newest_pretrained(directory: str, steps, load) -> tuple[int, Any]:

@@ -1,6 +1,7 @@
 """Procedural object + action videos: classes are whole-video properties, nuisances random."""
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -165,14 +166,14 @@ def test_bad_difficulty_settings_name_the_field():
 
 
 def test_settings_are_part_of_the_written_data(tmp_path):
-  cfg = lambda **d: __import__("ml_collections").ConfigDict(dict(
+  cfg = lambda **d: ml_collections.ConfigDict(dict(synthetic=dict(
       kind="objects", dir=str(tmp_path / "d"), num_train_videos=2, num_eval_videos=2,
-      num_classes=2, num_frames=4, size=16, num_shards=1, seed=0, difficulty=d))
+      num_classes=2, num_frames=4, size=16, num_shards=1, seed=0, difficulty=d)))
   first = lambda paths: next(iter(tf.data.TFRecordDataset(paths[0]))).numpy()
-  plain = first(synthetic.ensure_synthetic(cfg(), "train"))
-  textured = first(synthetic.ensure_synthetic(cfg(texture=1.0), "train"))
+  plain = first(synthetic.prepare(cfg(), "train"))
+  textured = first(synthetic.prepare(cfg(texture=1.0), "train"))
   assert plain != textured  # same folder, other settings: rewritten
-  assert first(synthetic.ensure_synthetic(cfg(), "train")) == plain
+  assert first(synthetic.prepare(cfg(), "train")) == plain
   with pytest.raises(ValueError, match="kind 'objects' only"):
     synthetic.write_synthetic_shards(str(tmp_path / "m"), 2, 2, 4, 16, 1, 0,
                                      difficulty=dict(colour=1.0))
@@ -186,7 +187,7 @@ def test_the_default_folder_is_named_by_every_parameter(monkeypatch, tmp_path):
   base = data_config.default_data_config().synthetic
   base.update(kind="objects", num_train_videos=4, num_eval_videos=2, num_frames=4, size=16,
               num_shards=1)
-  paths = lambda c: synthetic.ensure_synthetic(c, "train")
+  paths = lambda c: synthetic.prepare(ml_collections.ConfigDict(dict(synthetic=c)), "train")
   first = paths(base)
   assert os.path.dirname(first[0]).startswith(str(tmp_path / "cvrl_synthetic_objects_"))
   assert paths(base.copy_and_resolve_references()) == first

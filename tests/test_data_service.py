@@ -25,6 +25,7 @@ import pytest
 import configs.demo as demo
 from cvrl.core.errors import ConfigError
 from cvrl.data import pipeline
+from cvrl.data import sources
 from cvrl.data import service
 from _processes import wait_for
 
@@ -80,6 +81,7 @@ def data_config(tmp, address=""):
   cfg.synthetic.update(dir=os.path.join(tmp, "videos"), num_eval_videos=10)
   cfg.service = address
   cfg.service_timeout = 20.0
+  sources.prepare(cfg)
   return cfg
 
 

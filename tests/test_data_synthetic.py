@@ -1,9 +1,13 @@
 """Synthetic motion videos: deterministic, idempotent shards, label only in the motion."""
 import os
 
+import ml_collections
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from cvrl import config_lib
+from cvrl.data import sources
 from cvrl.data.sources import synthetic
 
 
@@ -52,3 +56,28 @@ def test_shards_idempotent_and_balanced(tmp_path):
   # other parameters: rewritten
   synthetic.write_synthetic_shards(d, 4, 2, 8, 24, 2, 0)
   assert sum(1 for p in paths for _ in tf.data.TFRecordDataset(p)) == 4
+
+
+def test_opening_writes_nothing_until_prepare_and_names_it(tmp_path):
+  data = ml_collections.ConfigDict(dict(source='synthetic', synthetic=dict(
+      kind='motion', dir=str(tmp_path / 'syn'), num_train_videos=4, num_eval_videos=2,
+      num_classes=2, num_frames=4, size=16, num_shards=2, seed=0, difficulty=None)))
+  data.update({k: v for k, v in config_lib.default_data_config().items()
+               if k not in data})
+  for split in ('train', 'eval'):
+    with pytest.raises(synthetic.NotPrepared, match=rf"not prepared in .*syn: call "
+                       rf"cvrl.data.sources.prepare\(config.data, \['{split}'\]\)"):
+      sources.make(data, split, seed=0, process_index=0, process_count=1)
+  assert not (tmp_path / 'syn').exists()  # opening wrote nothing
+  sources.prepare(data, ['train'])
+  written = sorted(os.listdir(tmp_path / 'syn'))
+  assert written == ['train-00000-of-00002.tfrecord', 'train-00001-of-00002.tfrecord',
+                     'train.complete.json']
+  reader = sources.make(data, 'train', seed=0, process_index=0, process_count=1)
+  assert reader.num_classes == 2 and reader.host_counts == [4]
+  with pytest.raises(synthetic.NotPrepared):  # the eval split is still not there
+    sources.make(data, 'eval', seed=0, process_index=0, process_count=1)
+  data.synthetic.num_train_videos = 6  # other parameters: the prepared shards do not count
+  with pytest.raises(synthetic.NotPrepared):
+    sources.make(data, 'train', seed=0, process_index=0, process_count=1)
+  assert sorted(os.listdir(tmp_path / 'syn')) == written

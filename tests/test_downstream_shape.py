@@ -49,30 +49,36 @@ def test_shape_from_the_checkpoint_unless_set(pretrained):
   c = knn_config(pre, workdir)
   lines = []
   shape = clip_shape.resolve(c, say=lines.append)
-  assert (c.data.num_frames, c.data.stride, c.data.crop_size) == (4, 2, 16)
-  assert (c.data.eval_resize, c.data.eval_crop_size) == (16, 16)  # follow the crop
+  assert [c.data[k] for k in CLIP_FIELDS + TEST_FIELDS] == [None] * 5  # the config as given
+  d = shape.applied(c).data
+  assert (d.num_frames, d.stride, d.crop_size) == (4, 2, 16)
+  assert (d.eval_resize, d.eval_crop_size) == (16, 16)  # follow the crop
   assert lines == [f"clip shape: 4 frames at stride 2, 16 px crops, tested at 16 px (shorter "
                    f"side 16); from the checkpoint {workdir} (step 5)"]
-  assert shape["differs"] == []
+  assert shape.differs == () and shape.as_dict()["differs"] == []
 
   c = knn_config(pre, workdir)
   c.data.num_frames, c.data.eval_crop_size = 8, 24  # the user's: kept, with a warning
   lines = []
   shape = clip_shape.resolve(c, say=lines.append)
-  assert (c.data.num_frames, c.data.stride, c.data.crop_size, c.data.eval_crop_size) == (
-      8, 2, 16, 24)
+  d = shape.applied(c).data
+  assert (d.num_frames, d.stride, d.crop_size, d.eval_resize, d.eval_crop_size) == (
+      8, 2, 16, 16, 24)
+  assert (c.data.num_frames, c.data.stride, c.data.eval_crop_size) == (8, None, 24)
   assert len(lines) == 2 and "stride, crop_size from the checkpoint" in lines[0], lines
   assert lines[1].startswith("warning: clip shape unlike the checkpoint") and \
       "num_frames 8 (trained on 4)" in lines[1]
-  assert shape["differs"] == ["num_frames 8 (trained on 4)"]
+  assert shape.as_dict() == dict(num_frames=8, stride=2, crop_size=16, eval_resize=16,
+                                eval_crop_size=24, origin=f"the checkpoint {workdir} (step 5)",
+                                differs=["num_frames 8 (trained on 4)"])
 
 
 def test_random_init_takes_the_data_defaults():
   c = config_lib.finetune_config()
   c.random_init = True
   lines = []
-  clip_shape.resolve(c, say=lines.append)
-  assert (c.data.num_frames, c.data.stride, c.data.crop_size) == (16, 2, 224)
+  d = clip_shape.resolve(c, say=lines.append).applied(c).data
+  assert (d.num_frames, d.stride, d.crop_size) == (16, 2, 224)
   assert lines[0].endswith("from the data defaults (no checkpoint)")
 
 

@@ -16,6 +16,7 @@ from _downstream_toys import TinyEncoder, encoder_numpy, save_numpy_checkpoint, 
     tiny_encoder, video_batches, clip_stream
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.data import sources
 from cvrl.engine import loop as engine
 from cvrl.jobs import finetune
 from cvrl.models import extra_frames
@@ -128,6 +129,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
 
   ft = small(tiny_data(config_lib.finetune_config(), data_dir))
   ft.pretrained = str(work / "pretrain")
+  sources.prepare(ft.data, "train")
   ft.optim.head_lr = 0.5
 
   def run_ft(config, workdir):

@@ -9,6 +9,7 @@ from _downstream_toys import tiny_data
 from cvrl.models.heads import EncoderHead
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.data import sources
 from cvrl.eval import common
 from cvrl.eval import features as F
 from cvrl.eval import multiview
@@ -107,6 +108,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   e = tiny_data(config_lib.evaluate_config(), tmp_path_factory.mktemp("synthetic"))
   e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2, recall_ks=(1, 5, 10, 20))
   mesh = parallel.make_mesh()
+  sources.prepare(e.data, "eval")
 
   # A trained classifier as probe / finetune leave it in their workdir.
   model = numpy_filled(lambda: EncoderHead(

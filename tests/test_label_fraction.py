@@ -10,7 +10,7 @@ import pytest
 from cvrl import config_lib
 from cvrl.core.errors import ConfigError
 from cvrl.data import config as data_config_lib
-from cvrl.data import pipeline, subset
+from cvrl.data import pipeline, sources, subset
 from cvrl.eval import features as F
 from cvrl.engine import input as input_lib
 
@@ -95,6 +95,7 @@ def _cfg(directory, **kw):
   cfg.num_parallel_calls = 2
   cfg.jit_photometric = False
   cfg.update(kw)
+  sources.prepare(cfg)
   return cfg
 
 

@@ -47,7 +47,8 @@ Processes (each prints one line when ready and exits 0 on SIGTERM):
   python -m cvrl.data.service worker --dispatcher=HOST:P --port=Q [--host=NAME]
 With --work_dir the dispatcher is fault tolerant: its state is journalled there and a
 restarted dispatcher carries on its jobs. Workers and the trainer must see the same data
-paths (e.g. gs://...; the synthetic source writes its files where the trainer runs).
+paths (e.g. gs://...; the synthetic source's `prepare`, called by the job, writes its files
+where the trainer runs: the workers build no pipeline, they run the trainer's).
 
 Faults, seen from the trainer: a dispatcher that cannot be reached, or one with no
 reachable worker, within data.service_timeout seconds (default 60) is one line and exit 2

@@ -2,7 +2,8 @@
 
 The downstream configs (cvrl.config_lib, cvrl.data.config.from_checkpoint) leave `data.num_frames`, `data.stride`,
 `data.crop_size` and the test sizes `data.eval_resize` / `data.eval_crop_size` at None:
-"as the encoder was trained". `resolve` fills them in before the job reads any data:
+"as the encoder was trained". `resolve` gives the shape the job uses (a `ClipShape`;
+the config is left as given), and the job runs on `shape.applied(config)`:
 - from the config stored in the checkpoint (`config.pretrained`);
 - for the evaluate job's multi-view test, from the probe / fine-tune run that trained the
   classifier (`evaluate.run_dir`: its results.json), test sizes included;
@@ -13,12 +14,15 @@ a warning line. One line says which shape the job uses.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 from cvrl.core import paths
 from cvrl.data.config import CLIP_FIELDS, TEST_FIELDS, default_data_config
 from cvrl.engine import checkpoint
 from cvrl.engine import metrics
+
 
 def reference(config) -> tuple[dict | None, str, bool]:
   """(data config the encoder was trained with, where from, whether its test sizes count)
@@ -37,40 +41,72 @@ def reference(config) -> tuple[dict | None, str, bool]:
   return None, "the data defaults (no checkpoint)", False
 
 
-def resolve(config, say=None) -> dict:
-  """Fills the unset shape fields of `config.data` in place (module docstring) and says
-  which shape the job uses in one line (and one warning line for a shape unlike the
-  checkpoint's). Returns the shape, its origin and the differences."""
+@dataclasses.dataclass(frozen=True)
+class ClipShape:
+  """The clip shape a downstream job uses (data.CLIP_FIELDS + TEST_FIELDS), where it comes
+  from, and the fields set unlike the checkpoint's."""
+  num_frames: int
+  stride: int
+  crop_size: int
+  eval_resize: int
+  eval_crop_size: int
+  origin: str
+  differs: tuple = ()
+
+  def as_dict(self) -> dict:
+    """What results.json records as `clip_shape`."""
+    return dict(dataclasses.asdict(self), differs=list(self.differs))
+
+  def applied(self, config):
+    """A copy of `config` whose data has this shape (`config` itself is left as given)."""
+    out = copy.deepcopy(config)
+    for key in CLIP_FIELDS + TEST_FIELDS:
+      out.data[key] = getattr(self, key)
+    return out
+
+
+def resolve(config, say=None) -> ClipShape:
+  """The shape of `config`'s clips: the unset fields of `config.data` filled (module
+  docstring), `config` unchanged. Says which shape the job uses in one line (and one
+  warning line for a shape unlike the checkpoint's)."""
   say = say or metrics.say  # process 0 only
-  data = config.data
   ref, origin, ref_eval = reference(config)
-  defaults = default_data_config()
-  taken, differs = [], []
-  for key in CLIP_FIELDS + (TEST_FIELDS if ref_eval else ()):
-    theirs = None if ref is None else ref.get(key)
-    if data.get(key) is None:
-      data[key] = int(theirs if theirs is not None else defaults[key])
-      taken.append(key)
-    elif theirs is not None and int(data.get(key)) != int(theirs):
-      differs.append(f"{key} {data.get(key)} (trained on {theirs})")
-  for key in TEST_FIELDS:
-    if data.get(key) is None:
-      data[key] = int(data.crop_size)
+  sizes, taken, differs = _sizes(config.data, ref, ref_eval)
   if len(taken) == len(CLIP_FIELDS) or (ref_eval and taken):
     how = f"from {origin}"
   elif not taken:
     how = f"as set in the config{'' if differs or not ref else ', as in ' + origin}"
   else:
     how = f"{', '.join(taken)} from {origin}, the rest as set in the config"
-  say(f"clip shape: {_shape(data)}, tested at {data.eval_crop_size} px (shorter side "
-      f"{data.eval_resize}); {how}")
+  say(f"clip shape: {_shape(sizes)}, tested at {sizes['eval_crop_size']} px (shorter side "
+      f"{sizes['eval_resize']}); {how}")
   if differs:
     say(f"warning: clip shape unlike {origin}: {', '.join(differs)}; allowed, but the "
         "encoder was not trained on it (leave data.num_frames / stride / crop_size unset "
         "to use the checkpoint's)")
-  return dict({k: data.get(k) for k in CLIP_FIELDS + TEST_FIELDS}, origin=origin, differs=differs)
+  return ClipShape(**sizes, origin=origin, differs=tuple(differs))
 
 
-def _shape(data) -> str:
-  return f"{data.get('num_frames')} frames at stride {data.get('stride')}, " \
-         f"{data.get('crop_size')} px crops"
+def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:
+  """(every shape field, the fields taken from `ref` or the defaults, the set fields
+  unlike `ref`'s) of `data`; the test sizes follow the crop size unless set or taken."""
+  defaults = default_data_config()
+  sizes, taken, differs = {}, [], []
+  for key in CLIP_FIELDS + (TEST_FIELDS if ref_eval else ()):
+    theirs = None if ref is None else ref.get(key)
+    sizes[key] = data.get(key)
+    if sizes[key] is None:
+      sizes[key] = int(theirs if theirs is not None else defaults[key])
+      taken.append(key)
+    elif theirs is not None and int(sizes[key]) != int(theirs):
+      differs.append(f"{key} {sizes[key]} (trained on {theirs})")
+  for key in TEST_FIELDS:
+    if sizes.get(key) is None:
+      given = data.get(key)
+      sizes[key] = given if given is not None else int(sizes["crop_size"])
+  return sizes, taken, differs
+
+
+def _shape(sizes: dict) -> str:
+  return f"{sizes['num_frames']} frames at stride {sizes['stride']}, " \
+         f"{sizes['crop_size']} px crops"

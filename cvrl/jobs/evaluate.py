@@ -39,6 +39,7 @@ from flax import nnx
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
+from cvrl.data import sources
 from cvrl.engine import clip_shape
 from cvrl.eval import classifier_io
 from cvrl.eval import common
@@ -92,6 +93,13 @@ def _mode_evaluator(config, splits: common.Splits | None = None) -> common.Evalu
              **{k: v for k, v in given.items() if k in takes and v is not None})
 
 
+def _splits_read(config) -> list[str]:
+  """The data splits the job reads: the test split; the train split too for an evaluator
+  (kNN queries it, the linear evaluator fits on it)."""
+  multiview_only = config.evaluate.mode == "multiview" and not config.get("evals")
+  return ["eval"] if multiview_only else ["train", "eval"]
+
+
 def _splits(config, mesh, model_config) -> common.Splits:
   return common.Splits(config.data, mesh, int(config.seed), extra_frames(model_config))
 
@@ -99,8 +107,9 @@ def _splits(config, mesh, model_config) -> common.Splits:
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config, workdir: str) -> dict:
   parallel.maybe_initialize_distributed()
-  validate(config)
+  sources.prepare(config.data, _splits_read(config))
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
+  config = shape.applied(config)
   mesh = parallel.make_mesh()
   paths.makedirs(workdir)
   if config.get("evals"):
@@ -112,7 +121,7 @@ def run(config, workdir: str) -> dict:
     results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
                "step": out["step"]}
     headline = (f"evaluate[{mode}]", out["headline"])
-  results.update(job="evaluate", clip_shape=shape, config=R.config_dict(config))
+  results.update(job="evaluate", clip_shape=shape.as_dict(), config=R.config_dict(config))
   R.write_results(workdir, results)
   if headline:
     R.headline(headline[0], results["metrics"], headline[1])

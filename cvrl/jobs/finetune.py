@@ -20,6 +20,7 @@ from cvrl.eval import features as F
 from cvrl.eval import multiview
 from cvrl.eval import results as R
 from cvrl.engine import tasks
+from cvrl.data import sources
 from cvrl.models import extra_frames
 
 NEEDS_WORKDIR = True
@@ -46,9 +47,10 @@ def make_task(config, mesh, num_classes: int):
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config, workdir: str) -> dict:
-  validate(config)
   mesh = engine.setup(config)
+  sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
+  config = shape.applied(config)
   classes, n_train, total, warmup = F.schedule(config)
   task, model_config, source = make_task(config, mesh, classes)
   start = time.time()
@@ -76,7 +78,7 @@ def run(config, workdir: str) -> dict:
                                   dropout=float(config.finetune.dropout), source=source)
   results = {"job": "finetune", "metrics": metrics, "finetune": out,
              "checkpoint": source.get("checkpoint"), "step": source.get("step"),
-             "clip_shape": shape, "config": R.config_dict(config)}
+             "clip_shape": shape.as_dict(), "config": R.config_dict(config)}
   R.write_results(workdir, results)
   R.headline("finetune", metrics, ["top1", "top5", "train_accuracy"])
   return results

@@ -14,6 +14,7 @@ import ml_collections
 
 from cvrl import objectives
 from cvrl.core import runtime
+from cvrl.data import sources
 from cvrl.engine import loop as engine
 from cvrl.eval import common
 from cvrl.engine import optim
@@ -55,6 +56,7 @@ def _eval_splits(config, mesh, objective) -> common.Splits:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Pretrains on a config `validate` passed (cvrl.main checks it before any work)."""
   mesh = engine.setup(config)
+  sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
   total_steps, warmup_steps = step_inputs.durations(config)

@@ -37,6 +37,7 @@ from cvrl.models import create, extra_frames
 from cvrl.eval import classifier_io
 from cvrl.engine import clip_shape
 from cvrl.data import pipeline
+from cvrl.data import sources as data_sources  # `sources` below: the encoders' origins
 from cvrl.engine import loop as engine
 from cvrl.eval import common
 from cvrl.eval import features as F
@@ -150,9 +151,10 @@ def run(config, workdir: str) -> dict:
   """Probe `config.pretrained` (or a random-init encoder) and, with probe.random_baseline,
   a random-init encoder of the same architecture on the same clips. DIR/results.json;
   the baseline's checkpoints and test files go to DIR/random_init/."""
-  validate(config)
   mesh = engine.setup(config)
+  data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
+  config = shape.applied(config)
   paths.makedirs(workdir)
   make_encoder, encoder, model_config, source = F.encoder_source(config, mesh)
   if encoder is None:
@@ -185,7 +187,7 @@ def run(config, workdir: str) -> dict:
                                   num_classes=classes, normalize=bool(config.probe.normalize),
                                   dropout=0.0, source=sources["probe"])
   results = {"job": "probe", "checkpoint": sources["probe"].get("checkpoint"),
-             "step": sources["probe"].get("step"), "clip_shape": shape,
+             "step": sources["probe"].get("step"), "clip_shape": shape.as_dict(),
              "config": R.config_dict(config), "metrics": {}}
   for name in encoders:
     part = {"source": sources[name], "train": trained[name][1], "num_classes": classes,
@@ -212,4 +214,5 @@ def run_after_pretrain(pretrain_config, workdir: str, checkpoint_dir: str) -> di
   results in workdir/probe/results.json."""
   config = config_lib.probe_config_for(pretrain_config, checkpoint_dir)
   config.lock()
+  validate(config)
   return run(config, paths.join(workdir, "probe"))

@@ -8,6 +8,9 @@ opens a split for reading (a `Reader`; ValueError when unusable). It may also de
   num_examples(data, split): videos in the split (may count them), or None;
   check(data, split): None, or ValueError (one line) when what a job reading `split`
     needs is missing (main's checks, before the workdir is touched);
+  prepare(data, split): write what `make` will read (e.g. the synthetic source renders
+    its shards), once; every job calls it (`prepare` below) before it builds a pipeline,
+    and `make` itself writes nothing;
   batches(config, sampler, *, batch_size, start_step, process_index, process_count):
     for a source outside tf.data, the iterator of numpy batches the trainer reads.
 A new source is one new file: nothing else lists the sources.
@@ -116,6 +119,15 @@ def labelled_subset_size(data, process_count: int = 1) -> int | None:
   _, labels, _ = subset.source_labels(reader, process_count)
   classes = data.get('num_classes') or reader.num_classes
   return subset.subset_size(labels, fraction, classes)[0]
+
+
+def prepare(data, splits=SPLITS) -> None:
+  """Makes config.data's source ready to open for each of `splits` (its `prepare`: the
+  synthetic source writes its shards; a source without one reads what is there)."""
+  source_prepare = getattr(get(data.source), 'prepare', None)
+  for split in ([splits] if isinstance(splits, str) else splits):
+    if source_prepare is not None:
+      source_prepare(data, split)
 
 
 def check(data, split: str) -> None:

@@ -1,6 +1,12 @@
 """The 'synthetic' source: procedural videos (the demo's data) written once as real
 SequenceExample shards, then read as the 'tfrecord' source reads shards.
 
+Two steps: `prepare(data, split)` renders and writes a split's shards (once; the jobs call
+it through cvrl.data.sources.prepare before they build a pipeline), `make` opens them and
+writes nothing (a split not prepared is one line naming `prepare`). Shards go to
+data.synthetic.dir, or a folder under the system temp dir named by the data's parameters
+(each process of a multi-host run prepares its own, or one shared folder).
+
 Kinds (config.data.synthetic.kind): 'motion', this module's videos, and 'objects'
 (`cvrl.data.procedural`).
 
@@ -12,6 +18,7 @@ Videos are a pure function of (seed, video index).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -80,6 +87,44 @@ def _shard_name(directory: str, split: str, k: int, n: int) -> str:
   return paths.join(directory, f'{split}-{k:05d}-of-{n:05d}.tfrecord')
 
 
+class NotPrepared(ValueError):
+  """A split opened before `prepare` wrote it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+  """One split's shards and what they are written with (the marker's parameters)."""
+  directory: str
+  split: str
+  shards: list
+  params: dict
+  render: object
+  name: object
+
+  @property
+  def marker(self):
+    return paths.as_path(paths.join(self.directory, f'{self.split}.complete.json'))
+
+  def written(self) -> bool:
+    """A completed split with these parameters is there (its marker and every shard)."""
+    return (self.marker.exists() and all(paths.as_path(p).exists() for p in self.shards)
+            and json.loads(self.marker.read_text()) == self.params)
+
+
+def _split(directory: str, num_videos: int, num_classes: int, num_frames: int, size: int,
+           num_shards: int, seed: int, split: str = 'train', jpeg_quality: int = 90,
+           kind: str = 'motion', difficulty: dict | None = None) -> _Split:
+  render, name = _renderer(kind, num_classes, difficulty)
+  params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
+                size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
+  if kind != 'motion':  # the motion data's markers stay as they were
+    params['kind'] = kind
+    params['version'] = getattr(sys.modules[render.func.__module__], 'VERSION', 1)
+    params['difficulty'] = render.keywords['difficulty']
+  shards = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
+  return _Split(directory, split, shards, params, render, name)
+
+
 def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, num_frames: int,
                            size: int, num_shards: int, seed: int, split: str = 'train',
                            jpeg_quality: int = 90, kind: str = 'motion',
@@ -94,41 +139,48 @@ def write_synthetic_shards(directory: str, num_videos: int, num_classes: int, nu
   same parameters returns at once. Video i (label i % num_classes) goes to shard
   i % num_shards; shards are written to a temporary name and renamed when complete.
   """
-  import tensorflow as tf  # TF only needed to encode and write
-  render, name = _renderer(kind, num_classes, difficulty)
-  params = dict(num_videos=num_videos, num_classes=num_classes, num_frames=num_frames,
-                size=size, num_shards=num_shards, seed=seed, jpeg_quality=jpeg_quality)
-  if kind != 'motion':  # the motion data's markers stay as they were
-    params['kind'] = kind
-    params['version'] = getattr(sys.modules[render.func.__module__], 'VERSION', 1)
-    params['difficulty'] = render.keywords['difficulty']
-  shards = [_shard_name(directory, split, k, num_shards) for k in range(num_shards)]
-  marker = paths.as_path(paths.join(directory, f'{split}.complete.json'))
-  if marker.exists() and all(paths.as_path(p).exists() for p in shards):
-    if json.loads(marker.read_text()) == params:
-      return shards
-  paths.makedirs(directory)
-  if marker.exists():
-    marker.unlink()
-    for p in shards:  # parameters changed: rewrite every shard
+  return _written(_split(directory, num_videos, num_classes, num_frames, size, num_shards,
+                         seed, split, jpeg_quality, kind, difficulty))
+
+
+def _written(plan: _Split) -> list[str]:
+  """The shards of `plan`, written first unless a completed split with its parameters is
+  there."""
+  if not plan.written():
+    _write(plan)
+  return plan.shards
+
+
+def _write(plan: _Split) -> None:
+  """Every missing shard of `plan` (all of them when its parameters changed), then its
+  marker."""
+  paths.makedirs(plan.directory)
+  if plan.marker.exists():
+    plan.marker.unlink()
+    for p in plan.shards:  # parameters changed: rewrite every shard
       if paths.as_path(p).exists():
         paths.as_path(p).unlink()
-  for k, path in enumerate(shards):
-    if paths.as_path(path).exists():
-      continue
-    # Locally under a temporary name, renamed when whole; an object store's upload is whole.
-    tmp = path if paths.is_url(path) else f'{path}.tmp-{os.getpid()}'
-    with tf.io.TFRecordWriter(tmp) as writer:  # TensorFlow's client writes the shards
-      for i in range(k, num_videos, num_shards):
-        label = i % num_classes
-        video = render(seed, i, label, num_classes, num_frames, size)
-        jpegs = [tf.io.encode_jpeg(f, quality=jpeg_quality).numpy() for f in video]
-        ex = tfrecord.make_sequence_example(jpegs, label, text=name(label))
-        writer.write(ex.SerializeToString())
-    if tmp != path:
-      paths.as_path(tmp).replace(path)
-  marker.write_text(json.dumps(params))
-  return shards
+  for k, path in enumerate(plan.shards):
+    if not paths.as_path(path).exists():
+      _write_shard(plan, k, path)
+  plan.marker.write_text(json.dumps(plan.params))
+
+
+def _write_shard(plan: _Split, k: int, path: str) -> None:
+  """Shard k: videos k, k + num_shards, ... (video i of class i % num_classes)."""
+  import tensorflow as tf  # TF only needed to encode and write
+  p = plan.params
+  # Locally under a temporary name, renamed when whole; an object store's upload is whole.
+  tmp = path if paths.is_url(path) else f'{path}.tmp-{os.getpid()}'
+  with tf.io.TFRecordWriter(tmp) as writer:  # TensorFlow's client writes the shards
+    for i in range(k, p['num_videos'], p['num_shards']):
+      label = i % p['num_classes']
+      video = plan.render(p['seed'], i, label, p['num_classes'], p['num_frames'], p['size'])
+      jpegs = [tf.io.encode_jpeg(f, quality=p['jpeg_quality']).numpy() for f in video]
+      ex = tfrecord.make_sequence_example(jpegs, label, text=plan.name(label))
+      writer.write(ex.SerializeToString())
+  if tmp != path:
+    paths.as_path(tmp).replace(path)
 
 
 KINDS = ('motion', 'objects')
@@ -162,8 +214,8 @@ def _default_dir(syn_config, kind: str, difficulty) -> str:
                       f'cvrl_synthetic_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:10]}')
 
 
-def ensure_synthetic(syn_config, split: str) -> list[str]:
-  """Shards of the 'train' or 'eval' split described by config.data.synthetic."""
+def _config_split(syn_config, split: str) -> _Split:
+  """The 'train' or 'eval' split described by config.data.synthetic."""
   if split not in ('train', 'eval'):
     raise ValueError(f"synthetic data has splits 'train' and 'eval', not {split!r}")
   kind = str(syn_config.get('kind', 'motion'))
@@ -173,7 +225,7 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
     difficulty = None  # the motion data has no settings
   directory = syn_config.dir or _default_dir(syn_config, kind, difficulty)
   train = split == 'train'
-  return write_synthetic_shards(
+  return _split(
       directory,
       num_videos=int(syn_config.num_train_videos if train else syn_config.num_eval_videos),
       num_classes=int(syn_config.num_classes), num_frames=int(syn_config.num_frames),
@@ -182,9 +234,23 @@ def ensure_synthetic(syn_config, split: str) -> list[str]:
       difficulty=difficulty)
 
 
+def prepare(data, split: str) -> list[str]:
+  """Renders and writes the shards of config.data.synthetic's `split` (once: a marker
+  records a completed split, and a later call with the same parameters writes nothing);
+  returns their paths. The one step of this source that writes: the jobs call it
+  (cvrl.data.sources.prepare) before they build a pipeline; `make` only reads."""
+  return _written(_config_split(data.synthetic, split))
+
+
 def make(data, split: str, seed: int, process_index: int, process_count: int) -> Reader:
-  shards = ensure_synthetic(data.synthetic, split)
-  reader = tfrecord.reader(data, shards, seed, process_index, process_count)
+  """The split's Reader; NotPrepared (one line) when `prepare` has not written it."""
+  plan = _config_split(data.synthetic, split)
+  if not plan.written():
+    raise NotPrepared(
+        f'the synthetic {split} split is not prepared in {plan.directory}: call '
+        f"cvrl.data.sources.prepare(config.data, ['{split}']) before reading it (every job "
+        'does, before it builds a pipeline)')
+  reader = tfrecord.reader(data, plan.shards, seed, process_index, process_count)
   reader.num_classes = int(data.synthetic.num_classes)
   return reader
 

@@ -125,9 +125,10 @@ def prepare(data, splits=SPLITS) -> None:
   """Makes config.data's source ready to open for each of `splits` (its `prepare`: the
   synthetic source writes its shards; a source without one reads what is there)."""
   source_prepare = getattr(get(data.source), 'prepare', None)
+  if source_prepare is None:
+    return
   for split in ([splits] if isinstance(splits, str) else splits):
-    if source_prepare is not None:
-      source_prepare(data, split)
+    source_prepare(data, split)
 
 
 def check(data, split: str) -> None:

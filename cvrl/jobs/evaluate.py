@@ -93,11 +93,10 @@ def _mode_evaluator(config, splits: common.Splits | None = None) -> common.Evalu
              **{k: v for k, v in given.items() if k in takes and v is not None})
 
 
-def _splits_read(config) -> list[str]:
+def _splits_read(mode: str, evals) -> list[str]:
   """The data splits the job reads: the test split; the train split too for an evaluator
   (kNN queries it, the linear evaluator fits on it)."""
-  multiview_only = config.evaluate.mode == "multiview" and not config.get("evals")
-  return ["eval"] if multiview_only else ["train", "eval"]
+  return ["eval"] if mode == "multiview" and not evals else ["train", "eval"]
 
 
 def _splits(config, mesh, model_config) -> common.Splits:
@@ -107,7 +106,7 @@ def _splits(config, mesh, model_config) -> common.Splits:
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
 def run(config, workdir: str) -> dict:
   parallel.maybe_initialize_distributed()
-  sources.prepare(config.data, _splits_read(config))
+  sources.prepare(config.data, _splits_read(config.evaluate.mode, config.get("evals")))
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   config = shape.applied(config)
   mesh = parallel.make_mesh()

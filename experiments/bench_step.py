@@ -167,12 +167,13 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
     config.batch_size = per_device_batch * parallel.num_data_shards(mesh)
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective)
-  parts = engine.abstract_step(task, config, mesh, objective.sampler(),
-                               *step_inputs.durations(config))
+  with jax.set_mesh(mesh):
+    parts = engine.abstract_step(task, config, objective.sampler(),
+                                 *step_inputs.durations(config))
+    extra = dict(make=step_inputs.model_maker(task, config),
+                 placement=parallel.placement_from_config(config.get("parallel")))
   video = parts["batch"]["video"].shape
-  return dict(parts, mesh=mesh, objective=objective, task=task, spec=parts["batch"],
-              make=step_inputs.model_maker(task, config, mesh),
-              placement=parallel.placement_from_config(mesh, config.get("parallel")),
+  return dict(parts, **extra, mesh=mesh, objective=objective, task=task, spec=parts["batch"],
               clips=video[0] * video[1], clip=video[2:])
 
 

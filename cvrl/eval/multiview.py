@@ -55,7 +55,7 @@ class Multiview(linear.Linear):
 
   def evaluate(self, encoder) -> dict:
     head, _ = self.fit(encoder)
-    model = EncoderHead(encoder, F.place(head))
+    model = EncoderHead(encoder, head)
     out = evaluate_classifier(model, self.splits, None, self.test)
     return {k: v for k, v in out.items() if k != "seconds"}
 

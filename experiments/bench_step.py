@@ -167,12 +167,13 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
     config.batch_size = per_device_batch * parallel.num_data_shards(mesh)
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective)
-  parts = engine.abstract_step(task, config, mesh, objective.sampler(),
-                               *step_inputs.durations(config))
+  with jax.set_mesh(mesh):
+    parts = engine.abstract_step(task, config, objective.sampler(),
+                                 *step_inputs.durations(config))
+    extra = dict(make=step_inputs.model_maker(task, config),
+                 placement=parallel.placement_from_config(config.get("parallel")))
   video = parts["batch"]["video"].shape
-  return dict(parts, mesh=mesh, objective=objective, task=task, spec=parts["batch"],
-              make=step_inputs.model_maker(task, config, mesh),
-              placement=parallel.placement_from_config(mesh, config.get("parallel")),
+  return dict(parts, **extra, mesh=mesh, objective=objective, task=task, spec=parts["batch"],
               clips=video[0] * video[1], clip=video[2:])
 
 
@@ -340,17 +341,14 @@ def config_throughput(config, per_device_batch: int | None = None, steps: int = 
   return out
 
 
-def saved_residual_bytes(config, parts: dict) -> int | None:
+def saved_residual_bytes(config, parts: dict) -> int:
   """Bytes the backward pass keeps from the forward (all devices), by tracing only.
 
-  What remat trades FLOPs for, independent of how a backend schedules buffers. Uses
-  jax's (private) `saved_residuals`; None if this jax lacks it.
+  What remat trades FLOPs for, independent of how a backend schedules buffers: the
+  residuals `jax.vjp` closes over (the arrays `jax.ad_checkpoint.print_saved_residuals`
+  lists), their shapes from `jax.eval_shape`.
   """
   # pylint: disable=import-outside-toplevel
-  try:
-    from jax._src.ad_checkpoint import saved_residuals
-  except ImportError:
-    return None
   from cvrl.data import device as device_aug
   from cvrl.engine import state as state_lib
   objective, graphdef, state = parts["objective"], parts["graphdef"], parts["state"]
@@ -360,9 +358,12 @@ def saved_residual_bytes(config, parts: dict) -> int | None:
     model = state_lib.merge(graphdef, params, rest)
     return objective.loss(model, batch, step=0, rng=jax.random.key(0))[0]
 
+  def residuals(*args):
+    return jax.tree.leaves(jax.vjp(loss, *args)[1])
+
   with jax.set_mesh(parts["mesh"]):
-    residuals = saved_residuals(loss, state.params, state.rest, parts["spec"])
-  return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a, _ in residuals))
+    shapes = jax.eval_shape(residuals, state.params, state.rest, parts["spec"])
+  return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in shapes))
 
 
 def config_memory(config, per_device_batch: int, remat: bool) -> dict:
@@ -383,9 +384,8 @@ def config_memory(config, per_device_batch: int, remat: bool) -> dict:
          "compile_s": round(time.perf_counter() - start, 1)}
   out.update(step_inputs.memory_analysis(compiled))
   residual = saved_residual_bytes(config, parts)
-  if residual is not None:
-    out["saved_residual_bytes"] = residual // devices
-    out["saved_residual_gib"] = round(residual / devices / 2 ** 30, 3)
+  out["saved_residual_bytes"] = residual // devices
+  out["saved_residual_gib"] = round(residual / devices / 2 ** 30, 3)
   return out
 
 

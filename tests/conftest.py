@@ -43,3 +43,13 @@ def _hide_gpus_from_tensorflow():
   except Exception:  # pylint: disable=broad-except
     pass
   yield
+
+
+@pytest.fixture
+def run_mesh():
+  """The run's mesh over every device, set as a job sets it (`jax.set_mesh`): what
+  cvrl.core.parallel.run_mesh finds while the test runs."""
+  from cvrl.core import parallel  # pylint: disable=import-outside-toplevel
+  mesh = parallel.make_mesh()
+  with jax.set_mesh(mesh):
+    yield mesh

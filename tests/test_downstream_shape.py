@@ -1,6 +1,7 @@
 """Downstream jobs take the clip shape (frames, stride, crop size) from the checkpoint
 unless the user sets it, say which they use in one line, warn when it differs from
 pretraining, and name the checkpoint's step in results.json (cvrl.engine.clip_shape)."""
+import jax
 import json
 
 import pytest
@@ -85,7 +86,8 @@ def test_random_init_takes_the_data_defaults():
 def test_results_name_the_checkpoint_step(pretrained, tmp_path):
   pre, workdir = pretrained
   c = knn_config(pre, workdir)
-  _, _, source = F.load_encoder(c, parallel.make_mesh())  # the latest checkpoint: its step named
+  with jax.set_mesh(parallel.make_mesh()):
+    _, _, source = F.load_encoder(c)  # the latest checkpoint: its step named
   assert source == {"init": "pretrained", "checkpoint": workdir, "step": 5}
   c.lock()
   out = evaluate.run(c, str(tmp_path / "knn"))

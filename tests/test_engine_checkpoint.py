@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import jax
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -187,3 +188,19 @@ def test_pretrained_loading_skips_a_corrupt_latest_checkpoint(steps_9_and_10, ca
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "9"]  # not ours
   with pytest.raises(ConfigError, match="step 10"):
     checkpoint.load_pretrained(workdir, step=10)
+
+
+def test_one_replica_saving_leaves_orbax_global_handlers_alone(tmp_path):
+  """The Checkpointer's items save through their own type-handler registry: orbax's global
+  jax.Array handler is the same object while one is open and after; the registry answers
+  jax.Array (by type or by saved typestr) with its one-replica handler, the rest as orbax."""
+  before = ocp.type_handlers.get_type_handler(jax.Array)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  assert ocp.type_handlers.get_type_handler(jax.Array) is before
+  ckpt.close()
+  assert ocp.type_handlers.get_type_handler(jax.Array) is before
+  types = checkpoint.OneReplicaArrays()
+  array_type = type(jax.numpy.zeros(2))
+  assert types.get(array_type) is types.get("jax.Array") is types.array
+  assert types.array is not before and types.array.typestr() == before.typestr()
+  assert types.get(np.ndarray) is ocp.type_handlers.get_type_handler(np.ndarray)

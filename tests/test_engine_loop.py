@@ -16,6 +16,7 @@ from _downstream_toys import TinyEncoder, encoder_numpy, save_numpy_checkpoint, 
     tiny_encoder, video_batches, clip_stream
 from cvrl import config_lib
 from cvrl.core import parallel
+from cvrl.core import runtime
 from cvrl.data import sources
 from cvrl.engine import loop as engine
 from cvrl.jobs import finetune
@@ -67,7 +68,11 @@ def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
         config, make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(7)), num_classes=4,
         normalize=False, dropout=0.0, train_encoder=True, batches=toy_stream(),
         encoder_init=tiny_encoder(seed=7), groups=tasks.FINETUNE_GROUPS)
-    outs[n] = engine.run(task, config, str(tmp_path / str(n)), total_steps=1, mesh=mesh)
+    process = runtime.Process()
+    with jax.set_mesh(mesh):
+      outs[n] = engine.run(task, config, str(tmp_path / str(n)), total_steps=1, process=process)
+    # The loop reports to the job's record it is given (what a lost peer's line names).
+    assert (process.step, process.checkpoint_dir) == (0, outs[n]["checkpoint_dir"])
   assert outs[8]["last_step_metrics"]["loss"] == pytest.approx(
       outs[1]["last_step_metrics"]["loss"], rel=1e-6)
   bn = {n: nnx.state(outs[n]["model"].encoder.bn) for n in outs}
@@ -82,13 +87,26 @@ def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
   np.testing.assert_allclose(np.asarray(bn[8]["mean"][...]), want, rtol=1e-4, atol=1e-6)
 
 
-def test_probe_head_trains_on_l2_normalised_features(tmp_path):
+def test_tasks_declare_what_the_step_reads():
+  """The step finishes clips (with config.data) for a task whose loss reads them, and hands
+  a cached-feature task its batch as shipped: the task says so, not the batch's keys."""
+  config = small(config_lib.probe_config(), steps=1, every=1, batch=16)
+  clips = tasks.ClassifierTask(config, make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(0)),
+                               num_classes=4, normalize=False, dropout=0.0, train_encoder=False,
+                               batches=toy_stream())
+  features = tasks.FeatureHeadTask(config, num_features=8, num_classes=4, normalize=False,
+                                   batches=toy_stream())
+  assert (clips.input_key, features.input_key) == (engine.CLIPS, "features")
+  assert engine.clip_data(clips, config.data) is config.data
+  assert engine.clip_data(features, config.data) is None
+
+
+def test_probe_head_trains_on_l2_normalised_features(tmp_path, run_mesh):
   """The trained probe is Dense(f / ||f||): its logits on the frozen features, in numpy."""
   config = small(config_lib.probe_config(), steps=3, every=3, batch=16)
   config.random_init = True
-  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=3)
-  head, _, _ = probe.train_probe(enc, config, mesh, num_classes=4, train_batches=toy_stream(),
+  head, _, _ = probe.train_probe(enc, config, num_classes=4, train_batches=toy_stream(),
                                  total_steps=3, warmup_steps=1, steps_per_epoch=2,
                                  workdir=str(tmp_path),
                                  make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(0)))
@@ -125,7 +143,6 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   pre = tiny_data(config_lib.pretrain_config("cvrl"), data_dir)
   pre.objective.update(head_hidden=16, head_out=8, head_layers=1)
   saved = save_numpy_checkpoint(pre, str(work / "pretrain"))
-  mesh = parallel.make_mesh()
 
   ft = small(tiny_data(config_lib.finetune_config(), data_dir))
   ft.pretrained = str(work / "pretrain")
@@ -133,8 +150,9 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   ft.optim.head_lr = 0.5
 
   def run_ft(config, workdir):
-    task, _, _ = finetune.make_task(config, mesh, 4)
-    return engine.run(task, config, workdir, total_steps=4, warmup_steps=1, mesh=mesh)
+    with jax.set_mesh(parallel.make_mesh()):
+      task, _, _ = finetune.make_task(config, 4)
+      return engine.run(task, config, workdir, total_steps=4, warmup_steps=1)
   first = _resume_matches(run_ft, ft, str(work / "ft"), 4)
   # It started from the checkpoint: the encoder moved from it, but kept its pattern.
   want = np.asarray(nnx.to_pure_dict(saved)["encoder"]["stem"]["conv"]["kernel"])
@@ -147,11 +165,12 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   pr.optim.base_lr = 1.0
 
   def run_probe(config, workdir):
-    make, enc, mc, _ = F.encoder_source(config, mesh)
-    batches, _ = probe._datasets(config, mesh, extra_frames(mc))  # pylint: disable=protected-access
-    return probe.train_probe(enc, config, mesh, num_classes=4, train_batches=batches,
-                             total_steps=4, warmup_steps=1, steps_per_epoch=3, workdir=workdir,
-                             make_encoder=make)[2]
+    with jax.set_mesh(parallel.make_mesh()):
+      make, enc, mc, _ = F.encoder_source(config)
+      batches, _ = probe._datasets(config, extra_frames(mc))  # pylint: disable=protected-access
+      return probe.train_probe(enc, config, num_classes=4, train_batches=batches,
+                               total_steps=4, warmup_steps=1, steps_per_epoch=3,
+                               workdir=workdir, make_encoder=make)[2]
   first = _resume_matches(run_probe, pr, str(work / "probe"), 4)
   # Frozen: the encoder is the checkpoint's, BN statistics included.
   got = nnx.to_pure_dict(nnx.state(first["model"].encoder))

@@ -22,7 +22,8 @@ def test_round_trip_keeps_every_parameter_and_bn_statistic(tmp_path):
       LinearClassifier(64, 7, normalize=False, dropout=0.5, rngs=nnx.Rngs(1))), seed=9)
   classifier_io.save_classifier(str(tmp_path), model, cfg, num_classes=7, normalize=False,
                                 dropout=0.5, source={"init": "pretrained", "checkpoint": "/c"})
-  loaded, meta = classifier_io.load_classifier(str(tmp_path), parallel.make_mesh())
+  with jax.set_mesh(parallel.make_mesh()):
+    loaded, meta = classifier_io.load_classifier(str(tmp_path))
   assert meta["num_classes"] == 7 and meta["dropout"] == 0.5 and meta["model"]["preset"] == "r3d18"
   assert meta["source"]["checkpoint"] == "/c"
   want = nnx.to_pure_dict(nnx.state(model, classifier_io.SAVED))
@@ -39,10 +40,11 @@ def test_round_trip_keeps_every_parameter_and_bn_statistic(tmp_path):
   del meta_json["model"]["input"]
   with open(tmp_path / "model.json", "w") as f:
     json.dump(meta_json, f)
-  old, _ = classifier_io.load_classifier(str(tmp_path), parallel.make_mesh())
+  with jax.set_mesh(parallel.make_mesh()):
+    old, _ = classifier_io.load_classifier(str(tmp_path))
   assert old.encoder.input_mode == "rgb"
 
 
 def test_missing_run_dir_says_what_it_needs(tmp_path):
   with pytest.raises(FileNotFoundError, match="probe or finetune"):
-    classifier_io.load_classifier(str(tmp_path), parallel.make_mesh())
+    classifier_io.load_classifier(str(tmp_path))

@@ -85,8 +85,9 @@ def train_both(name, optimizer, lr=None):
   mesh = parallel.make_mesh()
   objective = objectives.get(configs["fsdp"])
   task = tasks.PretrainTask(configs["fsdp"], objective)
-  parts = {s: engine.abstract_step(task, c, mesh, objective.sampler(),
-                                   *step_inputs.durations(c)) for s, c in configs.items()}
+  with jax.set_mesh(mesh):
+    parts = {s: engine.abstract_step(task, c, objective.sampler(),
+                                     *step_inputs.durations(c)) for s, c in configs.items()}
   _, state = state_lib.create(task.make_model, task.trainable, parts["fsdp"]["tx"],
                               parallel.state_placement(mesh))
   states = {"fsdp": jax.jit(lambda t: jax.tree.map(engine._copy, t),  # pylint: disable=protected-access

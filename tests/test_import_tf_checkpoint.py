@@ -1,5 +1,6 @@
 """The official CVRL checkpoints import: the reference Keras R3D-50 (tf-models-official)
 and the imported cvrl R3D-50 give the same features on the same clip."""
+import jax
 import importlib
 import os
 import sys
@@ -74,7 +75,8 @@ def test_imported_r3d50_gives_the_reference_features(reference, tmp_path):
   from cvrl.core import parallel  # pylint: disable=import-outside-toplevel
   from cvrl.eval import features  # pylint: disable=import-outside-toplevel
   config = cvrl_k600_linear.get_config(f"pretrained={tmp_path}")
-  encoder, model_config, source = features.load_encoder(config, parallel.make_mesh())
+  with jax.set_mesh(parallel.make_mesh()):
+    encoder, model_config, source = features.load_encoder(config)
   assert (model_config.depth, model_config.width, model_config.preset) == (50, 1.0, "cvrl")
   assert source["init"] == "pretrained"
   _, model = load_pretrained(str(tmp_path))

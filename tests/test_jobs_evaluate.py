@@ -2,6 +2,7 @@
 import csv
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -107,7 +108,6 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   work = tmp_path_factory.mktemp("runs")
   e = tiny_data(config_lib.evaluate_config(), tmp_path_factory.mktemp("synthetic"))
   e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2, recall_ks=(1, 5, 10, 20))
-  mesh = parallel.make_mesh()
   sources.prepare(e.data, "eval")
 
   # A trained classifier as probe / finetune leave it in their workdir.
@@ -116,9 +116,10 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   run_dir = str(work / "probe")
   classifier_io.save_classifier(run_dir, model, e.model, num_classes=4, normalize=True,
                                 dropout=0.3, source={"init": "test"})
-  splits = common.Splits(e.data, mesh, int(e.seed))
-  in_process = multiview.evaluate_classifier(model, splits, str(work / "in_process"),
-                                             multiview.Test.of(e.evaluate))
+  splits = common.Splits(e.data, int(e.seed))
+  with jax.set_mesh(parallel.make_mesh()):
+    in_process = multiview.evaluate_classifier(model, splits, str(work / "in_process"),
+                                               multiview.Test.of(e.evaluate))
   e.evaluate.run_dir = run_dir
   e.evaluate.fuse_with = str(work / "in_process" / "scores.npz")
   ev = evaluate.run(e, str(work / "eval"))

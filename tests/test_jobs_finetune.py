@@ -58,9 +58,8 @@ def test_weight_decay_only_on_kernels():
   assert not np.any(np.asarray(updates["encoder"]["bn"]["scale"][...]))
 
 
-def test_dropout_is_active_in_training_only():
-  mesh = parallel.make_mesh()
-  head = F.make_head(8, 4, normalize=False, dropout=0.5, seed=0, mesh=mesh)
+def test_dropout_is_active_in_training_only(run_mesh):
+  head = F.make_head(8, 4, normalize=False, dropout=0.5, seed=0)
   x = jnp.ones((16, 8))
   head.train()
   a, b = head(x), head(x)
@@ -119,7 +118,8 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory, capsys):
   assert line in capsys.readouterr().out
   assert saved["finetune"]["train"]["learning_rates"] == {"backbone": 0.05, "head": 0.5}
   assert saved["checkpoint"] == c.pretrained and np.isfinite(res["metrics"]["train_loss"])
-  model, meta = classifier_io.load_classifier(str(work / "ft"), parallel.make_mesh())
+  with jax.set_mesh(parallel.make_mesh()):
+    model, meta = classifier_io.load_classifier(str(work / "ft"))
   assert meta["dropout"] == 0.5
   want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))

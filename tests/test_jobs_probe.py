@@ -42,7 +42,8 @@ def tiny_arch(features=8):
 def train(enc, config, workdir, **kw):
   """probe.train_probe on the toy encoder: (head, stats)."""
   kw.setdefault("make_encoder", tiny_arch(enc.num_features))
-  head, stats, _ = probe.train_probe(enc, config, parallel.make_mesh(), workdir=str(workdir), **kw)
+  with jax.set_mesh(parallel.make_mesh()):
+    head, stats, _ = probe.train_probe(enc, config, workdir=str(workdir), **kw)
   return head, stats
 
 
@@ -81,13 +82,12 @@ def test_cached_batches_replay_then_permute_every_row_once_per_pass():
   assert not np.array_equal(passes[:12], np.arange(12))
 
 
-def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path):
-  mesh = parallel.make_mesh()
+def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path, run_mesh):
   enc = tiny_encoder(seed=1)
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
   for extract in (False, True):
     _, stats, out = probe.train_probe(
-        enc, small_config(extract_features=extract, feature_epochs=1), mesh, num_classes=4,
+        enc, small_config(extract_features=extract, feature_epochs=1), num_classes=4,
         train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3,
         workdir=str(tmp_path / str(extract)), make_encoder=tiny_arch())
     after = nnx.to_pure_dict(nnx.state(enc))
@@ -98,14 +98,13 @@ def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path):
                    nnx.to_pure_dict(nnx.state(out["model"].encoder)))
   # ... and the features it trains on are the inference-mode (running statistics) ones.
   b = video_batches(8, 8, seed=5)[0][0]
-  got = np.asarray(F.ViewRunner(enc, mesh)(b))
+  got = np.asarray(F.ViewRunner(enc)(b))
   np.testing.assert_allclose(got, encoder_numpy(enc, b["video"][:, 0]), rtol=1e-4, atol=1e-6)
   enc.train()  # batch statistics would give other features
   assert not np.allclose(np.asarray(nnx.merge(*nnx.split(enc))(b["video"][:, 0])), got, atol=1e-3)
 
 
 def test_feature_extraction_path_gives_the_end_to_end_classifier(tmp_path):
-  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=2)
   heads = {}
   for extract in (False, True):
@@ -117,7 +116,8 @@ def test_feature_extraction_path_gives_the_end_to_end_classifier(tmp_path):
   assert stats["cached_features"] == 48 and stats["encoder_passes"] == 48
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                heads[False], heads[True])
-  init = probe.F.make_head(8, 4, normalize=True, dropout=0.0, seed=1, mesh=mesh)
+  with jax.set_mesh(parallel.make_mesh()):
+    init = probe.F.make_head(8, 4, normalize=True, dropout=0.0, seed=1)
   moved = np.abs(np.asarray(heads[True]["dense"]["kernel"]) - np.asarray(init.dense.kernel[...]))
   assert moved.max() > 1e-3  # the classifier did train
 
@@ -125,7 +125,6 @@ def test_feature_extraction_path_gives_the_end_to_end_classifier(tmp_path):
 def test_probe_learns_a_linearly_decodable_label_and_generalises(tmp_path):
   """Class-dependent colour: a frozen (random) colour-sensitive encoder + the probe must
   classify held-out videos far above chance, on both paths."""
-  mesh = parallel.make_mesh()
   enc = tiny_encoder(seed=6, features=16, perturb_bn=False)
   palette = np.random.default_rng(0).uniform(0.1, 0.9, size=(4, 3)).astype(np.float32)
 
@@ -150,9 +149,10 @@ def test_probe_learns_a_linearly_decodable_label_and_generalises(tmp_path):
                         total_steps=60, warmup_steps=5, steps_per_epoch=1,
                         make_encoder=tiny_arch(16))
     model = EncoderHead(enc, head)
-    probs = F.run_split(F.ViewRunner(model, mesh, "softmax_mean"),
-                        [{"video": test_v[i:i + 16], "label": test_y[i:i + 16]}
-                         for i in range(0, 64, 16)]).values
+    with jax.set_mesh(parallel.make_mesh()):
+      probs = F.run_split(F.ViewRunner(model, "softmax_mean"),
+                          [{"video": test_v[i:i + 16], "label": test_y[i:i + 16]}
+                           for i in range(0, 64, 16)]).values
     assert np.mean(probs.argmax(1) == test_y) > 0.9, extract
     assert stats["train_accuracy"] > 0.9
 
@@ -198,7 +198,6 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
   pre.probe.update(batch_size=8, total_epochs=2, warmup_epochs=1, feature_epochs=1,
                    num_clips=1, num_crops=3, eval_batch_size=8)
   saved_state = save_numpy_checkpoint(pre, workdir)
-  mesh = parallel.make_mesh()
 
   res = probe.run_after_pretrain(pre, workdir, workdir)
   saved = json.load(open(os.path.join(workdir, "probe", "results.json")))
@@ -215,7 +214,8 @@ def test_run_after_pretrain_probes_the_checkpoint_and_a_random_baseline(tmp_path
   assert os.path.exists(os.path.join(workdir, "probe", "random_init", "scores.npz"))
   # The probe trained and tested the checkpoint's encoder: the saved classifier holds it.
   from cvrl.eval import classifier_io  # pylint: disable=import-outside-toplevel
-  model, _ = classifier_io.load_classifier(os.path.join(workdir, "probe"), mesh)
+  with jax.set_mesh(parallel.make_mesh()):
+    model, _ = classifier_io.load_classifier(os.path.join(workdir, "probe"))
   want = nnx.to_pure_dict(saved_state)["encoder"]
   got = nnx.to_pure_dict(nnx.state(model.encoder))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)

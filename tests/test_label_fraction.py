@@ -177,17 +177,15 @@ def test_eval_split_and_pretraining_read_every_video(data_dir):
   assert len(set(pre.tolist())) == VIDEOS  # pretraining's first epoch: all 32 videos
 
 
-def test_pretraining_evaluators_read_every_train_video_other_jobs_the_subset(data_dir):
+def test_pretraining_evaluators_read_every_train_video_other_jobs_the_subset(data_dir, run_mesh):
   """The job says which train split its evaluators read (data.label_fraction = 0.25: 8 of
   32 videos): pretraining's every video, the evaluate job's the labelled subset."""
   from cvrl import objectives  # pylint: disable=import-outside-toplevel
-  from cvrl.core import parallel  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import evaluate, pretrain  # pylint: disable=import-outside-toplevel
   c = config_lib.pretrain_config('cvrl')
   c.data = _cfg(data_dir, label_fraction=0.25)
-  mesh = parallel.make_mesh()
-  for splits, want in ((pretrain._eval_splits(c, mesh, objectives.get(c)), VIDEOS),  # pylint: disable=protected-access
-                       (evaluate._splits(c, mesh, c.model), 8)):  # pylint: disable=protected-access
+  for splits, want in ((pretrain._eval_splits(c, objectives.get(c)), VIDEOS),  # pylint: disable=protected-access
+                       (evaluate._splits(c, c.model), 8)):  # pylint: disable=protected-access
     ids = [int(i) for b in splits.batches('train', 1, 1, 8)
            for i, m in zip(b['index'], b['mask']) if m > 0]
     assert len(ids) == len(set(ids)) == want

@@ -113,8 +113,8 @@ def check_downstream_encoder(name, workdir):
   from cvrl.eval import features as F
   config = config_lib.probe_config()
   config.pretrained = str(workdir)
-  mesh = parallel.make_mesh()
-  encoder, model_config, source = F.load_encoder(config, mesh)
+  with jax.set_mesh(parallel.make_mesh()):
+    encoder, model_config, source = F.load_encoder(config)
   assert source["init"] == "pretrained"
   pre_config, model = checkpoint.load_pretrained(str(workdir))
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
@@ -158,7 +158,7 @@ def test_tiny_config_pretrains_resumes_and_feeds_downstream(name, pretrained, tm
 
 
 @pytest.mark.slow
-def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretrained):
+def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretrained, run_mesh):
   """The probe job on a DIF 3DRotNet checkpoint: T + 1 frames per clip, features of their
   differences, input='dif' in results.json and model.json (so the evaluate job's
   multi-view test feeds the saved classifier T + 1 frames per view too)."""
@@ -168,7 +168,6 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   from cvrl import models
   from cvrl.data import device
   from cvrl.eval import classifier_io
-  from cvrl.core import parallel
   from cvrl.eval import common
   from cvrl.eval import features as F
   from cvrl.jobs import probe
@@ -187,13 +186,12 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   assert 0.0 <= saved["metrics"]["top1"] <= 1.0 and saved["probe"]["test"]["num_videos"] == 8
 
   config = config_lib.probe_config_for(pre, result["checkpoint_dir"])
-  mesh = parallel.make_mesh()
-  encoder, model_config, _ = F.load_encoder(config, mesh)
-  train_batches, _ = probe._datasets(config, mesh, models.extra_frames(model_config))  # pylint: disable=protected-access
+  encoder, model_config, _ = F.load_encoder(config)
+  train_batches, _ = probe._datasets(config, models.extra_frames(model_config))  # pylint: disable=protected-access
   batch = next(train_batches())
   t = pre.data.num_frames
   assert batch["video"].shape[1:3] == (1, t + 1)
-  got = np.asarray(F.ViewRunner(encoder, mesh, data_config=config.data)(batch))
+  got = np.asarray(F.ViewRunner(encoder, data_config=config.data)(batch))
   # Independently: the same parameters as an RGB network, on numpy frame differences.
   x = np.asarray(device.finish_batch(dict(batch), config.data)["video"])[:, 0]
   rgb = ml_collections.ConfigDict(model_config.to_dict())
@@ -204,9 +202,9 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   want = np.asarray(nnx.jit(lambda e, v: e(v))(twin, x[:, 1:] - x[:, :-1]))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
-  model, meta = classifier_io.load_classifier(os.path.join(str(workdir), "probe"), mesh)
+  model, meta = classifier_io.load_classifier(os.path.join(str(workdir), "probe"))
   assert meta["model"]["input"] == "dif" and model.encoder.input_mode == "dif"
-  splits = common.Splits(config.data, mesh, int(config.seed),
+  splits = common.Splits(config.data, int(config.seed),
                          models.extra_frames(ml_collections.ConfigDict(meta["model"])))
   views = next(iter(splits.batches("eval", 2, 1, 8)))
   assert views["video"].shape[1:3] == (2, t + 1)

@@ -1,4 +1,6 @@
 """Mesh, shardings, host-local -> global batches, and when jax.distributed is started."""
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -34,6 +36,26 @@ def test_local_batch_size_must_split_over_devices():
   assert parallel.local_batch_size(16, mesh) == 16  # one process
   with pytest.raises(ValueError, match="multiple of the device count 8"):
     parallel.local_batch_size(12, mesh)
+
+
+def test_the_run_mesh_is_the_one_set_in_this_thread():
+  """Without a mesh given, shardings are on the mesh `jax.set_mesh` set (a job's, at its
+  top); none set is an error, not a silent mesh of every device; a thread does not see it."""
+  with pytest.raises(RuntimeError, match="no mesh is set"):
+    parallel.replicated()
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  with jax.set_mesh(mesh):
+    assert parallel.batch_sharding().mesh == mesh == parallel.replicated().mesh
+    assert parallel.num_data_shards() == 2 and parallel.local_batch_size(4) == 4
+    placed = parallel.state_placement(mode="fsdp", min_kib=0)(np.zeros((4, 3), np.float32))
+    assert placed.mesh == mesh and placed.spec == jax.sharding.PartitionSpec("data", None)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(jax.sharding.get_mesh().empty))
+    thread.start()
+    thread.join()
+    assert seen == [True]  # so the loop's prefetcher thread is given its sharding
+  with pytest.raises(RuntimeError, match="no mesh is set"):
+    parallel.batch_sharding()
 
 
 ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",

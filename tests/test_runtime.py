@@ -24,7 +24,7 @@ def test_import_changes_no_global_jax_setting_and_jobs_scope_theirs():
       assert not changed, changed
       assert jax.config.jax_default_prng_impl == "threefry2x32"
       @cvrl.core.runtime.job
-      def run(config, workdir):
+      def run(config, workdir, *, process):
         return str(jax.random.key(0).dtype)
       assert run(None, None) == "key<rbg>", run(None, None)
       assert str(jax.random.key(0).dtype) == "key<fry>"  # restored after the job
@@ -86,10 +86,12 @@ def test_job_turns_a_peer_failure_into_one_line_and_exit(monkeypatch, capsys):
   monkeypatch.setattr(runtime, "_exit", codes.append)
   monkeypatch.setattr(runtime, "_distributed", lambda: True)
   monkeypatch.setattr(runtime.jax, "process_count", lambda: 2)
-  monkeypatch.setitem(runtime._state, "step", 6)  # pylint: disable=protected-access
+  records = []
 
   @runtime.job
-  def broken(config, workdir):
+  def broken(config, workdir, *, process):
+    records.append(process)
+    process.step = 6  # where its training loop reported it was (Process.progress)
     raise JaxRuntimeError("UNKNOWN: Gloo AllReduce failed: Connection closed by peer")
   with pytest.raises(JaxRuntimeError):  # _exit is stubbed, so the error goes on
     broken(None, None)
@@ -99,8 +101,11 @@ def test_job_turns_a_peer_failure_into_one_line_and_exit(monkeypatch, capsys):
                             "(JaxRuntimeError: UNKNOWN: Gloo AllReduce failed"), err
 
   @runtime.job
-  def other(config, workdir):
+  def other(config, workdir, *, process):
+    records.append(process)
     raise JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
   with pytest.raises(JaxRuntimeError):
     other(None, None)
   assert codes == [3]  # not a lost peer: left alone
+  # Each job its own record: the second job never saw the first one's step.
+  assert records[0] is not records[1] and records[1].step is None

@@ -54,9 +54,9 @@ def test_batch_spec_is_the_pipelines_batch(kind, data_dir):
   objective = objectives.get(config)
   batches, _ = tasks.PretrainTask(config, objective).batches(
       batch_size=BATCH, start_step=0, process_index=0, process_count=1)
-  mesh = parallel.make_mesh()
-  batch = parallel.global_batch(next(iter(batches)), mesh)
-  spec = step_inputs.batch_spec(config.data, objective.sampler(), BATCH, mesh)
+  with jax.set_mesh(parallel.make_mesh()):  # the run's mesh, as a job sets it
+    batch = parallel.global_batch(next(iter(batches)))
+    spec = step_inputs.batch_spec(config.data, objective.sampler(), BATCH)
   got = {k: (v.shape, v.dtype, v.sharding) for k, v in batch.items()}
   assert got == {k: (s.shape, s.dtype, s.sharding) for k, s in spec.items()}
   assert ("photometric" in got) == ships_photometric

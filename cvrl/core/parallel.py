@@ -7,6 +7,10 @@ rule; arrays under `fsdp_min_kib` stay whole), XLA gathering them for compute. E
 inserts the collectives, so BatchNorm statistics and the contrastive loss see the whole
 global batch whatever the device count. Multi-host runs start with
 `maybe_initialize_distributed`.
+
+A job sets its mesh once, at its top (`jax.set_mesh(make_mesh())`: the run's mesh); what
+runs under it finds the mesh there (`run_mesh`), so the functions below take a `mesh` only
+to place on another one (None: the run's).
 """
 from __future__ import annotations
 
@@ -77,14 +81,24 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  """Parameters and optimizer state: a full copy on every device."""
-  return NamedSharding(mesh, P())
+def run_mesh(mesh: Mesh | None = None) -> Mesh:
+  """`mesh`, or the run's: the concrete mesh `jax.set_mesh` set in this thread."""
+  mesh = jax.sharding.get_mesh() if mesh is None else mesh
+  if mesh.empty:
+    raise RuntimeError("no mesh is set: run under `with jax.set_mesh(parallel.make_mesh()):` "
+                       "(every job sets its mesh at its top)")
+  return mesh
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Split the leading (batch) axis over 'data'; the other axes stay whole."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+def replicated(mesh: Mesh | None = None) -> NamedSharding:
+  """Parameters and optimizer state: a full copy on every device of `mesh` (the run's)."""
+  return NamedSharding(run_mesh(mesh), P())
+
+
+def batch_sharding(mesh: Mesh | None = None) -> NamedSharding:
+  """Split the leading (batch) axis over 'data' of `mesh` (the run's); the other axes
+  stay whole."""
+  return NamedSharding(run_mesh(mesh), P(DATA_AXIS))
 
 
 PARAM_SHARDINGS = ("replicated", "fsdp")
@@ -124,18 +138,19 @@ def leaf_spec(x, mode: str, shards: int, min_kib: float = FSDP_MIN_KIB) -> P:
   return fsdp_spec(x.shape, nbytes, shards, int(min_kib * 1024))
 
 
-def state_placement(mesh: Mesh, mode: str = "replicated", min_kib: float = FSDP_MIN_KIB
-                    ) -> Callable[[Any], NamedSharding]:
-  """array (or ShapeDtypeStruct) -> its NamedSharding on `mesh` under `mode`."""
+def state_placement(mesh: Mesh | None = None, mode: str = "replicated",
+                    min_kib: float = FSDP_MIN_KIB) -> Callable[[Any], NamedSharding]:
+  """array (or ShapeDtypeStruct) -> its NamedSharding on `mesh` (the run's) under `mode`."""
+  mesh = run_mesh(mesh)
   shards = num_data_shards(mesh)
   return lambda x: NamedSharding(mesh, leaf_spec(x, mode, shards, min_kib))
 
 
-def placement_from_config(mesh: Mesh, p: Mapping[str, Any] | None
-                          ) -> Callable[[Any], NamedSharding]:
-  """`state_placement` of a config's `parallel` section (absent fields: replicated)."""
+def placement_from_config(p: Mapping[str, Any] | None) -> Callable[[Any], NamedSharding]:
+  """`state_placement` on the run's mesh of a config's `parallel` section (absent fields:
+  replicated)."""
   p = p or {}
-  return state_placement(mesh, p.get("param_sharding", "replicated"),
+  return state_placement(None, p.get("param_sharding", "replicated"),
                          float(p.get("fsdp_min_kib", FSDP_MIN_KIB)))
 
 
@@ -148,21 +163,24 @@ def bytes_per_device(tree, mode: str, shards: int, min_kib: float = FSDP_MIN_KIB
   return total
 
 
-def num_data_shards(mesh: Mesh) -> int:
-  return int(mesh.shape[DATA_AXIS])
+def num_data_shards(mesh: Mesh | None = None) -> int:
+  """Devices the batch splits over on `mesh` (the run's)."""
+  return int(run_mesh(mesh).shape[DATA_AXIS])
 
 
 def local_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> int:
-  """This host's share of the global batch; the batch must split evenly over devices."""
-  devices = num_data_shards(mesh) if mesh is not None else jax.device_count()
+  """This host's share of the global batch; the batch must split evenly over the devices
+  of `mesh` (the run's)."""
+  devices = num_data_shards(mesh)
   if global_batch_size % devices:
     raise ValueError(f"batch_size {global_batch_size} must be a multiple of the device count "
                      f"{devices}")
   return global_batch_size // jax.process_count()
 
 
-def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global jax.Arrays sharded over 'data'.
+def global_batch(local: Mapping[str, Any], mesh: Mesh | None = None) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded over 'data' of `mesh` (the run's;
+  a thread of its own, like the loop's prefetcher, names it: the run's mesh is per thread).
 
   Every process passes its own rows (the same count on each); the global batch is their
   concatenation in process order. Transfers are asynchronous.

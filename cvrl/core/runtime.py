@@ -1,6 +1,6 @@
 """What every job sets up where it runs, and how a multi-process job ends when a peer dies.
 
-`@job` wraps a job's `run(config, workdir)`:
+`@job` wraps a job's `run(config, workdir, *, process)`, called as `run(config, workdir)`:
 
 * JAX settings the jobs need, scoped to the job (importing cvrl changes no global JAX
   setting): random bits from the 'rbg' generator rather than threefry. XLA:CPU takes
@@ -16,8 +16,10 @@
   service's key-value store catches a peer that stops without breaking a collective (a
   hang): stale for `CVRL_PEER_TIMEOUT_S` seconds (default 60) means lost.
 
-The training loop reports its progress with `progress(step, checkpoint_dir)` (which also
-starts the heartbeat once JAX is distributed).
+`@job` makes one `Process` record per job and hands it to the job, which passes it to the
+training loop; the loop reports its progress there (`Process.progress(step,
+checkpoint_dir)`, which also starts the heartbeat once JAX is distributed). Nothing here is
+module-level state: two jobs in one process keep their own records.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -40,7 +43,6 @@ _PEER_FAILURE_MARKERS = ("gloo", "connection reset", "connection refused", "brok
                          "socket closed", "unavailable", "heartbeat", "coordination service",
                          "deadline_exceeded", "nccl", "peer")
 
-_state = {"step": None, "checkpoint_dir": None, "heartbeat": None}
 _exit = os._exit  # pylint: disable=protected-access  (replaced in tests)
 
 
@@ -96,31 +98,54 @@ def lost_peer_message(step, lost, num_processes, checkpoint_dir, cause: str) -> 
           "with the same command to resume from the latest checkpoint")
 
 
-def progress(step: int, checkpoint_dir: str | None = None) -> None:
-  """Called by the training loop each step: what a lost-peer message reports."""
-  _state["step"] = int(step)
-  if checkpoint_dir is not None:
-    _state["checkpoint_dir"] = checkpoint_dir
-  if _state["heartbeat"] is None and _distributed():
-    _state["heartbeat"] = _Heartbeat()
-    _state["heartbeat"].start()
+class Process:
+  """One job's record of this process: the step its training loop reached and where it
+  checkpoints (what the lost-peer line reports), and the heartbeat, started once JAX is
+  distributed and marked done when the job returns."""
 
+  def __init__(self):
+    self.step: int | None = None
+    self.checkpoint_dir: str | None = None
+    self.heartbeat: _Heartbeat | None = None
 
-def _stop(lost, cause: str) -> None:
-  msg = lost_peer_message(_state["step"], lost, jax.process_count(), _state["checkpoint_dir"],
-                          cause)
-  sys.stdout.flush()
-  print(f"cvrl: error: {msg}", file=sys.stderr, flush=True)
-  _exit(LOST_PEER_EXIT)
+  def progress(self, step: int, checkpoint_dir: str | None = None) -> None:
+    """Called by the training loop each step, before running it."""
+    self.step = int(step)
+    if checkpoint_dir is not None:
+      self.checkpoint_dir = checkpoint_dir
+    if self.heartbeat is None and _distributed():
+      self.heartbeat = _Heartbeat(self.stop)
+      self.heartbeat.start()
+
+  def stop(self, lost, cause: str) -> None:
+    """The one line, then exit with LOST_PEER_EXIT (skipping JAX's shutdown)."""
+    msg = lost_peer_message(self.step, lost, jax.process_count(), self.checkpoint_dir, cause)
+    sys.stdout.flush()
+    print(f"cvrl: error: {msg}", file=sys.stderr, flush=True)
+    _exit(LOST_PEER_EXIT)
+
+  def failed(self, exc: BaseException) -> None:
+    """`exc` ended the job: `stop` if a peer was lost (the heartbeat guesses which)."""
+    if peer_lost(exc):
+      beat = self.heartbeat
+      lost = beat.guess_lost(3 * _HEARTBEAT_S) if beat is not None else None
+      self.stop(lost, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+
+  def finish(self) -> None:
+    """The job returned: peers no longer wait for this process's heartbeat."""
+    if self.heartbeat is not None:
+      self.heartbeat.done()
+      self.heartbeat = None
 
 
 class _Heartbeat(threading.Thread):
   """Every process bumps its counter in the coordination service's key-value store; a peer
   whose counter stops changing for the timeout, or a coordinator that stops answering, is
-  lost. 'done' marks a process that finished its job normally."""
+  lost (`on_lost(its index, why)`). 'done' marks a process that finished its job normally."""
 
-  def __init__(self):
+  def __init__(self, on_lost: Callable[[int, str], None]):
     super().__init__(name="cvrl-heartbeat", daemon=True)
+    self.on_lost = on_lost
     self.client = ocp.multihost.get_jax_distributed_client()  # its key-value store
     self.me, self.n = jax.process_index(), jax.process_count()
     self.seen: dict[int, tuple[str, float]] = {}
@@ -163,9 +188,9 @@ class _Heartbeat(threading.Thread):
         lost = []
         failing_since = failing_since or time.monotonic()
         if time.monotonic() - failing_since > peer_timeout_s():
-          _stop(0, "the coordination service stopped answering")
+          self.on_lost(0, "the coordination service stopped answering")
       if lost:
-        _stop(lost[0], f"no heartbeat for {peer_timeout_s():.0f} s")
+        self.on_lost(lost[0], f"no heartbeat for {peer_timeout_s():.0f} s")
       self.finished.wait(_HEARTBEAT_S)
 
   def done(self):
@@ -197,22 +222,19 @@ class _Heartbeat(threading.Thread):
 
 
 def job(run):
-  """Decorator for a job's `run(config, workdir)`: its JAX settings, and a lost peer
-  turned into one line and a prompt exit (see the module docstring)."""
+  """Decorator for a job's `run(config, workdir, *, process)`, called as `run(config,
+  workdir)`: its JAX settings, its own `Process` record (passed as `process`, for its
+  training loop), and a lost peer turned into one line and a prompt exit (see the module
+  docstring)."""
   @functools.wraps(run)
   def wrapped(*args, **kwargs):
-    outer = _state["heartbeat"] is not None
+    process = Process()
     try:
       with jax.default_prng_impl(PRNG_IMPL):
-        result = run(*args, **kwargs)
+        result = run(*args, process=process, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      if peer_lost(e):
-        beat = _state["heartbeat"]
-        lost = beat.guess_lost(3 * _HEARTBEAT_S) if beat is not None else None
-        _stop(lost, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+      process.failed(e)
       raise
-    if not outer and _state["heartbeat"] is not None:
-      _state["heartbeat"].done()
-      _state["heartbeat"] = None
+    process.finish()
     return result
   return wrapped

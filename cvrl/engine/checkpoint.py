@@ -2,7 +2,7 @@
 
 Layout: `WORKDIR/checkpoints/<step>/` with three items
   model   every variable of the objective's NNX model (`nnx.State`: encoder, heads,
-          BatchNorm statistics, targets/queues), as saved by StandardSave;
+          BatchNorm statistics, targets/queues), a PyTree (orbax's PyTree handler, `handlers`);
   train   {'step': int32, 'opt_state': the optax state} (resuming only);
   config  the full run config as JSON, so later jobs rebuild the model without being
           told its shape.
@@ -19,7 +19,6 @@ else's). None restores: ConfigError (one line, exit 2).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -54,10 +53,10 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(data)
 
 
-@contextlib.contextmanager
-def one_replica_saving():
-  """With one process, each array saved from one replica instead of split, while the
-  context lasts (orbax's jax.Array handler is put back after it).
+class OneReplicaArrays:
+  """Orbax's type handlers (its registry, read, never changed) but jax.Array's: each array
+  saved from one replica instead of split over them. A TypeHandlerRegistry for the state's
+  PyTree handlers (`handlers`), so no global orbax setting changes.
 
   Orbax's replica-parallel saving splits a replicated array across its replicas so that
   several hosts share the writing; it slices every array on every device, a small
@@ -65,30 +64,54 @@ def one_replica_saving():
   with, and those compiles cost seconds per save (a tiny model on 8 CPU devices: 4 s
   against 0.3 s). Multi-host runs keep orbax's default.
   """
-  current = ocp.type_handlers.get_type_handler(jax.Array)
-  if jax.process_count() > 1:
-    yield
-    return
-  handler = ocp.type_handlers.ArrayHandler(
-      use_replica_parallel=False,
-      array_metadata_store=getattr(current, "_array_metadata_store", None))
-  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-  try:
-    yield
-  finally:
-    ocp.type_handlers.register_type_handler(jax.Array, current, override=True)
+
+  def __init__(self):
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    self.array = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False,
+        array_metadata_store=getattr(default, "_array_metadata_store", None))
+
+  def get(self, ty):
+    """The handler of a type (or a saved typestr): orbax's, this one for jax.Array."""
+    handler = ocp.type_handlers.get_type_handler(ty)
+    return self.array if handler.typestr() == self.array.typestr() else handler
+
+  def has(self, ty) -> bool:
+    return ocp.type_handlers.has_type_handler(ty)
+
+  def add(self, *args, **kwargs):
+    raise TypeError("OneReplicaArrays is read only: register with orbax's own registry")
+
+
+def handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """The items' handlers: the state's as PyTrees (with one process on `OneReplicaArrays`),
+  the config's as JSON."""
+  types = {} if jax.process_count() > 1 else {"type_handler_registry": OneReplicaArrays()}
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item in ("model", "train"):
+    handler = ocp.PyTreeCheckpointHandler(**types)
+    registry.add(item, ocp.args.PyTreeSave, handler)
+    registry.add(item, ocp.args.PyTreeRestore, handler)
+  json_handler = ocp.JsonCheckpointHandler()
+  registry.add("config", ocp.args.JsonSave, json_handler)
+  registry.add("config", ocp.args.JsonRestore, json_handler)
+  return registry
+
+
+def _restore_args(target) -> ocp.args.PyTreeRestore:
+  """Restores into `target`'s shapes, dtypes and shardings (ShapeDtypeStructs)."""
+  return ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target))
 
 
 class Checkpointer:
   """Saves and restores `TrainState`s of one run under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int | None = 3, async_save: bool = True):
-    self._scope = contextlib.ExitStack()  # what this checkpointer sets up until `close`
-    self._scope.enter_context(one_replica_saving())
     self.directory = os.fspath(paths.as_path(workdir) / CHECKPOINT_DIR)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         handler_registry=handlers())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -102,8 +125,8 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return False
     return self.manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(state_lib.full_state(state)),
-        train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+        model=ocp.args.PyTreeSave(state_lib.full_state(state)),
+        train=ocp.args.PyTreeSave({"step": state.step, "opt_state": state.opt_state}),
         config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
   def restore(self, target: state_lib.TrainState, graphdef: nnx.GraphDef, trainable,
@@ -119,8 +142,8 @@ class Checkpointer:
 
   def _restore_step(self, target, graphdef, trainable, step: int) -> state_lib.TrainState:
     out = self.manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(state_lib.full_state(target)),
-        train=ocp.args.StandardRestore({"step": target.step, "opt_state": target.opt_state})))
+        model=_restore_args(state_lib.full_state(target)),
+        train=_restore_args({"step": target.step, "opt_state": target.opt_state})))
     _, params, rest = state_lib.split(nnx.merge(graphdef, out.model), trainable)
     return state_lib.TrainState(step=out.train["step"], params=params, rest=rest,
                                 opt_state=out.train["opt_state"])
@@ -146,7 +169,6 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-    self._scope.close()
 
 
 def newest_that_loads(directory: str, steps, load: Callable[[int], Any]

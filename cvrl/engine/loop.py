@@ -50,6 +50,9 @@ class NonFiniteLossError(FloatingPointError):
 
 # ------------------------------------------------------------------------------ the task
 
+CLIPS = "video"  # the batch entry of clips, as cvrl.data.pipeline ships them
+
+
 class Task:
   """What a job declares; the engine calls nothing else.
 
@@ -61,10 +64,13 @@ class Task:
   what evaluators look at. `rules` is what the train step calls, an Objective's protocol
   (cvrl.objectives.base): `trainable`, loss(model, batch, step=, rng=) -> (scalar,
   metrics) under jit in the model's mode, after_update and apply_update; by default the
-  task's own methods, for pretraining the objective itself.
+  task's own methods, for pretraining the objective itself. `input_key`: the batch entry
+  the loss reads; CLIPS ('video' [B, V, T, H, W, 3] as the pipeline ships them) are
+  finished on device by the step (cvrl.data.device) and counted in the log's clips/s.
   """
   name = "task"
   trainable: Any = nnx.Param
+  input_key = CLIPS
 
   @property
   def rules(self):
@@ -132,6 +138,8 @@ def make_train_step(task, graphdef, tx, schedule, batch_sharding, seed: int, dat
   """jit(state, batch) -> (state, metrics), the state donated; batch placed by
   `batch_sharding` (cvrl.core.parallel.batch_sharding: over 'data' of its mesh).
   `task` needs `trainable`, `loss` and `after_update` (an Objective has them).
+  `data_config`: config.data of a task on clips (`clip_data`: the step finishes their
+  photometric stage on device); None: the batch reaches the loss as shipped.
   `state_shardings`: the state's NamedShardings (state.shardings of its abstract state;
   default replicated); the gradients are placed like the parameters (fsdp: reduce-scattered)."""
   trainable = task.trainable
@@ -143,9 +151,8 @@ def make_train_step(task, graphdef, tx, schedule, batch_sharding, seed: int, dat
 
   def step_fn(state: state_lib.TrainState, batch):
     rng = jax.random.fold_in(base_key, state.step)
-    # The host ships uint8 clips and per-clip photometric parameters: finish them here
-    # (a batch of cached features has no clips).
-    if "video" in batch:
+    # The host ships uint8 clips and per-clip photometric parameters: finish them here.
+    if data_config is not None:
       batch = device_aug.finish_batch(batch, data_config)
 
     def loss_fn(params):
@@ -178,16 +185,23 @@ def make_train_step(task, graphdef, tx, schedule, batch_sharding, seed: int, dat
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
-def abstract_step(task, config, mesh, sampler, total_steps: int, warmup_steps: int) -> dict:
-  """The step `run` compiles for `task`, on abstract inputs (nothing allocated): {step (the
-  jitted step), state and batch (ShapeDtypeStructs with their shardings: the configured
-  parallel.param_sharding, one global batch of config.batch_size as the pipeline ships it
-  for `sampler`), graphdef, tx}. `step.lower(state, batch).compile()` is what would run."""
+def clip_data(task: Task, data: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """`data` (config.data) for a task on clips (what `make_train_step` finishes them with),
+  else None."""
+  return data if task.input_key == CLIPS else None
+
+
+def abstract_step(task, config, sampler, total_steps: int, warmup_steps: int) -> dict:
+  """The step `run` compiles for `task` on the run's mesh, on abstract inputs (nothing
+  allocated): {step (the jitted step), state and batch (ShapeDtypeStructs with their
+  shardings: the configured parallel.param_sharding, one global batch of config.batch_size
+  as the pipeline ships it for `sampler`), graphdef, tx}. `step.lower(state,
+  batch).compile()` is what would run."""
   tx, schedule, _ = task.optimizer(total_steps, warmup_steps)
-  graphdef, state = step_inputs.abstract_state(task, config, mesh, tx)
-  step = make_train_step(task.rules, graphdef, tx, schedule, parallel.batch_sharding(mesh),
-                         int(config.seed), config.data, state_lib.shardings(state))
-  batch = step_inputs.batch_spec(config.data, sampler, int(config.batch_size), mesh)
+  graphdef, state = step_inputs.abstract_state(task, config, tx)
+  step = make_train_step(task.rules, graphdef, tx, schedule, parallel.batch_sharding(),
+                         int(config.seed), clip_data(task, config.data), state_lib.shardings(state))
+  batch = step_inputs.batch_spec(config.data, sampler, int(config.batch_size))
   return dict(step=step, state=state, batch=batch, graphdef=graphdef, tx=tx)
 
 
@@ -284,19 +298,23 @@ def current_model(graphdef, state: state_lib.TrainState) -> nnx.Module:
 
 
 def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_steps: int,
-        warmup_steps: int = 0, mesh=None, evaluators: Sequence[Any] = (),
-        describe: str = "") -> dict[str, Any]:
-  """Trains `task` to `total_steps` (resuming from workdir's latest checkpoint).
+        warmup_steps: int = 0, evaluators: Sequence[Any] = (), describe: str = "",
+        process: runtime.Process | None = None) -> dict[str, Any]:
+  """Trains `task` to `total_steps` (resuming from workdir's latest checkpoint) on the
+  run's mesh (the job's `jax.set_mesh`; none set: `setup`'s, for this run).
 
   Returns {step, total_steps, preempted, resumed, loss, metrics (the last log line's),
   last_step_metrics, state, graphdef, model (the final model, None if preempted), evals
   ({name: last metrics}), checkpoint_dir}.
   `evaluators`: objects with `name`, `due(step, total)` and `__call__(encoder, step)`.
   The config is the job's, validated (`validate` below) with the job's own checks.
+  `process`: the job's record (cvrl.core.runtime.job), told each step's progress so that a
+  lost peer is reported with it; None: one of this run's own.
   """
-  with jax.set_mesh(setup(config) if mesh is None else mesh):  # the run's mesh, for all of it
+  mesh = jax.sharding.get_mesh()
+  with jax.set_mesh(setup(config) if mesh.empty else mesh):  # the run's mesh, for all of it
     return _Run(task, config, workdir, int(total_steps), int(warmup_steps), evaluators,
-                describe).train()
+                describe, process or runtime.Process()).train()
 
 
 class _Run:
@@ -305,9 +323,9 @@ class _Run:
   device), log, save, evaluate; `close` on the way out, whatever happened."""
 
   def __init__(self, task: Task, config, workdir: str, total_steps: int, warmup_steps: int,
-               evaluators: Sequence[Any], describe: str):
+               evaluators: Sequence[Any], describe: str, process: runtime.Process):
     self.task, self.config, self.evaluators = task, config, evaluators
-    mesh = jax.sharding.get_mesh()  # set by `run`
+    self.process = process
     self.total_steps = total_steps
     p = config.get("parallel") or {}
     batch_size = int(config.batch_size)
@@ -315,7 +333,7 @@ class _Run:
     self.ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=int(config.checkpoint.keep),
         async_save=bool(config.checkpoint.get("async_save", True)))
-    self.graphdef, target = step_inputs.abstract_state(task, config, mesh, tx)
+    self.graphdef, target = step_inputs.abstract_state(task, config, tx)
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
@@ -323,13 +341,13 @@ class _Run:
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:
-      _, state = state_lib.create(step_inputs.model_maker(task, config, mesh), task.trainable,
-                                  tx, parallel.placement_from_config(mesh, p))
+      _, state = state_lib.create(step_inputs.model_maker(task, config), task.trainable,
+                                  tx, parallel.placement_from_config(p))
       self.state = _initialized(task, self.graphdef, state, tx, shardings)
     self.start_step = self.step = int(jax.device_get(self.state.step))
     self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule,
-                                      parallel.batch_sharding(mesh),
-                                      int(config.seed), config.data, shardings)
+                                      parallel.batch_sharding(),
+                                      int(config.seed), clip_data(task, config.data), shardings)
     self.writer = metrics_lib.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
         tensorboard=bool(config.log.get("tensorboard", True)))
@@ -339,9 +357,9 @@ class _Run:
                     f"on {jax.device_count()} devices ({jax.process_count()} processes), "
                     f"warm-up {warmup_steps}, peak lr {peak_text}")
     host_iter, self.pipeline_stats = task.batches(
-        batch_size=parallel.local_batch_size(batch_size, mesh), start_step=self.start_step,
+        batch_size=parallel.local_batch_size(batch_size), start_step=self.start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
-    self.prefetch = input_lib.DevicePrefetcher(host_iter, parallel.batch_sharding(mesh),
+    self.prefetch = input_lib.DevicePrefetcher(host_iter, parallel.batch_sharding(),
                                                size=int(p.get("device_prefetch", 2)))
     self.preemption = _Preemption()
     self.interval = _Interval()
@@ -369,12 +387,12 @@ class _Run:
       self.evaluate(0)
     pending = None  # (step, device metrics) of the last dispatched step, checked one step late
     while self.step < total:
-      runtime.progress(self.step, self.ckpt.directory)  # a lost peer -> one line
+      self.process.progress(self.step, self.ckpt.directory)  # a lost peer -> one line
       batch, waited = self.prefetch.next()
       self.interval.wait += waited
       if self.clips_per_step is None:
-        self.clips_per_step = (int(np.prod(batch["video"].shape[:2])) if "video" in batch
-                               else int(config.batch_size))
+        self.clips_per_step = (int(np.prod(batch[CLIPS].shape[:2]))
+                               if self.task.input_key == CLIPS else int(config.batch_size))
       self.state, device_metrics = self.train_step(self.state, batch)
       self.step += 1
       if pending is not None:

@@ -26,23 +26,26 @@ def durations(config) -> tuple[int, int]:
           config_lib.steps("warmup", config, default=0, **kw))
 
 
-def model_maker(task, config, mesh):
-  """`task.make_model`, with per-device BatchNorm under parallel.batch_norm='local'."""
+def model_maker(task, config):
+  """`task.make_model`, with per-device BatchNorm (over the run's mesh) under
+  parallel.batch_norm='local'."""
   p = config.get("parallel") or {}
-  groups = parallel.num_data_shards(mesh) if p.get("batch_norm", "sync") == "local" else 1
+  groups = parallel.num_data_shards() if p.get("batch_norm", "sync") == "local" else 1
   if groups == 1:
     return task.make_model
   return lambda: local_bn.use_local_batch_norm(task.make_model(), groups)
 
 
-def abstract_state(task, config, mesh, tx):
-  """(graphdef, the state as ShapeDtypeStructs placed by parallel.param_sharding)."""
-  placement = parallel.placement_from_config(mesh, config.get("parallel"))
-  return state_lib.abstract(model_maker(task, config, mesh), task.trainable, tx, placement)
+def abstract_state(task, config, tx):
+  """(graphdef, the state as ShapeDtypeStructs placed on the run's mesh by
+  parallel.param_sharding)."""
+  placement = parallel.placement_from_config(config.get("parallel"))
+  return state_lib.abstract(model_maker(task, config), task.trainable, tx, placement)
 
 
-def batch_spec(data_config, sampler, global_batch: int, mesh) -> dict:
-  """One global training batch as the pipeline ships it, sharded over 'data': `video`
+def batch_spec(data_config, sampler, global_batch: int) -> dict:
+  """One global training batch as the pipeline ships it, sharded over 'data' of the run's
+  mesh: `video`
   [B, V, T, S, S, 3] (uint8 under data.photometric='device', else float32), `label` [B]
   int32, `index` [B] (int64 under jax_enable_x64, else int32, as jax stores it) and, when
   some photometric op can fire, `photometric` [B, V, P] or [B, V, T, P] float32."""
@@ -58,7 +61,7 @@ def batch_spec(data_config, sampler, global_batch: int, mesh) -> dict:
   if device and photometric.can_fire(aug, views, photometric.blur_radius(size)):
     per_clip = (views,) if aug.get("consistent", True) else (views, smp.frames)
     shapes["photometric"] = ((global_batch, *per_clip, photometric.SIZE), jnp.float32)
-  sharding = parallel.batch_sharding(mesh)
+  sharding = parallel.batch_sharding()
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
           for k, (shape, dtype) in shapes.items()}
 

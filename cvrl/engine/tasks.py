@@ -132,6 +132,7 @@ class ClassifierTask(engine.Task):
 class FeatureHeadTask(engine.Task):
   """The linear probe on cached features: the model is the LinearClassifier alone, each
   batch {'features', 'label'} from `batches(start_step)` (cvrl.jobs.probe caches them)."""
+  input_key = "features"
 
   def __init__(self, config, *, num_features: int, num_classes: int, normalize: bool,
                batches: Callable[[int], Iterator[dict]], name: str = "linear probe (cached)"):
@@ -161,17 +162,17 @@ class FeatureHeadTask(engine.Task):
     """The head trained in memory on `batches(0)` on this host's first device by the
     engine's own train step, without its checkpoints, logs or hooks: the linear fit an
     evaluator runs between pretraining steps."""
-    mesh = parallel.make_mesh(jax.local_devices()[:1])
     tx, schedule, _ = self.optimizer(total_steps, warmup_steps)
-    graphdef, state = state_lib.create(self.make_model, self.trainable, tx,
-                                       parallel.state_placement(mesh))
-    step = engine.make_train_step(self, graphdef, tx, schedule, parallel.batch_sharding(mesh),
-                                   int(self.config.seed))
     batches, _ = self.batches(batch_size=int(self.config.batch_size), start_step=0,
                               process_index=0, process_count=1)
-    for _ in range(int(total_steps)):
-      state, _ = step(state, next(batches))
-    return engine.current_model(graphdef, state)
+    with jax.set_mesh(parallel.make_mesh(jax.local_devices()[:1])):
+      graphdef, state = state_lib.create(self.make_model, self.trainable, tx,
+                                         parallel.state_placement())
+      step = engine.make_train_step(self, graphdef, tx, schedule, parallel.batch_sharding(),
+                                     int(self.config.seed))
+      for _ in range(int(total_steps)):
+        state, _ = step(state, next(batches))
+      return engine.current_model(graphdef, state)
 
 
 def cached_batches(feats: np.ndarray, labels: np.ndarray, batch: int, replay_rows: int,

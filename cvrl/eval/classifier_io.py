@@ -12,7 +12,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh
 
 from cvrl.core import parallel
 from cvrl.core import paths
@@ -43,8 +42,9 @@ def save_classifier(workdir: str, model: EncoderHead, model_config: ml_collectio
   return str(path)
 
 
-def load_classifier(run_dir: str, mesh: Mesh) -> tuple[EncoderHead, dict]:
-  """The classifier a probe or fine-tune run saved, replicated over `mesh`, and its meta."""
+def load_classifier(run_dir: str) -> tuple[EncoderHead, dict]:
+  """The classifier a probe or fine-tune run saved, replicated over the run's mesh, and its
+  meta."""
   meta_path = paths.as_path(run_dir) / META
   if not meta_path.exists():
     raise FileNotFoundError(f"{meta_path} not found: evaluate.run_dir must be the workdir of a "
@@ -61,7 +61,7 @@ def load_classifier(run_dir: str, mesh: Mesh) -> tuple[EncoderHead, dict]:
 
   abstract = nnx.eval_shape(make)
   graphdef, abstract_state = nnx.split(abstract, SAVED)
-  sharding = parallel.replicated(mesh)
+  sharding = parallel.replicated()
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         nnx.to_pure_dict(abstract_state))
   with ocp.StandardCheckpointer() as ckptr:

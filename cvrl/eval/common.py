@@ -46,14 +46,13 @@ RUNTIME = ("self", "make_encoder", "splits", "name")
 class Splits:
   """The labelled splits an evaluator reads, multi-view and deterministic.
 
-  `data`: the job's config.data (its eval_resize / eval_crop_size size the views);
-  `mesh`: the devices the features are computed on; `seed`: the multi-view sampler's;
+  `data`: the job's config.data (its eval_resize / eval_crop_size size the views); the
+  features are computed on the run's mesh; `seed`: the multi-view sampler's;
   `extra_frames`: frames a clip takes beyond data.num_frames for the encoder
   (cvrl.models.extra_frames: 1 for DIF); `label_fraction`: of the train split (None:
   data.label_fraction; pretraining passes 1.0, its evaluators use every train video).
   """
   data: Any
-  mesh: Any
   seed: int = 0
   extra_frames: int = 0
   label_fraction: float | None = None
@@ -76,14 +75,14 @@ class Splits:
     ds = data_pipeline.build_dataset(
         self.data, sampler={"name": "multiview", "num_clips": num_clips,
                             "num_crops": num_crops, "extra_frames": self.extra_frames},
-        train=False, batch_size=parallel.local_batch_size(batch_size, self.mesh),
+        train=False, batch_size=parallel.local_batch_size(batch_size),
         seed=self.seed, split=split, label_fraction=self.label_fraction)
     return data_pipeline.iterate(ds)
 
   def features(self, encoder, num_clips: int, num_crops: int, batch_size: int,
                splits=("train", "eval")) -> dict[str, F.SplitOutputs]:
     """{split: SplitOutputs} of `encoder`'s view-averaged features, one row per video."""
-    runner = F.ViewRunner(encoder, self.mesh, reduce="mean", data_config=self.data)
+    runner = F.ViewRunner(encoder, reduce="mean", data_config=self.data)
     return {s: F.run_split(runner, self.batches(s, num_clips, num_crops, batch_size))
             for s in splits}
 
@@ -130,7 +129,7 @@ class Evaluator:
     if self.init == "random":
       if self.make_encoder is None:
         raise ValueError(f"evaluator {self.name}: init='random' needs the architecture")
-      encoder = create(self.make_encoder, out_shardings=parallel.replicated(self.splits.mesh))
+      encoder = create(self.make_encoder, out_shardings=parallel.replicated())
     return self.evaluate(encoder)
 
 

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from cvrl import config_lib
 from cvrl import objectives
@@ -35,7 +35,8 @@ REDUCTIONS = ("mean", "softmax_mean")
 
 
 # ----------------------------------------------------------------------- global batches
-# The mesh is cvrl.core.parallel's: Mesh(('data',)) over every device of every host.
+# The mesh is the run's (cvrl.core.parallel.run_mesh: the job's jax.set_mesh), Mesh(('data',))
+# over every device of every host.
 
 # What of a host batch goes to the devices to make the clips: uint8 (or float32) video
 # and, for augmented training views, the photometric parameters (cvrl.data.device).
@@ -68,17 +69,18 @@ def gather_hosts(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 
-def place(mesh: Mesh, module: nnx.Module) -> nnx.Module:
-  """Replicate a module's variables over the mesh (jit refuses mixed placements)."""
+def place(module: nnx.Module) -> nnx.Module:
+  """Replicate a module's variables over the run's mesh (jit refuses mixed placements)."""
   graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.device_put(state, parallel.replicated(mesh)))
+  return nnx.merge(graphdef, jax.device_put(state, parallel.replicated()))
 
 
 # --------------------------------------------------------------------------- the encoder
 
-def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: bool | None = None
+def load_encoder(config: ml_collections.ConfigDict, *, random_init: bool | None = None
                  ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
-  """(encoder, its model config, provenance) for a downstream job.
+  """(encoder, its model config, provenance) for a downstream job, replicated over the
+  run's mesh.
 
   `config.pretrained` (a checkpoint path) unless `random_init`: the architecture then
   comes from the config stored in the checkpoint, as its objective built the encoder
@@ -92,18 +94,18 @@ def load_encoder(config: ml_collections.ConfigDict, mesh: Mesh, *, random_init: 
       raise ValueError("set config.pretrained=<checkpoint dir> or config.random_init=True")
     model_config = config.model
     encoder = create(lambda: build_encoder(model_config, nnx.Rngs(int(config.seed))),
-                     out_shardings=parallel.replicated(mesh))
+                     out_shardings=parallel.replicated())
     return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
   # The step itself (None: the newest that restores), so that results name the checkpoint.
   step, pre_config, model = checkpoint.restore_pretrained(
-      config.pretrained, config.get("pretrained_step"), sharding=parallel.replicated(mesh))
+      config.pretrained, config.get("pretrained_step"), sharding=parallel.replicated())
   encoder = model.encoder
   model_config = objectives.get(pre_config).encoder_config()
   return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
                                  "step": int(step)}
 
 
-def encoder_source(config, mesh: Mesh):
+def encoder_source(config):
   """(make_encoder, encoder_init, model config, provenance) of a downstream job's encoder.
 
   `config.pretrained`: the checkpoint's encoder (architecture from its stored config)
@@ -115,7 +117,7 @@ def encoder_source(config, mesh: Mesh):
     model_config = config.model
     return (lambda: build_encoder(model_config, nnx.Rngs(seed)), None, model_config,
             {"init": "random", "checkpoint": None, "seed": seed})
-  encoder, model_config, source = load_encoder(config, mesh)
+  encoder, model_config, source = load_encoder(config)
   return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, source
 
 
@@ -126,11 +128,12 @@ def pipeline():
   return module
 
 
-def train_stream(data, mesh: Mesh, *, batch_size: int, seed: int, extra_frames: int
+def train_stream(data, *, batch_size: int, seed: int, extra_frames: int
                  ) -> Callable[..., Iterable[dict]]:
   """start_step -> this host's augmented training batches of `data` (config.data) from that
-  step, `batch_size` global; clips of T + `extra_frames` frames (1 for a DIF encoder)."""
-  local = parallel.local_batch_size(int(batch_size), mesh)
+  step, `batch_size` global over the run's mesh; clips of T + `extra_frames` frames (1 for a
+  DIF encoder)."""
+  local = parallel.local_batch_size(int(batch_size))
   sampler = {"name": "single", "extra_frames": int(extra_frames)}
   data_pipeline = pipeline()
 
@@ -146,11 +149,12 @@ def train_stream(data, mesh: Mesh, *, batch_size: int, seed: int, extra_frames: 
   return batches
 
 
-def make_head(num_features: int, num_classes: int, *, normalize: bool, dropout: float, seed: int,
-              mesh: Mesh) -> LinearClassifier:
+def make_head(num_features: int, num_classes: int, *, normalize: bool, dropout: float, seed: int
+              ) -> LinearClassifier:
+  """A LinearClassifier replicated over the run's mesh."""
   return create(lambda: LinearClassifier(num_features, num_classes, normalize=normalize,
                                          dropout=dropout, rngs=nnx.Rngs(seed)),
-                out_shardings=parallel.replicated(mesh))
+                out_shardings=parallel.replicated())
 
 
 def frozen(module: nnx.Module) -> nnx.Module:
@@ -169,14 +173,15 @@ class ViewRunner:
   holds B clips of activations, not 30 B. `reduce`: 'mean' (features) or 'softmax_mean'
   (class scores, CVRL's multi-view testing). The module is used in inference mode and
   its state is never written back. `data_config` (config.data) finishes the pipeline's
-  uint8 video on device. The one frozen-encoder runner: the probe's cached features, the
+  uint8 video on device. Batches are sharded over the run's mesh (as it is when the runner
+  is made). The one frozen-encoder runner: the probe's cached features, the
   evaluators' features and every multi-view test go through it.
   """
 
-  def __init__(self, module: nnx.Module, mesh: Mesh, reduce: str = "mean", data_config=None):
+  def __init__(self, module: nnx.Module, reduce: str = "mean", data_config=None):
     if reduce not in REDUCTIONS:
       raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    self.sharding = parallel.batch_sharding(mesh)
+    self.sharding = parallel.batch_sharding()
     graphdef, self.state = nnx.split(frozen(module))
     self._apply = _view_apply(graphdef, reduce, self.sharding, frozen_config(data_config))
 

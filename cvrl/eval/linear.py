@@ -40,12 +40,13 @@ class Linear(common.Evaluator):
     self.linear_lr = float(linear_lr)
 
   def fit(self, encoder) -> tuple[LinearClassifier, dict]:
-    """(the head fit to the train split's features, {split: SplitOutputs})."""
+    """(the head fit to the train split's features, replicated over the run's mesh,
+    {split: SplitOutputs})."""
     feats = self.splits.features(encoder, self.num_clips, self.num_crops, self.batch_size)
     head = fit_head(feats["train"], self.splits.num_classes, normalize=self.normalize,
                     steps=self.linear_steps, batch=self.linear_batch, lr=self.linear_lr,
                     seed=self.splits.seed)
-    return head, feats
+    return F.place(head), feats
 
   def evaluate(self, encoder) -> dict:
     head, feats = self.fit(encoder)

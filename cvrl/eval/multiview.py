@@ -55,7 +55,7 @@ class Multiview(linear.Linear):
 
   def evaluate(self, encoder) -> dict:
     head, _ = self.fit(encoder)
-    model = EncoderHead(encoder, F.place(self.splits.mesh, head))
+    model = EncoderHead(encoder, head)
     out = evaluate_classifier(model, self.splits, None, self.test)
     return {k: v for k, v in out.items() if k != "seconds"}
 
@@ -129,8 +129,8 @@ def evaluate_classifiers(models: dict, splits: common.Splits, workdirs: dict,
 
   {name: metrics}; each model's files go to workdirs[name].
   """
-  classes, mesh = splits.num_classes, splits.mesh
-  runners = {name: F.ViewRunner(m, mesh, reduce="softmax_mean", data_config=splits.data)
+  classes = splits.num_classes
+  runners = {name: F.ViewRunner(m, reduce="softmax_mean", data_config=splits.data)
              for name, m in models.items()}
   outs = F.run_splits(runners, splits.batches("eval", test.num_clips, test.num_crops,
                                                     test.batch_size))

@@ -33,6 +33,7 @@ mask 0 and are dropped, so every video counts exactly once.
 """
 from __future__ import annotations
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -99,27 +100,27 @@ def _splits_read(mode: str, evals) -> list[str]:
   return ["eval"] if mode == "multiview" and not evals else ["train", "eval"]
 
 
-def _splits(config, mesh, model_config) -> common.Splits:
-  return common.Splits(config.data, mesh, int(config.seed), extra_frames(model_config))
+def _splits(config, model_config) -> common.Splits:
+  return common.Splits(config.data, int(config.seed), extra_frames(model_config))
 
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, *, process: runtime.Process) -> dict:
+  del process  # no training loop reports to it: a lost peer is reported without a step
   parallel.maybe_initialize_distributed()
   sources.prepare(config.data, _splits_read(config.evaluate.mode, config.get("evals")))
   shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
   config = shape.applied(config)
-  mesh = parallel.make_mesh()
   paths.makedirs(workdir)
-  if config.get("evals"):
-    results, headline = _run_evals(config, mesh), None
-  else:
-    mode = config.evaluate.mode
-    out = (_test_classifier(config, mesh, workdir) if mode == "multiview"
-           else _run_mode(config, mesh))
-    results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
-               "step": out["step"]}
-    headline = (f"evaluate[{mode}]", out["headline"])
+  with jax.set_mesh(parallel.make_mesh()):  # the run's mesh
+    if config.get("evals"):
+      results, headline = _run_evals(config), None
+    else:
+      mode = config.evaluate.mode
+      out = (_test_classifier(config, workdir) if mode == "multiview" else _run_mode(config))
+      results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
+                 "step": out["step"]}
+      headline = (f"evaluate[{mode}]", out["headline"])
   results.update(job="evaluate", clip_shape=shape.as_dict(), config=R.config_dict(config))
   R.write_results(workdir, results)
   if headline:
@@ -127,12 +128,12 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def _test_classifier(config, mesh, workdir: str) -> dict:
+def _test_classifier(config, workdir: str) -> dict:
   """The multi-view test of config.evaluate.run_dir's classifier; files in workdir."""
   run_dir = config.evaluate.run_dir
-  model, meta = classifier_io.load_classifier(run_dir, mesh)
+  model, meta = classifier_io.load_classifier(run_dir)
   model_config = ml_collections.ConfigDict(meta["model"])  # the saved encoder's input
-  metrics = multiview.evaluate_classifier(model, _splits(config, mesh, model_config), workdir,
+  metrics = multiview.evaluate_classifier(model, _splits(config, model_config), workdir,
                                           multiview.Test.of(config.evaluate))
   source = meta.get("source")
   return {"metrics": metrics, "checkpoint": {"run_dir": str(run_dir), "source": source},
@@ -140,20 +141,20 @@ def _test_classifier(config, mesh, workdir: str) -> dict:
           "headline": ["top1", "top5", "mean_class_accuracy", "num_videos"]}
 
 
-def _run_mode(config, mesh) -> dict:
+def _run_mode(config) -> dict:
   """The config.evaluate.mode evaluator on the encoder of config.pretrained / random_init."""
-  encoder, model_config, source = F.load_encoder(config, mesh)
-  metrics, headline = _mode_evaluator(config, _splits(config, mesh, model_config)).report(encoder)
+  encoder, model_config, source = F.load_encoder(config)
+  metrics, headline = _mode_evaluator(config, _splits(config, model_config)).report(encoder)
   return {"metrics": metrics, "checkpoint": source, "step": source.get("step"),
           "headline": list(headline)}
 
 
-def _run_evals(config, mesh) -> dict:
+def _run_evals(config) -> dict:
   """Every `config.evals` evaluator on the checkpoint's encoder, results under its name."""
-  encoder, model_config, source = F.load_encoder(config, mesh)
+  encoder, model_config, source = F.load_encoder(config)
   make = lambda: build_encoder(model_config, nnx.Rngs(int(config.seed)))
   metrics, evals = {}, {}
-  for ev in common.from_config(config.evals, make, _splits(config, mesh, model_config)):
+  for ev in common.from_config(config.evals, make, _splits(config, model_config)):
     evals[ev.name] = ev(encoder)
     metrics.update({f"{ev.name}/{k}": v for k, v in evals[ev.name].items()})
     R.headline(f"evaluate[{ev.name}]", evals[ev.name], ev.headline)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+import jax
+
 from cvrl.core import runtime
 from cvrl.eval import classifier_io
 from cvrl.eval import common
@@ -33,10 +35,10 @@ def validate(config) -> None:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
 
 
-def make_task(config, mesh, num_classes: int):
+def make_task(config, num_classes: int):
   """(ClassifierTask training every parameter, encoder model config, provenance)."""
-  make_encoder, encoder, model_config, source = F.encoder_source(config, mesh)
-  batches = F.train_stream(config.data, mesh, batch_size=int(config.batch_size),
+  make_encoder, encoder, model_config, source = F.encoder_source(config)
+  batches = F.train_stream(config.data, batch_size=int(config.batch_size),
                            seed=int(config.seed), extra_frames=extra_frames(model_config))
   task = tasks.ClassifierTask(
       config, make_encoder=make_encoder, num_classes=num_classes,
@@ -46,39 +48,40 @@ def make_task(config, mesh, num_classes: int):
 
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str) -> dict:
-  mesh = engine.setup(config)
-  sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
-  shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-  config = shape.applied(config)
-  classes, n_train, total, warmup = F.schedule(config)
-  task, model_config, source = make_task(config, mesh, classes)
-  start = time.time()
-  trained = engine.run(task, config, workdir, total_steps=total, warmup_steps=warmup, mesh=mesh)
-  if trained["preempted"]:
-    return {"job": "finetune", "preempted": True, "step": trained["step"]}
-  _, _, rates = task.optimizer(total, warmup)
-  last = trained["last_step_metrics"]
-  model = trained["model"]
-  out = {"source": source, "num_classes": classes, "num_train_examples": n_train,
-         "train": {"total_steps": total, "warmup_steps": warmup, "learning_rates": rates,
-                   "train_loss": float(last["loss"]), "train_accuracy": float(last["accuracy"]),
-                   "seconds": time.time() - start}}
-  metrics = {"train_accuracy": out["train"]["train_accuracy"],
-             "train_loss": out["train"]["train_loss"]}
-  if config.finetune.evaluate:
-    splits = common.Splits(config.data, mesh, int(config.seed), extra_frames(model_config))
-    out["test"] = multiview.evaluate_classifier(model, splits, workdir,
-                                                multiview.Test.of(config.evaluate))
-    metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
-                    if k in out["test"]})
-  if config.finetune.save_model:
-    classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,
-                                  normalize=bool(config.finetune.normalize),
-                                  dropout=float(config.finetune.dropout), source=source)
-  results = {"job": "finetune", "metrics": metrics, "finetune": out,
-             "checkpoint": source.get("checkpoint"), "step": source.get("step"),
-             "clip_shape": shape.as_dict(), "config": R.config_dict(config)}
-  R.write_results(workdir, results)
-  R.headline("finetune", metrics, ["top1", "top5", "train_accuracy"])
-  return results
+def run(config, workdir: str, *, process: runtime.Process) -> dict:
+  with jax.set_mesh(engine.setup(config)):  # the run's mesh
+    sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
+    shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
+    config = shape.applied(config)
+    classes, n_train, total, warmup = F.schedule(config)
+    task, model_config, source = make_task(config, classes)
+    start = time.time()
+    trained = engine.run(task, config, workdir, total_steps=total, warmup_steps=warmup,
+                         process=process)
+    if trained["preempted"]:
+      return {"job": "finetune", "preempted": True, "step": trained["step"]}
+    _, _, rates = task.optimizer(total, warmup)
+    last = trained["last_step_metrics"]
+    model = trained["model"]
+    out = {"source": source, "num_classes": classes, "num_train_examples": n_train,
+           "train": {"total_steps": total, "warmup_steps": warmup, "learning_rates": rates,
+                     "train_loss": float(last["loss"]), "train_accuracy": float(last["accuracy"]),
+                     "seconds": time.time() - start}}
+    metrics = {"train_accuracy": out["train"]["train_accuracy"],
+               "train_loss": out["train"]["train_loss"]}
+    if config.finetune.evaluate:
+      splits = common.Splits(config.data, int(config.seed), extra_frames(model_config))
+      out["test"] = multiview.evaluate_classifier(model, splits, workdir,
+                                                  multiview.Test.of(config.evaluate))
+      metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
+                      if k in out["test"]})
+    if config.finetune.save_model:
+      classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,
+                                    normalize=bool(config.finetune.normalize),
+                                    dropout=float(config.finetune.dropout), source=source)
+    results = {"job": "finetune", "metrics": metrics, "finetune": out,
+               "checkpoint": source.get("checkpoint"), "step": source.get("step"),
+               "clip_shape": shape.as_dict(), "config": R.config_dict(config)}
+    R.write_results(workdir, results)
+    R.headline("finetune", metrics, ["top1", "top5", "train_accuracy"])
+    return results

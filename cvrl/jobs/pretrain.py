@@ -45,25 +45,26 @@ def picture_dir(config, workdir: str) -> str:
   return workdir if log.get("tensorboard", True) and log.get("first_batch_picture", True) else ""
 
 
-def _eval_splits(config, mesh, objective) -> common.Splits:
+def _eval_splits(config, objective) -> common.Splits:
   """What the evaluators read: every train video (pretraining ignores data.label_fraction),
   clips of the frames the method's encoder takes."""
-  return common.Splits(config.data, mesh, int(config.seed),
+  return common.Splits(config.data, int(config.seed),
                        extra_frames(objective.encoder_config()), label_fraction=1.0)
 
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains on a config `validate` passed (cvrl.main checks it before any work)."""
-  mesh = engine.setup(config)
+def run(config: ml_collections.ConfigDict, workdir: str, *, process: runtime.Process
+        ) -> dict[str, Any]:
+  """Pretrains on a config `validate` passed (cvrl.main checks it before any work), on the
+  mesh the engine sets up (its evaluators run inside the loop)."""
   sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
   objective = objectives.get(config)
   task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
   total_steps, warmup_steps = step_inputs.durations(config)
   evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
-                             _eval_splits(config, mesh, objective))
+                             _eval_splits(config, objective))
   out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,
-                   mesh=mesh, evaluators=evals)
+                   evaluators=evals, process=process)
   result = {"job": "pretrain", **{k: out[k] for k in (
       "step", "total_steps", "preempted", "loss", "checkpoint_dir", "metrics", "state")}}
   if out["preempted"]:

@@ -62,15 +62,17 @@ def _architecture(encoder: nnx.Module):
   return lambda: nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
 
 
-def train_probe(encoder: nnx.Module, config, mesh, *, num_classes: int, train_batches,
+def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
                 eval_batches=None, total_steps: int, warmup_steps: int, steps_per_epoch: int,
-                workdir: str, make_encoder=None, name: str = "linear probe"):
+                workdir: str, make_encoder=None, name: str = "linear probe",
+                process: runtime.Process | None = None):
   """Trains a probe head on the frozen `encoder` on the engine: (head, stats, engine out).
 
   train_batches(start_step): host batches of the augmented stream from that step.
   eval_batches(): host batches of the train split without augmentation, each video once
     (masked padding): the features of `probe.feature_epochs = 0`.
   make_encoder: the encoder's architecture under jit (None: taken from `encoder`).
+  process: the job's record (cvrl.core.runtime.job) the engine reports to.
   """
   global_batch = int(config.batch_size)
   normalize = bool(config.probe.normalize)
@@ -84,12 +86,12 @@ def train_probe(encoder: nnx.Module, config, mesh, *, num_classes: int, train_ba
     stats["encoder_passes"] = total_steps * global_batch
   else:
     start = time.time()
-    feats, labels, replay = _cache(encoder, config, mesh, train_batches, eval_batches,
+    feats, labels, replay = _cache(encoder, config, train_batches, eval_batches,
                                    min(total_steps, int(config.probe.feature_epochs)
                                        * steps_per_epoch))
     stats.update(extract_seconds=time.time() - start, cached_features=int(len(labels)),
                  encoder_passes=int(len(labels)) * jax.process_count())
-    local = parallel.local_batch_size(global_batch, mesh)
+    local = parallel.local_batch_size(global_batch)
     task = tasks.FeatureHeadTask(
         config, num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
         batches=lambda s: engine.skip(
@@ -97,7 +99,7 @@ def train_probe(encoder: nnx.Module, config, mesh, *, num_classes: int, train_ba
         name=name + " (cached features)")
   start = time.time()
   out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,
-                   mesh=mesh)
+                   process=process)
   stats["seconds"] = time.time() - start
   _, _, stats["learning_rate"] = task.optimizer(total_steps, warmup_steps)
   last = out["last_step_metrics"]
@@ -111,10 +113,10 @@ def train_probe(encoder: nnx.Module, config, mesh, *, num_classes: int, train_ba
   return head, stats, out
 
 
-def _cache(encoder, config, mesh, train_batches, eval_batches, cache_steps: int):
+def _cache(encoder, config, train_batches, eval_batches, cache_steps: int):
   """(features, labels, rows to replay in order) of this host's cached clips."""
   # Pooled features [B, C] of the clips, mean over views, the encoder in inference mode.
-  extractor = F.ViewRunner(encoder, mesh, reduce="mean", data_config=config.data)
+  extractor = F.ViewRunner(encoder, reduce="mean", data_config=config.data)
   if int(config.probe.feature_epochs) > 0:  # the first K epochs of the augmented stream
     it = train_batches(0)
     outs, labels = [], []
@@ -130,76 +132,76 @@ def _cache(encoder, config, mesh, train_batches, eval_batches, cache_steps: int)
 
 # ------------------------------------------------------------------------------ the job
 
-def _datasets(config, mesh, extra: int):
+def _datasets(config, extra: int):
   """Factories of host batch iterators: augmented train stream (from a start step),
   un-augmented train split; clips of T + `extra` frames (1 for a DIF encoder)."""
   seed, batch = int(config.seed), int(config.batch_size)
-  train_batches = F.train_stream(config.data, mesh, batch_size=batch, seed=seed,
+  train_batches = F.train_stream(config.data, batch_size=batch, seed=seed,
                                  extra_frames=extra)
   sampler = {"name": "single", "extra_frames": extra}
 
   def plain_batches():
     ds = pipeline.build_dataset(config.data, sampler=sampler, train=False,
-                                batch_size=parallel.local_batch_size(batch, mesh), seed=seed,
+                                batch_size=parallel.local_batch_size(batch), seed=seed,
                                 split="train")
     return pipeline.iterate(ds)
   return train_batches, plain_batches
 
 
 @runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, *, process: runtime.Process) -> dict:
   """Probe `config.pretrained` (or a random-init encoder) and, with probe.random_baseline,
   a random-init encoder of the same architecture on the same clips. DIR/results.json;
   the baseline's checkpoints and test files go to DIR/random_init/."""
-  mesh = engine.setup(config)
-  data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
-  shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-  config = shape.applied(config)
-  paths.makedirs(workdir)
-  make_encoder, encoder, model_config, source = F.encoder_source(config, mesh)
-  if encoder is None:
-    encoder = create(make_encoder, out_shardings=parallel.replicated(mesh))
-  encoders, sources = {"probe": encoder}, {"probe": source}
-  if config.probe.random_baseline and source["init"] != "random":
-    encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated(mesh))
-    sources["random_init"] = {"init": "random", "checkpoint": None, "seed": int(config.seed)}
-  classes, n_train, total, warmup = F.schedule(config)
-  global_batch = int(config.batch_size)
-  train_batches, plain_batches = _datasets(config, mesh, extra_frames(model_config))
-  dirs = {name: workdir if name == "probe" else paths.join(workdir, name) for name in encoders}
-  trained = {}
-  for name, enc in encoders.items():
-    trained[name] = train_probe(
-        enc, config, mesh, num_classes=classes, train_batches=train_batches,
-        eval_batches=plain_batches, total_steps=total, warmup_steps=warmup,
-        steps_per_epoch=max(1, n_train // global_batch), workdir=dirs[name],
-        make_encoder=make_encoder, name=f"linear probe [{name}]")
-    if trained[name][1]["preempted"]:
-      return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
-  classifiers = {name: EncoderHead(encoders[name], head)
-                 for name, (head, _, _) in trained.items()}
-  splits = common.Splits(config.data, mesh, int(config.seed), extra_frames(model_config))
-  tests = (multiview.evaluate_classifiers(classifiers, splits, dirs,
-                                          multiview.Test.of(config.evaluate))
-           if config.probe.evaluate else {})
-  if config.probe.save_model:
-    classifier_io.save_classifier(workdir, classifiers["probe"], model_config,
-                                  num_classes=classes, normalize=bool(config.probe.normalize),
-                                  dropout=0.0, source=sources["probe"])
-  results = {"job": "probe", "checkpoint": sources["probe"].get("checkpoint"),
-             "step": sources["probe"].get("step"), "clip_shape": shape.as_dict(),
-             "config": R.config_dict(config), "metrics": {}}
-  for name in encoders:
-    part = {"source": sources[name], "train": trained[name][1], "num_classes": classes,
-            "num_train_examples": n_train, "model": model_config.to_dict()}
-    if name in tests:
-      part["test"] = tests[name]
-    results[name] = part
-    prefix = "" if name == "probe" else f"{name}_"
-    results["metrics"].update({prefix + k: v for k, v in _headline_metrics(part).items()})
-  R.write_results(workdir, results)
-  R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
-  return results
+  with jax.set_mesh(engine.setup(config)):  # the run's mesh
+    data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
+    shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
+    config = shape.applied(config)
+    paths.makedirs(workdir)
+    make_encoder, encoder, model_config, source = F.encoder_source(config)
+    if encoder is None:
+      encoder = create(make_encoder, out_shardings=parallel.replicated())
+    encoders, sources = {"probe": encoder}, {"probe": source}
+    if config.probe.random_baseline and source["init"] != "random":
+      encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated())
+      sources["random_init"] = {"init": "random", "checkpoint": None, "seed": int(config.seed)}
+    classes, n_train, total, warmup = F.schedule(config)
+    global_batch = int(config.batch_size)
+    train_batches, plain_batches = _datasets(config, extra_frames(model_config))
+    dirs = {name: workdir if name == "probe" else paths.join(workdir, name) for name in encoders}
+    trained = {}
+    for name, enc in encoders.items():
+      trained[name] = train_probe(
+          enc, config, num_classes=classes, train_batches=train_batches,
+          eval_batches=plain_batches, total_steps=total, warmup_steps=warmup,
+          steps_per_epoch=max(1, n_train // global_batch), workdir=dirs[name],
+          make_encoder=make_encoder, name=f"linear probe [{name}]", process=process)
+      if trained[name][1]["preempted"]:
+        return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
+    classifiers = {name: EncoderHead(encoders[name], head)
+                   for name, (head, _, _) in trained.items()}
+    splits = common.Splits(config.data, int(config.seed), extra_frames(model_config))
+    tests = (multiview.evaluate_classifiers(classifiers, splits, dirs,
+                                            multiview.Test.of(config.evaluate))
+             if config.probe.evaluate else {})
+    if config.probe.save_model:
+      classifier_io.save_classifier(workdir, classifiers["probe"], model_config,
+                                    num_classes=classes, normalize=bool(config.probe.normalize),
+                                    dropout=0.0, source=sources["probe"])
+    results = {"job": "probe", "checkpoint": sources["probe"].get("checkpoint"),
+               "step": sources["probe"].get("step"), "clip_shape": shape.as_dict(),
+               "config": R.config_dict(config), "metrics": {}}
+    for name in encoders:
+      part = {"source": sources[name], "train": trained[name][1], "num_classes": classes,
+              "num_train_examples": n_train, "model": model_config.to_dict()}
+      if name in tests:
+        part["test"] = tests[name]
+      results[name] = part
+      prefix = "" if name == "probe" else f"{name}_"
+      results["metrics"].update({prefix + k: v for k, v in _headline_metrics(part).items()})
+    R.write_results(workdir, results)
+    R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
+    return results
 
 
 def _headline_metrics(out: dict) -> dict:

@@ -173,11 +173,10 @@ def step_memory(config: ml_collections.ConfigDict) -> dict:
       print(f"warning: summary: step memory {why}; the state bytes alone", file=sys.stderr)
     return {"compiled": False, "why": why}
   start = time.perf_counter()
-  mesh = parallel.make_mesh(jax.devices()[:devices])
   objective = objectives.get(config)
-  parts = engine.abstract_step(tasks.PretrainTask(config, objective), config, mesh,
-                               objective.sampler(), *step_inputs.durations(config))
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(parallel.make_mesh(jax.devices()[:devices])):
+    parts = engine.abstract_step(tasks.PretrainTask(config, objective), config,
+                                 objective.sampler(), *step_inputs.durations(config))
     compiled = parts["step"].lower(parts["state"], parts["batch"]).compile()
   return {"compiled": True, "devices": devices,
           "per_device_batch": int(config.batch_size) // devices,
@@ -194,7 +193,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 @runtime.job  # cvrl.core.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line
-def run(config, workdir):
+def run(config, workdir, *, process: runtime.Process):
+  del process  # nothing trains
   result = summarize(config)
   line = json.dumps(result)
   print(line, flush=True)

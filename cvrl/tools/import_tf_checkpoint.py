@@ -183,12 +183,12 @@ def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
   from flax import nnx
   directory = os.fspath(paths.as_path(workdir) / checkpoint.CHECKPOINT_DIR)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-  with checkpoint.one_replica_saving(), ocp.CheckpointManager(
-      directory, options=options, item_names=checkpoint.ITEMS) as mgr:
+  with ocp.CheckpointManager(directory, options=options,
+                             handler_registry=checkpoint.handlers()) as mgr:
     if step in mgr.all_steps():
       raise FileExistsError(f"{directory} already holds a checkpoint of step {step}")
     mgr.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(nnx.state(model)),
+        model=ocp.args.PyTreeSave(nnx.state(model)),
         config=ocp.args.JsonSave(checkpoint.config_to_json(config))))
   return paths.join(directory, str(step))
 

@@ -452,17 +452,18 @@ def markdown(results: dict) -> str:
 
 
 def _title(results: dict) -> str:
-  """'kNN top-1 during pretraining' with the data and the seeds the curves average."""
+  """'kNN top-1 during pretraining' with the data and the seeds the curves average, on
+  three lines (one line of it all overflows the figure)."""
   d = results["data"]
   seeds = sorted({int(r["seed"]) for m in results["methods"].values()
                   for r in m.get("per_seed", [])}) or list(range(int(results["seeds"])))
   seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {seeds[0]}-{seeds[-1]}"
   default = json.loads(json.dumps(procedural.DIFFICULTY))  # tuples as the JSON's lists
   hard = {k: v for k, v in d.get("difficulty", {}).items() if v != default[k]}
-  extra = "".join(f", {k}={v}" for k, v in hard.items())
+  extra = "".join(f"{k}={v}, " for k, v in hard.items())
   return (f"kNN top-1 during pretraining\nsynthetic '{d['kind']}' videos: {d['num_classes']} "
-          f"classes, {d['num_train_videos']:,} train / {d['num_eval_videos']} test{extra}; "
-          f"{seed_text}")
+          f"classes, {d['num_train_videos']:,} train / {d['num_eval_videos']} test\n"
+          f"{extra}{seed_text}")
 
 
 def knn_figure(plt, results: dict):

@@ -61,8 +61,12 @@ def test_knn_plot_has_the_curves_axes_legend_chance_and_a_title_naming_data_and_
   assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
   assert (ax.get_xlabel(), ax.get_ylabel()) == ("pretraining step", "kNN top-1")
   assert ax.get_ylim() == (0, 1) and len(ax.get_yticks()) > 2
-  title = ax.get_title()
-  assert "8 classes, 2,048 train / 256 test, colour=1.0; mean of seeds 0-1" in title
+  title = ax.get_title().splitlines()
+  assert title[1].endswith("8 classes, 2,048 train / 256 test")
+  assert title[2] == "colour=1.0, mean of seeds 0-1"
+  fig.canvas.draw()
+  box = ax.title.get_window_extent(fig.canvas.get_renderer())
+  assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # not cut off
   plt.close(fig)
   assert B.knn_plot(_results(cvrl=cvrl), str(tmp_path / "k.png"))
   img = plt.imread(str(tmp_path / "k.png"))

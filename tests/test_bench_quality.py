@@ -176,8 +176,8 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   the supervised bound, then quality.json / .md / .png."""
   full = B.bench_data
 
-  def small(data, videos, difficulty):
-    full(data, videos, difficulty)
+  def small(data, videos, difficulty, family):
+    full(data, videos, difficulty, family)
     data.synthetic.update(num_train_videos=32, num_eval_videos=16, num_frames=24,
                           dir=str(tmp_path / "data"))
     data.num_train_examples = 32
@@ -188,7 +188,7 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
                 _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
                 _VIDEOS=B.VIDEOS, _DIFFICULTY=B.HEADLINE, _SEMI=0.5, _SEMI_STEPS=4,
-                _REPLOT=[], _INPUT="dif", _FIRST_SEED=0)
+                _REPLOT=[], _INPUT="dif", _FIRST_SEED=0, _FAMILY="objects")
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 
 import ml_collections
@@ -38,6 +39,7 @@ from cvrl.core import cli
 from cvrl.core import paths
 from cvrl.data import procedural
 from cvrl.data.config import set_probe_augmentation
+from experiments import letters
 
 METHODS = ("cvrl", "simclr", "moco", "byol", "swav", "tclr", "rotation")
 # Plot colours (matplotlib's) per method.
@@ -63,6 +65,11 @@ def define_flags():
                            "paper's colour jitter and grayscale, the recipe with background "
                            "erasing (Wang et al. 2021) on the first view, or both (comparisons "
                            "in the README).")
+  global _FAMILY  # pylint: disable=global-statement
+  _FAMILY = flags.DEFINE_enum("family", "objects", list(FAMILIES), "The videos: the bench's "
+                              "procedural objects (--difficulty applies), or a held-out "
+                              "family of moving letters with one per-video nuisance "
+                              "(experiments/letters.py).")
   _INPUT = flags.DEFINE_enum("input", "dif", ["rgb", "dif"], "The encoder's input: frame "
                              "differences (model.input='dif', T + 1 frames a clip: the bench "
                              "recipe's), or the frames.")
@@ -110,15 +117,18 @@ VIDEOS = 2048  # training videos of the bench data
 # The headline data (--difficulty's default, the demo's): per-video random colours and a
 # half-strength textured background, the nuisances of real video the calibrated data lacks.
 HEADLINE = "colour=1,texture=0.5"
+FAMILIES = ("objects",) + tuple(f"letters_{v}" for v in letters.VARIANTS)
 STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
 
 
 def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
-               difficulty: dict | None = None) -> None:
+               difficulty: dict | None = None, family: str = "objects") -> None:
   """The benchmark's data, in place: `videos` training and 256 test videos of the 8
   object + action classes at the calibrated difficulty (procedural.DIFFICULTY) overridden
   by `difficulty` (None: the headline data, HEADLINE), 64 frames of 48 x 48; clips of 8
-  frames at stride 2, 32 x 32 crops."""
+  frames at stride 2, 32 x 32 crops. family 'letters_<variant>': the held-out letters
+  (experiments/letters.py, 32 frames of 48 x 48) instead, written once under the system
+  temp dir."""
   data.source = "synthetic"
   data.synthetic.update(kind="objects", num_train_videos=videos, num_eval_videos=256,
                         num_classes=8, num_frames=64, size=48, num_shards=8, seed=0, dir="")
@@ -127,11 +137,15 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
   data.num_train_examples = videos
   data.num_classes = 8
   data.update(crop_size=32, eval_resize=32, eval_crop_size=32)
+  if family != "objects":
+    variant = family.removeprefix("letters_")
+    letters.use(data, variant, os.path.join(tempfile.gettempdir(),
+                                            f"cvrl_letters_{variant}_{videos}"), videos)
 
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None,
-           input_mode: str = "dif") -> ml_collections.ConfigDict:
+           input_mode: str = "dif", family: str = "objects") -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
@@ -163,7 +177,7 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
     c.objective.update({k: v for k, v in dict(head_hidden=64, head_layers=1, head_out=32,
                                                 predictor_hidden=64).items()
                         if k in c.objective})
-  bench_data(c.data, videos, difficulty)
+  bench_data(c.data, videos, difficulty, family)
   c.model.input = input_mode
   if method != "cvrl":
     METHOD_SETTINGS.get(method, lambda c: None)(c)
@@ -438,17 +452,18 @@ def markdown(results: dict) -> str:
 
 
 def _title(results: dict) -> str:
-  """'kNN top-1 during pretraining' with the data and the seeds the curves average."""
+  """'kNN top-1 during pretraining' with the data and the seeds the curves average, on
+  three lines (one line of it all overflows the figure)."""
   d = results["data"]
   seeds = sorted({int(r["seed"]) for m in results["methods"].values()
                   for r in m.get("per_seed", [])}) or list(range(int(results["seeds"])))
   seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {seeds[0]}-{seeds[-1]}"
   default = json.loads(json.dumps(procedural.DIFFICULTY))  # tuples as the JSON's lists
   hard = {k: v for k, v in d.get("difficulty", {}).items() if v != default[k]}
-  extra = "".join(f", {k}={v}" for k, v in hard.items())
+  extra = "".join(f"{k}={v}, " for k, v in hard.items())
   return (f"kNN top-1 during pretraining\nsynthetic '{d['kind']}' videos: {d['num_classes']} "
-          f"classes, {d['num_train_videos']:,} train / {d['num_eval_videos']} test{extra}; "
-          f"{seed_text}")
+          f"classes, {d['num_train_videos']:,} train / {d['num_eval_videos']} test\n"
+          f"{extra}{seed_text}")
 
 
 def knn_figure(plt, results: dict):
@@ -505,6 +520,14 @@ def _earlier_rows(path: str, results: dict) -> dict:
   return dict(old.get("methods", {})) if same else {}
 
 
+def _describe(data: dict) -> dict:
+  """quality.json's "data": the procedural data's settings, or the letters' family."""
+  described = recipe("cvrl", 0, 0, **{**data, "family": "objects"}).data.synthetic.to_dict()
+  if data["family"] != "objects":
+    described.update(kind=data["family"], difficulty={}, num_frames=32)
+  return described
+
+
 def main(argv):
   del argv
   if _REPLOT.value:
@@ -520,15 +543,17 @@ def main(argv):
     raise app.UsageError("--seeds must be >= 1 and --first_seed in [0, seeds)")
   if not 0.0 <= _SEMI.value <= 1.0 or _SEMI_STEPS.value < 1:
     raise app.UsageError("--semi_fraction must be in [0, 1] (0: skip), --semi_steps >= 1")
+  if _FAMILY.value != "objects":
+    letters.check_font()
   out_dir = _OUT.value or _WORKDIR.value
   paths.makedirs(out_dir)
   # Seeds after the first (and every job after pretraining) load their compiled steps.
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   engine.enable_compilation_cache(paths.join(_WORKDIR.value, "xla_cache"))
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value),
-          "input_mode": _INPUT.value}
-  results = {"methods": {}, "data": recipe("cvrl", 0, 0, **data).data.synthetic.to_dict(),
-             "chance": 1 / 8, "seeds": _SEEDS.value, "augmentation": _AUG.value}
+          "input_mode": _INPUT.value, "family": _FAMILY.value}
+  results = {"methods": {}, "data": _describe(data), "chance": 1 / 8, "seeds": _SEEDS.value,
+             "augmentation": _AUG.value}
   if _INPUT.value != "rgb":
     results["input"] = _INPUT.value
   results["methods"] = _earlier_rows(paths.join(out_dir, "quality.json"), results)

@@ -61,8 +61,12 @@ def test_knn_plot_has_the_curves_axes_legend_chance_and_a_title_naming_data_and_
   assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
   assert (ax.get_xlabel(), ax.get_ylabel()) == ("pretraining step", "kNN top-1")
   assert ax.get_ylim() == (0, 1) and len(ax.get_yticks()) > 2
-  title = ax.get_title()
-  assert "8 classes, 2,048 train / 256 test, colour=1.0; mean of seeds 0-1" in title
+  title = ax.get_title().splitlines()
+  assert title[1].endswith("8 classes, 2,048 train / 256 test")
+  assert title[2] == "colour=1.0, mean of seeds 0-1"
+  fig.canvas.draw()
+  box = ax.title.get_window_extent(fig.canvas.get_renderer())
+  assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # not cut off
   plt.close(fig)
   assert B.knn_plot(_results(cvrl=cvrl), str(tmp_path / "k.png"))
   img = plt.imread(str(tmp_path / "k.png"))
@@ -172,8 +176,8 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   the supervised bound, then quality.json / .md / .png."""
   full = B.bench_data
 
-  def small(data, videos, difficulty):
-    full(data, videos, difficulty)
+  def small(data, videos, difficulty, family):
+    full(data, videos, difficulty, family)
     data.synthetic.update(num_train_videos=32, num_eval_videos=16, num_frames=24,
                           dir=str(tmp_path / "data"))
     data.num_train_examples = 32
@@ -184,7 +188,7 @@ def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, mon
   values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
                 _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
                 _VIDEOS=B.VIDEOS, _DIFFICULTY=B.HEADLINE, _SEMI=0.5, _SEMI_STEPS=4,
-                _REPLOT=[], _INPUT="dif", _FIRST_SEED=0)
+                _REPLOT=[], _INPUT="dif", _FIRST_SEED=0, _FAMILY="objects")
   for name, value in values.items():
     monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel

@@ -255,6 +255,13 @@ def _probe_fields():
   return p
 
 
+def _run_job(job, config, workdir: str) -> dict:
+  """A downstream job as cvrl.main runs it: its `validate` first (a job's `run` does not
+  check the config again), then its `run`."""
+  job.validate(config)
+  return job.run(config, workdir)
+
+
 def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
   """{'pretrained': top1, 'random': top1} of the linear probe (same clips, same head init)."""
   from cvrl import config_lib  # pylint: disable=import-outside-toplevel
@@ -263,7 +270,7 @@ def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:
   pre.probe = _probe_fields()
   config = config_lib.probe_config_for(pre, checkpoint_dir)
   config.probe.save_model = False
-  res = _stop_if_preempted(probe.run(config, workdir))
+  res = _stop_if_preempted(_run_job(probe, config, workdir))
   return {"pretrained": float(res["metrics"]["top1"]),
           "random": float(res["metrics"]["random_init_top1"])}
 
@@ -283,7 +290,7 @@ def _knn(pre_config, workdir: str, checkpoint_dir: str = "", step: int | None = 
     c.pretrained, c.pretrained_step = checkpoint_dir, step
   else:
     c.random_init = True
-  return float(evaluate.run(c, workdir)["metrics"]["knn_accuracy"])
+  return float(_run_job(evaluate, c, workdir)["metrics"]["knn_accuracy"])
 
 
 def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fraction: float = 1.0,
@@ -315,7 +322,8 @@ def _supervised(pre_config, workdir: str, checkpoint_dir: str = "", label_fracti
   c.finetune.update(dropout=0.0, save_model=False)
   c.evaluate.update(num_clips=2, num_crops=1, batch_size=32)
   c.log.every_steps = 100
-  run = lambda: {"top1": float(_stop_if_preempted(finetune.run(c, workdir))["metrics"]["top1"])}
+  run = lambda: {"top1": float(
+      _stop_if_preempted(_run_job(finetune, c, workdir))["metrics"]["top1"])}
   if checkpoint_dir or not cache_dir:
     return run()
   return _cached(paths.join(cache_dir, f"scratch-{_digest(c)}.json"), run)

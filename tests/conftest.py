@@ -31,7 +31,7 @@ jax.config.update("jax_enable_compilation_cache", False)
 # XLA's backend optimisations off in this process (LLVM at -O0, no expensive passes): the
 # tests' tiny steps spend far more on compiling than on running; a third less CPU time for
 # the objective tests, and the same assertions pass.
-# Subprocesses (the CLI, jobs killed and restarted) still compile as users' jobs do.
+# Subprocesses compile as users' jobs do, unless started with _processes.QUICK_COMPILE_ENV.
 jax.config.update("jax_disable_most_optimizations", True)
 
 

@@ -28,10 +28,37 @@ jax.config.update("jax_num_cpu_devices", 8)
 # The PRNG the jobs use (cvrl.core.runtime.job), for the tests that build models outside a job.
 jax.config.update("jax_default_prng_impl", "rbg")
 jax.config.update("jax_enable_compilation_cache", False)
+# XLA's backend optimisations off in this process (LLVM at -O0, no expensive passes): the
+# tests' tiny steps spend far more on compiling than on running; a third less CPU time for
+# the objective tests, and the same assertions pass.
+# Subprocesses compile as users' jobs do, unless started with _processes.QUICK_COMPILE_ENV.
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+# The files that take minutes, longest first. Under `--dist loadfile` each file runs whole on
+# one worker, and xdist by default queues the files with the most tests first: the
+# few-test, minutes-long files (several processes, end-to-end runs) came last, where one
+# worker could run one of them for minutes after the other had finished. Longest first, the
+# short files fill in behind them and the two workers end close together (longest
+# processing time first).
+LONGEST_FIRST = (
+    "test_objectives_recipes.py", "test_fsdp.py", "test_demo.py", "test_data_service.py",
+    "test_cloud_storage.py", "test_engine_loop.py", "test_global_order.py",
+    "test_bench_quality.py", "test_multihost.py", "test_readme_commands.py",
+    "test_objectives_moco.py", "test_jobs_pretrain.py",
+)
 
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: end-to-end tests (still run in CI)")
+  if getattr(config.option, "loadscopereorder", False) and not hasattr(config, "workerinput"):
+    config.option.loadscopereorder = False  # the controller queues files in collection order
+
+
+def pytest_collection_modifyitems(items):
+  """LONGEST_FIRST's files first, in its order; the others after them, as collected."""
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(autouse=True, scope="session")

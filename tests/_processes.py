@@ -2,10 +2,6 @@
 import os
 import time
 
-# For the jobs these tests start with a few tiny steps: XLA's backend optimisations off, as
-# in the test process (tests/conftest.py); compiling, not running, is what they spend.
-QUICK_COMPILE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-
 
 def wait_for(predicate, proc, timeout=900):
   """True once `predicate()` holds; False if `proc` exits first or `timeout` passes."""

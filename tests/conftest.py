@@ -28,11 +28,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 # The PRNG the jobs use (cvrl.core.runtime.job), for the tests that build models outside a job.
 jax.config.update("jax_default_prng_impl", "rbg")
 jax.config.update("jax_enable_compilation_cache", False)
-# XLA's backend optimisations off in this process (LLVM at -O0, no expensive passes): the
-# tests' tiny steps spend far more on compiling than on running; a third less CPU time for
-# the objective tests, and the same assertions pass.
-# Subprocesses compile as users' jobs do, unless started with _processes.QUICK_COMPILE_ENV.
-jax.config.update("jax_disable_most_optimizations", True)
 
 
 # The files that take minutes, longest first. Under `--dist loadfile` each file runs whole on

@@ -25,7 +25,7 @@ from cvrl.jobs import probe
 from cvrl.engine import tasks
 from cvrl.eval import features as F
 from cvrl.engine import state as state_lib
-from _processes import QUICK_COMPILE_ENV, committed_steps, wait_for
+from _processes import committed_steps, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,8 +200,7 @@ def finetune_command(workdir, data_dir, cache, *extra):
 
 
 def start(cmd):
-  env = dict(os.environ, **QUICK_COMPILE_ENV,
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)

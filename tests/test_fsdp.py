@@ -22,18 +22,6 @@ from objective_checks import load_config
 from test_engine_checkpoint import tiny_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _compiled_as_jobs_compile():
-  """XLA's optimisations on here (tests/conftest.py turns them off): LARS's ulp differences,
-  grown over 6 steps, depend on how the programs around the step are compiled, and the
-  bounds below were measured on programs compiled as jobs compile them (max |loss diff| of
-  CVRL-LARS at step 6: 9.7e-4 with them off, over its 9.6e-4 bound)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", False)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def test_fsdp_rule_splits_the_largest_dimension_the_devices_divide():
   assert parallel.fsdp_spec((3, 3, 3, 64, 256), 4 * 3 * 3 * 3 * 64 * 256, 8) == \
       P(None, None, None, None, "data")

@@ -13,8 +13,6 @@ import time
 
 import pytest
 
-from _processes import QUICK_COMPILE_ENV
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A worker script: HEAD (join-ready process: argv, devices, gloo, imports), the config `c`,
@@ -65,8 +63,8 @@ def free_port():
 def spawn(process_id, num_processes, devices, port, workdir, *args, worker=WORKER, **extra_env):
   """One worker process: `worker` run with argv process_id, num_processes, devices, port,
   workdir, *args."""
-  env = dict(os.environ, **QUICK_COMPILE_ENV, **extra_env,
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, **extra_env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
   env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # several devices per process: see conftest
   return subprocess.Popen([sys.executable, "-c", worker, str(process_id), str(num_processes),

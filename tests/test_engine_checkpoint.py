@@ -204,3 +204,32 @@ def test_one_replica_saving_leaves_orbax_global_handlers_alone(tmp_path):
   assert types.get(array_type) is types.get("jax.Array") is types.array
   assert types.array is not before and types.array.typestr() == before.typestr()
   assert types.get(np.ndarray) is ocp.type_handlers.get_type_handler(np.ndarray)
+
+
+class _ClosedLoopCallback:
+  """Stands in for a read that ends after its restore failed: its callback reaches a
+  closed event loop, which Python reports as an unraisable exception."""
+
+  def __del__(self):
+    raise RuntimeError("Event loop is closed")
+
+
+def test_reads_ending_while_a_restore_fails_print_nothing(monkeypatch):
+  printed = []
+  monkeypatch.setattr("sys.unraisablehook", printed.append)
+
+  def load(step):
+    if step == 10:
+      _ClosedLoopCallback()  # garbage at once: reported during the failing read itself
+      raise ValueError("truncated array")
+    return "state 9"
+
+  step, value, failed = checkpoint.newest_that_loads("dir", ["9", "10"], load)
+  assert (step, value, list(failed)) == (9, "state 9", [10])
+  assert printed == []
+  # Every other unraisable exception is still reported.
+  class Other:
+    def __del__(self):
+      raise RuntimeError("something else")
+  Other()
+  assert [str(u.exc_value) for u in printed] == ["something else"]

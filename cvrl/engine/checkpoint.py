@@ -176,12 +176,12 @@ def newest_that_loads(directory: str, steps, load: Callable[[int], Any]
   """(step, load(step), {newer step skipped: why}) for the numerically newest of `steps`
   that loads (9 before 10); ConfigError if none loads."""
   failed = {}  # step -> why, newest first
+  _drop_closed_loop_errors()  # before the first read: a failing one's reads end at any time
   for step in sorted((int(s) for s in steps), reverse=True):
     try:
       value = load(step)
     except Exception as e:  # pylint: disable=broad-except  (any failure: try the one before)
       failed[step] = paths.first_line(e)
-      _drop_closed_loop_errors()
       continue
     return step, value, failed
   if not failed:
@@ -209,9 +209,10 @@ def _drop_closed_loop_errors() -> None:
   """A restore that failed leaves reads in flight: their callbacks reach orbax's closed
   event loop, each printing a traceback ('Event loop is closed') as an unraisable
   exception, and their failed tasks are logged by asyncio ('Task exception was never
-  retrieved', one traceback per array). From the first failed restore on, those two are
-  dropped (every other unraisable exception and asyncio record is printed as before), so
-  the skip stays one warning line."""
+  retrieved', one traceback per array). Those two are dropped from before the first
+  restore on (every other unraisable exception and asyncio record is printed as before),
+  so the skip stays one warning line: the reads end on tensorstore's threads, some before
+  the failure reaches the caller, so a filter set after the failure misses them."""
   previous = sys.unraisablehook
   if getattr(previous, "cvrl_drops_closed_loop", False):
     return

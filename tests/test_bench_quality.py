@@ -2,8 +2,8 @@
 end to end (slow, tiny)."""
 import json
 import os
+import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -169,33 +169,39 @@ def test_seeds_split_over_processes_meet_in_the_cache(tmp_path, monkeypatch):
   assert out["gain"] == pytest.approx(0.4) and out["knn_curve"] == [[0, 0.3], [10, 0.5]]
 
 
+# The bench's data shrunk (32 training videos of 24 frames, 16 held out), then its command.
+SMALL_BENCH = """
+import sys
+from cvrl.core import cli
+from experiments import bench_quality as B
+full, data_dir = B.bench_data, sys.argv.pop(1)
+def small(data, videos, difficulty, family):
+  full(data, videos, difficulty, family)
+  data.synthetic.update(num_train_videos=32, num_eval_videos=16, num_frames=24, dir=data_dir)
+  data.num_train_examples = 32
+B.bench_data = small
+B.define_flags()
+cli.run(B.main)
+"""
+
+
 @pytest.mark.slow
-def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path, monkeypatch):
+def test_the_command_runs_every_job_and_reports_consistent_numbers(tmp_path):
   """`python -m experiments.bench_quality` end to end (one seed, 4 steps) on a shrunk copy
-  of its data: pretraining, linear probe with its random baseline, kNN over checkpoints,
-  the supervised bound, then quality.json / .md / .png."""
-  full = B.bench_data
-
-  def small(data, videos, difficulty, family):
-    full(data, videos, difficulty, family)
-    data.synthetic.update(num_train_videos=32, num_eval_videos=16, num_frames=24,
-                          dir=str(tmp_path / "data"))
-    data.num_train_examples = 32
-
-  monkeypatch.setattr(B, "bench_data", small)
-  # main() reads its flags' values only: set them here (absl's global flags may already
-  # hold another module's --workdir in this process).
-  values = dict(_METHODS="cvrl", _SEEDS=1, _STEPS=4, _WORKDIR=str(tmp_path / "runs"),
-                _OUT=str(tmp_path / "out"), _CURVE_POINTS=2, _KEEP=False, _AUG="recipe",
-                _VIDEOS=B.VIDEOS, _DIFFICULTY=B.HEADLINE, _SEMI=0.5, _SEMI_STEPS=4,
-                _REPLOT=[], _INPUT="dif", _FIRST_SEED=0, _FAMILY="objects")
-  for name, value in values.items():
-    monkeypatch.setattr(B, name, types.SimpleNamespace(value=value), raising=False)
-  from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
-  caches = []  # main() turns on JAX's cache in the workdir: not in this test process
-  monkeypatch.setattr(engine, "enable_compilation_cache", caches.append)
-  B.main([])
-  assert caches == [str(tmp_path / "runs" / "xla_cache")]
+  of its data, in a process of one CPU device as a user runs it: pretraining, linear probe
+  with its random baseline, kNN over checkpoints, the supervised bound, then quality.json
+  / .md / .png."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, "-c", SMALL_BENCH, str(tmp_path / "data"), "--methods=cvrl", "--seeds=1",
+       "--steps=4", f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}",
+       "--curve_points=2", "--semi_fraction=0.5", "--semi_steps=4"],
+      cwd=root, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  assert (tmp_path / "runs" / "xla_cache").is_dir()  # the bench caches its compilations
+  assert any((tmp_path / "data").iterdir())  # the shrunk data, where the test put it
   out = json.loads((tmp_path / "out" / "quality.json").read_text())
   r = out["methods"]["cvrl"]
   row = r["per_seed"][0]

@@ -278,6 +278,9 @@ def test_a_killed_worker_loses_the_rest_of_its_epoch_and_duplicates_nothing(clus
   assert len(epochs) - len(partial) >= 4
 
 
+KILLED_RUN_STEPS = 100  # the worker is killed at the first logged step (10): 90 steps after
+
+
 @pytest.mark.slow
 def test_demo_pretraining_and_evaluators_on_the_service_finish_when_a_worker_is_killed(
     cluster, tmp_path):
@@ -285,7 +288,8 @@ def test_demo_pretraining_and_evaluators_on_the_service_finish_when_a_worker_is_
   cluster["workers"].append(fresh)
   workdir = str(tmp_path)
   cmd = [sys.executable, "-m", "cvrl.main",
-         f"--config=configs/demo.py:steps=200,probe=True,videos={VIDEOS},batch_size={BATCH}",
+         f"--config=configs/demo.py:steps={KILLED_RUN_STEPS},probe=True,videos={VIDEOS},"
+         f"batch_size={BATCH}",
          f"--workdir={workdir}", f"--config.data.service=localhost:{cluster['dispatcher'].port}",
          f"--config.data.synthetic.dir={os.path.join(cluster['tmp'], 'videos')}",
          "--config.data.synthetic.num_eval_videos=10", "--config.log.every_steps=10",
@@ -306,10 +310,11 @@ def test_demo_pretraining_and_evaluators_on_the_service_finish_when_a_worker_is_
   assert rc == 0, text[-5000:]
   with open(metrics) as f:
     train_rows = [json.loads(l) for l in f if '"loss"' in l]
-  assert train_rows[-1]["step"] == 200, text[-3000:]
+  assert train_rows[-1]["step"] == KILLED_RUN_STEPS, text[-3000:]
   # The evaluators read through the service too, after the kill as well (a finite pass must
   # not wait on the dead worker's task).
-  assert "eval/knn step 200:" in text and "eval/knn_random_init" in text, text[-3000:]
+  assert f"eval/knn step {KILLED_RUN_STEPS}:" in text and "eval/knn_random_init" in text, \
+      text[-3000:]
   assert len([l for l in text.splitlines() if "is unreachable" in l]) == 1, text[-5000:]
 
 

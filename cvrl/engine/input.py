@@ -2,7 +2,7 @@
 
 `host_batches` yields this host's numpy batches starting at `start_step`, so a resumed run
 reads what a run that never stopped would read. `DevicePrefetcher` turns them into global
-jax.Arrays in a background thread, a few steps ahead, and measures how long the training
+jax.Arrays (`global_batch`) in a background thread, a few steps ahead, and measures how long the training
 loop waited for data.
 
 A source that gives the trainer numpy batches itself (its `batches`, e.g. the tests'
@@ -15,6 +15,9 @@ import queue
 import threading
 import time
 from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
 
 from cvrl.core import parallel
 from cvrl.core.errors import ConfigError
@@ -107,6 +110,18 @@ def _timed_resume(batches: Iterator[dict], start_step: int, started: float) -> I
 
 # ---------------------------------------------------------------------- device prefetch
 
+def global_batch(local: Mapping[str, Any], mesh=None) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded over 'data' of `mesh` (the run's;
+  a thread of its own, like the prefetcher, names it: the run's mesh is per thread).
+
+  Every process passes its own rows (the same count on each); the global batch is their
+  concatenation in process order. Transfers are asynchronous.
+  """
+  sharding = parallel.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}
+
+
 class DevicePrefetcher:
   """Global device batches from host batches, assembled `size` steps ahead in a thread.
 
@@ -129,7 +144,7 @@ class DevicePrefetcher:
       for local in self._batches:
         if self._keys is not None:
           local = {k: v for k, v in local.items() if k in self._keys}
-        item = parallel.global_batch(local, self._mesh)
+        item = global_batch(local, self._mesh)
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)

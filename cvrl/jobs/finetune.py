@@ -47,12 +47,10 @@ def make_task(config, num_classes: int):
   return task, model_config, source
 
 
-@runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str, *, process: runtime.Process) -> dict:
-  with jax.set_mesh(engine.setup(config)):  # the run's mesh
+def run(config, workdir: str) -> dict:
+  with runtime.job() as process, jax.set_mesh(engine.setup(config)):  # the run's mesh
     sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
-    shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-    config = shape.applied(config)
+    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     classes, n_train, total, warmup = F.schedule(config)
     task, model_config, source = make_task(config, classes)
     start = time.time()

@@ -192,12 +192,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                                                     "replicated"))
 
 
-@runtime.job  # cvrl.core.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line
-def run(config, workdir, *, process: runtime.Process):
-  del process  # nothing trains
-  result = summarize(config)
-  line = json.dumps(result)
-  print(line, flush=True)
-  if workdir:
-    paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
-  return result
+def run(config, workdir):
+  with runtime.job():  # cvrl.core.runtime: the job's JAX settings (rbg PRNG); nothing trains
+    result = summarize(config)
+    line = json.dumps(result)
+    print(line, flush=True)
+    if workdir:
+      paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
+    return result

@@ -132,6 +132,7 @@ def demo_config():
   return c
 
 
+@pytest.mark.slow  # a job end to end, stopped at the loss's trace
 def test_a_one_step_demo_run_calls_the_hops_in_the_listed_order(tmp_path, monkeypatch):
   records = []
   for hop in HOPS:

@@ -51,7 +51,7 @@ def data_dir(tmp_path_factory):
 def test_batch_spec_is_the_pipelines_batch(kind, data_dir):
   name, overrides, ships_photometric = KINDS[kind]
   config = _config(name, overrides, data_dir)
-  sources.prepare(config.data, "train")
+  sources.prepare(config.data, ["train"])
   objective = objectives.get(config)
   batches, _ = tasks.PretrainTask(config, objective).batches(
       batch_size=BATCH, start_step=0, process_index=0, process_count=1)

@@ -112,23 +112,19 @@ def run(config, workdir: str) -> dict:
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     paths.makedirs(workdir)
     with jax.set_mesh(parallel.make_mesh()):  # the run's mesh
-      results, headline = _evaluate(config, workdir)
+      if config.get("evals"):
+        results, headline = _run_evals(config), None
+      else:
+        mode = config.evaluate.mode
+        out = _test_classifier(config, workdir) if mode == "multiview" else _run_mode(config)
+        results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
+                   "step": out["step"]}
+        headline = (f"evaluate[{mode}]", out["headline"])
     results.update(job="evaluate", clip_shape=shape.as_dict(), config=R.config_dict(config))
     R.write_results(workdir, results)
     if headline:
       R.headline(headline[0], results["metrics"], headline[1])
     return results
-
-
-def _evaluate(config, workdir: str) -> tuple[dict, tuple | None]:
-  """(results, (headline name, metrics) or None) of config.evals or config.evaluate.mode."""
-  if config.get("evals"):
-    return _run_evals(config), None
-  mode = config.evaluate.mode
-  out = _test_classifier(config, workdir) if mode == "multiview" else _run_mode(config)
-  results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
-             "step": out["step"]}
-  return results, (f"evaluate[{mode}]", out["headline"])
 
 
 def _test_classifier(config, workdir: str) -> dict:

@@ -41,7 +41,7 @@ def make_task(config, num_classes: int):
   batches = F.train_stream(config.data, batch_size=int(config.batch_size),
                            seed=int(config.seed), extra_frames=extra_frames(model_config))
   task = tasks.ClassifierTask(
-      config, make_encoder=make_encoder, num_classes=num_classes,
+      tasks.Training.of(config), make_encoder=make_encoder, num_classes=num_classes,
       normalize=bool(config.finetune.normalize), dropout=float(config.finetune.dropout),
       train_encoder=True, batches=batches, encoder_init=encoder, groups=tasks.FINETUNE_GROUPS)
   return task, model_config, source

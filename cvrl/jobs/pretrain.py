@@ -64,23 +64,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                _eval_splits(config, objective))
     out = engine.run(task, config, workdir, total_steps=total_steps,
                      warmup_steps=warmup_steps, evaluators=evals, process=process)
-    return _result(config, workdir, out, bool(evals))
+    return _result(workdir, out, R.config_dict(config) if evals else None)
 
 
-def _result(config, workdir: str, out: dict, has_evals: bool) -> dict[str, Any]:
-  """The job's result from the engine's `out`; results.json of the evaluators' last
-  values."""
+def _result(workdir: str, out: dict, evals_config: dict | None) -> dict[str, Any]:
+  """The job's result from the engine's `out`; with evaluators (`evals_config`: the config
+  as results.json records it), results.json of their last values."""
   result = {"job": "pretrain", **{k: out[k] for k in (
       "step", "total_steps", "preempted", "loss", "checkpoint_dir", "metrics", "state")}}
   if out["preempted"]:
     return result
   engine.metrics_lib.say(f"pretraining done at step {out['step']}; checkpoints in "
                          f"{out['checkpoint_dir']}")
-  if has_evals:
+  if evals_config is not None:
     result["evals"] = out["evals"]
     R.write_results(workdir, {"job": "pretrain", "step": out["step"], "evals": out["evals"],
                               "metrics": {f"{name}/{k}": v for name, m in out["evals"].items()
                                           for k, v in m.items()},
                               "checkpoint": out["checkpoint_dir"],
-                              "config": R.config_dict(config)})
+                              "config": evals_config})
   return result

@@ -81,7 +81,7 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
            "extract_features": bool(config.probe.extract_features)}
   if not config.probe.extract_features:
     task = tasks.ClassifierTask(
-        config, make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
+        tasks.Training.of(config), make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
         normalize=normalize, dropout=0.0, train_encoder=False, batches=train_batches,
         encoder_init=encoder, name=name)
     stats["encoder_passes"] = total_steps * global_batch
@@ -94,7 +94,7 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
                  encoder_passes=int(len(labels)) * jax.process_count())
     local = parallel.local_batch_size(global_batch)
     task = tasks.FeatureHeadTask(
-        config, num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
+        tasks.Training.of(config), num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
         batches=lambda s: engine.skip(
             tasks.cached_batches(feats, labels, local, replay, int(config.seed)), s),
         name=name + " (cached features)")
@@ -167,10 +167,12 @@ def run(config, workdir: str) -> dict:
         return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
     classifiers = {name: EncoderHead(arch.encoders[name], head)
                    for name, (head, _, _) in trained.items()}
-    tests = _test(config, arch, classifiers, dirs)
+    tests = (_test(arch, classifiers, dirs, multiview.Test.of(config.evaluate))
+             if config.probe.evaluate else {})
     if config.probe.save_model:
-      _save(config, workdir, arch, classifiers["probe"])
-    results = _results(config, shape, arch, {k: v[1] for k, v in trained.items()}, tests)
+      _save(workdir, arch, classifiers["probe"], bool(config.probe.normalize))
+    results = _results(R.config_dict(config), shape, arch,
+                       {k: v[1] for k, v in trained.items()}, tests)
     R.write_results(workdir, results)
     R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
     return results
@@ -180,22 +182,25 @@ def run(config, workdir: str) -> dict:
 class _Encoders:
   """The encoders a probe job trains heads on ({'probe', and 'random_init' with
   probe.random_baseline}), their provenance, architecture and model config; the heads'
-  schedule (F.schedule: classes, training videos, total and warm-up steps) and batch
-  factories (`_datasets`)."""
+  schedule (F.schedule: classes, training videos, total and warm-up steps), batch
+  factories (`_datasets`) and test splits."""
   make_encoder: object
   model_config: object
   encoders: dict
   sources: dict
   schedule: tuple = ()
   batches: tuple = ()
+  splits: common.Splits | None = None
 
 
 def _encoders(config) -> _Encoders:
   make_encoder, encoder, model_config, source = F.encoder_source(config)
   if encoder is None:
     encoder = create(make_encoder, out_shardings=parallel.replicated())
+  extra = extra_frames(model_config)
   arch = _Encoders(make_encoder, model_config, {"probe": encoder}, {"probe": source},
-                   F.schedule(config), _datasets(config, extra_frames(model_config)))
+                   F.schedule(config), _datasets(config, extra),
+                   common.Splits(config.data, int(config.seed), extra))
   if config.probe.random_baseline and source["init"] != "random":
     arch.encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated())
     arch.sources["random_init"] = {"init": "random", "checkpoint": None,
@@ -214,30 +219,26 @@ def _probe_one(config, arch: _Encoders, name: str, workdir: str, process: runtim
       make_encoder=arch.make_encoder, name=f"linear probe [{name}]", process=process)
 
 
-def _test(config, arch: _Encoders, classifiers: dict, dirs: dict) -> dict:
-  """The multi-view test of each probed classifier (probe.evaluate), else {}."""
-  if not config.probe.evaluate:
-    return {}
-  splits = common.Splits(config.data, int(config.seed), extra_frames(arch.model_config))
-  return multiview.evaluate_classifiers(classifiers, splits, dirs,
-                                        multiview.Test.of(config.evaluate))
+def _test(arch: _Encoders, classifiers: dict, dirs: dict, test: multiview.Test) -> dict:
+  """The multi-view test of each probed classifier on the clips its encoder takes."""
+  return multiview.evaluate_classifiers(classifiers, arch.splits, dirs, test)
 
 
-def _save(config, workdir: str, arch: _Encoders, classifier) -> None:
+def _save(workdir: str, arch: _Encoders, classifier, normalize: bool) -> None:
   """The probed classifier, for the evaluate job (cvrl.eval.classifier_io)."""
   classifier_io.save_classifier(workdir, classifier, arch.model_config,
-                                num_classes=arch.schedule[0],
-                                normalize=bool(config.probe.normalize), dropout=0.0,
-                                source=arch.sources["probe"])
+                                num_classes=arch.schedule[0], normalize=normalize,
+                                dropout=0.0, source=arch.sources["probe"])
 
 
-def _results(config, shape, arch: _Encoders, stats: dict, tests: dict) -> dict:
-  """results.json: per encoder its provenance, training stats and test; the headline
-  metrics (the random baseline's prefixed `random_init_`)."""
+def _results(config_dict: dict, shape, arch: _Encoders, stats: dict, tests: dict) -> dict:
+  """results.json (`config_dict`: the config as it records it): per encoder its
+  provenance, training stats and test; the headline metrics (the random baseline's
+  prefixed `random_init_`)."""
   classes, n_train, _, _ = arch.schedule
   results = {"job": "probe", "checkpoint": arch.sources["probe"].get("checkpoint"),
              "step": arch.sources["probe"].get("step"), "clip_shape": shape.as_dict(),
-             "config": R.config_dict(config), "metrics": {}}
+             "config": config_dict, "metrics": {}}
   for name in arch.encoders:
     part = {"source": arch.sources[name], "train": stats[name], "num_classes": classes,
             "num_train_examples": n_train, "model": arch.model_config.to_dict()}

@@ -258,9 +258,10 @@ def enable_compilation_cache(directory: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-def setup(config) -> jax.sharding.Mesh:
-  """Compilation cache, jax.distributed (multi-host), and the Mesh of every device."""
-  p = config.get("parallel") or {}
+def setup(p) -> jax.sharding.Mesh:
+  """Compilation cache, jax.distributed (multi-host) and the Mesh of every device, as `p`
+  (config.parallel; None: the defaults) sets them."""
+  p = p or {}
   if p.get("compilation_cache_dir"):
     enable_compilation_cache(p["compilation_cache_dir"])
   parallel.maybe_initialize_distributed(p.get("coordinator_address"), p.get("num_processes"),
@@ -312,7 +313,7 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
   lost peer is reported with it; None: one of this run's own.
   """
   mesh = jax.sharding.get_mesh()
-  with jax.set_mesh(setup(config) if mesh.empty else mesh):  # the run's mesh, for all of it
+  with jax.set_mesh(setup(config.get("parallel")) if mesh.empty else mesh):  # for all of it
     with _Run(task, config, workdir, int(total_steps), int(warmup_steps), evaluators,
               describe, process or runtime.Process()) as training:
       training.loop()

@@ -48,7 +48,7 @@ def make_task(config, num_classes: int):
 
 
 def run(config, workdir: str) -> dict:
-  with runtime.job() as process, jax.set_mesh(engine.setup(config)):  # the run's mesh
+  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
     sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     classes, n_train, total, warmup = F.schedule(config)

@@ -22,10 +22,17 @@ from cvrl.data import sources  # noqa: E402
 from cvrl.engine import checkpoint  # noqa: E402
 from cvrl.models import validate_model_config  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "ml_collections config file, e.g. configs/demo.py or "
-    "configs/cvrl_k600_r3d50.py:depth=152,width=2", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_CONFIG = _WORKDIR = None  # the flags' holders, once `define_flags` ran
+
+
+def define_flags() -> None:
+  """--config and --workdir, defined when this module runs as the program: importing it
+  (for `run`, as experiments/bench_quality.py does beside flags of its own) defines none."""
+  global _CONFIG, _WORKDIR  # pylint: disable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "ml_collections config file, e.g. configs/demo.py or "
+      "configs/cvrl_k600_r3d50.py:depth=152,width=2", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
 
 
 from cvrl.core.errors import ConfigError  # noqa: E402  (defined apart so the data pipeline can raise it)
@@ -95,4 +102,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

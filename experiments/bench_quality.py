@@ -256,10 +256,11 @@ def _probe_fields():
 
 
 def _run_job(job, config, workdir: str) -> dict:
-  """A downstream job as cvrl.main runs it: its `validate` first (a job's `run` does not
-  check the config again), then its `run`."""
-  job.validate(config)
-  return job.run(config, workdir)
+  """A downstream job as cvrl.main runs it, by the function it runs it with (`cvrl.main.run`:
+  config.job's `validate` once, the inputs and the workdir checked, then its `run`)."""
+  from cvrl import main  # pylint: disable=import-outside-toplevel
+  assert config.job == job.__name__.rsplit(".", 1)[-1], (config.job, job.__name__)
+  return main.run(config, workdir)
 
 
 def _linear_probe(pre_config, checkpoint_dir: str, workdir: str) -> dict:

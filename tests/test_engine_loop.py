@@ -65,7 +65,7 @@ def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
   for n in (8, 1):
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ("data",))
     task = tasks.ClassifierTask(
-        config, make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(7)), num_classes=4,
+        tasks.Training.of(config), make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(7)), num_classes=4,
         normalize=False, dropout=0.0, train_encoder=True, batches=toy_stream(),
         encoder_init=tiny_encoder(seed=7), groups=tasks.FINETUNE_GROUPS)
     process = runtime.Process()
@@ -91,10 +91,11 @@ def test_tasks_declare_what_the_step_reads():
   """The step finishes clips (with config.data) for a task whose loss reads them, and hands
   a cached-feature task its batch as shipped: the task says so, not the batch's keys."""
   config = small(config_lib.probe_config(), steps=1, every=1, batch=16)
-  clips = tasks.ClassifierTask(config, make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(0)),
+  training = tasks.Training.of(config)
+  clips = tasks.ClassifierTask(training, make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(0)),
                                num_classes=4, normalize=False, dropout=0.0, train_encoder=False,
                                batches=toy_stream())
-  features = tasks.FeatureHeadTask(config, num_features=8, num_classes=4, normalize=False,
+  features = tasks.FeatureHeadTask(training, num_features=8, num_classes=4, normalize=False,
                                    batches=toy_stream())
   assert (clips.input_key, features.input_key) == (engine.CLIPS, "features")
   assert engine.clip_data(clips, config.data) is config.data
@@ -149,7 +150,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
 
   ft = small(tiny_data(config_lib.finetune_config(), data_dir))
   ft.pretrained = str(work / "pretrain")
-  sources.prepare(ft.data, "train")
+  sources.prepare(ft.data, ["train"])
   ft.optim.head_lr = 0.5
 
   def run_ft(config, workdir):

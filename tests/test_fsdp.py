@@ -12,6 +12,7 @@ from outside_cvrl import memory as memory_source
 from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.engine import checkpoint
+from cvrl.engine import input as input_lib
 from cvrl.engine import loop as engine
 from cvrl.engine import optim
 from cvrl.engine import state as state_lib
@@ -106,7 +107,7 @@ def steps(step, state, task, config, mesh):
   losses = []
   with jax.set_mesh(mesh):
     for i in range(config.total_steps):
-      batch = parallel.global_batch(next(batches), mesh)
+      batch = input_lib.global_batch(next(batches), mesh)
       if i == 0:
         step = step.lower(state, batch).compile(QUICK_COMPILE)
       state, metrics = step(state, batch)

@@ -108,7 +108,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   work = tmp_path_factory.mktemp("runs")
   e = tiny_data(config_lib.evaluate_config(), tmp_path_factory.mktemp("synthetic"))
   e.evaluate.update(num_clips=2, num_crops=3, batch_size=8, knn_clips=2, recall_ks=(1, 5, 10, 20))
-  sources.prepare(e.data, "eval")
+  sources.prepare(e.data, ["eval"])
 
   # A trained classifier as probe / finetune leave it in their workdir.
   model = numpy_filled(lambda: EncoderHead(

@@ -170,8 +170,7 @@ def test_eval_split_and_pretraining_read_every_video(data_dir):
   cfg = _cfg(data_dir, label_fraction=0.25)
   ids, _ = _elements(cfg, 100, batch_size=4, train=False)  # the eval split: never subset
   assert len(ids) == 8
-  config = ml_collections.ConfigDict(dict(data=cfg, seed=0))
-  it, _ = input_lib.host_batches(config, {'name': 'single'}, batch_size=4, start_step=0,
+  it, _ = input_lib.host_batches(cfg, {'name': 'single'}, seed=0, batch_size=4, start_step=0,
                                  process_index=0, process_count=1)
   pre = np.concatenate([next(it)['index'] for _ in range(VIDEOS // 4)])
   assert len(set(pre.tolist())) == VIDEOS  # pretraining's first epoch: all 32 videos

@@ -8,6 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cvrl import config_lib, objectives
 from cvrl.core import parallel
+from cvrl.engine import input as input_lib
 from cvrl.objectives import contrastive
 
 TEMPERATURE = 0.1
@@ -135,7 +136,7 @@ def test_model_loss_on_8_devices_equals_one_device():
     mesh = parallel.make_mesh(jax.devices()[:count])
     params, rest = jax.jit(lambda: nnx.split(objective.build(nnx.Rngs(0)), nnx.Param, ...)[1:],
                            out_shardings=parallel.replicated(mesh))()
-    batch = parallel.global_batch({"video": video}, mesh)
+    batch = input_lib.global_batch({"video": video}, mesh)
 
     def loss_fn(params, rest, batch):
       m = nnx.merge(graphdef, params, rest, copy=True)

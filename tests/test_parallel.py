@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cvrl.core import parallel
+from cvrl.engine import input as input_lib
 
 
 def test_mesh_over_all_devices_and_shardings():
@@ -22,7 +23,7 @@ def test_global_batch_is_the_host_batch_split_over_devices():
   rng = np.random.default_rng(0)
   local = {"video": rng.uniform(size=(8, 2, 3, 4, 4, 3)).astype(np.float32),
            "label": np.arange(8, dtype=np.int32)}
-  batch = parallel.global_batch(local, mesh)
+  batch = input_lib.global_batch(local, mesh)
   assert batch["video"].shape == (8, 2, 3, 4, 4, 3) and batch["label"].dtype == np.int32
   np.testing.assert_array_equal(np.asarray(batch["video"]), local["video"])
   for shard in batch["label"].addressable_shards:

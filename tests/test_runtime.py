@@ -23,9 +23,9 @@ def test_import_changes_no_global_jax_setting_and_jobs_scope_theirs():
       changed = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
       assert not changed, changed
       assert jax.config.jax_default_prng_impl == "threefry2x32"
-      @cvrl.core.runtime.job
-      def run(config, workdir, *, process):
-        return str(jax.random.key(0).dtype)
+      def run(config, workdir):
+        with cvrl.core.runtime.job():
+          return str(jax.random.key(0).dtype)
       assert run(None, None) == "key<rbg>", run(None, None)
       assert str(jax.random.key(0).dtype) == "key<fry>"  # restored after the job
       print("ok")
@@ -88,11 +88,11 @@ def test_job_turns_a_peer_failure_into_one_line_and_exit(monkeypatch, capsys):
   monkeypatch.setattr(runtime.jax, "process_count", lambda: 2)
   records = []
 
-  @runtime.job
-  def broken(config, workdir, *, process):
-    records.append(process)
-    process.step = 6  # where its training loop reported it was (Process.progress)
-    raise JaxRuntimeError("UNKNOWN: Gloo AllReduce failed: Connection closed by peer")
+  def broken(config, workdir):
+    with runtime.job() as process:
+      records.append(process)
+      process.step = 6  # where its training loop reported it was (Process.progress)
+      raise JaxRuntimeError("UNKNOWN: Gloo AllReduce failed: Connection closed by peer")
   with pytest.raises(JaxRuntimeError):  # _exit is stubbed, so the error goes on
     broken(None, None)
   assert codes == [3]  # the documented exit code of a lost peer (README)
@@ -100,10 +100,10 @@ def test_job_turns_a_peer_failure_into_one_line_and_exit(monkeypatch, capsys):
   assert err[-1].startswith("cvrl: error: lost a peer process of 2 during step 7 "
                             "(JaxRuntimeError: UNKNOWN: Gloo AllReduce failed"), err
 
-  @runtime.job
-  def other(config, workdir, *, process):
-    records.append(process)
-    raise JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+  def other(config, workdir):
+    with runtime.job() as process:
+      records.append(process)
+      raise JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
   with pytest.raises(JaxRuntimeError):
     other(None, None)
   assert codes == [3]  # not a lost peer: left alone

@@ -59,7 +59,7 @@ def test_each_method_shows_the_views_its_loss_takes():
 @pytest.mark.slow
 def test_first_batch_is_the_batch_the_train_step_finishes():
   c = cvrl_tiny.get_config()
-  sources.prepare(c.data, "train")
+  sources.prepare(c.data, ["train"])
   objective = objectives.get(c)
   clips, names = pictures.first_batch(c, objective, 3)
   assert names == ["clip 1", "clip 2"] and clips.shape == (3, 2, 4, 16, 16, 3)
@@ -87,7 +87,7 @@ def _events(workdir):
 def test_pretraining_draws_its_first_batch_to_tensorboard_unless_switched_off(tmp_path):
   c = cvrl_tiny.get_config()
   c.log.tensorboard = True  # the tiny configs turn it off
-  sources.prepare(c.data, "train")
+  sources.prepare(c.data, ["train"])
   assert pretrain.picture_dir(c, "W") == "W"
   objective = objectives.get(c)
   task = tasks.PretrainTask(c, objective, picture_dir=str(tmp_path))

@@ -9,6 +9,7 @@ import pytest
 from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.data import sources
+from cvrl.engine import input as input_lib
 from cvrl.engine import step_inputs
 from cvrl.engine import tasks
 
@@ -50,12 +51,12 @@ def data_dir(tmp_path_factory):
 def test_batch_spec_is_the_pipelines_batch(kind, data_dir):
   name, overrides, ships_photometric = KINDS[kind]
   config = _config(name, overrides, data_dir)
-  sources.prepare(config.data, "train")
+  sources.prepare(config.data, ["train"])
   objective = objectives.get(config)
   batches, _ = tasks.PretrainTask(config, objective).batches(
       batch_size=BATCH, start_step=0, process_index=0, process_count=1)
   with jax.set_mesh(parallel.make_mesh()):  # the run's mesh, as a job sets it
-    batch = parallel.global_batch(next(iter(batches)))
+    batch = input_lib.global_batch(next(iter(batches)))
     spec = step_inputs.batch_spec(config.data, objective.sampler(), BATCH)
   got = {k: (v.shape, v.dtype, v.sharding) for k, v in batch.items()}
   assert got == {k: (s.shape, s.dtype, s.sharding) for k, s in spec.items()}

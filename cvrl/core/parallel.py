@@ -3,7 +3,8 @@
 The batch is split along its leading axis over 'data'. Parameters and optimizer state are
 replicated (`parallel.param_sharding='replicated'`) or sharded over the same axis
 ('fsdp': each array along its largest dimension the device count divides, big_vision's
-rule; arrays under `fsdp_min_kib` stay whole), XLA gathering them for compute. Each host feeds its own slice of the global batch (`global_batch`), and XLA
+rule; arrays under `fsdp_min_kib` stay whole), XLA gathering them for compute. Each host
+feeds its own slice of the global batch (`cvrl.engine.input.global_batch`), and XLA
 inserts the collectives, so BatchNorm statistics and the contrastive loss see the whole
 global batch whatever the device count. Multi-host runs start with
 `maybe_initialize_distributed`.
@@ -176,18 +177,6 @@ def local_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> int:
     raise ValueError(f"batch_size {global_batch_size} must be a multiple of the device count "
                      f"{devices}")
   return global_batch_size // jax.process_count()
-
-
-def global_batch(local: Mapping[str, Any], mesh: Mesh | None = None) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global jax.Arrays sharded over 'data' of `mesh` (the run's;
-  a thread of its own, like the loop's prefetcher, names it: the run's mesh is per thread).
-
-  Every process passes its own rows (the same count on each); the global batch is their
-  concatenation in process order. Transfers are asynchronous.
-  """
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
 
 
 def to_host(tree):

@@ -1,6 +1,6 @@
 """What every job sets up where it runs, and how a multi-process job ends when a peer dies.
 
-`@job` wraps a job's `run(config, workdir, *, process)`, called as `run(config, workdir)`:
+`with job() as process:` runs a job's body (each job's `run(config, workdir)`) with:
 
 * JAX settings the jobs need, scoped to the job (importing cvrl changes no global JAX
   setting): random bits from the 'rbg' generator rather than threefry. XLA:CPU takes
@@ -16,19 +16,19 @@
   service's key-value store catches a peer that stops without breaking a collective (a
   hang): stale for `CVRL_PEER_TIMEOUT_S` seconds (default 60) means lost.
 
-`@job` makes one `Process` record per job and hands it to the job, which passes it to the
+`job()` makes one `Process` record per job and hands it to the job, which passes it to the
 training loop; the loop reports its progress there (`Process.progress(step,
 checkpoint_dir)`, which also starts the heartbeat once JAX is distributed). Nothing here is
 module-level state: two jobs in one process keep their own records.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -221,20 +221,17 @@ class _Heartbeat(threading.Thread):
     return None
 
 
-def job(run):
-  """Decorator for a job's `run(config, workdir, *, process)`, called as `run(config,
-  workdir)`: its JAX settings, its own `Process` record (passed as `process`, for its
-  training loop), and a lost peer turned into one line and a prompt exit (see the module
-  docstring)."""
-  @functools.wraps(run)
-  def wrapped(*args, **kwargs):
-    process = Process()
-    try:
-      with jax.default_prng_impl(PRNG_IMPL):
-        result = run(*args, process=process, **kwargs)
-    except Exception as e:  # pylint: disable=broad-except
-      process.failed(e)
-      raise
-    process.finish()
-    return result
-  return wrapped
+@contextlib.contextmanager
+def job() -> Iterator[Process]:
+  """`with runtime.job() as process:` around a job's body: its JAX settings, its own
+  `Process` record (for its training loop), and a lost peer turned into one line and a
+  prompt exit (see the module docstring). A context, not a wrapper of the job's `run`: the
+  job's own frames call the engine directly."""
+  process = Process()
+  try:
+    with jax.default_prng_impl(PRNG_IMPL):
+      yield process
+  except Exception as e:  # pylint: disable=broad-except
+    process.failed(e)
+    raise
+  process.finish()

@@ -4,7 +4,7 @@ Each epoch e is a seeded permutation of the n training examples (positions 0 .. 
 source's example list), a pure function of (run seed, e). The epochs are laid end to end
 and global batch k is stream positions [kB, (k+1)B) (B the global batch size), whatever
 the process count; process p of P reads rows [p B/P, (p+1) B/P) of it, so the global
-batch is the processes' parts in process order (as `cvrl.core.parallel.global_batch`
+batch is the processes' parts in process order (as `cvrl.engine.input.global_batch`
 assembles it). Every example is in every epoch once.
 
 A batch that straddles two epochs holds the last r examples of epoch e and the first

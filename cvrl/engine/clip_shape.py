@@ -3,7 +3,8 @@
 The downstream configs (cvrl.config_lib, cvrl.data.config.from_checkpoint) leave `data.num_frames`, `data.stride`,
 `data.crop_size` and the test sizes `data.eval_resize` / `data.eval_crop_size` at None:
 "as the encoder was trained". `resolve` gives the shape the job uses (a `ClipShape`;
-the config is left as given), and the job runs on `shape.applied(config)`:
+the config is left as given), and the job runs on `shape.applied(config)` (`resolved`
+gives both):
 - from the config stored in the checkpoint (`config.pretrained`);
 - for the evaluate job's multi-view test, from the probe / fine-tune run that trained the
   classifier (`evaluate.run_dir`: its results.json), test sizes included;
@@ -85,6 +86,13 @@ def resolve(config, say=None) -> ClipShape:
         "encoder was not trained on it (leave data.num_frames / stride / crop_size unset "
         "to use the checkpoint's)")
   return ClipShape(**sizes, origin=origin, differs=tuple(differs))
+
+
+def resolved(config, say=None) -> tuple[ClipShape, object]:
+  """(`resolve(config)`, a copy of `config` with that shape applied): what a downstream
+  job records and runs on."""
+  shape = resolve(config, say)
+  return shape, shape.applied(config)
 
 
 def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:

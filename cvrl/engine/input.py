@@ -2,7 +2,7 @@
 
 `host_batches` yields this host's numpy batches starting at `start_step`, so a resumed run
 reads what a run that never stopped would read. `DevicePrefetcher` turns them into global
-jax.Arrays in a background thread, a few steps ahead, and measures how long the training
+jax.Arrays (`global_batch`) in a background thread, a few steps ahead, and measures how long the training
 loop waited for data.
 
 A source that gives the trainer numpy batches itself (its `batches`, e.g. the tests'
@@ -15,6 +15,9 @@ import queue
 import threading
 import time
 from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
 
 from cvrl.core import parallel
 from cvrl.core.errors import ConfigError
@@ -36,23 +39,23 @@ class NoStats:
     return {}
 
 
-def host_batches(config, sampler: Mapping, *, batch_size: int, start_step: int,
+def host_batches(data, sampler: Mapping, *, seed: int, batch_size: int, start_step: int,
                  process_index: int, process_count: int) -> tuple[Iterator[dict], Any]:
-  """(iterator of this host's numpy batches from `start_step`, pipeline stats object).
+  """(iterator of this host's numpy batches of `data` (config.data) from `start_step`, the
+  stream seeded by `seed`; pipeline stats object).
 
   The stats object has `as_dict()` (the pipeline's skipped/short counts; empty for a
   source that gives its own batches).
   """
   started = time.perf_counter()
-  data = config.data
   own_batches = getattr(sources.get(data.source), "batches", None)
   if own_batches is not None:
-    return own_batches(config, sampler, batch_size=batch_size, start_step=start_step,
-                          process_index=process_index, process_count=process_count), NoStats()
+    return own_batches(data, sampler, seed=seed, batch_size=batch_size, start_step=start_step,
+                       process_index=process_index, process_count=process_count), NoStats()
   from cvrl.data import pipeline  # pylint: disable=import-outside-toplevel
   # Pretraining is self-supervised: every video, whatever data.label_fraction says.
   ds = pipeline.build_dataset(data, sampler=sampler, train=True, batch_size=batch_size,
-                              seed=int(config.seed), start_step=start_step,
+                              seed=int(seed), start_step=start_step,
                               process_index=process_index, process_count=process_count,
                               label_fraction=1.0)
   stats = pipeline.PipelineStats()
@@ -82,14 +85,15 @@ def check_resume(saved, config) -> None:
     was, now = _leaves(_field(saved, name), name), _leaves(_field(config, name), name)
     for field in sorted(set(was) | set(now)):
       if was.get(field) != now.get(field):
-        _mismatch(field, was.get(field), now.get(field), config)
+        _mismatch(field, was.get(field), now.get(field),
+                  bool(config.data.get('resume_new_stream', False)))
         return
 
 
-def _mismatch(field: str, was, now, config) -> None:
+def _mismatch(field: str, was, now, new_stream: bool) -> None:
   line = (f'{field} is {now!r} but the checkpoint resumed was made with {was!r}: the run '
           'would not read the data stream it was reading')
-  if config.data.get('resume_new_stream', False):
+  if new_stream:
     metrics_lib.say(f'warning: {line}; going on with the new stream ({OVERRIDE}=True)')
     return
   raise ConfigError(f"{line}; resume with the checkpoint's value, or set "
@@ -106,6 +110,18 @@ def _timed_resume(batches: Iterator[dict], start_step: int, started: float) -> I
 
 
 # ---------------------------------------------------------------------- device prefetch
+
+def global_batch(local: Mapping[str, Any], mesh=None) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global jax.Arrays sharded over 'data' of `mesh` (the run's;
+  a thread of its own, like the prefetcher, names it: the run's mesh is per thread).
+
+  Every process passes its own rows (the same count on each); the global batch is their
+  concatenation in process order. Transfers are asynchronous.
+  """
+  sharding = parallel.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}
+
 
 class DevicePrefetcher:
   """Global device batches from host batches, assembled `size` steps ahead in a thread.
@@ -129,7 +145,7 @@ class DevicePrefetcher:
       for local in self._batches:
         if self._keys is not None:
           local = {k: v for k, v in local.items() if k in self._keys}
-        item = parallel.global_batch(local, self._mesh)
+        item = global_batch(local, self._mesh)
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)

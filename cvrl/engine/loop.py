@@ -258,9 +258,10 @@ def enable_compilation_cache(directory: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-def setup(config) -> jax.sharding.Mesh:
-  """Compilation cache, jax.distributed (multi-host), and the Mesh of every device."""
-  p = config.get("parallel") or {}
+def setup(p) -> jax.sharding.Mesh:
+  """Compilation cache, jax.distributed (multi-host) and the Mesh of every device, as `p`
+  (config.parallel; None: the defaults) sets them."""
+  p = p or {}
   if p.get("compilation_cache_dir"):
     enable_compilation_cache(p["compilation_cache_dir"])
   parallel.maybe_initialize_distributed(p.get("coordinator_address"), p.get("num_processes"),
@@ -312,15 +313,17 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
   lost peer is reported with it; None: one of this run's own.
   """
   mesh = jax.sharding.get_mesh()
-  with jax.set_mesh(setup(config) if mesh.empty else mesh):  # the run's mesh, for all of it
-    return _Run(task, config, workdir, int(total_steps), int(warmup_steps), evaluators,
-                describe, process or runtime.Process()).train()
+  with jax.set_mesh(setup(config.get("parallel")) if mesh.empty else mesh):  # for all of it
+    with _Run(task, config, workdir, int(total_steps), int(warmup_steps), evaluators,
+              describe, process or runtime.Process()) as training:
+      training.loop()
+    return training.result()
 
 
 class _Run:
-  """One run of the loop: the state (created or resumed), the step, the input, and the
-  hooks `train` calls between steps: check (one step late, so the host never waits on the
-  device), log, save, evaluate; `close` on the way out, whatever happened."""
+  """One run of the loop, a context: the state (created or resumed), the step, the input,
+  and the hooks `loop` calls between steps: check (one step late, so the host never waits
+  on the device), log, save, evaluate; `close` on the way out, whatever happened."""
 
   def __init__(self, task: Task, config, workdir: str, total_steps: int, warmup_steps: int,
                evaluators: Sequence[Any], describe: str, process: runtime.Process):
@@ -370,18 +373,14 @@ class _Run:
     self.saved_step = None
     self.preempted = False
 
-  def train(self) -> dict[str, Any]:
-    failure = None
-    try:
-      self._loop()
-    except BaseException as e:
-      failure = e
-      raise
-    finally:
-      self.close(failure)
-    return self.result()
+  def __enter__(self) -> "_Run":
+    return self
 
-  def _loop(self) -> None:
+  def __exit__(self, kind, failure, traceback) -> bool:
+    self.close(failure)
+    return False  # a failure goes on
+
+  def loop(self) -> None:
     config, total = self.config, self.total_steps
     if self.evaluators and self.start_step == 0:
       self.evaluate(0)

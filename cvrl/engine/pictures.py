@@ -38,7 +38,7 @@ def views(batch: dict, data_config, objective, videos: int) -> tuple[np.ndarray,
 
 def first_batch(config, objective, videos: int) -> tuple[np.ndarray, list[str]]:
   """`views` of the first batch the job's own pipeline gives a fresh run (one process)."""
-  batches, _ = input_lib.host_batches(config, objective.sampler(),
+  batches, _ = input_lib.host_batches(config.data, objective.sampler(), seed=int(config.seed),
                                       batch_size=int(config.batch_size), start_step=0,
                                       process_index=0, process_count=1)
   return views(next(iter(batches)), config.data, objective, videos)
@@ -67,13 +67,13 @@ def view_centres(clips_shape) -> list[float]:
   return [j * (view_w + VIEW_GAP) + view_w / 2 for j in range(v)]
 
 
-def with_tensorboard_picture(batches: Iterable[dict], config, objective, workdir: str,
+def with_tensorboard_picture(batches: Iterable[dict], data, objective, workdir: str,
                              videos: int = 4) -> Iterator[dict]:
-  """`batches` unchanged; before the first is handed on, its `mosaic` goes to TensorBoard
-  (tag TAG, step 0) in `workdir`."""
+  """`batches` unchanged; before the first is handed on, its `mosaic` (finished by `data`,
+  config.data) goes to TensorBoard (tag TAG, step 0) in `workdir`."""
   it = iter(batches)
   for batch in it:
-    clips, _ = views(batch, config.data, objective, videos)
+    clips, _ = views(batch, data, objective, videos)
     metrics.write_image(workdir, TAG, mosaic(clips))
     yield batch
     break

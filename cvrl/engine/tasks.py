@@ -8,6 +8,7 @@ engine's own train step, so there is one update rule.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterator
 
 import jax
@@ -48,10 +49,11 @@ class PretrainTask(engine.Task):
 
   def batches(self, *, batch_size, start_step, process_index, process_count):
     batches, stats = input_lib.host_batches(
-        self.config, self.objective.sampler(), batch_size=batch_size, start_step=start_step,
-        process_index=process_index, process_count=process_count)
+        self.config.data, self.objective.sampler(), seed=int(self.config.seed),
+        batch_size=batch_size, start_step=start_step, process_index=process_index,
+        process_count=process_count)
     if self.picture_dir and start_step == 0 and process_index == 0:
-      batches = pictures.with_tensorboard_picture(batches, self.config, self.objective,
+      batches = pictures.with_tensorboard_picture(batches, self.config.data, self.objective,
                                                   self.picture_dir)
     return batches, stats
 
@@ -76,6 +78,23 @@ FINETUNE_GROUPS = (param_groups, {"backbone": "base_lr", "head": "head_lr"})
 HEAD_ONLY = nnx.All(nnx.Param, nnx.PathContains("head"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What a classifier task takes of its job's config: the seed (the head's init is seed +
+  1), the global batch size and config.optim (cvrl.engine.optim)."""
+  seed: int
+  batch_size: int
+  optim: ml_collections.ConfigDict
+
+  @classmethod
+  def of(cls, config) -> Training:
+    return cls(int(config.seed), int(config.batch_size), config.optim)
+
+  def optimizer(self, total_steps: int, warmup_steps: int, groups=None):
+    """(optax transform, schedule, peak lr(s)) of `optim` at this batch size."""
+    return optim.make(self.optim, self.batch_size, total_steps, warmup_steps, groups)
+
+
 class ClassifierTask(engine.Task):
   """Encoder -> LinearClassifier on clips: fine-tuning (`train_encoder`: every parameter,
   BN in train mode over the global batch) or the end-to-end linear probe (only the head's
@@ -86,11 +105,11 @@ class ClassifierTask(engine.Task):
   batches of the augmented training stream from that step.
   """
 
-  def __init__(self, config, *, make_encoder: Callable[[], nnx.Module], num_classes: int,
-               normalize: bool, dropout: float, train_encoder: bool,
+  def __init__(self, training: Training, *, make_encoder: Callable[[], nnx.Module],
+               num_classes: int, normalize: bool, dropout: float, train_encoder: bool,
                batches: Callable[[int], Iterator[dict]], encoder_init: nnx.Module | None = None,
                groups=None, name: str = ""):
-    self.config = config
+    self.training = training
     self.make_encoder = make_encoder
     self.num_classes = int(num_classes)
     self.normalize, self.dropout = bool(normalize), float(dropout)
@@ -104,7 +123,7 @@ class ClassifierTask(engine.Task):
   def make_model(self):
     encoder = self.make_encoder()
     head = LinearClassifier(encoder.num_features, self.num_classes, normalize=self.normalize,
-                            dropout=self.dropout, rngs=nnx.Rngs(int(self.config.seed) + 1))
+                            dropout=self.dropout, rngs=nnx.Rngs(self.training.seed + 1))
     model = EncoderHead(encoder, head)
     model.train()
     if not self.train_encoder:
@@ -125,8 +144,7 @@ class ClassifierTask(engine.Task):
     return self._batches(start_step), getattr(self._batches, "stats", input_lib.NoStats())
 
   def optimizer(self, total_steps, warmup_steps):
-    return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps,
-                      self.groups)
+    return self.training.optimizer(total_steps, warmup_steps, self.groups)
 
 
 class FeatureHeadTask(engine.Task):
@@ -134,9 +152,10 @@ class FeatureHeadTask(engine.Task):
   batch {'features', 'label'} from `batches(start_step)` (cvrl.jobs.probe caches them)."""
   input_key = "features"
 
-  def __init__(self, config, *, num_features: int, num_classes: int, normalize: bool,
-               batches: Callable[[int], Iterator[dict]], name: str = "linear probe (cached)"):
-    self.config = config
+  def __init__(self, training: Training, *, num_features: int, num_classes: int,
+               normalize: bool, batches: Callable[[int], Iterator[dict]],
+               name: str = "linear probe (cached)"):
+    self.training = training
     self.num_features, self.num_classes = int(num_features), int(num_classes)
     self.normalize = bool(normalize)
     self._batches = batches
@@ -144,7 +163,7 @@ class FeatureHeadTask(engine.Task):
 
   def make_model(self):
     return LinearClassifier(self.num_features, self.num_classes, normalize=self.normalize,
-                            dropout=0.0, rngs=nnx.Rngs(int(self.config.seed) + 1))
+                            dropout=0.0, rngs=nnx.Rngs(self.training.seed + 1))
 
   def loss(self, model, batch, *, step, rng):
     return classification_loss(model(batch["features"]), batch["label"])
@@ -153,7 +172,7 @@ class FeatureHeadTask(engine.Task):
     return self._batches(start_step), input_lib.NoStats()
 
   def optimizer(self, total_steps, warmup_steps):
-    return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps)
+    return self.training.optimizer(total_steps, warmup_steps)
 
   def encoder(self, model):
     raise ValueError("a probe on cached features has no encoder to evaluate")
@@ -163,13 +182,13 @@ class FeatureHeadTask(engine.Task):
     engine's own train step, without its checkpoints, logs or hooks: the linear fit an
     evaluator runs between pretraining steps."""
     tx, schedule, _ = self.optimizer(total_steps, warmup_steps)
-    batches, _ = self.batches(batch_size=int(self.config.batch_size), start_step=0,
+    batches, _ = self.batches(batch_size=self.training.batch_size, start_step=0,
                               process_index=0, process_count=1)
     with jax.set_mesh(parallel.make_mesh(jax.local_devices()[:1])):
       graphdef, state = state_lib.create(self.make_model, self.trainable, tx,
                                          parallel.state_placement())
       step = engine.make_train_step(self, graphdef, tx, schedule, parallel.batch_sharding(),
-                                     int(self.config.seed))
+                                     self.training.seed)
       for _ in range(int(total_steps)):
         state, _ = step(state, next(batches))
       return engine.current_model(graphdef, state)

@@ -8,7 +8,6 @@ minibatches of `linear_batch` drawn from seeded permutations of the cached rows.
 """
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -60,14 +59,12 @@ def fit_head(train: F.SplitOutputs, num_classes: int, *, normalize: bool, steps:
              batch: int, lr: float, seed: int) -> LinearClassifier:
   """A LinearClassifier fit to cached features by the engine's FeatureHeadTask: `steps`
   SGD minibatches of `batch` at peak rate `lr`."""
-  config = ml_collections.ConfigDict(dict(
-      seed=int(seed), batch_size=batch,
-      optim=config_lib.optim_fields(name="sgd", base_lr=float(lr), base_batch_size=batch,
-                                    momentum=0.9, nesterov=False, weight_decay=0.0,
-                                    schedule="cosine")))
+  training = tasks.Training(int(seed), batch, config_lib.optim_fields(
+      name="sgd", base_lr=float(lr), base_batch_size=batch, momentum=0.9, nesterov=False,
+      weight_decay=0.0, schedule="cosine"))
   x, y = np.asarray(train.values, np.float32), np.asarray(train.labels, np.int32)
   task = tasks.FeatureHeadTask(
-      config, num_features=x.shape[1], num_classes=num_classes, normalize=bool(normalize),
+      training, num_features=x.shape[1], num_classes=num_classes, normalize=bool(normalize),
       batches=lambda s: engine.skip(
           tasks.permuted_batches(x, y, min(batch, len(y)), int(seed), STREAM), s))
   return task.fit(steps, max(1, steps // 10))

@@ -104,28 +104,27 @@ def _splits(config, model_config) -> common.Splits:
   return common.Splits(config.data, int(config.seed), extra_frames(model_config))
 
 
-@runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str, *, process: runtime.Process) -> dict:
-  del process  # no training loop reports to it: a lost peer is reported without a step
-  parallel.maybe_initialize_distributed()
-  sources.prepare(config.data, _splits_read(config.evaluate.mode, config.get("evals")))
-  shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-  config = shape.applied(config)
-  paths.makedirs(workdir)
-  with jax.set_mesh(parallel.make_mesh()):  # the run's mesh
-    if config.get("evals"):
-      results, headline = _run_evals(config), None
-    else:
-      mode = config.evaluate.mode
-      out = (_test_classifier(config, workdir) if mode == "multiview" else _run_mode(config))
-      results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
-                 "step": out["step"]}
-      headline = (f"evaluate[{mode}]", out["headline"])
-  results.update(job="evaluate", clip_shape=shape.as_dict(), config=R.config_dict(config))
-  R.write_results(workdir, results)
-  if headline:
-    R.headline(headline[0], results["metrics"], headline[1])
-  return results
+def run(config, workdir: str) -> dict:
+  # No training loop reports to the job's record: a lost peer is reported without a step.
+  with runtime.job():
+    parallel.maybe_initialize_distributed()
+    sources.prepare(config.data, _splits_read(config.evaluate.mode, config.get("evals")))
+    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
+    paths.makedirs(workdir)
+    with jax.set_mesh(parallel.make_mesh()):  # the run's mesh
+      if config.get("evals"):
+        results, headline = _run_evals(config), None
+      else:
+        mode = config.evaluate.mode
+        out = _test_classifier(config, workdir) if mode == "multiview" else _run_mode(config)
+        results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
+                   "step": out["step"]}
+        headline = (f"evaluate[{mode}]", out["headline"])
+    results.update(job="evaluate", clip_shape=shape.as_dict(), config=R.config_dict(config))
+    R.write_results(workdir, results)
+    if headline:
+      R.headline(headline[0], results["metrics"], headline[1])
+    return results
 
 
 def _test_classifier(config, workdir: str) -> dict:

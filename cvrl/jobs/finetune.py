@@ -41,18 +41,16 @@ def make_task(config, num_classes: int):
   batches = F.train_stream(config.data, batch_size=int(config.batch_size),
                            seed=int(config.seed), extra_frames=extra_frames(model_config))
   task = tasks.ClassifierTask(
-      config, make_encoder=make_encoder, num_classes=num_classes,
+      tasks.Training.of(config), make_encoder=make_encoder, num_classes=num_classes,
       normalize=bool(config.finetune.normalize), dropout=float(config.finetune.dropout),
       train_encoder=True, batches=batches, encoder_init=encoder, groups=tasks.FINETUNE_GROUPS)
   return task, model_config, source
 
 
-@runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str, *, process: runtime.Process) -> dict:
-  with jax.set_mesh(engine.setup(config)):  # the run's mesh
+def run(config, workdir: str) -> dict:
+  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
     sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
-    shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-    config = shape.applied(config)
+    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     classes, n_train, total, warmup = F.schedule(config)
     task, model_config, source = make_task(config, classes)
     start = time.time()

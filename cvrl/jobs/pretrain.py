@@ -52,30 +52,35 @@ def _eval_splits(config, objective) -> common.Splits:
                        extra_frames(objective.encoder_config()), label_fraction=1.0)
 
 
-@runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config: ml_collections.ConfigDict, workdir: str, *, process: runtime.Process
-        ) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Pretrains on a config `validate` passed (cvrl.main checks it before any work), on the
   mesh the engine sets up (its evaluators run inside the loop)."""
-  sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
-  objective = objectives.get(config)
-  task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
-  total_steps, warmup_steps = step_inputs.durations(config)
-  evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
-                             _eval_splits(config, objective))
-  out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,
-                   evaluators=evals, process=process)
+  with runtime.job() as process:  # the job's JAX settings (rbg PRNG); a lost peer -> one line
+    sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
+    objective = objectives.get(config)
+    task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
+    total_steps, warmup_steps = step_inputs.durations(config)
+    evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
+                               _eval_splits(config, objective))
+    out = engine.run(task, config, workdir, total_steps=total_steps,
+                     warmup_steps=warmup_steps, evaluators=evals, process=process)
+    return _result(workdir, out, R.config_dict(config) if evals else None)
+
+
+def _result(workdir: str, out: dict, evals_config: dict | None) -> dict[str, Any]:
+  """The job's result from the engine's `out`; with evaluators (`evals_config`: the config
+  as results.json records it), results.json of their last values."""
   result = {"job": "pretrain", **{k: out[k] for k in (
       "step", "total_steps", "preempted", "loss", "checkpoint_dir", "metrics", "state")}}
   if out["preempted"]:
     return result
   engine.metrics_lib.say(f"pretraining done at step {out['step']}; checkpoints in "
                          f"{out['checkpoint_dir']}")
-  if evals:
+  if evals_config is not None:
     result["evals"] = out["evals"]
     R.write_results(workdir, {"job": "pretrain", "step": out["step"], "evals": out["evals"],
                               "metrics": {f"{name}/{k}": v for name, m in out["evals"].items()
                                           for k, v in m.items()},
                               "checkpoint": out["checkpoint_dir"],
-                              "config": R.config_dict(config)})
+                              "config": evals_config})
   return result

@@ -21,6 +21,7 @@ the same way in DIR/random_init.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -80,7 +81,7 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
            "extract_features": bool(config.probe.extract_features)}
   if not config.probe.extract_features:
     task = tasks.ClassifierTask(
-        config, make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
+        tasks.Training.of(config), make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
         normalize=normalize, dropout=0.0, train_encoder=False, batches=train_batches,
         encoder_init=encoder, name=name)
     stats["encoder_passes"] = total_steps * global_batch
@@ -93,7 +94,7 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
                  encoder_passes=int(len(labels)) * jax.process_count())
     local = parallel.local_batch_size(global_batch)
     task = tasks.FeatureHeadTask(
-        config, num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
+        tasks.Training.of(config), num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
         batches=lambda s: engine.skip(
             tasks.cached_batches(feats, labels, local, replay, int(config.seed)), s),
         name=name + " (cached features)")
@@ -148,60 +149,105 @@ def _datasets(config, extra: int):
   return train_batches, plain_batches
 
 
-@runtime.job  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-def run(config, workdir: str, *, process: runtime.Process) -> dict:
+def run(config, workdir: str) -> dict:
   """Probe `config.pretrained` (or a random-init encoder) and, with probe.random_baseline,
   a random-init encoder of the same architecture on the same clips. DIR/results.json;
   the baseline's checkpoints and test files go to DIR/random_init/."""
-  with jax.set_mesh(engine.setup(config)):  # the run's mesh
+  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
     data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
-    shape = clip_shape.resolve(config)  # frames / stride / crop: the checkpoint's unless set
-    config = shape.applied(config)
+    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     paths.makedirs(workdir)
-    make_encoder, encoder, model_config, source = F.encoder_source(config)
-    if encoder is None:
-      encoder = create(make_encoder, out_shardings=parallel.replicated())
-    encoders, sources = {"probe": encoder}, {"probe": source}
-    if config.probe.random_baseline and source["init"] != "random":
-      encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated())
-      sources["random_init"] = {"init": "random", "checkpoint": None, "seed": int(config.seed)}
-    classes, n_train, total, warmup = F.schedule(config)
-    global_batch = int(config.batch_size)
-    train_batches, plain_batches = _datasets(config, extra_frames(model_config))
-    dirs = {name: workdir if name == "probe" else paths.join(workdir, name) for name in encoders}
+    arch = _encoders(config)  # its encoders, their schedule and batches
+    dirs = {name: workdir if name == "probe" else paths.join(workdir, name)
+            for name in arch.encoders}
     trained = {}
-    for name, enc in encoders.items():
-      trained[name] = train_probe(
-          enc, config, num_classes=classes, train_batches=train_batches,
-          eval_batches=plain_batches, total_steps=total, warmup_steps=warmup,
-          steps_per_epoch=max(1, n_train // global_batch), workdir=dirs[name],
-          make_encoder=make_encoder, name=f"linear probe [{name}]", process=process)
+    for name in arch.encoders:
+      trained[name] = _probe_one(config, arch, name, dirs[name], process)
       if trained[name][1]["preempted"]:
         return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
-    classifiers = {name: EncoderHead(encoders[name], head)
+    classifiers = {name: EncoderHead(arch.encoders[name], head)
                    for name, (head, _, _) in trained.items()}
-    splits = common.Splits(config.data, int(config.seed), extra_frames(model_config))
-    tests = (multiview.evaluate_classifiers(classifiers, splits, dirs,
-                                            multiview.Test.of(config.evaluate))
+    tests = (_test(arch, classifiers, dirs, multiview.Test.of(config.evaluate))
              if config.probe.evaluate else {})
     if config.probe.save_model:
-      classifier_io.save_classifier(workdir, classifiers["probe"], model_config,
-                                    num_classes=classes, normalize=bool(config.probe.normalize),
-                                    dropout=0.0, source=sources["probe"])
-    results = {"job": "probe", "checkpoint": sources["probe"].get("checkpoint"),
-               "step": sources["probe"].get("step"), "clip_shape": shape.as_dict(),
-               "config": R.config_dict(config), "metrics": {}}
-    for name in encoders:
-      part = {"source": sources[name], "train": trained[name][1], "num_classes": classes,
-              "num_train_examples": n_train, "model": model_config.to_dict()}
-      if name in tests:
-        part["test"] = tests[name]
-      results[name] = part
-      prefix = "" if name == "probe" else f"{name}_"
-      results["metrics"].update({prefix + k: v for k, v in _headline_metrics(part).items()})
+      _save(workdir, arch, classifiers["probe"], bool(config.probe.normalize))
+    results = _results(R.config_dict(config), shape, arch,
+                       {k: v[1] for k, v in trained.items()}, tests)
     R.write_results(workdir, results)
     R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
     return results
+
+
+@dataclasses.dataclass
+class _Encoders:
+  """The encoders a probe job trains heads on ({'probe', and 'random_init' with
+  probe.random_baseline}), their provenance, architecture and model config; the heads'
+  schedule (F.schedule: classes, training videos, total and warm-up steps), batch
+  factories (`_datasets`) and test splits."""
+  make_encoder: object
+  model_config: object
+  encoders: dict
+  sources: dict
+  schedule: tuple = ()
+  batches: tuple = ()
+  splits: common.Splits | None = None
+
+
+def _encoders(config) -> _Encoders:
+  make_encoder, encoder, model_config, source = F.encoder_source(config)
+  if encoder is None:
+    encoder = create(make_encoder, out_shardings=parallel.replicated())
+  extra = extra_frames(model_config)
+  arch = _Encoders(make_encoder, model_config, {"probe": encoder}, {"probe": source},
+                   F.schedule(config), _datasets(config, extra),
+                   common.Splits(config.data, int(config.seed), extra))
+  if config.probe.random_baseline and source["init"] != "random":
+    arch.encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated())
+    arch.sources["random_init"] = {"init": "random", "checkpoint": None,
+                                   "seed": int(config.seed)}
+  return arch
+
+
+def _probe_one(config, arch: _Encoders, name: str, workdir: str, process: runtime.Process):
+  """`train_probe` of encoder `name`: (head, stats, engine out)."""
+  classes, n_train, total, warmup = arch.schedule
+  train_batches, plain_batches = arch.batches
+  return train_probe(
+      arch.encoders[name], config, num_classes=classes, train_batches=train_batches,
+      eval_batches=plain_batches, total_steps=total, warmup_steps=warmup,
+      steps_per_epoch=max(1, n_train // int(config.batch_size)), workdir=workdir,
+      make_encoder=arch.make_encoder, name=f"linear probe [{name}]", process=process)
+
+
+def _test(arch: _Encoders, classifiers: dict, dirs: dict, test: multiview.Test) -> dict:
+  """The multi-view test of each probed classifier on the clips its encoder takes."""
+  return multiview.evaluate_classifiers(classifiers, arch.splits, dirs, test)
+
+
+def _save(workdir: str, arch: _Encoders, classifier, normalize: bool) -> None:
+  """The probed classifier, for the evaluate job (cvrl.eval.classifier_io)."""
+  classifier_io.save_classifier(workdir, classifier, arch.model_config,
+                                num_classes=arch.schedule[0], normalize=normalize,
+                                dropout=0.0, source=arch.sources["probe"])
+
+
+def _results(config_dict: dict, shape, arch: _Encoders, stats: dict, tests: dict) -> dict:
+  """results.json (`config_dict`: the config as it records it): per encoder its
+  provenance, training stats and test; the headline metrics (the random baseline's
+  prefixed `random_init_`)."""
+  classes, n_train, _, _ = arch.schedule
+  results = {"job": "probe", "checkpoint": arch.sources["probe"].get("checkpoint"),
+             "step": arch.sources["probe"].get("step"), "clip_shape": shape.as_dict(),
+             "config": config_dict, "metrics": {}}
+  for name in arch.encoders:
+    part = {"source": arch.sources[name], "train": stats[name], "num_classes": classes,
+            "num_train_examples": n_train, "model": arch.model_config.to_dict()}
+    if name in tests:
+      part["test"] = tests[name]
+    results[name] = part
+    prefix = "" if name == "probe" else f"{name}_"
+    results["metrics"].update({prefix + k: v for k, v in _headline_metrics(part).items()})
+  return results
 
 
 def _headline_metrics(out: dict) -> dict:

@@ -60,8 +60,9 @@ def _abstract_model(config):
   return nnx.eval_shape(build), nnx.Param
 
 
-def clip_shape(config) -> tuple[int, int, int, int]:
-  return (int(config.data.num_frames), int(config.data.crop_size), int(config.data.crop_size), 3)
+def clip_shape(data) -> tuple[int, int, int, int]:
+  """(T, H, W, 3) of a clip of `data` (config.data)."""
+  return (int(data.num_frames), int(data.crop_size), int(data.crop_size), 3)
 
 
 def _native(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -96,7 +97,7 @@ def forward_flops(config: ml_collections.ConfigDict,
   """Forward FLOPs of the config's encoder on one clip (T, H, W, 3), default the config's
   clip: the count `summarize` reports as gflops_per_clip (heads not included)."""
   model, _ = _abstract_model(_native(config))
-  return _flops(_lower_forward(model.encoder, tuple(clip or clip_shape(config))))
+  return _flops(_lower_forward(model.encoder, tuple(clip or clip_shape(config.data))))
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
@@ -105,31 +106,32 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
   model, trainable = _abstract_model(config)
   backbone = _count(nnx.state(model.encoder, nnx.Param))
   trainable_total = _count(nnx.state(model, trainable))
-  lowered = _lower_forward(model.encoder, clip_shape(config))
+  lowered = _lower_forward(model.encoder, clip_shape(config.data))
   return {
       "job": config.job,
       "objective": config.objective.name if "objective" in config else None,
       "model": f"r3d{config.model.depth}_{config.model.preset}_{config.model.width:g}x",
-      "input_shape": list(clip_shape(config)),
+      "input_shape": list(clip_shape(config.data)),
       "backbone_params": backbone,
       "head_params": trainable_total - backbone,
       "feature_shape": list(lowered.out_info.shape[1:]),
       # XLA's count: a multiply-add is 2 FLOPs.
       "gflops_per_clip": float(f"{_flops(lowered) / 1e9:.6g}"),
-      "state_bytes_per_device": state_bytes(config, model, trainable),
+      "state_bytes_per_device": state_bytes(config.get("parallel") or {}, config.optim, model,
+                                            trainable),
       "step_memory": memory,
   }
 
 
-def state_bytes(config: ml_collections.ConfigDict, model, trainable) -> dict:
-  """Bytes one device holds of the training state: parameters, optimizer state (the
-  config's optimizer) and the other variables (BatchNorm statistics, targets, queues)."""
-  p = config.get("parallel") or {}
+def state_bytes(p, optim_config, model, trainable) -> dict:
+  """Bytes one device holds of the training state under `p` (config.parallel): parameters,
+  optimizer state (`optim_config`'s optimizer) and the other variables (BatchNorm
+  statistics, targets, queues)."""
   mode = p.get("param_sharding", "replicated")
-  devices = summary_devices(config)
+  devices = summary_devices(p)
   min_kib = float(p.get("fsdp_min_kib", parallel.FSDP_MIN_KIB))
   params, rest = nnx.state(model, trainable, ...)
-  opt_state = jax.eval_shape(optim.build(config.optim, lambda count: 0.0).init, params)
+  opt_state = jax.eval_shape(optim.build(optim_config, lambda count: 0.0).init, params)
   parts = {"params": params, "optimizer": opt_state, "rest": rest}
   out = {k: parallel.bytes_per_device(v, mode, devices, min_kib) for k, v in parts.items()}
   out["total"] = sum(out.values())
@@ -137,8 +139,10 @@ def state_bytes(config: ml_collections.ConfigDict, model, trainable) -> dict:
           "total_gib": round(out["total"] / 2 ** 30, 4)}
 
 
-def summary_devices(config) -> int:
-  return int((config.get("parallel") or {}).get("summary_devices") or jax.device_count())
+def summary_devices(p) -> int:
+  """The chips the summary states bytes for: `p` (config.parallel)'s summary_devices, or
+  this process's device count."""
+  return int(p.get("summary_devices") or jax.device_count())
 
 
 def _cannot_compile(config, devices: int) -> str:
@@ -166,7 +170,7 @@ def step_memory(config: ml_collections.ConfigDict) -> dict:
   """XLA's memory analysis of the pretraining step compiled (never run) on `summary_devices`
   of this process's devices, bytes per device (cvrl.engine.step_inputs.memory_analysis);
   {'compiled': False, 'why': ...} where it is not compiled."""
-  devices = summary_devices(config)
+  devices = summary_devices(config.get("parallel") or {})
   why = _cannot_compile(config, devices)
   if why:
     if (config.get("parallel") or {}).get("summary_compile", False):
@@ -192,12 +196,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                                                     "replicated"))
 
 
-@runtime.job  # cvrl.core.runtime: the job's JAX settings (rbg PRNG), a lost peer -> one line
-def run(config, workdir, *, process: runtime.Process):
-  del process  # nothing trains
-  result = summarize(config)
-  line = json.dumps(result)
-  print(line, flush=True)
-  if workdir:
-    paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
-  return result
+def run(config, workdir):
+  with runtime.job():  # cvrl.core.runtime: the job's JAX settings (rbg PRNG); nothing trains
+    result = summarize(config)
+    line = json.dumps(result)
+    print(line, flush=True)
+    if workdir:
+      paths.write_text(paths.join(workdir, "summary.json"), line + "\n")
+    return result

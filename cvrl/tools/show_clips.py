@@ -108,7 +108,7 @@ def main(argv):
   plt = cli.pyplot("no picture written")
   if plt is None:
     raise ConfigError("show_clips draws with matplotlib: pip install -e '.[plots]'")
-  sources.prepare(config.data, "train")
+  sources.prepare(config.data, ["train"])
   clips, names = pictures.first_batch(config, objective, _VIDEOS.value)
   if out.lower().endswith(".gif"):
     write_gif(clips, out)

@@ -59,11 +59,11 @@ def memory_batches(data_config: Mapping, *, num_views: int, batch_size: int, see
     step += 1
 
 
-def batches(config, sampler: Mapping, *, batch_size: int, start_step: int, process_index: int,
-             process_count: int) -> Iterator[dict]:
+def batches(data, sampler: Mapping, *, seed: int, batch_size: int, start_step: int,
+            process_index: int, process_count: int) -> Iterator[dict]:
   num_views = int(sampler.get("num_clips", 2)) if sampler.get("name") != "cvrl" else 2
-  return memory_batches(config.data, num_views=num_views, batch_size=batch_size,
-                        seed=int(config.seed), start_step=start_step,
+  return memory_batches(data, num_views=num_views, batch_size=batch_size,
+                        seed=int(seed), start_step=start_step,
                         process_index=process_index, process_count=process_count)
 
 

@@ -11,7 +11,7 @@ opens a split for reading (a `Reader`; ValueError when unusable). It may also de
   prepare(data, split): write what `make` will read (e.g. the synthetic source renders
     its shards), once; every job calls it (`prepare` below) before it builds a pipeline,
     and `make` itself writes nothing;
-  batches(config, sampler, *, batch_size, start_step, process_index, process_count):
+  batches(data, sampler, *, seed, batch_size, start_step, process_index, process_count):
     for a source outside tf.data, the iterator of numpy batches the trainer reads.
 A new source is one new file: nothing else lists the sources.
 
@@ -26,7 +26,7 @@ TensorFlow nor JAX: a source's module may.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 from cvrl.core import discovery
 from cvrl.data import subset
@@ -121,13 +121,16 @@ def labelled_subset_size(data, process_count: int = 1) -> int | None:
   return subset.subset_size(labels, fraction, classes)[0]
 
 
-def prepare(data, splits=SPLITS) -> None:
-  """Makes config.data's source ready to open for each of `splits` (its `prepare`: the
-  synthetic source writes its shards; a source without one reads what is there)."""
+def prepare(data, splits: Sequence[str] = SPLITS) -> None:
+  """Makes config.data's source ready to open for each of `splits` (names of SPLITS; its
+  `prepare`: the synthetic source writes its shards; a source without one reads what is
+  there)."""
+  if isinstance(splits, str):
+    raise TypeError(f'splits is a sequence of split names, e.g. [{splits!r}]')
   source_prepare = getattr(get(data.source), 'prepare', None)
   if source_prepare is None:
     return
-  for split in ([splits] if isinstance(splits, str) else splits):
+  for split in splits:
     source_prepare(data, split)
 
 

@@ -69,16 +69,23 @@ def test_the_other_draws_keep_their_values():
   np.testing.assert_array_equal(x0.numpy()[::-1], x1.numpy())
 
 
-def test_standardized_difference_is_the_differences_over_their_clip_std():
-  """Each clip's differences divided by their own std (+ DIF_EPS): a clip and the same
-  clip at another contrast and level give the same input, up to the epsilon."""
+def _np_standardized(x):
+  flat = x.reshape(len(x), -1)
+  return (x - flat.mean(1)[:, None, None, None, None]) / (
+      flat.std(1)[:, None, None, None, None] + r3d.DIF_EPS)
+
+
+@pytest.mark.parametrize('fn', ['standardized', 'standardized_difference'])
+def test_standardized_inputs_are_each_clip_less_its_mean_over_its_std(fn):
+  """'rgb_std' and 'dif_std': each clip (its differences) less its mean, over its std
+  (+ DIF_EPS); a clip and the same clip at another contrast and level give the same input
+  up to the epsilon."""
   x = np.random.default_rng(0).random((2, 5, 6, 6, 3)).astype(np.float32)
-  x[1] *= 0.1
-  d = x[:, 1:] - x[:, :-1]
-  want = d / (d.reshape(2, -1).std(axis=1)[:, None, None, None, None] + r3d.DIF_EPS)
-  got = np.asarray(r3d.standardized_difference(jnp.asarray(x)))
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  again = np.asarray(r3d.standardized_difference(jnp.asarray(0.3 * x + 0.5)))
+  x[1] *= 0.3
+  plain = (lambda y: y[:, 1:] - y[:, :-1]) if fn.endswith('difference') else (lambda y: y)
+  got = np.asarray(getattr(r3d, fn)(jnp.asarray(x)))
+  np.testing.assert_allclose(got, _np_standardized(plain(x)), rtol=1e-5, atol=1e-5)
+  again = np.asarray(getattr(r3d, fn)(jnp.asarray(0.5 * x + 0.4)))
   np.testing.assert_allclose(again, got, rtol=0.05, atol=0.02)
 
 
@@ -112,3 +119,33 @@ def test_a_panned_clip_is_each_frame_cropped_at_its_own_box():
   for t in range(5):
     np.testing.assert_array_equal(
         clip[t], A.crop_resize_frames(frames[t:t + 1], boxes[t], 8).numpy()[0])
+
+
+def test_standardized_encoders_are_the_rgb_network_on_numpy_standardized_inputs():
+  """input 'rgb_std' on T frames and 'dif_std' on T + 1 == the same parameters in 'rgb'
+  mode on the clips (their differences) standardised in numpy; only 'dif_std' takes the
+  extra frame."""
+  from flax import nnx
+  from _downstream_toys import numpy_filled
+  from cvrl.config_lib import default_model_config
+  from cvrl.models import build_encoder, extra_frames
+  cfg = default_model_config()
+  cfg.update(depth=18, width=0.125, preset="r3d18", input="rgb")
+  rgb = numpy_filled(lambda: build_encoder(cfg, nnx.Rngs(0)))
+  rgb.eval()
+  modes = {}
+  for mode, extra in (("rgb_std", 0), ("dif_std", 1)):
+    cfg.input = mode
+    assert extra_frames(cfg) == extra
+    modes[mode] = nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(1)))
+    nnx.update(modes[mode], nnx.state(rgb))  # no parameter of its own
+    modes[mode].eval()
+  frames = np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3)).astype(np.uint8)
+  x = frames.astype(np.float32) / 255.0
+  inputs = (_np_standardized(x[:, 1:]), _np_standardized(x[:, 1:] - x[:, :-1]))
+  got_rgb, got_dif, want_rgb, want_dif = nnx.jit(lambda a, b, r: (
+      a(frames[:, 1:]), b(frames), r(inputs[0]), r(inputs[1])))(
+          modes["rgb_std"], modes["dif_std"], rgb)
+  np.testing.assert_allclose(got_rgb, want_rgb, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got_dif, want_dif, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(want_rgb, want_dif, atol=1e-3)

@@ -24,7 +24,7 @@ def extra_frames(cfg) -> int:
   Every job that samples clips for an encoder asks this, so a DIF model is fed T + 1
   frames downstream exactly as in pretraining.
   """
-  return 0 if input_mode(cfg) == "rgb" else 1
+  return 1 if input_mode(cfg).startswith("dif") else 0
 
 
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:

@@ -27,7 +27,7 @@ DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
-INPUTS = ("rgb", "dif", "dif_std")
+INPUTS = ("rgb", "dif", "dif_std", "rgb_std")
 DIF_EPS = 1e-3  # added to the clip's std of its differences ('dif_std')
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -173,11 +173,17 @@ def frame_difference(clips):
   return clips[..., 1:, :, :, :] - clips[..., :-1, :, :, :]
 
 
+def standardized(x):
+  """Each clip of x [..., T, H, W, C] less its mean, over its std plus DIF_EPS (over
+  T, H, W, C): no parameters, the same for a clip whatever its level and contrast."""
+  axes = (-4, -3, -2, -1)
+  x = x - jnp.mean(x, axis=axes, keepdims=True)
+  return x / (jnp.std(x, axis=axes, keepdims=True) + DIF_EPS)
+
+
 def standardized_difference(clips):
-  """The clips' frame differences, each clip's divided by their std over (T, H, W, C)
-  plus DIF_EPS: no parameters, the same for a clip whatever its contrast."""
-  d = frame_difference(clips)
-  return d / (jnp.std(d, axis=(-4, -3, -2, -1), keepdims=True) + DIF_EPS)
+  """The clips' frame differences, each clip's standardised (`standardized`)."""
+  return standardized(frame_difference(clips))
 
 
 def _max_pool(x, window, strides, padding_mode):
@@ -239,7 +245,9 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
     if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
       x = x.astype(jnp.float32) * (1.0 / 255.0)
-    if self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
+    if self.input_mode == "rgb_std":
+      x = standardized(x.astype(jnp.float32))
+    elif self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
       if x.shape[1] < 2:
         raise ValueError(f"a {self.input_mode!r} R3D needs T + 1 >= 2 frames, got shape "
                          f"{x.shape}")

@@ -10,7 +10,7 @@ from cvrl.models import r3d
 
 NO_COLOUR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_probs=(0.0,),
                  solarize_probs=(0.0,), flip_prob=0.0)
-FIELDS = ('vflip_prob', 'transpose_prob', 'reverse_prob', 'invert_prob')
+FIELDS = ('vflip_prob', 'transpose_prob', 'reverse_prob', 'invert_prob', 'channel_invert_prob')
 
 
 def _frames(t=4, h=14, w=18):
@@ -24,7 +24,8 @@ def _clip(seed, **probs):
 
 
 EXACT = {'vflip_prob': lambda x: x[:, ::-1], 'transpose_prob': lambda x: x.swapaxes(1, 2),
-         'reverse_prob': lambda x: x[::-1], 'invert_prob': lambda x: 255 - x}
+         'reverse_prob': lambda x: x[::-1], 'invert_prob': lambda x: 255 - x,
+         'channel_invert_prob': lambda x: 255 - x}
 
 
 @pytest.mark.parametrize('field', FIELDS)
@@ -38,22 +39,32 @@ def test_each_symmetry_is_its_exact_op_on_the_same_crop(field):
 
 
 def _fired(seed, field):
-  """Whether `field` at probability 0.5 fired on the clip of `seed`."""
-  return not np.array_equal(_clip(seed, **{field: 0.5}), _clip(seed))
+  """Whether `field` at probability 0.5 fired on the clip of `seed` (channel_invert_prob:
+  on each channel)."""
+  out, plain = _clip(seed, **{field: 0.5}), _clip(seed)
+  if field == 'channel_invert_prob':
+    return [not np.array_equal(out[..., c], plain[..., c]) for c in range(3)]
+  return not np.array_equal(out, plain)
 
 
 def test_one_draw_per_clip_independent_across_clips_fields_and_fixed_by_the_seed():
-  """At probability 0.5 each field fires on about half the clips, on the two views of one
-  example independently (each view its own seed), apart from the other fields (each its
-  own draw), and a seed gives the same clip every time."""
+  """At probability 0.5 each field (each channel's flag) fires on about half the clips, on
+  the two views of one example independently (each view its own seed), apart from the
+  other fields and channels (each its own draw), and a seed gives the same clip every
+  time."""
   seeds = [A.fold_seed(tf.constant([i, 3], tf.int64), 2, v) for i in range(24) for v in (0, 1)]
-  fired = {f: np.array([_fired(s, f) for s in seeds]).reshape(24, 2) for f in FIELDS}
+  fired = {f: np.array([_fired(s, f) for s in seeds]).reshape(24, 2, -1) for f in FIELDS}
+  channels = fired.pop('channel_invert_prob')
+  fired = {f: flags[..., 0] for f, flags in fired.items()}
+  fired.update({f'channel {c}': channels[..., c] for c in range(3)})
   for field, flags in fired.items():
     assert 0.25 < flags.mean() < 0.75, field
     assert 0.2 < (flags[:, 0] != flags[:, 1]).mean() < 0.8, field
+  for field in FIELDS:
     np.testing.assert_array_equal(_clip(seeds[0], **{field: 0.5}), _clip(seeds[0], **{field: 0.5}))
-  for i, a in enumerate(FIELDS):
-    for b in FIELDS[i + 1:]:
+  names = list(fired)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
       assert 0.2 < (fired[a] != fired[b]).mean() < 0.8, (a, b)
 
 
@@ -70,22 +81,23 @@ def test_the_other_draws_keep_their_values():
 
 
 def _np_standardized(x):
-  flat = x.reshape(len(x), -1)
-  return (x - flat.mean(1)[:, None, None, None, None]) / (
-      flat.std(1)[:, None, None, None, None] + r3d.DIF_EPS)
+  """Each channel of each clip [N, T, H, W, C] less its mean over its std (+ DIF_EPS)."""
+  flat = x.reshape(len(x), -1, x.shape[-1])
+  return (x - flat.mean(1)[:, None, None, None]) / (flat.std(1)[:, None, None, None] + r3d.DIF_EPS)
 
 
 @pytest.mark.parametrize('fn', ['standardized', 'standardized_difference'])
 def test_standardized_inputs_are_each_clip_less_its_mean_over_its_std(fn):
-  """'rgb_std' and 'dif_std': each clip (its differences) less its mean, over its std
-  (+ DIF_EPS); a clip and the same clip at another contrast and level give the same input
-  up to the epsilon."""
+  """'rgb_std' and 'dif_std': each channel of each clip (its differences) less its mean,
+  over its std (+ DIF_EPS); a clip and the same clip at another contrast and level of
+  each channel give the same input up to the epsilon."""
   x = np.random.default_rng(0).random((2, 5, 6, 6, 3)).astype(np.float32)
   x[1] *= 0.3
+  x[..., 2] = 0.5 * x[..., 2] + 0.2
   plain = (lambda y: y[:, 1:] - y[:, :-1]) if fn.endswith('difference') else (lambda y: y)
   got = np.asarray(getattr(r3d, fn)(jnp.asarray(x)))
   np.testing.assert_allclose(got, _np_standardized(plain(x)), rtol=1e-5, atol=1e-5)
-  again = np.asarray(getattr(r3d, fn)(jnp.asarray(0.5 * x + 0.4)))
+  again = np.asarray(getattr(r3d, fn)(jnp.asarray(x * [0.5, 0.7, 0.6] + [0.4, 0.1, 0.3])))
   np.testing.assert_allclose(again, got, rtol=0.05, atol=0.02)
 
 

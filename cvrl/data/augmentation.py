@@ -69,7 +69,8 @@ _ERASE_BOX = slice(19, 23)  # top, left, height, width
 _BG_ERASE, _BG_WEIGHT, _BG_FRAME = 23, 24, 25  # background erasing
 _VFLIP, _TRANSPOSE, _REVERSE, _INVERT = 26, 27, 28, 29  # per-clip symmetries (`symmetries`)
 _PAN, _PAN_END = 30, slice(31, 33)  # the crop's pan (`pan_windows`): flag, end row, column
-NUM_DRAWS = 33
+_CHANNEL_INVERT = slice(33, 36)  # one flag a colour channel (`symmetries`)
+NUM_DRAWS = 36
 
 # Random erasing's default size: TCLR's 19 pixels at 112.
 TCLR_ERASE_SIZE = 19 / 112
@@ -112,6 +113,7 @@ class AugmentSpec:
   transpose_prob: float = 0.0
   reverse_prob: float = 0.0
   invert_prob: float = 0.0
+  channel_invert_prob: float = 0.0
   # A camera pan per clip (`pan_windows`): probability that the crop box moves.
   pan_prob: float = 0.0
   consistent: bool = True
@@ -522,8 +524,10 @@ def symmetries(x, u, spec: AugmentSpec) -> tf.Tensor:
   (transpose_prob; with the horizontal flip, the three give the 8 symmetries of the square,
   each turning the direction of motion), its frames in reverse order (reverse_prob: the
   motion played backwards, as reversing the clip's frame indices) and its levels inverted,
-  x -> 255 - x (invert_prob: the sign of every edge and frame difference turned), before
-  the colour ops. A flag whose probability is 0 costs nothing."""
+  x -> 255 - x (invert_prob: the sign of every edge and frame difference turned), then
+  each colour channel inverted on its own (channel_invert_prob, one flag a channel: the
+  sign of each channel's edges), before the colour ops. A flag whose probability is 0
+  costs nothing."""
   ops = ((_VFLIP, spec.vflip_prob, lambda y: tf.reverse(y, axis=[1])),
          (_TRANSPOSE, spec.transpose_prob, lambda y: tf.transpose(y, [0, 2, 1, 3])),
          (_REVERSE, spec.reverse_prob, lambda y: tf.reverse(y, axis=[0])),
@@ -531,6 +535,8 @@ def symmetries(x, u, spec: AugmentSpec) -> tf.Tensor:
   for index, prob, op in ops:
     if prob > 0:
       x = tf.cond(u[index] < prob, lambda op=op, y=x: op(y), lambda y=x: y)
+  if spec.channel_invert_prob > 0:
+    x = tf.where(u[_CHANNEL_INVERT] < spec.channel_invert_prob, tf.cast(255, x.dtype) - x, x)
   return x
 
 

@@ -70,6 +70,8 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   aug.transpose_prob = 0.0
   aug.reverse_prob = 0.0
   aug.invert_prob = 0.0
+  # Then each colour channel inverted on its own, one flag a channel (off here).
+  aug.channel_invert_prob = 0.0
   # A camera pan per clip, off here (augmentation.pan_windows): with this probability the
   # crop box moves in a straight line over the clip, from its drawn place in the first
   # frame to a uniform one in the last (object motion relative to the camera's).

@@ -3,8 +3,8 @@
 One implementation serves every preset; presets differ only in stem, temporal kernels,
 strides, dilations and padding style. Input (N, T, H, W, 3) in [0, 1], or with
 input_mode='dif' (3DRotNet's DIF models) (N, T + 1, H, W, 3) frames whose T differences
-x[t + 1] - x[t] the network sees ('dif_std': each clip's differences over their std, the
-same whatever the clip's contrast): the difference is part of the model, so every job that
+x[t + 1] - x[t] the network sees ('rgb_std', 'dif_std': the frames or their differences
+standardised per clip and channel, the same whatever the clip's levels and contrast): the difference is part of the model, so every job that
 feeds it clips gets it right without knowing how it was pretrained.
 """
 from __future__ import annotations
@@ -174,9 +174,10 @@ def frame_difference(clips):
 
 
 def standardized(x):
-  """Each clip of x [..., T, H, W, C] less its mean, over its std plus DIF_EPS (over
-  T, H, W, C): no parameters, the same for a clip whatever its level and contrast."""
-  axes = (-4, -3, -2, -1)
+  """Each channel of each clip of x [..., T, H, W, C] less its mean, over its std plus
+  DIF_EPS (over T, H, W): no parameters, the same for a clip whatever the level and
+  contrast of each of its channels."""
+  axes = (-4, -3, -2)
   x = x - jnp.mean(x, axis=axes, keepdims=True)
   return x / (jnp.std(x, axis=axes, keepdims=True) + DIF_EPS)
 

@@ -39,6 +39,7 @@ from cvrl.core import cli
 from cvrl.core import paths
 from cvrl.data import procedural
 from cvrl.data.config import set_probe_augmentation
+from cvrl.models.r3d import INPUTS
 from experiments import letters
 
 METHODS = ("cvrl", "simclr", "moco", "byol", "swav", "tclr", "rotation")
@@ -70,9 +71,10 @@ def define_flags():
                               "procedural objects (--difficulty applies), or a held-out "
                               "family of moving letters with one per-video nuisance "
                               "(experiments/letters.py).")
-  _INPUT = flags.DEFINE_enum("input", "dif", ["rgb", "dif"], "The encoder's input: frame "
+  _INPUT = flags.DEFINE_enum("input", "dif", list(INPUTS), "The encoder's input: frame "
                              "differences (model.input='dif', T + 1 frames a clip: the bench "
-                             "recipe's), or the frames.")
+                             "recipe's), the frames ('rgb'), or either standardised per clip "
+                             "('dif_std', 'rgb_std').")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement

@@ -67,7 +67,10 @@ _CHANNEL = 17
 _ERASE = 18
 _ERASE_BOX = slice(19, 23)  # top, left, height, width
 _BG_ERASE, _BG_WEIGHT, _BG_FRAME = 23, 24, 25  # background erasing
-NUM_DRAWS = 26
+_VFLIP, _TRANSPOSE, _REVERSE, _INVERT = 26, 27, 28, 29  # per-clip symmetries (`symmetries`)
+_PAN, _PAN_END = 30, slice(31, 33)  # the crop's pan (`pan_windows`): flag, end row, column
+_CHANNEL_INVERT = slice(33, 36)  # one flag a colour channel (`symmetries`)
+NUM_DRAWS = 36
 
 # Random erasing's default size: TCLR's 19 pixels at 112.
 TCLR_ERASE_SIZE = 19 / 112
@@ -105,6 +108,14 @@ class AugmentSpec:
   # Background erasing (module docstring): probability per view, the largest weight.
   background_erase_probs: tuple = (0.0,)
   background_erase_max: float = BE_MAX_WEIGHT
+  # Per-clip symmetries of the motion and the levels (`symmetries`), each one flag a clip.
+  vflip_prob: float = 0.0
+  transpose_prob: float = 0.0
+  reverse_prob: float = 0.0
+  invert_prob: float = 0.0
+  channel_invert_prob: float = 0.0
+  # A camera pan per clip (`pan_windows`): probability that the crop box moves.
+  pan_prob: float = 0.0
   consistent: bool = True
 
   def __post_init__(self):
@@ -498,31 +509,78 @@ class ClipAugmenter:
     window = crop_window(fold_seed(seed, 1), frame_shape(frames), self.spec)
     flip = u[_FLIP] < self.spec.flip_prob if self.spec.flip_prob > 0 else None
     params = draw_photometric(u, self.spec, view, self.radius, self.out_size)
+    if self.spec.pan_prob > 0:
+      window = pan_windows(window, u, self.spec.pan_prob, frame_shape(frames), tf.shape(frames)[0])
     x = crop_resize_frames(frames, window, self.out_size, flip, self.dtype, self.dct_method)
+    x = symmetries(x, u, self.spec)
     if self.on_device:
       return x, params
     return self.photometric(x, params), params
 
 
+def symmetries(x, u, spec: AugmentSpec) -> tf.Tensor:
+  """The clip x [T, S, S, 3] (uint8 or float in [0, 255]) under its per-clip symmetries,
+  each a flag of the clip's draw u: upside down (vflip_prob), rows and columns swapped
+  (transpose_prob; with the horizontal flip, the three give the 8 symmetries of the square,
+  each turning the direction of motion), its frames in reverse order (reverse_prob: the
+  motion played backwards, as reversing the clip's frame indices) and its levels inverted,
+  x -> 255 - x (invert_prob: the sign of every edge and frame difference turned), then
+  each colour channel inverted on its own (channel_invert_prob, one flag a channel: the
+  sign of each channel's edges), before the colour ops. A flag whose probability is 0
+  costs nothing."""
+  ops = ((_VFLIP, spec.vflip_prob, lambda y: tf.reverse(y, axis=[1])),
+         (_TRANSPOSE, spec.transpose_prob, lambda y: tf.transpose(y, [0, 2, 1, 3])),
+         (_REVERSE, spec.reverse_prob, lambda y: tf.reverse(y, axis=[0])),
+         (_INVERT, spec.invert_prob, lambda y: tf.cast(255, y.dtype) - y))
+  for index, prob, op in ops:
+    if prob > 0:
+      x = tf.cond(u[index] < prob, lambda op=op, y=x: op(y), lambda y=x: y)
+  if spec.channel_invert_prob > 0:
+    x = tf.where(u[_CHANNEL_INVERT] < spec.channel_invert_prob, tf.cast(255, x.dtype) - x, x)
+  return x
+
+
+def pan_windows(window, u, prob: float, shape, num_frames) -> tf.Tensor:
+  """[T, 4] crop boxes of a camera pan (with probability `prob`, the flag u[_PAN]): the
+  box keeps its size and moves in a straight line from `window` [y, x, h, w] in frame 0
+  to a position drawn uniformly in the frame (u[_PAN_END]) in frame T - 1, rounded to
+  whole pixels. Without the pan every frame has `window`. The clip's frame differences
+  then carry the object's motion relative to the camera's, drawn per clip."""
+  start = tf.cast(window[:2], tf.float32)
+  room = tf.cast(shape[:2] - window[2:], tf.float32)
+  end = tf.where(u[_PAN] < prob, tf.floor(u[_PAN_END] * (room + 1.0)), start)
+  end = tf.minimum(end, room)
+  steps = tf.cast(tf.maximum(num_frames - 1, 1), tf.float32)
+  along = tf.cast(tf.range(num_frames), tf.float32)[:, None] / steps
+  corners = tf.cast(tf.round(start + along * (end - start)), tf.int32)
+  return tf.concat([corners, tf.tile(window[None, 2:], [num_frames, 1])], axis=1)
+
+
 def crop_resize_frames(frames, window, size: int, flip=None, dtype=tf.uint8,
                        dct_method: str = '') -> tf.Tensor:
-  """[T, size, size, 3]: each frame's crop `window` decoded, flipped, resized (bilinear).
+  """[T, size, size, 3]: each frame's crop `window` decoded, flipped, resized (bilinear);
+  `window` is one box [y, x, h, w] for every frame or one a frame, [T, 4].
 
   One frame at a time, from its JPEG to its output pixels, so the float32 resize output
   (0.6 MB at 224) stays in cache instead of streaming a whole clip's 9.6 MB through memory
   for every pass. uint8 output is the bilinear result rounded; float32 stays in [0, 255].
   Flipping the small uint8 crop before the resize equals flipping the resized frame.
   """
-  def one(frame):
+  if window.shape.rank == 1:
+    window = tf.tile(window[None], [tf.shape(frames)[0], 1])
+
+  def one(pair):
+    frame, box = pair
     if frame.dtype == tf.string:
-      crop = tf.io.decode_and_crop_jpeg(frame, window, channels=3, dct_method=dct_method)
+      crop = tf.io.decode_and_crop_jpeg(frame, box, channels=3, dct_method=dct_method)
     else:
-      crop = frame[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+      crop = frame[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
     if flip is not None:
       crop = tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
     x = tf.image.resize(crop, [size, size], method='bilinear')
     return to_uint8(x) if dtype == tf.uint8 else x
-  return tf.map_fn(one, frames, fn_output_signature=tf.TensorSpec([size, size, 3], dtype))
+  return tf.map_fn(one, (frames, window),
+                   fn_output_signature=tf.TensorSpec([size, size, 3], dtype))
 
 
 def resize_shorter_side(frames, size: int, dtype=tf.float32) -> tf.Tensor:

@@ -61,6 +61,18 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   # blur_probs; the paper's (1.0, 0.0) mixes the first view (the query) only; off here.
   aug.background_erase_probs = (0.0,)
   aug.background_erase_max = 0.3
+  # Per-clip symmetries, one flag each per clip (augmentation.symmetries): the clip upside
+  # down (vflip_prob), its rows and columns swapped (transpose_prob; with flip_prob, the 8
+  # symmetries of the square: each turns the direction of motion), its frames in reverse
+  # order (reverse_prob: the motion played backwards) and its levels inverted (invert_prob:
+  # x -> 1 - x before the colour ops, the sign of every edge and frame difference turned).
+  # Then each colour channel inverted on its own, one flag a channel (channel_invert_prob).
+  # And a camera pan per clip (pan_prob, augmentation.pan_windows): the crop box moves in a
+  # straight line over the clip, from its drawn place in the first frame to a uniform one
+  # in the last (object motion relative to the camera's). All off here.
+  for key in ('vflip_prob', 'transpose_prob', 'reverse_prob', 'invert_prob',
+              'channel_invert_prob', 'pan_prob'):
+    aug[key] = 0.0
   # True: one draw per clip for all its frames (the paper). False: independent draws per
   # frame (the paper's "not temporally consistent" ablation).
   aug.consistent = True

@@ -18,12 +18,13 @@ def input_mode(cfg) -> str:
 
 
 def extra_frames(cfg) -> int:
-  """Frames a clip needs beyond config.data.num_frames for this encoder: 1 for 'dif'.
+  """Frames a clip needs beyond config.data.num_frames for this encoder: 1 for 'dif' and
+  'dif_std'.
 
   Every job that samples clips for an encoder asks this, so a DIF model is fed T + 1
   frames downstream exactly as in pretraining.
   """
-  return 1 if input_mode(cfg) == "dif" else 0
+  return 1 if input_mode(cfg).startswith("dif") else 0
 
 
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:

@@ -3,7 +3,8 @@
 One implementation serves every preset; presets differ only in stem, temporal kernels,
 strides, dilations and padding style. Input (N, T, H, W, 3) in [0, 1], or with
 input_mode='dif' (3DRotNet's DIF models) (N, T + 1, H, W, 3) frames whose T differences
-x[t + 1] - x[t] the network sees: the difference is part of the model, so every job that
+x[t + 1] - x[t] the network sees ('rgb_std', 'dif_std': the frames or their differences
+standardised per clip and channel, the same whatever the clip's levels and contrast): the difference is part of the model, so every job that
 feeds it clips gets it right without knowing how it was pretrained.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
-INPUTS = ("rgb", "dif")
+INPUTS = ("rgb", "dif", "dif_std", "rgb_std")
+DIF_EPS = 1e-3  # added to the clip's std of its differences ('dif_std')
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
@@ -171,6 +173,20 @@ def frame_difference(clips):
   return clips[..., 1:, :, :, :] - clips[..., :-1, :, :, :]
 
 
+def standardized(x):
+  """Each channel of each clip of x [..., T, H, W, C] less its mean, over its std plus
+  DIF_EPS (over T, H, W): no parameters, the same for a clip whatever the level and
+  contrast of each of its channels."""
+  axes = (-4, -3, -2)
+  x = x - jnp.mean(x, axis=axes, keepdims=True)
+  return x / (jnp.std(x, axis=axes, keepdims=True) + DIF_EPS)
+
+
+def standardized_difference(clips):
+  """The clips' frame differences, each clip's standardised (`standardized`)."""
+  return standardized(frame_difference(clips))
+
+
 def _max_pool(x, window, strides, padding_mode):
   pad = resolve_padding(padding_mode, x.shape[1:4], window, strides, (1, 1, 1))
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
@@ -230,10 +246,14 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
     if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
       x = x.astype(jnp.float32) * (1.0 / 255.0)
-    if self.input_mode == "dif":  # after scaling: uint8 differences would wrap around
+    if self.input_mode == "rgb_std":
+      x = standardized(x.astype(jnp.float32))
+    elif self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
       if x.shape[1] < 2:
-        raise ValueError(f"a 'dif' R3D needs T + 1 >= 2 frames, got shape {x.shape}")
-      x = frame_difference(x.astype(jnp.float32))
+        raise ValueError(f"a {self.input_mode!r} R3D needs T + 1 >= 2 frames, got shape "
+                         f"{x.shape}")
+      difference = standardized_difference if self.input_mode == "dif_std" else frame_difference
+      x = difference(x.astype(jnp.float32))
     x = nnx.relu(self.stem(x.astype(self.dtype)))
     if self.spec.stem_pool is not None:
       x = _max_pool(x, self.spec.stem_pool, self.spec.stem_pool_strides, self.spec.padding)

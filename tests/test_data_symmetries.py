@@ -1,0 +1,163 @@
+"""Per-clip symmetries (augmentation.symmetries) and the standardised frame differences
+(model.input='dif_std')."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl.data import augmentation as A
+from cvrl.models import r3d
+
+NO_COLOUR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_probs=(0.0,),
+                 solarize_probs=(0.0,), flip_prob=0.0)
+FIELDS = ('vflip_prob', 'transpose_prob', 'reverse_prob', 'invert_prob', 'channel_invert_prob')
+
+
+def _frames(t=4, h=14, w=18):
+  """uint8 [t, h, w, 3]: a different random picture every frame."""
+  return tf.constant(np.random.default_rng(7).integers(0, 256, (t, h, w, 3), np.uint8))
+
+
+def _clip(seed, **probs):
+  spec = A.AugmentSpec(**NO_COLOUR, **probs)
+  return A.ClipAugmenter(spec, 8, photometric='device')(_frames(), seed, 0)[0].numpy()
+
+
+EXACT = {'vflip_prob': lambda x: x[:, ::-1], 'transpose_prob': lambda x: x.swapaxes(1, 2),
+         'reverse_prob': lambda x: x[::-1], 'invert_prob': lambda x: 255 - x,
+         'channel_invert_prob': lambda x: 255 - x}
+
+
+@pytest.mark.parametrize('field', FIELDS)
+def test_each_symmetry_is_its_exact_op_on_the_same_crop(field):
+  """With probability 1 the clip is the plain clip of the same seed (same crop) under the
+  op, exactly: upside down, transposed, its frames in reverse order, 255 - x."""
+  seed = tf.constant([5, 6], tf.int64)
+  plain = _clip(seed)
+  assert len({plain[t].tobytes() for t in range(len(plain))}) == len(plain)
+  np.testing.assert_array_equal(_clip(seed, **{field: 1.0}), EXACT[field](plain))
+
+
+def _fired(seed, field):
+  """Whether `field` at probability 0.5 fired on the clip of `seed` (channel_invert_prob:
+  on each channel)."""
+  out, plain = _clip(seed, **{field: 0.5}), _clip(seed)
+  if field == 'channel_invert_prob':
+    return [not np.array_equal(out[..., c], plain[..., c]) for c in range(3)]
+  return not np.array_equal(out, plain)
+
+
+def test_one_draw_per_clip_independent_across_clips_fields_and_fixed_by_the_seed():
+  """At probability 0.5 each field (each channel's flag) fires on about half the clips, on
+  the two views of one example independently (each view its own seed), apart from the
+  other fields and channels (each its own draw), and a seed gives the same clip every
+  time."""
+  seeds = [A.fold_seed(tf.constant([i, 3], tf.int64), 2, v) for i in range(24) for v in (0, 1)]
+  fired = {f: np.array([_fired(s, f) for s in seeds]).reshape(24, 2, -1) for f in FIELDS}
+  channels = fired.pop('channel_invert_prob')
+  fired = {f: flags[..., 0] for f, flags in fired.items()}
+  fired.update({f'channel {c}': channels[..., c] for c in range(3)})
+  for field, flags in fired.items():
+    assert 0.25 < flags.mean() < 0.75, field
+    assert 0.2 < (flags[:, 0] != flags[:, 1]).mean() < 0.8, field
+  for field in FIELDS:
+    np.testing.assert_array_equal(_clip(seeds[0], **{field: 0.5}), _clip(seeds[0], **{field: 0.5}))
+  names = list(fired)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      assert 0.2 < (fired[a] != fired[b]).mean() < 0.8, (a, b)
+
+
+def test_the_other_draws_keep_their_values():
+  """The symmetries' draws are appended: a clip's crop, flip and photometric parameters
+  are the same with them on or off."""
+  frames, seed = _frames(), tf.constant([1, 2], tf.int64)
+  base = A.AugmentSpec(color_jitter_prob=1.0, flip_prob=0.5)
+  on = A.AugmentSpec(color_jitter_prob=1.0, flip_prob=0.5, reverse_prob=1.0)
+  x0, p0 = A.ClipAugmenter(base, 24, photometric='device')(frames, seed, 1)
+  x1, p1 = A.ClipAugmenter(on, 24, photometric='device')(frames, seed, 1)
+  np.testing.assert_array_equal(p0.numpy(), p1.numpy())
+  np.testing.assert_array_equal(x0.numpy()[::-1], x1.numpy())
+
+
+def _np_standardized(x):
+  """Each channel of each clip [N, T, H, W, C] less its mean over its std (+ DIF_EPS)."""
+  flat = x.reshape(len(x), -1, x.shape[-1])
+  return (x - flat.mean(1)[:, None, None, None]) / (flat.std(1)[:, None, None, None] + r3d.DIF_EPS)
+
+
+@pytest.mark.parametrize('fn', ['standardized', 'standardized_difference'])
+def test_standardized_inputs_are_each_clip_less_its_mean_over_its_std(fn):
+  """'rgb_std' and 'dif_std': each channel of each clip (its differences) less its mean,
+  over its std (+ DIF_EPS); a clip and the same clip at another contrast and level of
+  each channel give the same input up to the epsilon."""
+  x = np.random.default_rng(0).random((2, 5, 6, 6, 3)).astype(np.float32)
+  x[1] *= 0.3
+  x[..., 2] = 0.5 * x[..., 2] + 0.2
+  plain = (lambda y: y[:, 1:] - y[:, :-1]) if fn.endswith('difference') else (lambda y: y)
+  got = np.asarray(getattr(r3d, fn)(jnp.asarray(x)))
+  np.testing.assert_allclose(got, _np_standardized(plain(x)), rtol=1e-5, atol=1e-5)
+  again = np.asarray(getattr(r3d, fn)(jnp.asarray(x * [0.5, 0.7, 0.6] + [0.4, 0.1, 0.3])))
+  np.testing.assert_allclose(again, got, rtol=0.05, atol=0.02)
+
+
+def test_pan_moves_the_crop_box_in_a_straight_line_inside_the_frame():
+  """With the pan the box keeps its size, starts where it was drawn, ends where u[_PAN_END]
+  puts it (floor(u * (room + 1))), moves linearly between (rounded), stays inside the frame;
+  without it (flag over the probability) every frame has the drawn box."""
+  window, shape = tf.constant([3, 4, 30, 20]), tf.constant([48, 40, 3])
+  u = np.zeros(A.NUM_DRAWS, np.float32)
+  u[A._PAN_END] = [0.99, 0.5]  # pylint: disable=protected-access
+  boxes = A.pan_windows(window, tf.constant(u), 0.5, shape, 6).numpy()
+  end = np.array([18, 10])  # room (18, 20): floor(0.99 * 19), floor(0.5 * 21)
+  want = np.round(np.array([3, 4]) + np.arange(6)[:, None] / 5 * (end - [3, 4]))
+  np.testing.assert_array_equal(boxes[:, :2], want)
+  np.testing.assert_array_equal(boxes[:, 2:], np.tile([30, 20], (6, 1)))
+  u[A._PAN] = 0.7  # pylint: disable=protected-access
+  still = A.pan_windows(window, tf.constant(u), 0.5, shape, 6).numpy()
+  np.testing.assert_array_equal(still, np.tile([3, 4, 30, 20], (6, 1)))
+
+
+def test_a_panned_clip_is_each_frame_cropped_at_its_own_box():
+  """Frame t of the clip is frame t's crop at box t, resized: as crop_resize_frames of
+  that frame alone; the boxes are the pan of the clip's own crop window."""
+  frames, seed = _frames(t=5, h=30, w=36), tf.constant([2, 9], tf.int64)
+  spec = A.AugmentSpec(**NO_COLOUR, area_range=(0.2, 0.4), pan_prob=1.0)
+  clip = A.ClipAugmenter(spec, 8, photometric='device')(frames, seed, 0)[0].numpy()
+  u = tf.random.stateless_uniform([A.NUM_DRAWS], seed)
+  window = A.crop_window(A.fold_seed(seed, 1), A.frame_shape(frames), spec)
+  boxes = A.pan_windows(window, u, 1.0, A.frame_shape(frames), 5)
+  assert len({tuple(b) for b in boxes.numpy()}) > 1
+  for t in range(5):
+    np.testing.assert_array_equal(
+        clip[t], A.crop_resize_frames(frames[t:t + 1], boxes[t], 8).numpy()[0])
+
+
+def test_standardized_encoders_are_the_rgb_network_on_numpy_standardized_inputs():
+  """input 'rgb_std' on T frames and 'dif_std' on T + 1 == the same parameters in 'rgb'
+  mode on the clips (their differences) standardised in numpy; only 'dif_std' takes the
+  extra frame."""
+  from flax import nnx
+  from _downstream_toys import numpy_filled
+  from cvrl.config_lib import default_model_config
+  from cvrl.models import build_encoder, extra_frames
+  cfg = default_model_config()
+  cfg.update(depth=18, width=0.125, preset="r3d18", input="rgb")
+  rgb = numpy_filled(lambda: build_encoder(cfg, nnx.Rngs(0)))
+  rgb.eval()
+  modes = {}
+  for mode, extra in (("rgb_std", 0), ("dif_std", 1)):
+    cfg.input = mode
+    assert extra_frames(cfg) == extra
+    modes[mode] = nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(1)))
+    nnx.update(modes[mode], nnx.state(rgb))  # no parameter of its own
+    modes[mode].eval()
+  frames = np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3)).astype(np.uint8)
+  x = frames.astype(np.float32) / 255.0
+  inputs = (_np_standardized(x[:, 1:]), _np_standardized(x[:, 1:] - x[:, :-1]))
+  got_rgb, got_dif, want_rgb, want_dif = nnx.jit(lambda a, b, r: (
+      a(frames[:, 1:]), b(frames), r(inputs[0]), r(inputs[1])))(
+          modes["rgb_std"], modes["dif_std"], rgb)
+  np.testing.assert_allclose(got_rgb, want_rgb, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got_dif, want_dif, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(want_rgb, want_dif, atol=1e-3)

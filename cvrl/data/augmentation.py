@@ -44,6 +44,12 @@ drawn per clip (0.3, the authors' code; it draws lambda per batch). The clip kee
 and carries a still copy of its own scene; with the paper's background_erase_probs = (1, 0)
 only the first view (the query) is mixed, so matching it to the second view rewards what
 moves. The per-frame ablation mixes with the draw of the clip's first frame.
+
+Per-clip symmetries and a camera pan, all off by default (`symmetries`, `pan_windows`):
+flags of the same draw turn the clip upside down, swap its rows and columns, reverse its
+frames, invert it (or each colour channel on its own), and move the crop box in a straight
+line over the clip; each changes a cue both clips of a video share (the direction of
+motion, the sign of the edges, the motion relative to the camera) and keeps the rest.
 """
 from __future__ import annotations
 

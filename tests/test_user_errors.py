@@ -33,7 +33,7 @@ def one_line(r, *needles):
     ("optim.learning_rat", "did you mean optim.base_lr?"),
     ("optim.base_lrr", "did you mean optim.base_lr?"),
     ("batch_sise", "did you mean batch_size?"),
-    ("data.augmentation.flip_prb", "did you mean data.augmentation.flip_prob?"),
+    ("data.augmentation.flip_prb", "did you mean data.augmentation.flip_prob or "),  # nearest first
     ("flip_prob", "did you mean data.augmentation.flip_prob?"),  # the key in another section
     ("optim.xyzzy", "the keys of optim are b1, b2, base_batch_size, base_lr"),
 ])

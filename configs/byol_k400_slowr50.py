@@ -11,6 +11,8 @@ SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentu
 The loss sums over query clips, as the reference's sequential mode (one backward each).
   --config=configs/byol_k400_slowr50.py:rho=4
 """
+import ml_collections
+
 from cvrl import config_lib
 from cvrl.objectives import byol
 
@@ -19,7 +21,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, rho=2, batch=512, epochs=200, width=1.0,
                              num_train_examples=240_000)
   c = config_lib.pretrain_config("byol")
-  c.objective.update(byol.objective_config())
+  c.objective = ml_collections.ConfigDict(byol.objective_config())
   c.objective.num_clips = arg.rho
   c.model.update(config_lib.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch

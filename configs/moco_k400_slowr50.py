@@ -12,6 +12,8 @@ SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentu
 sequential mode (one backward per query clip); with plain SGD that scale matters.
   --config=configs/moco_k400_slowr50.py:rho=4
 """
+import ml_collections
+
 from cvrl import config_lib
 from cvrl.objectives import moco
 
@@ -20,7 +22,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, rho=2, batch=512, epochs=200, width=1.0,
                              num_train_examples=240_000, queue=65_536)
   c = config_lib.pretrain_config("moco")
-  c.objective.update(moco.objective_config())
+  c.objective = ml_collections.ConfigDict(moco.objective_config())
   c.objective.update(num_clips=arg.rho, queue_size=arg.queue, reduction="sum")
   c.model.update(config_lib.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch

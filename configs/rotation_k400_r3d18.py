@@ -10,6 +10,8 @@ batch 32 videos (x 4 rotations). The learning rate (0.1) and length (`epochs`, 1
 given in the paper: our choice.
   --config=configs/rotation_k400_r3d18.py:input=dif
 """
+import ml_collections
+
 from cvrl import config_lib
 from cvrl.data.config import set_probe_augmentation
 from cvrl.objectives import rotation
@@ -19,7 +21,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, input="rgb", batch=32, epochs=100, width=1.0,
                              num_train_examples=240_000)
   c = config_lib.pretrain_config("rotation")
-  c.objective.update(rotation.objective_config())
+  c.objective = ml_collections.ConfigDict(rotation.objective_config())
   c.objective.input = arg.input
   c.model.update(depth=18, width=arg.width, preset="hara", dtype="float32")
   c.batch_size = arg.batch

@@ -9,6 +9,8 @@ scaled linearly, weight decay 1e-6, 200 epochs of
 SlowFast's half-cosine joined by a 35-epoch warm-up from 0.001, Nesterov momentum 0.9; bfloat16.
   --config=configs/simclr_k400_slowr50.py:rho=4,batch=512
 """
+import ml_collections
+
 from cvrl import config_lib
 from cvrl.objectives import simclr
 
@@ -17,7 +19,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, rho=2, batch=512, epochs=200, width=1.0,
                              num_train_examples=240_000)
   c = config_lib.pretrain_config("simclr")
-  c.objective.update(simclr.objective_config())
+  c.objective = ml_collections.ConfigDict(simclr.objective_config())
   c.objective.num_clips = arg.rho
   c.model.update(config_lib.SLOW_R50, width=arg.width, dtype="bfloat16")
   c.batch_size = arg.batch

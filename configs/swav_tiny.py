@@ -3,6 +3,8 @@
 R3D-18 at width 0.125, 2 clips of 4x16x16 per video, batch 8, 8 prototypes frozen for
 the first 2 steps.
 """
+import ml_collections
+
 from cvrl import config_lib
 from cvrl.objectives import swav
 
@@ -10,7 +12,7 @@ from cvrl.objectives import swav
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, steps=24)
   c = config_lib.pretrain_config("swav")
-  c.objective.update(swav.objective_config())
+  c.objective = ml_collections.ConfigDict(swav.objective_config())
   c.objective.update(head_hidden=32, head_out=16, num_prototypes=8,
                      freeze_prototypes_epochs=None, freeze_prototypes_steps=2)
   config_lib.shrink_to_tiny(c, steps=arg.steps)

@@ -15,6 +15,8 @@ of 9 to 18 px a side at 112, erase_size 19 / 112, corner anywhere, clipped at th
 No blur, no solarization, no other grayscale.
   --config=configs/tclr_ucf101_r3d18.py:epochs=400
 """
+import ml_collections
+
 from cvrl import config_lib
 from cvrl.objectives import tclr
 
@@ -22,7 +24,7 @@ from cvrl.objectives import tclr
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, batch=40, epochs=400, width=1.0)
   c = config_lib.pretrain_config("tclr")
-  c.objective.update(tclr.objective_config())
+  c.objective = ml_collections.ConfigDict(tclr.objective_config())
   c.model.update(depth=18, width=arg.width, preset="tclr", dtype="float32")
   c.batch_size = arg.batch
   c.total_epochs = arg.epochs

@@ -165,7 +165,7 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   config = ml_collections.ConfigDict(config.to_dict())
   if per_device_batch:
     config.batch_size = per_device_batch * parallel.num_data_shards(mesh)
-  objective = objectives.get(config)
+  objective = objectives.from_config(config)
   task = tasks.PretrainTask(config, objective)
   with jax.set_mesh(mesh):
     parts = engine.abstract_step(task, config, objective.sampler(),

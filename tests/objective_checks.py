@@ -77,7 +77,7 @@ def build(config, seed=0):
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from cvrl.models import create  # pylint: disable=import-outside-toplevel
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
-  objective = base.get(config)
+  objective = base.from_config(config)
   return objective, create(lambda: objective.build(nnx.Rngs(seed)))
 
 

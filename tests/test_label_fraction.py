@@ -183,7 +183,8 @@ def test_pretraining_evaluators_read_every_train_video_other_jobs_the_subset(dat
   from cvrl.jobs import evaluate, pretrain  # pylint: disable=import-outside-toplevel
   c = config_lib.pretrain_config('cvrl')
   c.data = _cfg(data_dir, label_fraction=0.25)
-  for splits, want in ((pretrain._eval_splits(c, objectives.get(c)), VIDEOS),  # pylint: disable=protected-access
+  method = objectives.from_config(c)
+  for splits, want in ((pretrain._eval_splits(c, method), VIDEOS),  # pylint: disable=protected-access
                        (evaluate._splits(c, c.model), 8)):  # pylint: disable=protected-access
     ids = [int(i) for b in splits.batches('train', 1, 1, 8)
            for i, m in zip(b['index'], b['mask']) if m > 0]

@@ -143,8 +143,8 @@ def test_validate_rejects_a_queue_the_batch_does_not_divide():
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
   config = load_config("moco_k400_slowr50", "queue=1000")
   with pytest.raises(ValueError, match="multiple"):
-    base.get(config)  # the objective checks its config when it is made
-  base.get(load_config("moco_k400_slowr50", "rho=4"))
+    base.from_config(config)  # the objective checks its config when it is made
+  base.from_config(load_config("moco_k400_slowr50", "rho=4"))
 
 
 def test_per_device_queues_score_each_group_against_its_own_queue():
@@ -232,10 +232,10 @@ def test_skipped_steps_leave_parameters_and_optimizer_state_untouched():
   from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
-  from objective_checks import random_video  # noqa: E402
+  from objective_checks import load_config, random_video  # noqa: E402
   objective, model = moco_model("global", 8, 2)
   assert objective.no_update_steps() == 4
-  tx = optim.build(objective.config.optim, lambda t: 0.1)
+  tx = optim.build(load_config("moco_tiny").optim, lambda t: 0.1)
   graphdef, params, rest = state_lib.split(model, objective.trainable)
   state = state_lib.TrainState(step=jnp.int32(0), params=params, rest=rest,
                                opt_state=tx.init(params))

@@ -52,26 +52,26 @@ def test_fusion_averages_the_two_models_softmax_scores():
 
 def test_dif_objective_builds_its_encoder_from_a_dif_model_config():
   config = load_config("rotation_tiny", "input=dif")
-  objective = base.get(config)
+  objective = base.from_config(config)
   assert objective.encoder_config().input == "dif" and config.model.input == "rgb"
   assert objective.sampler() == {"name": "single", "extra_frames": 1}
   model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   assert model.encoder.input_mode == "dif"
-  rgb = base.get(load_config("rotation_tiny"))
+  rgb = base.from_config(load_config("rotation_tiny"))
   assert rgb.encoder_config().input == "rgb" and rgb.sampler() == {"name": "single"}
   simclr = load_config("simclr_tiny")
-  assert base.get(simclr).encoder_config() is simclr.model  # the default: config.model
+  assert base.from_config(simclr).encoder_config().to_dict() == simclr.model.to_dict()
   with pytest.raises(ValueError, match="rgb"):
-    base.get(load_config("rotation_tiny", "input=flow"))
+    base.from_config(load_config("rotation_tiny", "input=flow"))
   contradicting = load_config("rotation_tiny")
   with contradicting.unlocked():
     contradicting.model.input = "dif"
   with pytest.raises(ValueError, match="contradicts"):
-    base.get(contradicting)
+    base.from_config(contradicting)
   with simclr.unlocked():  # its sampler gives no T + 1 frames
     simclr.model.input = "dif"
   with pytest.raises(ValueError, match="T \\+ 1 frames"):
-    base.get(simclr)
+    base.from_config(simclr)
 
 
 @pytest.mark.slow
@@ -79,9 +79,9 @@ def test_dif_loss_is_the_rgb_network_on_numpy_rotated_frame_differences():
   """The DIF objective's loss on T + 1 frames == cross-entropy (numpy) of the same
   parameters in RGB mode on the numpy frame differences, rotated in numpy."""
   from _downstream_toys import numpy_filled  # pylint: disable=import-outside-toplevel
-  objective = base.get(load_config("rotation_tiny", "input=dif"))
+  objective = base.from_config(load_config("rotation_tiny", "input=dif"))
   model = numpy_filled(lambda: objective.build(nnx.Rngs(0)), seed=4)
-  twin = nnx.eval_shape(lambda: base.get(load_config("rotation_tiny")).build(nnx.Rngs(1)))
+  twin = nnx.eval_shape(lambda: base.from_config(load_config("rotation_tiny")).build(nnx.Rngs(1)))
   nnx.update(twin, nnx.state(model))  # the same parameters, an RGB encoder
   video = random_video(7, 2, 1, 5, 16, 16, 3)
   dif = video[:, 0, 1:] - video[:, 0, :-1]

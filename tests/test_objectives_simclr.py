@@ -106,4 +106,28 @@ def test_paper_config_pairs_consecutive_clips_and_rejects_unknown_pairing():
     config.unlock()
     config.objective.pairing = "random"
     with pytest.raises(ValueError, match="pairing"):
-      base.get(config)
+      base.from_config(config)
+
+
+def test_a_method_is_made_from_its_own_fields_and_rejects_others():
+  """A method's constructor is its config schema (cvrl.core.schema): config.objective's
+  keys are its keyword arguments, typed as their defaults; an unknown key names the
+  nearest field; a checkpoint's stored config drops the fields the method no longer takes."""
+  from cvrl import config_lib, objectives  # pylint: disable=import-outside-toplevel
+  from cvrl.objectives import simclr, swav  # pylint: disable=import-outside-toplevel
+  encoder = objectives.EncoderSpec.of(config_lib.default_model_config())
+  run = objectives.Run(batch_size=8, total_steps=100, num_train_examples=36)
+  spec = dict(simclr.objective_config(), num_clips=3, temperature=1)
+  made = objectives.get(spec, encoder, run)
+  assert (made.name, made.num_clips, made.temperature, made.pairing) == (
+      "simclr", 3, 1.0, "consecutive")
+  assert isinstance(made.temperature, float) and made.sampler() == {"name": "rho", "num_clips": 3}
+  with pytest.raises(ValueError, match="unknown key 'temprature' for name 'simclr'; did you "
+                     "mean 'temperature'"):
+    objectives.get(dict(spec, temprature=0.2), encoder, run)
+  with pytest.raises(ValueError, match="config.objective.num_clips: "):
+    objectives.get(dict(spec, num_clips="three"), encoder, run)
+  assert objectives.get(dict(spec, loss_impl="global"), encoder, run, stored=True).num_clips == 3
+  # Epochs of a duration in steps from the run: ceil(2 x 36 / 8) = 9.
+  frozen = objectives.get(dict(swav.objective_config(), freeze_prototypes_epochs=2), encoder, run)
+  assert frozen.freeze_prototypes_steps == 9

@@ -95,7 +95,7 @@ def test_lars_updates_the_prototypes_with_trust_ratio_and_weight_decay():
   from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
   config = load_config("swav_k400_slowr50")
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
-  objective = base.get(config)
+  objective = base.from_config(config)
   model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   params = nnx.state(model, objective.trainable)
   mask = optim.decay_mask(params)

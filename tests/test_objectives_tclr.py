@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl import objectives
 from cvrl.models.heads import EncoderHead
 from cvrl.objectives import tclr
 from objective_checks import (l2n, logsumexp, numeric_grad, random_embeddings,
@@ -139,12 +140,14 @@ def test_total_loss_on_a_fixed_batch_is_the_references_sum():
   """The reference's total: instance + local-local + global-local + dense instance, weight
   1 each, from the paper config's defaults."""
   from objective_checks import load_config  # pylint: disable=import-outside-toplevel
-  cfg = load_config("tclr_ucf101_r3d18").objective
-  assert cfg.dense_instance_weight == 1.0
+  objective = objectives.from_config(load_config("tclr_ucf101_r3d18"))
+  assert objective.weights == dict.fromkeys(
+      ("instance", "local_local", "global_local", "dense_instance"), 1.0)
   gsr = random_embeddings(10, 2, 3, 4)
   lsr = random_embeddings(11, 2, 3, 4, 4)
   gdr = random_embeddings(12, 2, 3, 4, 4)
-  loss, metrics = tclr.total_loss(gsr, lsr, gdr, cfg)
+  loss, metrics = tclr.total_loss(gsr, lsr, gdr, objective.temperature, objective.weights,
+                                  reduction=objective.local_local_reduction)
   want = (numpy_nt_xent(gsr[0], gsr[1], T) + numpy_local_local(gdr, T, "sum")
           + numpy_global_local(lsr, gdr, T) + numpy_dense_instance(gdr, T))
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)

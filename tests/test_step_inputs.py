@@ -52,7 +52,7 @@ def test_batch_spec_is_the_pipelines_batch(kind, data_dir):
   name, overrides, ships_photometric = KINDS[kind]
   config = _config(name, overrides, data_dir)
   sources.prepare(config.data, ["train"])
-  objective = objectives.get(config)
+  objective = objectives.from_config(config)
   batches, _ = tasks.PretrainTask(config, objective).batches(
       batch_size=BATCH, start_step=0, process_index=0, process_count=1)
   with jax.set_mesh(parallel.make_mesh()):  # the run's mesh, as a job sets it

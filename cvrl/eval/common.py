@@ -21,16 +21,12 @@ checkpoint, or one kind as its `config.evaluate.mode`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import inspect
-import typing
 from typing import Any, Callable
 
 import ml_collections
-from ml_collections import config_dict
 from flax import nnx
 
-from cvrl.core import discovery, parallel
+from cvrl.core import discovery, parallel, schema
 from cvrl.eval import features as F
 from cvrl.models import create
 
@@ -153,40 +149,15 @@ def get(kind, where: str = "kind") -> type[Evaluator]:
 
 
 def defaults(cls: type[Evaluator]) -> ml_collections.ConfigDict:
-  """A kind's fields at their defaults: the keyword arguments of its constructors (a
-  subclass's, then those it passes up); a None default takes a value of its annotation."""
-  out = {}
-  for klass in reversed([k for k in cls.__mro__ if "__init__" in vars(k)][:-1]):
-    for p in inspect.signature(klass.__init__).parameters.values():
-      if p.name not in RUNTIME and p.default is not inspect.Parameter.empty:
-        out[p.name] = p.default if p.default is not None else _placeholder(klass, p.name)
-  return ml_collections.ConfigDict(out)
-
-
-def _placeholder(klass, name: str):
-  """A None default typed by its annotation (`int | None`: an int or None)."""
-  hint = typing.get_type_hints(klass.__init__)[name]
-  return config_dict.placeholder(typing.get_args(hint)[0])
+  """A kind's fields at their defaults (cvrl.core.schema)."""
+  return schema.defaults(cls, RUNTIME)
 
 
 def fields(name: str, spec) -> tuple[type[Evaluator], dict]:
   """(the kind's class, its keyword arguments) of `config.evals.<name>`: its defaults with
   `spec`'s values, typed as the defaults."""
   cls = get(spec.get("kind"), f"config.evals.{name}.kind")
-  out = defaults(cls)
-  for key in spec.keys():
-    if key not in out and key != "kind":
-      near = difflib.get_close_matches(key, list(out) + ["kind"], n=1)
-      hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {sorted(out)}"
-      raise ValueError(f"config.evals.{name}: unknown key {key!r} for kind {spec['kind']!r}; "
-                       f"{hint}")
-  for key, value in spec.items():
-    try:
-      if key != "kind":
-        out[key] = value
-    except TypeError as e:  # a value of the wrong type for the kind's default
-      raise ValueError(f"config.evals.{name}.{key}: {e}") from None
-  return cls, out.to_dict()
+  return cls, schema.fields(cls, RUNTIME, spec, f"config.evals.{name}", "kind")
 
 
 def build(name: str, spec, make_encoder=None, splits: Splits | None = None) -> Evaluator:

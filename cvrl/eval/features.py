@@ -100,7 +100,7 @@ def load_encoder(config: ml_collections.ConfigDict, *, random_init: bool | None 
   step, pre_config, model = checkpoint.restore_pretrained(
       config.pretrained, config.get("pretrained_step"), sharding=parallel.replicated())
   encoder = model.encoder
-  model_config = objectives.get(pre_config).encoder_config()
+  model_config = objectives.from_config(pre_config, stored=True).encoder_config()
   return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
                                  "step": int(step)}
 

@@ -20,7 +20,6 @@ from cvrl.eval import common
 from cvrl.engine import optim
 from cvrl.engine import step_inputs
 from cvrl.eval import results as R
-from cvrl.models import extra_frames
 from cvrl.engine import tasks
 
 NEEDS_WORKDIR = True
@@ -29,7 +28,7 @@ NEEDS_WORKDIR = True
 def validate(config) -> None:
   """Everything that can be checked without touching a device (the backend must stay
   uninitialised until jax.distributed has started)."""
-  objectives.get(config)
+  objectives.from_config(config)
   optim.validate(config.optim)
   engine.validate(config)
   total, warmup = step_inputs.durations(config)
@@ -49,7 +48,7 @@ def _eval_splits(config, objective) -> common.Splits:
   """What the evaluators read: every train video (pretraining ignores data.label_fraction),
   clips of the frames the method's encoder takes."""
   return common.Splits(config.data, int(config.seed),
-                       extra_frames(objective.encoder_config()), label_fraction=1.0)
+                       objective.encoder_spec.extra_frames, label_fraction=1.0)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh the engine sets up (its evaluators run inside the loop)."""
   with runtime.job() as process:  # the job's JAX settings (rbg PRNG); a lost peer -> one line
     sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
-    objective = objectives.get(config)
+    objective = objectives.from_config(config)
     task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
     total_steps, warmup_steps = step_inputs.durations(config)
     evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,

@@ -46,7 +46,7 @@ def _count(state) -> int:
 def _abstract_model(config):
   """The job's whole model, abstract: encoder + the heads the job trains."""
   if "objective" in config and config.job in ("pretrain", "summary"):
-    objective = objectives.get(config)
+    objective = objectives.from_config(config)
     model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
     return model, objective.trainable
 
@@ -177,7 +177,7 @@ def step_memory(config: ml_collections.ConfigDict) -> dict:
       print(f"warning: summary: step memory {why}; the state bytes alone", file=sys.stderr)
     return {"compiled": False, "why": why}
   start = time.perf_counter()
-  objective = objectives.get(config)
+  objective = objectives.from_config(config)
   with jax.set_mesh(parallel.make_mesh(jax.devices()[:devices])):
     parts = engine.abstract_step(tasks.PretrainTask(config, objective), config,
                                  objective.sampler(), *step_inputs.durations(config))
@@ -191,7 +191,7 @@ def step_memory(config: ml_collections.ConfigDict) -> dict:
 def validate(config: ml_collections.ConfigDict) -> None:
   """A pretraining config's method exists and fits its model (before anything compiles)."""
   if "objective" in config:
-    objectives.get(config)
+    objectives.from_config(config)
   parallel.check_param_sharding((config.get("parallel") or {}).get("param_sharding",
                                                                     "replicated"))
 

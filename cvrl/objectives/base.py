@@ -2,37 +2,107 @@
 
 Adding a method is one new file, `cvrl/objectives/<name>.py`, whose entry point `make` is its
 `Objective` subclass (cvrl.core.discovery), plus a config: `config.objective.name=<name>`
-imports that module by its name, and `names()` lists the methods. The trainer never
-branches on the method's name.
+imports that module by its name, and `names()` lists the methods. The subclass's
+constructor is its config schema (cvrl.core.schema): the job gives the encoder spec and
+the run, config.objective's fields are its keyword arguments. The trainer never branches
+on the method's name.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 
-from cvrl import models
-from cvrl.core import discovery
+from cvrl import config_lib, models
+from cvrl.core import discovery, schema
+
+PACKAGE = "cvrl.objectives"
 
 Metrics = dict[str, jax.Array]
+# The constructor's arguments the job gives; every other keyword argument is a field.
+RUNTIME = ("self", "encoder", "run", "name")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """The encoder a method builds, as one value: config.model's fields (what
+  `models.build_encoder` reads and a checkpoint records as the encoder's config)."""
+  fields: dict
+
+  @classmethod
+  def of(cls, model) -> EncoderSpec:
+    """The spec of a model section (a ConfigDict or dict)."""
+    return cls(dict(model.to_dict() if hasattr(model, "to_dict") else model))
+
+  def config(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(self.fields)
+
+  def with_input(self, mode: str) -> EncoderSpec:
+    return EncoderSpec({**self.fields, "input": mode})
+
+  @property
+  def bn(self) -> dict:
+    """The encoder's BatchNorm settings, for a method's heads to share."""
+    return dict(bn_momentum=self.fields["bn_momentum"], bn_eps=self.fields["bn_eps"])
+
+  @property
+  def extra_frames(self) -> int:
+    return models.extra_frames(self.config())
+
+  def build(self, rngs: nnx.Rngs):
+    return models.build_encoder(self.config(), rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a method knows of the run it trains in: the global batch (videos), the steps,
+  and the train split's size, for durations given in epochs (None: unknown)."""
+  batch_size: int
+  total_steps: int | None = None
+  num_train_examples: int | None = None
+
 
 def names() -> list[str]:
   """Every method: the modules of cvrl/objectives/ that define `make`."""
-  return discovery.names("cvrl.objectives")
+  return discovery.names(PACKAGE)
 
 
-def get(config: ml_collections.ConfigDict) -> "Objective":
-  """The objective named by `config.objective.name`, bound to the whole config."""
-  name = config.objective.name
-  objective = discovery.find("cvrl.objectives", name, "config.objective.name")(config)
-  if models.extra_frames(objective.encoder_config()) and not objective.sampler().get(
-      "extra_frames"):
+def get(spec, encoder: EncoderSpec, run: Run, *, stored: bool = False) -> "Objective":
+  """The method `spec` (config.objective) names, made from its fields (unknown keys are
+  errors, unless `stored`: a checkpoint's config, whose fields the method no longer takes
+  are dropped), the encoder spec and the run."""
+  name = spec.get("name")
+  cls = discovery.find(PACKAGE, name, "config.objective.name")
+  if stored:
+    taken = schema.defaults(cls, RUNTIME)
+    spec = {k: v for k, v in spec.items() if k in taken or k == "name"}
+  objective = cls(encoder, run, name=name,
+                  **schema.fields(cls, RUNTIME, spec, "config.objective", "name"))
+  if objective.encoder_spec.extra_frames and not objective.sampler().get("extra_frames"):
     raise ValueError(f"config.model.input='dif' needs clips of T + 1 frames, which objective "
                      f"{name!r} does not sample (3DRotNet's objective.input='dif' does)")
   return objective
+
+
+def from_config(config: ml_collections.ConfigDict, *, stored: bool = False) -> "Objective":
+  """The method of a pretraining config (a job's, or one a checkpoint `stored`): its typed
+  arguments picked from the config once."""
+  data = config.get("data") or {}
+  try:
+    total = config_lib.steps("total", config)
+  except ValueError:  # epochs without the data's size: the job's own check names it
+    total = None
+  run = Run(int(config.batch_size), total, data.get("num_train_examples"))
+  return get(config.objective, EncoderSpec.of(config.model), run, stored=stored)
+
+
+def defaults(cls: type["Objective"], name: str) -> dict:
+  """config.objective of method `cls` at its defaults: its name and its fields."""
+  return {"name": name, **schema.defaults(cls, RUNTIME)}
 
 
 class Objective(abc.ABC):
@@ -42,14 +112,12 @@ class Objective(abc.ABC):
   networks or buffers the method needs. The trainer optimises the variables selected by
   `trainable` (nnx.Param by default: exclude e.g. momentum targets), carries every other
   variable through the step as state, and calls `loss` under jit in train mode.
-  """
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
 
-  @property
-  def name(self) -> str:
-    """The method's name: its module's, as the config gives it."""
-    return self.config.objective.name
+  Its constructor is its config schema: `make(encoder, run, name=..., **fields)`, the
+  fields keyword arguments with their defaults and checks in the method's own module.
+  """
+  def __init__(self, encoder: EncoderSpec, run: Run, *, name: str = ""):
+    self.encoder_spec, self.run, self.name = encoder, run, name
 
   @abc.abstractmethod
   def sampler(self) -> dict[str, Any]:
@@ -69,7 +137,7 @@ class Objective(abc.ABC):
     fields of its own, e.g. 3DRotNet's input='dif'). Downstream jobs take it as the
     checkpoint encoder's config (clips they sample, model.json they save), so it is the
     one record of what the encoder expects."""
-    return self.config.model
+    return self.encoder_spec.config()
 
   @property
   def trainable(self) -> Any:

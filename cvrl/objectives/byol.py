@@ -17,19 +17,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cvrl import config_lib
 from cvrl.models.heads import MLP, l2_normalize
 from cvrl.objectives import momentum as momentum_lib
 from cvrl.objectives import rho
+from cvrl.objectives.base import defaults
 from cvrl.objectives.views import apply_views
 
 
-
-def objective_config() -> dict:
-  """config.objective fields for rho-BYOL (Feichtenhofer et al., CVPR 2021)."""
-  return dict(name="byol", num_clips=2, head_hidden=4096, head_layers=1, head_out=256,
-              head_bn=True, predictor_hidden=4096, bn_per_view=True, momentum=0.996,
-              momentum_schedule="cosine", reduction="sum")
 
 def byol_loss(p, z, *, reduction: str = "mean"):
   """p: [B, V, D] online predictions, z: [B, V, D] target projections (both normalised
@@ -58,49 +52,49 @@ class BYOLModel(nnx.Module):
 
 
 class BYOL(rho.RhoObjective):
+  """The projector (head fields, rho.RhoObjective) and predictor_hidden; the target's
+  momentum and its schedule ('cosine' / 'constant'); reduction: see the module docstring."""
+
+  def __init__(self, encoder, run, *, head_hidden: int = 4096, head_layers: int = 1,
+               head_out: int = 256, head_bn: bool = True, predictor_hidden: int = 4096,
+               momentum: float = 0.996, momentum_schedule: str = "cosine",
+               reduction: str = "sum", **rho_fields):
+    super().__init__(encoder, run, head_hidden=head_hidden, head_layers=head_layers,
+                     head_out=head_out, head_bn=head_bn, **rho_fields)
+    if reduction not in ("mean", "sum"):
+      raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got {reduction!r}")
+    self.predictor_hidden, self.reduction = int(predictor_hidden), reduction
+    self.momentum_at = momentum_lib.schedule(momentum, momentum_schedule, run.total_steps)
 
   @property
   def trainable(self):
     return rho.ONLINE_PARAMS
 
-  def validate(self) -> None:
-    """Config errors as one-line ValueErrors, raised when the objective is made."""
-    cfg = self.config.objective
-    rho.num_clips(self.config)
-    if cfg.reduction not in ("mean", "sum"):
-      raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got {cfg.reduction!r}")
-    momentum_lib.momentum_at(0, base=float(cfg.momentum), total_steps=1,
-                             schedule=cfg.momentum_schedule)
-
   def build(self, rngs):
-    cfg = self.config.objective
-    online = rho.build_network(self.config, rngs)
-    predictor = MLP(int(cfg.head_out), int(cfg.predictor_hidden), int(cfg.head_out), num_hidden=1,
-                    bn=True, bn_momentum=self.config.model.bn_momentum,
-                    bn_eps=self.config.model.bn_eps, rngs=rngs)
+    online = self.build_network(rngs)
+    predictor = MLP(self.head_out, self.predictor_hidden, self.head_out, num_hidden=1,
+                    bn=True, **self.encoder_spec.bn, rngs=rngs)
     return BYOLModel(online, predictor)
 
-  def momentum(self, step):
-    cfg = self.config.objective
-    return momentum_lib.momentum_at(step, base=float(cfg.momentum),
-                                    total_steps=config_lib.steps("total", self.config),
-                                    schedule=cfg.momentum_schedule)
-
   def loss(self, model, batch, *, step, rng):
-    cfg = self.config.objective
-    video = rho.clips_of(batch, rho.num_clips(self.config))
-    per_view = bool(cfg.bn_per_view)
+    video = self.clips(batch)
+    per_view = self.bn_per_view
     p = apply_views(model, lambda m, x: m.predictor(m.head(m.encoder(x))), video,
                     per_view=per_view)
     z = apply_views(model, lambda m, x: m.target.project(x), video, per_view=per_view)
-    return byol_loss(p, jax.lax.stop_gradient(z), reduction=cfg.reduction)
+    return byol_loss(p, jax.lax.stop_gradient(z), reduction=self.reduction)
 
   def after_update(self, model, *, step):
     # The target used at step t + 1 averages in the parameters after update t, with the
     # reference's momentum for iteration t + 1.
-    m = self.momentum(jnp.asarray(step) + 1)
+    m = self.momentum_at(jnp.asarray(step) + 1)
     momentum_lib.ema_update([(model.target.encoder, model.encoder),
                              (model.target.head, model.head)], m)
+
+
+def objective_config() -> dict:
+  """config.objective fields for rho-BYOL (Feichtenhofer et al., CVPR 2021)."""
+  return defaults(BYOL, "byol")
 
 
 make = BYOL  # the method's entry point (cvrl.core.discovery)

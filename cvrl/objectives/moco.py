@@ -30,25 +30,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from ml_collections import config_dict
 
-from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import momentum as momentum_lib
 from cvrl.objectives import rho
+from cvrl.objectives.base import defaults
 from cvrl.objectives.views import apply_views
 
 MASKED = -1e9
 
 
-
-def objective_config() -> dict:
-  """config.objective fields for rho-MoCo (Feichtenhofer et al., CVPR 2021)."""
-  return dict(name="moco", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
-              head_out=128, head_bn=False, bn_per_view=True, momentum=0.994,
-              momentum_schedule="cosine", queue_size=65_536, enqueue="all", queue="per_device",
-              queue_devices=config_dict.placeholder(int), shuffle_bn=False, update_before_queue_full=False,
-              reduction="sum")
 
 QUEUES = ("per_device", "global")
 
@@ -112,72 +103,74 @@ class MoCoModel(nnx.Module):
 
 
 class MoCo(rho.RhoObjective):
+  """temperature: the InfoNCE's; the key network's momentum and its schedule ('cosine' /
+  'constant'); the queue: queue_size keys, 'per_device' (queue_devices of them: None, every
+  device) or 'global', fed with 'all' clips' keys or the 'first'; shuffle_bn,
+  update_before_queue_full, reduction: see the module docstring; the rho fields (clips,
+  head) in rho.RhoObjective."""
+
+  def __init__(self, encoder, run, *, temperature: float = 0.1, momentum: float = 0.994,
+               momentum_schedule: str = "cosine", queue_size: int = 65_536,
+               enqueue: str = "all", queue: str = "per_device", queue_devices: int | None = None,
+               shuffle_bn: bool = False, update_before_queue_full: bool = False,
+               reduction: str = "sum", **rho_fields):
+    super().__init__(encoder, run, **rho_fields)
+    self.temperature, self.queue_size, self.enqueue = float(temperature), int(queue_size), enqueue
+    self.queue_kind, self.queue_devices, self.shuffle_bn = queue, queue_devices, bool(shuffle_bn)
+    self.update_before_queue_full, self.reduction = bool(update_before_queue_full), reduction
+    self.momentum_at = momentum_lib.schedule(momentum, momentum_schedule, run.total_steps)
+    self.validate()
+
+  def validate(self) -> None:
+    """Field errors as one-line ValueErrors, raised when the objective is made."""
+    # Keys a queue receives per step: the global batch's, or one device's when their number
+    # is set (unknown here otherwise: the backend may not be up yet, so the global batch).
+    groups = int(self.queue_devices or 1) if self.queue_kind == "per_device" else 1
+    per_step = self.run.batch_size // groups * (self.num_clips if self.enqueue == "all" else 1)
+    if self.enqueue not in ("all", "first"):
+      raise ValueError(f"config.objective.enqueue must be 'all' or 'first', got {self.enqueue!r}")
+    if self.queue_size % per_step:
+      raise ValueError(f"config.objective.queue_size ({self.queue_size}) must be a multiple of "
+                       f"the keys enqueued per step ({per_step})")
+    if self.reduction not in ("mean", "sum"):
+      raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got "
+                       f"{self.reduction!r}")
+    if self.queue_kind not in QUEUES:
+      raise ValueError(f"config.objective.queue must be one of {list(QUEUES)}, got "
+                       f"{self.queue_kind!r}")
 
   @property
   def trainable(self):
     return rho.ONLINE_PARAMS
 
-  def validate(self) -> None:
-    """Config errors as one-line ValueErrors, raised when the objective is made."""
-    cfg = self.config.objective
-    # Keys a queue receives per step: the global batch's, or one device's when their number
-    # is set (unknown here otherwise: the backend may not be up yet, so the global batch).
-    groups = int(cfg.get("queue_devices") or 1) if self.queue_kind() == "per_device" else 1
-    per_step = int(self.config.batch_size) // groups * (rho.num_clips(self.config)
-                                                        if cfg.enqueue == "all" else 1)
-    if cfg.enqueue not in ("all", "first"):
-      raise ValueError(f"config.objective.enqueue must be 'all' or 'first', got {cfg.enqueue!r}")
-    if int(cfg.queue_size) % per_step:
-      raise ValueError(f"config.objective.queue_size ({cfg.queue_size}) must be a multiple of "
-                       f"the keys enqueued per step ({per_step})")
-    if cfg.reduction not in ("mean", "sum"):
-      raise ValueError(f"config.objective.reduction must be 'mean' or 'sum', got {cfg.reduction!r}")
-    if self.queue_kind() not in QUEUES:
-      raise ValueError(f"config.objective.queue must be one of {list(QUEUES)}, got "
-                       f"{self.queue_kind()!r}")
-    momentum_lib.momentum_at(0, base=float(cfg.momentum), total_steps=1,
-                             schedule=cfg.momentum_schedule)
-
-  def queue_kind(self) -> str:
-    return self.config.objective.get("queue", "global")  # configs older than the field
-
   def queue_groups(self) -> int:
     """Queues kept: one per device ('per_device', `queue_devices` or every device) or 1."""
-    if self.queue_kind() != "per_device":
+    if self.queue_kind != "per_device":
       return 1
-    n = self.config.objective.get("queue_devices")
-    return int(n) if n else jax.device_count()
+    return int(self.queue_devices) if self.queue_devices else jax.device_count()
 
   def no_update_steps(self) -> int:
     """The reference's iters_noupdate: queue_size / batch_size steps without an update."""
-    if self.config.objective.update_before_queue_full:
+    if self.update_before_queue_full:
       return 0
-    return int(self.config.objective.queue_size) // int(self.config.batch_size)
+    return self.queue_size // self.run.batch_size
 
   def build(self, rngs):
-    cfg = self.config.objective
-    online = rho.build_network(self.config, rngs)
+    online = self.build_network(rngs)
     groups = self.queue_groups()
-    if int(self.config.batch_size) % groups:
-      raise ValueError(f"config.objective.queue='per_device': batch_size {self.config.batch_size} "
+    if self.run.batch_size % groups:
+      raise ValueError(f"config.objective.queue='per_device': batch_size {self.run.batch_size} "
                        f"must split evenly over {groups} devices")
-    return MoCoModel(online, int(cfg.queue_size), int(cfg.head_out), groups)
+    return MoCoModel(online, self.queue_size, self.head_out, groups)
 
   def apply_update(self, model, *, step):
     return jnp.asarray(step) >= self.no_update_steps()
 
-  def momentum(self, step):
-    cfg = self.config.objective
-    return momentum_lib.momentum_at(step, base=float(cfg.momentum),
-                                    total_steps=config_lib.steps("total", self.config),
-                                    schedule=cfg.momentum_schedule)
-
   def loss(self, model, batch, *, step, rng):
-    cfg = self.config.objective
-    video = rho.clips_of(batch, rho.num_clips(self.config))
-    per_view = bool(cfg.bn_per_view)
+    video = self.clips(batch)
+    per_view = self.bn_per_view
     q = apply_views(model, lambda m, x: m.head(m.encoder(x)), video, per_view=per_view)
-    if cfg.get("shuffle_bn"):
+    if self.shuffle_bn:
       order = jax.random.permutation(jax.random.fold_in(rng, 1), video.shape[0])
       k = apply_views(model, lambda m, x: m.target.project(x), video[order], per_view=per_view)
       k = k[jnp.argsort(order)]
@@ -187,14 +180,9 @@ class MoCo(rho.RhoObjective):
     queues = model.queue[...]
     groups, size = queues.shape[0], queues.shape[1]
     filled = model.queue_filled[...]
-    loss, metrics = moco_loss_grouped(q, k, queues, filled, float(cfg.temperature),
-                                      reduction=cfg.reduction)
-    if cfg.enqueue == "all":
-      keys = jnp.swapaxes(k, 0, 1)  # [V, B, D]
-    elif cfg.enqueue == "first":
-      keys = k[None, :, 0]
-    else:
-      raise ValueError(f"config.objective.enqueue must be 'all' or 'first', got {cfg.enqueue!r}")
+    loss, metrics = moco_loss_grouped(q, k, queues, filled, self.temperature,
+                                      reduction=self.reduction)
+    keys = jnp.swapaxes(k, 0, 1) if self.enqueue == "all" else k[None, :, 0]  # [V, B, D]
     # Each group (device) writes its own videos' keys, clip-major, at the shared pointer.
     keys = keys.reshape(keys.shape[0], groups, -1, keys.shape[-1])
     keys = jnp.swapaxes(keys, 0, 1).reshape(groups, -1, keys.shape[-1])  # [G, n, D]
@@ -205,16 +193,21 @@ class MoCo(rho.RhoObjective):
     model.queue_filled[...] = new[2][0]
     metrics["infonce"] = loss
     metrics["queue_fill"] = filled.astype(jnp.float32) / size
-    if not cfg.update_before_queue_full:
+    if not self.update_before_queue_full:
       loss = loss * self.apply_update(model, step=step).astype(loss.dtype)
     return loss, metrics
 
   def after_update(self, model, *, step):
     # The key network used at step t + 1 averages in the parameters after update t, with
     # the reference's momentum for iteration t + 1.
-    m = self.momentum(jnp.asarray(step) + 1)
+    m = self.momentum_at(jnp.asarray(step) + 1)
     momentum_lib.ema_update([(model.target.encoder, model.encoder),
                              (model.target.head, model.head)], m)
+
+
+def objective_config() -> dict:
+  """config.objective fields for rho-MoCo (Feichtenhofer et al., CVPR 2021)."""
+  return defaults(MoCo, "moco")
 
 
 make = MoCo  # the method's entry point (cvrl.core.discovery)

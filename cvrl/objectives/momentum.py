@@ -6,6 +6,7 @@ its own forward passes.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -32,6 +33,17 @@ def momentum_at(step, *, base: float, total_steps: int, schedule: str = "cosine"
   if schedule == "constant":
     return jnp.asarray(base, jnp.float32)
   raise ValueError(f"momentum schedule must be 'cosine' or 'constant', got {schedule!r}")
+
+
+def schedule(base: float, name: str, total_steps: int | None):
+  """step -> the target momentum of schedule `name` (`momentum_at`) over `total_steps`,
+  the name checked now."""
+  momentum_at(0, base=float(base), total_steps=1, schedule=name)
+  if name == "cosine" and total_steps is None:
+    raise ValueError("the cosine momentum needs the run's total steps: set config.total_steps, "
+                     "or config.total_epochs and config.data.num_train_examples")
+  return functools.partial(momentum_at, base=float(base), total_steps=total_steps,
+                           schedule=name)
 
 
 def ema_update(pairs: Iterable[tuple[nnx.Module, nnx.Module]], momentum) -> None:

@@ -8,10 +8,8 @@ with BN, BYOL 2 layers (4096 hidden, 256 out, BN) plus a predictor.
 from __future__ import annotations
 
 import jax
-import ml_collections
 from flax import nnx
 
-from cvrl.models import build_encoder
 from cvrl.models.heads import MLP, l2_normalize
 from cvrl.objectives.base import Objective
 
@@ -38,47 +36,39 @@ class Network(nnx.Module):
     return l2_normalize(self.head(self.encoder(clips)))
 
 
-def num_clips(config: ml_collections.ConfigDict) -> int:
-  rho = int(config.objective.num_clips)
-  if rho < 2:
-    raise ValueError(f"config.objective.num_clips (rho) must be >= 2, got {rho}")
-  return rho
-
-
-def sampler(config: ml_collections.ConfigDict) -> dict:
-  return {"name": "rho", "num_clips": num_clips(config)}
-
-
 class RhoObjective(Objective):
-  """What the rho-methods share: rho clips per video, config checked when made."""
+  """What the rho-methods share: rho clips per video, one network of encoder and
+  projection head, fields checked when made.
 
-  def __init__(self, config):
-    super().__init__(config)
-    num_clips(config)  # rho >= 2
-    self.validate()
+  head_layers counts the head's hidden [Dense -> BN? -> ReLU] layers (as CVRL's config
+  does), then Dense(head_out): the papers' "3-layer MLP" is head_layers = 2, BYOL's
+  "2-layer" projector head_layers = 1. bn_per_view: one network pass (one BatchNorm
+  batch) per clip, as the reference.
+  """
+
+  def __init__(self, encoder, run, *, num_clips: int = 2, head_hidden: int = 2048,
+               head_layers: int = 2, head_out: int = 128, head_bn: bool = False,
+               bn_per_view: bool = True, **base_fields):
+    super().__init__(encoder, run, **base_fields)
+    if int(num_clips) < 2:
+      raise ValueError(f"config.objective.num_clips (rho) must be >= 2, got {num_clips}")
+    self.num_clips, self.bn_per_view = int(num_clips), bool(bn_per_view)
+    self.head_hidden, self.head_layers = int(head_hidden), int(head_layers)
+    self.head_out, self.head_bn = int(head_out), bool(head_bn)
 
   def sampler(self):
-    return sampler(self.config)
+    return {"name": "rho", "num_clips": self.num_clips}
 
-  def validate(self) -> None:
-    """The method's own config checks: one-line ValueErrors, raised when it is made."""
+  def build_network(self, rngs: nnx.Rngs) -> Network:
+    """The encoder and its projection head."""
+    encoder = self.encoder_spec.build(rngs)
+    head = MLP(encoder.num_features, self.head_hidden, self.head_out,
+               num_hidden=self.head_layers, bn=self.head_bn, **self.encoder_spec.bn, rngs=rngs)
+    return Network(encoder, head)
 
-
-def projection_head(config: ml_collections.ConfigDict, in_features: int, rngs: nnx.Rngs) -> MLP:
-  """config.objective.head_layers hidden [Dense -> BN? -> ReLU] layers, then Dense(head_out).
-
-  head_layers counts hidden layers (as CVRL's config does): the papers' "3-layer MLP" is
-  head_layers = 2, BYOL's "2-layer" projector head_layers = 1.
-  """
-  cfg = config.objective
-  return MLP(in_features, int(cfg.head_hidden), int(cfg.head_out), num_hidden=int(cfg.head_layers),
-             bn=bool(cfg.head_bn), bn_momentum=config.model.bn_momentum,
-             bn_eps=config.model.bn_eps, rngs=rngs)
-
-
-def build_network(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Network:
-  encoder = build_encoder(config.model, rngs)
-  return Network(encoder, projection_head(config, encoder.num_features, rngs))
+  def clips(self, batch) -> jax.Array:
+    """batch['video'] [B, rho, T, H, W, 3], checked against the configured rho."""
+    return clips_of(batch, self.num_clips)
 
 
 def clips_of(batch, rho: int) -> jax.Array:

@@ -5,7 +5,7 @@ degrees (counter-clockwise, in the H x W plane); a 4-way classifier on the poole
 features (cvrl.models.heads.RotationClassifier: fc 64 -> ReLU -> 4) predicts which one,
 with softmax cross-entropy averaged over the 4B clips.
 
-Input (`config.objective.input`): 'rgb' frames, or 'dif' frame differences
+Input (the field `input`): 'rgb' frames, or 'dif' frame differences
 x[t+1] - x[t] of T + 1 frames (sampler {'name': 'single', 'extra_frames': 1}), values in
 [-1, 1]. The difference is the encoder's own first op: `encoder_config()` is config.model
 with `input` set, the checkpoint stores that config, and every downstream job rebuilds
@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from cvrl.models import build_encoder, extra_frames, input_mode
+from cvrl.models import input_mode
 from cvrl.models.heads import EncoderHead, RotationClassifier
-from cvrl.objectives.base import Objective
+from cvrl.objectives.base import Objective, defaults
 
 NUM_ROTATIONS = 4
 INPUTS = ("rgb", "dif")
-
-
-def objective_config() -> dict:
-  """config.objective fields for 3DRotNet (Jing & Tian, 2018)."""
-  return dict(name="rotation", input="rgb", head_hidden=64)
 
 
 def rotate_clips(clips):
@@ -69,34 +63,27 @@ def fuse_scores(rgb_logits, dif_logits):
 
 
 class Rotation(Objective):
+  """input: 'rgb' or 'dif' (the encoder's, see the module docstring); head_hidden: the
+  rotation classifier's hidden units."""
 
-  def __init__(self, config):
-    super().__init__(config)
-    self.validate()
-
-  def validate(self) -> None:
-    """Config errors as one-line ValueErrors, raised when the objective is made."""
-    mode = self.config.objective.input
-    if mode not in INPUTS:
-      raise ValueError(f"config.objective.input must be one of {INPUTS}, got {mode!r}")
-    if input_mode(self.config.model) not in ("rgb", mode):
-      raise ValueError(f"config.model.input {input_mode(self.config.model)!r} contradicts "
-                       f"config.objective.input {mode!r}: set only the objective's")
-
-  def encoder_config(self):
-    """config.model with `input` = objective.input: the encoder differences its frames."""
-    model = ml_collections.ConfigDict(self.config.model.to_dict())
-    model.input = self.config.objective.input
-    return model
+  # pylint: disable-next=redefined-builtin
+  def __init__(self, encoder, run, *, input: str = "rgb", head_hidden: int = 64, **base_fields):
+    super().__init__(encoder, run, **base_fields)
+    if input not in INPUTS:
+      raise ValueError(f"config.objective.input must be one of {INPUTS}, got {input!r}")
+    model_input = input_mode(encoder.fields)
+    if model_input not in ("rgb", input):
+      raise ValueError(f"config.model.input {model_input!r} contradicts "
+                       f"config.objective.input {input!r}: set only the objective's")
+    self.encoder_spec, self.head_hidden = encoder.with_input(input), int(head_hidden)
 
   def sampler(self):
-    extra = extra_frames(self.encoder_config())
+    extra = self.encoder_spec.extra_frames
     return {"name": "single", "extra_frames": extra} if extra else {"name": "single"}
 
   def build(self, rngs):
-    encoder = build_encoder(self.encoder_config(), rngs)
-    head = RotationClassifier(encoder.num_features, int(self.config.objective.head_hidden),
-                              NUM_ROTATIONS, rngs=rngs)
+    encoder = self.encoder_spec.build(rngs)
+    head = RotationClassifier(encoder.num_features, self.head_hidden, NUM_ROTATIONS, rngs=rngs)
     return EncoderHead(encoder, head)
 
   def shown_views(self, video):
@@ -110,6 +97,11 @@ class Rotation(Objective):
       raise ValueError(f"3DRotNet expects one clip per video, got video shape {video.shape}")
     rotated, labels = rotate_clips(video[:, 0])  # a DIF encoder differences them itself
     return rotation_loss(model.head(model.encoder(rotated)), labels)
+
+
+def objective_config() -> dict:
+  """config.objective fields for 3DRotNet (Jing & Tian, 2018)."""
+  return defaults(Rotation, "rotation")
 
 
 make = Rotation  # the method's entry point (cvrl.core.discovery)

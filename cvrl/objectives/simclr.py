@@ -20,17 +20,12 @@ import jax.numpy as jnp
 
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
+from cvrl.objectives.base import defaults
 from cvrl.objectives.views import apply_views
 
 MASKED = -1e9  # finite, so rows with nothing left keep finite gradients
 
 
-
-def objective_config() -> dict:
-  """config.objective fields for rho-SimCLR (Feichtenhofer et al., CVPR 2021)."""
-  return dict(name="simclr", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
-              head_out=128, head_bn=False, bn_per_view=True, positives_in_denominator=True,
-              pairing="consecutive")
 
 PAIRINGS = ("consecutive", "all")
 
@@ -71,24 +66,39 @@ def multi_positive_nt_xent(z, temperature: float, *, positives_in_denominator: b
 
 
 class SimCLR(rho.RhoObjective):
+  """temperature: NT-Xent's; positives_in_denominator, pairing: see the module docstring;
+  the rho fields (clips, head) in rho.RhoObjective."""
+
+  def __init__(self, encoder, run, *, temperature: float = 0.1,
+               positives_in_denominator: bool = True, pairing: str = "consecutive",
+               **rho_fields):
+    super().__init__(encoder, run, **rho_fields)
+    check_pairing(pairing)
+    self.temperature, self.pairing = float(temperature), pairing
+    self.positives_in_denominator = bool(positives_in_denominator)
 
   def build(self, rngs):
-    return rho.build_network(self.config, rngs)
+    return self.build_network(rngs)
 
   def loss(self, model, batch, *, step, rng):
-    cfg = self.config.objective
-    video = rho.clips_of(batch, rho.num_clips(self.config))
-    z = apply_views(model, lambda m, x: m.head(m.encoder(x)), video, per_view=bool(cfg.bn_per_view))
+    video = self.clips(batch)
+    z = apply_views(model, lambda m, x: m.head(m.encoder(x)), video, per_view=self.bn_per_view)
     fn = lambda x: multi_positive_nt_xent(
-        x, float(cfg.temperature), positives_in_denominator=bool(cfg.positives_in_denominator))
-    if cfg.get("pairing", "all") == "consecutive":
+        x, self.temperature, positives_in_denominator=self.positives_in_denominator)
+    if self.pairing == "consecutive":
       return consecutive_pairs(fn, z)
     return fn(z)
 
-  def validate(self) -> None:
-    if self.config.objective.get("pairing", "all") not in PAIRINGS:
-      raise ValueError(f"config.objective.pairing must be one of {list(PAIRINGS)}, got "
-                       f"{self.config.objective.pairing!r}")
+
+def check_pairing(pairing: str) -> None:
+  if pairing not in PAIRINGS:
+    raise ValueError(f"config.objective.pairing must be one of {list(PAIRINGS)}, got "
+                     f"{pairing!r}")
+
+
+def objective_config() -> dict:
+  """config.objective fields for rho-SimCLR (Feichtenhofer et al., CVPR 2021)."""
+  return defaults(SimCLR, "simclr")
 
 
 make = SimCLR  # the method's entry point (cvrl.core.discovery)

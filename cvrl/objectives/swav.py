@@ -21,24 +21,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from ml_collections import config_dict
 
 from cvrl import config_lib
 from cvrl.models.heads import l2_normalize
 from cvrl.objectives import rho
-from cvrl.objectives.simclr import PAIRINGS, consecutive_pairs
+from cvrl.objectives.base import defaults
+from cvrl.objectives.simclr import check_pairing, consecutive_pairs
 from cvrl.objectives.sinkhorn import sinkhorn
 from cvrl.objectives.views import apply_views
 
 
-
-def objective_config() -> dict:
-  """config.objective fields for rho-SwAV (Feichtenhofer et al., CVPR 2021)."""
-  return dict(name="swav", temperature=0.1, num_clips=2, head_hidden=2048, head_layers=2,
-              head_out=128, head_bn=True, bn_per_view=True, num_prototypes=1000,
-              sinkhorn_epsilon=0.05, sinkhorn_iterations=3, num_assign=2,
-              freeze_prototypes_epochs=config_dict.FieldReference(1, field_type=int),
-              freeze_prototypes_steps=config_dict.placeholder(int), pairing="consecutive")
 
 def swav_loss(scores, temperature: float, *, epsilon: float = 0.05, iterations: int = 3,
               num_assign: int = 2):
@@ -90,45 +82,54 @@ class SwAVModel(nnx.Module):
 
 
 class SwAV(rho.RhoObjective):
+  """temperature: the swapped prediction's; num_prototypes; Sinkhorn's epsilon and
+  iterations; num_assign: the clips whose codes are predicted; the prototypes frozen for
+  the first freeze_prototypes_{steps,epochs}; pairing: see the module docstring; the rho
+  fields (clips, head) in rho.RhoObjective."""
 
-  def validate(self) -> None:
-    """Config errors as one-line ValueErrors, raised when the objective is made."""
-    cfg = self.config.objective
-    if cfg.get("pairing", "all") not in PAIRINGS:
-      raise ValueError(f"config.objective.pairing must be one of {list(PAIRINGS)}, got "
-                       f"{cfg.pairing!r}")
-    if not 1 <= int(cfg.num_assign) <= rho.num_clips(self.config):
+  def __init__(self, encoder, run, *, temperature: float = 0.1, head_bn: bool = True,
+               num_prototypes: int = 1000, sinkhorn_epsilon: float = 0.05,
+               sinkhorn_iterations: int = 3, num_assign: int = 2,
+               freeze_prototypes_epochs: int | None = 1,
+               freeze_prototypes_steps: int | None = None, pairing: str = "consecutive",
+               **rho_fields):
+    super().__init__(encoder, run, head_bn=head_bn, **rho_fields)
+    check_pairing(pairing)
+    if not 1 <= int(num_assign) <= self.num_clips:
       raise ValueError(f"config.objective.num_assign must be in [1, num_clips], got "
-                       f"{cfg.num_assign}")
-    self.freeze_prototypes_steps()
+                       f"{num_assign}")
+    self.temperature, self.pairing = float(temperature), pairing
+    self.num_prototypes = int(num_prototypes)
+    self.sinkhorn = dict(epsilon=float(sinkhorn_epsilon), iterations=int(sinkhorn_iterations))
+    self.num_assign = int(num_assign)
+    self.freeze_prototypes_steps = config_lib.steps(
+        "freeze_prototypes", dict(freeze_prototypes_epochs=freeze_prototypes_epochs,
+                                  freeze_prototypes_steps=freeze_prototypes_steps),
+        num_examples=run.num_train_examples, batch_size=run.batch_size, default=0)
 
   def build(self, rngs):
-    cfg = self.config.objective
-    online = rho.build_network(self.config, rngs)
-    return SwAVModel(online, Prototypes(int(cfg.head_out), int(cfg.num_prototypes), rngs=rngs))
-
-  def freeze_prototypes_steps(self) -> int:
-    data = self.config.get("data", {})
-    return config_lib.steps("freeze_prototypes", self.config.objective,
-                            num_examples=data.get("num_train_examples"),
-                            batch_size=self.config.get("batch_size"), default=0)
+    online = self.build_network(rngs)
+    return SwAVModel(online, Prototypes(self.head_out, self.num_prototypes, rngs=rngs))
 
   def loss(self, model, batch, *, step, rng):
-    cfg = self.config.objective
-    video = rho.clips_of(batch, rho.num_clips(self.config))
+    video = self.clips(batch)
     z = apply_views(model, lambda m, x: l2_normalize(m.head(m.encoder(x))), video,
-                    per_view=bool(cfg.bn_per_view))
+                    per_view=self.bn_per_view)
     w = model.prototypes.kernel[...]
-    w = jnp.where(jnp.asarray(step) < self.freeze_prototypes_steps(), jax.lax.stop_gradient(w), w)
+    w = jnp.where(jnp.asarray(step) < self.freeze_prototypes_steps, jax.lax.stop_gradient(w), w)
     scores = jnp.einsum("bvd,kd->bvk", z, w)
-    fn = lambda s, n: swav_loss(s, float(cfg.temperature), epsilon=float(cfg.sinkhorn_epsilon),
-                                iterations=int(cfg.sinkhorn_iterations), num_assign=n)
-    if cfg.get("pairing", "all") == "consecutive":
+    fn = lambda s, n: swav_loss(s, self.temperature, num_assign=n, **self.sinkhorn)
+    if self.pairing == "consecutive":
       return consecutive_pairs(lambda s: fn(s, 2), scores)
-    return fn(scores, int(cfg.num_assign))
+    return fn(scores, self.num_assign)
 
   def after_update(self, model, *, step):
     model.prototypes.normalize()
+
+
+def objective_config() -> dict:
+  """config.objective fields for rho-SwAV (Feichtenhofer et al., CVPR 2021)."""
+  return defaults(SwAV, "swav")
 
 
 make = SwAV  # the method's entry point (cvrl.core.discovery)

@@ -12,7 +12,7 @@ Model: the 'tclr' R3D-18 (16 frames -> 4 timesteps), spatial pooling only; one M
 As the reference, the encoder runs once per clip and the MLP once per representation
 group, so each BatchNorm sees one group of B (set `bn_per_view=False` to batch them).
 
-Losses (temperature 0.1, weights from the config):
+Losses (temperature 0.1, weights from the method's fields):
 - instance: NT-Xent between the two augmentations' gsr over the batch (mean over the 2B
   anchors; each anchor's other 2B - 1 clips in the softmax);
 - local-local: per video, NT-Xent between dense clips under A and under B (positive: the
@@ -32,10 +32,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cvrl.models import build_encoder
 from cvrl.models.heads import MLP, EncoderHead, l2_normalize
 from cvrl.objectives import contrastive
-from cvrl.objectives.base import Objective
+from cvrl.objectives.base import Objective, defaults
 from cvrl.objectives.views import apply_views
 
 NUM_DENSE = 4
@@ -43,12 +42,6 @@ NUM_VIEWS = 2 * (1 + NUM_DENSE)
 MASKED = -1e9
 
 
-
-def objective_config() -> dict:
-  """config.objective fields for TCLR (Dave et al., CVIU 2022)."""
-  return dict(name="tclr", temperature=0.1, head_hidden=512, head_layers=1, head_out=128,
-              bn_per_view=True, instance_weight=1.0, local_local_weight=1.0,
-              global_local_weight=1.0, dense_instance_weight=1.0, local_local_reduction="sum")
 
 def nt_xent(z_a, z_b, temperature: float):
   """SimCLR NT-Xent between two views of N items: mean over the 2N anchors."""
@@ -120,26 +113,33 @@ def encode(model, video, *, per_view: bool):
 
 
 class TCLR(Objective):
+  """temperature; the MLP: head_layers hidden layers of head_hidden, then head_out; the
+  loss terms' weights and local_local_reduction, bn_per_view: see the module docstring."""
+
+  def __init__(self, encoder, run, *, temperature: float = 0.1, head_hidden: int = 512,
+               head_layers: int = 1, head_out: int = 128, bn_per_view: bool = True,
+               instance_weight: float = 1.0, local_local_weight: float = 1.0,
+               global_local_weight: float = 1.0, dense_instance_weight: float = 1.0,
+               local_local_reduction: str = "sum", **base_fields):
+    super().__init__(encoder, run, **base_fields)
+    if local_local_reduction not in ("sum", "mean"):
+      raise ValueError("config.objective.local_local_reduction must be 'sum' or 'mean', got "
+                       f"{local_local_reduction!r}")
+    self.temperature, self.local_local_reduction = float(temperature), local_local_reduction
+    self.head_hidden, self.head_layers = int(head_hidden), int(head_layers)
+    self.head_out = int(head_out)
+    self.bn_per_view = bool(bn_per_view)
+    self.weights = {"instance": float(instance_weight), "local_local": float(local_local_weight),
+                    "global_local": float(global_local_weight),
+                    "dense_instance": float(dense_instance_weight)}
 
   def sampler(self):
     return {"name": "tclr"}
 
-  def __init__(self, config):
-    super().__init__(config)
-    self.validate()
-
-  def validate(self) -> None:
-    """Config errors as one-line ValueErrors, raised when the objective is made."""
-    if self.config.objective.local_local_reduction not in ("sum", "mean"):
-      raise ValueError("config.objective.local_local_reduction must be 'sum' or 'mean', got "
-                       f"{self.config.objective.local_local_reduction!r}")
-
   def build(self, rngs):
-    cfg = self.config.objective
-    encoder = build_encoder(self.config.model, rngs)
-    head = MLP(encoder.num_features, int(cfg.head_hidden), int(cfg.head_out),
-               num_hidden=int(cfg.head_layers), bn=True, bn_last=True,
-               bn_momentum=self.config.model.bn_momentum, bn_eps=self.config.model.bn_eps,
+    encoder = self.encoder_spec.build(rngs)
+    head = MLP(encoder.num_features, self.head_hidden, self.head_out,
+               num_hidden=self.head_layers, bn=True, bn_last=True, **self.encoder_spec.bn,
                rngs=rngs)
     return EncoderHead(encoder, head)
 
@@ -149,27 +149,30 @@ class TCLR(Objective):
     return video, names
 
   def loss(self, model, batch, *, step, rng):
-    cfg = self.config.objective
-    gsr, lsr, gdr = encode(model, batch["video"], per_view=bool(cfg.bn_per_view))
-    return total_loss(gsr, lsr, gdr, cfg)
+    gsr, lsr, gdr = encode(model, batch["video"], per_view=self.bn_per_view)
+    return total_loss(gsr, lsr, gdr, self.temperature, self.weights,
+                      reduction=self.local_local_reduction)
 
 
-def total_loss(gsr, lsr, gdr, cfg):
-  """The weighted sum of the terms from the representations (see the module docstring)."""
-  t = float(cfg.temperature)
+def total_loss(gsr, lsr, gdr, temperature: float, weights: dict, *, reduction: str = "sum"):
+  """The weighted sum of the terms from the representations (see the module docstring):
+  `weights` of 'instance', 'local_local', 'global_local' and 'dense_instance' (0: the
+  term left out)."""
+  t = temperature
   terms = {
       "instance": nt_xent(gsr[0], gsr[1], t),
-      "local_local": local_local_loss(gdr, t, reduction=cfg.local_local_reduction),
+      "local_local": local_local_loss(gdr, t, reduction=reduction),
       "global_local": global_local_loss(lsr, gdr, t),
   }
-  weights = {"instance": float(cfg.instance_weight),
-             "local_local": float(cfg.local_local_weight),
-             "global_local": float(cfg.global_local_weight)}
-  if float(cfg.dense_instance_weight):
+  if weights["dense_instance"]:
     terms["dense_instance"] = dense_instance_loss(gdr, t)
-    weights["dense_instance"] = float(cfg.dense_instance_weight)
   loss = sum(weights[k] * terms[k] for k in terms)
   return loss, {f"loss_{k}": v for k, v in terms.items()}
+
+
+def objective_config() -> dict:
+  """config.objective fields for TCLR (Dave et al., CVIU 2022)."""
+  return defaults(TCLR, "tclr")
 
 
 make = TCLR  # the method's entry point (cvrl.core.discovery)

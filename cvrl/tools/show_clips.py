@@ -61,7 +61,7 @@ def checked(config, out: str, videos: int, extra_args=()):
     if wrong:
       raise ConfigError(message)
   try:
-    objective = objectives.get(config)
+    objective = objectives.from_config(config)
     sources.check(config.data, "train")
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -9,6 +9,7 @@ pretraining's meaning.
 from __future__ import annotations
 
 import ast
+import json
 import math
 
 import ml_collections
@@ -80,6 +81,39 @@ def steps(name: str, config: ml_collections.ConfigDict, *, num_examples: int | N
   if default is not None:
     return default
   raise ValueError(f"set config.{steps_key} or config.{epochs_key}")
+
+
+def durations(config: ml_collections.ConfigDict, num_examples: int | None = None
+              ) -> tuple[int, int]:
+  """(total steps, warm-up steps) of a training config's `{total,warmup}_{steps,epochs}`;
+  epochs count `num_examples` videos (None: config.data.num_train_examples) in global
+  batches of config.batch_size."""
+  if num_examples is None:
+    num_examples = config.data.get("num_train_examples")
+  kw = dict(num_examples=num_examples, batch_size=int(config.batch_size))
+  return steps("total", config, **kw), steps("warmup", config, default=0, **kw)
+
+
+def encoder_args(config: ml_collections.ConfigDict) -> dict:
+  """A downstream config's encoder as keyword arguments (cvrl.eval.features.load_encoder):
+  the checkpoint `pretrained` at `pretrained_step` (None: the newest), or with
+  `random_init` the architecture `model` built with `seed`."""
+  return dict(pretrained=config.get("pretrained") or "",
+              pretrained_step=config.get("pretrained_step"),
+              random_init=bool(config.get("random_init")), model=config.model,
+              seed=int(config.seed))
+
+
+def training(config: ml_collections.ConfigDict) -> dict:
+  """A training job's seed, global batch size and optimizer fields as keyword arguments
+  (cvrl.engine.tasks.Training)."""
+  return dict(seed=int(config.seed), batch_size=int(config.batch_size), optim=config.optim)
+
+
+def as_dict(config: ml_collections.ConfigDict) -> dict:
+  """A config as results.json records it (JSON values)."""
+  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
+      else dict(config)
 
 
 def default_model_config() -> ml_collections.ConfigDict:

@@ -157,7 +157,7 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   step and clip shape; `per_device_batch` overrides config.batch_size."""
   # pylint: disable=import-outside-toplevel
   import ml_collections
-  from cvrl import objectives
+  from cvrl import config_lib, objectives
   from cvrl.core import parallel
   from cvrl.engine import loop as engine
   from cvrl.engine import tasks
@@ -166,11 +166,12 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   if per_device_batch:
     config.batch_size = per_device_batch * parallel.num_data_shards(mesh)
   objective = objectives.from_config(config)
-  task = tasks.PretrainTask(config, objective)
+  task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data, objective)
   with jax.set_mesh(mesh):
     parts = engine.abstract_step(task, config, objective.sampler(),
-                                 *step_inputs.durations(config))
-    extra = dict(make=step_inputs.model_maker(task, config),
+                                 *config_lib.durations(config))
+    norm = step_inputs.batch_norm(config.get("parallel"))
+    extra = dict(make=step_inputs.model_maker(task, norm),
                  placement=parallel.placement_from_config(config.get("parallel")))
   video = parts["batch"]["video"].shape
   return dict(parts, **extra, mesh=mesh, objective=objective, task=task, spec=parts["batch"],

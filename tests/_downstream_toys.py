@@ -118,7 +118,7 @@ def save_numpy_checkpoint(pretrain_config, workdir, seed=3, step=5):
   objective's model filled by `numpy_filled` (values no initialiser gives). Returns the
   saved full state."""
   import optax  # pylint: disable=import-outside-toplevel
-  from cvrl import objectives  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib, objectives  # pylint: disable=import-outside-toplevel
   from cvrl.engine import checkpoint  # pylint: disable=import-outside-toplevel
   from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
   objective = objectives.from_config(pretrain_config)

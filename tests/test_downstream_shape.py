@@ -87,7 +87,7 @@ def test_results_name_the_checkpoint_step(pretrained, tmp_path):
   pre, workdir = pretrained
   c = knn_config(pre, workdir)
   with jax.set_mesh(parallel.make_mesh()):
-    _, _, source = F.load_encoder(c)  # the latest checkpoint: its step named
+    _, _, source = F.load_encoder(**config_lib.encoder_args(c))  # the latest checkpoint: its step named
   assert source == {"init": "pretrained", "checkpoint": workdir, "step": 5}
   c.lock()
   out = evaluate.run(c, str(tmp_path / "knn"))

@@ -65,7 +65,8 @@ def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
   for n in (8, 1):
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ("data",))
     task = tasks.ClassifierTask(
-        tasks.Training.of(config), make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(7)), num_classes=4,
+        tasks.Training(**config_lib.training(config)),
+        make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(7)), num_classes=4,
         normalize=False, dropout=0.0, train_encoder=True, batches=toy_stream(),
         encoder_init=tiny_encoder(seed=7), groups=tasks.FINETUNE_GROUPS)
     process = runtime.Process()
@@ -91,7 +92,7 @@ def test_tasks_declare_what_the_step_reads():
   """The step finishes clips (with config.data) for a task whose loss reads them, and hands
   a cached-feature task its batch as shipped: the task says so, not the batch's keys."""
   config = small(config_lib.probe_config(), steps=1, every=1, batch=16)
-  training = tasks.Training.of(config)
+  training = tasks.Training(**config_lib.training(config))
   clips = tasks.ClassifierTask(training, make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(0)),
                                num_classes=4, normalize=False, dropout=0.0, train_encoder=False,
                                batches=toy_stream())
@@ -170,7 +171,7 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
 
   def run_probe(config, workdir):
     with jax.set_mesh(mesh):
-      make, enc, mc, _ = F.encoder_source(config)
+      make, enc, mc, _ = F.encoder_source(**config_lib.encoder_args(config))
       batches, _ = probe._datasets(config, extra_frames(mc))  # pylint: disable=protected-access
       return probe.train_probe(enc, config, num_classes=4, train_batches=batches,
                                total_steps=4, warmup_steps=1, steps_per_epoch=3,

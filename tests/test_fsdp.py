@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from outside_cvrl import memory as memory_source
-from cvrl import objectives
+from cvrl import config_lib, objectives
 from cvrl.core import parallel
 from cvrl.engine import checkpoint
 from cvrl.engine import input as input_lib
@@ -88,10 +88,11 @@ def train_both(name, optimizer, lr=None):
   configs = {s: fsdp_config(name, optimizer, s, lr) for s in ("replicated", "fsdp")}
   mesh = parallel.make_mesh()
   objective = objectives.from_config(configs["fsdp"])
-  task = tasks.PretrainTask(configs["fsdp"], objective)
+  fsdp = configs["fsdp"]
+  task = tasks.PretrainTask(tasks.Training(**config_lib.training(fsdp)), fsdp.data, objective)
   with jax.set_mesh(mesh):
     parts = {s: engine.abstract_step(task, c, objective.sampler(),
-                                     *step_inputs.durations(c)) for s, c in configs.items()}
+                                     *config_lib.durations(c)) for s, c in configs.items()}
   _, state = state_lib.create(task.make_model, task.trainable, parts["fsdp"]["tx"],
                               parallel.state_placement(mesh))
   states = {"fsdp": jax.jit(lambda t: jax.tree.map(engine._copy, t),  # pylint: disable=protected-access

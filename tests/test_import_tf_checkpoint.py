@@ -72,11 +72,12 @@ def test_imported_r3d50_gives_the_reference_features(reference, tmp_path):
 
   # The probe / evaluate jobs' own loader, on the paper's K600 linear-eval config.
   from configs import cvrl_k600_linear  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.core import parallel  # pylint: disable=import-outside-toplevel
   from cvrl.eval import features  # pylint: disable=import-outside-toplevel
   config = cvrl_k600_linear.get_config(f"pretrained={tmp_path}")
   with jax.set_mesh(parallel.make_mesh()):
-    encoder, model_config, source = features.load_encoder(config)
+    encoder, model_config, source = features.load_encoder(**config_lib.encoder_args(config))
   assert (model_config.depth, model_config.width, model_config.preset) == (50, 1.0, "cvrl")
   assert source["init"] == "pretrained"
   _, model = load_pretrained(str(tmp_path))

@@ -119,7 +119,7 @@ def check_downstream_encoder(name, workdir):
   config = config_lib.probe_config()
   config.pretrained = str(workdir)
   with jax.set_mesh(parallel.make_mesh()):
-    encoder, model_config, source = F.load_encoder(config)
+    encoder, model_config, source = F.load_encoder(**config_lib.encoder_args(config))
   assert source["init"] == "pretrained"
   pre_config, model = checkpoint.load_pretrained(str(workdir))
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
@@ -191,7 +191,7 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
   assert 0.0 <= saved["metrics"]["top1"] <= 1.0 and saved["probe"]["test"]["num_videos"] == 8
 
   config = config_lib.probe_config_for(pre, result["checkpoint_dir"])
-  encoder, model_config, _ = F.load_encoder(config)
+  encoder, model_config, _ = F.load_encoder(**config_lib.encoder_args(config))
   train_batches, _ = probe._datasets(config, models.extra_frames(model_config))  # pylint: disable=protected-access
   batch = next(train_batches())
   t = pre.data.num_frames

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from configs import cvrl_tiny, demo_probe, rotation_tiny, tclr_tiny
-from cvrl import objectives
+from cvrl import config_lib, objectives
 from cvrl.core.errors import ConfigError
 from cvrl.data import convert, device, sources
 from cvrl.engine import pictures, tasks
@@ -61,10 +61,11 @@ def test_first_batch_is_the_batch_the_train_step_finishes():
   c = cvrl_tiny.get_config()
   sources.prepare(c.data, ["train"])
   objective = objectives.from_config(c)
-  clips, names = pictures.first_batch(c, objective, 3)
+  clips, names = pictures.first_batch(c.data, objective, 3, seed=c.seed, batch_size=c.batch_size)
   assert names == ["clip 1", "clip 2"] and clips.shape == (3, 2, 4, 16, 16, 3)
   # what the loop hands the step: the task's batches from step 0, finished in the step
-  batches, _ = tasks.PretrainTask(c, objective).batches(
+  task = tasks.PretrainTask(tasks.Training(**config_lib.training(c)), c.data, objective)
+  batches, _ = task.batches(
       batch_size=int(c.batch_size), start_step=0, process_index=0, process_count=1)
   batch = next(iter(batches))
   step_sees = np.asarray(device.finish_batch(batch, c.data)["video"])[:3]
@@ -90,7 +91,8 @@ def test_pretraining_draws_its_first_batch_to_tensorboard_unless_switched_off(tm
   sources.prepare(c.data, ["train"])
   assert pretrain.picture_dir(c, "W") == "W"
   objective = objectives.from_config(c)
-  task = tasks.PretrainTask(c, objective, picture_dir=str(tmp_path))
+  task = tasks.PretrainTask(tasks.Training(**config_lib.training(c)), c.data, objective,
+                            picture_dir=str(tmp_path))
   batches, _ = task.batches(batch_size=int(c.batch_size), start_step=0, process_index=0,
                             process_count=1)
   first = next(iter(batches))
@@ -185,7 +187,8 @@ def test_a_gif_of_converted_tfrecord_shards_plays_the_frames_in_order(tmp_path):
   c.data.update(source="tfrecord", train_paths=str(tmp_path / "shards" / "*.tfrecord"),
                 num_train_examples=4, num_classes=2)
   c.batch_size = 4  # the 4 converted videos fill one global batch
-  clips, _ = pictures.first_batch(c, objectives.from_config(c), 2)
+  clips, _ = pictures.first_batch(c.data, objectives.from_config(c), 2, seed=c.seed,
+                              batch_size=c.batch_size)
   gif = Image.open(tmp_path / "c.gif")
   assert gif.n_frames == clips.shape[2] == 4
   zoom = show_clips.scale(clips, pictures.mosaic(clips[:, :, :1]).shape[1])

@@ -6,7 +6,7 @@ import importlib
 import jax
 import pytest
 
-from cvrl import objectives
+from cvrl import config_lib, objectives
 from cvrl.core import parallel
 from cvrl.data import sources
 from cvrl.engine import input as input_lib
@@ -53,7 +53,8 @@ def test_batch_spec_is_the_pipelines_batch(kind, data_dir):
   config = _config(name, overrides, data_dir)
   sources.prepare(config.data, ["train"])
   objective = objectives.from_config(config)
-  batches, _ = tasks.PretrainTask(config, objective).batches(
+  task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data, objective)
+  batches, _ = task.batches(
       batch_size=BATCH, start_step=0, process_index=0, process_count=1)
   with jax.set_mesh(parallel.make_mesh()):  # the run's mesh, as a job sets it
     batch = input_lib.global_batch(next(iter(batches)))

@@ -198,7 +198,7 @@ def abstract_step(task, config, sampler, total_steps: int, warmup_steps: int) ->
   as the pipeline ships it for `sampler`), graphdef, tx}. `step.lower(state,
   batch).compile()` is what would run."""
   tx, schedule, _ = task.optimizer(total_steps, warmup_steps)
-  graphdef, state = step_inputs.abstract_state(task, config, tx)
+  graphdef, state = step_inputs.abstract_state(task, config.get("parallel"), tx)
   step = make_train_step(task.rules, graphdef, tx, schedule, parallel.batch_sharding(),
                          int(config.seed), clip_data(task, config.data), state_lib.shardings(state))
   batch = step_inputs.batch_spec(config.data, sampler, int(config.batch_size))
@@ -336,7 +336,7 @@ class _Run:
     self.ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=int(config.checkpoint.keep),
         async_save=bool(config.checkpoint.get("async_save", True)))
-    self.graphdef, target = step_inputs.abstract_state(task, config, tx)
+    self.graphdef, target = step_inputs.abstract_state(task, config.get("parallel"), tx)
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
@@ -344,8 +344,8 @@ class _Run:
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:
-      _, state = state_lib.create(step_inputs.model_maker(task, config), task.trainable,
-                                  tx, parallel.placement_from_config(p))
+      make = step_inputs.model_maker(task, step_inputs.batch_norm(p))
+      _, state = state_lib.create(make, task.trainable, tx, parallel.placement_from_config(p))
       self.state = _initialized(task, self.graphdef, state, tx, shardings)
     self.start_step = self.step = int(jax.device_get(self.state.step))
     self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule,

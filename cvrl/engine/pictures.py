@@ -36,12 +36,14 @@ def views(batch: dict, data_config, objective, videos: int) -> tuple[np.ndarray,
   return np.asarray(shown, np.float32), names
 
 
-def first_batch(config, objective, videos: int) -> tuple[np.ndarray, list[str]]:
-  """`views` of the first batch the job's own pipeline gives a fresh run (one process)."""
-  batches, _ = input_lib.host_batches(config.data, objective.sampler(), seed=int(config.seed),
-                                      batch_size=int(config.batch_size), start_step=0,
+def first_batch(data, objective, videos: int, *, seed: int, batch_size: int
+                ) -> tuple[np.ndarray, list[str]]:
+  """`views` of the first batch the job's own pipeline gives a fresh run (one process) of
+  `data` (config.data) at `seed` in global batches of `batch_size`."""
+  batches, _ = input_lib.host_batches(data, objective.sampler(), seed=seed,
+                                      batch_size=batch_size, start_step=0,
                                       process_index=0, process_count=1)
-  return views(next(iter(batches)), config.data, objective, videos)
+  return views(next(iter(batches)), data, objective, videos)
 
 
 def mosaic(clips: np.ndarray) -> np.ndarray:

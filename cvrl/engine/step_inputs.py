@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.data import photometric
 from cvrl.data import sampling
@@ -19,28 +18,26 @@ from cvrl.engine import local_bn
 from cvrl.engine import state as state_lib
 
 
-def durations(config) -> tuple[int, int]:
-  """(total steps, warm-up steps) of a pretraining config from `{total,warmup}_{steps,epochs}`."""
-  kw = dict(num_examples=config.data.get("num_train_examples"), batch_size=config.batch_size)
-  return (config_lib.steps("total", config, **kw),
-          config_lib.steps("warmup", config, default=0, **kw))
-
-
-def model_maker(task, config):
+def model_maker(task, batch_norm: str = "sync"):
   """`task.make_model`, with per-device BatchNorm (over the run's mesh) under
-  parallel.batch_norm='local'."""
-  p = config.get("parallel") or {}
-  groups = parallel.num_data_shards() if p.get("batch_norm", "sync") == "local" else 1
+  `batch_norm` (config.parallel.batch_norm) 'local'."""
+  groups = parallel.num_data_shards() if batch_norm == "local" else 1
   if groups == 1:
     return task.make_model
   return lambda: local_bn.use_local_batch_norm(task.make_model(), groups)
 
 
-def abstract_state(task, config, tx):
-  """(graphdef, the state as ShapeDtypeStructs placed on the run's mesh by
-  parallel.param_sharding)."""
-  placement = parallel.placement_from_config(config.get("parallel"))
-  return state_lib.abstract(model_maker(task, config), task.trainable, tx, placement)
+def abstract_state(task, devices, tx):
+  """(graphdef, the state as ShapeDtypeStructs placed on the run's mesh by `devices`
+  (config.parallel: its param_sharding, batch_norm))."""
+  placement = parallel.placement_from_config(devices)
+  return state_lib.abstract(model_maker(task, batch_norm(devices)), task.trainable, tx,
+                            placement)
+
+
+def batch_norm(devices) -> str:
+  """config.parallel.batch_norm ('sync' where unset)."""
+  return (devices or {}).get("batch_norm", "sync")
 
 
 def batch_spec(data_config, sampler, global_batch: int) -> dict:

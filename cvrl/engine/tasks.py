@@ -27,14 +27,28 @@ from cvrl.engine import state as state_lib
 from cvrl.models.heads import EncoderHead, LinearClassifier
 
 
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What a task takes of its job's config: the seed (a classifier head's init is seed + 1),
+  the global batch size and config.optim (cvrl.engine.optim)."""
+  seed: int
+  batch_size: int
+  optim: ml_collections.ConfigDict
+
+  def optimizer(self, total_steps: int, warmup_steps: int, groups=None):
+    """(optax transform, schedule, peak lr(s)) of `optim` at this batch size."""
+    return optim.make(self.optim, self.batch_size, total_steps, warmup_steps, groups)
+
+
 class PretrainTask(engine.Task):
   """A pretext objective (cvrl.objectives) on the engine: the step runs the objective
   itself (`rules`: its trainable filter, loss and updates); this adds the model's seed, the
   method's sampled stream and the optimizer. With `picture_dir`, a fresh run's first batch
   is drawn to TensorBoard there (cvrl.engine.pictures)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, objective, picture_dir: str = ""):
-    self.config = config
+  def __init__(self, training: Training, data: ml_collections.ConfigDict, objective,
+               picture_dir: str = ""):
+    self.training, self.data = training, data
     self.objective = objective
     self.picture_dir = picture_dir
     self.name = f"pretraining {objective.name}"
@@ -45,20 +59,20 @@ class PretrainTask(engine.Task):
     return self.objective
 
   def make_model(self):
-    return self.objective.build(nnx.Rngs(int(self.config.seed)))
+    return self.objective.build(nnx.Rngs(self.training.seed))
 
   def batches(self, *, batch_size, start_step, process_index, process_count):
     batches, stats = input_lib.host_batches(
-        self.config.data, self.objective.sampler(), seed=int(self.config.seed),
+        self.data, self.objective.sampler(), seed=self.training.seed,
         batch_size=batch_size, start_step=start_step, process_index=process_index,
         process_count=process_count)
     if self.picture_dir and start_step == 0 and process_index == 0:
-      batches = pictures.with_tensorboard_picture(batches, self.config.data, self.objective,
+      batches = pictures.with_tensorboard_picture(batches, self.data, self.objective,
                                                   self.picture_dir)
     return batches, stats
 
   def optimizer(self, total_steps, warmup_steps):
-    return optim.make(self.config.optim, int(self.config.batch_size), total_steps, warmup_steps)
+    return self.training.optimizer(total_steps, warmup_steps)
 
 
 def classification_loss(logits, labels):
@@ -76,23 +90,6 @@ def param_groups(params):
 # Fine-tuning: the backbone at optim.base_lr, the new head at optim.head_lr.
 FINETUNE_GROUPS = (param_groups, {"backbone": "base_lr", "head": "head_lr"})
 HEAD_ONLY = nnx.All(nnx.Param, nnx.PathContains("head"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Training:
-  """What a classifier task takes of its job's config: the seed (the head's init is seed +
-  1), the global batch size and config.optim (cvrl.engine.optim)."""
-  seed: int
-  batch_size: int
-  optim: ml_collections.ConfigDict
-
-  @classmethod
-  def of(cls, config) -> Training:
-    return cls(int(config.seed), int(config.batch_size), config.optim)
-
-  def optimizer(self, total_steps: int, warmup_steps: int, groups=None):
-    """(optax transform, schedule, peak lr(s)) of `optim` at this batch size."""
-    return optim.make(self.optim, self.batch_size, total_steps, warmup_steps, groups)
 
 
 class ClassifierTask(engine.Task):

@@ -77,48 +77,48 @@ def place(module: nnx.Module) -> nnx.Module:
 
 # --------------------------------------------------------------------------- the encoder
 
-def load_encoder(config: ml_collections.ConfigDict, *, random_init: bool | None = None
+def load_encoder(*, pretrained: str, pretrained_step: int | None, random_init: bool,
+                 model: ml_collections.ConfigDict, seed: int
                  ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
   """(encoder, its model config, provenance) for a downstream job, replicated over the
-  run's mesh.
+  run's mesh; the arguments are its config's (`config_lib.encoder_args`).
 
-  `config.pretrained` (a checkpoint path) unless `random_init`: the architecture then
-  comes from the config stored in the checkpoint, as its objective built the encoder
-  (`Objective.encoder_config`: e.g. input='dif' for a DIF 3DRotNet). Random init builds
-  `config.model` with `config.seed`, the baseline a pretrained encoder has to beat. Jobs
-  sample clips of T + `cvrl.models.extra_frames(model config)` frames for it.
+  The checkpoint `pretrained` (at `pretrained_step`, None: the newest that restores)
+  unless `random_init`: the architecture then comes from the config stored in the
+  checkpoint, as its objective built the encoder (`Objective.encoder_config`: e.g.
+  input='dif' for a DIF 3DRotNet). Random init builds `model` (config.model) with `seed`,
+  the baseline a pretrained encoder has to beat. Jobs sample clips of T +
+  `cvrl.models.extra_frames(model config)` frames for it.
   """
-  random_init = bool(config.get("random_init")) if random_init is None else random_init
-  if random_init or not config.get("pretrained"):
+  if random_init or not pretrained:
     if not random_init:
       raise ValueError("set config.pretrained=<checkpoint dir> or config.random_init=True")
-    model_config = config.model
-    encoder = create(lambda: build_encoder(model_config, nnx.Rngs(int(config.seed))),
+    encoder = create(lambda: build_encoder(model, nnx.Rngs(seed)),
                      out_shardings=parallel.replicated())
-    return encoder, model_config, {"init": "random", "checkpoint": None, "seed": int(config.seed)}
+    return encoder, model, {"init": "random", "checkpoint": None, "seed": seed}
   # The step itself (None: the newest that restores), so that results name the checkpoint.
-  step, pre_config, model = checkpoint.restore_pretrained(
-      config.pretrained, config.get("pretrained_step"), sharding=parallel.replicated())
-  encoder = model.encoder
+  step, pre_config, restored = checkpoint.restore_pretrained(
+      pretrained, pretrained_step, sharding=parallel.replicated())
   model_config = objectives.from_config(pre_config, stored=True).encoder_config()
-  return encoder, model_config, {"init": "pretrained", "checkpoint": str(config.pretrained),
-                                 "step": int(step)}
+  return restored.encoder, model_config, {"init": "pretrained", "checkpoint": str(pretrained),
+                                          "step": int(step)}
 
 
-def encoder_source(config):
-  """(make_encoder, encoder_init, model config, provenance) of a downstream job's encoder.
+def encoder_source(**source):
+  """(make_encoder, encoder_init, model config, provenance) of a downstream job's encoder
+  (`source`: `load_encoder`'s arguments).
 
-  `config.pretrained`: the checkpoint's encoder (architecture from its stored config)
-  becomes `encoder_init`; `random_init`: `config.model` built with `config.seed`
-  (encoder_init None: the engine's fresh init is that encoder).
+  `pretrained`: the checkpoint's encoder (architecture from its stored config) becomes
+  `encoder_init`; `random_init`: `model` built with `seed` (encoder_init None: the
+  engine's fresh init is that encoder).
   """
-  seed = int(config.seed)
-  if config.get("random_init"):
-    model_config = config.model
+  seed = source["seed"]
+  if source["random_init"]:
+    model_config = source["model"]
     return (lambda: build_encoder(model_config, nnx.Rngs(seed)), None, model_config,
             {"init": "random", "checkpoint": None, "seed": seed})
-  encoder, model_config, source = load_encoder(config)
-  return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, source
+  encoder, model_config, provenance = load_encoder(**source)
+  return lambda: build_encoder(model_config, nnx.Rngs(seed)), encoder, model_config, provenance
 
 
 def pipeline():
@@ -286,13 +286,13 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
   return sources.num_classes(data)
 
 
-def schedule(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+def schedule(data: ml_collections.ConfigDict, durations: Callable[[int], tuple[int, int]]
+             ) -> tuple[int, int, int, int]:
   """(classes, training videos, total steps, warm-up steps) of a job that trains on the
-  labelled split: durations in epochs count its videos (the data.label_fraction subset)."""
-  n_train = num_examples(config.data, "train")
-  kw = dict(num_examples=n_train, batch_size=int(config.batch_size))
-  return (num_classes(config.data), n_train, config_lib.steps("total", config, **kw),
-          config_lib.steps("warmup", config, default=0, **kw))
+  labelled split: `durations(n)` its (total, warm-up) steps when epochs count n videos, n
+  the train split's (the data.label_fraction subset)."""
+  n_train = num_examples(data, "train")
+  return (num_classes(data), n_train, *durations(n_train))
 
 
 def num_examples(data: ml_collections.ConfigDict, split: str = "train") -> int:

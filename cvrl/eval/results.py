@@ -1,7 +1,6 @@
 """DIR/results.json: what a downstream job measured, from which checkpoint, with which config."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -24,11 +23,6 @@ def _plain(x: Any) -> Any:
   if isinstance(x, float) and not math.isfinite(x):
     return None
   return x
-
-
-def config_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
-      else dict(config)
 
 
 def write_results(workdir: str, results: dict, name: str = "results.json") -> str:

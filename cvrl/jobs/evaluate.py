@@ -37,6 +37,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
@@ -120,7 +121,7 @@ def run(config, workdir: str) -> dict:
         results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
                    "step": out["step"]}
         headline = (f"evaluate[{mode}]", out["headline"])
-    results.update(job="evaluate", clip_shape=shape.as_dict(), config=R.config_dict(config))
+    results.update(job="evaluate", clip_shape=shape.as_dict(), config=config_lib.as_dict(config))
     R.write_results(workdir, results)
     if headline:
       R.headline(headline[0], results["metrics"], headline[1])
@@ -142,7 +143,7 @@ def _test_classifier(config, workdir: str) -> dict:
 
 def _run_mode(config) -> dict:
   """The config.evaluate.mode evaluator on the encoder of config.pretrained / random_init."""
-  encoder, model_config, source = F.load_encoder(config)
+  encoder, model_config, source = F.load_encoder(**config_lib.encoder_args(config))
   metrics, headline = _mode_evaluator(config, _splits(config, model_config)).report(encoder)
   return {"metrics": metrics, "checkpoint": source, "step": source.get("step"),
           "headline": list(headline)}
@@ -150,7 +151,7 @@ def _run_mode(config) -> dict:
 
 def _run_evals(config) -> dict:
   """Every `config.evals` evaluator on the checkpoint's encoder, results under its name."""
-  encoder, model_config, source = F.load_encoder(config)
+  encoder, model_config, source = F.load_encoder(**config_lib.encoder_args(config))
   make = lambda: build_encoder(model_config, nnx.Rngs(int(config.seed)))
   metrics, evals = {}, {}
   for ev in common.from_config(config.evals, make, _splits(config, model_config)):

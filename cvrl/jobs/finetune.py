@@ -9,10 +9,12 @@ with multi-view evaluation and saved for the evaluate job.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
 
+from cvrl import config_lib
 from cvrl.core import runtime
 from cvrl.eval import classifier_io
 from cvrl.eval import common
@@ -37,11 +39,13 @@ def validate(config) -> None:
 
 def make_task(config, num_classes: int):
   """(ClassifierTask training every parameter, encoder model config, provenance)."""
-  make_encoder, encoder, model_config, source = F.encoder_source(config)
+  source = config_lib.encoder_args(config)
+  make_encoder, encoder, model_config, source = F.encoder_source(**source)
   batches = F.train_stream(config.data, batch_size=int(config.batch_size),
                            seed=int(config.seed), extra_frames=extra_frames(model_config))
   task = tasks.ClassifierTask(
-      tasks.Training.of(config), make_encoder=make_encoder, num_classes=num_classes,
+      tasks.Training(**config_lib.training(config)), make_encoder=make_encoder,
+      num_classes=num_classes,
       normalize=bool(config.finetune.normalize), dropout=float(config.finetune.dropout),
       train_encoder=True, batches=batches, encoder_init=encoder, groups=tasks.FINETUNE_GROUPS)
   return task, model_config, source
@@ -51,7 +55,8 @@ def run(config, workdir: str) -> dict:
   with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
     sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
-    classes, n_train, total, warmup = F.schedule(config)
+    durations = functools.partial(config_lib.durations, config)
+    classes, n_train, total, warmup = F.schedule(config.data, durations)
     task, model_config, source = make_task(config, classes)
     start = time.time()
     trained = engine.run(task, config, workdir, total_steps=total, warmup_steps=warmup,
@@ -79,7 +84,7 @@ def run(config, workdir: str) -> dict:
                                     dropout=float(config.finetune.dropout), source=source)
     results = {"job": "finetune", "metrics": metrics, "finetune": out,
                "checkpoint": source.get("checkpoint"), "step": source.get("step"),
-               "clip_shape": shape.as_dict(), "config": R.config_dict(config)}
+               "clip_shape": shape.as_dict(), "config": config_lib.as_dict(config)}
     R.write_results(workdir, results)
     R.headline("finetune", metrics, ["top1", "top5", "train_accuracy"])
     return results

@@ -12,13 +12,12 @@ from typing import Any
 
 import ml_collections
 
-from cvrl import objectives
+from cvrl import config_lib, objectives
 from cvrl.core import runtime
 from cvrl.data import sources
 from cvrl.engine import loop as engine
 from cvrl.eval import common
 from cvrl.engine import optim
-from cvrl.engine import step_inputs
 from cvrl.eval import results as R
 from cvrl.engine import tasks
 
@@ -31,7 +30,7 @@ def validate(config) -> None:
   objectives.from_config(config)
   optim.validate(config.optim)
   engine.validate(config)
-  total, warmup = step_inputs.durations(config)
+  total, warmup = config_lib.durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
   common.from_config(config.get("evals"))  # kinds, keys and each kind's checks
@@ -57,13 +56,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   with runtime.job() as process:  # the job's JAX settings (rbg PRNG); a lost peer -> one line
     sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
     objective = objectives.from_config(config)
-    task = tasks.PretrainTask(config, objective, picture_dir=picture_dir(config, workdir))
-    total_steps, warmup_steps = step_inputs.durations(config)
+    task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data,
+                              objective, picture_dir=picture_dir(config, workdir))
+    total_steps, warmup_steps = config_lib.durations(config)
     evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
                                _eval_splits(config, objective))
     out = engine.run(task, config, workdir, total_steps=total_steps,
                      warmup_steps=warmup_steps, evaluators=evals, process=process)
-    return _result(workdir, out, R.config_dict(config) if evals else None)
+    return _result(workdir, out, config_lib.as_dict(config) if evals else None)
 
 
 def _result(workdir: str, out: dict, evals_config: dict | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ the same way in DIR/random_init.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -76,12 +77,13 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
   process: the job's record (cvrl.core.runtime.job) the engine reports to.
   """
   global_batch = int(config.batch_size)
+  training = tasks.Training(**config_lib.training(config))
   normalize = bool(config.probe.normalize)
   stats = {"total_steps": total_steps, "warmup_steps": warmup_steps, "global_batch": global_batch,
            "extract_features": bool(config.probe.extract_features)}
   if not config.probe.extract_features:
     task = tasks.ClassifierTask(
-        tasks.Training.of(config), make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
+        training, make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
         normalize=normalize, dropout=0.0, train_encoder=False, batches=train_batches,
         encoder_init=encoder, name=name)
     stats["encoder_passes"] = total_steps * global_batch
@@ -94,7 +96,7 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
                  encoder_passes=int(len(labels)) * jax.process_count())
     local = parallel.local_batch_size(global_batch)
     task = tasks.FeatureHeadTask(
-        tasks.Training.of(config), num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
+        training, num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
         batches=lambda s: engine.skip(
             tasks.cached_batches(feats, labels, local, replay, int(config.seed)), s),
         name=name + " (cached features)")
@@ -171,7 +173,7 @@ def run(config, workdir: str) -> dict:
              if config.probe.evaluate else {})
     if config.probe.save_model:
       _save(workdir, arch, classifiers["probe"], bool(config.probe.normalize))
-    results = _results(R.config_dict(config), shape, arch,
+    results = _results(config_lib.as_dict(config), shape, arch,
                        {k: v[1] for k, v in trained.items()}, tests)
     R.write_results(workdir, results)
     R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
@@ -194,12 +196,14 @@ class _Encoders:
 
 
 def _encoders(config) -> _Encoders:
-  make_encoder, encoder, model_config, source = F.encoder_source(config)
+  source = config_lib.encoder_args(config)
+  make_encoder, encoder, model_config, source = F.encoder_source(**source)
   if encoder is None:
     encoder = create(make_encoder, out_shardings=parallel.replicated())
   extra = extra_frames(model_config)
   arch = _Encoders(make_encoder, model_config, {"probe": encoder}, {"probe": source},
-                   F.schedule(config), _datasets(config, extra),
+                   F.schedule(config.data, functools.partial(config_lib.durations, config)),
+                   _datasets(config, extra),
                    common.Splits(config.data, int(config.seed), extra))
   if config.probe.random_baseline and source["init"] != "random":
     arch.encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated())

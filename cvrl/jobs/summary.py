@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cvrl import objectives
+from cvrl import config_lib, objectives
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
@@ -160,7 +160,7 @@ def _cannot_compile(config, devices: int) -> str:
     return (f"not compiled: batch_size {config.batch_size} does not split over "
             f"{devices} devices")
   try:
-    step_inputs.durations(config)  # the schedule's
+    config_lib.durations(config)  # the schedule's
   except ValueError as e:
     return f"not compiled: {e}"
   return ""
@@ -179,8 +179,10 @@ def step_memory(config: ml_collections.ConfigDict) -> dict:
   start = time.perf_counter()
   objective = objectives.from_config(config)
   with jax.set_mesh(parallel.make_mesh(jax.devices()[:devices])):
-    parts = engine.abstract_step(tasks.PretrainTask(config, objective), config,
-                                 objective.sampler(), *step_inputs.durations(config))
+    task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data,
+                              objective)
+    parts = engine.abstract_step(task, config,
+                                 objective.sampler(), *config_lib.durations(config))
     compiled = parts["step"].lower(parts["state"], parts["batch"]).compile()
   return {"compiled": True, "devices": devices,
           "per_device_batch": int(config.batch_size) // devices,

@@ -109,7 +109,8 @@ def main(argv):
   if plt is None:
     raise ConfigError("show_clips draws with matplotlib: pip install -e '.[plots]'")
   sources.prepare(config.data, ["train"])
-  clips, names = pictures.first_batch(config, objective, _VIDEOS.value)
+  clips, names = pictures.first_batch(config.data, objective, _VIDEOS.value,
+                                      seed=int(config.seed), batch_size=int(config.batch_size))
   if out.lower().endswith(".gif"):
     write_gif(clips, out)
   else:

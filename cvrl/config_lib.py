@@ -110,6 +110,14 @@ def training(config: ml_collections.ConfigDict) -> dict:
   return dict(seed=int(config.seed), batch_size=int(config.batch_size), optim=config.optim)
 
 
+def run_args(config: ml_collections.ConfigDict) -> dict:
+  """A training job's config as the loop's keyword arguments (cvrl.engine.loop.RunSpec):
+  the fields it reads and the whole config's record."""
+  return dict(seed=int(config.seed), batch_size=int(config.batch_size), data=config.data,
+              parallel=config.get("parallel"), checkpoint=config.checkpoint, log=config.log,
+              record=as_dict(config))
+
+
 def as_dict(config: ml_collections.ConfigDict) -> dict:
   """A config as results.json records it (JSON values)."""
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \

@@ -168,7 +168,8 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   objective = objectives.from_config(config)
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data, objective)
   with jax.set_mesh(mesh):
-    parts = engine.abstract_step(task, config, objective.sampler(),
+    parts = engine.abstract_step(task, engine.RunSpec(**config_lib.run_args(config)),
+                                 objective.sampler(),
                                  *config_lib.durations(config))
     norm = step_inputs.batch_norm(config.get("parallel"))
     extra = dict(make=step_inputs.model_maker(task, norm),

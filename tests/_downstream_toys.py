@@ -128,7 +128,7 @@ def save_numpy_checkpoint(pretrain_config, workdir, seed=3, step=5):
   state = state_lib.TrainState(step=np.int32(step), params=params, rest=rest,
                                opt_state=tx.init(params))
   ckpt = checkpoint.Checkpointer(str(workdir))
-  ckpt.save(state, pretrain_config)
+  ckpt.save(state, config_lib.as_dict(pretrain_config))
   ckpt.close()
   return state_lib.full_state(state)
 

@@ -44,7 +44,7 @@ def saved(tmp_path_factory):
   state = state.replace(step=state.step + 7,
                         opt_state=jax.tree.map(lambda x: x + 0.5, state.opt_state))
   ckpt = checkpoint.Checkpointer(workdir, keep=2)
-  assert ckpt.save(state, config)
+  assert ckpt.save(state, config_lib.as_dict(config))
   ckpt.close()
   return workdir, config, objective, make, tx, mesh, state
 
@@ -67,8 +67,9 @@ def test_keep_k_and_no_duplicate_save(saved, tmp_path):
   _, config, _, _, _, _, state = saved
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
   for k in range(3):
-    assert ckpt.save(state.replace(step=state.step + k), config)
-  assert not ckpt.save(state.replace(step=state.step + 2), config)  # already there
+    assert ckpt.save(state.replace(step=state.step + k), config_lib.as_dict(config))
+  record = config_lib.as_dict(config)
+  assert not ckpt.save(state.replace(step=state.step + 2), record)  # already there
   ckpt.close()
   assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == [8, 9]
 
@@ -78,7 +79,7 @@ def test_load_pretrained_rebuilds_the_model_from_the_stored_config(saved):
   for path, step in ((workdir, None), (workdir + "/checkpoints", 7),
                      (workdir + "/checkpoints/7", None)):
     cfg, model = checkpoint.load_pretrained(path, step)
-    assert cfg.to_dict() == checkpoint.config_from_json(checkpoint.config_to_json(config)).to_dict()
+    assert cfg.to_dict() == checkpoint.config_from_json(config_lib.as_dict(config)).to_dict()
     assert leaves_equal(nnx.state(model), state_lib.full_state(state))
     assert model.encoder.depth == 18 and model.encoder.num_features == 64
   with pytest.raises(FileNotFoundError):
@@ -123,7 +124,7 @@ def saved_9_and_10(saved, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("steps_9_and_10"))
   ckpt = checkpoint.Checkpointer(workdir, keep=None, async_save=False)
   for s in (9, 10):
-    assert ckpt.save(states[s], config)
+    assert ckpt.save(states[s], config_lib.as_dict(config))
   ckpt.close()
   graphdef, target = state_lib.abstract(make, objective.trainable, tx,
                                        parallel.state_placement(mesh))
@@ -163,7 +164,7 @@ def test_a_corrupt_latest_checkpoint_resumes_from_the_one_before(steps_9_and_10,
   assert "resuming from step 9" in warnings[0] and "10.corrupt" in warnings[0]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10.corrupt", "9"]
   # The run's own save of step 10 is not blocked, and it restores.
-  assert ckpt.save(states[10], config)
+  assert ckpt.save(states[10], config_lib.as_dict(config))
   ckpt.close()
   _, again = restore(workdir, args)
   assert int(again.step) == 10 and leaves_equal(again, states[10])

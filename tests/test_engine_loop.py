@@ -71,7 +71,8 @@ def test_8_devices_give_the_1_device_step_1_loss_and_bn_statistics(tmp_path):
         encoder_init=tiny_encoder(seed=7), groups=tasks.FINETUNE_GROUPS)
     process = runtime.Process()
     with jax.set_mesh(mesh):
-      outs[n] = engine.run(task, config, str(tmp_path / str(n)), total_steps=1, process=process)
+      spec = engine.RunSpec(**config_lib.run_args(config))
+      outs[n] = engine.run(task, spec, str(tmp_path / str(n)), total_steps=1, process=process)
     # The loop reports to the job's record it is given (what a lost peer's line names).
     assert (process.step, process.checkpoint_dir) == (0, outs[n]["checkpoint_dir"])
   assert outs[8]["last_step_metrics"]["loss"] == pytest.approx(
@@ -157,7 +158,8 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   def run_ft(config, workdir):
     with jax.set_mesh(mesh):
       task, _, _ = finetune.make_task(config, 4)
-      return engine.run(task, config, workdir, total_steps=4, warmup_steps=1)
+      return engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
+                        total_steps=4, warmup_steps=1)
   first = _resume_matches(run_ft, ft, str(work / "ft"), 4)
   # It started from the checkpoint: the encoder moved from it, but kept its pattern.
   want = np.asarray(nnx.to_pure_dict(saved)["encoder"]["stem"]["conv"]["kernel"])

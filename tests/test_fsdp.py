@@ -91,7 +91,8 @@ def train_both(name, optimizer, lr=None):
   fsdp = configs["fsdp"]
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(fsdp)), fsdp.data, objective)
   with jax.set_mesh(mesh):
-    parts = {s: engine.abstract_step(task, c, objective.sampler(),
+    parts = {s: engine.abstract_step(task, engine.RunSpec(**config_lib.run_args(c)),
+                                     objective.sampler(),
                                      *config_lib.durations(c)) for s, c in configs.items()}
   _, state = state_lib.create(task.make_model, task.trainable, parts["fsdp"]["tx"],
                               parallel.state_placement(mesh))
@@ -167,7 +168,7 @@ def test_fsdp_checkpoint_restores_replicated_loads_pretrained_and_resumes_on_4_d
                         opt_state=jax.tree.map(lambda x: x + 0.5, state.opt_state))
   assert on_device_0(state.params) <= total_bytes(state.params) / 8 * 1.15  # saved sharded
   ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
-  ckpt.save(state, tiny_config())
+  ckpt.save(state, config_lib.as_dict(tiny_config()))
   ckpt.close()
   want = [np.asarray(x) for x in jax.tree.leaves(state)]
   # fsdp -> replicated, on the same 8 devices; 8 -> 4 devices, fsdp on both

@@ -74,13 +74,14 @@ def test_a_resume_on_another_stream_is_one_line_unless_overridden(capsys):
     head, _, key = field.rpartition('.')
     (config if not head else _sub(config, head))[key] = value
     with pytest.raises(ConfigError, match=f'^{field} is .*resume_new_stream=True') as e:
-      input_lib.check_resume(saved, config)
+      input_lib.check_resume(saved, config_lib_full.as_dict(config))
     assert '\n' not in str(e.value)
     config.data.resume_new_stream = True
-    input_lib.check_resume(saved, config)
+    input_lib.check_resume(saved, config_lib_full.as_dict(config))
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith(f'warning: {field} is '), out
-  input_lib.check_resume(saved, config_lib_full.pretrain_config('cvrl'))  # the same: silent
+  same = config_lib_full.as_dict(config_lib_full.pretrain_config('cvrl'))
+  input_lib.check_resume(saved, same)  # the same: silent
   assert not capsys.readouterr().out
 
 

@@ -20,7 +20,6 @@ else's). None restores: ConfigError (one line, exit 2).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -43,10 +42,6 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_SUFFIX = ".corrupt"
 ITEMS = ("model", "train", "config")
 _READ_ONLY = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(config.to_json_best_effort())
 
 
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
@@ -119,15 +114,16 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, state: state_lib.TrainState, config: ml_collections.ConfigDict) -> bool:
-    """Starts an (asynchronous) save of `state` at its step; returns whether it saved."""
+  def save(self, state: state_lib.TrainState, record: dict) -> bool:
+    """Starts an (asynchronous) save of `state` at its step with `record` (the config as
+    JSON values, config_lib.as_dict); returns whether it saved."""
     step = int(jax.device_get(state.step))
     if step in self.manager.all_steps():
       return False
     return self.manager.save(step, args=ocp.args.Composite(
         model=ocp.args.PyTreeSave(state_lib.full_state(state)),
         train=ocp.args.PyTreeSave({"step": state.step, "opt_state": state.opt_state}),
-        config=ocp.args.JsonSave(config_to_json(config))), force=True)
+        config=ocp.args.JsonSave(record)), force=True)
 
   def restore(self, target: state_lib.TrainState, graphdef: nnx.GraphDef, trainable,
               step: int | None = None) -> state_lib.TrainState:

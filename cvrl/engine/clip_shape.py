@@ -2,9 +2,9 @@
 
 The downstream configs (cvrl.config_lib, cvrl.data.config.from_checkpoint) leave `data.num_frames`, `data.stride`,
 `data.crop_size` and the test sizes `data.eval_resize` / `data.eval_crop_size` at None:
-"as the encoder was trained". `resolve` gives the shape the job uses (a `ClipShape`;
-the config is left as given), and the job runs on `shape.applied(config)` (`resolved`
-gives both):
+"as the encoder was trained". `resolved(config)` gives the shape the job uses (a
+`ClipShape`, from `reference` and `resolve`) and a copy of the config with that shape
+(`shape.applied(config.data)`), the config itself left as given; the job runs on the copy:
 - from the config stored in the checkpoint (`config.pretrained`);
 - for the evaluate job's multi-view test, from the probe / fine-tune run that trained the
   classifier (`evaluate.run_dir`: its results.json), test sizes included;
@@ -25,15 +25,16 @@ from cvrl.engine import checkpoint
 from cvrl.engine import metrics
 
 
-def reference(config) -> tuple[dict | None, str, bool]:
+def reference(*, pretrained: str, pretrained_step: int | None, random_init: bool,
+              run_dir: str) -> tuple[dict | None, str, bool]:
   """(data config the encoder was trained with, where from, whether its test sizes count)
-  for a downstream job's config; (None, 'the data defaults', False) without one."""
-  if config.get("pretrained") and not config.get("random_init"):
-    directory, step = checkpoint.find(config.pretrained, config.get("pretrained_step"))
+  of a downstream job's encoder: the checkpoint `pretrained` (at `pretrained_step`) unless
+  `random_init`, else the run in `run_dir` that trained the classifier the multi-view test
+  reads ('': none); (None, 'the data defaults', False) without one."""
+  if pretrained and not random_init:
+    directory, step = checkpoint.find(pretrained, pretrained_step)
     data = checkpoint.load_config(directory, step).data.to_dict()
-    return data, f"the checkpoint {config.pretrained} (step {step})", False
-  e = config.get("evaluate")
-  run_dir = e.get("run_dir") if e is not None and e.get("mode") == "multiview" else ""
+    return data, f"the checkpoint {pretrained} (step {step})", False
   path = paths.as_path(paths.join(run_dir, "results.json")) if run_dir else None
   if path is not None and path.is_file():
     data = json.loads(path.read_text()).get("config", {}).get("data")
@@ -58,21 +59,21 @@ class ClipShape:
     """What results.json records as `clip_shape`."""
     return dict(dataclasses.asdict(self), differs=list(self.differs))
 
-  def applied(self, config):
-    """A copy of `config` whose data has this shape (`config` itself is left as given)."""
-    out = copy.deepcopy(config)
+  def applied(self, data):
+    """A copy of `data` (config.data) with this shape (`data` itself is left as given)."""
+    out = copy.deepcopy(data)
     for key in CLIP_FIELDS + TEST_FIELDS:
-      out.data[key] = getattr(self, key)
+      out[key] = getattr(self, key)
     return out
 
 
-def resolve(config, say=None) -> ClipShape:
-  """The shape of `config`'s clips: the unset fields of `config.data` filled (module
-  docstring), `config` unchanged. Says which shape the job uses in one line (and one
-  warning line for a shape unlike the checkpoint's)."""
+def resolve(data, ref: tuple[dict | None, str, bool], say=None) -> ClipShape:
+  """The shape of the clips of `data` (config.data): its unset fields filled from `ref`
+  (`reference`'s; module docstring), `data` unchanged. Says which shape the job uses in
+  one line (and one warning line for a shape unlike the checkpoint's)."""
   say = say or metrics.say  # process 0 only
-  ref, origin, ref_eval = reference(config)
-  sizes, taken, differs = _sizes(config.data, ref, ref_eval)
+  ref, origin, ref_eval = ref
+  sizes, taken, differs = _sizes(data, ref, ref_eval)
   if len(taken) == len(CLIP_FIELDS) or (ref_eval and taken):
     how = f"from {origin}"
   elif not taken:
@@ -89,10 +90,16 @@ def resolve(config, say=None) -> ClipShape:
 
 
 def resolved(config, say=None) -> tuple[ClipShape, object]:
-  """(`resolve(config)`, a copy of `config` with that shape applied): what a downstream
-  job records and runs on."""
-  shape = resolve(config, say)
-  return shape, shape.applied(config)
+  """(the shape of a downstream job's clips, a copy of its `config` with that shape
+  applied): what the job records and runs on; the config's fields picked here once."""
+  e = config.get("evaluate")
+  run_dir = e.get("run_dir") if e is not None and e.get("mode") == "multiview" else ""
+  shape = resolve(config.data, reference(
+      pretrained=config.get("pretrained") or "", pretrained_step=config.get("pretrained_step"),
+      random_init=bool(config.get("random_init")), run_dir=run_dir or ""), say)
+  out = copy.deepcopy(config)
+  out.data = shape.applied(config.data)
+  return shape, out
 
 
 def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:

@@ -63,8 +63,8 @@ def host_batches(data, sampler: Mapping, *, seed: int, batch_size: int, start_st
   return (_timed_resume(batches, start_step, started) if start_step else batches), stats
 
 
-def _field(config, name: str):
-  value = config
+def _field(record, name: str):
+  value = record
   for part in name.split('.'):
     value = value.get(part) if hasattr(value, 'get') else None
   return value
@@ -78,15 +78,16 @@ def _leaves(value, name: str) -> dict:
   return {name: json.loads(json.dumps(value, default=str))}
 
 
-def check_resume(saved, config) -> None:
-  """ConfigError (one line naming the field) when `config` would read another stream than
-  the checkpoint's config `saved`; with data.resume_new_stream one warning line instead."""
+def check_resume(saved, record: dict) -> None:
+  """ConfigError (one line naming the field) when the run whose config is `record` (as
+  JSON values, config_lib.as_dict) would read another stream than the checkpoint's config
+  `saved`; with data.resume_new_stream one warning line instead."""
   for name in STREAM_FIELDS:
-    was, now = _leaves(_field(saved, name), name), _leaves(_field(config, name), name)
+    was, now = _leaves(_field(saved, name), name), _leaves(_field(record, name), name)
     for field in sorted(set(was) | set(now)):
       if was.get(field) != now.get(field):
         _mismatch(field, was.get(field), now.get(field),
-                  bool(config.data.get('resume_new_stream', False)))
+                  bool((record.get('data') or {}).get('resume_new_stream', False)))
         return
 
 

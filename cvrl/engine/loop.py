@@ -17,6 +17,7 @@ loss, the data, the optimizer's parameter groups); the engine owns everything el
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -114,21 +115,36 @@ def skip(batches: Iterator[dict], start_step: int) -> Iterator[dict]:
 
 # ---------------------------------------------------------------------------- checks
 
-def validate(config) -> None:
-  """The engine's own fields (checkpoint, log, parallel, batch)."""
-  p = config.get("parallel") or {}
-  if p.get("batch_norm", "sync") not in local_bn.BATCH_NORM_MODES:
-    raise ValueError(f"config.parallel.batch_norm must be one of "
-                     f"{list(local_bn.BATCH_NORM_MODES)}, got {p.get('batch_norm')!r}")
-  parallel.check_param_sharding(p.get("param_sharding", "replicated"))
-  if not float(p.get("fsdp_min_kib", 0)) >= 0:
-    raise ValueError(f"config.parallel.fsdp_min_kib must be >= 0, got {p.get('fsdp_min_kib')}")
-  if int(config.batch_size) <= 0:
-    raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
-  for section, key in (("checkpoint", "every_steps"), ("checkpoint", "keep"),
-                       ("log", "every_steps")):
-    if int(config[section][key]) < 1:
-      raise ValueError(f"config.{section}.{key} must be >= 1, got {config[section][key]}")
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """What the loop takes of a training job's config (`config_lib.run_args`), checked when
+  made: the seed, the global batch (videos), config.data (the step finishes clips with
+  it), config.parallel, config.checkpoint (every_steps, keep, async_save), config.log
+  (every_steps, tensorboard) and `record`: the whole config as JSON values, what every
+  checkpoint stores and what a resume compares its data stream against."""
+  seed: int
+  batch_size: int
+  data: Any
+  parallel: Any
+  checkpoint: Any
+  log: Any
+  record: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    p = self.parallel or {}
+    if p.get("batch_norm", "sync") not in local_bn.BATCH_NORM_MODES:
+      raise ValueError(f"config.parallel.batch_norm must be one of "
+                       f"{list(local_bn.BATCH_NORM_MODES)}, got {p.get('batch_norm')!r}")
+    parallel.check_param_sharding(p.get("param_sharding", "replicated"))
+    if not float(p.get("fsdp_min_kib", 0)) >= 0:
+      raise ValueError(f"config.parallel.fsdp_min_kib must be >= 0, got {p.get('fsdp_min_kib')}")
+    if int(self.batch_size) <= 0:
+      raise ValueError(f"config.batch_size must be > 0, got {self.batch_size}")
+    for section, key in (("checkpoint", "every_steps"), ("checkpoint", "keep"),
+                         ("log", "every_steps")):
+      if int(getattr(self, section)[key]) < 1:
+        raise ValueError(f"config.{section}.{key} must be >= 1, got "
+                         f"{getattr(self, section)[key]}")
 
 
 # ---------------------------------------------------------------------------- the step
@@ -191,17 +207,17 @@ def clip_data(task: Task, data: ml_collections.ConfigDict) -> ml_collections.Con
   return data if task.input_key == CLIPS else None
 
 
-def abstract_step(task, config, sampler, total_steps: int, warmup_steps: int) -> dict:
+def abstract_step(task, spec: RunSpec, sampler, total_steps: int, warmup_steps: int) -> dict:
   """The step `run` compiles for `task` on the run's mesh, on abstract inputs (nothing
   allocated): {step (the jitted step), state and batch (ShapeDtypeStructs with their
-  shardings: the configured parallel.param_sharding, one global batch of config.batch_size
-  as the pipeline ships it for `sampler`), graphdef, tx}. `step.lower(state,
+  shardings: the spec's parallel.param_sharding, one global batch of its batch_size as
+  the pipeline ships it for `sampler`), graphdef, tx}. `step.lower(state,
   batch).compile()` is what would run."""
   tx, schedule, _ = task.optimizer(total_steps, warmup_steps)
-  graphdef, state = step_inputs.abstract_state(task, config.get("parallel"), tx)
+  graphdef, state = step_inputs.abstract_state(task, spec.parallel, tx)
   step = make_train_step(task.rules, graphdef, tx, schedule, parallel.batch_sharding(),
-                         int(config.seed), clip_data(task, config.data), state_lib.shardings(state))
-  batch = step_inputs.batch_spec(config.data, sampler, int(config.batch_size))
+                         int(spec.seed), clip_data(task, spec.data), state_lib.shardings(state))
+  batch = step_inputs.batch_spec(spec.data, sampler, int(spec.batch_size))
   return dict(step=step, state=state, batch=batch, graphdef=graphdef, tx=tx)
 
 
@@ -298,7 +314,7 @@ def current_model(graphdef, state: state_lib.TrainState) -> nnx.Module:
   return state_lib.merge(graphdef, state.params, state.rest)
 
 
-def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_steps: int,
+def run(task: Task, spec: RunSpec, workdir: str, *, total_steps: int,
         warmup_steps: int = 0, evaluators: Sequence[Any] = (), describe: str = "",
         process: runtime.Process | None = None) -> dict[str, Any]:
   """Trains `task` to `total_steps` (resuming from workdir's latest checkpoint) on the
@@ -308,13 +324,13 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str, *, total_st
   last_step_metrics, state, graphdef, model (the final model, None if preempted), evals
   ({name: last metrics}), checkpoint_dir}.
   `evaluators`: objects with `name`, `due(step, total)` and `__call__(encoder, step)`.
-  The config is the job's, validated (`validate` below) with the job's own checks.
+  `spec`: what the loop takes of the job's config (`RunSpec`, checked when made).
   `process`: the job's record (cvrl.core.runtime.job), told each step's progress so that a
   lost peer is reported with it; None: one of this run's own.
   """
   mesh = jax.sharding.get_mesh()
-  with jax.set_mesh(setup(config.get("parallel")) if mesh.empty else mesh):  # for all of it
-    with _Run(task, config, workdir, int(total_steps), int(warmup_steps), evaluators,
+  with jax.set_mesh(setup(spec.parallel) if mesh.empty else mesh):  # for all of it
+    with _Run(task, spec, workdir, int(total_steps), int(warmup_steps), evaluators,
               describe, process or runtime.Process()) as training:
       training.loop()
     return training.result()
@@ -325,22 +341,23 @@ class _Run:
   and the hooks `loop` calls between steps: check (one step late, so the host never waits
   on the device), log, save, evaluate; `close` on the way out, whatever happened."""
 
-  def __init__(self, task: Task, config, workdir: str, total_steps: int, warmup_steps: int,
-               evaluators: Sequence[Any], describe: str, process: runtime.Process):
-    self.task, self.config, self.evaluators = task, config, evaluators
+  def __init__(self, task: Task, spec: RunSpec, workdir: str, total_steps: int,
+               warmup_steps: int, evaluators: Sequence[Any], describe: str,
+               process: runtime.Process):
+    self.task, self.spec, self.evaluators = task, spec, evaluators
     self.process = process
     self.total_steps = total_steps
-    p = config.get("parallel") or {}
-    batch_size = int(config.batch_size)
+    p = spec.parallel or {}
+    batch_size = int(spec.batch_size)
     tx, schedule, peak = task.optimizer(total_steps, warmup_steps)
     self.ckpt = checkpoint_lib.Checkpointer(
-        workdir, keep=int(config.checkpoint.keep),
-        async_save=bool(config.checkpoint.get("async_save", True)))
-    self.graphdef, target = step_inputs.abstract_state(task, config.get("parallel"), tx)
+        workdir, keep=int(spec.checkpoint.keep),
+        async_save=bool(spec.checkpoint.get("async_save", True)))
+    self.graphdef, target = step_inputs.abstract_state(task, spec.parallel, tx)
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
     if self.resumed:  # restored into this run's shardings, whatever wrote the checkpoint
-      input_lib.check_resume(checkpoint_lib.load_config(workdir), config)
+      input_lib.check_resume(checkpoint_lib.load_config(workdir), spec.record)
       self.state = self.ckpt.restore(target, self.graphdef, task.trainable)
       metrics_lib.say(f"resumed from {self.ckpt.directory} at step {int(self.state.step)}")
     else:
@@ -350,10 +367,10 @@ class _Run:
     self.start_step = self.step = int(jax.device_get(self.state.step))
     self.train_step = make_train_step(task.rules, self.graphdef, tx, schedule,
                                       parallel.batch_sharding(),
-                                      int(config.seed), clip_data(task, config.data), shardings)
+                                      int(spec.seed), clip_data(task, spec.data), shardings)
     self.writer = metrics_lib.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
-        tensorboard=bool(config.log.get("tensorboard", True)))
+        tensorboard=bool(spec.log.get("tensorboard", True)))
     peak_text = (", ".join(f"{k} {v:.4g}" for k, v in peak.items()) if isinstance(peak, dict)
                  else f"{peak:.4g}")
     metrics_lib.say(f"{describe or task.name}: {total_steps} steps, global batch {batch_size} "
@@ -381,7 +398,7 @@ class _Run:
     return False  # a failure goes on
 
   def loop(self) -> None:
-    config, total = self.config, self.total_steps
+    spec, total = self.spec, self.total_steps
     if self.evaluators and self.start_step == 0:
       self.evaluate(0)
     pending = None  # (step, device metrics) of the last dispatched step, checked one step late
@@ -391,14 +408,14 @@ class _Run:
       self.interval.wait += waited
       if self.clips_per_step is None:
         self.clips_per_step = (int(np.prod(batch[CLIPS].shape[:2]))
-                               if self.task.input_key == CLIPS else int(config.batch_size))
+                               if self.task.input_key == CLIPS else int(spec.batch_size))
       self.state, device_metrics = self.train_step(self.state, batch)
       self.step += 1
       if pending is not None:
         self.check(pending)
       pending = (self.step, device_metrics)
-      log_now = self.step % int(config.log.every_steps) == 0 or self.step == total
-      save_now = self.step % int(config.checkpoint.every_steps) == 0 or self.step == total
+      log_now = self.step % int(spec.log.every_steps) == 0 or self.step == total
+      save_now = self.step % int(spec.checkpoint.every_steps) == 0 or self.step == total
       self.preempted = self.preemption.should_stop(self.step)
       eval_now = (any(ev.due(self.step, total) for ev in self.evaluators)
                   and not self.preempted)
@@ -449,7 +466,7 @@ class _Run:
 
   def save(self) -> None:
     if self.saved_step != self.step:
-      self.ckpt.save(self.state, self.config)
+      self.ckpt.save(self.state, self.spec.record)
       self.saved_step = self.step
 
   def evaluate(self, now: int) -> None:

@@ -32,7 +32,7 @@ NEEDS_WORKDIR = True
 
 def validate(config) -> None:
   F.validate_downstream(config, "finetune")
-  engine.validate(config)
+  engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
 
@@ -59,7 +59,8 @@ def run(config, workdir: str) -> dict:
     classes, n_train, total, warmup = F.schedule(config.data, durations)
     task, model_config, source = make_task(config, classes)
     start = time.time()
-    trained = engine.run(task, config, workdir, total_steps=total, warmup_steps=warmup,
+    trained = engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
+                         total_steps=total, warmup_steps=warmup,
                          process=process)
     if trained["preempted"]:
       return {"job": "finetune", "preempted": True, "step": trained["step"]}

@@ -29,7 +29,7 @@ def validate(config) -> None:
   uninitialised until jax.distributed has started)."""
   objectives.from_config(config)
   optim.validate(config.optim)
-  engine.validate(config)
+  engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   total, warmup = config_lib.durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
@@ -61,7 +61,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     total_steps, warmup_steps = config_lib.durations(config)
     evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
                                _eval_splits(config, objective))
-    out = engine.run(task, config, workdir, total_steps=total_steps,
+    out = engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
+                     total_steps=total_steps,
                      warmup_steps=warmup_steps, evaluators=evals, process=process)
     return _result(workdir, out, config_lib.as_dict(config) if evals else None)
 

@@ -52,7 +52,7 @@ NEEDS_WORKDIR = True
 
 def validate(config) -> None:
   F.validate_downstream(config, "probe")
-  engine.validate(config)
+  engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
 
@@ -101,7 +101,8 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
             tasks.cached_batches(feats, labels, local, replay, int(config.seed)), s),
         name=name + " (cached features)")
   start = time.time()
-  out = engine.run(task, config, workdir, total_steps=total_steps, warmup_steps=warmup_steps,
+  out = engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
+                   total_steps=total_steps, warmup_steps=warmup_steps,
                    process=process)
   stats["seconds"] = time.time() - start
   _, _, stats["learning_rate"] = task.optimizer(total_steps, warmup_steps)

@@ -181,7 +181,7 @@ def step_memory(config: ml_collections.ConfigDict) -> dict:
   with jax.set_mesh(parallel.make_mesh(jax.devices()[:devices])):
     task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data,
                               objective)
-    parts = engine.abstract_step(task, config,
+    parts = engine.abstract_step(task, engine.RunSpec(**config_lib.run_args(config)),
                                  objective.sampler(), *config_lib.durations(config))
     compiled = parts["step"].lower(parts["state"], parts["batch"]).compile()
   return {"compiled": True, "devices": devices,

@@ -189,7 +189,7 @@ def write_pretrained(workdir: str, model, config, step: int = 0) -> str:
       raise FileExistsError(f"{directory} already holds a checkpoint of step {step}")
     mgr.save(step, args=ocp.args.Composite(
         model=ocp.args.PyTreeSave(nnx.state(model)),
-        config=ocp.args.JsonSave(checkpoint.config_to_json(config))))
+        config=ocp.args.JsonSave(config_lib.as_dict(config))))
   return paths.join(directory, str(step))
 
 

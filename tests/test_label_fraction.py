@@ -75,7 +75,7 @@ def test_bad_value_stops_the_jobs_and_the_pipeline(data_dir):
     c.random_init = True
     c.data.label_fraction = 1.5
     with pytest.raises(ValueError, match=r'data\.label_fraction.*\(0, 1\]'):
-      F.validate_downstream(c, c.job)
+      F.validate_downstream(c.job, config_lib.encoder_args(c), c.optim, c.evaluate, c.data)
 
 
 # ---------------------------------------------------------------- through the pipeline

@@ -269,14 +269,15 @@ def validate_test(e) -> None:
     raise ValueError(f"config.evaluate.batch_size must be > 0, got {e.batch_size}")
 
 
-def validate_downstream(config: ml_collections.ConfigDict, job: str) -> None:
-  """The checks a probe or fine-tune config shares: an encoder to start from, the
-  optimizer's fields, the test's and data.label_fraction (before compiling)."""
-  if not config.get("pretrained") and not config.get("random_init"):
+def validate_downstream(job: str, source: dict, optim_fields, test, data) -> None:
+  """The checks a probe or fine-tune config shares (before compiling): an encoder to start
+  from (`source`: `load_encoder`'s arguments), the optimizer's fields (config.optim), the
+  test's (config.evaluate) and data.label_fraction."""
+  if not source["pretrained"] and not source["random_init"]:
     raise ValueError(f"{job}: set config.pretrained=<checkpoint dir> or config.random_init=True")
-  optim.validate(config.optim)
-  validate_test(config.evaluate)
-  subset.label_fraction(config.data)
+  optim.validate(optim_fields)
+  validate_test(test)
+  subset.label_fraction(data)
 
 
 # ---------------------------------------------------------------------- the data, sized

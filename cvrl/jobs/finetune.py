@@ -31,7 +31,8 @@ NEEDS_WORKDIR = True
 
 
 def validate(config) -> None:
-  F.validate_downstream(config, "finetune")
+  F.validate_downstream("finetune", config_lib.encoder_args(config), config.optim,
+                        config.evaluate, config.data)
   engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   if not 0.0 <= float(config.finetune.dropout) < 1.0:
     raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")

@@ -51,7 +51,8 @@ NEEDS_WORKDIR = True
 
 
 def validate(config) -> None:
-  F.validate_downstream(config, "probe")
+  F.validate_downstream("probe", config_lib.encoder_args(config), config.optim,
+                        config.evaluate, config.data)
   engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   if int(config.probe.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")

@@ -131,3 +131,20 @@ def test_a_method_is_made_from_its_own_fields_and_rejects_others():
   # Epochs of a duration in steps from the run: ceil(2 x 36 / 8) = 9.
   frozen = objectives.get(dict(swav.objective_config(), freeze_prototypes_epochs=2), encoder, run)
   assert frozen.freeze_prototypes_steps == 9
+
+
+def test_a_methods_defaults_keep_the_type_of_a_field_that_may_be_none():
+  """`objective_config()` is read off the constructor: a field annotated `int | None` is a
+  typed placeholder in the config, so an override is cast or refused, never taken as is."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from cvrl.objectives import moco, swav  # pylint: disable=import-outside-toplevel
+  c = ml_collections.ConfigDict(moco.objective_config())
+  assert c.queue_devices is None
+  c.queue_devices = 4
+  with pytest.raises(TypeError, match="queue_devices"):
+    c.queue_devices = "four"
+  s = ml_collections.ConfigDict(swav.objective_config())
+  assert (s.freeze_prototypes_epochs, s.freeze_prototypes_steps) == (1, None)
+  s.freeze_prototypes_epochs = None  # a duration in steps instead
+  with pytest.raises(TypeError, match="freeze_prototypes_steps"):
+    s.freeze_prototypes_steps = 0.5

@@ -101,8 +101,10 @@ def from_config(config: ml_collections.ConfigDict, *, stored: bool = False) -> "
 
 
 def defaults(cls: type["Objective"], name: str) -> dict:
-  """config.objective of method `cls` at its defaults: its name and its fields."""
-  return {"name": name, **schema.defaults(cls, RUNTIME)}
+  """config.objective of method `cls` at its defaults: its name and its fields (a field
+  that may be None keeps its type: a FieldReference)."""
+  fields = schema.defaults(cls, RUNTIME)
+  return {"name": name, **dict(fields.items(preserve_field_references=True))}
 
 
 class Objective(abc.ABC):

@@ -113,7 +113,7 @@ def skip(batches: Iterator[dict], start_step: int) -> Iterator[dict]:
   return batches
 
 
-# ---------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------- the run's fields
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -128,7 +128,7 @@ class RunSpec:
   parallel: Any
   checkpoint: Any
   log: Any
-  record: dict = dataclasses.field(default_factory=dict)
+  record: dict
 
   def __post_init__(self):
     p = self.parallel or {}

@@ -73,8 +73,9 @@ def define_flags():
                               "(experiments/letters.py).")
   _INPUT = flags.DEFINE_enum("input", "dif", list(INPUTS), "The encoder's input: frame "
                              "differences (model.input='dif', T + 1 frames a clip: the bench "
-                             "recipe's), the frames ('rgb'), or either standardised per clip "
-                             "('dif_std', 'rgb_std').")
+                             "recipe's), the frames ('rgb'), either standardised per clip "
+                             "('dif_std', 'rgb_std') or projected on the clip's first "
+                             "principal colour axis ('dif_pc', 'rgb_pc').")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement

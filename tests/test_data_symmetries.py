@@ -86,18 +86,16 @@ def _np_standardized(x):
   return (x - flat.mean(1)[:, None, None, None]) / (flat.std(1)[:, None, None, None] + r3d.DIF_EPS)
 
 
-@pytest.mark.parametrize('fn', ['standardized', 'standardized_difference'])
-def test_standardized_inputs_are_each_clip_less_its_mean_over_its_std(fn):
-  """'rgb_std' and 'dif_std': each channel of each clip (its differences) less its mean,
-  over its std (+ DIF_EPS); a clip and the same clip at another contrast and level of
-  each channel give the same input up to the epsilon."""
+def test_standardized_input_is_each_clip_less_its_mean_over_its_std():
+  """'rgb_std' (and 'dif_std', 'res_std' on their maps): each channel of each clip less
+  its mean, over its std (+ DIF_EPS); a clip and the same clip at another contrast and
+  level of each channel give the same input up to the epsilon."""
   x = np.random.default_rng(0).random((2, 5, 6, 6, 3)).astype(np.float32)
   x[1] *= 0.3
   x[..., 2] = 0.5 * x[..., 2] + 0.2
-  plain = (lambda y: y[:, 1:] - y[:, :-1]) if fn.endswith('difference') else (lambda y: y)
-  got = np.asarray(getattr(r3d, fn)(jnp.asarray(x)))
-  np.testing.assert_allclose(got, _np_standardized(plain(x)), rtol=1e-5, atol=1e-5)
-  again = np.asarray(getattr(r3d, fn)(jnp.asarray(x * [0.5, 0.7, 0.6] + [0.4, 0.1, 0.3])))
+  got = np.asarray(r3d.standardized(jnp.asarray(x)))
+  np.testing.assert_allclose(got, _np_standardized(x), rtol=1e-5, atol=1e-5)
+  again = np.asarray(r3d.standardized(jnp.asarray(x * [0.5, 0.7, 0.6] + [0.4, 0.1, 0.3])))
   np.testing.assert_allclose(again, got, rtol=0.05, atol=0.02)
 
 
@@ -184,13 +182,15 @@ def test_principal_colour_gives_one_input_for_any_two_colours():
 _NP_INPUTS = {"rgb_std": (0, _np_standardized),
               "dif_std": (1, lambda x: _np_standardized(x[:, 1:] - x[:, :-1])),
               "rgb_pc": (0, _np_principal_colour),
-              "dif_pc": (1, lambda x: _np_principal_colour(x[:, 1:] - x[:, :-1]))}
+              "dif_pc": (1, lambda x: _np_principal_colour(x[:, 1:] - x[:, :-1])),
+              "res": (0, lambda x: x - x.mean(1, keepdims=True)),
+              "res_pc": (0, lambda x: _np_principal_colour(x - x.mean(1, keepdims=True)))}
 
 
 def test_per_clip_input_encoders_are_the_rgb_network_on_numpy_mapped_inputs():
-  """input 'rgb_std'/'rgb_pc' on T frames and 'dif_std'/'dif_pc' on T + 1 == the same
-  parameters in 'rgb' mode on the clips (their differences) mapped in numpy; only the
-  difference inputs take the extra frame."""
+  """input 'rgb_std'/'rgb_pc'/'res'/'res_pc' on T frames and 'dif_std'/'dif_pc' on T + 1
+  == the same parameters in 'rgb' mode on the clips (their differences, or less their
+  mean frame) mapped in numpy; only the difference inputs take the extra frame."""
   from flax import nnx
   from _downstream_toys import numpy_filled
   from cvrl.config_lib import default_model_config

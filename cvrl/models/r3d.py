@@ -29,7 +29,7 @@ DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
-INPUTS = ("rgb", "dif", "dif_std", "rgb_std", "rgb_pc", "dif_pc")
+INPUTS = ("rgb", "dif", "dif_std", "rgb_std", "rgb_pc", "dif_pc", "res", "res_std", "res_pc")
 DIF_EPS = 1e-3  # added to the clip's std of its differences ('dif_std')
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -184,11 +184,6 @@ def standardized(x):
   return x / (jnp.std(x, axis=axes, keepdims=True) + DIF_EPS)
 
 
-def standardized_difference(clips):
-  """The clips' frame differences, each clip's standardised (`standardized`)."""
-  return standardized(frame_difference(clips))
-
-
 def principal_colour(x):
   """Each clip of x [..., T, H, W, 3] projected onto its first principal colour axis.
 
@@ -212,14 +207,14 @@ def principal_colour(x):
   return jnp.broadcast_to(y[..., None], x.shape)
 
 
-def principal_colour_difference(clips):
-  """The clips' frame differences, each clip's projected as in `principal_colour`."""
-  return principal_colour(frame_difference(clips))
+def still_removed(x):
+  """x [..., T, H, W, C] less its mean over the clip's frames: what does not move (a still
+  background) is zero, what moves is itself less the trail of its mean place."""
+  return x - jnp.mean(x, axis=-4, keepdims=True)
 
 
-_DIFFERENCES = {"dif": frame_difference, "dif_std": standardized_difference,
-                "dif_pc": principal_colour_difference}
-_FRAMES = {"rgb_std": standardized, "rgb_pc": principal_colour}
+_TIME_MAPS = {"rgb": lambda x: x, "dif": frame_difference, "res": still_removed}
+_CHANNEL_MAPS = {"": lambda x: x, "std": standardized, "pc": principal_colour}
 
 
 def _max_pool(x, window, strides, padding_mode):
@@ -281,13 +276,12 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
     if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
       x = x.astype(jnp.float32) * (1.0 / 255.0)
-    if self.input_mode in _FRAMES:
-      x = _FRAMES[self.input_mode](x.astype(jnp.float32))
-    elif self.input_mode in _DIFFERENCES:  # after scaling: uint8 differences would wrap
-      if x.shape[1] < 2:
+    if self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
+      if self.input_mode.startswith("dif") and x.shape[1] < 2:
         raise ValueError(f"a {self.input_mode!r} R3D needs T + 1 >= 2 frames, got shape "
                          f"{x.shape}")
-      x = _DIFFERENCES[self.input_mode](x.astype(jnp.float32))
+      time_map, _, channel_map = self.input_mode.partition("_")
+      x = _CHANNEL_MAPS[channel_map](_TIME_MAPS[time_map](x.astype(jnp.float32)))
     x = nnx.relu(self.stem(x.astype(self.dtype)))
     if self.spec.stem_pool is not None:
       x = _max_pool(x, self.spec.stem_pool, self.spec.stem_pool_strides, self.spec.padding)

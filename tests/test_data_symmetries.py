@@ -1,5 +1,5 @@
-"""Per-clip symmetries (augmentation.symmetries) and the standardised frame differences
-(model.input='dif_std')."""
+"""Per-clip symmetries (augmentation.symmetries) and the encoder's per-clip input maps
+(model.input='dif_std', 'rgb_std', 'rgb_pc', 'res_pc', ...)."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,18 +86,16 @@ def _np_standardized(x):
   return (x - flat.mean(1)[:, None, None, None]) / (flat.std(1)[:, None, None, None] + r3d.DIF_EPS)
 
 
-@pytest.mark.parametrize('fn', ['standardized', 'standardized_difference'])
-def test_standardized_inputs_are_each_clip_less_its_mean_over_its_std(fn):
-  """'rgb_std' and 'dif_std': each channel of each clip (its differences) less its mean,
-  over its std (+ DIF_EPS); a clip and the same clip at another contrast and level of
-  each channel give the same input up to the epsilon."""
+def test_standardized_input_is_each_clip_less_its_mean_over_its_std():
+  """'rgb_std' (and 'dif_std', 'res_std' on their maps): each channel of each clip less
+  its mean, over its std (+ DIF_EPS); a clip and the same clip at another contrast and
+  level of each channel give the same input up to the epsilon."""
   x = np.random.default_rng(0).random((2, 5, 6, 6, 3)).astype(np.float32)
   x[1] *= 0.3
   x[..., 2] = 0.5 * x[..., 2] + 0.2
-  plain = (lambda y: y[:, 1:] - y[:, :-1]) if fn.endswith('difference') else (lambda y: y)
-  got = np.asarray(getattr(r3d, fn)(jnp.asarray(x)))
-  np.testing.assert_allclose(got, _np_standardized(plain(x)), rtol=1e-5, atol=1e-5)
-  again = np.asarray(getattr(r3d, fn)(jnp.asarray(x * [0.5, 0.7, 0.6] + [0.4, 0.1, 0.3])))
+  got = np.asarray(r3d.standardized(jnp.asarray(x)))
+  np.testing.assert_allclose(got, _np_standardized(x), rtol=1e-5, atol=1e-5)
+  again = np.asarray(r3d.standardized(jnp.asarray(x * [0.5, 0.7, 0.6] + [0.4, 0.1, 0.3])))
   np.testing.assert_allclose(again, got, rtol=0.05, atol=0.02)
 
 
@@ -133,10 +131,69 @@ def test_a_panned_clip_is_each_frame_cropped_at_its_own_box():
         clip[t], A.crop_resize_frames(frames[t:t + 1], boxes[t], 8).numpy()[0])
 
 
-def test_standardized_encoders_are_the_rgb_network_on_numpy_standardized_inputs():
-  """input 'rgb_std' on T frames and 'dif_std' on T + 1 == the same parameters in 'rgb'
-  mode on the clips (their differences) standardised in numpy; only 'dif_std' takes the
-  extra frame."""
+def _np_principal_colour(x):
+  """numpy: each clip's pixels onto its covariance's top eigenvector, over the std
+  (+ DIF_EPS), sign making the third moment >= 0, in 3 channels."""
+  out = []
+  for clip in x:
+    flat = clip.reshape(-1, 3) - clip.reshape(-1, 3).mean(0)
+    _, vectors = np.linalg.eigh(flat.T @ flat / len(flat))
+    y = flat @ vectors[:, -1]
+    y = y / (y.std() + r3d.DIF_EPS)
+    y = -y if np.mean(y ** 3) < 0 else y
+    out.append(np.repeat(y.reshape(clip.shape[:-1])[..., None], 3, -1))
+  return np.stack(out)
+
+
+def _two_colour_clip(mask, background, colour, noise_seed):
+  noise = np.random.default_rng(noise_seed).normal(0, 0.01, mask.shape[:-1] + (3,))
+  return ((1 - mask) * background + mask * colour + noise).astype(np.float32)
+
+
+def test_principal_colour_is_the_top_colour_axis_projection_with_its_sign_set():
+  """'rgb_pc': numpy's eigh of each clip's colour covariance, the projection standardised
+  and its sign set by the third moment; a clip and its negative give the same input."""
+  rng = np.random.default_rng(3)
+  x = rng.random((2, 4, 6, 6, 3)).astype(np.float32) * [1.0, 0.5, 0.2]
+  x[1] = x[1] ** 3  # a skewed clip: its sign is decided by the data, not by eigh
+  got = np.asarray(r3d.principal_colour(jnp.asarray(x)))
+  np.testing.assert_allclose(got, _np_principal_colour(x), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(r3d.principal_colour(jnp.asarray(1 - x))), got,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_principal_colour_gives_one_input_for_any_two_colours():
+  """An object over a background: whatever the two colours (and their luminance, equal
+  here), the input is the object's mask, positive where the (rarer) object is. Grayscale
+  then standardising ('rgb_std') loses the object when the luminances match."""
+  mask = (np.random.default_rng(0).random((1, 4, 12, 12, 1)) < 0.2).astype(np.float32)
+  pairs = [([0.2, 0.5, 0.3], [0.9, 0.1, 0.4]), ([0.7, 0.7, 0.1], [0.2, 0.3, 0.9]),
+           ([0.5, 0.5, 0.5], [0.8, 0.4, 0.2298])]
+  inputs = [np.asarray(r3d.principal_colour(jnp.asarray(_two_colour_clip(
+      mask, np.array(b), np.array(c), i)))) for i, (b, c) in enumerate(pairs)]
+  for got in inputs:
+    assert np.corrcoef(got[..., 0].ravel(), mask.ravel())[0, 1] > 0.99
+    assert np.abs(got - inputs[0]).mean() < 0.1  # the noise differs, and its share
+  grey = _two_colour_clip(mask, np.array(pairs[2][0]), np.array(pairs[2][1]), 5)
+  luminance = grey @ np.array([0.2989, 0.587, 0.114], np.float32)
+  assert abs(np.corrcoef(luminance.ravel(), mask.ravel())[0, 1]) < 0.5
+
+
+def _np_still_removed(x):
+  return x - x.mean(1, keepdims=True)
+
+
+# One mode per time map ('rgb', 'dif', 'res') and per channel map ('std', 'pc'): the
+# encoder composes the two, each map is checked on its own above.
+_NP_INPUTS = {"dif_std": (1, lambda x: _np_standardized(x[:, 1:] - x[:, :-1])),
+              "rgb_pc": (0, _np_principal_colour),
+              "res_pc": (0, lambda x: _np_principal_colour(_np_still_removed(x)))}
+
+
+def test_per_clip_input_encoders_are_the_rgb_network_on_numpy_mapped_inputs():
+  """inputs 'rgb_pc', 'res_pc' on T frames and 'dif_std' on T + 1 == the same parameters
+  in 'rgb' mode on the clips (their differences, or less their mean frame) mapped in
+  numpy; only the difference inputs take the extra frame."""
   from flax import nnx
   from _downstream_toys import numpy_filled
   from cvrl.config_lib import default_model_config
@@ -145,19 +202,19 @@ def test_standardized_encoders_are_the_rgb_network_on_numpy_standardized_inputs(
   cfg.update(depth=18, width=0.125, preset="r3d18", input="rgb")
   rgb = numpy_filled(lambda: build_encoder(cfg, nnx.Rngs(0)))
   rgb.eval()
-  modes = {}
-  for mode, extra in (("rgb_std", 0), ("dif_std", 1)):
+  frames = np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3)).astype(np.uint8)
+  frames[1] = frames[1] // 4 + [0, 40, 120]  # a second clip of other levels and contrast
+  x = frames.astype(np.float32) / 255.0
+  got, want = {}, {}
+  for mode, (extra, np_map) in _NP_INPUTS.items():
     cfg.input = mode
     assert extra_frames(cfg) == extra
-    modes[mode] = nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(1)))
-    nnx.update(modes[mode], nnx.state(rgb))  # no parameter of its own
-    modes[mode].eval()
-  frames = np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3)).astype(np.uint8)
-  x = frames.astype(np.float32) / 255.0
-  inputs = (_np_standardized(x[:, 1:]), _np_standardized(x[:, 1:] - x[:, :-1]))
-  got_rgb, got_dif, want_rgb, want_dif = nnx.jit(lambda a, b, r: (
-      a(frames[:, 1:]), b(frames), r(inputs[0]), r(inputs[1])))(
-          modes["rgb_std"], modes["dif_std"], rgb)
-  np.testing.assert_allclose(got_rgb, want_rgb, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(got_dif, want_dif, rtol=1e-4, atol=1e-5)
-  assert not np.allclose(want_rgb, want_dif, atol=1e-3)
+    model = nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(1)))
+    nnx.update(model, nnx.state(rgb))  # no parameter of its own
+    model.eval()
+    clips = frames if extra else frames[:, 1:]
+    got[mode], want[mode] = nnx.jit(lambda m, r, c, i: (m(c), r(i)))(
+        model, rgb, clips, np_map(x if extra else x[:, 1:]))
+    np.testing.assert_allclose(got[mode], want[mode], rtol=1e-3, atol=1e-4, err_msg=mode)
+  assert not np.allclose(want["rgb_pc"], want["dif_std"], atol=1e-3)
+  assert not np.allclose(want["rgb_pc"], want["res_pc"], atol=1e-3)

@@ -18,8 +18,8 @@ def input_mode(cfg) -> str:
 
 
 def extra_frames(cfg) -> int:
-  """Frames a clip needs beyond config.data.num_frames for this encoder: 1 for 'dif' and
-  'dif_std'.
+  """Frames a clip needs beyond config.data.num_frames for this encoder: 1 for 'dif',
+  'dif_std' and 'dif_pc' (frame differences).
 
   Every job that samples clips for an encoder asks this, so a DIF model is fed T + 1
   frames downstream exactly as in pretraining.

@@ -4,7 +4,9 @@ One implementation serves every preset; presets differ only in stem, temporal ke
 strides, dilations and padding style. Input (N, T, H, W, 3) in [0, 1], or with
 input_mode='dif' (3DRotNet's DIF models) (N, T + 1, H, W, 3) frames whose T differences
 x[t + 1] - x[t] the network sees ('rgb_std', 'dif_std': the frames or their differences
-standardised per clip and channel, the same whatever the clip's levels and contrast): the difference is part of the model, so every job that
+standardised per clip and channel, the same whatever the clip's levels and contrast;
+'rgb_pc', 'dif_pc': projected onto the clip's first principal colour axis, the same
+whatever its colours): the difference is part of the model, so every job that
 feeds it clips gets it right without knowing how it was pretrained.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
-INPUTS = ("rgb", "dif", "dif_std", "rgb_std")
+INPUTS = ("rgb", "dif", "dif_std", "rgb_std", "rgb_pc", "dif_pc", "res", "res_std", "res_pc")
 DIF_EPS = 1e-3  # added to the clip's std of its differences ('dif_std')
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -182,9 +184,37 @@ def standardized(x):
   return x / (jnp.std(x, axis=axes, keepdims=True) + DIF_EPS)
 
 
-def standardized_difference(clips):
-  """The clips' frame differences, each clip's standardised (`standardized`)."""
-  return standardized(frame_difference(clips))
+def principal_colour(x):
+  """Each clip of x [..., T, H, W, 3] projected onto its first principal colour axis.
+
+  The axis is the top eigenvector of the 3 x 3 covariance of the clip's pixel colours
+  (over T, H, W): the colour direction along which the clip varies most, e.g. from its
+  background to its object whatever their colours. The projection is standardised (over
+  its std plus DIF_EPS), its sign set so its third moment is >= 0 (the rarer extreme,
+  usually the object, positive: a clip and its inverse give the same result), and it is
+  repeated in the three channels, as grayscale repeats the luminance. A grey axis chosen
+  per clip: any colour of object and background, and any affine colour map of the clip
+  that keeps that axis the top one, gives the same input."""
+  axes = (-4, -3, -2)
+  x = x - jnp.mean(x, axis=axes, keepdims=True)
+  covariance = jnp.einsum("...thwc,...thwd->...cd", x, x) / (x.shape[-4] * x.shape[-3] *
+                                                           x.shape[-2])
+  _, vectors = jnp.linalg.eigh(covariance)  # ascending eigenvalues: the last is the top
+  y = jnp.einsum("...thwc,...c->...thw", x, vectors[..., :, -1])
+  y = y / (jnp.std(y, axis=(-3, -2, -1), keepdims=True) + DIF_EPS)
+  skew = jnp.mean(y ** 3, axis=(-3, -2, -1), keepdims=True)
+  y = jnp.where(skew < 0, -y, y)
+  return jnp.broadcast_to(y[..., None], x.shape)
+
+
+def still_removed(x):
+  """x [..., T, H, W, C] less its mean over the clip's frames: what does not move (a still
+  background) is zero, what moves is itself less the trail of its mean place."""
+  return x - jnp.mean(x, axis=-4, keepdims=True)
+
+
+_TIME_MAPS = {"rgb": lambda x: x, "dif": frame_difference, "res": still_removed}
+_CHANNEL_MAPS = {"": lambda x: x, "std": standardized, "pc": principal_colour}
 
 
 def _max_pool(x, window, strides, padding_mode):
@@ -246,14 +276,12 @@ class R3D(nnx.Module):
       raise ValueError(f"R3D expects (N, T, H, W, 3) input, got shape {x.shape}")
     if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
       x = x.astype(jnp.float32) * (1.0 / 255.0)
-    if self.input_mode == "rgb_std":
-      x = standardized(x.astype(jnp.float32))
-    elif self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
-      if x.shape[1] < 2:
+    if self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
+      if self.input_mode.startswith("dif") and x.shape[1] < 2:
         raise ValueError(f"a {self.input_mode!r} R3D needs T + 1 >= 2 frames, got shape "
                          f"{x.shape}")
-      difference = standardized_difference if self.input_mode == "dif_std" else frame_difference
-      x = difference(x.astype(jnp.float32))
+      time_map, _, channel_map = self.input_mode.partition("_")
+      x = _CHANNEL_MAPS[channel_map](_TIME_MAPS[time_map](x.astype(jnp.float32)))
     x = nnx.relu(self.stem(x.astype(self.dtype)))
     if self.spec.stem_pool is not None:
       x = _max_pool(x, self.spec.stem_pool, self.spec.stem_pool_strides, self.spec.padding)

@@ -49,7 +49,7 @@ COLOURS = {"cvrl": "tab:red", "simclr": "tab:blue", "moco": "tab:green", "byol":
 
 
 def define_flags():
-  global _METHODS, _SEEDS, _FIRST_SEED, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG, _INPUT  # pylint: disable=global-statement
+  global _METHODS, _SEEDS, _FIRST_SEED, _STEPS, _WORKDIR, _OUT, _CURVE_POINTS, _KEEP, _AUG, _INPUT, _BASE  # pylint: disable=global-statement
   _METHODS = flags.DEFINE_string("methods", "cvrl", f"'all' or a comma-separated subset of "
                                  f"{list(METHODS)}.")
   _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method (>= 1; the std needs >= 2).")
@@ -76,6 +76,10 @@ def define_flags():
                              "recipe's), the frames ('rgb'), either standardised per clip "
                              "('dif_std', 'rgb_std') or projected on the clip's first "
                              "principal colour axis ('dif_pc', 'rgb_pc').")
+  _BASE = flags.DEFINE_enum("base_recipe", "bench", list(BASES), "The recipe every method "
+                            "starts from: the demo's config with the bench's temperature and "
+                            "colour ops (BENCH_RECIPE: every table's), or the demo's as it is "
+                            "(its colour axis wants --input=rgb_pc).")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -126,6 +130,7 @@ STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
 # with these (the demo's until it moved to its colour axis and reversal, README "the
 # held-out letters"); the bench's input is --input.
 BENCH_RECIPE = {"temperature": 0.1, "augmentation": {"contrast": 0.3, "reverse_prob": 0.0}}
+BASES = ("bench", "demo")  # --base_recipe
 
 
 def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
@@ -152,12 +157,14 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None,
-           input_mode: str = "dif", family: str = "objects") -> ml_collections.ConfigDict:
+           input_mode: str = "dif", family: str = "objects",
+           base: str = "bench") -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
   erasing with its paper's settings on top. input_mode 'dif' (the bench's): the encoder
-  sees frame differences; 'rgb': frames. difficulty None: the headline data.
+  sees frame differences; 'rgb': frames. difficulty None: the headline data. base 'bench':
+  the demo's config with BENCH_RECIPE's fields (every table's); 'demo': as the demo has it.
 
   Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
   AdamW, steps) and changes only what the method is: its objective with the heads shrunk
@@ -167,8 +174,11 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
   from configs import demo
   from cvrl.data.config import default_augmentation_config
   c = demo.get_config(f"steps={steps or STEPS},probe=False,source=synthetic")
-  c.objective.temperature = BENCH_RECIPE["temperature"]
-  c.data.augmentation.update(BENCH_RECIPE["augmentation"])
+  if base not in BASES:
+    raise ValueError(f"base {base!r}: choose from {BASES}")
+  if base == "bench":
+    c.objective.temperature = BENCH_RECIPE["temperature"]
+    c.data.augmentation.update(BENCH_RECIPE["augmentation"])
   if augmentation not in AUGMENTATIONS:
     raise ValueError(f"augmentation {augmentation!r}: choose from {AUGMENTATIONS}")
   if augmentation == "paper":
@@ -534,7 +544,7 @@ def _earlier_rows(path: str, results: dict) -> dict:
     return {}
   old = paths.read_json(path)
   same = all(json.dumps(old.get(k), sort_keys=True) == json.dumps(results.get(k), sort_keys=True)
-             for k in ("data", "seeds", "augmentation", "input"))
+             for k in ("data", "seeds", "augmentation", "input", "base_recipe"))
   return dict(old.get("methods", {})) if same else {}
 
 
@@ -569,11 +579,13 @@ def main(argv):
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   engine.enable_compilation_cache(paths.join(_WORKDIR.value, "xla_cache"))
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value),
-          "input_mode": _INPUT.value, "family": _FAMILY.value}
+          "input_mode": _INPUT.value, "family": _FAMILY.value, "base": _BASE.value}
   results = {"methods": {}, "data": _describe(data), "chance": 1 / 8, "seeds": _SEEDS.value,
              "augmentation": _AUG.value}
   if _INPUT.value != "rgb":
     results["input"] = _INPUT.value
+  if _BASE.value != "bench":
+    results["base_recipe"] = _BASE.value
   results["methods"] = _earlier_rows(paths.join(out_dir, "quality.json"), results)
   seeds = range(_FIRST_SEED.value, _SEEDS.value)
   for m in names:

@@ -123,6 +123,23 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   assert s.objective.name == "simclr" and s.batch_size == 16 and s.data.crop_size == 32
 
 
+def test_the_bench_recipe_is_the_demos_with_bench_recipe_fields_and_demo_is_the_demos():
+  """base 'bench' (every table's): the demo's config with BENCH_RECIPE's fields and
+  nothing else changed; base 'demo': the demo's own values of those fields."""
+  bench, own = B.recipe("cvrl", 10, 0), B.recipe("cvrl", 10, 0, base="demo")
+  want = demo.get_config("steps=10,probe=False,source=synthetic")
+  assert bench.objective.temperature == B.BENCH_RECIPE["temperature"]
+  assert own.objective.temperature == want.objective.temperature
+  for k, v in B.BENCH_RECIPE["augmentation"].items():
+    assert bench.data.augmentation[k] == v and own.data.augmentation[k] == want.data.augmentation[k]
+  own.objective.temperature = bench.objective.temperature
+  own.data.augmentation.update(B.BENCH_RECIPE["augmentation"])
+  assert own.to_json(sort_keys=True) == bench.to_json(sort_keys=True)
+  assert want.objective.temperature != bench.objective.temperature  # the two differ today
+  with pytest.raises(ValueError, match="base 'paper'"):
+    B.recipe("cvrl", 10, 0, base="paper")
+
+
 def test_a_preempted_job_stops_the_bench_and_a_finished_one_passes_through():
   with pytest.raises(SystemExit, match="SIGTERM in pretrain at step 3"):
     B._stop_if_preempted({"job": "pretrain", "preempted": True, "step": 3})

@@ -6,8 +6,9 @@ input_mode='dif' (3DRotNet's DIF models) (N, T + 1, H, W, 3) frames whose T diff
 x[t + 1] - x[t] the network sees ('rgb_std', 'dif_std': the frames or their differences
 standardised per clip and channel, the same whatever the clip's levels and contrast;
 'rgb_pc', 'dif_pc': projected onto the clip's first principal colour axis, the same
-whatever its colours): the difference is part of the model, so every job that
-feeds it clips gets it right without knowing how it was pretrained.
+whatever its colours; 'res*': the clip less its mean frame): the difference is part of
+the model, so every job that feeds it clips gets it right without knowing how it was
+pretrained.
 """
 from __future__ import annotations
 
@@ -193,8 +194,9 @@ def principal_colour(x):
   its std plus DIF_EPS), its sign set so its third moment is >= 0 (the rarer extreme,
   usually the object, positive: a clip and its inverse give the same result), and it is
   repeated in the three channels, as grayscale repeats the luminance. A grey axis chosen
-  per clip: any colour of object and background, and any affine colour map of the clip
-  that keeps that axis the top one, gives the same input."""
+  per clip: an object over a plain background gives the same input whatever their two
+  colours (up to the noise), where grayscale loses an object of the background's
+  luminance; a rotation or uniform scaling of the clip's colours changes nothing."""
   axes = (-4, -3, -2)
   x = x - jnp.mean(x, axis=axes, keepdims=True)
   covariance = jnp.einsum("...thwc,...thwd->...cd", x, x) / (x.shape[-4] * x.shape[-3] *

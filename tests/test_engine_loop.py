@@ -109,8 +109,8 @@ def test_probe_head_trains_on_l2_normalised_features(tmp_path, run_mesh):
   config = small(config_lib.probe_config(), steps=3, every=3, batch=16)
   config.random_init = True
   enc = tiny_encoder(seed=3)
-  head, _, _ = probe.train_probe(enc, config, num_classes=4, train_batches=toy_stream(),
-                                 total_steps=3, warmup_steps=1, steps_per_epoch=2,
+  head, _, _ = probe.train_probe(enc, probe.parse(config), num_classes=4,
+                                 train_batches=toy_stream(), total_steps=3, warmup_steps=1, steps_per_epoch=2,
                                  workdir=str(tmp_path),
                                  make_encoder=lambda: TinyEncoder(8, rngs=nnx.Rngs(0)))
   b = video_batches(8, 8, seed=9)[0][0]
@@ -156,10 +156,10 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   ft.optim.head_lr = 0.5
 
   def run_ft(config, workdir):
+    job = finetune.parse(config)
     with jax.set_mesh(mesh):
-      task, _, _ = finetune.make_task(config, 4)
-      return engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
-                        total_steps=4, warmup_steps=1)
+      task, _, _ = finetune.make_task(job, 4)
+      return engine.run(task, job.spec, workdir, total_steps=4, warmup_steps=1)
   first = _resume_matches(run_ft, ft, str(work / "ft"), 4)
   # It started from the checkpoint: the encoder moved from it, but kept its pattern.
   want = np.asarray(nnx.to_pure_dict(saved)["encoder"]["stem"]["conv"]["kernel"])
@@ -172,10 +172,11 @@ def test_finetune_from_a_checkpoint_and_the_end_to_end_probe_resume_exactly(tmp_
   pr.optim.base_lr = 1.0
 
   def run_probe(config, workdir):
+    job = probe.parse(config)
     with jax.set_mesh(mesh):
-      make, enc, mc, _ = F.encoder_source(**config_lib.encoder_args(config))
-      batches, _ = probe._datasets(config, extra_frames(mc))  # pylint: disable=protected-access
-      return probe.train_probe(enc, config, num_classes=4, train_batches=batches,
+      make, enc, mc, _ = F.encoder_source(**job.encoder)
+      batches, _ = probe._datasets(job, extra_frames(mc))  # pylint: disable=protected-access
+      return probe.train_probe(enc, job, num_classes=4, train_batches=batches,
                                total_steps=4, warmup_steps=1, steps_per_epoch=3,
                                workdir=workdir, make_encoder=make)[2]
   first = _resume_matches(run_probe, pr, str(work / "probe"), 4)

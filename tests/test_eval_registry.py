@@ -72,16 +72,17 @@ def test_the_evaluate_job_builds_its_mode_from_config_evaluate():
   from cvrl.jobs import evaluate  # pylint: disable=import-outside-toplevel
   c = config_lib.evaluate_config()
   c.evaluate.mode = "knn"
-  ev = evaluate._mode_evaluator(c)  # pylint: disable=protected-access
+  c.random_init = True  # the mode's encoder
+  ev = evaluate._mode_evaluator(evaluate.parse(c))  # pylint: disable=protected-access
   for key in ("num_clips", "num_crops", "knn_k", "knn_vote", "knn_temperature", "recall_ks"):
     assert getattr(ev, key) == _default(knn.KNN, key), key
   assert ev.batch_size == c.evaluate.batch_size
   c.evaluate.update(knn_clips=5, knn_crops=3, knn_k=7, knn_vote="majority", recall_ks=(1, 2))
-  ev = evaluate._mode_evaluator(c)  # pylint: disable=protected-access
+  ev = evaluate._mode_evaluator(evaluate.parse(c))  # pylint: disable=protected-access
   assert (ev.num_clips, ev.num_crops, ev.knn_k, ev.knn_vote, ev.recall_ks) == (
       5, 3, 7, "majority", (1, 2))
   c.evaluate.mode = "linear"  # the views, not the knn-only fields
-  ev = evaluate._mode_evaluator(c)  # pylint: disable=protected-access
+  ev = evaluate._mode_evaluator(evaluate.parse(c))  # pylint: disable=protected-access
   assert (ev.num_clips, ev.num_crops) == (5, 3) and not hasattr(ev, "knn_k")
   c.evaluate.knn_crops = 2
   with pytest.raises(ValueError, match="num_crops must be one of"):

@@ -43,7 +43,7 @@ def train(enc, config, workdir, **kw):
   """probe.train_probe on the toy encoder: (head, stats)."""
   kw.setdefault("make_encoder", tiny_arch(enc.num_features))
   with jax.set_mesh(parallel.make_mesh()):
-    head, stats, _ = probe.train_probe(enc, config, workdir=str(workdir), **kw)
+    head, stats, _ = probe.train_probe(enc, probe.parse(config), workdir=str(workdir), **kw)
   return head, stats
 
 
@@ -87,7 +87,7 @@ def test_frozen_probe_changes_no_backbone_parameter_or_bn_statistic(tmp_path, ru
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(enc)))
   for extract in (False, True):
     _, stats, out = probe.train_probe(
-        enc, small_config(extract_features=extract, feature_epochs=1), num_classes=4,
+        enc, probe.parse(small_config(extract_features=extract, feature_epochs=1)), num_classes=4,
         train_batches=stream(), total_steps=6, warmup_steps=2, steps_per_epoch=3,
         workdir=str(tmp_path / str(extract)), make_encoder=tiny_arch())
     after = nnx.to_pure_dict(nnx.state(enc))

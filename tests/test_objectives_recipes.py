@@ -192,7 +192,8 @@ def test_dif_rotation_checkpoint_is_probed_and_tested_on_frame_differences(pretr
 
   config = config_lib.probe_config_for(pre, result["checkpoint_dir"])
   encoder, model_config, _ = F.load_encoder(**config_lib.encoder_args(config))
-  train_batches, _ = probe._datasets(config, models.extra_frames(model_config))  # pylint: disable=protected-access
+  train_batches, _ = probe._datasets(  # pylint: disable=protected-access
+      probe.parse(config), models.extra_frames(model_config))
   batch = next(train_batches())
   t = pre.data.num_frames
   assert batch["video"].shape[1:3] == (1, t + 1)

@@ -89,7 +89,7 @@ def test_pretraining_draws_its_first_batch_to_tensorboard_unless_switched_off(tm
   c = cvrl_tiny.get_config()
   c.log.tensorboard = True  # the tiny configs turn it off
   sources.prepare(c.data, ["train"])
-  assert pretrain.picture_dir(c, "W") == "W"
+  assert pretrain.picture_dir(c.log, "W") == "W"
   objective = objectives.from_config(c)
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(c)), c.data, objective,
                             picture_dir=str(tmp_path))
@@ -105,7 +105,7 @@ def test_pretraining_draws_its_first_batch_to_tensorboard_unless_switched_off(tm
   assert np.abs(image.astype(int) - pictures.mosaic(clips)).max() <= 1
   for key in ("tensorboard", "first_batch_picture"):
     c.log[key] = False
-    assert pretrain.picture_dir(c, "W") == ""
+    assert pretrain.picture_dir(c.log, "W") == ""
     c.log[key] = True
   resumed, _ = task.batches(batch_size=int(c.batch_size), start_step=3, process_index=0,
                             process_count=1)

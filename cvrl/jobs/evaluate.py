@@ -33,6 +33,9 @@ mask 0 and are dropped, so every video counts exactly once.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import ml_collections
 from flax import nnx
@@ -53,21 +56,49 @@ from cvrl.models import build_encoder, extra_frames
 NEEDS_WORKDIR = True
 
 
-def validate(config) -> None:
+@dataclasses.dataclass(frozen=True)
+class Evaluate:
+  """What the job takes of its config, parsed and checked once (`parse`): the mode, the
+  evaluators of config.evals (None: the mode), the encoder (`config_lib.encoder_args`),
+  config.data, the seed, the multi-view test and the classifier's run_dir, the mode
+  evaluator's fields (`_mode_fields`) and the config's record (results.json's)."""
+  mode: str
+  evals: Any
+  encoder: dict
+  data: Any
+  seed: int
+  test: multiview.Test
+  run_dir: str
+  mode_fields: dict
+  record: dict
+
+
+def parse(config) -> Evaluate:
+  """The job's typed arguments, checked (before anything compiles)."""
   e = config.evaluate
   F.validate_test(e)
-  if config.get("evals"):
-    common.from_config(config.evals)  # kinds, keys and each kind's checks
-    _needs_encoder(config, "evaluate: config.evals need")
-  elif e.mode == "multiview":
-    _check_run_dir(e.run_dir)
+  job = Evaluate(e.mode, config.get("evals") or None, config_lib.encoder_args(config),
+                 config.data, int(config.seed), multiview.Test.of(e), e.run_dir, {},
+                 config_lib.as_dict(config))
+  if job.evals:
+    common.from_config(job.evals)  # kinds, keys and each kind's checks
+    _needs_encoder(job.encoder, "evaluate: config.evals need")
+  elif job.mode == "multiview":
+    _check_run_dir(job.run_dir)
   else:
-    _mode_evaluator(config)
-    _needs_encoder(config, f"evaluate: mode {e.mode!r} needs")
+    job = dataclasses.replace(job, mode_fields=_mode_fields(e, config.data))
+    _mode_evaluator(job)
+    _needs_encoder(job.encoder, f"evaluate: mode {job.mode!r} needs")
+  return job
 
 
-def _needs_encoder(config, what: str) -> None:
-  if not config.get("pretrained") and not config.get("random_init"):
+def validate(config) -> None:
+  parse(config)
+
+
+def _needs_encoder(source: dict, what: str) -> None:
+  """`source` (`config_lib.encoder_args`) names a checkpoint or a random init."""
+  if not source["pretrained"] and not source["random_init"]:
     raise ValueError(f"{what} config.pretrained=<checkpoint dir> or config.random_init=True")
 
 
@@ -80,19 +111,23 @@ def _check_run_dir(run_dir: str) -> None:
                             "be the workdir of a finished probe or finetune job")
 
 
-def _mode_evaluator(config, splits: common.Splits | None = None) -> common.Evaluator:
-  """The evaluator of kind config.evaluate.mode, from config.evaluate: its batch_size,
-  knn_clips x knn_crops views and the knn_* fields the kind takes (None: the kind's
-  default), tested at config.data's eval sizes."""
-  e, data = config.evaluate, config.data
+def _mode_fields(e, data) -> dict:
+  """The keyword arguments of the evaluator of kind `e.mode` from `e` (config.evaluate): its
+  batch_size, knn_clips x knn_crops views and the knn_* fields the kind takes (None: the
+  kind's default), tested at `data` (config.data)'s eval sizes."""
   cls = common.get(e.mode, "config.evaluate.mode")
   given = dict(batch_size=e.batch_size, num_clips=e.knn_clips, num_crops=e.knn_crops,
                knn_k=e.knn_k, knn_vote=e.knn_vote, knn_temperature=e.knn_temperature,
                recall_ks=e.recall_ks, eval_resize=data.get("eval_resize"),
                eval_crop_size=data.get("eval_crop_size"))
   takes = common.defaults(cls)
-  return cls(None, splits, name=e.mode,
-             **{k: v for k, v in given.items() if k in takes and v is not None})
+  return {k: v for k, v in given.items() if k in takes and v is not None}
+
+
+def _mode_evaluator(job: Evaluate, splits: common.Splits | None = None) -> common.Evaluator:
+  """The evaluator of kind `job.mode` on `splits` (None: built to check its fields)."""
+  cls = common.get(job.mode, "config.evaluate.mode")
+  return cls(None, splits, name=job.mode, **job.mode_fields)
 
 
 def _splits_read(mode: str, evals) -> list[str]:
@@ -101,8 +136,9 @@ def _splits_read(mode: str, evals) -> list[str]:
   return ["eval"] if mode == "multiview" and not evals else ["train", "eval"]
 
 
-def _splits(config, model_config) -> common.Splits:
-  return common.Splits(config.data, int(config.seed), extra_frames(model_config))
+def _splits(job: Evaluate, extra: int) -> common.Splits:
+  """The splits on the clips an encoder takes: T + `extra` frames (`extra_frames`)."""
+  return common.Splits(job.data, job.seed, extra)
 
 
 def run(config, workdir: str) -> dict:
@@ -111,50 +147,50 @@ def run(config, workdir: str) -> dict:
     parallel.maybe_initialize_distributed()
     sources.prepare(config.data, _splits_read(config.evaluate.mode, config.get("evals")))
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
+    job = parse(config)
     paths.makedirs(workdir)
     with jax.set_mesh(parallel.make_mesh()):  # the run's mesh
-      if config.get("evals"):
-        results, headline = _run_evals(config), None
+      if job.evals:
+        results, headline = _run_evals(job), None
       else:
-        mode = config.evaluate.mode
-        out = _test_classifier(config, workdir) if mode == "multiview" else _run_mode(config)
-        results = {"mode": mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
+        out = _test_classifier(job, workdir) if job.mode == "multiview" else _run_mode(job)
+        results = {"mode": job.mode, "metrics": out["metrics"], "checkpoint": out["checkpoint"],
                    "step": out["step"]}
-        headline = (f"evaluate[{mode}]", out["headline"])
-    results.update(job="evaluate", clip_shape=shape.as_dict(), config=config_lib.as_dict(config))
+        headline = (f"evaluate[{job.mode}]", out["headline"])
+    results.update(job="evaluate", clip_shape=shape.as_dict(), config=job.record)
     R.write_results(workdir, results)
     if headline:
       R.headline(headline[0], results["metrics"], headline[1])
     return results
 
 
-def _test_classifier(config, workdir: str) -> dict:
-  """The multi-view test of config.evaluate.run_dir's classifier; files in workdir."""
-  run_dir = config.evaluate.run_dir
-  model, meta = classifier_io.load_classifier(run_dir)
+def _test_classifier(job: Evaluate, workdir: str) -> dict:
+  """The multi-view test of `job.run_dir`'s classifier; files in workdir."""
+  model, meta = classifier_io.load_classifier(job.run_dir)
   model_config = ml_collections.ConfigDict(meta["model"])  # the saved encoder's input
-  metrics = multiview.evaluate_classifier(model, _splits(config, model_config), workdir,
-                                          multiview.Test.of(config.evaluate))
+  metrics = multiview.evaluate_classifier(model, _splits(job, extra_frames(model_config)),
+                                          workdir, job.test)
   source = meta.get("source")
-  return {"metrics": metrics, "checkpoint": {"run_dir": str(run_dir), "source": source},
+  return {"metrics": metrics, "checkpoint": {"run_dir": str(job.run_dir), "source": source},
           "step": (source or {}).get("step"),
           "headline": ["top1", "top5", "mean_class_accuracy", "num_videos"]}
 
 
-def _run_mode(config) -> dict:
-  """The config.evaluate.mode evaluator on the encoder of config.pretrained / random_init."""
-  encoder, model_config, source = F.load_encoder(**config_lib.encoder_args(config))
-  metrics, headline = _mode_evaluator(config, _splits(config, model_config)).report(encoder)
+def _run_mode(job: Evaluate) -> dict:
+  """The `job.mode` evaluator on the encoder of config.pretrained / random_init."""
+  encoder, model_config, source = F.load_encoder(**job.encoder)
+  splits = _splits(job, extra_frames(model_config))
+  metrics, headline = _mode_evaluator(job, splits).report(encoder)
   return {"metrics": metrics, "checkpoint": source, "step": source.get("step"),
           "headline": list(headline)}
 
 
-def _run_evals(config) -> dict:
+def _run_evals(job: Evaluate) -> dict:
   """Every `config.evals` evaluator on the checkpoint's encoder, results under its name."""
-  encoder, model_config, source = F.load_encoder(**config_lib.encoder_args(config))
-  make = lambda: build_encoder(model_config, nnx.Rngs(int(config.seed)))
+  encoder, model_config, source = F.load_encoder(**job.encoder)
+  make = lambda: build_encoder(model_config, nnx.Rngs(job.seed))
   metrics, evals = {}, {}
-  for ev in common.from_config(config.evals, make, _splits(config, model_config)):
+  for ev in common.from_config(job.evals, make, _splits(job, extra_frames(model_config))):
     evals[ev.name] = ev(encoder)
     metrics.update({f"{ev.name}/{k}": v for k, v in evals[ev.name].items()})
     R.headline(f"evaluate[{ev.name}]", evals[ev.name], ev.headline)

@@ -9,8 +9,10 @@ with multi-view evaluation and saved for the evaluate job.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+from typing import Callable
 
 import jax
 
@@ -30,24 +32,49 @@ from cvrl.models import extra_frames
 NEEDS_WORKDIR = True
 
 
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+  """What the job takes of its config, parsed and checked once (`parse`): the encoder to
+  start from (`config_lib.encoder_args`), the task's training fields, the loop's `RunSpec`,
+  the schedule (`durations(n)`: total and warm-up steps when epochs count n videos), the
+  multi-view test and config.finetune's fields."""
+  encoder: dict
+  training: tasks.Training
+  spec: engine.RunSpec
+  durations: Callable[[int], tuple[int, int]]
+  test: multiview.Test
+  normalize: bool
+  dropout: float
+  evaluate: bool
+  save_model: bool
+
+
+def parse(config) -> Finetune:
+  """The job's typed arguments, checked (before anything compiles)."""
+  encoder = config_lib.encoder_args(config)
+  F.validate_downstream("finetune", encoder, config.optim, config.evaluate, config.data)
+  spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
+  f = config.finetune
+  if not 0.0 <= float(f.dropout) < 1.0:
+    raise ValueError(f"config.finetune.dropout must be in [0, 1), got {f.dropout}")
+  return Finetune(encoder, tasks.Training(**config_lib.training(config)), spec,
+                  functools.partial(config_lib.durations, config),
+                  multiview.Test.of(config.evaluate), bool(f.normalize), float(f.dropout),
+                  bool(f.evaluate), bool(f.save_model))
+
+
 def validate(config) -> None:
-  F.validate_downstream("finetune", config_lib.encoder_args(config), config.optim,
-                        config.evaluate, config.data)
-  engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
-  if not 0.0 <= float(config.finetune.dropout) < 1.0:
-    raise ValueError(f"config.finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
+  parse(config)
 
 
-def make_task(config, num_classes: int):
+def make_task(job: Finetune, num_classes: int):
   """(ClassifierTask training every parameter, encoder model config, provenance)."""
-  source = config_lib.encoder_args(config)
-  make_encoder, encoder, model_config, source = F.encoder_source(**source)
-  batches = F.train_stream(config.data, batch_size=int(config.batch_size),
-                           seed=int(config.seed), extra_frames=extra_frames(model_config))
+  make_encoder, encoder, model_config, source = F.encoder_source(**job.encoder)
+  batches = F.train_stream(job.spec.data, batch_size=job.training.batch_size,
+                           seed=job.spec.seed, extra_frames=extra_frames(model_config))
   task = tasks.ClassifierTask(
-      tasks.Training(**config_lib.training(config)), make_encoder=make_encoder,
-      num_classes=num_classes,
-      normalize=bool(config.finetune.normalize), dropout=float(config.finetune.dropout),
+      job.training, make_encoder=make_encoder, num_classes=num_classes,
+      normalize=job.normalize, dropout=job.dropout,
       train_encoder=True, batches=batches, encoder_init=encoder, groups=tasks.FINETUNE_GROUPS)
   return task, model_config, source
 
@@ -56,11 +83,11 @@ def run(config, workdir: str) -> dict:
   with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
     sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
-    durations = functools.partial(config_lib.durations, config)
-    classes, n_train, total, warmup = F.schedule(config.data, durations)
-    task, model_config, source = make_task(config, classes)
+    job = parse(config)
+    classes, n_train, total, warmup = F.schedule(job.spec.data, job.durations)
+    task, model_config, source = make_task(job, classes)
     start = time.time()
-    trained = engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
+    trained = engine.run(task, job.spec, workdir,
                          total_steps=total, warmup_steps=warmup,
                          process=process)
     if trained["preempted"]:
@@ -74,19 +101,17 @@ def run(config, workdir: str) -> dict:
                      "seconds": time.time() - start}}
     metrics = {"train_accuracy": out["train"]["train_accuracy"],
                "train_loss": out["train"]["train_loss"]}
-    if config.finetune.evaluate:
-      splits = common.Splits(config.data, int(config.seed), extra_frames(model_config))
-      out["test"] = multiview.evaluate_classifier(model, splits, workdir,
-                                                  multiview.Test.of(config.evaluate))
+    if job.evaluate:
+      splits = common.Splits(job.spec.data, job.spec.seed, extra_frames(model_config))
+      out["test"] = multiview.evaluate_classifier(model, splits, workdir, job.test)
       metrics.update({k: out["test"][k] for k in ("top1", "top5", "mean_class_accuracy")
                       if k in out["test"]})
-    if config.finetune.save_model:
+    if job.save_model:
       classifier_io.save_classifier(workdir, model, model_config, num_classes=classes,
-                                    normalize=bool(config.finetune.normalize),
-                                    dropout=float(config.finetune.dropout), source=source)
+                                    normalize=job.normalize, dropout=job.dropout, source=source)
     results = {"job": "finetune", "metrics": metrics, "finetune": out,
                "checkpoint": source.get("checkpoint"), "step": source.get("step"),
-               "clip_shape": shape.as_dict(), "config": config_lib.as_dict(config)}
+               "clip_shape": shape.as_dict(), "config": job.spec.record}
     R.write_results(workdir, results)
     R.headline("finetune", metrics, ["top1", "top5", "train_accuracy"])
     return results

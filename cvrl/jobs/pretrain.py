@@ -8,6 +8,7 @@ watch the encoder every `every_steps`; their final values go to DIR/results.json
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -24,47 +25,61 @@ from cvrl.engine import tasks
 NEEDS_WORKDIR = True
 
 
-def validate(config) -> None:
-  """Everything that can be checked without touching a device (the backend must stay
-  uninitialised until jax.distributed has started)."""
-  objectives.from_config(config)
+@dataclasses.dataclass(frozen=True)
+class Pretrain:
+  """What the job takes of its config, parsed and checked once (`parse`): the method, its
+  task's training fields, the loop's `RunSpec`, the schedule in steps and config.evals."""
+  objective: objectives.Objective
+  training: tasks.Training
+  spec: engine.RunSpec
+  total_steps: int
+  warmup_steps: int
+  evals: Any
+
+
+def parse(config: ml_collections.ConfigDict) -> Pretrain:
+  """The job's typed arguments; everything that can be checked without touching a device
+  (the backend must stay uninitialised until jax.distributed has started)."""
+  objective = objectives.from_config(config)
   optim.validate(config.optim)
-  engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
+  spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   total, warmup = config_lib.durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
   common.from_config(config.get("evals"))  # kinds, keys and each kind's checks
+  return Pretrain(objective, tasks.Training(**config_lib.training(config)), spec, total, warmup,
+                  config.get("evals"))
 
 
-def picture_dir(config, workdir: str) -> str:
+def validate(config) -> None:
+  parse(config)
+
+
+def picture_dir(log, workdir: str) -> str:
   """Where the first batch's picture goes (TensorBoard, cvrl.engine.pictures): the workdir
-  with config.log.tensorboard and config.log.first_batch_picture on, else nowhere ('')."""
-  log = config.log
+  with `log` (config.log)'s tensorboard and first_batch_picture on, else nowhere ('')."""
   return workdir if log.get("tensorboard", True) and log.get("first_batch_picture", True) else ""
 
 
-def _eval_splits(config, objective) -> common.Splits:
+def _eval_splits(job: Pretrain) -> common.Splits:
   """What the evaluators read: every train video (pretraining ignores data.label_fraction),
   clips of the frames the method's encoder takes."""
-  return common.Splits(config.data, int(config.seed),
-                       objective.encoder_spec.extra_frames, label_fraction=1.0)
+  return common.Splits(job.spec.data, job.spec.seed, job.objective.encoder_spec.extra_frames,
+                       label_fraction=1.0)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Pretrains on a config `validate` passed (cvrl.main checks it before any work), on the
   mesh the engine sets up (its evaluators run inside the loop)."""
   with runtime.job() as process:  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-    sources.prepare(config.data, ["train", "eval"] if config.get("evals") else ["train"])
-    objective = objectives.from_config(config)
-    task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data,
-                              objective, picture_dir=picture_dir(config, workdir))
-    total_steps, warmup_steps = config_lib.durations(config)
-    evals = common.from_config(config.get("evals"), lambda: task.make_model().encoder,
-                               _eval_splits(config, objective))
-    out = engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
-                     total_steps=total_steps,
-                     warmup_steps=warmup_steps, evaluators=evals, process=process)
-    return _result(workdir, out, config_lib.as_dict(config) if evals else None)
+    job = parse(config)
+    sources.prepare(job.spec.data, ["train", "eval"] if job.evals else ["train"])
+    task = tasks.PretrainTask(job.training, job.spec.data, job.objective,
+                              picture_dir=picture_dir(job.spec.log, workdir))
+    evals = common.from_config(job.evals, lambda: task.make_model().encoder, _eval_splits(job))
+    out = engine.run(task, job.spec, workdir, total_steps=job.total_steps,
+                     warmup_steps=job.warmup_steps, evaluators=evals, process=process)
+    return _result(workdir, out, job.spec.record if evals else None)
 
 
 def _result(workdir: str, out: dict, evals_config: dict | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +51,42 @@ from cvrl.engine import tasks
 NEEDS_WORKDIR = True
 
 
-def validate(config) -> None:
-  F.validate_downstream("probe", config_lib.encoder_args(config), config.optim,
-                        config.evaluate, config.data)
-  engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
-  if int(config.probe.feature_epochs) < 0:
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """What the job takes of its config, parsed and checked once (`parse`): the encoder to
+  probe (`config_lib.encoder_args`), the heads' training fields, the loop's `RunSpec`, the
+  schedule (`durations(n)`: total and warm-up steps when epochs count n videos), the
+  multi-view test and config.probe's fields."""
+  encoder: dict
+  training: tasks.Training
+  spec: engine.RunSpec
+  durations: Callable[[int], tuple[int, int]]
+  test: multiview.Test
+  normalize: bool
+  extract_features: bool
+  feature_epochs: int
+  random_baseline: bool
+  evaluate: bool
+  save_model: bool
+
+
+def parse(config) -> Probe:
+  """The job's typed arguments, checked (before anything compiles)."""
+  encoder = config_lib.encoder_args(config)
+  F.validate_downstream("probe", encoder, config.optim, config.evaluate, config.data)
+  spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
+  p = config.probe
+  if int(p.feature_epochs) < 0:
     raise ValueError("config.probe.feature_epochs must be >= 0")
+  return Probe(encoder, tasks.Training(**config_lib.training(config)), spec,
+               functools.partial(config_lib.durations, config),
+               multiview.Test.of(config.evaluate),
+               bool(p.normalize), bool(p.extract_features), int(p.feature_epochs),
+               bool(p.random_baseline), bool(p.evaluate), bool(p.save_model))
+
+
+def validate(config) -> None:
+  parse(config)
 
 
 def _architecture(encoder: nnx.Module):
@@ -65,7 +96,7 @@ def _architecture(encoder: nnx.Module):
   return lambda: nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
 
 
-def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
+def train_probe(encoder: nnx.Module, job: Probe, *, num_classes: int, train_batches,
                 eval_batches=None, total_steps: int, warmup_steps: int, steps_per_epoch: int,
                 workdir: str, make_encoder=None, name: str = "linear probe",
                 process: runtime.Process | None = None):
@@ -77,34 +108,30 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
   make_encoder: the encoder's architecture under jit (None: taken from `encoder`).
   process: the job's record (cvrl.core.runtime.job) the engine reports to.
   """
-  global_batch = int(config.batch_size)
-  training = tasks.Training(**config_lib.training(config))
-  normalize = bool(config.probe.normalize)
+  global_batch = job.training.batch_size
   stats = {"total_steps": total_steps, "warmup_steps": warmup_steps, "global_batch": global_batch,
-           "extract_features": bool(config.probe.extract_features)}
-  if not config.probe.extract_features:
+           "extract_features": job.extract_features}
+  if not job.extract_features:
     task = tasks.ClassifierTask(
-        training, make_encoder=make_encoder or _architecture(encoder), num_classes=num_classes,
-        normalize=normalize, dropout=0.0, train_encoder=False, batches=train_batches,
-        encoder_init=encoder, name=name)
+        job.training, make_encoder=make_encoder or _architecture(encoder),
+        num_classes=num_classes, normalize=job.normalize, dropout=0.0, train_encoder=False,
+        batches=train_batches, encoder_init=encoder, name=name)
     stats["encoder_passes"] = total_steps * global_batch
   else:
     start = time.time()
-    feats, labels, replay = _cache(encoder, config, train_batches, eval_batches,
-                                   min(total_steps, int(config.probe.feature_epochs)
-                                       * steps_per_epoch))
+    feats, labels, replay = _cache(encoder, job, train_batches, eval_batches,
+                                   min(total_steps, job.feature_epochs * steps_per_epoch))
     stats.update(extract_seconds=time.time() - start, cached_features=int(len(labels)),
                  encoder_passes=int(len(labels)) * jax.process_count())
     local = parallel.local_batch_size(global_batch)
     task = tasks.FeatureHeadTask(
-        training, num_features=feats.shape[1], num_classes=num_classes, normalize=normalize,
-        batches=lambda s: engine.skip(
-            tasks.cached_batches(feats, labels, local, replay, int(config.seed)), s),
+        job.training, num_features=feats.shape[1], num_classes=num_classes,
+        normalize=job.normalize, batches=lambda s: engine.skip(
+            tasks.cached_batches(feats, labels, local, replay, job.spec.seed), s),
         name=name + " (cached features)")
   start = time.time()
-  out = engine.run(task, engine.RunSpec(**config_lib.run_args(config)), workdir,
-                   total_steps=total_steps, warmup_steps=warmup_steps,
-                   process=process)
+  out = engine.run(task, job.spec, workdir, total_steps=total_steps,
+                   warmup_steps=warmup_steps, process=process)
   stats["seconds"] = time.time() - start
   _, _, stats["learning_rate"] = task.optimizer(total_steps, warmup_steps)
   last = out["last_step_metrics"]
@@ -113,16 +140,16 @@ def train_probe(encoder: nnx.Module, config, *, num_classes: int, train_batches,
   stats["preempted"] = out["preempted"]
   head = None
   if out["model"] is not None:
-    head = out["model"] if config.probe.extract_features else out["model"].head
+    head = out["model"] if job.extract_features else out["model"].head
     head.eval()
   return head, stats, out
 
 
-def _cache(encoder, config, train_batches, eval_batches, cache_steps: int):
+def _cache(encoder, job: Probe, train_batches, eval_batches, cache_steps: int):
   """(features, labels, rows to replay in order) of this host's cached clips."""
   # Pooled features [B, C] of the clips, mean over views, the encoder in inference mode.
-  extractor = F.ViewRunner(encoder, reduce="mean", data_config=config.data)
-  if int(config.probe.feature_epochs) > 0:  # the first K epochs of the augmented stream
+  extractor = F.ViewRunner(encoder, reduce="mean", data_config=job.spec.data)
+  if job.feature_epochs > 0:  # the first K epochs of the augmented stream
     it = train_batches(0)
     outs, labels = [], []
     for _ in range(cache_steps):
@@ -137,16 +164,15 @@ def _cache(encoder, config, train_batches, eval_batches, cache_steps: int):
 
 # ------------------------------------------------------------------------------ the job
 
-def _datasets(config, extra: int):
+def _datasets(job: Probe, extra: int):
   """Factories of host batch iterators: augmented train stream (from a start step),
   un-augmented train split; clips of T + `extra` frames (1 for a DIF encoder)."""
-  seed, batch = int(config.seed), int(config.batch_size)
-  train_batches = F.train_stream(config.data, batch_size=batch, seed=seed,
-                                 extra_frames=extra)
+  data, seed, batch = job.spec.data, job.spec.seed, job.training.batch_size
+  train_batches = F.train_stream(data, batch_size=batch, seed=seed, extra_frames=extra)
   sampler = {"name": "single", "extra_frames": extra}
 
   def plain_batches():
-    ds = pipeline.build_dataset(config.data, sampler=sampler, train=False,
+    ds = pipeline.build_dataset(data, sampler=sampler, train=False,
                                 batch_size=parallel.local_batch_size(batch), seed=seed,
                                 split="train")
     return pipeline.iterate(ds)
@@ -160,22 +186,22 @@ def run(config, workdir: str) -> dict:
   with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
     data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
+    job = parse(config)
     paths.makedirs(workdir)
-    arch = _encoders(config)  # its encoders, their schedule and batches
+    arch = _encoders(job)  # its encoders, their schedule and batches
     dirs = {name: workdir if name == "probe" else paths.join(workdir, name)
             for name in arch.encoders}
     trained = {}
     for name in arch.encoders:
-      trained[name] = _probe_one(config, arch, name, dirs[name], process)
+      trained[name] = _probe_one(job, arch, name, dirs[name], process)
       if trained[name][1]["preempted"]:
         return {"job": "probe", "preempted": True, "step": trained[name][2]["step"]}
     classifiers = {name: EncoderHead(arch.encoders[name], head)
                    for name, (head, _, _) in trained.items()}
-    tests = (_test(arch, classifiers, dirs, multiview.Test.of(config.evaluate))
-             if config.probe.evaluate else {})
-    if config.probe.save_model:
-      _save(workdir, arch, classifiers["probe"], bool(config.probe.normalize))
-    results = _results(config_lib.as_dict(config), shape, arch,
+    tests = _test(arch, classifiers, dirs, job.test) if job.evaluate else {}
+    if job.save_model:
+      _save(workdir, arch, classifiers["probe"], job.normalize)
+    results = _results(job.spec.record, shape, arch,
                        {k: v[1] for k, v in trained.items()}, tests)
     R.write_results(workdir, results)
     R.headline("probe", results["metrics"], ["top1", "top5", "random_init_top1", "train_accuracy"])
@@ -197,31 +223,29 @@ class _Encoders:
   splits: common.Splits | None = None
 
 
-def _encoders(config) -> _Encoders:
-  source = config_lib.encoder_args(config)
-  make_encoder, encoder, model_config, source = F.encoder_source(**source)
+def _encoders(job: Probe) -> _Encoders:
+  make_encoder, encoder, model_config, source = F.encoder_source(**job.encoder)
   if encoder is None:
     encoder = create(make_encoder, out_shardings=parallel.replicated())
   extra = extra_frames(model_config)
   arch = _Encoders(make_encoder, model_config, {"probe": encoder}, {"probe": source},
-                   F.schedule(config.data, functools.partial(config_lib.durations, config)),
-                   _datasets(config, extra),
-                   common.Splits(config.data, int(config.seed), extra))
-  if config.probe.random_baseline and source["init"] != "random":
+                   F.schedule(job.spec.data, job.durations), _datasets(job, extra),
+                   common.Splits(job.spec.data, job.spec.seed, extra))
+  if job.random_baseline and source["init"] != "random":
     arch.encoders["random_init"] = create(make_encoder, out_shardings=parallel.replicated())
     arch.sources["random_init"] = {"init": "random", "checkpoint": None,
-                                   "seed": int(config.seed)}
+                                   "seed": job.spec.seed}
   return arch
 
 
-def _probe_one(config, arch: _Encoders, name: str, workdir: str, process: runtime.Process):
+def _probe_one(job: Probe, arch: _Encoders, name: str, workdir: str, process: runtime.Process):
   """`train_probe` of encoder `name`: (head, stats, engine out)."""
   classes, n_train, total, warmup = arch.schedule
   train_batches, plain_batches = arch.batches
   return train_probe(
-      arch.encoders[name], config, num_classes=classes, train_batches=train_batches,
+      arch.encoders[name], job, num_classes=classes, train_batches=train_batches,
       eval_batches=plain_batches, total_steps=total, warmup_steps=warmup,
-      steps_per_epoch=max(1, n_train // int(config.batch_size)), workdir=workdir,
+      steps_per_epoch=max(1, n_train // job.training.batch_size), workdir=workdir,
       make_encoder=arch.make_encoder, name=f"linear probe [{name}]", process=process)
 
 

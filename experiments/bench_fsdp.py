@@ -44,7 +44,7 @@ def measure(args) -> dict:
       _, wall, _, loss = bench_step._run_steps(parts, args.steps)  # pylint: disable=protected-access
       best[mode] = min(best.get(mode, wall), wall)
       out[mode] = {"step_s": round(best[mode], 4), "loss": loss,
-                   "state": summary.summarize(config)["state_bytes_per_device"]}
+                   "state": summary.summarize(summary.parse(config))["state_bytes_per_device"]}
   out["fsdp_over_replicated"] = round(best["fsdp"] / best["replicated"], 3)
   out["note"] = ("CPU devices: collectives are memory copies; fsdp's real cost shows only on "
                  "a slice")

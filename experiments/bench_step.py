@@ -321,7 +321,7 @@ def config_throughput(config, per_device_batch: int | None = None, steps: int = 
   clips, devices = parts["clips"], parts["mesh"].devices.size
   compiled, wall, cpu, loss = _run_steps(parts, steps)
   allocator = allocator_peak_bytes(parts["mesh"].devices.flat)  # before the matmul runs
-  forward = summary.forward_flops(config, parts["clip"])
+  forward = summary.forward_flops(summary.parse(config), parts["clip"])
   flops = train_step_flops(forward, clips)
   xla = _flops(compiled)
   out = {"global_batch": parts["spec"]["label"].shape[0], "clips_per_step": clips,

@@ -46,14 +46,16 @@ def test_model_flops_are_the_summary_jobs_count():
   """forward_flops is the figure `summary` reports per clip, and it follows the clip."""
   config = B.load_config("configs/demo.py:probe=False",
                          ["data.num_frames=4", "data.crop_size=16", "job=summary"])
-  reported = summary.summarize(config)["gflops_per_clip"]
-  forward = summary.forward_flops(config)
+  small = summary.parse(config)
+  reported = summary.summarize(small)["gflops_per_clip"]
+  forward = summary.forward_flops(small)
   assert forward / 1e9 == pytest.approx(reported, rel=1e-5)
-  assert summary.forward_flops(config, (4, 16, 16, 3)) == forward
+  assert summary.forward_flops(small, (4, 16, 16, 3)) == forward
   config.data.update(num_frames=8, crop_size=32)
-  bigger = summary.summarize(config)["gflops_per_clip"]
-  assert summary.forward_flops(config, (4, 16, 16, 3)) == forward
-  assert summary.forward_flops(config) / 1e9 == pytest.approx(bigger, rel=1e-5)
+  large = summary.parse(config)
+  bigger = summary.summarize(large)["gflops_per_clip"]
+  assert summary.forward_flops(large, (4, 16, 16, 3)) == forward
+  assert summary.forward_flops(large) / 1e9 == pytest.approx(bigger, rel=1e-5)
   assert bigger > 4 * reported
 
 

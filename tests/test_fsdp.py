@@ -198,7 +198,7 @@ def summary_of(mode):
                 warmup_epochs=None)
   config.parallel.update(param_sharding=mode, fsdp_min_kib=1.0, summary_devices=8,
                          summary_compile=True)
-  return config, summary.summarize(config)
+  return config, summary.summarize(summary.parse(config))
 
 
 def test_summary_states_the_bytes_device_0_holds_and_the_compiled_steps_memory():
@@ -234,12 +234,12 @@ def test_summary_says_in_one_line_when_it_cannot_compile(capsys):
   config = tiny_config()
   config.job = "summary"
   config.parallel.update(summary_devices=16, summary_compile=True)
-  out = summary.summarize(config)
+  out = summary.summarize(summary.parse(config))
   assert not out["step_memory"]["compiled"]
   assert "summary_devices=16 but this process has 8 cpu devices" in out["step_memory"]["why"]
   assert out["state_bytes_per_device"]["devices"] == 16
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("warning: summary: step memory not compiled")
   config.parallel.update(summary_devices=8, summary_compile=False)
-  assert summary.summarize(config)["step_memory"] == {
+  assert summary.summarize(summary.parse(config))["step_memory"] == {
       "compiled": False, "why": "not compiled (parallel.summary_compile=False)"}

@@ -95,7 +95,7 @@ def test_every_readme_command_is_real(fake_k600, monkeypatch):
       assert fv.checkpoint and fv.workdir
     elif module == "cvrl.main":
       config = parse_cvrl_main(argv)
-      summaries[line] = summary.summarize(config)
+      summaries[line] = summary.summarize(summary.parse(config))
     else:
       raise AssertionError(f"the README test does not know how to check {module}: {line}")
   assert seen >= {"experiments.kinetics600.make_csv", "cvrl.data.convert", "cvrl.main",
@@ -129,7 +129,7 @@ def test_compute_table_follows_from_the_summary_job():
                               "--config=configs/cvrl_k600_r3d50.py",
                               f"--config.data.num_frames={frames}",
                               f"--config.data.crop_size={crop}"])
-    gflops[(frames, crop)] = summary.summarize(config)["gflops_per_clip"]
+    gflops[(frames, crop)] = summary.summarize(summary.parse(config))["gflops_per_clip"]
   for g in gflops.values():
     assert f"{g:g}" in text
   for line in table:

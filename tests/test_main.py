@@ -47,7 +47,7 @@ def test_cli_errors_exit_nonzero_with_one_line():
 def test_summary_of_the_paper_r3d50():
   c = k600()
   c.job = "summary"
-  out = summary.summarize(c)
+  out = summary.summarize(summary.parse(c))
   assert abs(out["backbone_params"] - 31.7e6) / 31.7e6 < 1e-3
   assert out["feature_shape"] == [8, 7, 7, 2048]
   # Projection head: 3 x (Dense 2048 without bias + BN) + Dense 2048 -> 128.

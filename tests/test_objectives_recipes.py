@@ -249,7 +249,7 @@ def test_rho_recipes_run_slowfast_solver_on_slow_r50_and_summarise(name):
   assert (config.optim.schedule, config.optim.warmup_start_lr, config.optim.nesterov,
           config.optim.momentum) == ("half_cosine", 0.001, True, 0.9)
   assert config.optim.name == ("sgd" if name.startswith("moco") else "lars")
-  result = summary.summarize(config)
+  result = summary.summarize(summary.parse(config))
   # SlowFast's SLOW_8x8_R50 without its 400-class fc: 32.45M - 0.82M.
   assert result["backbone_params"] == 31_634_496
   assert result["feature_shape"] == [8, 7, 7, 2048] and result["input_shape"] == [8, 224, 224, 3]

@@ -15,9 +15,12 @@ so. Prints ONE JSON line.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import sys
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,21 +42,60 @@ NEEDS_WORKDIR = False
 READS_INPUTS = False  # no data, no checkpoint: cvrl.main checks neither
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """What compiling a pretraining config's step takes: its method, the task's training
+  fields, the loop's keyword arguments (`RunSpec`'s, checked when the step compiles) and
+  the schedule (`durations()`: total and warm-up steps; a ValueError says why not)."""
+  objective: objectives.Objective
+  training: tasks.Training
+  run_args: dict
+  durations: Callable[[], tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """What the job takes of a config (any training job's), parsed once (`parse`) on the
+  native convolution (the standard count, whatever lowering runs): the job it describes,
+  config.model, config.data, config.optim, config.parallel ({} unset) and, with an
+  objective, the pretraining `Step`."""
+  job: str
+  model: Any
+  data: Any
+  optim: Any
+  parallel: Any
+  step: Step | None
+
+
+def parse(config: ml_collections.ConfigDict) -> Summary:
+  """The summary of `config`, checked before anything compiles: its method exists and fits
+  its model, its parameter sharding is one there is."""
+  config = ml_collections.ConfigDict(config.to_dict())  # a copy on the native convolution
+  config.model.conv_impl = "native"
+  step = None
+  if "objective" in config:
+    step = Step(objectives.from_config(config), tasks.Training(**config_lib.training(config)),
+                config_lib.run_args(config), functools.partial(config_lib.durations, config))
+  p = config.get("parallel") or {}
+  parallel.check_param_sharding(p.get("param_sharding", "replicated"))
+  return Summary(config.job, config.model, config.data, config.get("optim"), p, step)
+
+
 def _count(state) -> int:
   return int(sum(x.size for x in jax.tree.leaves(state)))
 
 
-def _abstract_model(config):
+def _abstract_model(s: Summary):
   """The job's whole model, abstract: encoder + the heads the job trains."""
-  if "objective" in config and config.job in ("pretrain", "summary"):
-    objective = objectives.from_config(config)
+  if s.step is not None and s.job in ("pretrain", "summary"):
+    objective = s.step.objective
     model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
     return model, objective.trainable
 
   def build():
     rngs = nnx.Rngs(0)
-    encoder = build_encoder(config.model, rngs)
-    num_classes = config.data.get("num_classes")
+    encoder = build_encoder(s.model, rngs)
+    num_classes = s.data.get("num_classes")
     head = (LinearClassifier(encoder.num_features, num_classes, rngs=rngs)
             if num_classes else None)  # unknown until the data says: count the backbone only
     return EncoderHead(encoder, head)
@@ -63,13 +105,6 @@ def _abstract_model(config):
 def clip_shape(data) -> tuple[int, int, int, int]:
   """(T, H, W, 3) of a clip of `data` (config.data)."""
   return (int(data.num_frames), int(data.crop_size), int(data.crop_size), 3)
-
-
-def _native(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy on the native convolution: the standard count, whatever lowering runs."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.conv_impl = "native"
-  return config
 
 
 def _lower_forward(encoder, clip: tuple[int, ...]):
@@ -92,33 +127,31 @@ def _flops(lowered) -> float:
   return float(cost["flops"])
 
 
-def forward_flops(config: ml_collections.ConfigDict,
-                  clip: tuple[int, ...] | None = None) -> float:
-  """Forward FLOPs of the config's encoder on one clip (T, H, W, 3), default the config's
-  clip: the count `summarize` reports as gflops_per_clip (heads not included)."""
-  model, _ = _abstract_model(_native(config))
-  return _flops(_lower_forward(model.encoder, tuple(clip or clip_shape(config.data))))
+def forward_flops(s: Summary, clip: tuple[int, ...] | None = None) -> float:
+  """Forward FLOPs of the encoder of `s` (`parse`) on one clip (T, H, W, 3), default the
+  config's clip: the count `summarize` reports as gflops_per_clip (heads not included)."""
+  model, _ = _abstract_model(s)
+  return _flops(_lower_forward(model.encoder, tuple(clip or clip_shape(s.data))))
 
 
-def summarize(config: ml_collections.ConfigDict) -> dict:
-  config = _native(config)
-  memory = step_memory(config)
-  model, trainable = _abstract_model(config)
+def summarize(s: Summary) -> dict:
+  """The summary of `s` (`parse`): the job's printed line."""
+  memory = step_memory(s)
+  model, trainable = _abstract_model(s)
   backbone = _count(nnx.state(model.encoder, nnx.Param))
   trainable_total = _count(nnx.state(model, trainable))
-  lowered = _lower_forward(model.encoder, clip_shape(config.data))
+  lowered = _lower_forward(model.encoder, clip_shape(s.data))
   return {
-      "job": config.job,
-      "objective": config.objective.name if "objective" in config else None,
-      "model": f"r3d{config.model.depth}_{config.model.preset}_{config.model.width:g}x",
-      "input_shape": list(clip_shape(config.data)),
+      "job": s.job,
+      "objective": s.step.objective.name if s.step is not None else None,
+      "model": f"r3d{s.model.depth}_{s.model.preset}_{s.model.width:g}x",
+      "input_shape": list(clip_shape(s.data)),
       "backbone_params": backbone,
       "head_params": trainable_total - backbone,
       "feature_shape": list(lowered.out_info.shape[1:]),
       # XLA's count: a multiply-add is 2 FLOPs.
       "gflops_per_clip": float(f"{_flops(lowered) / 1e9:.6g}"),
-      "state_bytes_per_device": state_bytes(config.get("parallel") or {}, config.optim, model,
-                                            trainable),
+      "state_bytes_per_device": state_bytes(s.parallel, s.optim, model, trainable),
       "step_memory": memory,
   }
 
@@ -145,62 +178,56 @@ def summary_devices(p) -> int:
   return int(p.get("summary_devices") or jax.device_count())
 
 
-def _cannot_compile(config, devices: int) -> str:
+def _cannot_compile(s: Summary, devices: int) -> str:
   """Why the summary does not compile the step ('' when it does)."""
-  p = config.get("parallel") or {}
-  if not p.get("summary_compile", False):
+  if not s.parallel.get("summary_compile", False):
     return "not compiled (parallel.summary_compile=False)"
-  if "objective" not in config:
+  if s.step is None:
     return "not compiled: only a pretraining config's step is (this config has no objective)"
   if devices > jax.device_count():
     return (f"not compiled: parallel.summary_devices={devices} but this process has "
             f"{jax.device_count()} {jax.default_backend()} devices (fake CPU devices: "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={devices})")
-  if int(config.batch_size) % devices:
-    return (f"not compiled: batch_size {config.batch_size} does not split over "
+  if s.step.training.batch_size % devices:
+    return (f"not compiled: batch_size {s.step.training.batch_size} does not split over "
             f"{devices} devices")
   try:
-    config_lib.durations(config)  # the schedule's
+    s.step.durations()  # the schedule's
   except ValueError as e:
     return f"not compiled: {e}"
   return ""
 
 
-def step_memory(config: ml_collections.ConfigDict) -> dict:
+def step_memory(s: Summary) -> dict:
   """XLA's memory analysis of the pretraining step compiled (never run) on `summary_devices`
   of this process's devices, bytes per device (cvrl.engine.step_inputs.memory_analysis);
   {'compiled': False, 'why': ...} where it is not compiled."""
-  devices = summary_devices(config.get("parallel") or {})
-  why = _cannot_compile(config, devices)
+  devices = summary_devices(s.parallel)
+  why = _cannot_compile(s, devices)
   if why:
-    if (config.get("parallel") or {}).get("summary_compile", False):
+    if s.parallel.get("summary_compile", False):
       print(f"warning: summary: step memory {why}; the state bytes alone", file=sys.stderr)
     return {"compiled": False, "why": why}
   start = time.perf_counter()
-  objective = objectives.from_config(config)
+  step = s.step
   with jax.set_mesh(parallel.make_mesh(jax.devices()[:devices])):
-    task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data,
-                              objective)
-    parts = engine.abstract_step(task, engine.RunSpec(**config_lib.run_args(config)),
-                                 objective.sampler(), *config_lib.durations(config))
+    task = tasks.PretrainTask(step.training, s.data, step.objective)
+    parts = engine.abstract_step(task, engine.RunSpec(**step.run_args),
+                                 step.objective.sampler(), *step.durations())
     compiled = parts["step"].lower(parts["state"], parts["batch"]).compile()
   return {"compiled": True, "devices": devices,
-          "per_device_batch": int(config.batch_size) // devices,
+          "per_device_batch": step.training.batch_size // devices,
           "compile_s": round(time.perf_counter() - start, 1),
           **step_inputs.memory_analysis(compiled)}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """A pretraining config's method exists and fits its model (before anything compiles)."""
-  if "objective" in config:
-    objectives.from_config(config)
-  parallel.check_param_sharding((config.get("parallel") or {}).get("param_sharding",
-                                                                    "replicated"))
+  parse(config)
 
 
 def run(config, workdir):
   with runtime.job():  # cvrl.core.runtime: the job's JAX settings (rbg PRNG); nothing trains
-    result = summarize(config)
+    result = summarize(parse(config))
     line = json.dumps(result)
     print(line, flush=True)
     if workdir:

@@ -60,19 +60,18 @@ def validate(config) -> object:
   return module
 
 
-def check_inputs(config) -> None:
-  """What the job will read is there, before the workdir is touched: config.data.source is
-  a source and its check passes (every TFRecord glob matches a file), config.pretrained
-  holds a checkpoint."""
-  data = config.get("data")
+def check_inputs(data, split: str, pretrained: str, pretrained_step: int | None) -> None:
+  """What the job will read is there, before the workdir is touched: `data` (config.data)'s
+  source is a source and its check of `split` passes (every TFRecord glob matches a file),
+  `pretrained` ('': none) holds a checkpoint (at `pretrained_step`)."""
   if data is not None and data.get("source"):
     try:  # the source exists; what it reads is there (its own check)
-      sources.check(data, "eval" if config.get("job") == "evaluate" else "train")
+      sources.check(data, split)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  if config.get("pretrained") and not config.get("random_init"):
+  if pretrained:
     try:
-      checkpoint.find(config.pretrained, config.get("pretrained_step"))
+      checkpoint.find(pretrained, pretrained_step)
     except (OSError, ValueError) as e:
       raise ConfigError(f"config.pretrained: {e}; give a pretraining workdir, its "
                         "checkpoints/ directory or one step's directory") from None
@@ -85,7 +84,9 @@ def run(config, workdir: str | None):
   if workdir is None and getattr(module, "NEEDS_WORKDIR", True):
     raise ConfigError(f"job {config.job!r} needs --workdir")
   if getattr(module, "READS_INPUTS", True):
-    check_inputs(config)
+    check_inputs(config.get("data"), "eval" if config.get("job") == "evaluate" else "train",
+                 "" if config.get("random_init") else config.get("pretrained") or "",
+                 config.get("pretrained_step"))
   if workdir is not None:
     paths.check_workdir(workdir)  # created, a probe file written and removed
   return module.run(config, workdir)

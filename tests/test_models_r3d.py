@@ -269,3 +269,18 @@ def test_zero_padded_shortcut_is_the_strided_input_with_zero_channels():
   assert out.shape == (2, 3, 4, 3, 8) and not out[..., 3:].any()
   with pytest.raises(ValueError, match="cannot drop channels"):
     r3d.ZeroPadShortcut(8, 3, (1, 1, 1))
+
+
+def test_extra_frames_are_the_frames_each_inputs_time_map_uses_up():
+  """models.extra_frames (the clips' T + 1 downstream) and R3D's own check come from one
+  rule: the frames the input's time map takes beyond those it gives the stem."""
+  from cvrl.config_lib import default_model_config
+  from cvrl.models import extra_frames, inputs
+  from cvrl.models.r3d import INPUTS, _TIME_MAPS  # pylint: disable=protected-access
+  clip = np.zeros((1, 3, 2, 2, 3), np.float32)
+  cfg = default_model_config()
+  for mode in INPUTS:
+    used_up = clip.shape[1] - _TIME_MAPS[mode.partition("_")[0]](clip).shape[1]
+    cfg.input = mode
+    assert inputs.extra_frames(mode) == extra_frames(cfg) == used_up, mode
+  assert sum(inputs.extra_frames(mode) for mode in INPUTS) == 3  # dif, dif_std, dif_pc

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from cvrl.models import inputs
 from cvrl.models.conv import IMPLS as CONV_IMPLS
 from cvrl.models.r3d import DEPTHS, INPUTS, PRESETS, R3D
 
@@ -24,7 +25,7 @@ def extra_frames(cfg) -> int:
   Every job that samples clips for an encoder asks this, so a DIF model is fed T + 1
   frames downstream exactly as in pretraining.
   """
-  return 1 if input_mode(cfg).startswith("dif") else 0
+  return inputs.extra_frames(input_mode(cfg))
 
 
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cvrl.models.conv import Conv3D, resolve_padding
+from cvrl.models.inputs import extra_frames
 
 # depth -> (block type, blocks per stage)
 DEPTHS = {
@@ -279,7 +280,7 @@ class R3D(nnx.Module):
     if x.dtype == jnp.uint8:  # the host pipeline ships uint8 frames: [0, 255] -> [0, 1]
       x = x.astype(jnp.float32) * (1.0 / 255.0)
     if self.input_mode != "rgb":  # after scaling: uint8 differences would wrap around
-      if self.input_mode.startswith("dif") and x.shape[1] < 2:
+      if extra_frames(self.input_mode) and x.shape[1] < 2:
         raise ValueError(f"a {self.input_mode!r} R3D needs T + 1 >= 2 frames, got shape "
                          f"{x.shape}")
       time_map, _, channel_map = self.input_mode.partition("_")

@@ -9,6 +9,7 @@ pretraining's meaning.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 
@@ -116,6 +117,15 @@ def run_args(config: ml_collections.ConfigDict) -> dict:
   return dict(seed=int(config.seed), batch_size=int(config.batch_size), data=config.data,
               parallel=config.get("parallel"), checkpoint=config.checkpoint, log=config.log,
               record=as_dict(config))
+
+
+def downstream(config: ml_collections.ConfigDict) -> dict:
+  """A probe or fine-tune config's shared fields as keyword arguments
+  (cvrl.eval.features.Downstream.of): its encoder, training and loop arguments, its
+  schedule (`durations(n)`: epochs counting n videos) and the test's fields
+  (config.evaluate)."""
+  return dict(encoder=encoder_args(config), training=training(config), run=run_args(config),
+              durations=functools.partial(durations, config), test_fields=config.evaluate)
 
 
 def as_dict(config: ml_collections.ConfigDict) -> dict:

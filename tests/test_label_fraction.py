@@ -179,13 +179,14 @@ def test_eval_split_and_pretraining_read_every_video(data_dir):
 def test_pretraining_evaluators_read_every_train_video_other_jobs_the_subset(data_dir, run_mesh):
   """The job says which train split its evaluators read (data.label_fraction = 0.25: 8 of
   32 videos): pretraining's every video, the evaluate job's the labelled subset."""
-  from cvrl import objectives  # pylint: disable=import-outside-toplevel
   from cvrl.jobs import evaluate, pretrain  # pylint: disable=import-outside-toplevel
   c = config_lib.pretrain_config('cvrl')
   c.data = _cfg(data_dir, label_fraction=0.25)
-  method = objectives.from_config(c)
-  for splits, want in ((pretrain._eval_splits(c, method), VIDEOS),  # pylint: disable=protected-access
-                       (evaluate._splits(c, c.model), 8)):  # pylint: disable=protected-access
+  c.update(total_epochs=None, total_steps=1, warmup_epochs=None)  # a schedule parse counts
+  e = config_lib.evaluate_config()
+  e.data, e.random_init, e.evaluate.mode = c.data, True, 'knn'
+  for splits, want in ((pretrain._eval_splits(pretrain.parse(c)), VIDEOS),  # pylint: disable=protected-access
+                       (evaluate._splits(evaluate.parse(e), 0), 8)):  # pylint: disable=protected-access
     ids = [int(i) for b in splits.batches('train', 1, 1, 8)
            for i, m in zip(b['index'], b['mask']) if m > 0]
     assert len(ids) == len(set(ids)) == want

@@ -27,7 +27,9 @@ from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.data import device, sources, subset
 from cvrl.engine import checkpoint
+from cvrl.engine import loop as engine
 from cvrl.engine import optim
+from cvrl.engine import tasks
 from cvrl.models import build_encoder, create
 from cvrl.models.heads import LinearClassifier
 
@@ -278,6 +280,26 @@ def validate_downstream(job: str, source: dict, optim_fields, test, data) -> Non
   optim.validate(optim_fields)
   validate_test(test)
   subset.label_fraction(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+  """What a probe or fine-tune job takes of its config alike: the encoder to start from
+  (`load_encoder`'s arguments), the task's training fields, the loop's `RunSpec`, the
+  schedule (`durations(n)`: total and warm-up steps when epochs count n videos). A job's
+  own value extends it with its fields (their checks in its `__post_init__`)."""
+  encoder: dict
+  training: tasks.Training
+  spec: engine.RunSpec
+  durations: Callable[[int], tuple[int, int]]
+
+  @classmethod
+  def of(cls, job: str, *, encoder: dict, training: dict, run: dict, durations,
+         test_fields, **fields):
+    """`cls` of job `job` from `config_lib.downstream`'s keyword arguments and the job's
+    own `fields`, checked (`validate_downstream`, the loop's fields, then the job's)."""
+    validate_downstream(job, encoder, training["optim"], test_fields, run["data"])
+    return cls(encoder, tasks.Training(**training), engine.RunSpec(**run), durations, **fields)
 
 
 # ---------------------------------------------------------------------- the data, sized

@@ -10,9 +10,7 @@ with multi-view evaluation and saved for the evaluate job.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from typing import Callable
 
 import jax
 
@@ -33,34 +31,28 @@ NEEDS_WORKDIR = True
 
 
 @dataclasses.dataclass(frozen=True)
-class Finetune:
+class Finetune(F.Downstream):
   """What the job takes of its config, parsed and checked once (`parse`): the encoder to
-  start from (`config_lib.encoder_args`), the task's training fields, the loop's `RunSpec`,
-  the schedule (`durations(n)`: total and warm-up steps when epochs count n videos), the
-  multi-view test and config.finetune's fields."""
-  encoder: dict
-  training: tasks.Training
-  spec: engine.RunSpec
-  durations: Callable[[int], tuple[int, int]]
+  start from, the task's training, loop and schedule (`F.Downstream`), the multi-view
+  test and config.finetune's fields."""
   test: multiview.Test
   normalize: bool
   dropout: float
   evaluate: bool
   save_model: bool
 
+  def __post_init__(self):
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"config.finetune.dropout must be in [0, 1), got {self.dropout}")
+
 
 def parse(config) -> Finetune:
   """The job's typed arguments, checked (before anything compiles)."""
-  encoder = config_lib.encoder_args(config)
-  F.validate_downstream("finetune", encoder, config.optim, config.evaluate, config.data)
-  spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   f = config.finetune
-  if not 0.0 <= float(f.dropout) < 1.0:
-    raise ValueError(f"config.finetune.dropout must be in [0, 1), got {f.dropout}")
-  return Finetune(encoder, tasks.Training(**config_lib.training(config)), spec,
-                  functools.partial(config_lib.durations, config),
-                  multiview.Test.of(config.evaluate), bool(f.normalize), float(f.dropout),
-                  bool(f.evaluate), bool(f.save_model))
+  return Finetune.of("finetune", **config_lib.downstream(config),
+                     test=multiview.Test.of(config.evaluate), normalize=bool(f.normalize),
+                     dropout=float(f.dropout), evaluate=bool(f.evaluate),
+                     save_model=bool(f.save_model))
 
 
 def validate(config) -> None:

@@ -22,9 +22,7 @@ the same way in DIR/random_init.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,15 +50,10 @@ NEEDS_WORKDIR = True
 
 
 @dataclasses.dataclass(frozen=True)
-class Probe:
+class Probe(F.Downstream):
   """What the job takes of its config, parsed and checked once (`parse`): the encoder to
-  probe (`config_lib.encoder_args`), the heads' training fields, the loop's `RunSpec`, the
-  schedule (`durations(n)`: total and warm-up steps when epochs count n videos), the
-  multi-view test and config.probe's fields."""
-  encoder: dict
-  training: tasks.Training
-  spec: engine.RunSpec
-  durations: Callable[[int], tuple[int, int]]
+  probe, the heads' training, loop and schedule (`F.Downstream`), the multi-view test and
+  config.probe's fields."""
   test: multiview.Test
   normalize: bool
   extract_features: bool
@@ -69,20 +62,19 @@ class Probe:
   evaluate: bool
   save_model: bool
 
+  def __post_init__(self):
+    if self.feature_epochs < 0:
+      raise ValueError("config.probe.feature_epochs must be >= 0")
+
 
 def parse(config) -> Probe:
   """The job's typed arguments, checked (before anything compiles)."""
-  encoder = config_lib.encoder_args(config)
-  F.validate_downstream("probe", encoder, config.optim, config.evaluate, config.data)
-  spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   p = config.probe
-  if int(p.feature_epochs) < 0:
-    raise ValueError("config.probe.feature_epochs must be >= 0")
-  return Probe(encoder, tasks.Training(**config_lib.training(config)), spec,
-               functools.partial(config_lib.durations, config),
-               multiview.Test.of(config.evaluate),
-               bool(p.normalize), bool(p.extract_features), int(p.feature_epochs),
-               bool(p.random_baseline), bool(p.evaluate), bool(p.save_model))
+  return Probe.of("probe", **config_lib.downstream(config),
+                  test=multiview.Test.of(config.evaluate), normalize=bool(p.normalize),
+                  extract_features=bool(p.extract_features),
+                  feature_epochs=int(p.feature_epochs), random_baseline=bool(p.random_baseline),
+                  evaluate=bool(p.evaluate), save_model=bool(p.save_model))
 
 
 def validate(config) -> None:

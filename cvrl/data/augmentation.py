@@ -76,7 +76,8 @@ _BG_ERASE, _BG_WEIGHT, _BG_FRAME = 23, 24, 25  # background erasing
 _VFLIP, _TRANSPOSE, _REVERSE, _INVERT = 26, 27, 28, 29  # per-clip symmetries (`symmetries`)
 _PAN, _PAN_END = 30, slice(31, 33)  # the crop's pan (`pan_windows`): flag, end row, column
 _CHANNEL_INVERT = slice(33, 36)  # one flag a colour channel (`symmetries`)
-NUM_DRAWS = 36
+_FAME = 36  # foreground-background merging (`fame.py`, on device only)
+NUM_DRAWS = 37
 
 # Random erasing's default size: TCLR's 19 pixels at 112.
 TCLR_ERASE_SIZE = 19 / 112
@@ -114,6 +115,9 @@ class AugmentSpec:
   # Background erasing (module docstring): probability per view, the largest weight.
   background_erase_probs: tuple = (0.0,)
   background_erase_max: float = BE_MAX_WEIGHT
+  # FAME (cvrl.data.fame): probability per view, the foreground's share of the frame.
+  fame_probs: tuple = (0.0,)
+  fame_beta: float = P.FAME_BETA
   # Per-clip symmetries of the motion and the levels (`symmetries`), each one flag a clip.
   vflip_prob: float = 0.0
   transpose_prob: float = 0.0
@@ -132,6 +136,9 @@ class AugmentSpec:
     if not 0.0 <= self.background_erase_max <= 1.0:
       raise ConfigError('data.augmentation.background_erase_max must be in [0, 1] (the largest '
                         f'weight of the static frame), got {self.background_erase_max}')
+    if not 0.0 < self.fame_beta < 1.0:
+      raise ConfigError('data.augmentation.fame_beta must be in (0, 1) (the foreground\'s share '
+                        f'of the frame), got {self.fame_beta}')
 
   @classmethod
   def from_config(cls, aug) -> 'AugmentSpec':
@@ -150,6 +157,9 @@ class AugmentSpec:
 
   def background_erase_prob(self, view: int) -> float:
     return P.per_view(self.background_erase_probs, view)
+
+  def fame_prob(self, view: int) -> float:
+    return P.per_view(self.fame_probs, view)
 
   @property
   def has_background_erase(self) -> bool:
@@ -313,7 +323,8 @@ def draw_photometric(u, spec: AugmentSpec, view: int, radius: int,
                 flag(u[_SOLAR], spec.solarize_prob(view))]),
       _draw_tclr(u, spec, out_size, between, flag, integer),
       tf.stack([flag(u[_BG_ERASE], spec.background_erase_prob(view)),
-                between(u[_BG_WEIGHT], 0.0, spec.background_erase_max), u[_BG_FRAME]])],
+                between(u[_BG_WEIGHT], 0.0, spec.background_erase_max), u[_BG_FRAME],
+                flag(u[_FAME], spec.fame_prob(view))])],
       axis=0)
 
 
@@ -477,6 +488,9 @@ class ClipAugmenter:
                photometric: str = 'device'):
     if photometric not in ('device', 'host'):
       raise ValueError(f"data.photometric must be 'device' or 'host', got {photometric!r}")
+    if photometric == 'host' and max(spec.fame_probs or (0.0,)) > 0:
+      raise ConfigError("data.augmentation.fame_probs needs data.photometric='device' (FAME "
+                        'merges clips of one batch, on the accelerator)')
     self.spec = spec
     self.out_size = out_size
     self.dct_method = dct_method

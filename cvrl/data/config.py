@@ -61,6 +61,12 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   # blur_probs; the paper's (1.0, 0.0) mixes the first view (the query) only; off here.
   aug.background_erase_probs = (0.0,)
   aug.background_erase_max = 0.3
+  # Foreground-background merging (FAME; Ding et al., CVPR 2022; cvrl.data.fame), on device
+  # before the colour ops: the clip's moving foreground (the fame_beta share of the frame
+  # most likely foreground by a colour prior on its motion map) pasted over the same view
+  # of another video in the batch. Probability per view as blur_probs; off here.
+  aug.fame_probs = (0.0,)
+  aug.fame_beta = 0.5
   # Per-clip symmetries, one flag each per clip (augmentation.symmetries): the clip upside
   # down (vflip_prob), its rows and columns swapped (transpose_prob; with flip_prob, the 8
   # symmetries of the square: each turns the direction of motion), its frames in reverse
@@ -188,7 +194,7 @@ def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collectio
   aug.blur_sigma_range = (0.1, 2.0)
   aug.solarize_probs = (0.0,)
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
-  aug.background_erase_probs = (0.0,)
+  aug.background_erase_probs = aug.fame_probs = (0.0,)
   return data_config
 
 
@@ -203,7 +209,7 @@ def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collect
   aug.blur_probs = (0.0,)
   aug.solarize_probs = (0.0,)
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
-  aug.background_erase_probs = (0.0,)
+  aug.background_erase_probs = aug.fame_probs = (0.0,)
   return data_config
 
 

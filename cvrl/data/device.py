@@ -22,6 +22,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from cvrl.data import fame
+from cvrl.data import hsv
 from cvrl.data import photometric as P
 
 PHOTOMETRIC_KEY = 'photometric'
@@ -41,6 +43,8 @@ def finish_batch(batch: dict, data_config=None) -> dict:
     return batch
   out = {k: v for k, v in batch.items() if k != PHOTOMETRIC_KEY}
   x = to_unit(video)
+  if params is not None and merging(data_config):
+    x = fame.merge(x, _clip_params(params)[..., P.FAME], _fame_beta(data_config))
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
                           extra_ops(data_config), background_erasing(data_config))
@@ -88,6 +92,22 @@ def background_erasing(data_config) -> bool:
   if data_config is None:
     return True
   return max(tuple(data_config.augmentation.get('background_erase_probs', (0.0,))) or (0.0,)) > 0
+
+
+def merging(data_config) -> bool:
+  """Whether FAME can fire under the config (False when there is none: it needs the batch)."""
+  if data_config is None:
+    return False
+  return max(tuple(data_config.augmentation.get('fame_probs', (0.0,))) or (0.0,)) > 0
+
+
+def _fame_beta(data_config) -> float:
+  return float(data_config.augmentation.get('fame_beta', P.FAME_BETA))
+
+
+def _clip_params(params):
+  """[B, V, P] per clip from params [B, V, P] or [B, V, T, P] (a frame's: the first)."""
+  return params if params.ndim == 3 else params[..., 0, :]
 
 
 def apply_photometric(x, params, taps: int | None = None,
@@ -170,38 +190,14 @@ def _jitter_step(x, op, get, mean_axes):
   linear = (x - m) * k + m
   # Saturation and hue: one HSV round trip, the chosen channel changed. h, s, v have no
   # channel axis, so the per-clip values drop their last singleton axis.
-  h, s, v = rgb_to_hsv(x)
+  h, s, v = hsv.rgb_to_hsv(x)
   plane = lambda y: y[..., 0]
   s = jnp.where(plane(op) == P.OP_SATURATION, jnp.clip(s * plane(get(P.SATURATION)), 0.0, 1.0), s)
   shifted = jnp.fmod(h + plane(get(P.HUE)), 1.0)
   shifted = jnp.where(shifted < 0, shifted + 1.0, shifted)
   h = jnp.where(plane(op) == P.OP_HUE, shifted, h)
-  hsv = hsv_to_rgb(h, s, v)
-  return jnp.clip(jnp.where(op < P.OP_SATURATION, linear, hsv), 0.0, 1.0)
-
-
-def rgb_to_hsv(x):
-  """(h, s, v) in [0, 1] of x [..., 3], as tf.image.rgb_to_hsv."""
-  r, g, b = x[..., 0], x[..., 1], x[..., 2]
-  value = jnp.maximum(jnp.maximum(r, g), b)
-  span = value - jnp.minimum(jnp.minimum(r, g), b)
-  sat = jnp.where(value > 0, span / jnp.where(value > 0, value, 1.0), 0.0)
-  norm = (1.0 / 6.0) / jnp.where(span > 0, span, 1.0)
-  hue = jnp.where(g == value, norm * (b - r) + 2.0 / 6.0, norm * (r - g) + 4.0 / 6.0)
-  hue = jnp.where(r == value, norm * (g - b), hue)
-  hue = jnp.where(span > 0, hue, 0.0)
-  hue = jnp.where(hue < 0, hue + 1.0, hue)
-  return hue, sat, value
-
-
-def hsv_to_rgb(h, s, v):
-  """x [..., 3] from (h, s, v), as tf.image.hsv_to_rgb."""
-  dh = h * 6.0
-  dr = jnp.clip(jnp.abs(dh - 3.0) - 1.0, 0.0, 1.0)
-  dg = jnp.clip(2.0 - jnp.abs(dh - 2.0), 0.0, 1.0)
-  db = jnp.clip(2.0 - jnp.abs(dh - 4.0), 0.0, 1.0)
-  rest = 1.0 - s
-  return jnp.stack([(rest + s * dr) * v, (rest + s * dg) * v, (rest + s * db) * v], axis=-1)
+  rgb = hsv.hsv_to_rgb(h, s, v)
+  return jnp.clip(jnp.where(op < P.OP_SATURATION, linear, rgb), 0.0, 1.0)
 
 
 def grayscale(x):

@@ -4,8 +4,8 @@ Each training clip (each frame, in the inconsistent ablation mode) gets ONE floa
 vector of `SIZE` numbers, drawn by `augmentation.draw_photometric` from the clip's
 stateless seed. The host path (`augmentation.Photometric`, TF) and the device path
 (`device.finish_batch`, JAX) both apply the clip's colour jitter, grayscale, blur,
-solarization, TCLR's extras (grayscale + gamma or colour-channel drop, random erasing) and
-background erasing from this vector only, so the two give the same pixels for the same seed.
+solarization, TCLR's extras (grayscale + gamma or colour-channel drop, random erasing),
+background erasing and FAME's flag from this vector only, so the two give the same pixels for the same seed.
 No TensorFlow or JAX here: both sides import it.
 """
 
@@ -35,7 +35,11 @@ ERASE_BOX = slice(19, 23)  # top row, left column, height, width in output pixel
 BG_ERASE = 23     # flag
 BG_WEIGHT = 24    # the mixing weight lambda
 BG_FRAME = 25     # which frame is the static one, as a position in [0, 1)
-SIZE = 26
+# Foreground-background merging (FAME, Ding et al., CVPR 2022; `fame.py`), before the colour
+# ops on device: the clip's moving foreground over another video's clip.
+FAME = 26         # flag
+SIZE = 27
+FAME_BETA = 0.5   # the foreground's share of the frame (the authors' code's beta)
 
 # Jitter ops, as numbered in ORDER.
 OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3
@@ -69,6 +73,6 @@ def can_fire(aug, num_views: int, blur_radius: int) -> bool:
   host ships each training clip's parameter vector (device mode)."""
   return (aug.color_jitter_prob > 0 or aug.grayscale_prob > 0 or aug.gray_gamma_prob > 0 or
           aug.channel_drop_prob > 0 or aug.erase_prob > 0 or
-          max(aug.background_erase_probs or (0.0,)) > 0 or
+          max(aug.background_erase_probs or (0.0,)) > 0 or max(aug.fame_probs or (0.0,)) > 0 or
           any(per_view(aug.solarize_probs, v) > 0 or
               (blur_radius > 0 and per_view(aug.blur_probs, v) > 0) for v in range(num_views)))

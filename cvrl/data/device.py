@@ -44,7 +44,7 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   out = {k: v for k, v in batch.items() if k != PHOTOMETRIC_KEY}
   x = to_unit(video)
   if params is not None and merging(data_config):
-    x = fame.merge(x, _clip_params(params)[..., P.FAME], _fame_beta(data_config))
+    x = fame.merge(x, _clip_params(params)[..., P.FAME], float(data_config.augmentation.fame_beta))
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
                           extra_ops(data_config), background_erasing(data_config))
@@ -98,11 +98,7 @@ def merging(data_config) -> bool:
   """Whether FAME can fire under the config (False when there is none: it needs the batch)."""
   if data_config is None:
     return False
-  return max(tuple(data_config.augmentation.get('fame_probs', (0.0,))) or (0.0,)) > 0
-
-
-def _fame_beta(data_config) -> float:
-  return float(data_config.augmentation.get('fame_beta', P.FAME_BETA))
+  return max(tuple(data_config.augmentation.fame_probs) or (0.0,)) > 0
 
 
 def _clip_params(params):

@@ -44,7 +44,8 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   out = {k: v for k, v in batch.items() if k != PHOTOMETRIC_KEY}
   x = to_unit(video)
   if params is not None and merging(data_config):
-    x = fame.merge(x, _clip_params(params)[..., P.FAME], float(data_config.augmentation.fame_beta))
+    x = fame.merge(x, _clip_params(params, x.ndim)[..., P.FAME],
+                   float(data_config.augmentation.fame_beta))
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
                           extra_ops(data_config), background_erasing(data_config))
@@ -101,9 +102,10 @@ def merging(data_config) -> bool:
   return max(tuple(data_config.augmentation.fame_probs) or (0.0,)) > 0
 
 
-def _clip_params(params):
-  """[B, V, P] per clip from params [B, V, P] or [B, V, T, P] (a frame's: the first)."""
-  return params if params.ndim == 3 else params[..., 0, :]
+def _clip_params(params, video_ndim: int):
+  """Per-clip params [..., P] from params per clip or per frame ([..., T, P] for a video of
+  `video_ndim` = params.ndim + 2 axes: a frame's draw, the first's)."""
+  return params[..., 0, :] if params.ndim == video_ndim - 2 else params
 
 
 def apply_photometric(x, params, taps: int | None = None,
@@ -151,7 +153,7 @@ def apply_photometric(x, params, taps: int | None = None,
   if erase:
     x = jnp.where(jnp.logical_and(on(P.ERASE), erase_mask(get, x.shape[-3], x.shape[-2])), 0.0, x)
   if background:
-    x = background_erase(x, params[..., 0, :] if per_frame else params)
+    x = background_erase(x, _clip_params(params, x.ndim))
   return x
 
 

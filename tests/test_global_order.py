@@ -3,8 +3,8 @@
 In one process, the pipeline of every simulated process index: for 1, 2 and 3 processes and
 2, 3 and 64 shards, global batch k (the processes' rows in process order) holds the same
 example ids; each example once per epoch, never twice in a batch. Then real processes over
-gloo on 127.0.0.1: a run stopped at step 2 and resumed on another process count (2 -> 1,
-1 -> 2) ends with the parameters of the uninterrupted run."""
+gloo on 127.0.0.1: a run resumed on another process count, 1 -> 2 at step 2 then 2 -> 1 at
+step 4, ends with the parameters of the uninterrupted run."""
 import os
 import shutil
 import textwrap
@@ -92,7 +92,7 @@ def _sub(config, dotted):
 
 
 WORKER = HEAD + textwrap.dedent("""
-    c = tiny_config(total_steps=4, warmup_steps=1)
+    c = tiny_config(total_steps=6, warmup_steps=1)
     c.data.update(source="synthetic", num_train_examples=None, num_frames=2, stride=1,
                   crop_size=16, num_parallel_calls=2, cycle_length=2, prefetch=1)
     c.data.synthetic.update(dir=sys.argv[6], num_train_videos=12, num_eval_videos=4,
@@ -104,15 +104,14 @@ WORKER = HEAD + textwrap.dedent("""
     if int(process_id) == 0:
       np.savez(os.path.join(workdir, "params_%d.npz" % out["step"]), *leaves)
 """)
+LAST = 6  # the worker's total_steps
 
 
 def _run(workdir, data_dir, processes):
+  """The worker on `processes` processes to step LAST; process 0's output."""
   port = free_port()
-  return [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER)
-          for p in range(processes)]
-
-
-def _wait(procs):
+  procs = [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER)
+           for p in range(processes)]
   outs = [p.communicate(timeout=900)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]
@@ -120,30 +119,31 @@ def _wait(procs):
 
 
 def _params(workdir):
-  with np.load(os.path.join(workdir, 'params_4.npz')) as f:
+  with np.load(os.path.join(workdir, f'params_{LAST}.npz')) as f:
     return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
 
 
-def _from_step_2(source, target):
-  """`source`'s workdir as it was after its step-2 checkpoint."""
+def _resumed(step, source, target, data, processes):
+  """`source`'s workdir as it was after its checkpoint of `step`, run on `processes`."""
   shutil.copytree(source, target)
-  shutil.rmtree(os.path.join(target, 'checkpoints', '4'))
-  os.remove(os.path.join(target, 'params_4.npz'))
+  for later in range(step + 2, LAST + 1, 2):
+    shutil.rmtree(os.path.join(target, 'checkpoints', str(later)))
+  os.remove(os.path.join(target, f'params_{LAST}.npz'))
+  out = _run(target, data, processes)
+  assert 'resumed from' in out and f'data resumed at step {step} in ' in out, out[-3000:]
+  return _params(target)
 
 
 @pytest.mark.slow
 def test_a_resume_on_another_process_count_ends_as_the_uninterrupted_run(tmp_path):
-  data = str(tmp_path / 'data')  # 12 videos in 3 shards, global batch 8: batch 2 spans epochs
-  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
-  _wait(_run(one, data, 1))  # writes the shards first
-  _wait(_run(two, data, 2))
-  for a, b in zip(_params(one), _params(two)):  # 1 and 2 processes: the same run
-    np.testing.assert_allclose(a, b, atol=1e-5)
-  _from_step_2(two, str(tmp_path / 'two_to_one'))
-  _from_step_2(one, str(tmp_path / 'one_to_two'))
-  out = _wait(_run(str(tmp_path / 'two_to_one'), data, 1))
-  assert 'resumed from' in out and 'data resumed at step 2 in ' in out, out[-3000:]
-  _wait(_run(str(tmp_path / 'one_to_two'), data, 2))
-  for name in ('two_to_one', 'one_to_two'):
-    for a, b in zip(_params(one), _params(str(tmp_path / name))):
+  """12 videos in 3 shards, global batch 8: steps 2 and 4 end mid-epoch. The uninterrupted
+  run on 1 process; its step-2 checkpoint resumed on 2 processes; their step-4 checkpoint
+  resumed on 1 process. Both end with the uninterrupted run's parameters (so 2 processes
+  also run steps 3 to 6 as 1 does)."""
+  data, one = str(tmp_path / 'data'), str(tmp_path / 'one')
+  _run(one, data, 1)  # writes the shards first
+  for name, step, source, processes in (('one_to_two', 2, one, 2),
+                                        ('two_to_one', 4, str(tmp_path / 'one_to_two'), 1)):
+    got = _resumed(step, source, str(tmp_path / name), data, processes)
+    for a, b in zip(_params(one), got, strict=True):
       np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)

@@ -169,13 +169,22 @@ def moco_model(queue, queue_size, batch, devices=None):
   return build(config)
 
 
-def numpy_view_outputs(fn, model, video):
-  """fn(model, clips) run clip by clip on a copy of the model (BN in train mode over the
-  B clips of one view, as apply_views does), normalised: [B, V, D]."""
+def view_outputs(fn):
+  """numpy_outputs(model, video): fn(model, clips) run clip by clip on a copy of the model
+  (BN in train mode over the B clips of one view, as apply_views does), normalised:
+  [B, V, D]. One jit of fn for every call: compiled once per input shape."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  copy = nnx.clone(model)
-  out = [np.asarray(nnx.jit(fn)(copy, jnp.asarray(video[:, j]))) for j in range(video.shape[1])]
-  return l2n(np.stack(out, axis=1))
+  jitted = nnx.jit(fn)
+
+  def numpy_outputs(model, video):
+    copy = nnx.clone(model)
+    out = [np.asarray(jitted(copy, jnp.asarray(video[:, j]))) for j in range(video.shape[1])]
+    return l2n(np.stack(out, axis=1))
+  return numpy_outputs
+
+
+KEYS = view_outputs(lambda m, x: m.target.project(x))  # the key encoder's outputs
+QUERIES = view_outputs(lambda m, x: m.head(m.encoder(x)))
 
 
 @pytest.mark.slow
@@ -198,8 +207,7 @@ def test_per_device_queue_holds_each_devices_key_encoder_outputs_on_8_devices():
   expected = np.zeros((8, 6, 16), np.float32)
   for t in range(4):
     video = random_video(20 + t, 8, 2, 4, 16, 16, 3)
-    keys = numpy_view_outputs(lambda m, x: m.target.project(x), model, video)
-    queries = numpy_view_outputs(lambda m, x: m.head(m.encoder(x)), model, video)
+    keys, queries = KEYS(model, video), QUERIES(model, video)
     loss_step(model, jax.device_put(video, split))
     start = (2 * t) % 6
     expected[:, start:start + 2] = keys  # device d: clip 0 then clip 1 of its video
@@ -216,7 +224,7 @@ def test_global_queue_takes_the_global_batch_keys_clip_major():
   objective, model = moco_model("global", 16, 4)
   assert model.queue[...].shape == (1, 16, 16)
   video = random_video(30, 4, 2, 4, 16, 16, 3)
-  keys = numpy_view_outputs(lambda m, x: m.target.project(x), model, video)
+  keys = KEYS(model, video)
   nnx.jit(lambda m, v: objective.loss(m, {"video": v}, step=jnp.int32(0), rng=None)[0])(
       model, video)
   np.testing.assert_allclose(np.asarray(model.queue[...])[0, :8],

@@ -278,7 +278,9 @@ def test_a_killed_worker_loses_the_rest_of_its_epoch_and_duplicates_nothing(clus
   assert len(epochs) - len(partial) >= 4
 
 
-KILLED_RUN_STEPS = 100  # the worker is killed at the first logged step (10): 90 steps after
+# The worker is killed at metrics.jsonl's first row, the kNN evaluator's at step 0: every
+# training step and the evaluators at the end come after it.
+KILLED_RUN_STEPS = 40
 
 
 @pytest.mark.slow
@@ -293,7 +295,8 @@ def test_demo_pretraining_and_evaluators_on_the_service_finish_when_a_worker_is_
          f"--workdir={workdir}", f"--config.data.service=localhost:{cluster['dispatcher'].port}",
          f"--config.data.synthetic.dir={os.path.join(cluster['tmp'], 'videos')}",
          "--config.data.synthetic.num_eval_videos=10", "--config.log.every_steps=10",
-         "--config.checkpoint.every_steps=1000"]
+         "--config.checkpoint.every_steps=1000",
+         f"--config.evals.knn.every_steps={KILLED_RUN_STEPS}"]  # at step 0 and at the end
   log = os.path.join(cluster["tmp"], "trainer.log")
   with open(log, "w") as out:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)

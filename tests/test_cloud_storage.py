@@ -16,7 +16,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "bucket"
 DEMO = ["--config=configs/demo.py:steps=20,videos=256", "--config.checkpoint.every_steps=10",
-        "--config.log.tensorboard=false"]
+        "--config.log.tensorboard=false",
+        "--config.evals.knn.every_steps=20"]  # the kNN at step 0 and the end, not at 10 too
 
 
 def free_port():

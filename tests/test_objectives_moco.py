@@ -223,8 +223,11 @@ def test_global_queue_takes_the_global_batch_keys_clip_major():
   from objective_checks import random_video  # noqa: E402
   objective, model = moco_model("global", 16, 4)
   assert model.queue[...].shape == (1, 16, 16)
+  # Online and key networks start equal: move the key one so its keys differ from queries.
+  nnx.update(model.target, jax.tree.map(lambda x: x + 0.3, nnx.state(model.target, nnx.Param)))
   video = random_video(30, 4, 2, 4, 16, 16, 3)
-  keys = KEYS(model, video)
+  keys, queries = KEYS(model, video), QUERIES(model, video)
+  assert not np.allclose(keys, queries, atol=1e-2)
   nnx.jit(lambda m, v: objective.loss(m, {"video": v}, step=jnp.int32(0), rng=None)[0])(
       model, video)
   np.testing.assert_allclose(np.asarray(model.queue[...])[0, :8],

@@ -45,7 +45,7 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   x = to_unit(video)
   if params is not None and merging(data_config):
     x = fame.merge(x, _clip_params(params, x.ndim)[..., P.FAME],
-                   float(data_config.augmentation.fame_beta))
+                   float(data_config.augmentation.fame_beta), merged_views(data_config, x.shape[1]))
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
                           extra_ops(data_config), background_erasing(data_config))
@@ -100,6 +100,13 @@ def merging(data_config) -> bool:
   if data_config is None:
     return False
   return max(tuple(data_config.augmentation.fame_probs) or (0.0,)) > 0
+
+
+def merged_views(data_config, num_views: int) -> tuple[int, ...]:
+  """The views FAME can fire on: those whose entry of fame_probs (as blur_probs: view v
+  uses entry min(v, len - 1)) is > 0."""
+  probs = tuple(data_config.augmentation.fame_probs)
+  return tuple(v for v in range(num_views) if probs[min(v, len(probs) - 1)] > 0)
 
 
 def _clip_params(params, video_ndim: int):

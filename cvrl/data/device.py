@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from cvrl.data import fame
 from cvrl.data import hsv
 from cvrl.data import photometric as P
+from cvrl.data.kernels import gaussian_weights
 
 PHOTOMETRIC_KEY = 'photometric'
 
@@ -210,13 +211,6 @@ def grayscale(x):
   wr, wg, wb = P.GRAY_WEIGHTS
   g = x[..., 0] * wr + x[..., 1] * wg + x[..., 2] * wb
   return jnp.broadcast_to(g[..., None], x.shape)
-
-
-def gaussian_weights(sigma, radius: int):
-  """Normalised Gaussian taps [..., 2 * radius + 1] for sigma [...] (the reference kernel)."""
-  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-  w = jnp.exp(-jnp.square(offsets) / (2.0 * jnp.square(sigma[..., None])))
-  return w / jnp.sum(w, axis=-1, keepdims=True)
 
 
 def gaussian_blur(x, sigma, apply, radius: int, taps: int):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from cvrl.data import hsv
+from cvrl.data.kernels import gaussian_weights
 from cvrl.data.photometric import FAME_BETA
 
 BINS = 10  # per axis of the colour histogram
@@ -47,8 +48,7 @@ def blur(m: jnp.ndarray) -> jnp.ndarray:
   r = taps // 2
   if r == 0:
     return m
-  w = jnp.exp(-jnp.square(jnp.arange(-r, r + 1, dtype=jnp.float32)) / (2 * (taps / 3) ** 2))
-  w = w / jnp.sum(w)
+  w = gaussian_weights(jnp.float32(taps / 3), r)
   for axis in (1, 2):
     pad = [(0, 0)] * 3
     pad[axis] = (r, r)

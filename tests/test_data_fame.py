@@ -92,6 +92,13 @@ def test_merge_pastes_flagged_foregrounds_over_the_previous_video():
       m = masks[b, v]
       assert 0 < m.mean() < 1
       np.testing.assert_allclose(out[b, v], m * x[b, v] + (1 - m) * x[b - 1, v], atol=1e-7)
+  first = np.asarray(fame.merge(x, flags, views=(0,)))  # view 1 cannot fire: not computed
+  np.testing.assert_allclose(first[:, 0], out[:, 0], atol=1e-7)
+  np.testing.assert_array_equal(first[:, 1], x[:, 1])
+  cfg = config_lib.default_data_config()
+  for probs, views in (((1.0, 0.0), (0,)), ((0.0, 0.5), (1, 2)), ((0.3,), (0, 1, 2))):
+    cfg.augmentation.fame_probs = probs
+    assert device.merged_views(cfg, 3) == views
   with pytest.raises(ValueError, match='at least 2 frames'):
     fame.merge(x[:, :, :1], flags)
 

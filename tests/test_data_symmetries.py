@@ -183,11 +183,16 @@ def _np_still_removed(x):
   return x - x.mean(1, keepdims=True)
 
 
-# One mode per time map ('rgb', 'dif', 'res') and per channel map ('std', 'pc'): the
+def _np_median_removed(x):
+  return x - np.median(x, 1, keepdims=True)
+
+
+# One mode per time map ('rgb', 'dif', 'res', 'med') and per channel map ('std', 'pc'): the
 # encoder composes the two, each map is checked on its own above.
 _NP_INPUTS = {"dif_std": (1, lambda x: _np_standardized(x[:, 1:] - x[:, :-1])),
               "rgb_pc": (0, _np_principal_colour),
-              "res_pc": (0, lambda x: _np_principal_colour(_np_still_removed(x)))}
+              "res_pc": (0, lambda x: _np_principal_colour(_np_still_removed(x))),
+              "med_pc": (0, lambda x: _np_principal_colour(_np_median_removed(x)))}
 
 
 def test_per_clip_input_encoders_are_the_rgb_network_on_numpy_mapped_inputs():
@@ -218,3 +223,19 @@ def test_per_clip_input_encoders_are_the_rgb_network_on_numpy_mapped_inputs():
     np.testing.assert_allclose(got[mode], want[mode], rtol=1e-3, atol=1e-4, err_msg=mode)
   assert not np.allclose(want["rgb_pc"], want["dif_std"], atol=1e-3)
   assert not np.allclose(want["rgb_pc"], want["res_pc"], atol=1e-3)
+  assert not np.allclose(want["res_pc"], want["med_pc"], atol=1e-3)
+
+
+def test_median_removed_is_what_moves_less_the_scene_behind_it_with_no_trail():
+  """'med': an object over each pixel for under half the frames leaves the pixel's median
+  the scene's, so the map is 0 off the object and object - scene on it; the mean frame
+  ('res') leaves a trail where the object was."""
+  from cvrl.models import r3d
+  scene = np.random.default_rng(0).uniform(0, 0.8, (1, 1, 6, 14, 3)).astype(np.float32)
+  cover = np.zeros((1, 5, 6, 14, 1), np.float32)
+  for t in range(5):
+    cover[0, t, 2:4, 3 * t:3 * t + 2] = 1.0  # a 2 x 2 square, 3 pixels a frame
+  x = (1 - cover) * scene + cover * 1.0
+  np.testing.assert_allclose(np.asarray(r3d.median_removed(x)), cover * (1.0 - scene), atol=1e-6)
+  trail = np.asarray(r3d.still_removed(x)) * (1 - cover)
+  assert np.abs(trail).max() > 0.1

@@ -213,7 +213,8 @@ def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
   cfg.input = "flow"
   with pytest.raises(ValueError,
                      match=r"config.model.input must be one of \['rgb', 'dif', 'dif_std', "
-                           r"'rgb_std', 'rgb_pc', 'dif_pc', 'res', 'res_std', 'res_pc'\], got 'flow'"):
+                           r"'rgb_std', 'rgb_pc', 'dif_pc', 'res', 'res_std', 'res_pc', 'med', "
+                           r"'med_std', 'med_pc'\], got 'flow'"):
     build_encoder(cfg, nnx.Rngs(0))
   old = default_model_config()
   del old["input"]  # configs saved before the field: RGB

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from cvrl.data import fame
 from cvrl.data import hsv
 from cvrl.data import photometric as P
+from cvrl.data.kernels import gaussian_weights
 
 PHOTOMETRIC_KEY = 'photometric'
 
@@ -45,7 +46,7 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   x = to_unit(video)
   if params is not None and merging(data_config):
     x = fame.merge(x, _clip_params(params, x.ndim)[..., P.FAME],
-                   float(data_config.augmentation.fame_beta))
+                   float(data_config.augmentation.fame_beta), merged_views(data_config, x.shape[1]))
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
                           extra_ops(data_config), background_erasing(data_config))
@@ -100,6 +101,13 @@ def merging(data_config) -> bool:
   if data_config is None:
     return False
   return max(tuple(data_config.augmentation.fame_probs) or (0.0,)) > 0
+
+
+def merged_views(data_config, num_views: int) -> tuple[int, ...]:
+  """The views FAME can fire on: those whose entry of fame_probs (as blur_probs: view v
+  uses entry min(v, len - 1)) is > 0."""
+  probs = tuple(data_config.augmentation.fame_probs)
+  return tuple(v for v in range(num_views) if probs[min(v, len(probs) - 1)] > 0)
 
 
 def _clip_params(params, video_ndim: int):
@@ -203,13 +211,6 @@ def grayscale(x):
   wr, wg, wb = P.GRAY_WEIGHTS
   g = x[..., 0] * wr + x[..., 1] * wg + x[..., 2] * wb
   return jnp.broadcast_to(g[..., None], x.shape)
-
-
-def gaussian_weights(sigma, radius: int):
-  """Normalised Gaussian taps [..., 2 * radius + 1] for sigma [...] (the reference kernel)."""
-  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-  w = jnp.exp(-jnp.square(offsets) / (2.0 * jnp.square(sigma[..., None])))
-  return w / jnp.sum(w, axis=-1, keepdims=True)
 
 
 def gaussian_blur(x, sigma, apply, radius: int, taps: int):

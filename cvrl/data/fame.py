@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from cvrl.data import hsv
+from cvrl.data.kernels import gaussian_weights
 from cvrl.data.photometric import FAME_BETA
 
 BINS = 10  # per axis of the colour histogram
@@ -47,8 +48,7 @@ def blur(m: jnp.ndarray) -> jnp.ndarray:
   r = taps // 2
   if r == 0:
     return m
-  w = jnp.exp(-jnp.square(jnp.arange(-r, r + 1, dtype=jnp.float32)) / (2 * (taps / 3) ** 2))
-  w = w / jnp.sum(w)
+  w = gaussian_weights(jnp.float32(taps / 3), r)
   for axis in (1, 2):
     pad = [(0, 0)] * 3
     pad[axis] = (r, r)
@@ -112,13 +112,19 @@ def foreground(x: jnp.ndarray, beta: float = FAME_BETA) -> jnp.ndarray:
   return mask.reshape(n, height, width)
 
 
-def merge(x: jnp.ndarray, flags: jnp.ndarray, beta: float = FAME_BETA) -> jnp.ndarray:
+def merge(x: jnp.ndarray, flags: jnp.ndarray, beta: float = FAME_BETA,
+          views: tuple[int, ...] | None = None) -> jnp.ndarray:
   """x [B, V, T, H, W, 3] with each flagged clip's foreground (flags [B, V], 0 / 1) pasted
-  over the same view of the previous video in the batch."""
+  over the same view of the previous video in the batch. `views`: the views that can be
+  flagged (None: all); the others are passed through without computing their masks."""
   b, v, t, height, width, c = x.shape
   if t < 2:
     raise ValueError(f'FAME needs clips of at least 2 frames for its motion map, got {t}')
-  mask = foreground(x.reshape(b * v, t, height, width, c), beta).reshape(b, v, 1, height,
-                                                                         width, 1)
-  merged = mask * x + (1.0 - mask) * jnp.roll(x, 1, axis=0)
-  return jnp.where(flags[..., None, None, None, None] > 0.5, merged, x)
+  views = tuple(range(v)) if views is None else tuple(views)
+  x = jnp.asarray(x)
+  sub = x[:, views]
+  mask = foreground(sub.reshape(b * len(views), t, height, width, c), beta).reshape(
+      b, len(views), 1, height, width, 1)
+  merged = mask * sub + (1.0 - mask) * jnp.roll(sub, 1, axis=0)
+  merged = jnp.where(flags[:, views, None, None, None, None] > 0.5, merged, sub)
+  return x.at[:, views].set(merged)

@@ -6,9 +6,9 @@ input_mode='dif' (3DRotNet's DIF models) (N, T + 1, H, W, 3) frames whose T diff
 x[t + 1] - x[t] the network sees ('rgb_std', 'dif_std': the frames or their differences
 standardised per clip and channel, the same whatever the clip's levels and contrast;
 'rgb_pc', 'dif_pc': projected onto the clip's first principal colour axis, the same
-whatever its colours; 'res*': the clip less its mean frame): the difference is part of
-the model, so every job that feeds it clips gets it right without knowing how it was
-pretrained.
+whatever its colours; 'res*': the clip less its mean frame; 'med*': less its median
+frame): the difference is part of the model, so every job that feeds it clips gets it
+right without knowing how it was pretrained.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
-INPUTS = ("rgb", "dif", "dif_std", "rgb_std", "rgb_pc", "dif_pc", "res", "res_std", "res_pc")
+INPUTS = ("rgb", "dif", "dif_std", "rgb_std", "rgb_pc", "dif_pc", "res", "res_std", "res_pc",
+          "med", "med_std", "med_pc")
 DIF_EPS = 1e-3  # added to the clip's std of its differences ('dif_std')
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -216,7 +217,15 @@ def still_removed(x):
   return x - jnp.mean(x, axis=-4, keepdims=True)
 
 
-_TIME_MAPS = {"rgb": lambda x: x, "dif": frame_difference, "res": still_removed}
+def median_removed(x):
+  """x [..., T, H, W, C] less its median over the clip's frames: a still background is
+  zero, and where something moves over it for under half the frames, the median is the
+  background, so what moves is itself less the background behind it, with no trail."""
+  return x - jnp.median(x, axis=-4, keepdims=True)
+
+
+_TIME_MAPS = {"rgb": lambda x: x, "dif": frame_difference, "res": still_removed,
+              "med": median_removed}
 _CHANNEL_MAPS = {"": lambda x: x, "std": standardized, "pc": principal_colour}
 
 

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 
+from cvrl import config_lib
 from cvrl.core import paths
 from cvrl.data.config import CLIP_FIELDS, TEST_FIELDS, default_data_config
 from cvrl.engine import checkpoint
@@ -37,9 +38,8 @@ def reference(*, pretrained: str, pretrained_step: int | None, random_init: bool
     return data, f"the checkpoint {pretrained} (step {step})", False
   path = paths.as_path(paths.join(run_dir, "results.json")) if run_dir else None
   if path is not None and path.is_file():
-    data = json.loads(path.read_text()).get("config", {}).get("data")
-    if data:
-      return data, f"the classifier's run {run_dir}", True
+    data = config_lib.filled(json.loads(path.read_text())["config"]).data.to_dict()
+    return data, f"the classifier's run {run_dir}", True
   return None, "the data defaults (no checkpoint)", False
 
 
@@ -108,8 +108,8 @@ def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:
   defaults = default_data_config()
   sizes, taken, differs = {}, [], []
   for key in CLIP_FIELDS + (TEST_FIELDS if ref_eval else ()):
-    theirs = None if ref is None else ref.get(key)
-    sizes[key] = data.get(key)
+    theirs = None if ref is None else ref[key]
+    sizes[key] = data[key]
     if sizes[key] is None:
       sizes[key] = int(theirs if theirs is not None else defaults[key])
       taken.append(key)
@@ -117,8 +117,7 @@ def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:
       differs.append(f"{key} {sizes[key]} (trained on {theirs})")
   for key in TEST_FIELDS:
     if sizes.get(key) is None:
-      given = data.get(key)
-      sizes[key] = given if given is not None else int(sizes["crop_size"])
+      sizes[key] = data[key] if data[key] is not None else int(sizes["crop_size"])
   return sizes, taken, differs
 
 

@@ -118,8 +118,8 @@ def _mode_fields(e, data) -> dict:
   cls = common.get(e.mode, "config.evaluate.mode")
   given = dict(batch_size=e.batch_size, num_clips=e.knn_clips, num_crops=e.knn_crops,
                knn_k=e.knn_k, knn_vote=e.knn_vote, knn_temperature=e.knn_temperature,
-               recall_ks=e.recall_ks, eval_resize=data.get("eval_resize"),
-               eval_crop_size=data.get("eval_crop_size"))
+               recall_ks=e.recall_ks, eval_resize=data.eval_resize,
+               eval_crop_size=data.eval_crop_size)
   takes = common.defaults(cls)
   return {k: v for k, v in given.items() if k in takes and v is not None}
 

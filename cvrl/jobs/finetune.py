@@ -72,7 +72,7 @@ def make_task(job: Finetune, num_classes: int):
 
 
 def run(config, workdir: str) -> dict:
-  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
+  with runtime.job() as process, jax.set_mesh(engine.setup(config.parallel)):
     sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     job = parse(config)

@@ -46,9 +46,9 @@ def parse(config: ml_collections.ConfigDict) -> Pretrain:
   total, warmup = config_lib.durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
-  common.from_config(config.get("evals"))  # kinds, keys and each kind's checks
+  common.from_config(config.evals)  # kinds, keys and each kind's checks
   return Pretrain(objective, tasks.Training(**config_lib.training(config)), spec, total, warmup,
-                  config.get("evals"))
+                  config.evals)
 
 
 def validate(config) -> None:
@@ -58,7 +58,7 @@ def validate(config) -> None:
 def picture_dir(log, workdir: str) -> str:
   """Where the first batch's picture goes (TensorBoard, cvrl.engine.pictures): the workdir
   with `log` (config.log)'s tensorboard and first_batch_picture on, else nowhere ('')."""
-  return workdir if log.get("tensorboard", True) and log.get("first_batch_picture", True) else ""
+  return workdir if log.tensorboard and log.first_batch_picture else ""
 
 
 def _eval_splits(job: Pretrain) -> common.Splits:

@@ -175,7 +175,7 @@ def run(config, workdir: str) -> dict:
   """Probe `config.pretrained` (or a random-init encoder) and, with probe.random_baseline,
   a random-init encoder of the same architecture on the same clips. DIR/results.json;
   the baseline's checkpoints and test files go to DIR/random_init/."""
-  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
+  with runtime.job() as process, jax.set_mesh(engine.setup(config.parallel)):
     data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
     shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
     job = parse(config)

@@ -91,12 +91,11 @@ def get(spec, encoder: EncoderSpec, run: Run, *, stored: bool = False) -> "Objec
 def from_config(config: ml_collections.ConfigDict, *, stored: bool = False) -> "Objective":
   """The method of a pretraining config (a job's, or one a checkpoint `stored`): its typed
   arguments picked from the config once."""
-  data = config.get("data") or {}
   try:
     total = config_lib.steps("total", config)
   except ValueError:  # epochs without the data's size: the job's own check names it
     total = None
-  run = Run(int(config.batch_size), total, data.get("num_train_examples"))
+  run = Run(int(config.batch_size), total, config.data.num_train_examples)
   return get(config.objective, EncoderSpec.of(config.model), run, stored=stored)
 
 

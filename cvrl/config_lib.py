@@ -56,25 +56,21 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-def steps(name: str, config: ml_collections.ConfigDict, *, num_examples: int | None = None,
-          batch_size: int | None = None, default: int | None = None) -> int:
-  """Resolves a duration given as `{name}_steps` or `{name}_epochs` into steps.
+def steps(name: str, fields, *, num_examples: int | None, batch_size: int | None,
+          default: int | None = None) -> int:
+  """Resolves a duration given as `{name}_steps` or `{name}_epochs` of `fields` (a config
+  or a dict holding both) into steps.
 
-  Exactly one may be set (non-None). Epochs need the dataset size and the global batch,
-  taken from the arguments or from `config.data.num_train_examples` and `config.batch_size`.
+  Exactly one may be set (non-None). Epochs need the dataset size `num_examples` (None:
+  unknown) and the global batch `batch_size`.
   """
   steps_key, epochs_key = f"{name}_steps", f"{name}_epochs"
-  n_steps = config.get(steps_key)
-  n_epochs = config.get(epochs_key)
+  n_steps, n_epochs = fields[steps_key], fields[epochs_key]
   if n_steps is not None and n_epochs is not None:
     raise ValueError(f"set only one of config.{steps_key} and config.{epochs_key}")
   if n_steps is not None:
     return int(n_steps)
   if n_epochs is not None:
-    if num_examples is None:
-      num_examples = config.data.num_train_examples
-    if batch_size is None:
-      batch_size = config.get("batch_size")
     if not num_examples or not batch_size:
       raise ValueError(f"config.{epochs_key} needs the dataset size "
                        "(config.data.num_train_examples) and config.batch_size")
@@ -388,21 +384,21 @@ def probe_config_for(pretrain_config, checkpoint_dir: str, p=None) -> ml_collect
 
 # ------------------------------------------------------------- configs runs stored
 
-def _fill(config: ml_collections.ConfigDict, defaults: dict) -> ml_collections.ConfigDict:
-  """`config` with the keys it lacks set from `defaults`, section by section, in place."""
+def _fill(section: ml_collections.ConfigDict, defaults: dict) -> ml_collections.ConfigDict:
+  """`section` with the keys it lacks set from `defaults`, section by section, in place."""
   for key, value in defaults.items():
-    if key not in config:
-      config[key] = value
-    elif isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
-      _fill(config[key], value)
-  return config
+    if key not in section:
+      section[key] = value
+    elif isinstance(value, dict) and isinstance(section[key], ml_collections.ConfigDict):
+      _fill(section[key], value)
+  return section
 
 
-def _copy(config) -> ml_collections.ConfigDict:
-  """An unlocked ConfigDict copy of `config` (a dict or a ConfigDict)."""
-  if isinstance(config, ml_collections.ConfigDict):
-    config = config.to_dict(preserve_field_references=True)
-  return ml_collections.ConfigDict(config)
+def _copy(given) -> ml_collections.ConfigDict:
+  """An unlocked ConfigDict copy of `given` (a dict or a ConfigDict)."""
+  if isinstance(given, ml_collections.ConfigDict):
+    given = given.to_dict(preserve_field_references=True)
+  return ml_collections.ConfigDict(given)
 
 
 def _defaults(make) -> dict:

@@ -85,7 +85,7 @@ def pretrain(name, workdir, **overrides):
     node[leaf] = value
   config.lock()
   with jax.set_mesh(parallel.make_mesh(jax.devices()[:DEVICES])):
-    result = pretrain_job.run(config, str(workdir))
+    result = pretrain_job.run(pretrain_job.parse(config), str(workdir))
   with open(os.path.join(str(workdir), "metrics.jsonl"), encoding="utf-8") as f:
     losses = {int(r["step"]): float(r["loss"]) for r in map(json.loads, f) if "loss" in r}
   return result, losses

@@ -240,7 +240,7 @@ class _Plan:
     fraction = subset.label_fraction(cfg, label_fraction)
     reader = sources.make(cfg, split, seed=seed, process_index=self.process_index,
                           process_count=self.process_count)
-    self.num_classes = cfg.get('num_classes') or reader.num_classes
+    self.num_classes = cfg['num_classes'] or reader.num_classes
     if subset.applies(cfg, split, fraction):
       reader = subset.restrict(reader, fraction, seed, self.num_classes, self.process_count)
     self.reader = reader

@@ -99,7 +99,7 @@ def build(optim: ml_collections.ConfigDict, schedule) -> optax.GradientTransform
                      weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"config.optim.name must be one of {list(OPTIMIZERS)}, got {name!r}")
-  if optim.get("grad_clip"):
+  if optim.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(float(optim.grad_clip)), tx)
   return tx
 

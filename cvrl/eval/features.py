@@ -301,6 +301,13 @@ class Downstream:
     validate_downstream(job, encoder, training["optim"], test_fields, run["data"])
     return cls(encoder, tasks.Training(**training), engine.RunSpec(**run), durations, **fields)
 
+  def shaped(self, shape):
+    """This job on clips of `shape` (cvrl.engine.clip_shape.ClipShape): its loop's data and
+    record with the shape applied."""
+    data, record = shape.applied(self.spec.data, self.spec.record)
+    return dataclasses.replace(self, spec=dataclasses.replace(self.spec, data=data,
+                                                              record=record))
+
 
 # ---------------------------------------------------------------------- the data, sized
 

@@ -51,10 +51,6 @@ def parse(config: ml_collections.ConfigDict) -> Pretrain:
                   config.evals)
 
 
-def validate(config) -> None:
-  parse(config)
-
-
 def picture_dir(log, workdir: str) -> str:
   """Where the first batch's picture goes (TensorBoard, cvrl.engine.pictures): the workdir
   with `log` (config.log)'s tensorboard and first_batch_picture on, else nowhere ('')."""
@@ -68,11 +64,10 @@ def _eval_splits(job: Pretrain) -> common.Splits:
                        label_fraction=1.0)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains on a config `validate` passed (cvrl.main checks it before any work), on the
+def run(job: Pretrain, workdir: str) -> dict[str, Any]:
+  """Pretrains on a parsed config (`parse`: cvrl.main checks it before any work), on the
   mesh the engine sets up (its evaluators run inside the loop)."""
   with runtime.job() as process:  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-    job = parse(config)
     sources.prepare(job.spec.data, ["train", "eval"] if job.evals else ["train"])
     task = tasks.PretrainTask(job.training, job.spec.data, job.objective,
                               picture_dir=picture_dir(job.spec.log, workdir))

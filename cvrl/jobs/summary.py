@@ -97,7 +97,7 @@ def _abstract_model(s: Summary):
   def build():
     rngs = nnx.Rngs(0)
     encoder = build_encoder(s.model, rngs)
-    num_classes = s.data.get("num_classes")
+    num_classes = s.data.num_classes
     head = (LinearClassifier(encoder.num_features, num_classes, rngs=rngs)
             if num_classes else None)  # unknown until the data says: count the backbone only
     return EncoderHead(encoder, head)
@@ -223,13 +223,10 @@ def step_memory(s: Summary) -> dict:
           **step_inputs.memory_analysis(compiled)}
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  parse(config)
-
-
-def run(config, workdir):
+def run(s: Summary, workdir):
+  """Prints (and with a workdir writes) the summary of a parsed config (`parse`)."""
   with runtime.job():  # cvrl.core.runtime: the job's JAX settings (rbg PRNG); nothing trains
-    result = summarize(parse(config))
+    result = summarize(s)
     line = json.dumps(result)
     print(line, flush=True)
     if workdir:

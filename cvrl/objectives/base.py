@@ -92,7 +92,8 @@ def from_config(config: ml_collections.ConfigDict, *, stored: bool = False) -> "
   """The method of a pretraining config (a job's, or one a checkpoint `stored`): its typed
   arguments picked from the config once."""
   try:
-    total = config_lib.steps("total", config)
+    total = config_lib.steps("total", config, num_examples=config.data.num_train_examples,
+                             batch_size=int(config.batch_size))
   except ValueError:  # epochs without the data's size: the job's own check names it
     total = None
   run = Run(int(config.batch_size), total, config.data.num_train_examples)

@@ -123,6 +123,19 @@ def downstream(config: ml_collections.ConfigDict) -> dict:
               durations=functools.partial(durations, config), test_fields=config.evaluate)
 
 
+def method_args(config: ml_collections.ConfigDict) -> dict:
+  """A pretraining config's method as keyword arguments (cvrl.objectives.method):
+  config.objective, config.model and the run's global batch, total steps (None: epochs
+  without the data's size, which the job's own check names) and train split's size."""
+  kw = dict(num_examples=config.data.num_train_examples, batch_size=int(config.batch_size))
+  try:
+    total = steps("total", config, **kw)
+  except ValueError:
+    total = None
+  return dict(spec=config.objective, model=config.model, batch_size=kw["batch_size"],
+              total_steps=total, num_train_examples=kw["num_examples"])
+
+
 def as_dict(config: ml_collections.ConfigDict) -> dict:
   """A config as results.json records it (JSON values)."""
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \

@@ -36,7 +36,7 @@ def leaves_equal(a, b):
 def saved(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ckpt"))
   config = tiny_config()
-  objective = objectives.from_config(config)
+  objective = objectives.method(**config_lib.method_args(config))
   mesh = parallel.make_mesh()
   tx = optax.sgd(0.1, momentum=0.9)
   make = lambda: objective.build(nnx.Rngs(0))

@@ -290,7 +290,7 @@ def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict
 def _read_model(directory: str, step: int, sharding: Any
                 ) -> tuple[ml_collections.ConfigDict, nnx.Module]:
   config = _read_config(directory, step)
-  objective = objectives.from_config(config, stored=True)
+  objective = objectives.method(**config_lib.method_args(config), stored=True)
   abstract_model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract_model)
   if sharding is None:

@@ -101,7 +101,7 @@ def load_encoder(*, pretrained: str, pretrained_step: int | None, random_init: b
   # The step itself (None: the newest that restores), so that results name the checkpoint.
   step, pre_config, restored = checkpoint.restore_pretrained(
       pretrained, pretrained_step, sharding=parallel.replicated())
-  model_config = objectives.from_config(pre_config, stored=True).encoder_config()
+  model_config = objectives.method(**config_lib.method_args(pre_config), stored=True).encoder_config()
   return restored.encoder, model_config, {"init": "pretrained", "checkpoint": str(pretrained),
                                           "step": int(step)}
 

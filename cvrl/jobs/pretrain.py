@@ -40,7 +40,7 @@ class Pretrain:
 def parse(config: ml_collections.ConfigDict) -> Pretrain:
   """The job's typed arguments; everything that can be checked without touching a device
   (the backend must stay uninitialised until jax.distributed has started)."""
-  objective = objectives.from_config(config)
+  objective = objectives.method(**config_lib.method_args(config))
   optim.validate(config.optim)
   spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   total, warmup = config_lib.durations(config)

@@ -75,7 +75,7 @@ def parse(config: ml_collections.ConfigDict) -> Summary:
   config.model.conv_impl = "native"
   step = None
   if "objective" in config:
-    step = Step(objectives.from_config(config), tasks.Training(**config_lib.training(config)),
+    step = Step(objectives.method(**config_lib.method_args(config)), tasks.Training(**config_lib.training(config)),
                 config_lib.run_args(config), functools.partial(config_lib.durations, config))
   # An evaluate config trains nothing: its state sized as pretraining's sections place it.
   p = config.parallel if "parallel" in config else config_lib.pretrain_config().parallel

@@ -56,25 +56,21 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-def steps(name: str, config: ml_collections.ConfigDict, *, num_examples: int | None = None,
-          batch_size: int | None = None, default: int | None = None) -> int:
-  """Resolves a duration given as `{name}_steps` or `{name}_epochs` into steps.
+def steps(name: str, fields, *, num_examples: int | None, batch_size: int | None,
+          default: int | None = None) -> int:
+  """Resolves a duration given as `{name}_steps` or `{name}_epochs` of `fields` (a config
+  or a dict holding both) into steps.
 
-  Exactly one may be set (non-None). Epochs need the dataset size and the global batch,
-  taken from the arguments or from `config.data.num_train_examples` and `config.batch_size`.
+  Exactly one may be set (non-None). Epochs need the dataset size `num_examples` (None:
+  unknown) and the global batch `batch_size`.
   """
   steps_key, epochs_key = f"{name}_steps", f"{name}_epochs"
-  n_steps = config.get(steps_key)
-  n_epochs = config.get(epochs_key)
+  n_steps, n_epochs = fields[steps_key], fields[epochs_key]
   if n_steps is not None and n_epochs is not None:
     raise ValueError(f"set only one of config.{steps_key} and config.{epochs_key}")
   if n_steps is not None:
     return int(n_steps)
   if n_epochs is not None:
-    if num_examples is None:
-      num_examples = config.get("data", {}).get("num_train_examples")
-    if batch_size is None:
-      batch_size = config.get("batch_size")
     if not num_examples or not batch_size:
       raise ValueError(f"config.{epochs_key} needs the dataset size "
                        "(config.data.num_train_examples) and config.batch_size")
@@ -90,7 +86,7 @@ def durations(config: ml_collections.ConfigDict, num_examples: int | None = None
   epochs count `num_examples` videos (None: config.data.num_train_examples) in global
   batches of config.batch_size."""
   if num_examples is None:
-    num_examples = config.data.get("num_train_examples")
+    num_examples = config.data.num_train_examples
   kw = dict(num_examples=num_examples, batch_size=int(config.batch_size))
   return steps("total", config, **kw), steps("warmup", config, default=0, **kw)
 
@@ -99,9 +95,8 @@ def encoder_args(config: ml_collections.ConfigDict) -> dict:
   """A downstream config's encoder as keyword arguments (cvrl.eval.features.load_encoder):
   the checkpoint `pretrained` at `pretrained_step` (None: the newest), or with
   `random_init` the architecture `model` built with `seed`."""
-  return dict(pretrained=config.get("pretrained") or "",
-              pretrained_step=config.get("pretrained_step"),
-              random_init=bool(config.get("random_init")), model=config.model,
+  return dict(pretrained=config.pretrained, pretrained_step=config.pretrained_step,
+              random_init=bool(config.random_init), model=config.model,
               seed=int(config.seed))
 
 
@@ -115,7 +110,7 @@ def run_args(config: ml_collections.ConfigDict) -> dict:
   """A training job's config as the loop's keyword arguments (cvrl.engine.loop.RunSpec):
   the fields it reads and the whole config's record."""
   return dict(seed=int(config.seed), batch_size=int(config.batch_size), data=config.data,
-              parallel=config.get("parallel"), checkpoint=config.checkpoint, log=config.log,
+              parallel=config.parallel, checkpoint=config.checkpoint, log=config.log,
               record=as_dict(config))
 
 
@@ -126,6 +121,19 @@ def downstream(config: ml_collections.ConfigDict) -> dict:
   (config.evaluate)."""
   return dict(encoder=encoder_args(config), training=training(config), run=run_args(config),
               durations=functools.partial(durations, config), test_fields=config.evaluate)
+
+
+def method_args(config: ml_collections.ConfigDict) -> dict:
+  """A pretraining config's method as keyword arguments (cvrl.objectives.method):
+  config.objective, config.model and the run's global batch, total steps (None: epochs
+  without the data's size, which the job's own check names) and train split's size."""
+  kw = dict(num_examples=config.data.num_train_examples, batch_size=int(config.batch_size))
+  try:
+    total = steps("total", config, **kw)
+  except ValueError:
+    total = None
+  return dict(spec=config.objective, model=config.model, batch_size=kw["batch_size"],
+              total_steps=total, num_train_examples=kw["num_examples"])
 
 
 def as_dict(config: ml_collections.ConfigDict) -> dict:
@@ -178,7 +186,8 @@ def pretrain_config(objective: str = "cvrl") -> ml_collections.ConfigDict:
   # (None: this machine's) and, with summary_compile, compiles the pretraining step on
   # that many of this machine's devices for XLA's memory analysis (off: seconds, not minutes).
   c.parallel = ml_collections.ConfigDict(dict(
-      batch_norm="sync", device_prefetch=2, param_sharding="replicated", fsdp_min_kib=64.0,
+      batch_norm="sync", device_prefetch=2, param_sharding="replicated",
+      fsdp_min_kib=64.0,
       summary_devices=config_dict.placeholder(int), summary_compile=False,
       compilation_cache_dir=config_dict.placeholder(str),
       coordinator_address=config_dict.placeholder(str),
@@ -345,6 +354,7 @@ def demo_probe_fields() -> ml_collections.ConfigDict:
       batch_size=32, total_epochs=30, warmup_epochs=2, base_lr=1.0, momentum=0.9,
       # Features of one un-augmented clip per video (feature_epochs=0): at 32 x 32 the
       # probe's resized crops often cut the object out (README, "Quality benchmark").
+      total_steps=config_dict.placeholder(int), warmup_steps=config_dict.placeholder(int),
       weight_decay=0.0, extract_features=True, feature_epochs=0, normalize=True,
       random_baseline=True, num_clips=2, num_crops=1, eval_batch_size=16, log_every_steps=50,
       eval_resize=config_dict.placeholder(int), eval_crop_size=config_dict.placeholder(int),  # None: the pretraining's crop_size
@@ -356,39 +366,74 @@ def demo_probe_fields() -> ml_collections.ConfigDict:
 def probe_config_for(pretrain_config, checkpoint_dir: str, p=None) -> ml_collections.ConfigDict:
   """A probe job's config for a pretraining run's checkpoint: its data and model, the
   probe augmentation (crop + flip), and the fields of `p` (default: pretrain_config.probe,
-  else `demo_probe_fields()`)."""
-  p = p if p is not None else (pretrain_config.get("probe") or demo_probe_fields())
+  else `demo_probe_fields()`; the fields it lacks at demo_probe_fields')."""
+  pre = filled(pretrain_config)
+  p = _fill(_copy(p if p is not None else pre.get("probe") or {}), _defaults(demo_probe_fields))
   c = probe_config()
-  c.seed = int(pretrain_config.get("seed", c.seed))
+  c.seed = int(pre.seed)
   c.pretrained = checkpoint_dir
-  c.model = ml_collections.ConfigDict(pretrain_config.model.to_dict(preserve_field_references=True))
-  data = ml_collections.ConfigDict(pretrain_config.data.to_dict(preserve_field_references=True))
-  for key in ("num_classes", "num_train_examples", "label_fraction"):
-    if key not in data:  # a pretraining config from before the field: the probe's default
-      data[key] = c.data[key]
+  c.model = _copy(pre.model)
+  data = _copy(pre.data)
   c.data = set_probe_augmentation(data)
-  if p.get("flip_prob") is not None:
-    c.data.augmentation.flip_prob = float(p.flip_prob)
+  if p["flip_prob"] is not None:
+    c.data.augmentation.flip_prob = float(p["flip_prob"])
   # Test at the pretraining's resolution unless told otherwise (the data defaults, 256,
   # are the paper's for 224 training crops).
-  c.data.eval_resize = int(p.get("eval_resize") or data.crop_size)
-  c.data.eval_crop_size = int(p.get("eval_crop_size") or data.crop_size)
-  c.batch_size = int(p.batch_size)
-  c.total_epochs = p.get("total_epochs")
-  c.total_steps = p.get("total_steps")
-  c.warmup_epochs = p.get("warmup_epochs")
-  c.warmup_steps = p.get("warmup_steps")
-  c.optim.update(base_lr=float(p.base_lr), base_batch_size=int(p.batch_size),
-                 momentum=float(p.get("momentum", c.optim.momentum)),
-                 weight_decay=float(p.get("weight_decay", c.optim.weight_decay)))
+  c.data.eval_resize = int(p["eval_resize"] or data.crop_size)
+  c.data.eval_crop_size = int(p["eval_crop_size"] or data.crop_size)
+  c.batch_size = int(p["batch_size"])
+  for key in ("total_epochs", "total_steps", "warmup_epochs", "warmup_steps"):
+    c[key] = p[key]
+  c.optim.update(base_lr=float(p["base_lr"]), base_batch_size=int(p["batch_size"]),
+                 momentum=float(p["momentum"]), weight_decay=float(p["weight_decay"]))
   for key in ("extract_features", "feature_epochs", "normalize", "random_baseline"):
-    if key in p:
-      c.probe[key] = p[key]
-  c.evaluate.num_clips = int(p.get("num_clips", c.evaluate.num_clips))
-  c.evaluate.num_crops = int(p.get("num_crops", c.evaluate.num_crops))
-  c.evaluate.batch_size = int(p.get("eval_batch_size", c.evaluate.batch_size))
-  c.log.every_steps = int(p.get("log_every_steps", c.log.every_steps))
+    c.probe[key] = p[key]
+  c.evaluate.num_clips = int(p["num_clips"])
+  c.evaluate.num_crops = int(p["num_crops"])
+  c.evaluate.batch_size = int(p["eval_batch_size"])
+  c.log.every_steps = int(p["log_every_steps"])
   return c
+
+
+# ------------------------------------------------------------- configs runs stored
+
+def _fill(section: ml_collections.ConfigDict, defaults: dict) -> ml_collections.ConfigDict:
+  """`section` with the keys it lacks set from `defaults`, section by section, in place."""
+  for key, value in defaults.items():
+    if key not in section:
+      section[key] = value
+    elif isinstance(value, dict) and isinstance(section[key], ml_collections.ConfigDict):
+      _fill(section[key], value)
+  return section
+
+
+def _copy(given) -> ml_collections.ConfigDict:
+  """An unlocked ConfigDict copy of `given` (a dict or a ConfigDict)."""
+  if isinstance(given, ml_collections.ConfigDict):
+    given = given.to_dict(preserve_field_references=True)
+  return ml_collections.ConfigDict(given)
+
+
+def _defaults(make) -> dict:
+  return make().to_dict(preserve_field_references=True)
+
+
+# A job's base config: what a config of that job lacks is its default there.
+BASE_CONFIGS = {"pretrain": pretrain_config, "probe": probe_config,
+                "finetune": finetune_config, "evaluate": evaluate_config}
+
+
+def filled(config) -> ml_collections.ConfigDict:
+  """A copy of a config a run stored or a caller built (a checkpoint's, results.json's; a
+  dict or a ConfigDict), the fields it lacks (a config from before them) at its job's
+  defaults: filled once where such a config is read, so that every reader reads its fields
+  as they are. The method's fields (config.objective) and the evaluators' (config.evals)
+  are their constructors' schemas, left as given (`objectives.get(..., stored=True)`)."""
+  out = _copy(config)
+  make = BASE_CONFIGS.get(out.get("job"))
+  if make is None:  # no job's config: nothing to fill from
+    return out
+  return _fill(out, {k: v for k, v in _defaults(make).items() if k not in ("objective", "evals")})
 
 
 # ----------------------------------------------------- recipe pieces the configs share

@@ -39,25 +39,24 @@ from cvrl.core.errors import ConfigError  # noqa: E402  (defined apart so the da
 
 
 def job_module(name: str):
-  """config.job names a module of cvrl/jobs/ with run(config, workdir) -> dict
-  (cvrl.core.discovery): a new job is one new file there."""
+  """config.job names a module of cvrl/jobs/ with parse(config) and run(parsed, workdir) ->
+  dict (cvrl.core.discovery): a new job is one new file there."""
   try:
     return discovery.module("cvrl.jobs", name, "config.job", entry="run")
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
-def validate(config) -> object:
-  """Checks shared by every job, then the job's own `validate` if it has one."""
+def parse(config) -> tuple[object, object]:
+  """(the job's module, the config parsed by the job's `parse`, once): the checks shared by
+  every job, then the job's own (its `parse`); a failed one is a ConfigError."""
   module = job_module(config.get("job"))
   try:
     if "model" in config:
       validate_model_config(config.model)
-    if hasattr(module, "validate"):
-      module.validate(config)
+    return module, module.parse(config)
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
     raise ConfigError(str(e)) from e
-  return module
 
 
 def check_inputs(data, split: str, pretrained: str, pretrained_step: int | None) -> None:
@@ -78,9 +77,9 @@ def check_inputs(data, split: str, pretrained: str, pretrained_step: int | None)
 
 
 def run(config, workdir: str | None):
-  """Checks the config, what it reads and that the workdir takes files (ConfigError,
-  nothing written), then runs it."""
-  module = validate(config)
+  """Parses the config once (its checks), checks what it reads and that the workdir takes
+  files (ConfigError, nothing written), then runs the parsed job."""
+  module, job = parse(config)
   if workdir is None and getattr(module, "NEEDS_WORKDIR", True):
     raise ConfigError(f"job {config.job!r} needs --workdir")
   if getattr(module, "READS_INPUTS", True):
@@ -89,7 +88,7 @@ def run(config, workdir: str | None):
                  config.get("pretrained_step"))
   if workdir is not None:
     paths.check_workdir(workdir)  # created, a probe file written and removed
-  return module.run(config, workdir)
+  return module.run(job, workdir)
 
 
 def main(argv):

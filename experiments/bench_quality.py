@@ -247,7 +247,7 @@ def _pretrain(config, workdir: str, checkpoint_every: int) -> None:
   from cvrl.jobs import pretrain  # pylint: disable=import-outside-toplevel
   config = _as_dict(config)
   config.checkpoint.update(every_steps=max(1, checkpoint_every), keep=1000)  # all
-  _stop_if_preempted(pretrain.run(config, workdir))
+  _stop_if_preempted(pretrain.run(pretrain.parse(config), workdir))
 
 
 def _stop_if_preempted(result: dict) -> dict:

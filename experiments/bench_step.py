@@ -165,7 +165,7 @@ def _step_parts(config, per_device_batch: int | None) -> dict:
   config = ml_collections.ConfigDict(config.to_dict())
   if per_device_batch:
     config.batch_size = per_device_batch * parallel.num_data_shards(mesh)
-  objective = objectives.from_config(config)
+  objective = objectives.method(**config_lib.method_args(config))
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data, objective)
   with jax.set_mesh(mesh):
     parts = engine.abstract_step(task, engine.RunSpec(**config_lib.run_args(config)),

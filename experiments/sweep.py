@@ -232,7 +232,7 @@ def point_summary(config: str, workdir: str, point: Point) -> dict:
     # Probe configs may leave the class count to the data source; the classifier's size
     # does not change the backbone numbers the sweep reports.
     cfg.data.num_classes = 1
-  return summary.run(cfg, d)
+  return summary.run(summary.parse(cfg), d)
 
 
 def collect(config: str, workdir: str, points, results: str | None = None,

@@ -121,7 +121,7 @@ def save_numpy_checkpoint(pretrain_config, workdir, seed=3, step=5):
   from cvrl import config_lib, objectives  # pylint: disable=import-outside-toplevel
   from cvrl.engine import checkpoint  # pylint: disable=import-outside-toplevel
   from cvrl.engine import state as state_lib  # pylint: disable=import-outside-toplevel
-  objective = objectives.from_config(pretrain_config)
+  objective = objectives.method(**config_lib.method_args(pretrain_config))
   model = numpy_filled(lambda: objective.build(nnx.Rngs(seed)), seed=seed)
   _, params, rest = state_lib.split(model, objective.trainable)
   tx = optax.sgd(0.1)

@@ -76,8 +76,9 @@ def build(config, seed=0):
   """(objective, model) for a config, the model initialised in one jit."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from cvrl.models import create  # pylint: disable=import-outside-toplevel
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
-  objective = base.from_config(config)
+  objective = base.method(**config_lib.method_args(config))
   return objective, create(lambda: objective.build(nnx.Rngs(seed)))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import demo
+from cvrl import config_lib
 from cvrl.data import procedural
 from cvrl.objectives import base
 
@@ -114,9 +115,9 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   assert be.brightness == 0.3  # the recipe's colour kept
   both = B.recipe("cvrl", 10, 0, "paper_colour_background").data.augmentation
   assert both.background_erase_probs == (1.0, 0.0) and both.brightness == paper.brightness
-  assert base.from_config(c).sampler() == {"name": "cvrl", "extra_frames": 1}
+  assert base.method(**config_lib.method_args(c)).sampler() == {"name": "cvrl", "extra_frames": 1}
   rgb = B.recipe("cvrl", 10, 0, input_mode="rgb")
-  assert rgb.model.input == "rgb" and base.from_config(rgb).sampler() == {"name": "cvrl"}
+  assert rgb.model.input == "rgb" and base.method(**config_lib.method_args(rgb)).sampler() == {"name": "cvrl"}
   with pytest.raises(ValueError, match="augmentation 'strong'"):
     B.recipe("cvrl", 10, 0, "strong")
   s = B.recipe("simclr", 10, 0)

@@ -16,19 +16,20 @@ def test_parse_arg_casts_to_default_types_and_rejects_unknown_keys():
 
 
 def test_steps_from_steps_or_epochs():
-  c = ml_collections.ConfigDict(dict(total_steps=None, total_epochs=200, batch_size=1024,
-                                     data=dict(num_train_examples=366_016)))
+  c = ml_collections.ConfigDict(dict(total_steps=None, total_epochs=200, warmup_steps=None,
+                                     warmup_epochs=None))
+  k600 = dict(num_examples=366_016, batch_size=1024)
   # K600 at batch 1024: ceil(366016 / 1024) = 358 steps per epoch.
-  assert config_lib.steps("total", c) == -(-200 * 366_016 // 1024)
+  assert config_lib.steps("total", c, **k600) == -(-200 * 366_016 // 1024)
   c.total_steps, c.total_epochs = 10, None
-  assert config_lib.steps("total", c) == 10
+  assert config_lib.steps("total", c, **k600) == 10
   c.total_epochs = 1
   with pytest.raises(ValueError, match="only one"):
-    config_lib.steps("total", c)
-  c.total_steps, c.total_epochs, c.data.num_train_examples = None, 1, None
+    config_lib.steps("total", c, **k600)
+  c.total_steps, c.total_epochs = None, 1
   with pytest.raises(ValueError, match="num_train_examples"):
-    config_lib.steps("total", c)
-  assert config_lib.steps("warmup", c, default=0) == 0
+    config_lib.steps("total", c, num_examples=None, batch_size=1024)
+  assert config_lib.steps("warmup", c, default=0, **k600) == 0
 
 
 def test_locked_config_rejects_unknown_key():

@@ -49,9 +49,10 @@ def test_shape_from_the_checkpoint_unless_set(pretrained):
   pre, workdir = pretrained
   c = knn_config(pre, workdir)
   lines = []
-  shape, applied = clip_shape.resolved(c, say=lines.append)
+  shape = clip_shape.resolved(c.data, config_lib.encoder_args(c), say=lines.append)
+  d, record = shape.applied(c.data, config_lib.as_dict(c))
   assert [c.data[k] for k in CLIP_FIELDS + TEST_FIELDS] == [None] * 5  # the config as given
-  d = applied.data
+  assert record["data"] == config_lib.as_dict(d) and record["model"] == config_lib.as_dict(c.model)
   assert (d.num_frames, d.stride, d.crop_size) == (4, 2, 16)
   assert (d.eval_resize, d.eval_crop_size) == (16, 16)  # follow the crop
   assert lines == [f"clip shape: 4 frames at stride 2, 16 px crops, tested at 16 px (shorter "
@@ -61,8 +62,8 @@ def test_shape_from_the_checkpoint_unless_set(pretrained):
   c = knn_config(pre, workdir)
   c.data.num_frames, c.data.eval_crop_size = 8, 24  # the user's: kept, with a warning
   lines = []
-  shape, applied = clip_shape.resolved(c, say=lines.append)
-  d = applied.data
+  shape = clip_shape.resolved(c.data, config_lib.encoder_args(c), say=lines.append)
+  d, _ = shape.applied(c.data, config_lib.as_dict(c))
   assert (d.num_frames, d.stride, d.crop_size, d.eval_resize, d.eval_crop_size) == (
       8, 2, 16, 16, 24)
   assert (c.data.num_frames, c.data.stride, c.data.eval_crop_size) == (8, None, 24)
@@ -78,7 +79,8 @@ def test_random_init_takes_the_data_defaults():
   c = config_lib.finetune_config()
   c.random_init = True
   lines = []
-  d = clip_shape.resolved(c, say=lines.append)[1].data
+  shape = clip_shape.resolved(c.data, config_lib.encoder_args(c), say=lines.append)
+  d, _ = shape.applied(c.data, {})
   assert (d.num_frames, d.stride, d.crop_size) == (16, 2, 224)
   assert lines[0].endswith("from the data defaults (no checkpoint)")
 
@@ -91,7 +93,7 @@ def test_results_name_the_checkpoint_step(pretrained, tmp_path):
     _, _, source = F.load_encoder(**config_lib.encoder_args(c))
   assert source == {"init": "pretrained", "checkpoint": workdir, "step": 5}
   c.lock()
-  out = evaluate.run(c, str(tmp_path / "knn"))
+  out = evaluate.run(evaluate.parse(c), str(tmp_path / "knn"))
   saved = json.load(open(tmp_path / "knn" / "results.json"))
   assert out["step"] == saved["step"] == saved["checkpoint"]["step"] == 5
   assert saved["config"]["data"]["num_frames"] == 4 and saved["clip_shape"]["crop_size"] == 16

@@ -15,6 +15,8 @@ from cvrl import config_lib, objectives
 from cvrl.core import parallel
 from cvrl.core.errors import ConfigError
 from cvrl.engine import checkpoint
+from cvrl.engine import clip_shape
+from cvrl.engine import input as input_lib
 from cvrl.engine import state as state_lib
 
 
@@ -34,7 +36,7 @@ def leaves_equal(a, b):
 def saved(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ckpt"))
   config = tiny_config()
-  objective = objectives.from_config(config)
+  objective = objectives.method(**config_lib.method_args(config))
   mesh = parallel.make_mesh()
   tx = optax.sgd(0.1, momentum=0.9)
   make = lambda: objective.build(nnx.Rngs(0))
@@ -79,11 +81,35 @@ def test_load_pretrained_rebuilds_the_model_from_the_stored_config(saved):
   for path, step in ((workdir, None), (workdir + "/checkpoints", 7),
                      (workdir + "/checkpoints/7", None)):
     cfg, model = checkpoint.load_pretrained(path, step)
-    assert cfg.to_dict() == checkpoint.config_from_json(config_lib.as_dict(config)).to_dict()
+    assert config_lib.as_dict(cfg) == config_lib.as_dict(config)
     assert leaves_equal(nnx.state(model), state_lib.full_state(state))
     assert model.encoder.depth == 18 and model.encoder.num_features == 64
   with pytest.raises(FileNotFoundError):
     checkpoint.load_pretrained(workdir, step=3)
+
+
+def test_a_stored_config_from_before_a_field_reads_with_its_default(saved, tmp_path):
+  """A checkpoint whose config lacks fields added since (an older run's) loads with them at
+  their defaults: the encoder rebuilds, a resume with today's config reads the same
+  stream, a downstream job takes its clip shape."""
+  _, config, _, _, _, _, state = saved
+  old = config_lib.as_dict(config)
+  for section, key in (("model", "input"), ("data", "label_fraction"),
+                       ("parallel", "fsdp_min_kib"), ("checkpoint", "async_save")):
+    del old[section][key]
+  del old["data"]["augmentation"]["consistent"]
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  assert ckpt.save(state, old)
+  ckpt.close()
+  cfg, model = checkpoint.load_pretrained(str(tmp_path))
+  assert (cfg.model.input, cfg.data.label_fraction, cfg.parallel.fsdp_min_kib,
+          cfg.checkpoint.async_save, cfg.data.augmentation.consistent) == ("rgb", 1.0, 64.0,
+                                                                           True, True)
+  assert leaves_equal(nnx.state(model), state_lib.full_state(state))
+  input_lib.check_resume(checkpoint.load_config(str(tmp_path)), config_lib.as_dict(config))
+  data, _, _ = clip_shape.reference(pretrained=str(tmp_path), pretrained_step=None,
+                                    random_init=False, run_dir="")
+  assert data["label_fraction"] == 1.0 and data["num_frames"] == config.data.num_frames
 
 
 # ------------------------------------------------- checkpoints that do not restore

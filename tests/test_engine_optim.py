@@ -41,7 +41,7 @@ def test_decay_mask_selects_conv_and_dense_kernels_only():
   c = config_lib.pretrain_config("cvrl")
   c.model.update(depth=18, width=0.125, preset="r3d18")
   c.objective.update(head_hidden=16, head_out=8)
-  model = nnx.eval_shape(lambda: objectives.from_config(c).build(nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: objectives.method(**config_lib.method_args(c)).build(nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   mask = optim.decay_mask(params)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -86,7 +86,27 @@ def test_the_evaluate_job_builds_its_mode_from_config_evaluate():
   assert (ev.num_clips, ev.num_crops) == (5, 3) and not hasattr(ev, "knn_k")
   c.evaluate.knn_crops = 2
   with pytest.raises(ValueError, match="num_crops must be one of"):
-    evaluate.validate(c)
+    evaluate.parse(c)
+
+
+def test_the_evaluate_job_looks_its_mode_up_once_and_tests_at_the_run_s_shape(monkeypatch):
+  """The mode's class is found once (at parse); the evaluator's views take the test sizes
+  of the clip shape the run resolved, which the job's record then holds."""
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
+  from cvrl.engine import clip_shape  # pylint: disable=import-outside-toplevel
+  from cvrl.jobs import evaluate  # pylint: disable=import-outside-toplevel
+  c = config_lib.evaluate_config()
+  c.evaluate.mode, c.random_init = "knn", True
+  looked = []
+  real = common.get
+  monkeypatch.setattr(common, "get", lambda kind, *a: looked.append(kind) or real(kind, *a))
+  job = evaluate.parse(c)
+  shaped = job.shaped(clip_shape.ClipShape(4, 2, 16, 20, 18, origin="the test"))
+  ev = evaluate._mode_evaluator(shaped, common.Splits(shaped.data))  # pylint: disable=protected-access
+  assert looked == ["knn"]
+  assert (ev.splits.data.eval_resize, ev.splits.data.eval_crop_size) == (20, 18)
+  assert shaped.record["data"]["eval_crop_size"] == 18 and shaped.data.num_frames == 4
+  assert job.record["data"]["eval_crop_size"] is None and c.data.num_frames is None
 
 
 def test_unknown_key_names_the_nearest_valid_key():
@@ -116,11 +136,11 @@ def test_the_entry_point_reports_a_misspelt_evaluator_key_in_one_line():
   c = demo.get_config()
   c.evals.knn.knn_kk = 5
   with pytest.raises(main.ConfigError, match="unknown key 'knn_kk'.*did you mean 'knn_k'"):
-    main.validate(c)
+    main.parse(c)
   c = demo.get_config()
   c.evals.knn.knn_vote = "mean"
   with pytest.raises(main.ConfigError, match="knn_vote must be one of"):
-    main.validate(c)
+    main.parse(c)
 
 
 # A tiny evaluate job: a random-init 1/8-width R3D-18 on 24 + 13 synthetic videos.
@@ -166,7 +186,7 @@ def test_a_new_evaluator_is_one_file(tmp_path):
        f"spec = importlib.util.spec_from_file_location('c', {str(config)!r})\n"
        "module = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(module)\n"
        "c = module.get_config()\ndel c.evals\n"
-       "from cvrl.jobs import evaluate\nevaluate.validate(c)\nprint('mode ok')\n"],
+       "from cvrl.jobs import evaluate\nevaluate.parse(c)\nprint('mode ok')\n"],
       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
   assert probe.returncode == 0, probe.stderr[-3000:]
   lines = probe.stdout.splitlines()

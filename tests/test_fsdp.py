@@ -87,7 +87,7 @@ def train_both(name, optimizer, lr=None):
   replicated as pretraining creates it; fsdp starts from a sharded copy)."""
   configs = {s: fsdp_config(name, optimizer, s, lr) for s in ("replicated", "fsdp")}
   mesh = parallel.make_mesh()
-  objective = objectives.from_config(configs["fsdp"])
+  objective = objectives.method(**config_lib.method_args(configs["fsdp"]))
   fsdp = configs["fsdp"]
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(fsdp)), fsdp.data, objective)
   with jax.set_mesh(mesh):
@@ -141,7 +141,7 @@ def test_fsdp_trains_as_replicated_on_a_device_eighth_of_the_state(name, optimiz
 def fsdp_state(abstract_only=False, mode="fsdp", devices=8):
   """The tiny checkpoint test's state, placed by `mode` on the first `devices` devices:
   (state or its abstract target, graphdef, trainable)."""
-  objective = objectives.from_config(tiny_config())
+  objective = objectives.method(**config_lib.method_args(tiny_config()))
   mesh = parallel.make_mesh(jax.devices()[:devices])
   make = lambda: objective.build(nnx.Rngs(0))
   args = (make, objective.trainable, optax.sgd(0.1, momentum=0.9),
@@ -206,7 +206,7 @@ def test_summary_states_the_bytes_device_0_holds_and_the_compiled_steps_memory()
   for mode in ("replicated", "fsdp"):
     config, got[mode] = summary_of(mode)
     state_bytes = got[mode]["state_bytes_per_device"]
-    objective = objectives.from_config(config)
+    objective = objectives.method(**config_lib.method_args(config))
     mesh = parallel.make_mesh()
     _, state = state_lib.create(lambda: objective.build(nnx.Rngs(0)), objective.trainable,
                                 optim.build(config.optim, lambda count: 0.0),

@@ -80,21 +80,21 @@ def test_fusion_aligns_videos_by_index():
 def test_validate_names_the_choices(tmp_path):
   c = config_lib.evaluate_config()
   with pytest.raises(ValueError, match="run_dir"):
-    evaluate.validate(c)
+    evaluate.parse(c)
   c.evaluate.run_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match="model.json"):
-    evaluate.validate(c)
+    evaluate.parse(c)
   c.evaluate.mode = "knn"
   with pytest.raises(ValueError, match="pretrained"):
-    evaluate.validate(c)
+    evaluate.parse(c)
   c.evaluate.mode = "linear"  # any evaluator kind is a mode (cvrl/eval/linear.py)
   with pytest.raises(ValueError, match="mode 'linear' needs config.pretrained"):
-    evaluate.validate(c)
+    evaluate.parse(c)
   c.random_init = True
-  evaluate.validate(c)
+  evaluate.parse(c)
   c.evaluate.mode = "svm"
   with pytest.raises(ValueError, match=r"knn, linear, multiview, got 'svm'"):
-    evaluate.validate(c)
+    evaluate.parse(c)
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
                                                multiview.Test.of(e.evaluate))
   e.evaluate.run_dir = run_dir
   e.evaluate.fuse_with = str(work / "in_process" / "scores.npz")
-  ev = evaluate.run(e, str(work / "eval"))
+  ev = evaluate.run(evaluate.parse(e), str(work / "eval"))
   a = multiview.load_scores(str(work / "in_process" / "scores.npz"))
   b = multiview.load_scores(str(work / "eval" / "scores.npz"))
   assert len(b["index"]) == 13 and len(set(b["index"].tolist())) == 13
@@ -139,7 +139,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   save_numpy_checkpoint(pre, str(work / "pretrain"))
   e.evaluate.mode = "knn"
   e.pretrained = str(work / "pretrain")
-  knn = evaluate.run(e, str(work / "knn"))["metrics"]
+  knn = evaluate.run(evaluate.parse(e), str(work / "knn"))["metrics"]
   assert knn["num_queries"] == 13 and knn["num_keys"] == 24 and knn["views_per_video"] == 2
   recalls = [knn[f"recall@{k}"] for k in (1, 5, 10, 20)]
   assert recalls == sorted(recalls) and recalls[-1] > 0.9  # 20 of 24 keys: nearly every class
@@ -147,7 +147,7 @@ def test_multiview_and_knn_jobs_on_synthetic_data(tmp_path_factory):
   assert saved["mode"] == "knn" and saved["checkpoint"]["init"] == "pretrained"
 
   e.evaluate.mode = "linear"  # any evaluator kind, at its defaults, on the checkpoint
-  lin = evaluate.run(e, str(work / "linear"))
+  lin = evaluate.run(evaluate.parse(e), str(work / "linear"))
   assert lin["mode"] == "linear" and lin["checkpoint"]["init"] == "pretrained"
   assert lin["metrics"]["num_videos"] == 13 and 0.0 <= lin["metrics"]["top1"] <= 1.0
 
@@ -162,9 +162,9 @@ def test_recipe_configs_also_drive_the_evaluate_job(tmp_path):
     c.job = "evaluate"
     c.evaluate.run_dir = str(tmp_path)
     c.lock()
-    assert main.validate(c) is evaluate
+    assert main.parse(c)[0] is evaluate
     c.evaluate.mode = "knn"
-    main.validate(c)  # knn reads config.pretrained (set) or random_init
+    main.parse(c)  # knn reads config.pretrained (set) or random_init
 
 
 def test_linear_evaluator_head_fits_separable_features():

@@ -70,7 +70,7 @@ def test_dropout_is_active_in_training_only(run_mesh):
     c = config_lib.finetune_config()
     c.random_init = True
     c.finetune.dropout = 1.0
-    finetune.validate(c)
+    finetune.parse(c)
 
 
 def test_ucf101_and_hmdb51_recipes():
@@ -81,7 +81,7 @@ def test_ucf101_and_hmdb51_recipes():
   assert c.finetune.dropout == 0.5 and c.optim.head_lr > c.optim.base_lr
   h = ucf101_finetune.get_config("dataset=hmdb51,random_init=True")
   assert h.data.num_classes == 51 and h.data.source == "tfrecord" and h.random_init
-  finetune.validate(c)
+  finetune.parse(c)
   with pytest.raises(ValueError, match="hmdb51"):
     ucf101_finetune.get_config("dataset=kinetics")
 
@@ -108,7 +108,7 @@ def test_finetune_job_on_synthetic_data(tmp_path_factory, capsys):
   c.optim.update(base_lr=0.05, head_lr=0.5, base_batch_size=8)
   c.finetune.evaluate = False  # the multi-view test is evaluate's (tested there)
   c.checkpoint.every_steps = 1
-  res = finetune.run(c, str(work / "ft"))
+  res = finetune.run(finetune.parse(c), str(work / "ft"))
   assert sorted(os.listdir(work / "ft" / "checkpoints")) == ["1", "2"]  # the engine's layout
   saved = json.load(open(work / "ft" / "results.json"))
   assert "test" not in saved["finetune"] and saved["metrics"]["train_accuracy"] >= 0

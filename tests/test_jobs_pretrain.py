@@ -63,7 +63,7 @@ def test_run_logs_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
   config = tiny_config(**LOCAL)
   config.lock()
   workdir = str(tmp_path / "run")
-  out = pretrain.run(config, workdir)
+  out = pretrain.run(pretrain.parse(config), workdir)
   assert out["step"] == 6 and not out["preempted"]
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   # The first step (compilation) is not timed, so the first line comes at step 4 with
@@ -85,7 +85,7 @@ def test_run_logs_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
 
   # Restart from step 3 (as if the run had died after saving it): same final parameters.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
-  resumed = pretrain.run(config, workdir)
+  resumed = pretrain.run(pretrain.parse(config), workdir)
   assert resumed["step"] == 6
   for a, b in zip(final, params_of(resumed["state"]), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -113,7 +113,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   config = tiny_config(**LOCAL)
   config.lock()
   with pytest.raises(engine.NonFiniteLossError, match="at step 5.*last good checkpoint"):
-    pretrain.run(config, str(tmp_path))
+    pretrain.run(pretrain.parse(config), str(tmp_path))
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   assert ckpt.all_steps() == [3]
   ckpt.close()
@@ -128,4 +128,4 @@ def test_validate_rejects_bad_settings_before_compiling():
                       ({"total_steps": None}, "total"),
                       ({"log.every_steps": 0}, "log.every_steps")):
     with pytest.raises(ValueError, match=match):
-      pretrain.validate(tiny_config(**over))
+      pretrain.parse(tiny_config(**over))

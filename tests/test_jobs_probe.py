@@ -169,11 +169,11 @@ def test_unaugmented_features_encode_each_video_once(tmp_path):
 def test_validate_and_after_pretrain_config():
   c = config_lib.probe_config()
   with pytest.raises(ValueError, match="pretrained"):
-    probe.validate(c)
+    probe.parse(c)
   c.random_init = True
   c.optim.name = "adagrad"
   with pytest.raises(ValueError, match="sgd"):
-    probe.validate(c)
+    probe.parse(c)
   pre = config_lib.pretrain_config("cvrl")
   pre.probe = config_lib.demo_probe_fields()
   pre.model.width = 0.25

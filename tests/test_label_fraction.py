@@ -199,8 +199,8 @@ def test_epochs_count_the_subset(data_dir):
   # a user-given size is the full split's; the subset is still what an epoch counts
   assert F.num_examples(_cfg(data_dir, label_fraction=0.25, num_train_examples=32), 'train') == 8
   assert F.num_examples(_cfg(data_dir, label_fraction=0.25), 'eval') == 8
-  c = ml_collections.ConfigDict(dict(total_epochs=10, batch_size=4))
-  assert config_lib.steps('total', c, num_examples=8) == 20
+  c = ml_collections.ConfigDict(dict(total_epochs=10, total_steps=None))
+  assert config_lib.steps('total', c, num_examples=8, batch_size=4) == 20
 
 
 # ------------------------------------------------------------------------- configs

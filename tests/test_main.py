@@ -28,11 +28,23 @@ def test_unknown_job_and_bad_depth_fail_with_one_line_naming_choices():
   c = k600()
   c.job = "trian"
   with pytest.raises(main.ConfigError, match="pretrain"):
-    main.validate(c)
+    main.parse(c)
   c = k600("depth=17")
   c.job = "summary"
   with pytest.raises(main.ConfigError, match=r"\[18, 34, 50, 101, 152, 200\]"):
-    main.validate(c)
+    main.parse(c)
+
+
+def test_a_run_parses_its_config_once_and_runs_the_parsed_value(monkeypatch):
+  c = k600()
+  c.job = "summary"
+  parsed, ran = [], []
+  real = summary.parse
+  monkeypatch.setattr(summary, "parse", lambda config: parsed.append(real(config)) or parsed[-1])
+  monkeypatch.setattr(summary, "run", lambda job, workdir: ran.append((job, workdir)) or {})
+  main.run(c, None)
+  assert len(parsed) == 1 and ran == [(parsed[0], None)]
+  assert isinstance(parsed[0], summary.Summary)
 
 
 @pytest.mark.slow
@@ -92,11 +104,11 @@ def test_bad_evaluator_fails_with_one_line_naming_the_kinds():
   c = demo.get_config()
   c.evals.knn.kind = "svm"
   with pytest.raises(main.ConfigError, match=r"one of knn, linear, multiview, got 'svm'"):
-    main.validate(c)
+    main.parse(c)
   c = demo.get_config()
   c.evals.knn.init = "imagenet"
   with pytest.raises(main.ConfigError, match="trained"):
-    main.validate(c)
+    main.parse(c)
 
 
 def test_every_job_module_exists():

@@ -35,7 +35,7 @@ RUN = textwrap.dedent("""
       c.parallel.num_processes = int(num_processes)
       c.parallel.process_id = int(process_id)
     c.lock()
-    out = pretrain.run(c, workdir)
+    out = pretrain.run(pretrain.parse(c), workdir)
     leaves = [np.asarray(x.addressable_data(0))
               for x in jax.tree.leaves(state_lib.full_state(out["state"]))]
 """)

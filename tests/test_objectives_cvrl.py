@@ -113,7 +113,7 @@ def test_shard_map_needs_a_mesh_and_bad_impl_is_rejected():
   c = config_lib.pretrain_config("cvrl")
   c.objective.loss_impl = "ring"
   with pytest.raises(ValueError, match="shard_map"):
-    objectives.from_config(c)
+    objectives.method(**config_lib.method_args(c))
 
 
 def tiny_config(impl):
@@ -130,7 +130,7 @@ def test_model_loss_on_8_devices_equals_one_device():
   video = rng.uniform(size=(8, 2, 2, 8, 8, 3)).astype(np.float32)
   results = []
   for impl, count in (("global", 1), ("shard_map", 8)):
-    objective = objectives.from_config(tiny_config(impl))
+    objective = objectives.method(**config_lib.method_args(tiny_config(impl)))
     model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     mesh = parallel.make_mesh(jax.devices()[:count])

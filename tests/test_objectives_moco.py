@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl import config_lib
 from cvrl.objectives.moco import enqueue, moco_loss, moco_loss_grouped
 from objective_checks import (l2n, logsumexp, numeric_grad, random_embeddings,
                               sharded_equals_single)
@@ -143,8 +144,8 @@ def test_validate_rejects_a_queue_the_batch_does_not_divide():
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
   config = load_config("moco_k400_slowr50", "queue=1000")
   with pytest.raises(ValueError, match="multiple"):
-    base.from_config(config)  # the objective checks its config when it is made
-  base.from_config(load_config("moco_k400_slowr50", "rho=4"))
+    base.method(**config_lib.method_args(config))  # the objective checks its config when it is made
+  base.method(**config_lib.method_args(load_config("moco_k400_slowr50", "rho=4")))
 
 
 def test_per_device_queues_score_each_group_against_its_own_queue():

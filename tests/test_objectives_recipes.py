@@ -29,7 +29,7 @@ TINY = RHO + ("tclr_tiny", "rotation_tiny", "cvrl_tiny")
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_recipes_load_and_match_methods_md(name):
   config = load_config(name)
-  objective = base.from_config(config)
+  objective = base.method(**config_lib.method_args(config))
   method, sampler = PAPER[name]
   assert objective.name == method and objective.sampler() == sampler
   assert config.objective.get("temperature", 0.1) == 0.1
@@ -57,7 +57,7 @@ def test_paper_recipe_numbers():
   tclr = load_config("tclr_ucf101_r3d18")
   assert (tclr.model.preset, tclr.data.num_frames, tclr.data.crop_size) == ("tclr", 16, 112)
   rot = load_config("rotation_k400_r3d18", "input=dif")
-  assert base.from_config(rot).sampler() == {"name": "single", "extra_frames": 1}
+  assert base.method(**config_lib.method_args(rot)).sampler() == {"name": "single", "extra_frames": 1}
   assert (rot.optim.weight_decay, rot.batch_size) == (1e-3, 32)
   # 3DRotNet's backbone as its authors' code builds it: Hara et al.'s resnet18, option A.
   assert (rot.model.preset, rot.model.depth, rot.data.num_frames, rot.data.crop_size) == (
@@ -85,7 +85,7 @@ def pretrain(name, workdir, **overrides):
     node[leaf] = value
   config.lock()
   with jax.set_mesh(parallel.make_mesh(jax.devices()[:DEVICES])):
-    result = pretrain_job.run(config, str(workdir))
+    result = pretrain_job.run(pretrain_job.parse(config), str(workdir))
   with open(os.path.join(str(workdir), "metrics.jsonl"), encoding="utf-8") as f:
     losses = {int(r["step"]): float(r["loss"]) for r in map(json.loads, f) if "loss" in r}
   return result, losses
@@ -124,7 +124,7 @@ def check_downstream_encoder(name, workdir):
   pre_config, model = checkpoint.load_pretrained(str(workdir))
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
                nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param)))
-  assert model_config.to_dict() == base.from_config(pre_config).encoder_config().to_dict()
+  assert model_config.to_dict() == base.method(**config_lib.method_args(pre_config)).encoder_config().to_dict()
   assert model_config.input == ("dif" if "input=dif" in E2E_ARGS.get(name, "") else "rgb")
   d = pre_config.data
   frames = d.num_frames + models.extra_frames(model_config)

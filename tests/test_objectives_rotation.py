@@ -5,6 +5,7 @@ from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
 
+from cvrl import config_lib
 from cvrl.objectives import base, rotation
 from objective_checks import load_config, numeric_grad, random_embeddings, random_video
 
@@ -52,26 +53,26 @@ def test_fusion_averages_the_two_models_softmax_scores():
 
 def test_dif_objective_builds_its_encoder_from_a_dif_model_config():
   config = load_config("rotation_tiny", "input=dif")
-  objective = base.from_config(config)
+  objective = base.method(**config_lib.method_args(config))
   assert objective.encoder_config().input == "dif" and config.model.input == "rgb"
   assert objective.sampler() == {"name": "single", "extra_frames": 1}
   model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   assert model.encoder.input_mode == "dif"
-  rgb = base.from_config(load_config("rotation_tiny"))
+  rgb = base.method(**config_lib.method_args(load_config("rotation_tiny")))
   assert rgb.encoder_config().input == "rgb" and rgb.sampler() == {"name": "single"}
   simclr = load_config("simclr_tiny")
-  assert base.from_config(simclr).encoder_config().to_dict() == simclr.model.to_dict()
+  assert base.method(**config_lib.method_args(simclr)).encoder_config().to_dict() == simclr.model.to_dict()
   with pytest.raises(ValueError, match="rgb"):
-    base.from_config(load_config("rotation_tiny", "input=flow"))
+    base.method(**config_lib.method_args(load_config("rotation_tiny", "input=flow")))
   contradicting = load_config("rotation_tiny")
   with contradicting.unlocked():
     contradicting.model.input = "dif"
   with pytest.raises(ValueError, match="contradicts"):
-    base.from_config(contradicting)
+    base.method(**config_lib.method_args(contradicting))
   with simclr.unlocked():  # its sampler gives no T + 1 frames
     simclr.model.input = "dif"
   with pytest.raises(ValueError, match="T \\+ 1 frames"):
-    base.from_config(simclr)
+    base.method(**config_lib.method_args(simclr))
 
 
 @pytest.mark.slow
@@ -79,9 +80,9 @@ def test_dif_loss_is_the_rgb_network_on_numpy_rotated_frame_differences():
   """The DIF objective's loss on T + 1 frames == cross-entropy (numpy) of the same
   parameters in RGB mode on the numpy frame differences, rotated in numpy."""
   from _downstream_toys import numpy_filled  # pylint: disable=import-outside-toplevel
-  objective = base.from_config(load_config("rotation_tiny", "input=dif"))
+  objective = base.method(**config_lib.method_args(load_config("rotation_tiny", "input=dif")))
   model = numpy_filled(lambda: objective.build(nnx.Rngs(0)), seed=4)
-  twin = nnx.eval_shape(lambda: base.from_config(load_config("rotation_tiny")).build(nnx.Rngs(1)))
+  twin = nnx.eval_shape(lambda: base.method(**config_lib.method_args(load_config("rotation_tiny"))).build(nnx.Rngs(1)))
   nnx.update(twin, nnx.state(model))  # the same parameters, an RGB encoder
   video = random_video(7, 2, 1, 5, 16, 16, 3)
   dif = video[:, 0, 1:] - video[:, 0, :-1]

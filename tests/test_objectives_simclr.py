@@ -98,6 +98,7 @@ def test_rho_4_pairs_consecutive_clips_as_the_reference():
 
 
 def test_paper_config_pairs_consecutive_clips_and_rejects_unknown_pairing():
+  from cvrl import config_lib  # pylint: disable=import-outside-toplevel
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
   from objective_checks import load_config  # pylint: disable=import-outside-toplevel
   for name in ("simclr", "swav"):
@@ -106,7 +107,7 @@ def test_paper_config_pairs_consecutive_clips_and_rejects_unknown_pairing():
     config.unlock()
     config.objective.pairing = "random"
     with pytest.raises(ValueError, match="pairing"):
-      base.from_config(config)
+      base.method(**config_lib.method_args(config))
 
 
 def test_a_method_is_made_from_its_own_fields_and_rejects_others():

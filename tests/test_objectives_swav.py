@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl import config_lib
 from cvrl.objectives.swav import swav_loss
 from objective_checks import (build, load_config, numeric_grad, random_video,
                               sharded_equals_single)
@@ -95,7 +96,7 @@ def test_lars_updates_the_prototypes_with_trust_ratio_and_weight_decay():
   from cvrl.engine import optim  # pylint: disable=import-outside-toplevel
   config = load_config("swav_k400_slowr50")
   from cvrl.objectives import base  # pylint: disable=import-outside-toplevel
-  objective = base.from_config(config)
+  objective = base.method(**config_lib.method_args(config))
   model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   params = nnx.state(model, objective.trainable)
   mask = optim.decay_mask(params)

@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 import cvrl  # noqa: F401  (rbg PRNG)
+from cvrl import config_lib
 from cvrl import objectives
 from cvrl.models.heads import EncoderHead
 from cvrl.objectives import tclr
@@ -140,7 +141,7 @@ def test_total_loss_on_a_fixed_batch_is_the_references_sum():
   """The reference's total: instance + local-local + global-local + dense instance, weight
   1 each, from the paper config's defaults."""
   from objective_checks import load_config  # pylint: disable=import-outside-toplevel
-  objective = objectives.from_config(load_config("tclr_ucf101_r3d18"))
+  objective = objectives.method(**config_lib.method_args(load_config("tclr_ucf101_r3d18")))
   assert objective.weights == dict.fromkeys(
       ("instance", "local_local", "global_local", "dense_instance"), 1.0)
   gsr = random_embeddings(10, 2, 3, 4)

@@ -46,12 +46,12 @@ def test_mosaic_puts_every_frame_of_every_view_of_every_video_in_its_cell():
 
 def test_each_method_shows_the_views_its_loss_takes():
   video = np.random.default_rng(0).random((2, 1, 3, 8, 8, 3)).astype(np.float32)
-  rotated, names = objectives.from_config(rotation_tiny.get_config()).shown_views(video)
+  rotated, names = objectives.method(**config_lib.method_args(rotation_tiny.get_config())).shown_views(video)
   assert names == ["rotated 0°", "rotated 90°", "rotated 180°", "rotated 270°"]
   for k in range(4):  # view k: every frame turned k quarter turns in the (H, W) plane
     np.testing.assert_array_equal(rotated[:, k], np.rot90(video[:, 0], k, axes=(2, 3)))
   ten = np.zeros((1, 10, 2, 4, 4, 3), np.float32)
-  same, names = objectives.from_config(tclr_tiny.get_config()).shown_views(ten)
+  same, names = objectives.method(**config_lib.method_args(tclr_tiny.get_config())).shown_views(ten)
   assert same is ten and names == [f"{kind} {aug}" for aug in "AB" for kind in
                                    ("sparse", "dense 1", "dense 2", "dense 3", "dense 4")]
 
@@ -60,7 +60,7 @@ def test_each_method_shows_the_views_its_loss_takes():
 def test_first_batch_is_the_batch_the_train_step_finishes():
   c = cvrl_tiny.get_config()
   sources.prepare(c.data, ["train"])
-  objective = objectives.from_config(c)
+  objective = objectives.method(**config_lib.method_args(c))
   clips, names = pictures.first_batch(c.data, objective, 3, seed=c.seed, batch_size=c.batch_size)
   assert names == ["clip 1", "clip 2"] and clips.shape == (3, 2, 4, 16, 16, 3)
   # what the loop hands the step: the task's batches from step 0, finished in the step
@@ -90,7 +90,7 @@ def test_pretraining_draws_its_first_batch_to_tensorboard_unless_switched_off(tm
   c.log.tensorboard = True  # the tiny configs turn it off
   sources.prepare(c.data, ["train"])
   assert pretrain.picture_dir(c.log, "W") == "W"
-  objective = objectives.from_config(c)
+  objective = objectives.method(**config_lib.method_args(c))
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(c)), c.data, objective,
                             picture_dir=str(tmp_path))
   batches, _ = task.batches(batch_size=int(c.batch_size), start_step=0, process_index=0,
@@ -187,7 +187,7 @@ def test_a_gif_of_converted_tfrecord_shards_plays_the_frames_in_order(tmp_path):
   c.data.update(source="tfrecord", train_paths=str(tmp_path / "shards" / "*.tfrecord"),
                 num_train_examples=4, num_classes=2)
   c.batch_size = 4  # the 4 converted videos fill one global batch
-  clips, _ = pictures.first_batch(c.data, objectives.from_config(c), 2, seed=c.seed,
+  clips, _ = pictures.first_batch(c.data, objectives.method(**config_lib.method_args(c)), 2, seed=c.seed,
                               batch_size=c.batch_size)
   gif = Image.open(tmp_path / "c.gif")
   assert gif.n_frames == clips.shape[2] == 4

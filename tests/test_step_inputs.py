@@ -52,7 +52,7 @@ def test_batch_spec_is_the_pipelines_batch(kind, data_dir):
   name, overrides, ships_photometric = KINDS[kind]
   config = _config(name, overrides, data_dir)
   sources.prepare(config.data, ["train"])
-  objective = objectives.from_config(config)
+  objective = objectives.method(**config_lib.method_args(config))
   task = tasks.PretrainTask(tasks.Training(**config_lib.training(config)), config.data, objective)
   batches, _ = task.batches(
       batch_size=BATCH, start_step=0, process_index=0, process_count=1)

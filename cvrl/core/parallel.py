@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -147,12 +147,9 @@ def state_placement(mesh: Mesh | None = None, mode: str = "replicated",
   return lambda x: NamedSharding(mesh, leaf_spec(x, mode, shards, min_kib))
 
 
-def placement_from_config(p: Mapping[str, Any] | None) -> Callable[[Any], NamedSharding]:
-  """`state_placement` on the run's mesh of a config's `parallel` section (absent fields:
-  replicated)."""
-  p = p or {}
-  return state_placement(None, p.get("param_sharding", "replicated"),
-                         float(p.get("fsdp_min_kib", FSDP_MIN_KIB)))
+def placement_from_config(p) -> Callable[[Any], NamedSharding]:
+  """`state_placement` on the run's mesh of a config's `parallel` section."""
+  return state_placement(None, p.param_sharding, float(p.fsdp_min_kib))
 
 
 def bytes_per_device(tree, mode: str, shards: int, min_kib: float = FSDP_MIN_KIB) -> int:

@@ -72,7 +72,7 @@ def blur_taps(data_config, crop_size: int) -> int:
   if data_config is None:
     return radius
   aug = data_config.augmentation
-  truncate = float(aug.get('blur_truncate_sigmas', 0.0))
+  truncate = float(aug.blur_truncate_sigmas)
   if truncate <= 0:
     return radius
   return min(radius, int(math.ceil(truncate * float(aug.blur_sigma_range[1]))))
@@ -84,16 +84,15 @@ def extra_ops(data_config) -> tuple[bool, bool]:
   if data_config is None:
     return True, True
   aug = data_config.augmentation
-  colour = (float(aug.get('gray_gamma_prob', 0.0)) > 0 or
-            float(aug.get('channel_drop_prob', 0.0)) > 0)
-  return colour, float(aug.get('erase_prob', 0.0)) > 0
+  colour = float(aug.gray_gamma_prob) > 0 or float(aug.channel_drop_prob) > 0
+  return colour, float(aug.erase_prob) > 0
 
 
 def background_erasing(data_config) -> bool:
   """Whether background erasing can fire under the config (True when there is none)."""
   if data_config is None:
     return True
-  return max(tuple(data_config.augmentation.get('background_erase_probs', (0.0,))) or (0.0,)) > 0
+  return max(tuple(data_config.augmentation.background_erase_probs) or (0.0,)) > 0
 
 
 def merging(data_config) -> bool:

@@ -136,7 +136,7 @@ def iterate(ds: tf.data.Dataset, stats: PipelineStats | None = None) -> Iterator
 
 
 def bad_label_policy(data_config) -> str:
-  policy = data_config.get('bad_label', 'error')
+  policy = data_config.bad_label
   if policy not in sources.BAD_LABEL_POLICIES:
     raise ValueError(f'data.bad_label must be one of {sources.BAD_LABEL_POLICIES}, got {policy!r}')
   return policy
@@ -144,7 +144,7 @@ def bad_label_policy(data_config) -> str:
 
 def photometric_mode(data_config) -> str:
   """'device' (default: uint8 video + parameters) or 'host' (float32 video, all applied)."""
-  mode = data_config.get('photometric', 'device')
+  mode = data_config.photometric
   if mode not in PHOTOMETRIC_MODES:
     raise ValueError(f'data.photometric must be one of {PHOTOMETRIC_MODES}, got {mode!r}')
   return mode
@@ -240,7 +240,7 @@ class _Plan:
     fraction = subset.label_fraction(cfg, label_fraction)
     reader = sources.make(cfg, split, seed=seed, process_index=self.process_index,
                           process_count=self.process_count)
-    self.num_classes = cfg.get('num_classes') or reader.num_classes
+    self.num_classes = cfg['num_classes'] or reader.num_classes
     if subset.applies(cfg, split, fraction):
       reader = subset.restrict(reader, fraction, seed, self.num_classes, self.process_count)
     self.reader = reader

@@ -65,24 +65,24 @@ import time
 import weakref
 
 from cvrl.core.errors import ConfigError
+from cvrl.data.config import input_service_defaults
 
 # A logger named cvrl.*: its lines pass cvrl's log filter (cvrl.core.cli.own_record).
 log = logging.getLogger('cvrl.data.service')
 
 PREFIX = 'cvrl.data.service: '
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = input_service_defaults()['service_timeout']  # data.service_timeout's
 _POLL = 1.0  # seconds between the watchdog's looks at the workers
 
 
 def address(data_config) -> str:
   """The dispatcher's HOST:PORT of data.service ('' when input is local)."""
-  value = str(data_config.get('service', '') or '').strip()
+  value = str(data_config.service).strip()
   return value[len('grpc://'):] if value.startswith('grpc://') else value
 
 
 def timeout(data_config) -> float:
-  value = data_config.get('service_timeout', None)
-  return DEFAULT_TIMEOUT if value is None else float(value)
+  return float(data_config.service_timeout)
 
 
 def enabled(data_config) -> bool:

@@ -29,9 +29,9 @@ _reported: set = set()  # summary lines already printed by this process
 
 
 def label_fraction(data_config, override=None) -> float:
-  """The validated fraction in (0, 1]: `override` if given, else data.label_fraction
-  (absent: 1.0, every label). ValueError naming the field otherwise."""
-  value = data_config.get('label_fraction', 1.0) if override is None else override
+  """The validated fraction in (0, 1]: `override` if given, else data.label_fraction;
+  ValueError naming the field otherwise."""
+  value = data_config['label_fraction'] if override is None else override
   ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
   if not ok or not 0.0 < float(value) <= 1.0:
     raise ValueError(f'{FIELD} must be a number in (0, 1] (the fraction of the labelled '
@@ -41,7 +41,7 @@ def label_fraction(data_config, override=None) -> float:
 
 def applies(data_config, split: str, fraction: float) -> bool:
   """Whether the pipeline subsets: the train split of a labelled pipeline, fraction < 1."""
-  return split == 'train' and bool(data_config.get('require_label', True)) and fraction < 1.0
+  return split == 'train' and bool(data_config['require_label']) and fraction < 1.0
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

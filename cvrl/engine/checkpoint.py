@@ -5,7 +5,8 @@ Layout: `WORKDIR/checkpoints/<step>/` with three items
           BatchNorm statistics, targets/queues), a PyTree (orbax's PyTree handler, `handlers`);
   train   {'step': int32, 'opt_state': the optax state} (resuming only);
   config  the full run config as JSON, so later jobs rebuild the model without being
-          told its shape.
+          told its shape (read back with the fields it lacks at their defaults:
+          `config_lib.filled`).
 Every process takes part in saving (each writes the shards it owns); saves are
 asynchronous, the manager keeps the newest `keep`. Paths go through `cvrl.core.paths`
 (local or `gs://`).
@@ -31,6 +32,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from cvrl import config_lib
 from cvrl import objectives
 from cvrl.core import parallel
 from cvrl.core import paths
@@ -42,10 +44,6 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_SUFFIX = ".corrupt"
 ITEMS = ("model", "train", "config")
 _READ_ONLY = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-
-
-def config_from_json(data: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(data)
 
 
 class OneReplicaArrays:
@@ -280,7 +278,7 @@ def find(path: str, step: int | None = None) -> tuple[str, int]:
 def _read_config(directory: str, step: int) -> ml_collections.ConfigDict:
   with ocp.CheckpointManager(directory, item_names=ITEMS, options=_READ_ONLY) as manager:
     data = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return config_from_json(data.config)
+  return config_lib.filled(data.config)  # a config from before a field: its default
 
 
 def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict:
@@ -292,7 +290,7 @@ def load_config(path: str, step: int | None = None) -> ml_collections.ConfigDict
 def _read_model(directory: str, step: int, sharding: Any
                 ) -> tuple[ml_collections.ConfigDict, nnx.Module]:
   config = _read_config(directory, step)
-  objective = objectives.from_config(config, stored=True)
+  objective = objectives.method(**config_lib.method_args(config), stored=True)
   abstract_model = nnx.eval_shape(lambda: objective.build(nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract_model)
   if sharding is None:

@@ -2,9 +2,9 @@
 
 The downstream configs (cvrl.config_lib, cvrl.data.config.from_checkpoint) leave `data.num_frames`, `data.stride`,
 `data.crop_size` and the test sizes `data.eval_resize` / `data.eval_crop_size` at None:
-"as the encoder was trained". `resolved(config)` gives the shape the job uses (a
-`ClipShape`, from `reference` and `resolve`) and a copy of the config with that shape
-(`shape.applied(config.data)`), the config itself left as given; the job runs on the copy:
+"as the encoder was trained". `resolved(data, encoder, run_dir)` gives the shape the job
+uses (a `ClipShape`, from `reference` and `resolve`); the job runs on a copy of its data and
+record with that shape (`shape.applied(data, record)`), its config left as given:
 - from the config stored in the checkpoint (`config.pretrained`);
 - for the evaluate job's multi-view test, from the probe / fine-tune run that trained the
   classifier (`evaluate.run_dir`: its results.json), test sizes included;
@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from typing import Any
 
+from cvrl import config_lib
 from cvrl.core import paths
 from cvrl.data.config import CLIP_FIELDS, TEST_FIELDS, default_data_config
 from cvrl.engine import checkpoint
@@ -37,9 +39,8 @@ def reference(*, pretrained: str, pretrained_step: int | None, random_init: bool
     return data, f"the checkpoint {pretrained} (step {step})", False
   path = paths.as_path(paths.join(run_dir, "results.json")) if run_dir else None
   if path is not None and path.is_file():
-    data = json.loads(path.read_text()).get("config", {}).get("data")
-    if data:
-      return data, f"the classifier's run {run_dir}", True
+    data = config_lib.filled(json.loads(path.read_text())["config"]).data.to_dict()
+    return data, f"the classifier's run {run_dir}", True
   return None, "the data defaults (no checkpoint)", False
 
 
@@ -59,12 +60,14 @@ class ClipShape:
     """What results.json records as `clip_shape`."""
     return dict(dataclasses.asdict(self), differs=list(self.differs))
 
-  def applied(self, data):
-    """A copy of `data` (config.data) with this shape (`data` itself is left as given)."""
+  def applied(self, data, record: dict) -> tuple[Any, dict]:
+    """(a copy of `data` (config.data) with this shape, a copy of `record` (the config as
+    JSON values, config_lib.as_dict) with that data): what the job runs on and records;
+    `data` and `record` left as given."""
     out = copy.deepcopy(data)
     for key in CLIP_FIELDS + TEST_FIELDS:
       out[key] = getattr(self, key)
-    return out
+    return out, {**record, "data": config_lib.as_dict(out)}
 
 
 def resolve(data, ref: tuple[dict | None, str, bool], say=None) -> ClipShape:
@@ -89,17 +92,13 @@ def resolve(data, ref: tuple[dict | None, str, bool], say=None) -> ClipShape:
   return ClipShape(**sizes, origin=origin, differs=tuple(differs))
 
 
-def resolved(config, say=None) -> tuple[ClipShape, object]:
-  """(the shape of a downstream job's clips, a copy of its `config` with that shape
-  applied): what the job records and runs on; the config's fields picked here once."""
-  e = config.get("evaluate")
-  run_dir = e.get("run_dir") if e is not None and e.get("mode") == "multiview" else ""
-  shape = resolve(config.data, reference(
-      pretrained=config.get("pretrained") or "", pretrained_step=config.get("pretrained_step"),
-      random_init=bool(config.get("random_init")), run_dir=run_dir or ""), say)
-  out = copy.deepcopy(config)
-  out.data = shape.applied(config.data)
-  return shape, out
+def resolved(data, encoder: dict, run_dir: str = "", say=None) -> ClipShape:
+  """The shape of a downstream job's clips of `data` (config.data) for its `encoder`
+  (config_lib.encoder_args: the checkpoint or random init) or the classifier trained in
+  `run_dir` ('': none), as `resolve` says it."""
+  return resolve(data, reference(
+      pretrained=encoder["pretrained"], pretrained_step=encoder["pretrained_step"],
+      random_init=encoder["random_init"], run_dir=run_dir), say)
 
 
 def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:
@@ -108,8 +107,8 @@ def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:
   defaults = default_data_config()
   sizes, taken, differs = {}, [], []
   for key in CLIP_FIELDS + (TEST_FIELDS if ref_eval else ()):
-    theirs = None if ref is None else ref.get(key)
-    sizes[key] = data.get(key)
+    theirs = None if ref is None else ref[key]
+    sizes[key] = data[key]
     if sizes[key] is None:
       sizes[key] = int(theirs if theirs is not None else defaults[key])
       taken.append(key)
@@ -117,8 +116,7 @@ def _sizes(data, ref: dict | None, ref_eval: bool) -> tuple[dict, list, list]:
       differs.append(f"{key} {sizes[key]} (trained on {theirs})")
   for key in TEST_FIELDS:
     if sizes.get(key) is None:
-      given = data.get(key)
-      sizes[key] = given if given is not None else int(sizes["crop_size"])
+      sizes[key] = data[key] if data[key] is not None else int(sizes["crop_size"])
   return sizes, taken, differs
 
 

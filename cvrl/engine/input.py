@@ -87,7 +87,7 @@ def check_resume(saved, record: dict) -> None:
     for field in sorted(set(was) | set(now)):
       if was.get(field) != now.get(field):
         _mismatch(field, was.get(field), now.get(field),
-                  bool((record.get('data') or {}).get('resume_new_stream', False)))
+                  bool(record['data']['resume_new_stream']))
         return
 
 

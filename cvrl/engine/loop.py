@@ -131,13 +131,13 @@ class RunSpec:
   record: dict
 
   def __post_init__(self):
-    p = self.parallel or {}
-    if p.get("batch_norm", "sync") not in local_bn.BATCH_NORM_MODES:
+    p = self.parallel
+    if p.batch_norm not in local_bn.BATCH_NORM_MODES:
       raise ValueError(f"config.parallel.batch_norm must be one of "
-                       f"{list(local_bn.BATCH_NORM_MODES)}, got {p.get('batch_norm')!r}")
-    parallel.check_param_sharding(p.get("param_sharding", "replicated"))
-    if not float(p.get("fsdp_min_kib", 0)) >= 0:
-      raise ValueError(f"config.parallel.fsdp_min_kib must be >= 0, got {p.get('fsdp_min_kib')}")
+                       f"{list(local_bn.BATCH_NORM_MODES)}, got {p.batch_norm!r}")
+    parallel.check_param_sharding(p.param_sharding)
+    if not float(p.fsdp_min_kib) >= 0:
+      raise ValueError(f"config.parallel.fsdp_min_kib must be >= 0, got {p.fsdp_min_kib}")
     if int(self.batch_size) <= 0:
       raise ValueError(f"config.batch_size must be > 0, got {self.batch_size}")
     for section, key in (("checkpoint", "every_steps"), ("checkpoint", "keep"),
@@ -276,12 +276,10 @@ def enable_compilation_cache(directory: str) -> None:
 
 def setup(p) -> jax.sharding.Mesh:
   """Compilation cache, jax.distributed (multi-host) and the Mesh of every device, as `p`
-  (config.parallel; None: the defaults) sets them."""
-  p = p or {}
-  if p.get("compilation_cache_dir"):
-    enable_compilation_cache(p["compilation_cache_dir"])
-  parallel.maybe_initialize_distributed(p.get("coordinator_address"), p.get("num_processes"),
-                                        p.get("process_id"))
+  (config.parallel) sets them."""
+  if p.compilation_cache_dir:
+    enable_compilation_cache(p.compilation_cache_dir)
+  parallel.maybe_initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
   return parallel.make_mesh()
 
 
@@ -347,12 +345,12 @@ class _Run:
     self.task, self.spec, self.evaluators = task, spec, evaluators
     self.process = process
     self.total_steps = total_steps
-    p = spec.parallel or {}
+    p = spec.parallel
     batch_size = int(spec.batch_size)
     tx, schedule, peak = task.optimizer(total_steps, warmup_steps)
     self.ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=int(spec.checkpoint.keep),
-        async_save=bool(spec.checkpoint.get("async_save", True)))
+        async_save=bool(spec.checkpoint.async_save))
     self.graphdef, target = step_inputs.abstract_state(task, spec.parallel, tx)
     shardings = state_lib.shardings(target)
     self.resumed = self.ckpt.latest_step() is not None
@@ -370,7 +368,7 @@ class _Run:
                                       int(spec.seed), clip_data(task, spec.data), shardings)
     self.writer = metrics_lib.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
-        tensorboard=bool(spec.log.get("tensorboard", True)))
+        tensorboard=bool(spec.log.tensorboard))
     peak_text = (", ".join(f"{k} {v:.4g}" for k, v in peak.items()) if isinstance(peak, dict)
                  else f"{peak:.4g}")
     metrics_lib.say(f"{describe or task.name}: {total_steps} steps, global batch {batch_size} "
@@ -380,7 +378,7 @@ class _Run:
         batch_size=parallel.local_batch_size(batch_size), start_step=self.start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
     self.prefetch = input_lib.DevicePrefetcher(host_iter, parallel.batch_sharding(),
-                                               size=int(p.get("device_prefetch", 2)))
+                                               size=int(p.device_prefetch))
     self.preemption = _Preemption()
     self.interval = _Interval()
     self.last_logged: dict[str, float] = {}

@@ -99,7 +99,7 @@ def build(optim: ml_collections.ConfigDict, schedule) -> optax.GradientTransform
                      weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"config.optim.name must be one of {list(OPTIMIZERS)}, got {name!r}")
-  if optim.get("grad_clip"):
+  if optim.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(float(optim.grad_clip)), tx)
   return tx
 
@@ -107,7 +107,7 @@ def build(optim: ml_collections.ConfigDict, schedule) -> optax.GradientTransform
 def validate(optim: ml_collections.ConfigDict) -> None:
   if optim.name not in OPTIMIZERS:
     raise ValueError(f"config.optim.name must be one of {list(OPTIMIZERS)}, got {optim.name!r}")
-  if optim.get("schedule", "cosine") not in SCHEDULES:
+  if optim.schedule not in SCHEDULES:
     raise ValueError(f"config.optim.schedule must be one of {list(SCHEDULES)}, "
                      f"got {optim.schedule!r}")
   if not float(optim.base_lr) >= 0 or not float(optim.base_batch_size) > 0:
@@ -124,8 +124,8 @@ def make(optim: ml_collections.ConfigDict, global_batch: int, total_steps: int,
   backbone at `base_lr` and new head at `head_lr`; the peak is then {group: peak} and the
   schedule the first group's.
   """
-  kind = optim.get("schedule", "cosine")
-  start = float(optim.get("warmup_start_lr", 0.0))
+  kind = optim.schedule
+  start = float(optim.warmup_start_lr)
   if groups is None:
     peak = peak_learning_rate(optim, global_batch)
     schedule = warmup_cosine(peak, warmup_steps, total_steps, kind, start)

@@ -36,8 +36,8 @@ def abstract_state(task, devices, tx):
 
 
 def batch_norm(devices) -> str:
-  """config.parallel.batch_norm ('sync' where unset)."""
-  return (devices or {}).get("batch_norm", "sync")
+  """config.parallel.batch_norm."""
+  return devices.batch_norm
 
 
 def batch_spec(data_config, sampler, global_batch: int) -> dict:
@@ -49,14 +49,14 @@ def batch_spec(data_config, sampler, global_batch: int) -> dict:
   smp = sampling.make_sampler(sampler, num_frames=data_config.num_frames,
                               stride=data_config.stride, train=True)
   size, views = int(data_config.crop_size), smp.num_views
-  device = data_config.get("photometric", "device") == "device"
+  device = data_config.photometric == "device"
   shapes = {"video": ((global_batch, views, smp.frames, size, size, 3),
                       jnp.uint8 if device else jnp.float32),
             "label": ((global_batch,), jnp.int32),
             "index": ((global_batch,), jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)}
   aug = data_config.augmentation
   if device and photometric.can_fire(aug, views, photometric.blur_radius(size)):
-    per_clip = (views,) if aug.get("consistent", True) else (views, smp.frames)
+    per_clip = (views,) if aug.consistent else (views, smp.frames)
     shapes["photometric"] = ((global_batch, *per_clip, photometric.SIZE), jnp.float32)
   sharding = parallel.batch_sharding()
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)

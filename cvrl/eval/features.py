@@ -101,7 +101,7 @@ def load_encoder(*, pretrained: str, pretrained_step: int | None, random_init: b
   # The step itself (None: the newest that restores), so that results name the checkpoint.
   step, pre_config, restored = checkpoint.restore_pretrained(
       pretrained, pretrained_step, sharding=parallel.replicated())
-  model_config = objectives.from_config(pre_config, stored=True).encoder_config()
+  model_config = objectives.method(**config_lib.method_args(pre_config), stored=True).encoder_config()
   return restored.encoder, model_config, {"init": "pretrained", "checkpoint": str(pretrained),
                                           "step": int(step)}
 
@@ -300,6 +300,13 @@ class Downstream:
     own `fields`, checked (`validate_downstream`, the loop's fields, then the job's)."""
     validate_downstream(job, encoder, training["optim"], test_fields, run["data"])
     return cls(encoder, tasks.Training(**training), engine.RunSpec(**run), durations, **fields)
+
+  def shaped(self, shape):
+    """This job on clips of `shape` (cvrl.engine.clip_shape.ClipShape): its loop's data and
+    record with the shape applied."""
+    data, record = shape.applied(self.spec.data, self.spec.record)
+    return dataclasses.replace(self, spec=dataclasses.replace(self.spec, data=data,
+                                                              record=record))
 
 
 # ---------------------------------------------------------------------- the data, sized

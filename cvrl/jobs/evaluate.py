@@ -45,6 +45,7 @@ from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.core import runtime
 from cvrl.data import sources
+from cvrl.data.config import TEST_FIELDS
 from cvrl.engine import clip_shape
 from cvrl.eval import classifier_io
 from cvrl.eval import common
@@ -60,8 +61,10 @@ NEEDS_WORKDIR = True
 class Evaluate:
   """What the job takes of its config, parsed and checked once (`parse`): the mode, the
   evaluators of config.evals (None: the mode), the encoder (`config_lib.encoder_args`),
-  config.data, the seed, the multi-view test and the classifier's run_dir, the mode
-  evaluator's fields (`_mode_fields`) and the config's record (results.json's)."""
+  config.data, the seed, the multi-view test and the classifier's run_dir, the mode's
+  evaluator class (another mode than multiview, without config.evals; else None) and the
+  fields config.evaluate gives it (`_mode_fields`), and the config's record
+  (results.json's)."""
   mode: str
   evals: Any
   encoder: dict
@@ -69,31 +72,35 @@ class Evaluate:
   seed: int
   test: multiview.Test
   run_dir: str
+  evaluator: type[common.Evaluator] | None
   mode_fields: dict
   record: dict
+
+  def shaped(self, shape: clip_shape.ClipShape) -> Evaluate:
+    """This job on clips of `shape`: its data and record with the shape applied."""
+    data, record = shape.applied(self.data, self.record)
+    return dataclasses.replace(self, data=data, record=record)
 
 
 def parse(config) -> Evaluate:
   """The job's typed arguments, checked (before anything compiles)."""
   e = config.evaluate
   F.validate_test(e)
-  job = Evaluate(e.mode, config.get("evals") or None, config_lib.encoder_args(config),
-                 config.data, int(config.seed), multiview.Test.of(e), e.run_dir, {},
-                 config_lib.as_dict(config))
+  evals = config.get("evals") or None  # a pretraining config's section, if it has one
+  by_mode = not evals and e.mode != "multiview"
+  job = Evaluate(e.mode, evals, config_lib.encoder_args(config), config.data, int(config.seed),
+                 multiview.Test.of(e), e.run_dir,
+                 common.get(e.mode, "config.evaluate.mode") if by_mode else None,
+                 _mode_fields(e), config_lib.as_dict(config))
   if job.evals:
     common.from_config(job.evals)  # kinds, keys and each kind's checks
     _needs_encoder(job.encoder, "evaluate: config.evals need")
   elif job.mode == "multiview":
     _check_run_dir(job.run_dir)
   else:
-    job = dataclasses.replace(job, mode_fields=_mode_fields(e, config.data))
     _mode_evaluator(job)
     _needs_encoder(job.encoder, f"evaluate: mode {job.mode!r} needs")
   return job
-
-
-def validate(config) -> None:
-  parse(config)
 
 
 def _needs_encoder(source: dict, what: str) -> None:
@@ -111,23 +118,22 @@ def _check_run_dir(run_dir: str) -> None:
                             "be the workdir of a finished probe or finetune job")
 
 
-def _mode_fields(e, data) -> dict:
-  """The keyword arguments of the evaluator of kind `e.mode` from `e` (config.evaluate): its
-  batch_size, knn_clips x knn_crops views and the knn_* fields the kind takes (None: the
-  kind's default), tested at `data` (config.data)'s eval sizes."""
-  cls = common.get(e.mode, "config.evaluate.mode")
-  given = dict(batch_size=e.batch_size, num_clips=e.knn_clips, num_crops=e.knn_crops,
-               knn_k=e.knn_k, knn_vote=e.knn_vote, knn_temperature=e.knn_temperature,
-               recall_ks=e.recall_ks, eval_resize=data.get("eval_resize"),
-               eval_crop_size=data.get("eval_crop_size"))
-  takes = common.defaults(cls)
-  return {k: v for k, v in given.items() if k in takes and v is not None}
+def _mode_fields(e) -> dict:
+  """What `e` (config.evaluate) gives an evaluator mode: its batch_size, knn_clips x
+  knn_crops views and the knn_* fields (None: the kind's default)."""
+  return dict(batch_size=e.batch_size, num_clips=e.knn_clips, num_crops=e.knn_crops,
+              knn_k=e.knn_k, knn_vote=e.knn_vote, knn_temperature=e.knn_temperature,
+              recall_ks=e.recall_ks)
 
 
 def _mode_evaluator(job: Evaluate, splits: common.Splits | None = None) -> common.Evaluator:
-  """The evaluator of kind `job.mode` on `splits` (None: built to check its fields)."""
-  cls = common.get(job.mode, "config.evaluate.mode")
-  return cls(None, splits, name=job.mode, **job.mode_fields)
+  """The evaluator of kind `job.mode` on `splits` (None: built to check its fields): the
+  fields of `job.mode_fields` it takes, tested at `job.data`'s eval sizes (None: its
+  defaults)."""
+  given = {**job.mode_fields, **{k: job.data[k] for k in TEST_FIELDS}}
+  takes = common.defaults(job.evaluator)
+  return job.evaluator(None, splits, name=job.mode,
+                       **{k: v for k, v in given.items() if k in takes and v is not None})
 
 
 def _splits_read(mode: str, evals) -> list[str]:
@@ -141,13 +147,15 @@ def _splits(job: Evaluate, extra: int) -> common.Splits:
   return common.Splits(job.data, job.seed, extra)
 
 
-def run(config, workdir: str) -> dict:
+def run(job: Evaluate, workdir: str) -> dict:
+  """Evaluates as a parsed config says (`parse`: cvrl.main checks it before any work)."""
   # No training loop reports to the job's record: a lost peer is reported without a step.
   with runtime.job():
     parallel.maybe_initialize_distributed()
-    sources.prepare(config.data, _splits_read(config.evaluate.mode, config.get("evals")))
-    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
-    job = parse(config)
+    sources.prepare(job.data, _splits_read(job.mode, job.evals))
+    shape = clip_shape.resolved(job.data, job.encoder,  # the checkpoint's frames / stride / crop
+                                job.run_dir if job.mode == "multiview" else "")
+    job = job.shaped(shape)
     paths.makedirs(workdir)
     with jax.set_mesh(parallel.make_mesh()):  # the run's mesh
       if job.evals:

@@ -55,10 +55,6 @@ def parse(config) -> Finetune:
                      save_model=bool(f.save_model))
 
 
-def validate(config) -> None:
-  parse(config)
-
-
 def make_task(job: Finetune, num_classes: int):
   """(ClassifierTask training every parameter, encoder model config, provenance)."""
   make_encoder, encoder, model_config, source = F.encoder_source(**job.encoder)
@@ -71,11 +67,12 @@ def make_task(job: Finetune, num_classes: int):
   return task, model_config, source
 
 
-def run(config, workdir: str) -> dict:
-  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
-    sources.prepare(config.data, ["train", "eval"] if config.finetune.evaluate else ["train"])
-    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
-    job = parse(config)
+def run(job: Finetune, workdir: str) -> dict:
+  """Fine-tunes on a parsed config (`parse`: cvrl.main checks it before any work)."""
+  with runtime.job() as process, jax.set_mesh(engine.setup(job.spec.parallel)):
+    sources.prepare(job.spec.data, ["train", "eval"] if job.evaluate else ["train"])
+    shape = clip_shape.resolved(job.spec.data, job.encoder)  # the checkpoint's frames / ...
+    job = job.shaped(shape)
     classes, n_train, total, warmup = F.schedule(job.spec.data, job.durations)
     task, model_config, source = make_task(job, classes)
     start = time.time()

@@ -40,25 +40,21 @@ class Pretrain:
 def parse(config: ml_collections.ConfigDict) -> Pretrain:
   """The job's typed arguments; everything that can be checked without touching a device
   (the backend must stay uninitialised until jax.distributed has started)."""
-  objective = objectives.from_config(config)
+  objective = objectives.method(**config_lib.method_args(config))
   optim.validate(config.optim)
   spec = engine.RunSpec(**config_lib.run_args(config))  # the loop's fields
   total, warmup = config_lib.durations(config)
   if total <= 0 or warmup < 0:
     raise ValueError(f"need total steps > 0 and warm-up >= 0, got {total} and {warmup}")
-  common.from_config(config.get("evals"))  # kinds, keys and each kind's checks
+  common.from_config(config.evals)  # kinds, keys and each kind's checks
   return Pretrain(objective, tasks.Training(**config_lib.training(config)), spec, total, warmup,
-                  config.get("evals"))
-
-
-def validate(config) -> None:
-  parse(config)
+                  config.evals)
 
 
 def picture_dir(log, workdir: str) -> str:
   """Where the first batch's picture goes (TensorBoard, cvrl.engine.pictures): the workdir
   with `log` (config.log)'s tensorboard and first_batch_picture on, else nowhere ('')."""
-  return workdir if log.get("tensorboard", True) and log.get("first_batch_picture", True) else ""
+  return workdir if log.tensorboard and log.first_batch_picture else ""
 
 
 def _eval_splits(job: Pretrain) -> common.Splits:
@@ -68,11 +64,10 @@ def _eval_splits(job: Pretrain) -> common.Splits:
                        label_fraction=1.0)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains on a config `validate` passed (cvrl.main checks it before any work), on the
+def run(job: Pretrain, workdir: str) -> dict[str, Any]:
+  """Pretrains on a parsed config (`parse`: cvrl.main checks it before any work), on the
   mesh the engine sets up (its evaluators run inside the loop)."""
   with runtime.job() as process:  # the job's JAX settings (rbg PRNG); a lost peer -> one line
-    job = parse(config)
     sources.prepare(job.spec.data, ["train", "eval"] if job.evals else ["train"])
     task = tasks.PretrainTask(job.training, job.spec.data, job.objective,
                               picture_dir=picture_dir(job.spec.log, workdir))

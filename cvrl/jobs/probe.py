@@ -77,10 +77,6 @@ def parse(config) -> Probe:
                   evaluate=bool(p.evaluate), save_model=bool(p.save_model))
 
 
-def validate(config) -> None:
-  parse(config)
-
-
 def _architecture(encoder: nnx.Module):
   """make_encoder for a concrete encoder: its structure, zeros (initialize fills them)."""
   graphdef, state = nnx.split(encoder)
@@ -171,14 +167,15 @@ def _datasets(job: Probe, extra: int):
   return train_batches, plain_batches
 
 
-def run(config, workdir: str) -> dict:
+def run(job: Probe, workdir: str) -> dict:
   """Probe `config.pretrained` (or a random-init encoder) and, with probe.random_baseline,
-  a random-init encoder of the same architecture on the same clips. DIR/results.json;
-  the baseline's checkpoints and test files go to DIR/random_init/."""
-  with runtime.job() as process, jax.set_mesh(engine.setup(config.get("parallel"))):
-    data_sources.prepare(config.data, ["train", "eval"] if config.probe.evaluate else ["train"])
-    shape, config = clip_shape.resolved(config)  # the checkpoint's frames / stride / crop
-    job = parse(config)
+  a random-init encoder of the same architecture on the same clips, as `parse` gave the
+  config (cvrl.main checks it before any work). DIR/results.json; the baseline's
+  checkpoints and test files go to DIR/random_init/."""
+  with runtime.job() as process, jax.set_mesh(engine.setup(job.spec.parallel)):
+    data_sources.prepare(job.spec.data, ["train", "eval"] if job.evaluate else ["train"])
+    shape = clip_shape.resolved(job.spec.data, job.encoder)  # the checkpoint's frames / ...
+    job = job.shaped(shape)
     paths.makedirs(workdir)
     arch = _encoders(job)  # its encoders, their schedule and batches
     dirs = {name: workdir if name == "probe" else paths.join(workdir, name)
@@ -284,5 +281,4 @@ def run_after_pretrain(pretrain_config, workdir: str, checkpoint_dir: str) -> di
   results in workdir/probe/results.json."""
   config = config_lib.probe_config_for(pretrain_config, checkpoint_dir)
   config.lock()
-  validate(config)
-  return run(config, paths.join(workdir, "probe"))
+  return run(parse(config), paths.join(workdir, "probe"))

@@ -57,7 +57,8 @@ class Step:
 class Summary:
   """What the job takes of a config (any training job's), parsed once (`parse`) on the
   native convolution (the standard count, whatever lowering runs): the job it describes,
-  config.model, config.data, config.optim, config.parallel ({} unset) and, with an
+  config.model, config.data, config.optim, config.parallel (pretraining's where the config
+  has none) and, with an
   objective, the pretraining `Step`."""
   job: str
   model: Any
@@ -74,10 +75,11 @@ def parse(config: ml_collections.ConfigDict) -> Summary:
   config.model.conv_impl = "native"
   step = None
   if "objective" in config:
-    step = Step(objectives.from_config(config), tasks.Training(**config_lib.training(config)),
+    step = Step(objectives.method(**config_lib.method_args(config)), tasks.Training(**config_lib.training(config)),
                 config_lib.run_args(config), functools.partial(config_lib.durations, config))
-  p = config.get("parallel") or {}
-  parallel.check_param_sharding(p.get("param_sharding", "replicated"))
+  # An evaluate config trains nothing: its state sized as pretraining's sections place it.
+  p = config.parallel if "parallel" in config else config_lib.pretrain_config().parallel
+  parallel.check_param_sharding(p.param_sharding)
   return Summary(config.job, config.model, config.data, config.get("optim"), p, step)
 
 
@@ -95,7 +97,7 @@ def _abstract_model(s: Summary):
   def build():
     rngs = nnx.Rngs(0)
     encoder = build_encoder(s.model, rngs)
-    num_classes = s.data.get("num_classes")
+    num_classes = s.data.num_classes
     head = (LinearClassifier(encoder.num_features, num_classes, rngs=rngs)
             if num_classes else None)  # unknown until the data says: count the backbone only
     return EncoderHead(encoder, head)
@@ -160,9 +162,9 @@ def state_bytes(p, optim_config, model, trainable) -> dict:
   """Bytes one device holds of the training state under `p` (config.parallel): parameters,
   optimizer state (`optim_config`'s optimizer) and the other variables (BatchNorm
   statistics, targets, queues)."""
-  mode = p.get("param_sharding", "replicated")
+  mode = p.param_sharding
   devices = summary_devices(p)
-  min_kib = float(p.get("fsdp_min_kib", parallel.FSDP_MIN_KIB))
+  min_kib = float(p.fsdp_min_kib)
   params, rest = nnx.state(model, trainable, ...)
   opt_state = jax.eval_shape(optim.build(optim_config, lambda count: 0.0).init, params)
   parts = {"params": params, "optimizer": opt_state, "rest": rest}
@@ -175,12 +177,12 @@ def state_bytes(p, optim_config, model, trainable) -> dict:
 def summary_devices(p) -> int:
   """The chips the summary states bytes for: `p` (config.parallel)'s summary_devices, or
   this process's device count."""
-  return int(p.get("summary_devices") or jax.device_count())
+  return int(p.summary_devices or jax.device_count())
 
 
 def _cannot_compile(s: Summary, devices: int) -> str:
   """Why the summary does not compile the step ('' when it does)."""
-  if not s.parallel.get("summary_compile", False):
+  if not s.parallel.summary_compile:
     return "not compiled (parallel.summary_compile=False)"
   if s.step is None:
     return "not compiled: only a pretraining config's step is (this config has no objective)"
@@ -205,7 +207,7 @@ def step_memory(s: Summary) -> dict:
   devices = summary_devices(s.parallel)
   why = _cannot_compile(s, devices)
   if why:
-    if s.parallel.get("summary_compile", False):
+    if s.parallel.summary_compile:
       print(f"warning: summary: step memory {why}; the state bytes alone", file=sys.stderr)
     return {"compiled": False, "why": why}
   start = time.perf_counter()
@@ -221,13 +223,10 @@ def step_memory(s: Summary) -> dict:
           **step_inputs.memory_analysis(compiled)}
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  parse(config)
-
-
-def run(config, workdir):
+def run(s: Summary, workdir):
+  """Prints (and with a workdir writes) the summary of a parsed config (`parse`)."""
   with runtime.job():  # cvrl.core.runtime: the job's JAX settings (rbg PRNG); nothing trains
-    result = summarize(parse(config))
+    result = summarize(s)
     line = json.dumps(result)
     print(line, flush=True)
     if workdir:

@@ -14,8 +14,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def input_mode(cfg) -> str:
-  """The encoder's input: configs (and checkpoints) older than the field mean 'rgb'."""
-  return cfg.get("input", "rgb")
+  """The encoder's input mode (config.model.input; a checkpoint's config from before the
+  field has the default, 'rgb': cvrl.config_lib.filled)."""
+  return cfg["input"]
 
 
 def extra_frames(cfg) -> int:

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from cvrl import config_lib, models
+from cvrl import models
 from cvrl.core import discovery, schema
 
 PACKAGE = "cvrl.objectives"
@@ -88,16 +88,14 @@ def get(spec, encoder: EncoderSpec, run: Run, *, stored: bool = False) -> "Objec
   return objective
 
 
-def from_config(config: ml_collections.ConfigDict, *, stored: bool = False) -> "Objective":
-  """The method of a pretraining config (a job's, or one a checkpoint `stored`): its typed
-  arguments picked from the config once."""
-  data = config.get("data") or {}
-  try:
-    total = config_lib.steps("total", config)
-  except ValueError:  # epochs without the data's size: the job's own check names it
-    total = None
-  run = Run(int(config.batch_size), total, data.get("num_train_examples"))
-  return get(config.objective, EncoderSpec.of(config.model), run, stored=stored)
+def method(*, spec, model, batch_size: int, total_steps: int | None,
+           num_train_examples: int | None, stored: bool = False) -> "Objective":
+  """The method `spec` (config.objective) names on an encoder of `model` (config.model),
+  in a run of global batch `batch_size`, `total_steps` and `num_train_examples` (None:
+  unknown): a pretraining config's (a job's, or one a checkpoint `stored`) as
+  `cvrl.config_lib.method_args` picks them."""
+  run = Run(int(batch_size), total_steps, num_train_examples)
+  return get(spec, EncoderSpec.of(model), run, stored=stored)
 
 
 def defaults(cls: type["Objective"], name: str) -> dict:

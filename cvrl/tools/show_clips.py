@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from cvrl import config_lib  # noqa: E402
 from cvrl import objectives  # noqa: E402
 from cvrl.core.errors import ConfigError  # noqa: E402
 from cvrl.data import sources  # noqa: E402
@@ -61,7 +62,7 @@ def checked(config, out: str, videos: int, extra_args=()):
     if wrong:
       raise ConfigError(message)
   try:
-    objective = objectives.from_config(config)
+    objective = objectives.method(**config_lib.method_args(config))
     sources.check(config.data, "train")
   except ValueError as e:
     raise ConfigError(str(e)) from None

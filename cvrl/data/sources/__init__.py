@@ -78,7 +78,7 @@ def make(data, split: str, *, seed: int, process_index: int, process_count: int)
 
 def num_classes(data) -> int:
   """Classes of the labelled dataset: config.data.num_classes, or what the source knows."""
-  if data.get('num_classes'):
+  if data['num_classes']:
     return int(data.num_classes)
   count = getattr(get(data.source), 'num_classes', None)
   known = count(data) if count else None
@@ -90,7 +90,7 @@ def num_classes(data) -> int:
 
 def stated_count(data, split: str) -> int | None:
   """config.data.num_train_examples for the train split (a count the user gave), else None."""
-  if split == 'train' and data.get('num_train_examples'):
+  if split == 'train' and data['num_train_examples']:
     return int(data.num_train_examples)
   return None
 
@@ -117,7 +117,7 @@ def labelled_subset_size(data, process_count: int = 1) -> int | None:
     return None
   reader = make(data, 'train', seed=0, process_index=0, process_count=int(process_count))
   _, labels, _ = subset.source_labels(reader, process_count)
-  classes = data.get('num_classes') or reader.num_classes
+  classes = data['num_classes'] or reader.num_classes
   return subset.subset_size(labels, fraction, classes)[0]
 
 

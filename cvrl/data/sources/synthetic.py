@@ -218,8 +218,8 @@ def _config_split(syn_config, split: str) -> _Split:
   """The 'train' or 'eval' split described by config.data.synthetic."""
   if split not in ('train', 'eval'):
     raise ValueError(f"synthetic data has splits 'train' and 'eval', not {split!r}")
-  kind = str(syn_config.get('kind', 'motion'))
-  difficulty = syn_config.get('difficulty')
+  kind = str(syn_config.kind)
+  difficulty = syn_config.difficulty
   difficulty = difficulty.to_dict() if hasattr(difficulty, 'to_dict') else difficulty
   if kind == 'motion':
     difficulty = None  # the motion data has no settings

@@ -276,10 +276,10 @@ def check(data, split: str) -> None:
   """Every glob config.data gives matches a file: the split's paths, and the other
   split's when set."""
   keys = ['eval_paths' if split == 'eval' else 'train_paths']
-  keys += [k for k in ('train_paths', 'eval_paths') if k not in keys and data.get(k)]
+  keys += [k for k in ('train_paths', 'eval_paths') if k not in keys and data[k]]
   for key in keys:
     try:
-      resolve_paths(data.get(key))
+      resolve_paths(data[key])
     except ValueError as e:
       raise ValueError(f'config.data.{key}: {e}; set --config.data.{key}=GLOB[,GLOB...] '
                        'to the TFRecord shards') from None

@@ -436,6 +436,12 @@ def filled(config) -> ml_collections.ConfigDict:
   return _fill(out, {k: v for k, v in _defaults(make).items() if k not in ("objective", "evals")})
 
 
+def filled_model(model) -> ml_collections.ConfigDict:
+  """A stored encoder's config (a classifier's model.json) with the fields it lacks (a file
+  from before them) at default_model_config's."""
+  return _fill(_copy(model), _defaults(default_model_config))
+
+
 # ----------------------------------------------------- recipe pieces the configs share
 
 # The rho study's backbone: Slow-only R50 8x8 (SlowFast's SLOW_8x8_R50), cvrl.models' 'slow'.

@@ -188,6 +188,7 @@ def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
   """input_mode='dif' on T + 1 frames == the same parameters in 'rgb' mode on the T
   differences x[t + 1] - x[t] (computed here in numpy); uint8 frames are scaled first."""
   from _downstream_toys import numpy_filled
+  from cvrl import config_lib
   from cvrl.config_lib import default_model_config
   from cvrl.models import build_encoder, extra_frames
   cfg = default_model_config()
@@ -216,8 +217,9 @@ def test_dif_input_is_the_rgb_network_on_numpy_frame_differences():
                            r"'rgb_std', 'rgb_pc', 'dif_pc', 'res', 'res_std', 'res_pc', 'med', "
                            r"'med_std', 'med_pc'\], got 'flow'"):
     build_encoder(cfg, nnx.Rngs(0))
-  old = default_model_config()
-  del old["input"]  # configs saved before the field: RGB
+  stored = config_lib.pretrain_config()
+  del stored.model["input"]  # a checkpoint's config from before the field: RGB, filled once
+  old = config_lib.filled(stored.to_dict()).model
   assert extra_frames(old) == 0 and nnx.eval_shape(
       lambda: build_encoder(old, nnx.Rngs(0))).input_mode == "rgb"
 

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from cvrl import config_lib
 from cvrl.core import parallel
 from cvrl.core import paths
 from cvrl.models import build_encoder
@@ -50,7 +51,7 @@ def load_classifier(run_dir: str) -> tuple[EncoderHead, dict]:
     raise FileNotFoundError(f"{meta_path} not found: evaluate.run_dir must be the workdir of a "
                             "finished probe or finetune job")
   meta = json.loads(meta_path.read_text())
-  model_config = ml_collections.ConfigDict(meta["model"])
+  model_config = config_lib.filled_model(meta["model"])
 
   def make():
     encoder = build_encoder(model_config, nnx.Rngs(0))

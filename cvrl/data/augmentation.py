@@ -364,7 +364,8 @@ class Photometric:
   def __init__(self, spec: AugmentSpec, kernel_size: int, jit: bool = True):
     self.spec = spec
     self.radius = int(kernel_size) // 2
-    compile_ = lambda fn: tf.function(fn, jit_compile=jit, reduce_retracing=True)
+    compile_ = lambda fn: tf.function(fn, jit_compile=jit, reduce_retracing=True,
+                                      autograph=False)
     clip01 = lambda y: tf.clip_by_value(y, 0.0, 1.0)
     self._ops = [
         compile_(lambda y, b: clip01(y * b)),

@@ -125,7 +125,8 @@ def restrict(source, fraction: float, seed: int, num_classes: int | None, proces
   records = source.epoch_records
 
   def epoch_records(epoch):
-    return records(epoch).filter(lambda i, record: table.lookup(i) > 0)
+    return records(epoch).filter(
+        tf.autograph.experimental.do_not_convert(lambda i, record: table.lookup(i) > 0))
   positions = None if source.examples is None else np.flatnonzero(np.isin(source.examples, kept))
   return dataclasses.replace(source, epoch_records=epoch_records, positions=positions,
                              host_counts=[int(c) for c in host_counts])

@@ -25,6 +25,7 @@ The jobs are called through the small wrappers below (`_pretrain`, `_linear_prob
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -92,6 +93,11 @@ def define_flags():
       "difficulty", HEADLINE, "The data's difficulty over the calibrated data, e.g. "
       "'colour=1,texture=1,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY); 'calibrated': "
       "that data itself (white objects on plain grey, the easy row).")
+  global _SET  # pylint: disable=global-statement
+  _SET = flags.DEFINE_list("set", [], "Fields of every method's pretraining config set after "
+                           "its recipe, 'path=value' (a Python literal), e.g. "
+                           "'data.augmentation.clip_strides=(1,2,3)': a lever scanned on the "
+                           "bench; the runs are cached under their whole config.")
   global _REPLOT  # pylint: disable=global-statement
   _REPLOT = flags.DEFINE_list("replot", [], "Only redraw the kNN plot from saved quality JSON "
                               "files (their methods together), as FIRST_knn.png beside the first.")
@@ -158,13 +164,14 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None,
            input_mode: str = "dif", family: str = "objects",
-           base: str = "bench") -> ml_collections.ConfigDict:
+           base: str = "bench", overrides: tuple = ()) -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
   erasing with its paper's settings on top. input_mode 'dif' (the bench's): the encoder
   sees frame differences; 'rgb': frames. difficulty None: the headline data. base 'bench':
   the demo's config with BENCH_RECIPE's fields (every table's); 'demo': as the demo has it.
+  overrides: 'path=value' fields set last (--set).
 
   Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
   AdamW, steps) and changes only what the method is: its objective with the heads shrunk
@@ -205,7 +212,29 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
     c.warmup_steps = max(1, int(c.total_steps) // 10)
   c.seed = int(seed)
   c.log.update(every_steps=50, tensorboard=False)
+  for item in overrides:
+    set_field(c, item)
   return c
+
+
+def set_field(config: ml_collections.ConfigDict, item: str) -> None:
+  """'a.b.c=value' sets config.a.b.c to the Python literal `value` (a string if it is not
+  one), in place; UsageError (one line) for an unknown field or a value of another type."""
+  path, sep, text = item.partition("=")
+  *parents, leaf = path.strip().split(".")
+  try:
+    value = ast.literal_eval(text.strip())
+  except (ValueError, SyntaxError):
+    value = text.strip()
+  node = config
+  try:
+    for key in parents:
+      node = node[key]
+    if not sep or leaf not in node:
+      raise KeyError(path)
+    node[leaf] = value
+  except (KeyError, TypeError) as e:
+    raise app.UsageError(f"--set {item!r}: {e}; want an existing field, 'path=value'") from None
 
 
 def _moco(c):
@@ -579,13 +608,16 @@ def main(argv):
   from cvrl.engine import loop as engine  # pylint: disable=import-outside-toplevel
   engine.enable_compilation_cache(paths.join(_WORKDIR.value, "xla_cache"))
   data = {"videos": _VIDEOS.value, "difficulty": parse_difficulty(_DIFFICULTY.value),
-          "input_mode": _INPUT.value, "family": _FAMILY.value, "base": _BASE.value}
+          "input_mode": _INPUT.value, "family": _FAMILY.value, "base": _BASE.value,
+          "overrides": tuple(_SET.value)}
   results = {"methods": {}, "data": _describe(data), "chance": 1 / 8, "seeds": _SEEDS.value,
              "augmentation": _AUG.value}
   if _INPUT.value != "rgb":
     results["input"] = _INPUT.value
   if _BASE.value != "bench":
     results["base_recipe"] = _BASE.value
+  if _SET.value:
+    results["set"] = list(_SET.value)
   results["methods"] = _earlier_rows(paths.join(out_dir, "quality.json"), results)
   seeds = range(_FIRST_SEED.value, _SEEDS.value)
   for m in names:

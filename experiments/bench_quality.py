@@ -94,8 +94,9 @@ def define_flags():
       "'colour=1,texture=1,scale=0.15:0.4' (cvrl.data.procedural.DIFFICULTY); 'calibrated': "
       "that data itself (white objects on plain grey, the easy row).")
   global _SET  # pylint: disable=global-statement
-  _SET = flags.DEFINE_list("set", [], "Fields of every method's pretraining config set after "
-                           "its recipe, 'path=value' (a Python literal), e.g. "
+  _SET = flags.DEFINE_multi_string("set", [], "A field of every method's pretraining config "
+                           "set after its recipe, 'path=value' (a Python literal; repeat the "
+                           "flag for more), e.g. "
                            "'data.augmentation.clip_strides=(1,2,3)': a lever scanned on the "
                            "bench; the runs are cached under their whole config.")
   global _REPLOT  # pylint: disable=global-statement

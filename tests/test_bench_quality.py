@@ -141,6 +141,33 @@ def test_the_bench_recipe_is_the_demos_with_bench_recipe_fields_and_demo_is_the_
     B.recipe("cvrl", 10, 0, base="paper")
 
 
+def test_set_fields_land_last_in_every_methods_config_and_bad_ones_are_one_line():
+  sets = ("data.augmentation.clip_strides=(1, 3)", "objective.temperature=0.2",
+          "model.input=med_pc")
+  for method in ("cvrl", "moco"):
+    c = B.recipe(method, 10, 0, overrides=sets)
+    assert c.data.augmentation.clip_strides == (1, 3) and c.model.input == "med_pc"
+    assert c.objective.temperature == 0.2
+    plain = B.recipe(method, 10, 0)
+    for item in sets:
+      B.set_field(plain, item)
+    assert plain.to_json(sort_keys=True) == c.to_json(sort_keys=True)
+  for bad in ("data.augmentation.no_such=1", "objective.temperature=(1, 2)", "seed"):
+    with pytest.raises(B.app.UsageError, match="--set"):
+      B.recipe("cvrl", 10, 0, overrides=(bad,))
+
+
+def test_the_bench_probe_runs_the_papers_linear_evaluation_schedule():
+  """Epochs, warm-up, lr per clip, momentum and weight decay of the paper's recipe
+  (configs/cvrl_k600_linear.py), on the bench's cached, un-augmented features."""
+  from configs import cvrl_k600_linear  # pylint: disable=import-outside-toplevel
+  paper, p = cvrl_k600_linear.get_config(), B._probe_fields()
+  assert (p.total_epochs, p.warmup_epochs) == (paper.total_epochs, paper.warmup_epochs)
+  assert p.base_lr / p.batch_size == pytest.approx(paper.optim.base_lr / paper.optim.base_batch_size)
+  assert (p.momentum, p.weight_decay) == (paper.optim.momentum, paper.optim.weight_decay)
+  assert p.feature_epochs == 0 and p.random_baseline and p.normalize
+
+
 def test_a_preempted_job_stops_the_bench_and_a_finished_one_passes_through():
   with pytest.raises(SystemExit, match="SIGTERM in pretrain at step 3"):
     B._stop_if_preempted({"job": "pretrain", "preempted": True, "step": 3})

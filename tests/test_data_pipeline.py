@@ -271,3 +271,18 @@ def test_build_time_errors_name_the_problem(tmp_path, shards):
 def test_record_counter_matches_tf(shards):
   for f in shards:
     assert tfrecord.count_records(f) == sum(1 for _ in tf.data.TFRecordDataset(f)) == 3
+
+
+def test_training_clips_take_the_strides_drawn_for_them(tmp_path):
+  path = str(tmp_path / 'index.tfrecord')
+  _write(path, [tfrecord.make_sequence_example(_index_video(40), label=i) for i in range(4)])
+  cfg = _config(tmp_path, [path])
+  cfg.augmentation.clip_strides = (1, 3)
+  cfg.augmentation.color_jitter_prob = cfg.augmentation.grayscale_prob = 0.0
+  ds = pipeline.build_dataset(cfg, sampler={'name': 'cvrl'}, train=True, batch_size=4, seed=0,
+                              process_index=0, process_count=1)
+  levels = np.concatenate([b['video'] for b in _take(ds, 4)]).mean(axis=(3, 4, 5))  # [16, 2, T]
+  frame_idx = np.round((levels - 2) / 4).astype(int)
+  steps = np.diff(frame_idx, axis=-1)
+  np.testing.assert_array_equal(steps, np.broadcast_to(steps[..., :1], steps.shape))
+  assert set(np.unique(steps)) == {1, 3}  # 32 clips: both strides drawn

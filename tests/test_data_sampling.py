@@ -4,7 +4,9 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
+from cvrl.core.errors import ConfigError
 from cvrl.data import sampling
+from cvrl.data.augmentation import AugmentSpec
 
 
 def _draw(fn, n):
@@ -145,3 +147,52 @@ def test_make_sampler_views_and_errors():
     mk({'name': 'nope'})
   with pytest.raises(ValueError, match='unknown options'):
     mk({'name': 'cvrl', 'num_clip': 3})
+
+
+def _steps(idx):
+  """Each clip's stride from its indices [..., T] (asserting one stride a clip)."""
+  step = np.diff(idx, axis=-1)
+  np.testing.assert_array_equal(step, np.broadcast_to(step[..., :1], step.shape))
+  return step[..., 0]
+
+
+@pytest.mark.parametrize('name', ['cvrl', 'rho'])
+def test_each_clip_draws_its_own_stride_uniformly(name):
+  length, t, n, strides = 100, 8, 4000, (1, 3)
+  if name == 'cvrl':
+    fn = lambda seed: sampling.cvrl_indices(length, t, 2, seed, strides)
+  else:
+    fn = lambda seed: sampling.random_clip_indices(length, 2, t, 2, seed, strides)
+  idx = _draw(fn, n)
+  steps = _steps(idx)  # [n, 2]
+  assert set(np.unique(steps)) == set(strides)
+  assert idx.min() >= 0 and idx.max() <= length - 1  # placed by the largest stride: no wrap
+  pairs = np.bincount((steps[:, 0] // 3) * 2 + steps[:, 1] // 3, minlength=4)
+  assert stats.chisquare(pairs).pvalue > 1e-3  # the 4 pairs equally likely: independent draws
+  # one stride to choose from draws what the plain stride draws
+  plain = sampling.cvrl_indices if name == 'cvrl' else (
+      lambda length, t, s, seed, *k: sampling.random_clip_indices(length, 2, t, s, seed, *k))
+  np.testing.assert_array_equal(_draw(lambda seed: plain(length, t, 3, seed, (3,)), 50),
+                                _draw(lambda seed: plain(length, t, 3, seed), 50))
+
+
+def test_clip_strides_reach_the_samplers_that_take_them_and_only_in_training():
+  mk = lambda spec, train=True: sampling.make_sampler(spec, num_frames=8, stride=2, train=train,
+                                                      strides=(1, 4))
+  assert mk({'name': 'cvrl'}).footprint == 7 * 4 + 1
+  assert mk({'name': 'rho', 'num_clips': 3}).footprint == 29
+  single = mk({'name': 'single', 'extra_frames': 1})
+  assert single.footprint == 8 * 4 + 1
+  seed = tf.constant([3, 4], tf.int64)
+  steps = {int(_steps(single.indices(tf.constant(80), _fold(seed, k)).numpy())[0]) for k in range(40)}
+  assert steps == {1, 4}
+  evaluation = mk({'name': 'single'}, train=False)
+  assert evaluation.footprint == 15 and set(np.diff(evaluation.indices(80, seed).numpy()[0])) == {2}
+  with pytest.raises(ConfigError, match="clip_strides: the 'tclr' sampler"):
+    mk({'name': 'tclr'})
+  with pytest.raises(ConfigError, match='clip_strides must hold strides >= 1'):
+    AugmentSpec(clip_strides=(0, 2))
+
+
+def _fold(seed, k):
+  return tf.random.experimental.stateless_fold_in(seed, k)

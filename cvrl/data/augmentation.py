@@ -126,6 +126,8 @@ class AugmentSpec:
   channel_invert_prob: float = 0.0
   # A camera pan per clip (`pan_windows`): probability that the crop box moves.
   pan_prob: float = 0.0
+  # A stride per training clip (cvrl.data.sampling.clip_strides); (): data.stride.
+  clip_strides: tuple = ()
   consistent: bool = True
 
   def __post_init__(self):
@@ -136,6 +138,9 @@ class AugmentSpec:
     if not 0.0 <= self.background_erase_max <= 1.0:
       raise ConfigError('data.augmentation.background_erase_max must be in [0, 1] (the largest '
                         f'weight of the static frame), got {self.background_erase_max}')
+    if not all(isinstance(k, int) and k >= 1 for k in self.clip_strides):
+      raise ConfigError('data.augmentation.clip_strides must hold strides >= 1 (a training '
+                        f'clip\'s stride is drawn from them), got {self.clip_strides}')
     if not 0.0 < self.fame_beta < 1.0:
       raise ConfigError('data.augmentation.fame_beta must be in (0, 1) (the foreground\'s share '
                         f'of the frame), got {self.fame_beta}')

@@ -79,6 +79,9 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   for key in ('vflip_prob', 'transpose_prob', 'reverse_prob', 'invert_prob',
               'channel_invert_prob', 'pan_prob'):
     aug[key] = 0.0
+  # A playback speed per training clip: its stride drawn uniformly from clip_strides, one
+  # draw a clip (the 'cvrl', 'rho' and 'single' samplers; () = data.stride, the paper's).
+  aug.clip_strides = ()
   # True: one draw per clip for all its frames (the paper). False: independent draws per
   # frame (the paper's "not temporally consistent" ablation).
   aug.consistent = True
@@ -195,6 +198,7 @@ def set_rho_augmentation(data_config: ml_collections.ConfigDict) -> ml_collectio
   aug.solarize_probs = (0.0,)
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
   aug.background_erase_probs = aug.fame_probs = (0.0,)
+  aug.clip_strides = ()
   return data_config
 
 
@@ -210,6 +214,7 @@ def set_probe_augmentation(data_config: ml_collections.ConfigDict) -> ml_collect
   aug.solarize_probs = (0.0,)
   aug.gray_gamma_prob = aug.channel_drop_prob = aug.erase_prob = 0.0
   aug.background_erase_probs = aug.fame_probs = (0.0,)
+  aug.clip_strides = ()
   return data_config
 
 

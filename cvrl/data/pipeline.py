@@ -239,7 +239,7 @@ class _Plan:
     self.cfg, self.train, self.batch_size, self.seed = cfg, train, batch_size, seed
     self.process_index, self.process_count = process
     self.smp = sampling.make_sampler(sampler, num_frames=cfg.num_frames, stride=cfg.stride,
-                                     train=train)
+                                     train=train, strides=cfg.augmentation.clip_strides)
     self.label_policy = bad_label_policy(cfg)
     fraction = subset.label_fraction(cfg, label_fraction)
     reader = sources.make(cfg, split, seed=seed, process_index=self.process_index,

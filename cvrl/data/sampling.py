@@ -11,6 +11,7 @@ import dataclasses
 from typing import Callable, Mapping
 
 from cvrl.core import discovery, lazy
+from cvrl.core.errors import ConfigError
 
 
 # `tf` on first use (cvrl.core.lazy): what a sampler is (views, frames, footprint) is read
@@ -30,8 +31,17 @@ def _fold(seed, data: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(seed, data)
 
 
-def _clip(start, num_frames: int, stride: int) -> tf.Tensor:
+def _clip(start, num_frames: int, stride) -> tf.Tensor:
   return start + tf.range(num_frames, dtype=tf.int32) * stride
+
+
+def clip_strides(seed, num_clips: int, strides: tuple) -> tf.Tensor:
+  """[num_clips] int32: each clip's stride, uniform over `strides`, one draw a clip (a
+  playback speed per clip, as BraVe's views of different temporal extents, Recasens et
+  al., ICCV 2021)."""
+  pick = tf.random.stateless_uniform([num_clips], _fold(seed, 4), minval=0,
+                                     maxval=len(strides), dtype=tf.int32)
+  return tf.gather(tf.constant(strides, tf.int32), pick)
 
 
 def random_max_offset(length, num_frames: int, stride: int) -> tf.Tensor:
@@ -51,14 +61,16 @@ def cvrl_gap(max_offset, u) -> tf.Tensor:
   return tf.clip_by_value(tf.cast(tf.floor(k), tf.int32), 0, tf.cast(max_offset, tf.int32) - 1)
 
 
-def cvrl_indices(length, num_frames: int, stride: int, seed) -> tf.Tensor:
+def cvrl_indices(length, num_frames: int, stride: int, seed, strides: tuple = ()) -> tf.Tensor:
   """CVRL's two clips, [2, T]: decreasing-density gap, random order.
 
   M = L - (T-1)*stride. start1 ~ U{0..M-D-1}, start2 = start1 + D, swapped with p 0.5.
   If L <= (T-1)*stride (M = L) both starts are uniform on [0, L) and indices wrap.
+  `strides` non-empty: each clip draws its own stride from it (`clip_strides`), M from
+  the largest; (stride,) draws what `stride` alone does.
   """
   length = tf.cast(length, tf.int32)
-  m = random_max_offset(length, num_frames, stride)
+  m = random_max_offset(length, num_frames, max(strides or (stride,)))
   draws = tf.random.stateless_uniform([2], seed)
   gap = cvrl_gap(m, draws[0])
   start1 = _uniform_int(_fold(seed, 1), m - gap)
@@ -68,14 +80,18 @@ def cvrl_indices(length, num_frames: int, stride: int, seed) -> tf.Tensor:
   start2 = tf.where(short, _uniform_int(_fold(seed, 3), length), start2)
   swap = draws[1] < 0.5
   first, second = tf.where(swap, start2, start1), tf.where(swap, start1, start2)
-  return tf.stack([_clip(first, num_frames, stride), _clip(second, num_frames, stride)])
+  s = clip_strides(seed, 2, strides) if strides else (stride, stride)
+  return tf.stack([_clip(first, num_frames, s[0]), _clip(second, num_frames, s[1])])
 
 
-def random_clip_indices(length, num_clips: int, num_frames: int, stride: int, seed) -> tf.Tensor:
-  """`num_clips` clips with independent uniform starts on [0, max_offset) (rho methods), [V, T]."""
-  m = random_max_offset(length, num_frames, stride)
+def random_clip_indices(length, num_clips: int, num_frames: int, stride: int, seed,
+                        strides: tuple = ()) -> tf.Tensor:
+  """`num_clips` clips with independent uniform starts on [0, max_offset) (rho methods),
+  [V, T]; `strides` non-empty: a stride per clip as in `cvrl_indices`."""
+  m = random_max_offset(length, num_frames, max(strides or (stride,)))
   starts = tf.random.stateless_uniform([num_clips], seed, minval=0, maxval=m, dtype=tf.int32)
-  return starts[:, None] + tf.range(num_frames, dtype=tf.int32)[None, :] * stride
+  s = clip_strides(seed, num_clips, strides)[:, None] if strides else stride
+  return starts[:, None] + tf.range(num_frames, dtype=tf.int32)[None, :] * s
 
 
 def tclr_indices(length, num_frames: int, seed, sparse_stride: int = 4, num_dense: int = 4,
@@ -140,17 +156,25 @@ class Sampler:
   num_crops: int = 1
 
 
-def make_sampler(spec: Mapping, *, num_frames: int, stride: int, train: bool) -> Sampler:
+def make_sampler(spec: Mapping, *, num_frames: int, stride: int, train: bool,
+                 strides: tuple = ()) -> Sampler:
   """Build a Sampler from a sampler dict (see cvrl.data.pipeline.build_dataset): its 'name'
   is a module of cvrl/data/samplers/ (cvrl.core.discovery) whose `make(options, num_frames,
   stride, train)` pops the options it takes from `options` (a dict; any left over are an
-  error); 'num_frames' and 'stride' default to the data config's."""
+  error); 'num_frames' and 'stride' default to the data config's. `strides`
+  (data.augmentation.clip_strides): a training clip's stride drawn from these, option
+  'strides' of the samplers whose clips take one."""
   spec = dict(spec)
   name = spec.pop('name')
   build = discovery.find('cvrl.data.samplers', name, 'the sampler')
   t = int(spec.pop('num_frames', num_frames))
   s = int(spec.pop('stride', stride))
+  if train and strides:
+    spec['strides'] = tuple(int(k) for k in strides)
   sampler = build(spec, t, s, train)
+  if 'strides' in spec:
+    raise ConfigError(f'data.augmentation.clip_strides: the {name!r} sampler places its '
+                      'clips with strides of its own; set it to ()')
   if spec:
     raise ValueError(f'sampler {name!r}: unknown options {sorted(spec)}')
   return sampler

@@ -6,8 +6,9 @@ from cvrl.data.sampling import Sampler, cvrl_indices
 
 def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
   """CVRL's two clips, power-law start gap; 'extra_frames' k gives T + k frames each
-  (as 'single': T + 1 for a DIF encoder)."""
+  (as 'single': T + 1 for a DIF encoder); 'strides': a stride per clip drawn from these."""
   del train
   total = t + int(spec.pop('extra_frames', 0))
-  return Sampler('cvrl', 2, total, (total - 1) * s + 1,
-                 lambda length, seed: cvrl_indices(length, total, s, seed), True)
+  strides = tuple(spec.pop('strides', ()))
+  return Sampler('cvrl', 2, total, (total - 1) * max(strides or (s,)) + 1,
+                 lambda length, seed: cvrl_indices(length, total, s, seed, strides), True)

@@ -5,8 +5,10 @@ from cvrl.data.sampling import Sampler, random_clip_indices
 
 
 def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """'num_clips' clips with independent uniform starts."""
+  """'num_clips' clips with independent uniform starts; 'strides': a stride per clip
+  drawn from these."""
   del train
   rho = int(spec.pop('num_clips', 2))
-  return Sampler('rho', rho, t, (t - 1) * s + 1,
-                 lambda length, seed: random_clip_indices(length, rho, t, s, seed), True)
+  strides = tuple(spec.pop('strides', ()))
+  return Sampler('rho', rho, t, (t - 1) * max(strides or (s,)) + 1,
+                 lambda length, seed: random_clip_indices(length, rho, t, s, seed, strides), True)

@@ -5,10 +5,12 @@ from cvrl.data.sampling import Sampler, linspace_indices, random_clip_indices
 
 
 def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
-  """One clip: random (train) or the middle one; 'extra_frames' k gives T + k frames."""
+  """One clip: random (train) or the middle one; 'extra_frames' k gives T + k frames;
+  'strides' (train): its stride drawn from these."""
   total = t + int(spec.pop('extra_frames', 0))
+  strides = tuple(spec.pop('strides', ()))
   if train:
-    fn = lambda length, seed: random_clip_indices(length, 1, total, s, seed)
+    fn = lambda length, seed: random_clip_indices(length, 1, total, s, seed, strides)
   else:
     fn = lambda length, seed: linspace_indices(length, 1, total, s)
-  return Sampler('single', 1, total, (total - 1) * s + 1, fn, train)
+  return Sampler('single', 1, total, (total - 1) * max(strides or (s,)) + 1, fn, train)

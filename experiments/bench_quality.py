@@ -72,15 +72,17 @@ def define_flags():
                               "procedural objects (--difficulty applies), or a held-out "
                               "family of moving letters with one per-video nuisance "
                               "(experiments/letters.py).")
-  _INPUT = flags.DEFINE_enum("input", "dif", list(INPUTS), "The encoder's input: frame "
-                             "differences (model.input='dif', T + 1 frames a clip: the bench "
-                             "recipe's), the frames ('rgb'), either standardised per clip "
-                             "('dif_std', 'rgb_std') or projected on the clip's first "
-                             "principal colour axis ('dif_pc', 'rgb_pc').")
+  _INPUT = flags.DEFINE_enum("input", "rgb_pc", list(INPUTS), "The encoder's input: the "
+                             "frames projected on each clip's first principal colour axis "
+                             "('rgb_pc', the demo's and the bench's), frame differences "
+                             "('dif', T + 1 frames a clip: the earlier recipe's), the frames "
+                             "('rgb'), standardised per clip ('dif_std', 'rgb_std'), ... "
+                             "(cvrl.models.r3d.INPUTS).")
   _BASE = flags.DEFINE_enum("base_recipe", "bench", list(BASES), "The recipe every method "
-                            "starts from: the demo's config with the bench's temperature and "
-                            "colour ops (BENCH_RECIPE: every table's), or the demo's as it is "
-                            "(its colour axis wants --input=rgb_pc).")
+                            "starts from: the demo's config with a stride per clip "
+                            "(BENCH_RECIPE), the demo's as it is, or the bench's earlier "
+                            "recipe (EARLIER_RECIPE, with --input=dif: the README's tables "
+                            "up to 'A speed per clip').")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -133,11 +135,14 @@ VIDEOS = 2048  # training videos of the bench data
 HEADLINE = "colour=1,texture=0.5"
 FAMILIES = ("objects",) + tuple(f"letters_{v}" for v in letters.VARIANTS)
 STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
-# Where the bench's recipe departs from the demo's: every table of the bench was measured
-# with these (the demo's until it moved to its colour axis and reversal, README "the
-# held-out letters"); the bench's input is --input.
-BENCH_RECIPE = {"temperature": 0.1, "augmentation": {"contrast": 0.3, "reverse_prob": 0.0}}
-BASES = ("bench", "demo")  # --base_recipe
+# Where the bench's recipe (base 'bench', the default) departs from the demo's: a stride
+# per clip, so two clips of a video stop sharing its speed (README "A speed per clip");
+# its input is --input (the demo's colour axis by default).
+BENCH_RECIPE = {"augmentation": {"clip_strides": (1, 2, 3)}}
+# The bench's recipe before it (base 'earlier', with --input=dif; the demo's until it moved
+# to its colour axis and reversal): the README's tables up to "A speed per clip".
+EARLIER_RECIPE = {"temperature": 0.1, "augmentation": {"contrast": 0.3, "reverse_prob": 0.0}}
+BASES = {"bench": BENCH_RECIPE, "demo": {}, "earlier": EARLIER_RECIPE}  # --base_recipe
 PROBE_EPOCHS = (100, 5)  # the linear probe's epochs and warm-up (the CVRL paper's)
 
 
@@ -165,14 +170,14 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None,
-           input_mode: str = "dif", family: str = "objects",
+           input_mode: str = "rgb_pc", family: str = "objects",
            base: str = "bench", overrides: tuple = ()) -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
-  erasing with its paper's settings on top. input_mode 'dif' (the bench's): the encoder
-  sees frame differences; 'rgb': frames. difficulty None: the headline data. base 'bench':
-  the demo's config with BENCH_RECIPE's fields (every table's); 'demo': as the demo has it.
+  erasing with its paper's settings on top. input_mode: the encoder's (model.input; the
+  bench's 'rgb_pc'). difficulty None: the headline data. base: the demo's config with
+  BASES[base]'s fields ('bench': BENCH_RECIPE; 'demo': none; 'earlier': EARLIER_RECIPE).
   overrides: 'path=value' fields set last (--set).
 
   Every method starts from the demo's CVRL config (encoder, data, clip shape, batch 16,
@@ -184,10 +189,9 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
   from cvrl.data.config import default_augmentation_config
   c = demo.get_config(f"steps={steps or STEPS},probe=False,source=synthetic")
   if base not in BASES:
-    raise ValueError(f"base {base!r}: choose from {BASES}")
-  if base == "bench":
-    c.objective.temperature = BENCH_RECIPE["temperature"]
-    c.data.augmentation.update(BENCH_RECIPE["augmentation"])
+    raise ValueError(f"base {base!r}: choose from {list(BASES)}")
+  c.objective.temperature = BASES[base].get("temperature", c.objective.temperature)
+  c.data.augmentation.update(BASES[base].get("augmentation", {}))
   if augmentation not in AUGMENTATIONS:
     raise ValueError(f"augmentation {augmentation!r}: choose from {AUGMENTATIONS}")
   if augmentation == "paper":
@@ -255,6 +259,7 @@ def _tclr(c):
   # timesteps). 5x CVRL's frames per video: batch 8 and a third of the steps keep the
   # run's compute at 1.7x CVRL's.
   c.model.preset = "tclr"
+  c.data.augmentation.clip_strides = ()  # its sampler's strides are its own
   c.data.num_frames = 16
   c.batch_size = c.optim.base_batch_size = 8
   c.total_steps = int(c.total_steps) // 3

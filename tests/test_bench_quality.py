@@ -109,34 +109,39 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   for k in ("color_jitter_prob", "brightness", "contrast", "saturation", "hue", "grayscale_prob"):
     assert pc[k] == paper[k], k
   assert pc.area_range == c.data.augmentation.area_range and pc.blur_probs == (0.0,)
-  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "dif"
+  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "rgb_pc"
   be = B.recipe("cvrl", 10, 0, "background").data.augmentation
   assert be.background_erase_probs == (1.0, 0.0) and be.background_erase_max == 0.3
   assert be.brightness == 0.3  # the recipe's colour kept
   both = B.recipe("cvrl", 10, 0, "paper_colour_background").data.augmentation
   assert both.background_erase_probs == (1.0, 0.0) and both.brightness == paper.brightness
-  assert base.method(**config_lib.method_args(c)).sampler() == {"name": "cvrl", "extra_frames": 1}
-  rgb = B.recipe("cvrl", 10, 0, input_mode="rgb")
-  assert rgb.model.input == "rgb" and base.method(**config_lib.method_args(rgb)).sampler() == {"name": "cvrl"}
+  dif = B.recipe("cvrl", 10, 0, input_mode="dif")
+  assert base.method(**config_lib.method_args(dif)).sampler() == {"name": "cvrl", "extra_frames": 1}
+  assert base.method(**config_lib.method_args(c)).sampler() == {"name": "cvrl"}
   with pytest.raises(ValueError, match="augmentation 'strong'"):
     B.recipe("cvrl", 10, 0, "strong")
   s = B.recipe("simclr", 10, 0)
   assert s.objective.name == "simclr" and s.batch_size == 16 and s.data.crop_size == 32
 
 
-def test_the_bench_recipe_is_the_demos_with_bench_recipe_fields_and_demo_is_the_demos():
-  """base 'bench' (every table's): the demo's config with BENCH_RECIPE's fields and
-  nothing else changed; base 'demo': the demo's own values of those fields."""
-  bench, own = B.recipe("cvrl", 10, 0), B.recipe("cvrl", 10, 0, base="demo")
+def test_each_base_recipe_is_the_demos_with_its_fields_and_nothing_else():
+  """base 'bench' (the default): the demo's config with BENCH_RECIPE's fields (a stride per
+  clip); 'earlier' (the tables before it): EARLIER_RECIPE's; 'demo': the demo's own; every
+  other field the demo's, for every method that takes a stride per clip."""
   want = demo.get_config("steps=10,probe=False,source=synthetic")
-  assert bench.objective.temperature == B.BENCH_RECIPE["temperature"]
-  assert own.objective.temperature == want.objective.temperature
-  for k, v in B.BENCH_RECIPE["augmentation"].items():
-    assert bench.data.augmentation[k] == v and own.data.augmentation[k] == want.data.augmentation[k]
-  own.objective.temperature = bench.objective.temperature
-  own.data.augmentation.update(B.BENCH_RECIPE["augmentation"])
-  assert own.to_json(sort_keys=True) == bench.to_json(sort_keys=True)
-  assert want.objective.temperature != bench.objective.temperature  # the two differ today
+  fields = {"bench": B.BENCH_RECIPE, "earlier": B.EARLIER_RECIPE, "demo": {}}
+  assert B.recipe("cvrl", 10, 0).to_json() == B.recipe("cvrl", 10, 0, base="bench").to_json()
+  for name, extra in fields.items():
+    c, own = B.recipe("cvrl", 10, 0, base=name), B.recipe("cvrl", 10, 0, base="demo")
+    assert c.objective.temperature == extra.get("temperature", want.objective.temperature)
+    for k, v in extra.get("augmentation", {}).items():
+      assert c.data.augmentation[k] == v != want.data.augmentation[k], k
+    own.objective.temperature = c.objective.temperature
+    own.data.augmentation.update(extra.get("augmentation", {}))
+    assert own.to_json(sort_keys=True) == c.to_json(sort_keys=True)
+  assert B.recipe("moco", 10, 0).data.augmentation.clip_strides == (1, 2, 3)
+  for method in ("tclr", "rotation"):  # their samplers place clips by strides of their own
+    assert B.recipe(method, 10, 0).data.augmentation.clip_strides == ()
   with pytest.raises(ValueError, match="base 'paper'"):
     B.recipe("cvrl", 10, 0, base="paper")
 

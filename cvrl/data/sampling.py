@@ -44,6 +44,16 @@ def clip_strides(seed, num_clips: int, strides: tuple) -> tf.Tensor:
   return tf.gather(tf.constant(strides, tf.int32), pick)
 
 
+def largest_stride(stride: int, strides: tuple = ()) -> int:
+  """The stride that places a sampler's clips: the largest of `strides`, else `stride`."""
+  return max(strides or (stride,))
+
+
+def clip_footprint(num_frames: int, stride: int, strides: tuple = ()) -> int:
+  """Stored frames a clip of `num_frames` spans at its largest stride."""
+  return (num_frames - 1) * largest_stride(stride, strides) + 1
+
+
 def random_max_offset(length, num_frames: int, stride: int) -> tf.Tensor:
   """Number of admissible random starts: L - (T-1)*stride, or L for short videos."""
   length = tf.cast(length, tf.int32)
@@ -70,7 +80,7 @@ def cvrl_indices(length, num_frames: int, stride: int, seed, strides: tuple = ()
   the largest; (stride,) draws what `stride` alone does.
   """
   length = tf.cast(length, tf.int32)
-  m = random_max_offset(length, num_frames, max(strides or (stride,)))
+  m = random_max_offset(length, num_frames, largest_stride(stride, strides))
   draws = tf.random.stateless_uniform([2], seed)
   gap = cvrl_gap(m, draws[0])
   start1 = _uniform_int(_fold(seed, 1), m - gap)
@@ -88,7 +98,7 @@ def random_clip_indices(length, num_clips: int, num_frames: int, stride: int, se
                         strides: tuple = ()) -> tf.Tensor:
   """`num_clips` clips with independent uniform starts on [0, max_offset) (rho methods),
   [V, T]; `strides` non-empty: a stride per clip as in `cvrl_indices`."""
-  m = random_max_offset(length, num_frames, max(strides or (stride,)))
+  m = random_max_offset(length, num_frames, largest_stride(stride, strides))
   starts = tf.random.stateless_uniform([num_clips], seed, minval=0, maxval=m, dtype=tf.int32)
   s = clip_strides(seed, num_clips, strides)[:, None] if strides else stride
   return starts[:, None] + tf.range(num_frames, dtype=tf.int32)[None, :] * s

@@ -1,7 +1,7 @@
 """The 'cvrl' sampler (its options: `make`; cvrl.data.sampling.make_sampler)."""
 from __future__ import annotations
 
-from cvrl.data.sampling import Sampler, cvrl_indices
+from cvrl.data.sampling import Sampler, clip_footprint, cvrl_indices
 
 
 def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
@@ -10,5 +10,5 @@ def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
   del train
   total = t + int(spec.pop('extra_frames', 0))
   strides = tuple(spec.pop('strides', ()))
-  return Sampler('cvrl', 2, total, (total - 1) * max(strides or (s,)) + 1,
+  return Sampler('cvrl', 2, total, clip_footprint(total, s, strides),
                  lambda length, seed: cvrl_indices(length, total, s, seed, strides), True)

@@ -1,7 +1,7 @@
 """The 'rho' sampler (its options: `make`; cvrl.data.sampling.make_sampler)."""
 from __future__ import annotations
 
-from cvrl.data.sampling import Sampler, random_clip_indices
+from cvrl.data.sampling import Sampler, clip_footprint, random_clip_indices
 
 
 def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
@@ -10,5 +10,5 @@ def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
   del train
   rho = int(spec.pop('num_clips', 2))
   strides = tuple(spec.pop('strides', ()))
-  return Sampler('rho', rho, t, (t - 1) * max(strides or (s,)) + 1,
+  return Sampler('rho', rho, t, clip_footprint(t, s, strides),
                  lambda length, seed: random_clip_indices(length, rho, t, s, seed, strides), True)

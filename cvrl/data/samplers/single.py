@@ -1,7 +1,7 @@
 """The 'single' sampler (its options: `make`; cvrl.data.sampling.make_sampler)."""
 from __future__ import annotations
 
-from cvrl.data.sampling import Sampler, linspace_indices, random_clip_indices
+from cvrl.data.sampling import Sampler, clip_footprint, linspace_indices, random_clip_indices
 
 
 def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
@@ -13,4 +13,4 @@ def make(spec: dict, t: int, s: int, train: bool) -> Sampler:
     fn = lambda length, seed: random_clip_indices(length, 1, total, s, seed, strides)
   else:
     fn = lambda length, seed: linspace_indices(length, 1, total, s)
-  return Sampler('single', 1, total, (total - 1) * max(strides or (s,)) + 1, fn, train)
+  return Sampler('single', 1, total, clip_footprint(total, s, strides), fn, train)

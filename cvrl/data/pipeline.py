@@ -71,10 +71,6 @@ PHOTOMETRIC_MODES = ('device', 'host')
 _EPOCH, _PARSE_FAILED, _DECODE_FAILED, _MISSING, _SHORT, _SHORT_SKIPPED, _BAD_LABEL = range(7)
 NUM_STATS = 7
 _NOTE_KEY = 'bad_label_note'  # the first bad label's description ('' if none); see iterate
-# Every tf.data function here is traced as written, not through autograph (its Python
-# `if`s are on Python values; tensors branch with tf.cond / tf.where): autograph's
-# conversion of the decode and augment code was most of a pipeline's build time.
-_plain = tf.autograph.experimental.do_not_convert
 
 
 class BadLabelError(ConfigError):
@@ -279,9 +275,9 @@ class _Plan:
     """Records -> parse -> sample on the JPEG strings. Training: this process's rows of the
     global order's batches from start_step (cvrl.data.order); evaluation: one pass."""
     if not self.train:
-      return tf.data.Dataset.range(1).flat_map(_plain(
+      return tf.data.Dataset.range(1).flat_map(sources.plain(
           lambda e: self._parse(self.reader.epoch_records(e).map(
-              _plain(lambda i, record: (i, record, e))))))
+              sources.plain(lambda i, record: (i, record, e))))))
     return self._global_order(start_step)
 
   def _global_order(self, start_step: int) -> tf.data.Dataset:
@@ -300,22 +296,24 @@ class _Plan:
       pos, eps = order.process_part(n, batch, self.seed, e, start_step,
                                     (self.process_index, self.process_count))
       ds = tf.data.Dataset.from_tensor_slices((tf.gather(table, pos), eps))
-      ds = ds.interleave(_plain(lambda q, ep: reader.read(q).map(
-                             _plain(lambda i, record: (i, record, ep)))),
+      ds = ds.interleave(sources.plain(lambda q, ep: reader.read(q).map(
+                             sources.plain(lambda i, record: (i, record, ep)))),
                          cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
                          deterministic=True)
       return self._parse(ds)
     # One element per epoch: the tf.data service's unit of work (cvrl.data.service).
-    return tf.data.Dataset.range(order.start_epoch(n, batch, start_step), 2 ** 62).flat_map(_plain(epoch))
+    epochs = tf.data.Dataset.range(order.start_epoch(n, batch, start_step), 2 ** 62)
+    return epochs.flat_map(sources.plain(epoch))
 
   def _parse(self, records):
     """(example id, record, epoch) -> sampled encoded frames; unparsable records dropped
     and counted by the position gaps."""
     ds = records.enumerate().map(
-        _plain(lambda pos, item: self._parse_and_sample(pos, *item)),
+        sources.plain(lambda pos, item: self._parse_and_sample(pos, *item)),
         num_parallel_calls=self.auto, deterministic=True)
     ds = ds.ignore_errors()
-    return ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), _plain(_count_gaps('parse_failed')))
+    return ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)),
+                   sources.plain(_count_gaps('parse_failed')))
 
   def _parse_and_sample(self, pos, example_id, record, epoch):
     cfg, smp = self.cfg, self.smp
@@ -339,7 +337,8 @@ class _Plan:
   # ---------------------------------------------------- stage 2: decode and augment
   def decode_and_augment(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Decode only the sampled frames, augment with one draw per clip."""
-    ds = ds.enumerate().map(_plain(self._decode), num_parallel_calls=self.auto, deterministic=True)
+    ds = ds.enumerate().map(sources.plain(self._decode), num_parallel_calls=self.auto,
+                            deterministic=True)
     return ds.ignore_errors()  # frames that do not decode: counted by the position gaps
 
   def _make_video(self, el):
@@ -371,10 +370,10 @@ class _Plan:
     eval: every one, the last batch padded."""
     zero = tf.constant(0, tf.int64)
     ds = ds.scan((tf.constant(-1, tf.int64), zero, zero, zero, zero, zero, tf.constant('')),
-                 _plain(self._count))
+                 sources.plain(self._count))
     if self.train:
-      ds = ds.filter(_plain(lambda el: el['mask'] > 0))
-      ds = ds.map(_plain(lambda el: {k: v for k, v in el.items() if k != 'mask'}))
+      ds = ds.filter(sources.plain(lambda el: el['mask'] > 0))
+      ds = ds.map(sources.plain(lambda el: {k: v for k, v in el.items() if k != 'mask'}))
       ds = ds.batch(self.batch_size, drop_remainder=True)
     else:
       ds = _eval_batches(ds, self.batch_size, self.video_shape, self.dtype,
@@ -442,7 +441,7 @@ def _eval_batches(ds, batch_size: int, video_shape, dtype, host_counts) -> tf.da
     out[STATS_KEY] = tf.ensure_shape(out[STATS_KEY], [batch_size, NUM_STATS])
     return out
 
-  ds = ds.map(_plain(pad))
+  ds = ds.map(sources.plain(pad))
   if host_counts and len(host_counts) > 1:
     num_batches = math.ceil(max(host_counts) / batch_size)
     filler = {'video': tf.zeros([batch_size] + video_shape, dtype), 'label': -tf.ones([batch_size], tf.int32),

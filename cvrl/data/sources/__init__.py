@@ -29,6 +29,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 from cvrl.core import discovery
+from cvrl.core import lazy
 from cvrl.data import subset
 
 # Status of a parsed example, carried through the pipeline and counted.
@@ -38,6 +39,15 @@ OK, MISSING_KEY, SHORT_PADDED, SHORT_SKIPPED, BAD_LABEL = 0, 1, 2, 3, 4
 BAD_LABEL_POLICIES = ('error', 'skip')
 MISSING_LABEL = -2 ** 31  # the label of a record without one in a labelled job
 SPLITS = ('train', 'eval')
+
+_tf = lazy.Module('tensorflow')  # on first use: this module imports no TensorFlow
+
+
+def plain(fn):
+  """fn as tf.data traces it as written, not converted by autograph: every tf.data function
+  of the sources and the pipeline (their Python `if`s are on Python values; tensors branch
+  with tf.cond / tf.where). Autograph's conversion was most of a pipeline's build time."""
+  return _tf.autograph.experimental.do_not_convert(fn)
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cvrl.data.sources import MISSING_KEY, OK, Reader, stated_count
+from cvrl.data.sources import MISSING_KEY, OK, Reader, plain, stated_count
 from cvrl.data.sources import tfrecord
 
 
@@ -73,7 +73,7 @@ def make(cfg, split: str, seed: int, process_index: int, process_count: int) -> 
     except Exception as e:  # not prepared, bad split
       raise ValueError(f'TFDS dataset {cfg.tfds_name!r} split {host_split!r} cannot be read '
                        f'(is it prepared in data_dir?): {str(e).splitlines()[0]}') from e
-    return ds.map(tf.autograph.experimental.do_not_convert(
+    return ds.map(plain(
         lambda ex: (tf.strings.to_hash_bucket_fast(ex['tfds_id'], 2 ** 62),
                     {'video': ex[video_key], 'label': ex[label_key]})))
 
@@ -117,7 +117,7 @@ def _random_access(builder, split_name: str, decoders, video_key: str, label_key
   features = builder.info.features
 
   def read(position):
-    @tf.autograph.experimental.do_not_convert
+    @plain
     def fields(example_id, record):
       ex = features.deserialize_example(record, decoders=decoders)
       return example_id, {'video': ex[video_key], 'label': ex[label_key]}
@@ -137,7 +137,7 @@ def _read_labels(name: str, data_dir, split_name: str, label_key: str, process_c
     ds = builder.as_dataset(split=part, shuffle_files=False,
                             read_config=tfds.ReadConfig(add_tfds_id=True),
                             decoders=tfds.decode.PartialDecoding({label_key: True}))
-    ds = ds.map(tf.autograph.experimental.do_not_convert(
+    ds = ds.map(plain(
         lambda ex: (tf.strings.to_hash_bucket_fast(ex['tfds_id'], 2 ** 62),
                     tf.cast(ex[label_key], tf.int64))), num_parallel_calls=tf.data.AUTOTUNE)
     for i, y in ds.batch(65536).as_numpy_iterator():

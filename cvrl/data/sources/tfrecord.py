@@ -17,14 +17,9 @@ import numpy as np
 
 from cvrl.core import lazy
 from cvrl.data.sources import MISSING_KEY, MISSING_LABEL, OK, BAD_LABEL, Reader
-from cvrl.data.sources import stated_count
+from cvrl.data.sources import plain, stated_count
 
 tf = lazy.Module("tensorflow")  # on first use: the synthetic source reads counts without it
-
-
-def _plain(fn):
-  """fn traced by tf.data as written, not converted by autograph (as in cvrl.data.pipeline)."""
-  return tf.autograph.experimental.do_not_convert(fn)
 
 
 def resolve_paths(paths) -> list[str]:
@@ -112,7 +107,7 @@ class RecordIndex:
           filenames=tf.reshape(path, [1]), compression_type='', buffer_size=length + 16,
           byte_offsets=tf.reshape(offset, [1]))
       records = tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string))
-      return records.take(1).map(_plain(lambda record: (example, record)))
+      return records.take(1).map(plain(lambda record: (example, record)))
     return read
 
 
@@ -137,9 +132,9 @@ def read_labels(files: tuple, label_key: str, cycle_length: int = 8):
   share one pass."""
   def read(file_id, path):
     return tf.data.TFRecordDataset(path).enumerate().map(
-        _plain(lambda i, r: (file_id * (2 ** 32) + i, r)))
+        plain(lambda i, r: (file_id * (2 ** 32) + i, r)))
 
-  @_plain
+  @plain
   def label(example_id, record):
     context, _ = tf.io.parse_single_sequence_example(
         record, context_features={label_key: tf.io.VarLenFeature(tf.int64)})
@@ -150,7 +145,7 @@ def read_labels(files: tuple, label_key: str, cycle_length: int = 8):
 
   cycle = max(1, min(int(cycle_length), len(files)))
   ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), list(files)))
-  ds = ds.interleave(_plain(read), cycle_length=cycle, num_parallel_calls=cycle,
+  ds = ds.interleave(plain(read), cycle_length=cycle, num_parallel_calls=cycle,
                      deterministic=False)
   ds = ds.map(label, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
   parts = list(ds.batch(65536).as_numpy_iterator())
@@ -238,14 +233,14 @@ def reader(cfg, paths, seed: int, process_index: int, process_count: int) -> Rea
   def read(file_id, path):
     records = tf.data.TFRecordDataset(path).enumerate()
     if by_record:
-      records = records.filter(_plain(lambda i, r: tf.equal(i % process_count, process_index)))
-    return records.map(_plain(lambda i, r: (file_id * (2 ** 32) + i, r)))
+      records = records.filter(plain(lambda i, r: tf.equal(i % process_count, process_index)))
+    return records.map(plain(lambda i, r: (file_id * (2 ** 32) + i, r)))
 
   def epoch_records(epoch):  # evaluation's one pass over this host's files
     del epoch
     order = tf.range(len(ids))
     table = tf.data.Dataset.from_tensor_slices((tf.gather(host_ids, order), tf.gather(host_files, order)))
-    return table.interleave(_plain(read), cycle_length=cycle, block_length=1,
+    return table.interleave(plain(read), cycle_length=cycle, block_length=1,
                             num_parallel_calls=cycle, deterministic=True)
 
   parse = lambda r: parse_sequence_example(r, cfg.frames_key, cfg.label_key, cfg.require_label)

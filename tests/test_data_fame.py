@@ -144,3 +144,58 @@ def test_finish_batch_merges_before_the_colour_ops_only_where_configured():
   np.testing.assert_allclose(np.asarray(device.finish_batch(batch, cfg)['video']), 0.5 * unit,
                              atol=1e-6)
   assert not device.merging(config_lib.set_probe_augmentation(config_lib.default_data_config()))
+
+
+def _still_scene_and_a_fast_square(rng, n=3, frames=7, size=24):
+  """Clips of a square 4 px wide moving 3 px a frame (each pixel under it for at most 2 of
+  the 7 frames) over a still scene of coarse colours, and the clean scenes."""
+  coarse = rng.uniform(0, 0.6, (n, 1, 4, 4, 3))
+  scene = np.repeat(np.repeat(coarse, size // 4, axis=2), size // 4, axis=3)
+  x = np.repeat(scene, frames, axis=1) + rng.normal(0, 0.01, (n, frames, size, size, 3))
+  for t in range(frames):
+    x[:, t, 8:12, 1 + 3 * t:5 + 3 * t] = [0.95, 0.9, 0.2]
+  return np.clip(x, 0, 1).astype(np.float32), scene[:, 0]
+
+
+def test_median_foreground_pastes_what_moves_over_the_other_videos_still_scene():
+  x, scenes = _still_scene_and_a_fast_square(np.random.default_rng(4))
+  flags = np.array([[1.0], [0.0], [1.0]], np.float32)
+  out = np.asarray(fame.merge(x[:, None], flags, foreground_kind='median', threshold=0.1))[:, 0]
+  still = np.median(x.astype(np.float64), axis=1)  # independent: numpy's median, in float64
+  for b in (0, 2):
+    moving = np.abs(x[b] - still[b]).max(-1, keepdims=True) > 0.1
+    np.testing.assert_allclose(out[b], np.where(moving, x[b], still[b - 1]), atol=1e-6)
+    square = np.zeros(x.shape[1:4], bool)
+    for t in range(x.shape[1]):
+      square[t, 8:12, 1 + 3 * t:5 + 3 * t] = True
+    np.testing.assert_array_equal(out[b][square], x[b][square])  # the square kept, every frame
+    # the rest is the partner's scene, without the partner's own square
+    assert np.abs(out[b][~square] - np.broadcast_to(scenes[b - 1], x.shape[1:])[~square]).max() < 0.05
+  np.testing.assert_array_equal(out[1], x[1])  # not flagged
+  # a moving camera (a fine texture shifted a pixel a frame): nearly every pixel moves, kept
+  texture = np.random.default_rng(5).uniform(0, 1, (1, 24, 48, 3))
+  pan = np.stack([texture[:, :, t:t + 24] for t in range(7)], 1).astype(np.float32)
+  panned = np.asarray(fame.merge(np.concatenate([pan, x[:1]])[:, None], np.ones((2, 1), np.float32),
+                                 foreground_kind='median'))[0, 0]
+  assert np.mean(panned == pan[0]) > 0.9
+  with pytest.raises(ValueError, match='choose from'):
+    fame.merge(x[:, None], flags, foreground_kind='optical_flow')
+  with pytest.raises(ConfigError, match='fame_foreground must be one of'):
+    A.AugmentSpec(fame_foreground='flow')
+  with pytest.raises(ConfigError, match='fame_threshold must be in'):
+    A.AugmentSpec(fame_threshold=0.0)
+
+
+def test_finish_batch_takes_the_configured_foreground():
+  x, _ = _still_scene_and_a_fast_square(np.random.default_rng(6))
+  params = np.zeros((3, 1, P.SIZE), np.float32)
+  params[:, :, P.FAME] = 1.0
+  batch = {'video': np.round(x[:, None] * 255).astype(np.uint8), 'photometric': params}
+  unit = batch['video'].astype(np.float32) / 255
+  cfg = config_lib.default_data_config()
+  cfg.augmentation.fame_probs = (1.0,)
+  cfg.augmentation.update(fame_foreground='median', fame_threshold=0.2)
+  want = np.asarray(fame.merge(unit, params[..., P.FAME], foreground_kind='median', threshold=0.2))
+  np.testing.assert_allclose(np.asarray(device.finish_batch(batch, cfg)['video']),
+                             np.asarray(device.apply_photometric(want, params)), atol=1e-6)
+  assert np.abs(want - np.asarray(fame.merge(unit, params[..., P.FAME]))).max() > 0.1

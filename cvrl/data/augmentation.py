@@ -118,6 +118,10 @@ class AugmentSpec:
   # FAME (cvrl.data.fame): probability per view, the foreground's share of the frame.
   fame_probs: tuple = (0.0,)
   fame_beta: float = P.FAME_BETA
+  # The foreground's model: 'colour' (the paper's) or 'median' (the clip's temporal median,
+  # cvrl.data.fame), and the median's threshold on a channel in [0, 1].
+  fame_foreground: str = 'colour'
+  fame_threshold: float = 0.1
   # Per-clip symmetries of the motion and the levels (`symmetries`), each one flag a clip.
   vflip_prob: float = 0.0
   transpose_prob: float = 0.0
@@ -141,6 +145,12 @@ class AugmentSpec:
     if not all(isinstance(k, int) and k >= 1 for k in self.clip_strides):
       raise ConfigError('data.augmentation.clip_strides must hold strides >= 1 (a training '
                         f'clip\'s stride is drawn from them), got {self.clip_strides}')
+    if self.fame_foreground not in P.FAME_FOREGROUNDS:
+      raise ConfigError(f'data.augmentation.fame_foreground must be one of {P.FAME_FOREGROUNDS} '
+                        f"(the paper's colour prior, the temporal median), got {self.fame_foreground!r}")
+    if not 0.0 < self.fame_threshold < 1.0:
+      raise ConfigError('data.augmentation.fame_threshold must be in (0, 1) (a channel\'s '
+                        f'distance from the median frame), got {self.fame_threshold}')
     if not 0.0 < self.fame_beta < 1.0:
       raise ConfigError('data.augmentation.fame_beta must be in (0, 1) (the foreground\'s share '
                         f'of the frame), got {self.fame_beta}')

@@ -67,6 +67,11 @@ def default_augmentation_config() -> ml_collections.ConfigDict:
   # of another video in the batch. Probability per view as blur_probs; off here.
   aug.fame_probs = (0.0,)
   aug.fame_beta = 0.5
+  # fame_foreground 'median' (ours, not the paper's): what moves in each frame, more than
+  # fame_threshold from the clip's temporal median frame on some channel, pasted over the
+  # other video's median frame (its still scene).
+  aug.fame_foreground = 'colour'
+  aug.fame_threshold = 0.1
   # Per-clip symmetries, one flag each per clip (augmentation.symmetries): the clip upside
   # down (vflip_prob), its rows and columns swapped (transpose_prob; with flip_prob, the 8
   # symmetries of the square: each turns the direction of motion), its frames in reverse

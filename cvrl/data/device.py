@@ -45,8 +45,10 @@ def finish_batch(batch: dict, data_config=None) -> dict:
   out = {k: v for k, v in batch.items() if k != PHOTOMETRIC_KEY}
   x = to_unit(video)
   if params is not None and merging(data_config):
-    x = fame.merge(x, _clip_params(params, x.ndim)[..., P.FAME],
-                   float(data_config.augmentation.fame_beta), merged_views(data_config, x.shape[1]))
+    aug = data_config.augmentation
+    x = fame.merge(x, _clip_params(params, x.ndim)[..., P.FAME], float(aug.fame_beta),
+                   merged_views(data_config, x.shape[1]), aug.fame_foreground,
+                   float(aug.fame_threshold))
   if params is not None:
     x = apply_photometric(x, params, blur_taps(data_config, x.shape[-3]),
                           extra_ops(data_config), background_erasing(data_config))

@@ -19,6 +19,14 @@ radians, by 2 pi again. The partner is a fixed shift of the batch instead of a r
 permutation: batches are shuffled, so the partner is another random video, never the clip
 itself, and the op stays deterministic under any sharding.
 
+`foreground='median'` (ours, not the paper's; off by default) replaces steps 1-3 by the
+classic background model of a still camera, the clip's temporal median: a pixel of frame t
+is foreground where some channel of it is more than `threshold` (in [0, 1]) from the
+clip's median frame, one mask per frame, and the merge pastes it over the partner's median
+frame (its still scene, without its own moving object). The paper's one mask for the clip
+keeps beta of the frame, half of the scene on small objects; this one keeps what moves,
+and where the whole frame moves (a moving camera) it keeps the whole clip.
+
 Where it fires is a per-clip flag of the photometric vector (`photometric.FAME`), drawn on
 the host with the view's probability; the merge runs on the uint8-scaled clips before the
 colour ops, so a merged clip gets one colour draw over foreground and background alike.
@@ -30,7 +38,7 @@ import jax.numpy as jnp
 
 from cvrl.data import hsv
 from cvrl.data.kernels import gaussian_weights
-from cvrl.data.photometric import FAME_BETA
+from cvrl.data.photometric import FAME_BETA, FAME_FOREGROUNDS
 
 BINS = 10  # per axis of the colour histogram
 FG_SAMPLE, BG_SAMPLE = 0.5, 0.1  # fractions of the frame that sample the two histograms
@@ -112,19 +120,35 @@ def foreground(x: jnp.ndarray, beta: float = FAME_BETA) -> jnp.ndarray:
   return mask.reshape(n, height, width)
 
 
+def median_merge(x: jnp.ndarray, threshold: float) -> jnp.ndarray:
+  """Clips x [B, ..., T, H, W, C] (time on axis -4) with what moves in each frame (a channel
+  more than `threshold` from the clip's median frame) pasted over the previous video's
+  median frame, the same view."""
+  still = jnp.median(x, axis=-4, keepdims=True)
+  mask = (jnp.max(jnp.abs(x - still), axis=-1, keepdims=True) > threshold).astype(x.dtype)
+  return mask * x + (1.0 - mask) * jnp.roll(still, 1, axis=0)
+
+
 def merge(x: jnp.ndarray, flags: jnp.ndarray, beta: float = FAME_BETA,
-          views: tuple[int, ...] | None = None) -> jnp.ndarray:
+          views: tuple[int, ...] | None = None, foreground_kind: str = 'colour',
+          threshold: float = 0.1) -> jnp.ndarray:
   """x [B, V, T, H, W, 3] with each flagged clip's foreground (flags [B, V], 0 / 1) pasted
-  over the same view of the previous video in the batch. `views`: the views that can be
-  flagged (None: all); the others are passed through without computing their masks."""
+  over the same view of the previous video in the batch (foreground_kind 'colour', the
+  paper's) or over its median frame ('median', module docstring). `views`: the views that
+  can be flagged (None: all); the others are passed through without computing their masks."""
   b, v, t, height, width, c = x.shape
   if t < 2:
     raise ValueError(f'FAME needs clips of at least 2 frames for its motion map, got {t}')
+  if foreground_kind not in FAME_FOREGROUNDS:
+    raise ValueError(f'FAME foreground {foreground_kind!r}: choose from {FAME_FOREGROUNDS}')
   views = tuple(range(v)) if views is None else tuple(views)
   x = jnp.asarray(x)
   sub = x[:, views]
-  mask = foreground(sub.reshape(b * len(views), t, height, width, c), beta).reshape(
-      b, len(views), 1, height, width, 1)
-  merged = mask * sub + (1.0 - mask) * jnp.roll(sub, 1, axis=0)
+  if foreground_kind == 'median':
+    merged = median_merge(sub, threshold)
+  else:
+    mask = foreground(sub.reshape(b * len(views), t, height, width, c), beta).reshape(
+        b, len(views), 1, height, width, 1)
+    merged = mask * sub + (1.0 - mask) * jnp.roll(sub, 1, axis=0)
   merged = jnp.where(flags[:, views, None, None, None, None] > 0.5, merged, sub)
   return x.at[:, views].set(merged)

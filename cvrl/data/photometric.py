@@ -40,6 +40,7 @@ BG_FRAME = 25     # which frame is the static one, as a position in [0, 1)
 FAME = 26         # flag
 SIZE = 27
 FAME_BETA = 0.5   # the foreground's share of the frame (the authors' code's beta)
+FAME_FOREGROUNDS = ('colour', 'median')  # the paper's colour prior; the temporal median (ours)
 
 # Jitter ops, as numbered in ORDER.
 OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 0, 1, 2, 3

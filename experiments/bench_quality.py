@@ -72,17 +72,16 @@ def define_flags():
                               "procedural objects (--difficulty applies), or a held-out "
                               "family of moving letters with one per-video nuisance "
                               "(experiments/letters.py).")
-  _INPUT = flags.DEFINE_enum("input", "rgb_pc", list(INPUTS), "The encoder's input: the "
-                             "frames projected on each clip's first principal colour axis "
-                             "('rgb_pc', the demo's and the bench's), frame differences "
-                             "('dif', T + 1 frames a clip: the earlier recipe's), the frames "
-                             "('rgb'), standardised per clip ('dif_std', 'rgb_std'), ... "
-                             "(cvrl.models.r3d.INPUTS).")
+  _INPUT = flags.DEFINE_enum("input", "", ("",) + tuple(INPUTS), "The encoder's input; "
+                             "'': the base recipe's (the bench's 'med_pc', each clip less its "
+                             "median frame on its first principal colour axis; the demo's "
+                             "'rgb_pc', the frames on that axis; the earlier recipe's 'dif', "
+                             "frame differences); any of cvrl.models.r3d.INPUTS.")
   _BASE = flags.DEFINE_enum("base_recipe", "bench", list(BASES), "The recipe every method "
-                            "starts from: the demo's config with a stride per clip "
-                            "(BENCH_RECIPE), the demo's as it is, or the bench's earlier "
-                            "recipe (EARLIER_RECIPE, with --input=dif: the README's tables "
-                            "up to 'A speed per clip').")
+                            "starts from: the demo's config with a stride per clip on "
+                            "'med_pc' (BENCH_RECIPE), the demo's as it is, or the bench's "
+                            "earlier recipe (EARLIER_RECIPE: the README's tables up to 'A "
+                            "speed per clip').")
   _KEEP = flags.DEFINE_bool("keep", False, "Keep the run directories (default: removed "
                             "after each seed, results kept).")
   global _VIDEOS, _DIFFICULTY, _SEMI, _SEMI_STEPS  # pylint: disable=global-statement
@@ -136,12 +135,14 @@ HEADLINE = "colour=1,texture=0.5"
 FAMILIES = ("objects",) + tuple(f"letters_{v}" for v in letters.VARIANTS)
 STEPS = 1500  # pretraining and supervised steps of every recipe (--steps=0)
 # Where the bench's recipe (base 'bench', the default) departs from the demo's: a stride
-# per clip, so two clips of a video stop sharing its speed (README "A speed per clip");
-# its input is --input (the demo's colour axis by default).
-BENCH_RECIPE = {"augmentation": {"clip_strides": (1, 2, 3)}}
-# The bench's recipe before it (base 'earlier', with --input=dif; the demo's until it moved
-# to its colour axis and reversal): the README's tables up to "A speed per clip".
-EARLIER_RECIPE = {"temperature": 0.1, "augmentation": {"contrast": 0.3, "reverse_prob": 0.0}}
+# per clip, so two clips of a video stop sharing its speed (README "A speed per clip"), and
+# each clip less its median frame, so they stop sharing a still scene (README "The input
+# once the speed is drawn").
+BENCH_RECIPE = {"input": "med_pc", "augmentation": {"clip_strides": (1, 2, 3)}}
+# The bench's recipe before it (base 'earlier'; the demo's until it moved to its colour axis
+# and reversal): the README's tables up to "A speed per clip".
+EARLIER_RECIPE = {"input": "dif", "temperature": 0.1,
+                  "augmentation": {"contrast": 0.3, "reverse_prob": 0.0}}
 BASES = {"bench": BENCH_RECIPE, "demo": {}, "earlier": EARLIER_RECIPE}  # --base_recipe
 PROBE_EPOCHS = (100, 5)  # the linear probe's epochs and warm-up (the CVRL paper's)
 
@@ -170,13 +171,13 @@ def bench_data(data: ml_collections.ConfigDict, videos: int = VIDEOS,
 
 def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
            videos: int = VIDEOS, difficulty: dict | None = None,
-           input_mode: str = "rgb_pc", family: str = "objects",
+           input_mode: str = "", family: str = "objects",
            base: str = "bench", overrides: tuple = ()) -> ml_collections.ConfigDict:
   """The pretraining config of `method` on the bench data (steps 0: the bench's own);
   augmentation 'paper': CVRL's full-strength augmentation instead of the demo's;
   'paper_colour': the paper's colour ops on the demo's crop; '..background': background
-  erasing with its paper's settings on top. input_mode: the encoder's (model.input; the
-  bench's 'rgb_pc'). difficulty None: the headline data. base: the demo's config with
+  erasing with its paper's settings on top. input_mode: the encoder's (model.input; '':
+  the base's, else the demo's). difficulty None: the headline data. base: the demo's config with
   BASES[base]'s fields ('bench': BENCH_RECIPE; 'demo': none; 'earlier': EARLIER_RECIPE).
   overrides: 'path=value' fields set last (--set).
 
@@ -210,7 +211,7 @@ def recipe(method: str, steps: int, seed: int, augmentation: str = "recipe",
                                                 predictor_hidden=64).items()
                         if k in c.objective})
   bench_data(c.data, videos, difficulty, family)
-  c.model.input = input_mode
+  c.model.input = input_mode or BASES[base].get("input", c.model.input)
   if method != "cvrl":
     METHOD_SETTINGS.get(method, lambda c: None)(c)
     if steps:
@@ -625,8 +626,7 @@ def main(argv):
           "overrides": tuple(_SET.value)}
   results = {"methods": {}, "data": _describe(data), "chance": 1 / 8, "seeds": _SEEDS.value,
              "augmentation": _AUG.value}
-  if _INPUT.value != "rgb":
-    results["input"] = _INPUT.value
+  results["input"] = recipe("cvrl", 1, 0, input_mode=_INPUT.value, base=_BASE.value).model.input
   if _BASE.value != "bench":
     results["base_recipe"] = _BASE.value
   if _SET.value:

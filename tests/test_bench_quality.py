@@ -109,7 +109,7 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
   for k in ("color_jitter_prob", "brightness", "contrast", "saturation", "hue", "grayscale_prob"):
     assert pc[k] == paper[k], k
   assert pc.area_range == c.data.augmentation.area_range and pc.blur_probs == (0.0,)
-  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "rgb_pc"
+  assert c.data.augmentation.background_erase_probs == (0.0,) and c.model.input == "med_pc"
   be = B.recipe("cvrl", 10, 0, "background").data.augmentation
   assert be.background_erase_probs == (1.0, 0.0) and be.background_erase_max == 0.3
   assert be.brightness == 0.3  # the recipe's colour kept
@@ -126,17 +126,20 @@ def test_recipes_use_the_procedural_data_and_the_paper_augmentation_on_request()
 
 def test_each_base_recipe_is_the_demos_with_its_fields_and_nothing_else():
   """base 'bench' (the default): the demo's config with BENCH_RECIPE's fields (a stride per
-  clip); 'earlier' (the tables before it): EARLIER_RECIPE's; 'demo': the demo's own; every
-  other field the demo's, for every method that takes a stride per clip."""
+  clip, the clip less its median frame); 'earlier' (the tables before it): EARLIER_RECIPE's;
+  'demo': the demo's own; every other field the demo's, for every method that takes a
+  stride per clip; --input, where given, over the base's."""
   want = demo.get_config("steps=10,probe=False,source=synthetic")
   fields = {"bench": B.BENCH_RECIPE, "earlier": B.EARLIER_RECIPE, "demo": {}}
   assert B.recipe("cvrl", 10, 0).to_json() == B.recipe("cvrl", 10, 0, base="bench").to_json()
   for name, extra in fields.items():
     c, own = B.recipe("cvrl", 10, 0, base=name), B.recipe("cvrl", 10, 0, base="demo")
     assert c.objective.temperature == extra.get("temperature", want.objective.temperature)
+    assert c.model.input == extra.get("input", want.model.input)
+    assert B.recipe("cvrl", 10, 0, base=name, input_mode="res_pc").model.input == "res_pc"
     for k, v in extra.get("augmentation", {}).items():
       assert c.data.augmentation[k] == v != want.data.augmentation[k], k
-    own.objective.temperature = c.objective.temperature
+    own.objective.temperature, own.model.input = c.objective.temperature, c.model.input
     own.data.augmentation.update(extra.get("augmentation", {}))
     assert own.to_json(sort_keys=True) == c.to_json(sort_keys=True)
   assert B.recipe("moco", 10, 0).data.augmentation.clip_strides == (1, 2, 3)
@@ -148,10 +151,10 @@ def test_each_base_recipe_is_the_demos_with_its_fields_and_nothing_else():
 
 def test_set_fields_land_last_in_every_methods_config_and_bad_ones_are_one_line():
   sets = ("data.augmentation.clip_strides=(1, 3)", "objective.temperature=0.2",
-          "model.input=med_pc")
+          "model.input=res_pc")
   for method in ("cvrl", "moco"):
     c = B.recipe(method, 10, 0, overrides=sets)
-    assert c.data.augmentation.clip_strides == (1, 3) and c.model.input == "med_pc"
+    assert c.data.augmentation.clip_strides == (1, 3) and c.model.input == "res_pc"
     assert c.objective.temperature == 0.2
     plain = B.recipe(method, 10, 0)
     for item in sets:

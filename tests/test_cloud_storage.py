@@ -207,3 +207,35 @@ def test_two_processes_in_different_directories_share_a_gs_workdir(emulator, tmp
   rows = [json.loads(l) for l in gs("two/metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["step"] == 4
   assert [os.listdir(d) for d in cwds] == [[], []]  # no local gs: folder where they ran
+
+
+def test_a_peers_probe_vanishing_mid_check_is_not_taken_for_a_file(emulator, monkeypatch):
+  """Hosts check one shared workdir at once: the prefix holds only another host's probe,
+  which is gone right after this host's first question to the store. The check still takes
+  the prefix for a folder (asking exists() then is_dir() did not); an object is a file."""
+  import gcsfs  # pylint: disable=import-outside-toplevel
+  from cvrl.core import paths  # pylint: disable=import-outside-toplevel
+  from cvrl.core.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  peer = gs("race/.cvrl-probe-peer")
+  peer.write_text("peer\n")
+  armed, real_info, real_as_path = [], gcsfs.GCSFileSystem._info, paths.as_path
+
+  async def info(self, path, **kwargs):
+    out = await real_info(self, path, **kwargs)
+    if armed and armed.pop():  # the peer unlinks its probe
+      await self._rm_file(f"{BUCKET}/race/.cvrl-probe-peer")
+      self.invalidate_cache()
+    return out
+
+  def as_path(p):
+    armed.append(True)  # from here on, check_workdir asks about the workdir itself
+    return real_as_path(p)
+
+  monkeypatch.setattr(gcsfs.GCSFileSystem, "_info", info)
+  monkeypatch.setattr(paths, "as_path", as_path)
+  assert os.fspath(paths.check_workdir(f"gs://{BUCKET}/race")) == f"gs://{BUCKET}/race"
+  assert not armed and not gs("race").exists()  # the probes gone, the peer's and its own
+  monkeypatch.undo()
+  gs("object").write_text("x")
+  with pytest.raises(ConfigError, match=f"workdir gs://{BUCKET}/object is a file; give a directory"):
+    paths.check_workdir(f"gs://{BUCKET}/object")

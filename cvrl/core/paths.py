@@ -189,6 +189,17 @@ def _first_missing(path: epath.Path) -> epath.Path | None:
   return missing
 
 
+def _is_file(path: epath.Path) -> bool:
+  """A file, or on a store an object at exactly this key, asked in one question. Not epath's
+  exists() then is_dir(): on a store a folder is the objects under its prefix, and another
+  host's probe in a shared workdir may come and go between the two."""
+  if not is_url(path):
+    return path.exists() and not path.is_dir()
+  import fsspec  # pylint: disable=import-outside-toplevel  (gcsfs serves gs:// through it)
+  store, key = fsspec.core.url_to_fs(os.fspath(path))
+  return store.isfile(key)
+
+
 def check_workdir(workdir, what: str = "workdir") -> epath.Path:
   """The pre-flight of a directory cvrl will write: the store is reachable, the bucket
   exists, the path is not a file, the folder is created and a probe file written and
@@ -196,7 +207,7 @@ def check_workdir(workdir, what: str = "workdir") -> epath.Path:
   check_reachable(workdir)
   check_bucket(workdir)
   path = as_path(workdir)
-  if path.exists() and not path.is_dir():
+  if _is_file(path):
     raise ConfigError(f"{what} {workdir} is a file; give a directory")
   created = None if is_url(path) else _first_missing(path)
   probe = path / f".cvrl-probe-{uuid.uuid4().hex}"

@@ -245,12 +245,12 @@ def test_the_temporal_median_is_numpys_for_every_clip_length_ties_included():
   """median_network's min/max on T frames == np.median over T for T = 1..33 (odd and even,
   powers of two and not), random values and heavy ties; it keeps fewer compare-exchanges
   than the full sort (T = 8: Batcher's 19)."""
-  from cvrl.models import r3d
+  from cvrl.core import ops
   rng = np.random.default_rng(0)
   for t in range(1, 34):
     x = rng.random((3, t, 2, 3, 2)).astype(np.float32)
     x[0] = np.round(x[0] * 2)  # three levels: many ties
     x[1] = x[1, ::-1]  # and another order
-    np.testing.assert_allclose(np.asarray(r3d.temporal_median(x)),
+    np.testing.assert_allclose(np.asarray(ops.temporal_median(x)),
                                np.median(x, 1, keepdims=True), atol=1e-6, err_msg=str(t))
-  assert len(r3d.median_network(8)) < 19 and r3d.median_network(1) == []
+  assert len(ops.median_network(8)) < 19 and ops.median_network(1) == []

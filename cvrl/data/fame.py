@@ -36,6 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cvrl.core.ops import temporal_median
 from cvrl.data import hsv
 from cvrl.data.kernels import gaussian_weights
 from cvrl.data.photometric import FAME_BETA, FAME_FOREGROUNDS
@@ -124,7 +125,7 @@ def median_merge(x: jnp.ndarray, threshold: float) -> jnp.ndarray:
   """Clips x [B, ..., T, H, W, C] (time on axis -4) with what moves in each frame (a channel
   more than `threshold` from the clip's median frame) pasted over the previous video's
   median frame, the same view."""
-  still = jnp.median(x, axis=-4, keepdims=True)
+  still = temporal_median(x)
   mask = (jnp.max(jnp.abs(x - still), axis=-1, keepdims=True) > threshold).astype(x.dtype)
   return mask * x + (1.0 - mask) * jnp.roll(still, 1, axis=0)
 

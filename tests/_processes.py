@@ -16,6 +16,19 @@ def wait_for(predicate, proc, timeout=900):
 
 
 def committed_steps(workdir):
-  """The steps of the finished checkpoints in WORKDIR/checkpoints, sorted."""
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+  """The steps of the finished checkpoints in WORKDIR/checkpoints (a local path or a
+  gs:// URL), sorted: orbax's marker is in them (on a bucket a step's folder is there, in
+  part, while it is written). Another process writes there: on a bucket, what gcsfs
+  listed is forgotten before and after (else this process reads stale listings)."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  from etils.epath import backend  # pylint: disable=import-outside-toplevel
+  d = epath.Path(workdir) / "checkpoints"
+  forget = backend.fsspec_backend.fs(d).invalidate_cache if "://" in os.fspath(d) else None
+  try:
+    if forget:
+      forget()
+    return sorted(int(p.name) for p in (d.iterdir() if d.is_dir() else ())
+                  if p.name.isdigit() and (p / "commit_success.txt").exists())
+  finally:
+    if forget:
+      forget()

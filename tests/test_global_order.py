@@ -4,14 +4,16 @@ In one process, the pipeline of every simulated process index: for 1, 2 and 3 pr
 2, 3 and 64 shards, global batch k (the processes' rows in process order) holds the same
 example ids; each example once per epoch, never twice in a batch. Then real processes over
 gloo on 127.0.0.1: a run resumed on another process count, 1 -> 2 at step 2 then 2 -> 1 at
-step 4, ends with the parameters of the uninterrupted run."""
+step 4, ends with the parameters of the uninterrupted run; the 2 processes, each started in
+its own directory, share a gs:// workdir (a GCS emulator) as a slice's hosts do."""
+import json
 import os
-import shutil
 import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from etils import epath
 
 from cvrl import config_lib as config_lib_full
 from cvrl.core.errors import ConfigError
@@ -19,7 +21,10 @@ from cvrl.data import config as config_lib
 from cvrl.data import pipeline
 from cvrl.data.sources import tfrecord
 from cvrl.engine import input as input_lib
-from test_multihost import HEAD, RUN, free_port, spawn
+import _storage
+from _processes import committed_steps
+from _storage import emulator  # noqa: F401  (a fixture)
+from test_multihost import HEAD, ROOT, RUN, free_port, spawn
 
 VIDEOS, BATCH = 20, 6
 
@@ -92,6 +97,7 @@ def _sub(config, dotted):
 
 
 WORKER = HEAD + textwrap.dedent("""
+    from etils import epath
     c = tiny_config(total_steps=6, warmup_steps=1)
     c.data.update(source="synthetic", num_train_examples=None, num_frames=2, stride=1,
                   crop_size=16, num_parallel_calls=2, cycle_length=2, prefetch=1)
@@ -102,16 +108,18 @@ WORKER = HEAD + textwrap.dedent("""
     c.parallel.compilation_cache_dir = None
 """) + RUN + textwrap.dedent("""
     if int(process_id) == 0:
-      np.savez(os.path.join(workdir, "params_%d.npz" % out["step"]), *leaves)
+      with (epath.Path(workdir) / ("params_%d.npz" % out["step"])).open("wb") as f:
+        np.savez(f, *leaves)
 """)
 LAST = 6  # the worker's total_steps
 
 
-def _run(workdir, data_dir, processes):
-  """The worker on `processes` processes to step LAST; process 0's output."""
+def _run(workdir, data_dir, processes, cwds=None):
+  """The worker on `processes` processes (started in `cwds`) to step LAST; process 0's
+  output."""
   port = free_port()
-  procs = [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER)
-           for p in range(processes)]
+  procs = [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER,
+                 cwd=cwds[p] if cwds else ROOT) for p in range(processes)]
   outs = [p.communicate(timeout=900)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]
@@ -119,31 +127,41 @@ def _run(workdir, data_dir, processes):
 
 
 def _params(workdir):
-  with np.load(os.path.join(workdir, f'params_{LAST}.npz')) as f:
-    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
+  with (epath.Path(workdir) / f'params_{LAST}.npz').open('rb') as f, np.load(f) as z:
+    return [z[k] for k in sorted(z.files, key=lambda k: int(k.split('_')[1]))]
 
 
-def _resumed(step, source, target, data, processes):
-  """`source`'s workdir as it was after its checkpoint of `step`, run on `processes`."""
-  shutil.copytree(source, target)
-  for later in range(step + 2, LAST + 1, 2):
-    shutil.rmtree(os.path.join(target, 'checkpoints', str(later)))
-  os.remove(os.path.join(target, f'params_{LAST}.npz'))
-  out = _run(target, data, processes)
-  assert 'resumed from' in out and f'data resumed at step {step} in ' in out, out[-3000:]
+def _resumed(step, source, target, data, processes, cwds=None):
+  """`source`'s workdir as it was after its checkpoint of `step`, copied to `target` (a
+  local folder or the bucket) and run there on `processes`."""
+  later = [f'checkpoints/{s}' for s in range(step + 2, LAST + 1, 2)]
+  _storage.copy_tree(source, target, skip=(*later, f'params_{LAST}.npz'))
+  out = _run(target, data, processes, cwds)
+  assert f'resumed from {target}/checkpoints at step {step}' in out, out[-3000:]
+  assert f'data resumed at step {step} in ' in out, out[-3000:]
   return _params(target)
 
 
 @pytest.mark.slow
-def test_a_resume_on_another_process_count_ends_as_the_uninterrupted_run(tmp_path):
+def test_a_resume_on_another_process_count_ends_as_the_uninterrupted_run(tmp_path, emulator):
   """12 videos in 3 shards, global batch 8: steps 2 and 4 end mid-epoch. The uninterrupted
   run on 1 process; its step-2 checkpoint resumed on 2 processes; their step-4 checkpoint
   resumed on 1 process. Both end with the uninterrupted run's parameters (so 2 processes
-  also run steps 3 to 6 as 1 does)."""
+  also run steps 3 to 6 as 1 does). The 2 processes run as a slice's hosts do: each
+  started in its own directory, the workdir one gs:// folder they share (the GCS
+  emulator); they leave no local `gs:` folder."""
   data, one = str(tmp_path / 'data'), str(tmp_path / 'one')
   _run(one, data, 1)  # writes the shards first
-  for name, step, source, processes in (('one_to_two', 2, one, 2),
-                                        ('two_to_one', 4, str(tmp_path / 'one_to_two'), 1)):
-    got = _resumed(step, source, str(tmp_path / name), data, processes)
+  two, cwds = f'gs://{_storage.BUCKET}/one_to_two', [tmp_path / 'host0', tmp_path / 'host1']
+  for d in cwds:
+    d.mkdir()
+  legs = {'one_to_two': _resumed(2, one, two, data, 2, cwds)}
+  assert committed_steps(two) == [2, 4, 6]
+  rows = [json.loads(l) for l in _storage.gs('one_to_two/metrics.jsonl').read_text().splitlines()]
+  assert rows[-1]['step'] == LAST
+  assert [os.listdir(d) for d in cwds] == [[], []]
+  _storage.no_local_gs_folder(ROOT)
+  legs['two_to_one'] = _resumed(4, two, str(tmp_path / 'two_to_one'), data, 1)
+  for name, got in legs.items():
     for a, b in zip(_params(one), got, strict=True):
       np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)

@@ -60,15 +60,16 @@ def free_port():
     return s.getsockname()[1]
 
 
-def spawn(process_id, num_processes, devices, port, workdir, *args, worker=WORKER, **extra_env):
-  """One worker process: `worker` run with argv process_id, num_processes, devices, port,
-  workdir, *args."""
+def spawn(process_id, num_processes, devices, port, workdir, *args, worker=WORKER, cwd=ROOT,
+          **extra_env):
+  """One worker process: `worker` run in `cwd` with argv process_id, num_processes, devices,
+  port, workdir, *args."""
   env = dict(os.environ, **extra_env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
   env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # several devices per process: see conftest
   return subprocess.Popen([sys.executable, "-c", worker, str(process_id), str(num_processes),
-                           str(devices), str(port), workdir, *args], cwd=ROOT, env=env,
+                           str(devices), str(port), workdir, *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

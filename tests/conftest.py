@@ -9,6 +9,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # (which has no endpoint setting) or gcsfs: gcsfs, so every test in a worker can reach the
 # GCS emulator that tests/test_cloud_storage.py starts, whichever test file ran first.
 os.environ.setdefault("EPATH_USE_TF", "false")
+# No metadata server here: google-auth reads this once, when imported; without it each
+# gcsfs client of this process first looks for one (tests/_storage.py sets it for the
+# subprocesses it reaches the GCS emulator from).
+os.environ.setdefault("NO_GCE_CHECK", "true")
 
 # One XLA compilation cache for the single-device subprocesses the tests start (the demo,
 # killed and restarted runs, sweep points inherit the environment): a restarted run loads
@@ -37,10 +41,10 @@ jax.config.update("jax_enable_compilation_cache", False)
 # short files fill in behind them and the two workers end close together (longest
 # processing time first).
 LONGEST_FIRST = (
-    "test_objectives_recipes.py", "test_fsdp.py", "test_demo.py", "test_data_service.py",
-    "test_cloud_storage.py", "test_engine_loop.py", "test_global_order.py",
-    "test_bench_quality.py", "test_multihost.py", "test_readme_commands.py",
-    "test_objectives_moco.py", "test_jobs_pretrain.py",
+    "test_objectives_recipes.py", "test_demo.py", "test_fsdp.py", "test_engine_loop.py",
+    "test_objectives_moco.py", "test_global_order.py", "test_data_service.py",
+    "test_bench_quality.py", "test_multihost.py", "test_jobs_pretrain.py",
+    "test_readme_commands.py",
 )
 
 

@@ -6,6 +6,7 @@ example ids; each example once per epoch, never twice in a batch. Then real proc
 gloo on 127.0.0.1: a run resumed on another process count, 1 -> 2 at step 2 then 2 -> 1 at
 step 4, ends with the parameters of the uninterrupted run; the 2 processes, each started in
 its own directory, share a gs:// workdir (a GCS emulator) as a slice's hosts do."""
+import io
 import json
 import os
 import textwrap
@@ -127,7 +128,10 @@ def _run(workdir, data_dir, processes, cwds=None):
 
 
 def _params(workdir):
-  with (epath.Path(workdir) / f'params_{LAST}.npz').open('rb') as f, np.load(f) as z:
+  """Process 0's parameters at step LAST (read whole: a bucket answers a zip's many small
+  reads one request each)."""
+  data = (epath.Path(workdir) / f'params_{LAST}.npz').read_bytes()
+  with np.load(io.BytesIO(data)) as z:
     return [z[k] for k in sorted(z.files, key=lambda k: int(k.split('_')[1]))]
 
 

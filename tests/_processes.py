@@ -1,4 +1,5 @@
 """Helpers of the tests that run jobs in subprocesses and kill or stop them mid-run."""
+import json
 import os
 import time
 
@@ -32,3 +33,13 @@ def committed_steps(workdir):
   finally:
     if forget:
       forget()
+
+
+def metrics_rows(workdir):
+  """The rows of WORKDIR/metrics.jsonl (a local path or a gs:// URL) written so far: whole
+  lines only (the job may be writing one)."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text().splitlines(keepends=True) if l.endswith("\n")]

@@ -9,7 +9,6 @@ unreachable or has no worker; the launcher stops with exit 0 on SIGTERM."""
 import collections
 import gc
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from cvrl.core.errors import ConfigError
 from cvrl.data import pipeline
 from cvrl.data import sources
 from cvrl.data import service
-from _processes import wait_for
+from _processes import metrics_rows, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIDEOS, BATCH = 24, 4  # 6 batches per epoch, no remainder
@@ -284,13 +283,6 @@ def test_a_killed_worker_loses_the_rest_of_its_epoch_and_duplicates_nothing(clus
 EVAL_EVERY = 20
 
 
-def log_rows(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.endswith("\n")]
-
-
 @pytest.mark.slow
 def test_a_run_goes_on_when_a_worker_is_killed_and_stops_in_one_line_when_the_last_dies(
     cluster, tmp_path):
@@ -307,9 +299,8 @@ def test_a_run_goes_on_when_a_worker_is_killed_and_stops_in_one_line_when_the_la
   log = os.path.join(cluster["tmp"], "trainer.log")
   with open(log, "w") as out:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-  metrics = os.path.join(workdir, "metrics.jsonl")
   evaluated = lambda step: any(r.get("step") == step and "eval/knn/knn_accuracy" in r
-                               for r in log_rows(metrics))
+                               for r in metrics_rows(workdir))
   try:
     assert wait_for(lambda: evaluated(0), proc, 600), open(log).read()[-5000:]
     fresh.proc.send_signal(signal.SIGKILL)
@@ -328,7 +319,7 @@ def test_a_run_goes_on_when_a_worker_is_killed_and_stops_in_one_line_when_the_la
     if proc.poll() is None:
       proc.kill()
   assert f"eval/knn step {EVAL_EVERY}:" in survived, survived[-3000:]
-  assert max(r["step"] for r in log_rows(metrics) if "loss" in r) >= EVAL_EVERY
+  assert max(r["step"] for r in metrics_rows(workdir) if "loss" in r) >= EVAL_EVERY
   assert len([l for l in survived.splitlines() if "is unreachable" in l]) == 1, survived[-5000:]
   text = open(log).read()
   errors = [l for l in text.splitlines() if l.startswith("cvrl: error:")]

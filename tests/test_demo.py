@@ -17,10 +17,9 @@ import pytest
 from flax import nnx
 
 from cvrl.engine import checkpoint
-from _processes import committed_steps, wait_for
-from _storage import BUCKET, emulator, gs, no_local_gs_folder  # noqa: F401  (a fixture)
+from _processes import committed_steps, metrics_rows, wait_for
+from _storage import BUCKET, ROOT, emulator, gs, no_local_gs_folder  # noqa: F401  (a fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 100  # the demo shortened: same model and data, fewer steps and videos
 VIDEOS = 256
 BATCH = 16  # configs/demo.py
@@ -49,10 +48,6 @@ def finish(proc, timeout=1200):
 def model_arrays(workdir, step):
   _, model = checkpoint.load_pretrained(workdir, step)
   return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
-
-
-def lines(path):
-  return [json.loads(l) for l in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def killed_run(demo_run, cache):
 @pytest.mark.slow
 def test_demo_runs_and_its_loss_falls(demo_run):
   workdir, out = demo_run
-  rows = [r for r in lines(gs("demo/metrics.jsonl")) if "loss" in r]  # evaluators: own rows
+  rows = [r for r in metrics_rows(workdir) if "loss" in r]  # evaluators: own rows
   assert rows[-1]["step"] == STEPS
   losses = [r["loss"] for r in rows]
   # Below 0.95 x the loss of collapsed (all equal) embeddings, 2 ln(2B - 1), not just
@@ -103,8 +98,8 @@ def test_demo_runs_and_its_loss_falls(demo_run):
 
 @pytest.mark.slow
 def test_demo_knn_evaluators_watch_pretraining_and_the_random_init(demo_run):
-  _, out = demo_run
-  rows = lines(gs("demo/metrics.jsonl"))
+  workdir, out = demo_run
+  rows = metrics_rows(workdir)
   knn = [r for r in rows if "eval/knn/knn_accuracy" in r]
   assert [r["step"] for r in knn] == [0, STEPS // 2, STEPS]
   for r in knn:

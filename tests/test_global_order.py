@@ -7,7 +7,6 @@ gloo on 127.0.0.1: a run resumed on another process count, 1 -> 2 at step 2 then
 step 4, ends with the parameters of the uninterrupted run; the 2 processes, each started in
 its own directory, share a gs:// workdir (a GCS emulator) as a slice's hosts do."""
 import io
-import json
 import os
 import textwrap
 
@@ -23,9 +22,9 @@ from cvrl.data import pipeline
 from cvrl.data.sources import tfrecord
 from cvrl.engine import input as input_lib
 import _storage
-from _processes import committed_steps
+from _processes import committed_steps, metrics_rows
 from _storage import emulator  # noqa: F401  (a fixture)
-from test_multihost import HEAD, ROOT, RUN, free_port, spawn
+from test_multihost import HEAD, ROOT, RUN, spawn
 
 VIDEOS, BATCH = 20, 6
 
@@ -118,7 +117,7 @@ LAST = 6  # the worker's total_steps
 def _run(workdir, data_dir, processes, cwds=None):
   """The worker on `processes` processes (started in `cwds`) to step LAST; process 0's
   output."""
-  port = free_port()
+  port = _storage.free_port()
   procs = [spawn(p, processes, 2, port, workdir, data_dir, worker=WORKER,
                  cwd=cwds[p] if cwds else ROOT) for p in range(processes)]
   outs = [p.communicate(timeout=900)[0] for p in procs]
@@ -161,8 +160,7 @@ def test_a_resume_on_another_process_count_ends_as_the_uninterrupted_run(tmp_pat
     d.mkdir()
   legs = {'one_to_two': _resumed(2, one, two, data, 2, cwds)}
   assert committed_steps(two) == [2, 4, 6]
-  rows = [json.loads(l) for l in _storage.gs('one_to_two/metrics.jsonl').read_text().splitlines()]
-  assert rows[-1]['step'] == LAST
+  assert metrics_rows(two)[-1]['step'] == LAST
   assert [os.listdir(d) for d in cwds] == [[], []]
   _storage.no_local_gs_folder(ROOT)
   legs['two_to_one'] = _resumed(4, two, str(tmp_path / 'two_to_one'), data, 1)

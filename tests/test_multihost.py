@@ -5,13 +5,15 @@ A SIGKILL to one of them stops the other within two minutes with one cvrl line."
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+
+from _processes import metrics_rows
+from _storage import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,12 +56,6 @@ WORKER = HEAD + textwrap.dedent("""
 """)
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def spawn(process_id, num_processes, devices, port, workdir, *args, worker=WORKER, cwd=ROOT,
           **extra_env):
   """One worker process: `worker` run in `cwd` with argv process_id, num_processes, devices,
@@ -73,18 +69,10 @@ def spawn(process_id, num_processes, devices, port, workdir, *args, worker=WORKE
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def metrics(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.endswith("\n")]
-
-
 def run_until_preempted(procs, workdir, signal_to, min_logged=2, timeout=900):
   """Waits for `min_logged` metric lines, SIGTERMs procs[signal_to], returns outputs."""
   deadline = time.time() + timeout
-  while len(metrics(workdir)) < min_logged:
+  while len(metrics_rows(workdir)) < min_logged:
     assert time.time() < deadline and all(p.poll() is None for p in procs), \
         [p.communicate()[0][-3000:] for p in procs if p.poll() is not None]
     time.sleep(0.2)
@@ -109,7 +97,7 @@ def test_two_processes_stop_together_with_identical_parameters(tmp_path):
   # Both processes wrote the one checkpoint of the stop step; only process 0 wrote metrics
   # (one line per step, not two).
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(results[0]["step"])]
-  rows = metrics(workdir)
+  rows = metrics_rows(workdir)
   assert [r["step"] for r in rows] == list(range(2, results[0]["step"] + 1))
 
   # One process driving 4 devices sees the same global batches. The loss of step 2 is
@@ -117,7 +105,7 @@ def test_two_processes_stop_together_with_identical_parameters(tmp_path):
   # 2: equal up to float rounding only if each process fed its own rows of it.
   single = str(tmp_path / "one")
   run_until_preempted([spawn(0, 1, 4, 0, single)], single, signal_to=0)
-  one = metrics(single)
+  one = metrics_rows(single)
   assert rows[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
   assert rows[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-3)
 
@@ -134,7 +122,7 @@ def test_lost_peer_stops_the_survivor_with_one_line(tmp_path):
   procs = [spawn(i, 2, 2, port, workdir, CVRL_TEST_CKPT_EVERY="2") for i in range(2)]
   deadline = time.time() + 900
   ckpts = os.path.join(workdir, "checkpoints")
-  while len(metrics(workdir)) < 3 or not runtime.latest_checkpoint(ckpts):  # one finished
+  while len(metrics_rows(workdir)) < 3 or not runtime.latest_checkpoint(ckpts):  # one finished
     assert time.time() < deadline and all(p.poll() is None for p in procs), \
         [p.communicate()[0][-3000:] for p in procs if p.poll() is not None]
     time.sleep(0.2)
